@@ -1,0 +1,198 @@
+"""The ``omeloc`` command line: thin commands, each parsing arguments and calling one library function.
+
+Exit codes: 0 success; 2 bad input or usage (an :class:`~omeloc.errors.OmelocError`, printed as
+one line, no traceback); 1 an unexpected failure (traceback with ``-v``); 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+
+from . import __version__
+from .errors import OmelocError
+
+logger = logging.getLogger("omeloc")
+
+EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+_COMMANDS: dict[str, Callable[[argparse.Namespace], int | None]] = {}
+
+
+def _command(name: str) -> Callable:
+    def register(func: Callable[[argparse.Namespace], int | None]) -> Callable:
+        _COMMANDS[name] = func
+        return func
+
+    return register
+
+
+def _csv(value: str) -> list[str]:
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+def _progress_bar(total: int | None, desc: str, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, disable=not enabled, unit="img", leave=False)
+
+
+# -- commands --------------------------------------------------------------------------------
+@_command("info")
+def _info(args: argparse.Namespace) -> int:
+    from .info import describe, format_description
+
+    d = describe(args.path)
+    print(json.dumps(d, indent=2) if args.json else format_description(d))
+    return EXIT_OK
+
+
+@_command("synth")
+def _synth(args: argparse.Namespace) -> int:
+    from .synthetic import make_plate
+
+    n = args.rows * args.cols * args.fields
+    with _progress_bar(n, "synth", args.progress) as bar:
+        path = make_plate(
+            args.out, rows=args.rows, cols=args.cols, fields=args.fields, size=args.size,
+            seed=args.seed, ngff=args.ngff, chunks=(args.chunk, args.chunk), levels=args.levels,
+            perturbed_wells=args.perturbed_wells or (), overwrite=args.overwrite,
+            progress=lambda k: bar.update(k - bar.n),
+        )
+    print(f"wrote synthetic plate {path} ({args.rows}x{args.cols} wells, {args.fields} field(s) each, "
+          f"{args.size}x{args.size} px, NGFF {args.ngff})")
+    return EXIT_OK
+
+
+@_command("import-tiff")
+def _import_tiff(args: argparse.Namespace) -> int:
+    from .tiff_import import import_tiff
+
+    rename = {}
+    for item in args.channel_names or []:
+        if "=" not in item:
+            raise OmelocError(f"--channel-names expects OLD=NEW pairs. Got {item!r} instead.")
+        old, new = item.split("=", 1)
+        rename[old] = new
+    bar = _progress_bar(None, "import", args.progress)
+
+    def progress(done: int, total: int) -> None:
+        bar.total = total
+        bar.update(done - bar.n)
+
+    try:
+        path = import_tiff(
+            args.folder, args.out, pattern=args.pattern, channel_names=rename, ngff_version=args.ngff,
+            chunks=(args.chunk, args.chunk), levels=args.levels, overwrite=args.overwrite, progress=progress,
+        )
+    finally:
+        bar.close()
+    print(f"wrote plate {path}")
+    return EXIT_OK
+
+
+# -- parser ----------------------------------------------------------------------------------
+def _examples(*lines: str) -> str:
+    return "examples:\n" + "\n".join(f"  {line}" for line in lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``omeloc`` command."""
+    from .tiff_import import DEFAULT_PATTERN
+
+    common = argparse.ArgumentParser(add_help=False)
+    verbosity = common.add_mutually_exclusive_group()
+    verbosity.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv: debug)")
+    verbosity.add_argument("-q", "--quiet", action="store_true", help="only errors; no progress bars")
+
+    parser = argparse.ArgumentParser(
+        prog="omeloc",
+        description="Virtual stains for OME-Zarr HCS plates: train, predict into the plate, evaluate.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        parents=[common],
+        epilog=_examples("omeloc synth plate.zarr", "omeloc info plate.zarr"),
+    )
+    parser.add_argument("--version", action="version", version=f"omeloc {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    def add(name: str, help: str, examples: Sequence[str]) -> argparse.ArgumentParser:
+        return sub.add_parser(
+            name, help=help, description=help, parents=[common],
+            formatter_class=argparse.RawDescriptionHelpFormatter, epilog=_examples(*examples),
+        )
+
+    p = add("info", "Describe a plate or image: version, wells, channels, levels, chunks, append-friendliness.",
+            ["omeloc info plate.zarr", "omeloc info plate.zarr/B/3/0 --json"])
+    p.add_argument("path", help="plate or image path or URL")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+
+    p = add("synth", "Make a synthetic plate with known protein relationships (actin, WAVE2, IRSp53, vinculin, tubulin, nuclei).",
+            ["omeloc synth plate.zarr", "omeloc synth plate.zarr --rows 4 --cols 6 --fields 2 --size 512 --ngff 0.4"])
+    p.add_argument("out", help="plate to create")
+    p.add_argument("--rows", type=int, default=2)
+    p.add_argument("--cols", type=int, default=3)
+    p.add_argument("--fields", type=int, default=2)
+    p.add_argument("--size", type=int, default=256, help="field size in pixels (square)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--ngff", choices=["0.4", "0.5"], default="0.5")
+    p.add_argument("--chunk", type=int, default=256, help="chunk size along y and x")
+    p.add_argument("--levels", type=int, default=3, help="pyramid levels")
+    p.add_argument("--perturbed-wells", type=_csv, default=None, metavar="B2,C3",
+                   help="wells where WAVE2 leaves the cell edge (a simulated hit)")
+    p.add_argument("--overwrite", action="store_true")
+
+    p = add("import-tiff", "Import a folder of per-well, per-channel TIFFs into an OME-Zarr HCS plate.",
+            [r"omeloc import-tiff nf1_plate2/ nf1.zarr --pattern '(?P<well>[A-P]\d{1,2})_01_(?P<channel>[1-3])_(?P<site>\d)_(?P<stain>DAPI|GFP|RFP)_001\.tif'",
+             "omeloc import-tiff tiffs/ plate.zarr --ngff 0.4 --channel-names RFP=actin,GFP=ER"])
+    p.add_argument("folder")
+    p.add_argument("out")
+    p.add_argument("--pattern", default=DEFAULT_PATTERN,
+                   help="regex with named groups well (or row+column), channel, optional stain and field/site "
+                        f"(default: {DEFAULT_PATTERN})")
+    p.add_argument("--channel-names", type=_csv, default=None, metavar="OLD=NEW,...")
+    p.add_argument("--ngff", choices=["0.4", "0.5"], default="0.5")
+    p.add_argument("--chunk", type=int, default=256)
+    p.add_argument("--levels", type=int, default=None)
+    p.add_argument("--overwrite", action="store_true")
+    return parser
+
+
+def _configure_logging(args: argparse.Namespace) -> None:
+    level = logging.ERROR if args.quiet else (logging.WARNING, logging.INFO, logging.DEBUG)[min(args.verbose, 2)]
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    if args.verbose == 0:
+        for noisy in ("distributed", "ome_zarr", "numcodecs"):
+            logging.getLogger(noisy).setLevel(logging.ERROR)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``omeloc`` command; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.command:
+        parser.print_help()
+        return EXIT_BAD_INPUT
+    _configure_logging(args)
+    args.progress = not args.quiet and sys.stderr.isatty()
+    try:
+        code = _COMMANDS[args.command](args)
+    except OmelocError as err:
+        print(f"omeloc {args.command}: error: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print(f"omeloc {args.command}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as err:  # an unexpected failure: one line, the traceback with -v
+        if args.verbose:
+            raise
+        print(f"omeloc {args.command}: failed: {type(err).__name__}: {err} (run with -v for the traceback)",
+              file=sys.stderr)
+        return EXIT_FAILURE
+    return EXIT_OK if code is None else code
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

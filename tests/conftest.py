@@ -1,0 +1,48 @@
+"""Shared test settings: deterministic, single-threaded torch; a few plate builders."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+try:  # torch is a hard dependency, but keep collection working for pure-numpy tests
+    import torch
+
+    torch.set_num_threads(1)
+except ImportError:  # pragma: no cover
+    torch = None
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def tree_digest(root: str | os.PathLike) -> dict[str, str]:
+    """sha256 of every file below ``root`` (relative path → digest)."""
+    root = Path(root)
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The real images in ../shared/data (tests skip when the folder is missing)."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"real data folder {SHARED_DATA} is missing (see shared/data/README.md)")
+    return SHARED_DATA
+
+
+def random_plate_images(rows="AB", cols=("1", "2"), fields=("0", "1"), shape=(2, 96, 80), seed=0,
+                        dtype="uint16"):
+    rng = np.random.default_rng(seed)
+    return {
+        (r, c, f): rng.integers(0, 4000, shape).astype(dtype)
+        for r in rows for c in cols for f in fields
+    }
