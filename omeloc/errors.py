@@ -18,6 +18,7 @@ __all__ = [
     "ConcurrentWriteError",
     "CheckpointError",
     "SchedulerError",
+    "CorruptDataError",
 ]
 
 
@@ -59,3 +60,7 @@ class CheckpointError(OmelocError, ValueError):
 
 class SchedulerError(OmelocError, ConnectionError):
     """A Dask scheduler cannot be reached."""
+
+
+class CorruptDataError(OmelocError, OSError):
+    """Pixels cannot be read: a chunk file is corrupted, truncated or unreadable."""

@@ -16,12 +16,13 @@ from pathlib import Path
 from typing import Any
 
 import dask.array as da
+from dask.base import tokenize
 import numpy as np
 import xarray as xr
 import zarr
 import zarr.errors
 
-from .errors import ChannelNotFoundError, NotOmeZarrError, PathNotFoundError
+from .errors import ChannelNotFoundError, CorruptDataError, NotOmeZarrError, PathNotFoundError
 
 __all__ = ["open_plate", "open_image", "Plate", "Well", "Image"]
 
@@ -74,6 +75,30 @@ def _ome_attrs(group: zarr.Group) -> tuple[dict[str, Any], int]:
         ome = attrs.get("ome")
         return (dict(ome) if isinstance(ome, Mapping) else {}), 3
     return attrs, 2
+
+
+class _CheckedReader:
+    """Indexes a zarr array for dask; a chunk that cannot be decoded becomes a one-line error.
+
+    Without it a corrupted chunk file surfaces as a codec ``RuntimeError`` deep in a Dask
+    traceback; with it the user learns which image, level and region to restore.
+    """
+
+    def __init__(self, array: zarr.Array, where: str) -> None:
+        self.array = array
+        self.where = where
+        self.shape = tuple(array.shape)
+        self.dtype = np.dtype(array.dtype)
+        self.ndim = len(self.shape)
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        try:
+            return self.array[key]
+        except Exception as err:  # codec/IO errors of any backend: re-raised with context
+            raise CorruptDataError(
+                f"Cannot read pixels {key} of {self.where} ({type(err).__name__}: {err}). "
+                f"A chunk file is corrupted or unreadable: restore it from a backup."
+            ) from err
 
 
 @dataclass(frozen=True)
@@ -202,7 +227,11 @@ class Image:
     def level(self, level: int = 0) -> da.Array:
         """Pixels of a pyramid level as a lazy dask array (chunks follow the store's)."""
         arr = self.zarr_array(level)
-        return da.from_zarr(arr, chunks=self.write_chunks(level), name=f"omeloc-read-{self.url}-{self._level_path(level)}-{id(arr)}")
+        where = f"{self.url}/{self._level_path(level)}"
+        return da.from_array(
+            _CheckedReader(arr, where), chunks=self.write_chunks(level), asarray=False, fancy=False,
+            name=f"omeloc-read-{tokenize(where, arr.metadata.to_dict())}",
+        )
 
     def channel(self, name: str, level: int = 0) -> da.Array:
         """One channel of a level as a lazy dask array without the ``c`` axis."""

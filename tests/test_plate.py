@@ -199,3 +199,25 @@ def test_unknown_channel_lists_available(plate):
     img = omeloc.open_plate(path).images[0]
     with pytest.raises(ChannelNotFoundError, match="Available channels: actin, WAVE2"):
         img.channel("vinculin")
+
+
+def test_corrupted_chunk_is_a_clear_error(plate):
+    from omeloc.errors import CorruptDataError
+
+    path, images, version = plate
+    p = omeloc.open_plate(path)
+    img = p.image("A/1/0")
+    chunk = next(f for f in sorted((path / "A" / "1" / "0" / "0").rglob("*")) if f.is_file() and not f.name.startswith((".", "zarr")))
+    chunk.write_bytes(b"garbage")
+    with pytest.raises(CorruptDataError, match=r"A/1/0/0 .*restore it from a backup"):
+        img.level(0).compute()
+    # other images still read
+    np.testing.assert_array_equal(p.image("A/2/0").level(0).compute(), images[("A", "2", "0")])
+
+
+def test_truncated_metadata_is_a_clear_error(plate):
+    path, _, version = plate
+    meta = path / ("zarr.json" if version == "0.5" else ".zattrs")
+    meta.write_text(meta.read_text()[:60])
+    with pytest.raises(NotOmeZarrError, match="unreadable Zarr metadata"):
+        omeloc.open_plate(path)
