@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from .plate import Image
 
-__all__ = ["append_problems"]
+__all__ = ["append_problems", "writeback_problems"]
 
 
 def append_problems(image: Image) -> list[str]:
@@ -23,4 +23,23 @@ def append_problems(image: Image) -> list[str]:
                 problems.append(
                     f"level {path!r}: {n_c} channels in {kind}s of {block[c_axis]} along c"
                 )
+    return problems
+
+
+def writeback_problems(image: Image) -> list[str]:
+    """Reasons why omeloc's write-back refuses ``image`` (empty: it can add or replace channels).
+
+    Stricter than :func:`append_problems`: every level must store one channel per chunk
+    (and per shard).  With ``k > 1`` channels per chunk a first append may leave the
+    original chunks alone (when the channel count is a multiple of ``k``, e.g. ome-zarr-py's
+    default of all channels in one chunk), but the new channel's chunk then has room for
+    ``k - 1`` more, so the next append or any replacement of that channel rewrites a chunk
+    that holds other channels.  One channel per chunk keeps every write-back local.
+    """
+    c_axis = image.axes.index("c")
+    problems = append_problems(image)
+    for level, path in enumerate(image.level_paths):
+        for kind, block in (("chunk", image.chunks(level)), ("shard", image.shards(level))):
+            if block is not None and block[c_axis] != 1 and not any(p.startswith(f"level {path!r}") for p in problems):
+                problems.append(f"level {path!r}: {kind}s of {block[c_axis]} channels (omeloc needs 1)")
     return problems

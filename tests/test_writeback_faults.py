@@ -1,0 +1,134 @@
+"""Crash safety of add_channel: a real writer process is SIGKILLed at each phase.
+
+The next call must roll the run back (the tree byte for byte as before) or finish it, and
+a rerun must give exactly what an uninterrupted run gives.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import random_plate_images, tree_digest
+
+import omeloc
+from omeloc.hcs_writer import write_plate
+from omeloc.journal import JOURNAL_KEY
+from omeloc.writeback import add_channel, recover
+
+_META = {"zarr.json", ".zattrs", ".zarray", ".zgroup", ".zmetadata"}
+
+# run in a subprocess (and exec'ed here for the same data)
+SCRIPT = """
+import sys
+import numpy as np
+
+def make_data(path, seed):
+    import omeloc
+    rng = np.random.default_rng(seed)
+    return {img.path: rng.uniform(-100, 9000, img.shape[1:]) for img in omeloc.open_plate(path).images}
+
+if __name__ == "__main__":
+    from omeloc.writeback import add_channel
+    path, seed, overwrite = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "1"
+    add_channel(path, "pred", make_data(path, seed), overwrite=overwrite, provenance={"model": "m1"})
+"""
+_ns: dict = {}
+exec(SCRIPT, _ns)
+make_data = _ns["make_data"]
+
+
+def _run_killed(path: Path, phase: str, tmp_path: Path, seed: int = 1, overwrite: bool = False) -> None:
+    script = tmp_path / "writer.py"
+    script.write_text(SCRIPT)
+    env = dict(os.environ, OMELOC_TEST_KILL_AT=phase, OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, str(script), str(path), str(seed), "1" if overwrite else "0"],
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+
+
+def _chunks(digest: dict[str, str]) -> dict[str, str]:
+    return {k: v for k, v in digest.items() if k.rsplit("/", 1)[-1] not in _META}
+
+
+def _semantic(path: Path) -> dict:
+    """Pixels of every level and the metadata, minus the per-run fields (run id, time)."""
+    out = {}
+    for img in omeloc.open_plate(path).images:
+        prov = {k: v for k, v in img.attrs["omeloc"]["channels"]["pred"].items() if k not in ("run_id", "created")}
+        out[img.path] = (img.omero, prov, [img.level(i).compute().tobytes() for i in range(len(img.level_paths))])
+    return out
+
+
+@pytest.fixture(scope="module")
+def templates(tmp_path_factory):
+    root = tmp_path_factory.mktemp("fault_templates")
+    out = {}
+    for version in ("0.4", "0.5"):
+        plate = write_plate(root / f"t{version}.zarr", random_plate_images("A", ("1", "2"), ("0", "1"), (2, 64, 48)),
+                            channel_names=["actin", "WAVE2"], ngff_version=version, chunks=(32, 32), levels=3)
+        ref = root / f"ref{version}.zarr"
+        shutil.copytree(plate, ref)
+        add_channel(ref, "pred", make_data(ref, 1), provenance={"model": "m1"})
+        out[version] = (plate, ref)
+    return out
+
+
+PHASES = [("0.5", p) for p in ("journal", "resized", "level0_mid", "level0_written", "level1_written",
+                                "metadata", "complete")]
+PHASES += [("0.4", p) for p in ("level0_mid", "metadata", "complete")]
+
+
+@pytest.mark.parametrize("version,phase", PHASES)
+def test_killed_writer_is_rolled_back_or_finished(templates, tmp_path, version, phase):
+    template, reference = templates[version]
+    path = tmp_path / "p.zarr"
+    shutil.copytree(template, path)
+    original = tree_digest(path)
+    _run_killed(path, phase, tmp_path)
+    killed = tree_digest(path)
+    assert all(killed[k] == v for k, v in _chunks(original).items()), "an original chunk changed"
+    root_doc = path / ("zarr.json" if version == "0.5" else ".zattrs")
+    assert JOURNAL_KEY in json.dumps(json.loads(root_doc.read_text()))
+    if phase == "level0_mid":  # what a write killed inside zarr's LocalStore leaves behind
+        level0 = path / "A" / "1" / "0" / "0"
+        (level0 / "stray.0123abcd.partial").write_bytes(b"half a chunk")
+    # (a) recovery alone: rolled back byte for byte, or finished
+    copy = tmp_path / "copy.zarr"
+    shutil.copytree(path, copy)
+    outcome = recover(copy)
+    if phase == "complete":
+        assert outcome == "finish"
+        assert _semantic(copy) == _semantic(reference)
+        assert _chunks(tree_digest(copy)) == _chunks(tree_digest(reference))
+    else:
+        assert outcome == "rollback"
+        assert tree_digest(copy) == original
+    # (b) the next add_channel call recovers by itself, then gives what an uninterrupted run gives
+    if phase != "complete":
+        result = add_channel(path, "pred", make_data(path, 1), provenance={"model": "m1"})
+        assert result.recovered == "rollback"
+    else:
+        with pytest.raises(omeloc.errors.InputError, match="already exists"):
+            add_channel(path, "pred", make_data(path, 1))
+    assert _semantic(path) == _semantic(reference)
+    final = tree_digest(path)
+    assert set(final) == set(tree_digest(reference))
+    assert _chunks(final) == _chunks(tree_digest(reference))
+
+
+def test_killed_overwrite_restores_the_previous_virtual_channel(templates, tmp_path):
+    _, reference = templates["0.5"]
+    path = tmp_path / "p.zarr"
+    shutil.copytree(reference, path)
+    before = tree_digest(path)
+    _run_killed(path, "level0_mid", tmp_path, seed=2, overwrite=True)
+    assert tree_digest(path) != before
+    assert recover(path) == "rollback"
+    assert tree_digest(path) == before
