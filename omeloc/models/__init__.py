@@ -1,0 +1,5 @@
+"""Networks: a 2D U-Net and pix2pix (U-Net generator + PatchGAN discriminator)."""
+
+from omeloc.models.unet import UNet
+
+__all__ = ["UNet"]
