@@ -6,6 +6,10 @@ Public API (imported lazily, so ``import omeloc`` and the CLI start fast):
 - :func:`write_plate`, :func:`write_image` — new OME-Zarr plates/images (``omeloc.hcs_writer``)
 - :func:`make_plate` — synthetic plates with known protein relationships (``omeloc.synthetic``)
 - :func:`import_tiff` — TIFF folder to OME-Zarr HCS plate (``omeloc.tiff_import``)
+- :func:`add_channel`, :func:`recover`, :func:`rechunk` — write a new channel into every image
+  and level, safely (``omeloc.writeback``, ``omeloc.rechunk``)
+- :func:`evaluate`, :func:`screen` — virtual vs real channel metrics, figures, screening z-scores
+- :func:`dask_client` — run on a local cluster or a scheduler address (``omeloc.scheduler``)
 """
 
 from __future__ import annotations
@@ -27,6 +31,19 @@ _EXPORTS: dict[str, str] = {
     "import_tiff": "omeloc.tiff_import",
     "describe": "omeloc.info",
     "OmelocError": "omeloc.errors",
+    "render_field": "omeloc.synthetic_cells",
+    "simulate_field": "omeloc.synthetic_cells",
+    "CHANNELS": "omeloc.synthetic_cells",
+    "add_channel": "omeloc.writeback",
+    "recover": "omeloc.writeback",
+    "WritePlan": "omeloc.writeback",
+    "AddChannelResult": "omeloc.writeback",
+    "rechunk": "omeloc.rechunk",
+    "evaluate": "omeloc.evaluate",
+    "EvaluationResult": "omeloc.evaluate",
+    "screen": "omeloc.screening",
+    "dask_client": "omeloc.scheduler",
+    "UNet": "omeloc.models",
 }
 
 __all__ = ["__version__", *_EXPORTS]

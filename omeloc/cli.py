@@ -59,7 +59,7 @@ def _synth(args: argparse.Namespace) -> int:
         path = make_plate(
             args.out, rows=args.rows, cols=args.cols, fields=args.fields, size=args.size,
             seed=args.seed, ngff=args.ngff, chunks=(args.chunk, args.chunk), levels=args.levels,
-            perturbed_wells=args.perturbed_wells or (), overwrite=args.overwrite,
+            perturbed_wells=args.perturbed_wells or (), perturbation=args.perturbation, overwrite=args.overwrite,
             progress=lambda k: bar.update(k - bar.n),
         )
     print(f"wrote synthetic plate {path} ({args.rows}x{args.cols} wells, {args.fields} field(s) each, "
@@ -94,6 +94,68 @@ def _import_tiff(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+@_command("rechunk")
+def _rechunk(args: argparse.Namespace) -> int:
+    from .rechunk import rechunk
+
+    path = rechunk(args.src, args.dst, overwrite=args.overwrite)
+    print(f"wrote {path} (one channel per chunk: new channels can now be appended in place)")
+    return EXIT_OK
+
+
+@_command("recover")
+def _recover(args: argparse.Namespace) -> int:
+    from .writeback import recover
+
+    outcome = recover(args.plate, force=args.force)
+    messages = {
+        None: "nothing to recover: no interrupted write-back in this plate",
+        "rollback": "rolled back an interrupted write-back; the plate is as it was before that run",
+        "finish": "finished an interrupted write-back whose pixels and metadata were complete",
+    }
+    print(f"{args.plate}: {messages[outcome]}")
+    return EXIT_OK
+
+
+def _foreground(value: str) -> str | float:
+    if value == "otsu":
+        return value
+    try:
+        return float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 'otsu' or a number, got {value!r}") from None
+
+
+@_command("evaluate")
+def _evaluate(args: argparse.Namespace) -> int:
+    from .evaluate import evaluate
+
+    bar = _progress_bar(None, "evaluate", args.progress)
+
+    def progress(done: int, total: int) -> None:
+        bar.total = total
+        bar.update(done - bar.n)
+
+    try:
+        res = evaluate(
+            args.plate, args.pred, args.truth, out=args.out, level=args.level, wells=args.wells,
+            source=args.source, metric=args.metric, montage_wells=args.montage_wells,
+            control_wells=args.control_wells, foreground=args.foreground,
+            noise_ceiling=not args.no_noise_ceiling, z_threshold=args.z_threshold, progress=progress,
+        )
+    finally:
+        bar.close()
+    mean = res.summary.get("fields_mean", {})
+    shown = ("pearson_r", "pearson_r_fg", "ssim", "psnr", "nrmse", "mae", "noise_ceiling")
+    stats = ", ".join(f"{k} {mean[k]:.3f}" for k in shown if isinstance(mean.get(k), (int, float)))
+    print(f"{len(res.fields)} field(s) in {len(res.wells)} well(s): mean {stats}")
+    if res.flagged:
+        print(f"flagged wells (|z| >= {args.z_threshold} on {args.metric}): {', '.join(res.flagged)}")
+    for key, path in res.files.items():
+        print(f"  {key}: {path}")
+    return EXIT_OK
+
+
 # -- parser ----------------------------------------------------------------------------------
 def _examples(*lines: str) -> str:
     return "examples:\n" + "\n".join(f"  {line}" for line in lines)
@@ -101,6 +163,7 @@ def _examples(*lines: str) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``omeloc`` command."""
+    from .synthetic import PERTURBATIONS
     from .tiff_import import DEFAULT_PATTERN
 
     common = argparse.ArgumentParser(add_help=False)
@@ -141,7 +204,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--chunk", type=int, default=256, help="chunk size along y and x")
     p.add_argument("--levels", type=int, default=3, help="pyramid levels")
     p.add_argument("--perturbed-wells", type=_csv, default=None, metavar="B2,C3",
-                   help="wells where WAVE2 leaves the cell edge (a simulated hit)")
+                   help="wells where a perturbation breaks a protein relationship (a simulated hit)")
+    p.add_argument("--perturbation", choices=sorted(PERTURBATIONS), default="wave2_cytoplasmic",
+                   help="what happens in the perturbed wells (default: WAVE2 leaves the cell edge)")
     p.add_argument("--overwrite", action="store_true")
 
     p = add("import-tiff", "Import a folder of per-well, per-channel TIFFs into an OME-Zarr HCS plate.",
@@ -157,6 +222,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--chunk", type=int, default=256)
     p.add_argument("--levels", type=int, default=None)
     p.add_argument("--overwrite", action="store_true")
+
+    p = add("rechunk", "Copy a plate or image with one channel per chunk, so new channels can be appended in place.",
+            ["omeloc rechunk plate.zarr plate-c1.zarr"])
+    p.add_argument("src", help="plate or image to copy (only read)")
+    p.add_argument("dst", help="new local directory")
+    p.add_argument("--overwrite", action="store_true", help="replace DST if it exists")
+
+    p = add("recover", "Roll back (or finish) an interrupted write-back of a virtual channel.",
+            ["omeloc recover plate.zarr", "omeloc recover plate.zarr --force"])
+    p.add_argument("plate")
+    p.add_argument("--force", action="store_true",
+                   help="recover even if the writer looks alive (another host, fresh heartbeat)")
+
+    from .metrics import METRIC_NAMES
+
+    p = add("evaluate", "Score a virtual channel against the real one per field and well; tables, heat map, montage.",
+            ["omeloc evaluate plate.zarr --pred 'WAVE2 (virtual)' --truth WAVE2",
+             "omeloc evaluate plate.zarr --pred 'WAVE2 (virtual)' --truth WAVE2 --control-wells B2,B3 --out eval"])
+    p.add_argument("plate", help="plate holding both channels (only read)")
+    p.add_argument("--pred", required=True, help="virtual channel name")
+    p.add_argument("--truth", required=True, help="real channel name")
+    p.add_argument("--out", default="evaluation", help="output folder (default: evaluation)")
+    p.add_argument("--level", type=int, default=0, help="pyramid level (default 0)")
+    p.add_argument("--wells", type=_csv, default=None, metavar="B2,B3")
+    p.add_argument("--source", default=None, help="input channel shown in montages (default: from provenance)")
+    p.add_argument("--metric", choices=METRIC_NAMES, default="pearson_r", help="metric for heat map and z-scores")
+    p.add_argument("--montage-wells", type=_csv, default=None, metavar="B2,C3")
+    p.add_argument("--control-wells", type=_csv, default=None, metavar="B2,B3",
+                   help="reference wells for the screening z-score (default: all wells)")
+    p.add_argument("--foreground", type=_foreground, default="otsu", help="'otsu' or an intensity threshold")
+    p.add_argument("--no-noise-ceiling", action="store_true", help="skip the Pearson r noise-ceiling estimate")
+    p.add_argument("--z-threshold", type=float, default=3.0)
     return parser
 
 
