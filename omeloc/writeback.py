@@ -31,6 +31,7 @@ import numpy as np
 import zarr
 
 from . import journal as jr
+from . import resume as rs
 from .errors import ConcurrentWriteError, InputError, LayoutError
 from .hcs_writer import DEFAULT_COLORS, channel_window
 from .layout import writeback_problems
@@ -426,7 +427,7 @@ def _resize(io: jr.StoreIO, plan: WritePlan) -> None:
 
 def _write_pixels(
     plan: WritePlan, run_id: str, so_json: str, zarr_format: int, client: Any, scheduler: str | None,
-    progress: bool, axes: tuple[str, ...],
+    progress: bool, axes: tuple[str, ...], done: Mapping[str, set[tuple[int, ...]]] | None = None,
 ) -> int:
     totals = []
     for img in plan.images:
@@ -436,8 +437,12 @@ def _write_pixels(
             c_axis=img.c_axis, index=plan.channel_index, out_dtype=plan.dtype, where=f"image {img.path or plan.target}",
             chunks=tuple((1,) * len(c) for c in img.data.chunks), dtype=np.int64,
         )
-        totals.append(written.sum())
-    nbytes = _compute(da.stack(totals).sum(), client, scheduler, progress, "level 0")
+        skip = (done or {}).get(img.path)
+        if skip:  # resumed: only the blocks the killed run did not finish (the rest is culled)
+            totals.extend(written.blocks[i].sum() for i in np.ndindex(*written.numblocks) if i not in skip)
+        else:
+            totals.append(written.sum())
+    nbytes = _compute(da.stack(totals).sum(), client, scheduler, progress, "level 0") if totals else 0
     jr.maybe_kill("level0_written")
     max_levels = max(len(img.level_paths) for img in plan.images)
     for level in range(1, max_levels):
@@ -459,6 +464,26 @@ def _write_pixels(
         nbytes += _compute(da.stack(totals).sum(), client, scheduler, progress, f"level {level}")
         jr.maybe_kill(f"level{level}_written")
     return nbytes
+
+
+def _restore_finished(io: jr.StoreIO, plan: WritePlan, resume_key: str | None
+                      ) -> dict[str, set[tuple[int, ...]]]:
+    """Put back the chunks a killed run of the same job finished; the Dask blocks they cover."""
+    if not resume_key or plan.mode != "append":
+        return {}
+    arrays = [(_rel(img.path, img.level_paths[0]), io.read_json(io.array_doc(_rel(img.path, img.level_paths[0]))))
+              for img in plan.images]
+    present = rs.restore_finished(io, resume_key, arrays)
+    done = {}
+    for img in plan.images:
+        have = present.get(_rel(img.path, img.level_paths[0]))
+        if have:
+            done[img.path] = rs.done_blocks(img.data.chunks, _without(img.write_blocks[0], img.c_axis),
+                                            img.c_axis, plan.channel_index, have)
+    n = sum(len(v) for v in done.values())
+    if n:
+        logger.info("resuming: %d finished block(s) kept from the interrupted run", n)
+    return done
 
 
 def _window(plan: WritePlan, so_json: str, zarr_format: int, run_id: str) -> dict[str, float]:
@@ -560,6 +585,7 @@ def add_channel(
     progress: bool = False,
     storage_options: Mapping[str, Any] | None = None,
     stale_after: float = 3600.0,
+    resume_key: str | None = None,
 ) -> AddChannelResult | WritePlan:
     """Add channel ``name`` to every image of a plate (or to one image), in place.
 
@@ -600,6 +626,10 @@ def add_channel(
         fsspec options for URLs.
     stale_after
         Seconds after which a journal left on another host counts as dead.
+    resume_key
+        Identity of the job (e.g. a hash of model and settings).  When a killed run with the
+        same key, channel name and plate left a journal, its finished level-0 chunks are kept
+        and only the missing blocks are computed; any other leftover run is rolled back.
 
     Returns
     -------
@@ -636,7 +666,12 @@ def add_channel(
     stale = jr.check_journal(io, stale_after=stale_after)
     recovered = None
     if stale is not None and not dry_run:
+        same_job = bool(resume_key) and stale.get("resume_key") == resume_key and stale.get("name") == name
+        if same_job and stale.get("phase") != "complete":
+            rs.stash_finished(io, stale)
         recovered = _recover(io, stale)
+    if not dry_run:
+        rs.drop_stash(io, keep=resume_key)
     pending = None if stale is None or not dry_run else ("finish" if stale.get("phase") == "complete" else "rollback")
     plate = open_plate(target, storage_options)
     if not plate.is_plate and "well" in _parent_ome(io, target, storage_options):
@@ -654,7 +689,7 @@ def add_channel(
         "n_channels": plan.n_channels, "zarr_format": io.zarr_format,
         "images": [{"path": i.path, "c_axis": i.c_axis, "arrays": [_rel(i.path, lp) for lp in i.level_paths]}
                    for i in plan.images],
-        "consolidated": _was_consolidated(io, docs), "docs": docs,
+        "consolidated": _was_consolidated(io, docs), "docs": docs, "resume_key": resume_key,
     }
     jr.ACTIVE_RUNS.add(run_id)
     try:
@@ -700,8 +735,9 @@ def _run(
             _resize(io, plan)
             _set_phase(io, journal, "resized")
         jr.maybe_kill("resized")
+        done = _restore_finished(io, plan, journal.get("resume_key"))
         nbytes = _write_pixels(plan, run_id, so_json, io.zarr_format, client, scheduler, progress,
-                               plate.images[0].axes)
+                               plate.images[0].axes, done)
         _set_phase(io, journal, "pixels")
         window = _window(plan, so_json, io.zarr_format, run_id)
         record = {
@@ -715,9 +751,12 @@ def _run(
         jr.maybe_kill("complete")
     except BaseException:
         logger.error("add_channel %r failed: rolling back", plan.name)
+        if journal.get("phase") != "complete":
+            rs.stash_finished(io, journal)
         jr.rollback(io, journal)
         raise
     jr.finish(io, journal)
+    rs.drop_stash(io)
     seconds = time.perf_counter() - t0
     logger.info("added channel %r to %d image(s) in %.1f s", plan.name, len(plan.images), seconds)
     return AddChannelResult(

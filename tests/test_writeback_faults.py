@@ -132,3 +132,58 @@ def test_killed_overwrite_restores_the_previous_virtual_channel(templates, tmp_p
     assert tree_digest(path) != before
     assert recover(path) == "rollback"
     assert tree_digest(path) == before
+
+
+RESUMABLE = """
+import sys
+import numpy as np
+from omeloc.writeback import add_channel
+
+def make_data(path, seed):
+    import omeloc
+    rng = np.random.default_rng(seed)
+    return {img.path: rng.uniform(-100, 9000, img.shape[1:]) for img in omeloc.open_plate(path).images}
+
+if __name__ == "__main__":
+    path = sys.argv[1]
+    add_channel(path, "pred", make_data(path, 1), provenance={"model": "m1"}, resume_key=sys.argv[2],
+                scheduler="synchronous")
+"""
+
+
+def _counting(path: Path, calls: list) -> dict:
+    import dask.array as da
+
+    def count(block):
+        if block.size > 1:  # not dask's meta probes
+            calls.append(block.shape)
+        return block
+
+    return {k: da.from_array(v, chunks=32).map_blocks(count) for k, v in make_data(path, 1).items()}
+
+
+@pytest.mark.parametrize("rerun_key,expect_resumed", [("job-1", True), ("job-2", False)])
+def test_killed_run_resumes_only_missing_blocks(templates, tmp_path, rerun_key, expect_resumed):
+    template, reference = templates["0.5"]
+    path = tmp_path / "p.zarr"
+    shutil.copytree(template, path)
+    original = tree_digest(path)
+    script = tmp_path / "resumable.py"
+    script.write_text(RESUMABLE)
+    env = dict(os.environ, OMELOC_TEST_KILL_AT="level0_mid", OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, str(script), str(path), "job-1"], env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    assert all(tree_digest(path)[k] == v for k, v in _chunks(original).items())
+    calls: list = []
+    result = add_channel(path, "pred", _counting(path, calls), provenance={"model": "m1"}, resume_key=rerun_key)
+    total_blocks = 4 * 4  # 4 images of 64x48 px in 32-px chunks
+    assert result.recovered == "rollback"
+    if expect_resumed:
+        assert 0 < len(calls) <= total_blocks - 2  # the killed run had finished at least 2 blocks
+    else:
+        assert len(calls) == total_blocks
+    assert _semantic(path) == _semantic(reference)
+    final = tree_digest(path)
+    assert set(final) == set(tree_digest(reference)), "stash or journal left behind"
+    assert _chunks(final) == _chunks(tree_digest(reference))
