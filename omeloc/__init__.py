@@ -9,6 +9,9 @@ Public API (imported lazily, so ``import omeloc`` and the CLI start fast):
 - :func:`add_channel`, :func:`recover`, :func:`rechunk` — write a new channel into every image
   and level, safely (``omeloc.writeback``, ``omeloc.rechunk``)
 - :func:`evaluate`, :func:`screen` — virtual vs real channel metrics, figures, screening z-scores
+- :func:`train`, :func:`load_checkpoint` — U-Net / pix2pix from Zarr crops, checkpoints (``omeloc.training``)
+- :func:`predict`, :func:`predict_array` — tiled, blended lazy inference written back as a channel
+- :func:`relate`, :func:`run_demo` — the relationship matrix of a plate's channels; the built-in demo
 - :func:`dask_client` — run on a local cluster or a scheduler address (``omeloc.scheduler``)
 """
 
@@ -44,6 +47,21 @@ _EXPORTS: dict[str, str] = {
     "screen": "omeloc.screening",
     "dask_client": "omeloc.scheduler",
     "UNet": "omeloc.models",
+    "predict": "omeloc.predict",
+    "relate": "omeloc.relate",
+    "RelateResult": "omeloc.relate",
+    "run_demo": "omeloc.demo",
+    "PredictResult": "omeloc.predict",
+    "PatchGAN": "omeloc.models",
+    "train": "omeloc.training",
+    "TrainResult": "omeloc.training",
+    "load_checkpoint": "omeloc.checkpoint",
+    "Checkpoint": "omeloc.checkpoint",
+    "CheckpointRef": "omeloc.checkpoint",
+    "CropSampler": "omeloc.sampling",
+    "predict_array": "omeloc.inference",
+    "normalize": "omeloc.normalization",
+    "denormalize": "omeloc.normalization",
 }
 
 __all__ = ["__version__", *_EXPORTS]

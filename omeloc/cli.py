@@ -156,6 +156,60 @@ def _evaluate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+@_command("predict")
+def _predict(args: argparse.Namespace) -> int:
+    from .predict import predict
+
+    res = predict(
+        args.plate, args.model, name=args.name, wells=args.wells, overwrite=args.overwrite, tile=args.tile,
+        overlap=args.overlap, blend=args.blend, batch_size=args.batch_size, device=args.device,
+        precision=args.precision, scheduler=args.scheduler, workers=args.workers, dry_run=args.dry_run,
+        progress=args.progress,
+    )
+    print(res.summary())
+    if not res.dry_run:
+        print(f"open it: napari --plugin napari-ome-zarr {res.plate}   (or: omeloc info {res.plate})")
+    return EXIT_OK
+
+
+@_command("train")
+def _train(args: argparse.Namespace) -> int:
+    from .training import train
+
+    res = train(
+        args.plates, args.source, args.target, model=args.model, out=args.out, steps=args.steps,
+        val_wells=args.val_wells, crop=args.crop, batch_size=args.batch_size, level=args.level, lr=args.lr,
+        seed=args.seed, device=args.device, depth=args.depth, base_channels=args.base_channels,
+        resume=args.resume, overwrite=args.overwrite, progress=args.progress,
+    )
+    print(res.summary())
+    print(f"next: omeloc predict PLATE --model {res.checkpoint}")
+    return EXIT_OK
+
+
+@_command("demo")
+def _demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    res = run_demo(args.dir, steps=args.steps, size=args.size, overwrite=args.overwrite, device=args.device,
+                   progress=args.progress)
+    print(res.summary())
+    return EXIT_OK
+
+
+@_command("relate")
+def _relate(args: argparse.Namespace) -> int:
+    from .relate import relate
+
+    res = relate(args.plate, args.channels, out=args.out, sources=args.sources, val_wells=args.val_wells,
+                 budget=args.budget, model=args.model, level=args.level, seed=args.seed, device=args.device,
+                 progress=args.progress)
+    print(res.table())
+    for key, path in res.files.items():
+        print(f"  {key}: {path}")
+    return EXIT_OK
+
+
 # -- parser ----------------------------------------------------------------------------------
 def _examples(*lines: str) -> str:
     return "examples:\n" + "\n".join(f"  {line}" for line in lines)
@@ -186,6 +240,14 @@ def build_parser() -> argparse.ArgumentParser:
             name, help=help, description=help, parents=[common],
             formatter_class=argparse.RawDescriptionHelpFormatter, epilog=_examples(*examples),
         )
+
+    p = add("demo", "The whole journey on a synthetic plate: make it, train actin -> WAVE2, predict into the plate, "
+                    "evaluate.", ["omeloc demo", "omeloc demo my-demo --steps 200"])
+    p.add_argument("dir", nargs="?", default="omeloc-demo", help="folder for everything (default: omeloc-demo)")
+    p.add_argument("--steps", type=int, default=400, help="training steps (default 400, a few minutes on 2 cores)")
+    p.add_argument("--size", type=int, default=256, help="field size in pixels")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, mps")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier demo in DIR")
 
     p = add("info", "Describe a plate or image: version, wells, channels, levels, chunks, append-friendliness.",
             ["omeloc info plate.zarr", "omeloc info plate.zarr/B/3/0 --json"])
@@ -254,6 +316,66 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--foreground", type=_foreground, default="otsu", help="'otsu' or an intensity threshold")
     p.add_argument("--no-noise-ceiling", action="store_true", help="skip the Pearson r noise-ceiling estimate")
     p.add_argument("--z-threshold", type=float, default=3.0)
+
+    p = add("predict", "Predict a virtual channel with a trained model and write it into every image of the plate.",
+            ["omeloc predict plate.zarr --model models/actin-wave2",
+             "omeloc predict plate.zarr --model models/actin-wave2 --wells B2,B3 --dry-run",
+             "omeloc predict plate.zarr --model models/actin-wave2 --workers 2",
+             "omeloc predict s3://lab/plate.zarr --model /shared/actin-wave2 --scheduler tcp://gpu-head:8786"])
+    p.add_argument("plate", help="plate (or image) path or URL; must take a new channel in place (see omeloc info)")
+    p.add_argument("--model", required=True, help="checkpoint folder written by omeloc train")
+    p.add_argument("--name", default=None, help="label of the new channel (default: '<target> (virtual)')")
+    p.add_argument("--wells", type=_csv, default=None, metavar="B2,B3", help="wells to predict (default: all)")
+    p.add_argument("--overwrite", action="store_true", help="replace a virtual channel of that name")
+    p.add_argument("--tile", type=int, default=None, help="tile size in pixels (default: the checkpoint's advice)")
+    p.add_argument("--overlap", type=int, default=None, help="tile overlap in pixels (default: the checkpoint's)")
+    p.add_argument("--blend", default="cosine", help="tile blending: cosine, gaussian, linear or constant")
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--scheduler", default=None, metavar="tcp://HOST:PORT", help="a running Dask scheduler")
+    where.add_argument("--workers", type=int, default=None, help="start a local cluster of N worker processes")
+    p.add_argument("--dry-run", action="store_true", help="check everything, say what would be written, write nothing")
+
+    p = add("train", "Train a U-Net or pix2pix to predict one channel from another, on crops read from the plate(s).",
+            ["omeloc train plate.zarr --source actin --target WAVE2 --out models/actin-wave2",
+             "omeloc train plate.zarr --source actin --target vinculin --model pix2pix --steps 5000 --val-wells B2,C3",
+             "omeloc train plate.zarr --source actin --target WAVE2 --out models/actin-wave2 --resume"])
+    p.add_argument("plates", nargs="+", metavar="PLATE", help="plate(s) to train on (only read)")
+    p.add_argument("--source", type=_csv, required=True, metavar="A[,B]", help="input channel(s)")
+    p.add_argument("--target", type=_csv, required=True, metavar="T", help="channel(s) to predict")
+    p.add_argument("--model", choices=["unet", "pix2pix"], default="unet")
+    p.add_argument("--out", default="omeloc-model", help="checkpoint folder (default: omeloc-model)")
+    p.add_argument("--steps", type=int, default=2000, help="optimizer steps (default 2000)")
+    p.add_argument("--val-wells", type=_csv, default=None, metavar="B2,C3",
+                   help="wells held out for validation (default: every fourth well)")
+    p.add_argument("--crop", type=int, default=256, help="crop side in pixels (multiple of 2**depth; default 256)")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--level", type=int, default=0, help="pyramid level to train on (default 0)")
+    p.add_argument("--lr", type=float, default=None, help="learning rate (default 1e-3 U-Net, 2e-4 pix2pix)")
+    p.add_argument("--depth", type=int, default=4, help="U-Net depth (default 4)")
+    p.add_argument("--base-channels", type=int, default=32, help="U-Net width (default 32: 7.8 M parameters)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
+    again = p.add_mutually_exclusive_group()
+    again.add_argument("--resume", action="store_true", help="continue the run saved in --out")
+    again.add_argument("--overwrite", action="store_true", help="replace the checkpoint in --out")
+
+    p = add("relate", "Train a small model for every ordered pair of channels; held-out Pearson r matrix vs baseline.",
+            ["omeloc relate plate.zarr --channels actin,WAVE2,IRSp53,vinculin,tubulin",
+             "omeloc relate plate.zarr --channels actin,WAVE2,tubulin --sources actin --budget 200 --out rel"])
+    p.add_argument("plate", help="plate (only read)")
+    p.add_argument("--channels", type=_csv, required=True, metavar="A,B,C")
+    p.add_argument("--sources", type=_csv, default=None, metavar="A", help="only these sources (default: all)")
+    p.add_argument("--val-wells", type=_csv, default=None, metavar="B2,C3",
+                   help="held-out wells (default: every fourth well)")
+    p.add_argument("--budget", type=int, default=300, help="training steps per pair (default 300)")
+    p.add_argument("--model", choices=["unet", "pix2pix"], default="unet")
+    p.add_argument("--level", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", default="relate", help="output folder (default: relate)")
     return parser
 
 

@@ -302,12 +302,18 @@ def _stray_chunks(io: jr.StoreIO, img: Image, level: int, rel: str, n_c: int) ->
 
 def _preflight(
     plate: Plate, io: jr.StoreIO, name: str, data: DataArg, overwrite: bool, target: str,
-    pending: str | None,
+    pending: str | None, rollback_n: int | None = None,
 ) -> WritePlan:
+    # rollback_n: a dry run before a pending rollback sees the store as the killed run left it;
+    # plan against the channel count the rollback restores instead.
     first = plate.images[0]
     n_c, dtype, axes = first.shape[first.axes.index("c")], first.dtype, first.axes
+    if rollback_n is not None:
+        n_c = rollback_n
     for img in plate.images:
         c = img.shape[img.axes.index("c")]
+        if rollback_n is not None and c in (n_c, n_c + 1):
+            c = n_c
         if (c, img.dtype, img.axes) != (n_c, dtype, axes):
             raise InputError(
                 f"Image {img.path} has {c} channels, dtype {img.dtype}, axes {''.join(img.axes)} but "
@@ -338,12 +344,12 @@ def _preflight(
                 f"({'; '.join(problems[:3])}). {_RECHUNK_HINT}"
             )
         channels = img.omero.get("channels") or []
-        if len(channels) != n_c:
+        if len(channels) != n_c and rollback_n is None:
             raise InputError(
                 f"Image {img.path or target} has {n_c} channels but {len(channels)} omero.channels entries. "
                 f"Fix its omero metadata (one entry per channel) before adding a channel."
             )
-    if mode == "append":
+    if mode == "append" and rollback_n is None:
         for img in plate.images:
             for level in range(len(img.level_paths)):
                 stray = _stray_chunks(io, img, level, img.path, n_c)
@@ -359,6 +365,7 @@ def _preflight(
         shapes = []
         for s in img.shapes:
             s = list(s)
+            s[c_axis] = n_c
             if mode == "append":
                 s[c_axis] += 1
             shapes.append(tuple(s))
@@ -676,7 +683,8 @@ def add_channel(
     plate = open_plate(target, storage_options)
     if not plate.is_plate and "well" in _parent_ome(io, target, storage_options):
         logger.warning("adding channel %r to one field of a plate: the plate's wells will differ in channels", name)
-    plan = _preflight(plate, io, name, data, overwrite, target, pending)
+    rollback_n = int(stale["n_channels"]) if pending == "rollback" and stale.get("mode") == "append" else None
+    plan = _preflight(plate, io, name, data, overwrite, target, pending, rollback_n)
     color = _pick_color(color, list(plate.images[0].omero.get("channels") or []))
     if dry_run:
         return plan
