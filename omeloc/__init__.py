@@ -7,7 +7,7 @@ Public API (imported lazily, so ``import omeloc`` and the CLI start fast):
 - :func:`make_plate` — synthetic plates with known protein relationships (``omeloc.synthetic``)
 - :func:`import_tiff` — TIFF folder to OME-Zarr HCS plate (``omeloc.tiff_import``)
 - :func:`add_channel`, :func:`recover`, :func:`rechunk` — write a new channel into every image
-  and level, safely (``omeloc.writeback``, ``omeloc.rechunk``)
+  and level, safely (``omeloc.writeback``, ``omeloc.rechunking``)
 - :func:`evaluate`, :func:`screen` — virtual vs real channel metrics, figures, screening z-scores
 - :func:`train`, :func:`load_checkpoint` — U-Net / pix2pix from Zarr crops, checkpoints (``omeloc.training``)
 - :func:`predict`, :func:`predict_array` — tiled, blended lazy inference written back as a channel
@@ -41,17 +41,17 @@ _EXPORTS: dict[str, str] = {
     "recover": "omeloc.writeback",
     "WritePlan": "omeloc.writeback",
     "AddChannelResult": "omeloc.writeback",
-    "rechunk": "omeloc.rechunk",
-    "evaluate": "omeloc.evaluate",
-    "EvaluationResult": "omeloc.evaluate",
+    "rechunk": "omeloc.rechunking",
+    "evaluate": "omeloc.evaluation",
+    "EvaluationResult": "omeloc.evaluation",
     "screen": "omeloc.screening",
     "dask_client": "omeloc.scheduler",
     "UNet": "omeloc.models",
-    "predict": "omeloc.predict",
-    "relate": "omeloc.relate",
-    "RelateResult": "omeloc.relate",
+    "predict": "omeloc.prediction",
+    "relate": "omeloc.relationships",
+    "RelateResult": "omeloc.relationships",
     "run_demo": "omeloc.demo",
-    "PredictResult": "omeloc.predict",
+    "PredictResult": "omeloc.prediction",
     "PatchGAN": "omeloc.models",
     "train": "omeloc.training",
     "TrainResult": "omeloc.training",

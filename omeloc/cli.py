@@ -96,7 +96,7 @@ def _import_tiff(args: argparse.Namespace) -> int:
 
 @_command("rechunk")
 def _rechunk(args: argparse.Namespace) -> int:
-    from .rechunk import rechunk
+    from .rechunking import rechunk
 
     path = rechunk(args.src, args.dst, overwrite=args.overwrite)
     print(f"wrote {path} (one channel per chunk: new channels can now be appended in place)")
@@ -128,7 +128,7 @@ def _foreground(value: str) -> str | float:
 
 @_command("evaluate")
 def _evaluate(args: argparse.Namespace) -> int:
-    from .evaluate import evaluate
+    from .evaluation import evaluate
 
     bar = _progress_bar(None, "evaluate", args.progress)
 
@@ -158,7 +158,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 @_command("predict")
 def _predict(args: argparse.Namespace) -> int:
-    from .predict import predict
+    from .prediction import predict
 
     res = predict(
         args.plate, args.model, name=args.name, wells=args.wells, overwrite=args.overwrite, tile=args.tile,
@@ -199,7 +199,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 @_command("relate")
 def _relate(args: argparse.Namespace) -> int:
-    from .relate import relate
+    from .relationships import relate
 
     res = relate(args.plate, args.channels, out=args.out, sources=args.sources, val_wells=args.val_wells,
                  budget=args.budget, model=args.model, level=args.level, seed=args.seed, device=args.device,
@@ -244,7 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("demo", "The whole journey on a synthetic plate: make it, train actin -> WAVE2, predict into the plate, "
                     "evaluate.", ["omeloc demo", "omeloc demo my-demo --steps 200"])
     p.add_argument("dir", nargs="?", default="omeloc-demo", help="folder for everything (default: omeloc-demo)")
-    p.add_argument("--steps", type=int, default=400, help="training steps (default 400, a few minutes on 2 cores)")
+    p.add_argument("--steps", type=int, default=300, help="training steps (default 300: ~3 minutes on 2 CPU cores)")
     p.add_argument("--size", type=int, default=256, help="field size in pixels")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, mps")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier demo in DIR")
@@ -353,7 +353,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--crop", type=int, default=256, help="crop side in pixels (multiple of 2**depth; default 256)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--level", type=int, default=0, help="pyramid level to train on (default 0)")
-    p.add_argument("--lr", type=float, default=None, help="learning rate (default 1e-3 U-Net, 2e-4 pix2pix)")
+    p.add_argument("--lr", type=float, default=None, help="learning rate (default 3e-3 U-Net, 2e-4 pix2pix)")
     p.add_argument("--depth", type=int, default=4, help="U-Net depth (default 4)")
     p.add_argument("--base-channels", type=int, default=32, help="U-Net width (default 32: 7.8 M parameters)")
     p.add_argument("--seed", type=int, default=0)

@@ -81,6 +81,17 @@ def normalize(x: Any, stats: Mapping[str, Any]) -> Any:
     return (x - low) * (1.0 / (high - low))
 
 
+def finite(x: Any) -> Any:
+    """Replace non-finite values of a *normalized* array: NaN and -inf → 0, +inf → 1 (numpy or dask)."""
+    if type(x).__module__.startswith("dask"):
+        return x.map_blocks(_finite_np, dtype=x.dtype)
+    return _finite_np(x)
+
+
+def _finite_np(x: np.ndarray) -> np.ndarray:
+    return np.nan_to_num(x, nan=0.0, posinf=1.0, neginf=0.0)
+
+
 def denormalize(y: Any, stats: Mapping[str, Any]) -> Any:
     """Inverse of :func:`normalize`: back to the channel's own intensity units."""
     low, high = _check(stats)

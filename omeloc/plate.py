@@ -216,6 +216,11 @@ class Image:
         ChannelNotFoundError
             When no channel has that label; the message lists the labels there are.
         """
+        if self.channel_names.count(name) > 1:
+            raise ChannelNotFoundError(
+                f"Channel name {name!r} appears {self.channel_names.count(name)} times in {self.url} "
+                f"({', '.join(self.channel_names)}): it is ambiguous. Give each channel a unique omero label."
+            )
         try:
             return self.channel_names.index(name)
         except ValueError:

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from .errors import InputError
-from .normalization import normalize, percentile_stats
+from .normalization import finite, normalize, percentile_stats
 from .plate import Image
 
 __all__ = ["CropSampler", "channel_statistics"]
@@ -134,7 +134,7 @@ class CropSampler:
 
         def planes(indices: Sequence[int], names: Sequence[str]) -> np.ndarray:
             return np.stack([
-                normalize(np.asarray(arr[_plane_key(s.axes, c, t, z, ys, xs)]), self.normalization[n])
+                finite(normalize(np.asarray(arr[_plane_key(s.axes, c, t, z, ys, xs)]), self.normalization[n]))
                 for c, n in zip(indices, names)
             ]).astype(np.float32, copy=False)
 

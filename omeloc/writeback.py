@@ -32,7 +32,7 @@ import zarr
 
 from . import journal as jr
 from . import resume as rs
-from .errors import ConcurrentWriteError, InputError, LayoutError
+from .errors import OmelocError, ConcurrentWriteError, InputError, LayoutError
 from .hcs_writer import DEFAULT_COLORS, channel_window
 from .layout import writeback_problems
 from .plate import Image, Plate, open_plate
@@ -47,7 +47,7 @@ DataArg = ArrayLike | Mapping[str, ArrayLike | Callable[[], ArrayLike]] | Callab
 
 _RECHUNK_HINT = (
     "Copy the plate into an append-friendly layout (chunk 1 along c), e.g. "
-    "omeloc.rechunk.rechunk(src, dst) (`omeloc rechunk SRC DST`), then add the channel to the copy."
+    "omeloc.rechunk(src, dst) (`omeloc rechunk SRC DST`), then add the channel to the copy."
 )
 
 
@@ -757,9 +757,11 @@ def _run(
         _write_metadata(io, plan, color, window, record)
         _set_phase(io, journal, "complete")
         jr.maybe_kill("complete")
-    except BaseException:
+    except BaseException as err:
         logger.error("add_channel %r failed: rolling back", plan.name)
-        if journal.get("phase") != "complete":
+        # an interruption keeps the finished chunks for a rerun; bad data or a refused write
+        # (omeloc's own errors) leaves the store exactly as it was
+        if journal.get("phase") != "complete" and not isinstance(err, OmelocError):
             rs.stash_finished(io, journal)
         jr.rollback(io, journal)
         raise

@@ -16,7 +16,7 @@ from scipy import ndimage, stats
 from skimage import metrics as skm
 
 from omeloc.errors import ChannelNotFoundError, InputError
-from omeloc.evaluate import EvaluationResult, evaluate
+from omeloc.evaluation import EvaluationResult, evaluate
 from omeloc.hcs_writer import write_image, write_plate
 from omeloc.report import MISSING_COLOR
 from omeloc.writeback import add_channel

@@ -195,18 +195,37 @@ def test_malicious_weights_are_refused(trained, tmp_path):
         omeloc.load_checkpoint(tmp_path)
 
 
-def test_same_seed_same_weights_and_resume_equals_uninterrupted(plate, tmp_path):
+KILLED = """
+import sys
+import omeloc
+omeloc.train(sys.argv[1], "actin", "WAVE2", out=sys.argv[2], steps=6, val_wells=["B2"], val_every=2, crop=32,
+             batch_size=2, depth=2, base_channels=4, progress=False)
+"""
+
+
+def test_same_seed_same_weights_and_resume_after_sigkill_equals_uninterrupted(plate, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+
     kw = dict(val_wells=["B2"], val_every=2, **TINY)
     full = omeloc.train(plate, "actin", "WAVE2", out=tmp_path / "full", steps=6, **kw)
     again = omeloc.train(plate, "actin", "WAVE2", out=tmp_path / "again", steps=6, **kw)
-    half = omeloc.train(plate, "actin", "WAVE2", out=tmp_path / "half", steps=4, **kw)
+    script = tmp_path / "killed.py"
+    script.write_text(KILLED)
+    env = dict(os.environ, OMELOC_TEST_KILL_AT="train_step_4", OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, str(script), str(plate), str(tmp_path / "half")], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    assert not (tmp_path / "half" / "weights.pt").exists() and (tmp_path / "half" / "last.pt").exists()
     resumed = omeloc.train(plate, "actin", "WAVE2", out=tmp_path / "half", steps=6, resume=True, **kw)
     a = torch.load(full.checkpoint / "weights.pt", weights_only=True)
     for other in (again, resumed):
         b = torch.load(other.checkpoint / "weights.pt", weights_only=True)
         for k in a:
             torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
-    assert half.steps == 4 and resumed.steps == 6
+    assert resumed.steps == 6
     assert [r["step"] for r in resumed.history] == list(range(1, 7))
 
 

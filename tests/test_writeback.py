@@ -206,7 +206,7 @@ def test_ome_zarr_py_default_layout_is_refused(tmp_path, version):
     _refused_unchanged(tmp_path / "img.zarr", LayoutError, "rechunk", "x", np.zeros((64, 64)))
     # the fix the error names: an append-friendly copy, then the channel goes in
     from omeloc.hcs_writer import set_ome_attr
-    from omeloc.rechunk import rechunk
+    from omeloc.rechunking import rechunk
 
     copy = rechunk(tmp_path / "img.zarr", tmp_path / "copy.zarr")
     src, dst = omeloc.open_image(tmp_path / "img.zarr"), omeloc.open_image(copy)

@@ -110,11 +110,11 @@ def _to_model_axes(img: Image, level: int, source_idx: Sequence[int]) -> tuple[d
 
 
 def _normalized_source(img: Image, level: int, ckpt: Any) -> da.Array:
-    from .normalization import normalize
+    from .normalization import finite, normalize
 
     idx = [img.channel_index(s) for s in ckpt.source]
     arr, _ = _to_model_axes(img, level, idx)
-    planes = [normalize(arr[..., k, :, :].astype(np.float32), ckpt.normalization[s])
+    planes = [finite(normalize(arr[..., k, :, :].astype(np.float32), ckpt.normalization[s]))
               for k, s in enumerate(ckpt.source)]
     return da.stack(planes, axis=-3)
 
