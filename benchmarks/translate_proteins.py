@@ -40,7 +40,7 @@ def _run(plate, source, target, model, out, settings, val):
     res = omeloc.train(plate, source, target, model=model, out=out, val_wells=[val], overwrite=True,
                        progress=False, **settings)
     seconds = time.perf_counter() - t0
-    sc = heldout_scores(omeloc.open_plate(plate), [val], res.checkpoint, source, target, settings["level"])
+    sc = heldout_scores(omeloc.open_plate(plate), [val], res.checkpoint, settings["level"])[target]
     r, b = sc["pearson_r"], sc["baseline_r"]
     row = {"source": source, "target": target, "model": model, "heldout_r": r, "baseline_r": b,
            "structure_r": sc["structure_r"], "baseline_structure_r": sc["baseline_structure_r"],

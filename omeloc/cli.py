@@ -203,7 +203,7 @@ def _relate(args: argparse.Namespace) -> int:
 
     res = relate(args.plate, args.channels, out=args.out, sources=args.sources, val_wells=args.val_wells,
                  budget=args.budget, model=args.model, level=args.level, seed=args.seed, device=args.device,
-                 progress=args.progress)
+                 joint=args.joint, progress=args.progress)
     print(res.table())
     for key, path in res.files.items():
         print(f"  {key}: {path}")
@@ -375,6 +375,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--level", type=int, default=0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
+    p.add_argument("--joint", action="store_true",
+                   help="one multi-output model per source instead of one model per pair (faster)")
     p.add_argument("--out", default="relate", help="output folder (default: relate)")
     return parser
 

@@ -167,3 +167,21 @@ def test_noise_ceiling_on_real_image(shared_data, scale):
     noisy = img + np.random.default_rng(0).normal(0, scale * img.std(), img.shape)
     assert M.noise_ceiling(img) > 0.99
     assert M.noise_ceiling(noisy) == pytest.approx(M.pearson_r(img, noisy), abs=0.01)
+
+
+def test_gaussian_blur_matches_scipy_and_structure_r_ignores_the_footprint():
+    from scipy import ndimage
+
+    rng = np.random.default_rng(0)
+    x = rng.random((40, 52))
+    for sigma in (1.0, 2.5, 4.0):
+        np.testing.assert_allclose(M.gaussian_blur(x, sigma),
+                                   ndimage.gaussian_filter(x, sigma, mode="reflect", truncate=3), atol=1e-12)
+    yy, xx = np.mgrid[:96, :96]
+    footprint = np.exp(-((yy - 48) ** 2 + (xx - 48) ** 2) / (2 * 20.0**2))
+    fibres = (np.sin(xx / 1.5) > 0.9) * footprint  # fine structure inside the cell
+    truth = 100 * footprint + 40 * fibres
+    blurred = ndimage.gaussian_filter(truth, 6)  # what a model that only sees the cell would predict
+    assert M.pearson_r(blurred, truth) > 0.9
+    assert abs(M.structure_r(blurred, truth)) < 0.3
+    assert M.structure_r(truth + rng.normal(0, 1, truth.shape), truth) > 0.9
