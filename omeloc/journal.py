@@ -56,7 +56,15 @@ ACTIVE_RUNS: set[str] = set()
 
 
 def maybe_kill(phase: str) -> None:
-    """Test hook: SIGKILL this process when ``OMELOC_TEST_KILL_AT`` names ``phase``."""
+    """Test hook: SIGKILL this process when ``OMELOC_TEST_KILL_AT`` names ``phase``.
+
+    ``OMELOC_TEST_PAUSE_AT`` naming ``phase`` sleeps ``OMELOC_TEST_PAUSE_SECONDS`` (default 5)
+    there instead (to hold a write open while a test starts a second one).
+    """
+    if os.environ.get("OMELOC_TEST_PAUSE_AT") == phase:
+        import time
+
+        time.sleep(float(os.environ.get("OMELOC_TEST_PAUSE_SECONDS", "5")))
     if os.environ.get("OMELOC_TEST_KILL_AT") == phase:
         logger.warning("OMELOC_TEST_KILL_AT=%s: killing process %d", phase, os.getpid())
         os.kill(os.getpid(), signal.SIGKILL)

@@ -1,0 +1,82 @@
+"""Two writers at once, and a worker process dying mid-run: never a corrupted plate."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import omeloc
+from conftest import tree_digest
+from omeloc.cli import main
+from omeloc.journal import JOURNAL_KEY
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("conc")
+    plate = omeloc.make_plate(root / "plate.zarr", rows=1, cols=2, fields=1, size=96, chunks=(48, 48), levels=2,
+                              channels=("actin", "WAVE2"))
+    res = omeloc.train(plate, "actin", "WAVE2", out=root / "model", steps=2, crop=32, batch_size=2, depth=2,
+                       base_channels=4, val_wells=["A2"], progress=False)
+    ref = root / "ref.zarr"
+    shutil.copytree(plate, ref)
+    omeloc.predict(ref, res.checkpoint, progress=False)
+    return plate, res.checkpoint, ref
+
+
+def _same_pixels(a: Path, b: Path) -> None:
+    pa, pb = omeloc.open_plate(a), omeloc.open_plate(b)
+    assert pa.channel_names == pb.channel_names
+    for ia, ib in zip(pa.images, pb.images):
+        for level in range(len(ia.level_paths)):
+            np.testing.assert_array_equal(ia.level(level).compute(), ib.level(level).compute())
+
+
+def _journal(plate: Path) -> dict | None:
+    attrs = json.loads((plate / "zarr.json").read_text()).get("attributes", {})
+    return attrs.get(JOURNAL_KEY)
+
+
+def test_second_predict_refuses_while_the_first_writes(setup, tmp_path, capsys):
+    plate0, ckpt, ref = setup
+    plate = tmp_path / "plate.zarr"
+    shutil.copytree(plate0, plate)
+    env = dict(os.environ, OMELOC_TEST_PAUSE_AT="resized", OMELOC_TEST_PAUSE_SECONDS="6", OMP_NUM_THREADS="1")
+    first = subprocess.Popen([sys.executable, "-m", "omeloc.cli", "-q", "predict", str(plate), "--model", str(ckpt)],
+                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 120
+        while (_journal(plate) or {}).get("phase") != "resized":
+            assert first.poll() is None, first.communicate()
+            assert time.time() < deadline, "the first run never reached its write phase"
+            time.sleep(0.1)
+        code = main(["-q", "predict", str(plate), "--model", str(ckpt)])
+        err = capsys.readouterr().err.strip()
+        assert code == 2 and len(err.splitlines()) == 1, err
+        assert "being written" in err, err
+    finally:
+        out, err1 = first.communicate(timeout=300)
+    assert first.returncode == 0, err1
+    _same_pixels(plate, ref)  # the first run finished correctly; the second changed nothing
+    assert _journal(plate) is None
+
+
+def test_a_dying_worker_does_not_change_the_result(setup, tmp_path, monkeypatch):
+    plate0, ckpt, ref = setup
+    plate = tmp_path / "plate.zarr"
+    shutil.copytree(plate0, plate)
+    marker = tmp_path / "killed-once"
+    monkeypatch.setenv("OMELOC_TEST_KILL_WORKER_ONCE", str(marker))
+    omeloc.predict(plate, ckpt, workers=2, progress=False)
+    assert marker.exists(), "no worker was killed: the test tested nothing"
+    _same_pixels(plate, ref)
