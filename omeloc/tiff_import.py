@@ -24,6 +24,7 @@ import tifffile
 
 from .errors import InputError, PathNotFoundError
 from .hcs_writer import write_plate
+from .journal import maybe_kill
 
 __all__ = ["import_tiff", "NF1_PATTERN", "DEFAULT_PATTERN"]
 
@@ -95,6 +96,16 @@ def _auto_levels(shape: Sequence[int], min_size: int = 128) -> int:
     while min(shape[-2:]) // 2**levels >= min_size:
         levels += 1
     return levels
+
+
+def _reporter(progress: Callable[[int, int], None] | None, total: int) -> Callable[[int], None]:
+    def report(n: int) -> None:
+        if n == 1:
+            maybe_kill("import_mid")  # test hook (OMELOC_TEST_KILL_AT)
+        if progress:
+            progress(n, total)
+
+    return report
 
 
 def import_tiff(
@@ -228,7 +239,7 @@ def import_tiff(
         plate_name=out.stem, rows=rows, columns=columns,
         extra_attrs={"omeloc_import": {"source_folder": str(folder.resolve()), "pattern": pattern,
                                         "files": len(entries)}},
-        progress=(lambda n: progress(n, total)) if progress else None,
+        progress=_reporter(progress, total),
     )
     if out.exists():
         shutil.rmtree(out)

@@ -86,3 +86,25 @@ def test_missing_channel_and_existing_output_refused(tmp_path):
         import_tiff(folder, tmp_path / "exists.zarr", pattern=NF1_PATTERN)
     with pytest.raises(InputError, match="not a valid regular expression"):
         import_tiff(folder, tmp_path / "o.zarr", pattern="(?P<well>")
+
+
+def test_killed_import_leaves_no_plate_and_a_rerun_completes(shared_data, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    folder = shared_data / "nf1_plate2"
+    ref = import_tiff(folder, tmp_path / "ref.zarr", pattern=NF1_PATTERN)
+    out = tmp_path / "nf1.zarr"
+    env = dict(os.environ, OMELOC_TEST_KILL_AT="import_mid")
+    proc = subprocess.run([sys.executable, "-m", "omeloc.cli", "-q", "import-tiff", str(folder), str(out),
+                           "--pattern", NF1_PATTERN], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    assert not out.exists() and (tmp_path / "nf1.zarr.importing").exists()  # half a plate never at `out`
+    assert main(["-q", "import-tiff", str(folder), str(out), "--pattern", NF1_PATTERN]) == 0
+    assert not (tmp_path / "nf1.zarr.importing").exists()
+    a, b = omeloc.open_plate(ref), omeloc.open_plate(out)
+    assert [i.path for i in a.images] == [i.path for i in b.images]
+    for ia, ib in zip(a.images, b.images):
+        np.testing.assert_array_equal(ia.level(0).compute(), ib.level(0).compute())
