@@ -120,10 +120,10 @@ def relate(
     val_wells: Sequence[str] | None = None,
     budget: int = 300,
     model: str = "unet",
-    depth: int = 2,
-    base_channels: int = 8,
-    crop: int = 64,
-    batch_size: int = 8,
+    depth: int = 3,
+    base_channels: int = 16,
+    crop: int = 96,
+    batch_size: int = 4,
     level: int = 0,
     seed: int = 0,
     device: str = "auto",
@@ -149,7 +149,8 @@ def relate(
     budget
         Training steps per pair.
     model, depth, base_channels, crop, batch_size
-        The small model trained for each pair and its crops.
+        The small model trained for each pair and its crops (defaults: a 0.5 M-parameter U-Net,
+        96-pixel crops, 4 per step: ~45 s per pair for 300 steps on 2 CPU cores).
     level
         Pyramid level to train and score on.
     seed
