@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     steps = args.steps or (6 if args.quick else 300)
     size = 96 if args.quick else 256
-    settings = dict(steps=steps, crop=64 if args.quick else 128, batch_size=8, depth=3, base_channels=16, level=0,
+    settings = dict(steps=steps, crop=64 if args.quick else 96, batch_size=8, depth=3, base_channels=16, level=0,
                     seed=0)
     models = args.models.split(",")
     work = Path(tempfile.mkdtemp(prefix="omeloc-translate-"))
@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> dict:
         print("NF1 plate (real): actin (RFP) → ER (GFP), trained on B7, D6, D7, F7, scored on H12")
         nf1 = omeloc.import_tiff(NF1, work / "nf1.zarr", pattern=NF1_PATTERN,
                                  channel_names={"RFP": "actin", "GFP": "ER", "DAPI": "nuclei"})
-        real = {**settings, "crop": 64 if args.quick else 256}
+        real = dict(settings)
         for model in models:
             results["nf1"].append(_run(nf1, "actin", "ER", model, work / f"nf1-{model}", real, "H12"))
         results["nf1_dna"] = [_run(nf1, "nuclei", "ER", "unet", work / "nf1-dapi", real, "H12")]
