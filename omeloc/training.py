@@ -92,6 +92,14 @@ def _open_all(plates: Any) -> list[Plate]:
 
 def _split(plates: list[Plate], val_wells: Sequence[str] | None) -> tuple[list[Image], list[Image], list[str], list[str]]:
     """Training and validation images; validation is whole wells (never a crop of a training well)."""
+    singles = [img for p in plates if not p.is_plate for img in p.images]
+    if singles:  # single images (not plates): no wells to hold out
+        if val_wells:
+            raise InputError("--val-wells needs plates; single images have no wells. Drop --val-wells, or "
+                             "train on a plate.")
+        logger.warning("training on single image(s): validation crops come from the training images")
+        imgs = singles + [img for p in plates if p.is_plate for img in p.images]
+        return imgs, imgs, [i.name for i in imgs], []
     names = [(p, w) for p in plates for w in p.wells.values()]
     if val_wells is None:
         if len(names) >= 2:

@@ -278,3 +278,14 @@ def test_cli_train_then_predict(plate, tmp_path, capsys):
     assert p.channel_names[-1] == "WAVE2 (virtual)"
     v = p.images[0].channel("WAVE2 (virtual)").compute()
     assert v.std() > 0
+
+
+def test_single_image_trains_and_predicts(tmp_path):
+    data = (np.random.default_rng(0).random((2, 96, 96)) * 1000).astype("uint16")
+    path = omeloc.write_image(tmp_path / "img.zarr", data, channel_names=["a", "b"], chunks=(48, 48), levels=2)
+    with pytest.raises(InputError, match="single images have no wells"):
+        omeloc.train(path, "a", "b", out=tmp_path / "m", val_wells=["B2"], **TINY)
+    res = omeloc.train(path, "a", "b", out=tmp_path / "m", steps=2, **TINY)
+    assert omeloc.load_checkpoint(res.checkpoint).provenance["val_heldout"] is False
+    omeloc.predict(path, res.checkpoint, progress=False)
+    assert omeloc.open_image(path).channel_names == ("a", "b", "b (virtual)")
