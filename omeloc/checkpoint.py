@@ -21,6 +21,8 @@ import hashlib
 import json
 import os
 import pickle
+import re
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -138,12 +140,15 @@ def _safe_load(path: Path) -> Any:
         raise CheckpointError(f"Missing {path.name} in checkpoint {path.parent}. Pass the folder that "
                               f"'omeloc train --out' wrote.")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about pickle protocols on stderr: one error line is enough
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(err))
+        what = f"the Python object {found.group(1)}" if found else "Python objects besides tensors"
         raise CheckpointError(
-            f"Refused to load {path}: it holds more than tensors ({first[:160]}). omeloc loads weights only; "
-            f"use a checkpoint written by 'omeloc train'."
+            f"Refused to load {path}: it holds {what}, which omeloc never unpickles. Use a checkpoint written "
+            f"by 'omeloc train' (weights only)."
         ) from None
     except (RuntimeError, EOFError, OSError, ValueError, AttributeError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
