@@ -294,3 +294,19 @@ def test_every_pixel_type_trains_and_predicts(dtype, tmp_path):
     if dtype != "float32":
         info = np.iinfo(dtype)
         assert v.min() >= info.min and v.max() <= info.max
+
+
+def test_malicious_checkpoint_in_a_real_process_prints_one_line(template, tmp_path):
+    """Outside pytest nothing captures warnings: stderr must still be exactly one line."""
+    import subprocess
+    import sys
+
+    plate, ckpt = tmp_path / "plate.zarr", tmp_path / "ckpt"
+    shutil.copytree(template[0], plate)
+    shutil.copytree(template[1], ckpt)
+    argv, words, _ = _predict_malicious_checkpoint(tmp_path, plate, ckpt)
+    before = tree_digest(plate)
+    proc = subprocess.run([sys.executable, "-m", "omeloc.cli", *argv], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert len(proc.stderr.strip().splitlines()) == 1 and words in proc.stderr, proc.stderr
+    assert tree_digest(plate) == before and not MARKER.exists()
