@@ -299,9 +299,13 @@ def _drop_backup(io: StoreIO, journal: Mapping[str, Any]) -> None:
         io.delete(key)
 
 
-def rollback(io: StoreIO, journal: Mapping[str, Any]) -> None:
-    """Undo a run described by ``journal``: the tree becomes byte-for-byte what it was."""
-    logger.warning("rolling back omeloc run %s (channel %r) in %s", journal["run_id"], journal["name"], io.url)
+def rollback(io: StoreIO, journal: Mapping[str, Any], *, quiet: bool = False) -> None:
+    """Undo a run described by ``journal``: the tree becomes byte-for-byte what it was.
+
+    ``quiet`` logs at INFO instead of WARNING (the caller reports the failure itself).
+    """
+    logger.log(logging.INFO if quiet else logging.WARNING, "rolling back omeloc run %s (channel %r) in %s",
+               journal["run_id"], journal["name"], io.url)
     journal = dict(journal)
     if not journal.get("chunks_restored"):
         removed = _delete_new_chunks(io, journal)

@@ -281,8 +281,8 @@ def predict(
         plan = add_channel(opened.path, name, payload, dry_run=True, **kwargs)
         if on_plan is not None:
             on_plan(plan)
+        ckpt.build_model("cpu")  # the weights load (safely) and fit the architecture, before any write
         if dry_run:
-            ckpt.build_model("cpu")  # the weights load (safely) and fit the architecture
             return PredictResult(plate=opened.path, name=name, channel_index=plan.channel_index,
                                  images=len(plan.images), predicted=tuple(sorted(chosen)), megapixels=megapixels,
                                  seconds=time.perf_counter() - t0, dry_run=True, plan=plan)

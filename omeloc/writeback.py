@@ -758,12 +758,13 @@ def _run(
         _set_phase(io, journal, "complete")
         jr.maybe_kill("complete")
     except BaseException as err:
-        logger.error("add_channel %r failed: rolling back", plan.name)
         # an interruption keeps the finished chunks for a rerun; bad data or a refused write
-        # (omeloc's own errors) leaves the store exactly as it was
-        if journal.get("phase") != "complete" and not isinstance(err, OmelocError):
+        # (omeloc's own errors, reported to the user by the caller) leaves the store exactly as it was
+        ours = isinstance(err, OmelocError)
+        logger.log(logging.INFO if ours else logging.ERROR, "add_channel %r failed: rolling back", plan.name)
+        if journal.get("phase") != "complete" and not ours:
             rs.stash_finished(io, journal)
-        jr.rollback(io, journal)
+        jr.rollback(io, journal, quiet=ours)
         raise
     jr.finish(io, journal)
     rs.drop_stash(io)
