@@ -17,12 +17,11 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
-import math
 import threading
 import uuid
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any, Protocol, runtime_checkable
 
 import dask

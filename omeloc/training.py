@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from . import __version__
 from .checkpoint import (META_FILE, STATE_FILE, WEIGHTS_FILE, Checkpoint, _atomic_torch_save, load_state,
                          save_checkpoint)
 from .errors import InputError
@@ -376,7 +377,7 @@ def train(
         "lr": lr, "schedule": schedule, "loss": loss if model == "unet" else "l1+cgan", "betas": list(betas), "lambda_l1": lambda_l1 if model == "pix2pix" else None,
         "level": level, "augment": augment, "min_foreground": min_foreground, "device": str(dev),
         "precision": amp, "torch": torch.__version__, "python": platform.python_version(),
-        "omeloc": _version(), "host": platform.node(),
+        "omeloc": __version__, "host": platform.node(),
     }
     meta = {"model": model, "source": sources, "target": targets, "normalization": normalization}
 
@@ -508,13 +509,3 @@ def _lr_factor(step: int, steps: int, schedule: str) -> float:
         return (step + 1) / warm
     progress = (step - warm) / max(1, steps - warm)
     return 0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
-
-
-def _version() -> str:
-    try:
-        from importlib.metadata import version
-
-        return version("omeloc")
-    except Exception:  # noqa: BLE001 - not installed (source checkout)
-        return "unknown"
-

@@ -31,6 +31,18 @@ def tree_digest(root: str | os.PathLike) -> dict[str, str]:
     }
 
 
+def assert_same_pixels(a: str | os.PathLike, b: str | os.PathLike) -> None:
+    """Two plates (or images) hold the same channels, images and pixels at every level."""
+    import omeloc
+
+    pa, pb = omeloc.open_plate(a), omeloc.open_plate(b)
+    assert pa.channel_names == pb.channel_names
+    assert [i.path for i in pa.images] == [i.path for i in pb.images]
+    for ia, ib in zip(pa.images, pb.images):
+        for level in range(len(ia.level_paths)):
+            np.testing.assert_array_equal(ia.level(level).compute(), ib.level(level).compute())
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     """The real images in ../shared/data (tests skip when the folder is missing)."""

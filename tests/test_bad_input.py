@@ -19,6 +19,7 @@ import zarr
 import omeloc
 from conftest import tree_digest
 from omeloc.cli import main
+from omeloc.tiff_import import NF1_PATTERN
 
 MARKER = Path("/tmp/omeloc_pwned_by_bad_input_corpus")
 
@@ -187,7 +188,7 @@ def _import_mixed_shapes(tmp, plate, ckpt):
     tifffile.imwrite(d / "B7_01_1_1_DAPI_001.tif", np.zeros((8, 8), "uint16"))
     tifffile.imwrite(d / "B7_01_2_1_GFP_001.tif", np.zeros((8, 9), "uint16"))
     return ["import-tiff", str(d), str(tmp / "out.zarr"), "--pattern",
-            r"(?P<well>[A-P]\d{1,2})_01_(?P<channel>[1-3])_(?P<site>\d)_(?P<stain>DAPI|GFP|RFP)_001\.tif"], \
+            NF1_PATTERN], \
         "shape", d
 
 
@@ -196,7 +197,7 @@ def _import_out_exists(tmp, plate, ckpt):
     d.mkdir()
     tifffile.imwrite(d / "B7_01_1_1_DAPI_001.tif", np.zeros((8, 8), "uint16"))
     return ["import-tiff", str(d), str(plate), "--pattern",
-            r"(?P<well>[A-P]\d{1,2})_01_(?P<channel>[1-3])_(?P<site>\d)_(?P<stain>DAPI|GFP|RFP)_001\.tif"], \
+            NF1_PATTERN], \
         "exists", plate
 
 

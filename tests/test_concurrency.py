@@ -10,11 +10,10 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 import omeloc
-from conftest import tree_digest
+from conftest import assert_same_pixels
 from omeloc.cli import main
 from omeloc.journal import JOURNAL_KEY
 
@@ -32,14 +31,6 @@ def setup(tmp_path_factory):
     shutil.copytree(plate, ref)
     omeloc.predict(ref, res.checkpoint, progress=False)
     return plate, res.checkpoint, ref
-
-
-def _same_pixels(a: Path, b: Path) -> None:
-    pa, pb = omeloc.open_plate(a), omeloc.open_plate(b)
-    assert pa.channel_names == pb.channel_names
-    for ia, ib in zip(pa.images, pb.images):
-        for level in range(len(ia.level_paths)):
-            np.testing.assert_array_equal(ia.level(level).compute(), ib.level(level).compute())
 
 
 def _journal(plate: Path) -> dict | None:
@@ -67,7 +58,7 @@ def test_second_predict_refuses_while_the_first_writes(setup, tmp_path, capsys):
     finally:
         out, err1 = first.communicate(timeout=300)
     assert first.returncode == 0, err1
-    _same_pixels(plate, ref)  # the first run finished correctly; the second changed nothing
+    assert_same_pixels(plate, ref)  # the first run finished correctly; the second changed nothing
     assert _journal(plate) is None
 
 
@@ -79,4 +70,4 @@ def test_a_dying_worker_does_not_change_the_result(setup, tmp_path, monkeypatch)
     monkeypatch.setenv("OMELOC_TEST_KILL_WORKER_ONCE", str(marker))
     omeloc.predict(plate, ckpt, workers=2, progress=False)
     assert marker.exists(), "no worker was killed: the test tested nothing"
-    _same_pixels(plate, ref)
+    assert_same_pixels(plate, ref)
