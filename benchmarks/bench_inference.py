@@ -57,7 +57,7 @@ def make_image(size: int, seed: int = 0) -> np.ndarray:
 def load_model(weights: str):
     import torch
 
-    from omeloc.models import UNet
+    from omeloc.learn.models import UNet
 
     model = UNet()
     model.load_state_dict(torch.load(weights, weights_only=True))
@@ -82,7 +82,7 @@ def run_omeloc(args) -> float:
     import dask.array as da
     import zarr
 
-    from omeloc.inference import predict_array
+    from omeloc.engine.inference import predict_array
 
     model = load_model(args.weights)
     out_path = Path(args.workdir) / f"out-{args.size}.zarr"
@@ -109,7 +109,7 @@ def run_monai(args) -> float:
 
     model = load_model(args.weights).to(memory_format=torch.channels_last)
     if args.worker == "monai_folded":  # MONAI given omeloc's prepared (BatchNorm-folded) model
-        from omeloc.inference import prepare_model
+        from omeloc.engine.inference import prepare_model
 
         model = prepare_model(model, torch.device("cpu"))
     image = torch.from_numpy(np.asarray(zarr.open_array(args.input, mode="r")[:]))[None]
@@ -130,7 +130,7 @@ def run_forward(args) -> float:
     import torch
     import zarr
 
-    from omeloc.inference import prepare_model
+    from omeloc.engine.inference import prepare_model
 
     # the same prepared model omeloc runs (eval, BatchNorm folded, channels_last)
     model = prepare_model(load_model(args.weights), torch.device("cpu"))
@@ -156,7 +156,7 @@ def run_quality(args) -> dict:
     import dask.array as da
     import torch
 
-    from omeloc.inference import predict_array
+    from omeloc.engine.inference import predict_array
 
     model = load_model(args.weights).to(memory_format=torch.channels_last)
     image = make_image(args.size, seed=1)
@@ -215,7 +215,7 @@ def calibrated_unet():
     """
     import torch
 
-    from omeloc.models import UNet
+    from omeloc.learn.models import UNet
 
     model = UNet()
     for m in model.modules():

@@ -27,11 +27,11 @@ from pathlib import Path
 import torch
 
 import omeloc
-from omeloc.relationships import heldout_scores
+from omeloc.analysis.relate import heldout_scores
 
 HERE = Path(__file__).resolve().parent
 NF1 = HERE.parent.parent / "shared" / "data" / "nf1_plate2"
-from omeloc.tiff_import import NF1_PATTERN  # noqa: E402
+from omeloc.data.tiff_import import NF1_PATTERN  # noqa: E402
 TARGETS = ["WAVE2", "IRSp53", "vinculin", "tubulin"]
 
 

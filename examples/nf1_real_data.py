@@ -13,8 +13,8 @@ import argparse
 from pathlib import Path
 
 import omeloc
-from omeloc.metrics import pearson_r
-from omeloc.tiff_import import NF1_PATTERN
+from omeloc.analysis.metrics import pearson_r
+from omeloc.data.tiff_import import NF1_PATTERN
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_DATA = HERE.parent.parent / "shared" / "data" / "nf1_plate2"

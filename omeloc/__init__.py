@@ -2,17 +2,17 @@
 
 Public API (imported lazily, so ``import omeloc`` and the CLI start fast):
 
-- :func:`open_plate`, :func:`open_image` — lazy plate/image views (``omeloc.plate``)
-- :func:`write_plate`, :func:`write_image` — new OME-Zarr plates/images (``omeloc.hcs_writer``)
-- :func:`make_plate` — synthetic plates with known protein relationships (``omeloc.synthetic``)
-- :func:`import_tiff` — TIFF folder to OME-Zarr HCS plate (``omeloc.tiff_import``)
+- :func:`open_plate`, :func:`open_image` — lazy plate/image views (``omeloc.ngff.plate``)
+- :func:`write_plate`, :func:`write_image` — new OME-Zarr plates/images (``omeloc.ngff.writer``)
+- :func:`make_plate` — synthetic plates with known protein relationships (``omeloc.data.synthetic``)
+- :func:`import_tiff` — TIFF folder to OME-Zarr HCS plate (``omeloc.data.tiff_import``)
 - :func:`add_channel`, :func:`recover`, :func:`rechunk` — write a new channel into every image
-  and level, safely (``omeloc.writeback``, ``omeloc.rechunking``)
+  and level, safely (``omeloc.writeback.protocol``, ``omeloc.ngff.rechunk``)
 - :func:`evaluate`, :func:`screen` — virtual vs real channel metrics, figures, screening z-scores
-- :func:`train`, :func:`load_checkpoint` — U-Net / pix2pix from Zarr crops, checkpoints (``omeloc.training``)
+- :func:`train`, :func:`load_checkpoint` — U-Net / pix2pix from Zarr crops, checkpoints (``omeloc.learn.training``)
 - :func:`predict`, :func:`predict_array` — tiled, blended lazy inference written back as a channel
 - :func:`relate`, :func:`run_demo` — the relationship matrix of a plate's channels; the built-in demo
-- :func:`dask_client` — run on a local cluster or a scheduler address (``omeloc.scheduler``)
+- :func:`dask_client` — run on a local cluster or a scheduler address (``omeloc.compute``)
 """
 
 from __future__ import annotations
@@ -23,45 +23,45 @@ from typing import Any
 __version__ = "0.1.0"
 
 _EXPORTS: dict[str, str] = {
-    "open_plate": "omeloc.plate",
-    "open_image": "omeloc.plate",
-    "Plate": "omeloc.plate",
-    "Well": "omeloc.plate",
-    "Image": "omeloc.plate",
-    "write_plate": "omeloc.hcs_writer",
-    "write_image": "omeloc.hcs_writer",
-    "make_plate": "omeloc.synthetic",
-    "import_tiff": "omeloc.tiff_import",
-    "describe": "omeloc.info",
+    "open_plate": "omeloc.ngff.plate",
+    "open_image": "omeloc.ngff.plate",
+    "Plate": "omeloc.ngff.plate",
+    "Well": "omeloc.ngff.plate",
+    "Image": "omeloc.ngff.plate",
+    "write_plate": "omeloc.ngff.writer",
+    "write_image": "omeloc.ngff.writer",
+    "make_plate": "omeloc.data.synthetic",
+    "import_tiff": "omeloc.data.tiff_import",
+    "describe": "omeloc.ngff.info",
     "OmelocError": "omeloc.errors",
-    "render_field": "omeloc.synthetic_cells",
-    "simulate_field": "omeloc.synthetic_cells",
-    "CHANNELS": "omeloc.synthetic_cells",
-    "add_channel": "omeloc.writeback",
-    "recover": "omeloc.writeback",
-    "WritePlan": "omeloc.writeback",
-    "AddChannelResult": "omeloc.writeback",
-    "rechunk": "omeloc.rechunking",
-    "evaluate": "omeloc.evaluation",
-    "EvaluationResult": "omeloc.evaluation",
-    "screen": "omeloc.screening",
-    "dask_client": "omeloc.scheduler",
-    "UNet": "omeloc.models",
-    "predict": "omeloc.prediction",
-    "relate": "omeloc.relationships",
-    "RelateResult": "omeloc.relationships",
-    "run_demo": "omeloc.demo",
-    "PredictResult": "omeloc.prediction",
-    "PatchGAN": "omeloc.models",
-    "train": "omeloc.training",
-    "TrainResult": "omeloc.training",
-    "load_checkpoint": "omeloc.checkpoint",
-    "Checkpoint": "omeloc.checkpoint",
-    "CheckpointRef": "omeloc.checkpoint",
-    "CropSampler": "omeloc.sampling",
-    "predict_array": "omeloc.inference",
-    "normalize": "omeloc.normalization",
-    "denormalize": "omeloc.normalization",
+    "render_field": "omeloc.data.synthetic_cells",
+    "simulate_field": "omeloc.data.synthetic_cells",
+    "CHANNELS": "omeloc.data.synthetic_cells",
+    "add_channel": "omeloc.writeback.protocol",
+    "recover": "omeloc.writeback.protocol",
+    "WritePlan": "omeloc.writeback.protocol",
+    "AddChannelResult": "omeloc.writeback.protocol",
+    "rechunk": "omeloc.ngff.rechunk",
+    "evaluate": "omeloc.analysis.evaluate",
+    "EvaluationResult": "omeloc.analysis.evaluate",
+    "screen": "omeloc.analysis.screening",
+    "dask_client": "omeloc.compute",
+    "UNet": "omeloc.learn.models",
+    "predict": "omeloc.jobs.predict",
+    "relate": "omeloc.analysis.relate",
+    "RelateResult": "omeloc.analysis.relate",
+    "run_demo": "omeloc.jobs.demo",
+    "PredictResult": "omeloc.jobs.predict",
+    "PatchGAN": "omeloc.learn.models",
+    "train": "omeloc.learn.training",
+    "TrainResult": "omeloc.learn.training",
+    "load_checkpoint": "omeloc.learn.checkpoint",
+    "Checkpoint": "omeloc.learn.checkpoint",
+    "CheckpointRef": "omeloc.learn.checkpoint",
+    "CropSampler": "omeloc.learn.sampling",
+    "predict_array": "omeloc.engine.inference",
+    "normalize": "omeloc.learn.normalization",
+    "denormalize": "omeloc.learn.normalization",
 }
 
 __all__ = ["__version__", *_EXPORTS]

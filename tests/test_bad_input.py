@@ -19,7 +19,7 @@ import zarr
 import omeloc
 from conftest import tree_digest
 from omeloc.cli import main
-from omeloc.tiff_import import NF1_PATTERN
+from omeloc.data.tiff_import import NF1_PATTERN
 
 MARKER = Path("/tmp/omeloc_pwned_by_bad_input_corpus")
 

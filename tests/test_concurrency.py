@@ -15,7 +15,7 @@ import pytest
 import omeloc
 from conftest import assert_same_pixels
 from omeloc.cli import main
-from omeloc.journal import JOURNAL_KEY
+from omeloc.writeback.journal import JOURNAL_KEY
 
 pytestmark = pytest.mark.slow
 

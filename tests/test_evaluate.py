@@ -16,10 +16,10 @@ from scipy import ndimage, stats
 from skimage import metrics as skm
 
 from omeloc.errors import ChannelNotFoundError, InputError
-from omeloc.evaluation import EvaluationResult, evaluate
-from omeloc.hcs_writer import write_image, write_plate
-from omeloc.report import MISSING_COLOR
-from omeloc.writeback import add_channel
+from omeloc.analysis.evaluate import EvaluationResult, evaluate
+from omeloc.ngff.writer import write_image, write_plate
+from omeloc.analysis.figures import MISSING_COLOR
+from omeloc.writeback.protocol import add_channel
 
 ROWS, COLS, FIELDS, SIZE = ("A", "B"), ("1", "2", "3"), ("0", "1"), 64
 WELLS = [("A", "1"), ("A", "2"), ("A", "3"), ("B", "1"), ("B", "2")]  # B3 left empty
@@ -136,7 +136,7 @@ def test_heatmap_and_montage_written(result: EvaluationResult):
     png = imread(result.files["heatmap"])
     assert png.ndim == 3 and png[..., :3].std() > 0.05
     # B3 has no well: its cell is grey.  Recompute the layout the same way the figure did.
-    from omeloc.report import plate_heatmap
+    from omeloc.analysis.figures import plate_heatmap
 
     values = {w["path"]: w["pearson_r"] for w in result.wells}
     layout = plate_heatmap(values, ROWS, COLS, result.files["heatmap"].with_name("again.png"))
@@ -196,7 +196,7 @@ def test_errors(plate, tmp_path):
 
 # -- screening readout (pure) ----------------------------------------------------------------------
 def test_robust_z_matches_scipy_mad():
-    from omeloc.screening import robust_z
+    from omeloc.analysis.screening import robust_z
 
     rng = np.random.default_rng(3)
     controls = rng.normal(0.8, 0.05, 40)
@@ -209,7 +209,7 @@ def test_robust_z_matches_scipy_mad():
 
 
 def test_screen_flags_and_fallbacks():
-    from omeloc.screening import screen
+    from omeloc.analysis.screening import screen
 
     values = {"A1": 0.90, "A2": 0.91, "A3": 0.92, "B1": 0.89, "B2": 0.10}
     rows = screen(values)  # controls default to all wells: the hit does not hide itself

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from omeloc.errors import InputError
-from omeloc.inference import (
+from omeloc.engine.inference import (
     InMemoryModel,
     ModelRef,
     clear_model_cache,
@@ -23,8 +23,8 @@ from omeloc.inference import (
     resolve_device,
     resolve_precision,
 )
-from omeloc.models import UNet
-from omeloc.tiling import BLEND_MODES
+from omeloc.learn.models import UNet
+from omeloc.engine.tiling import BLEND_MODES
 
 
 class Doubler(nn.Module):

@@ -10,7 +10,7 @@ from scipy import ndimage, stats
 from skimage import filters
 from skimage import metrics as skm
 
-from omeloc import metrics as M
+from omeloc.analysis import metrics as M
 from omeloc.errors import InputError
 
 

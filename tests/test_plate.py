@@ -13,7 +13,7 @@ from ome_zarr.writer import write_multiscales_metadata, write_plate_metadata, wr
 
 import omeloc
 from omeloc.errors import ChannelNotFoundError, NotOmeZarrError, PathNotFoundError
-from omeloc.hcs_writer import write_image, write_plate
+from omeloc.ngff.writer import write_image, write_plate
 
 
 class _CountTasks(Callback):

@@ -45,10 +45,10 @@ def plate(request, trained, tmp_path):
 
 def _expected(path, ckpt_dir):
     """The same pipeline run image by image in memory."""
-    from omeloc.checkpoint import CheckpointRef, load_checkpoint
-    from omeloc.inference import predict_array
-    from omeloc.normalization import denormalize, normalize
-    from omeloc.pyramid import cast_to_dtype
+    from omeloc.learn.checkpoint import CheckpointRef, load_checkpoint
+    from omeloc.engine.inference import predict_array
+    from omeloc.learn.normalization import denormalize, normalize
+    from omeloc.ngff.pyramid import cast_to_dtype
 
     ckpt = load_checkpoint(ckpt_dir)
     out = {}

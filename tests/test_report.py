@@ -10,7 +10,7 @@ import pytest
 from matplotlib.image import imread
 
 from omeloc.errors import InputError
-from omeloc.report import MISSING_COLOR, display_range, montage, plate_grid, plate_heatmap
+from omeloc.analysis.figures import MISSING_COLOR, display_range, montage, plate_grid, plate_heatmap
 
 
 def test_plate_grid_layout():

@@ -6,7 +6,7 @@ import dask.array as da
 import pytest
 
 from omeloc.errors import InputError, SchedulerError
-from omeloc.scheduler import compute, dask_client
+from omeloc.compute import compute, dask_client
 
 
 def test_local_default_and_progress(capsys):

@@ -7,8 +7,8 @@ import pytest
 
 import omeloc
 from omeloc.errors import InputError
-from omeloc.synthetic import ATTRS_KEY, field_rng, make_plate, row_name
-from omeloc.synthetic_cells import (
+from omeloc.data.synthetic import ATTRS_KEY, field_rng, make_plate, row_name
+from omeloc.data.synthetic_cells import (
     CHANNELS,
     PERTURBATIONS,
     gaussian_blur,

@@ -13,7 +13,7 @@ import omeloc
 from conftest import assert_same_pixels
 from omeloc.cli import main
 from omeloc.errors import InputError
-from omeloc.tiff_import import NF1_PATTERN, import_tiff
+from omeloc.data.tiff_import import NF1_PATTERN, import_tiff
 
 
 @pytest.mark.parametrize("version", ["0.5", "0.4"])

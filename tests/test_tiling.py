@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from omeloc.errors import InputError
-from omeloc.tiling import (
+from omeloc.engine.tiling import (
     BLEND_MODES,
     Accumulator,
     as_pair,

@@ -12,11 +12,11 @@ import pytest
 import torch
 
 import omeloc
-from omeloc.checkpoint import CheckpointRef
+from omeloc.learn.checkpoint import CheckpointRef
 from omeloc.cli import main
 from omeloc.errors import ChannelNotFoundError, CheckpointError, InputError
-from omeloc.normalization import denormalize, normalize, percentile_stats
-from omeloc.sampling import CropSampler, channel_statistics
+from omeloc.learn.normalization import denormalize, normalize, percentile_stats
+from omeloc.learn.sampling import CropSampler, channel_statistics
 
 from conftest import tree_digest
 

@@ -20,10 +20,10 @@ from ome_zarr.reader import Reader
 
 import omeloc
 from omeloc.errors import ConcurrentWriteError, InputError, LayoutError, ReadOnlyStoreError
-from omeloc.hcs_writer import write_image, write_plate
-from omeloc.journal import JOURNAL_KEY
-from omeloc.pyramid import cast_to_dtype, downsample_mean
-from omeloc.writeback import AddChannelResult, WritePlan, add_channel, recover
+from omeloc.ngff.writer import write_image, write_plate
+from omeloc.writeback.journal import JOURNAL_KEY
+from omeloc.ngff.pyramid import cast_to_dtype, downsample_mean
+from omeloc.writeback.protocol import AddChannelResult, WritePlan, add_channel, recover
 
 ROWS, COLS, FIELDS, SHAPE = "AB", ("1", "2"), ("0", "1"), (2, 96, 80)
 _META = {"zarr.json", ".zattrs", ".zarray", ".zgroup", ".zmetadata"}
@@ -205,8 +205,8 @@ def test_ome_zarr_py_default_layout_is_refused(tmp_path, version):
                    axes="cyx", fmt=fmt)
     _refused_unchanged(tmp_path / "img.zarr", LayoutError, "rechunk", "x", np.zeros((64, 64)))
     # the fix the error names: an append-friendly copy, then the channel goes in
-    from omeloc.hcs_writer import set_ome_attr
-    from omeloc.rechunking import rechunk
+    from omeloc.ngff.writer import set_ome_attr
+    from omeloc.ngff.rechunk import rechunk
 
     copy = rechunk(tmp_path / "img.zarr", tmp_path / "copy.zarr")
     src, dst = omeloc.open_image(tmp_path / "img.zarr"), omeloc.open_image(copy)
@@ -247,7 +247,7 @@ def test_live_writer_holding_the_journal_is_refused(plate):
     import subprocess
     import sys
 
-    from omeloc.journal import StoreIO, writer_identity
+    from omeloc.writeback.journal import StoreIO, writer_identity
 
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:

@@ -18,9 +18,9 @@ import pytest
 from conftest import random_plate_images, tree_digest
 
 import omeloc
-from omeloc.hcs_writer import write_plate
-from omeloc.journal import JOURNAL_KEY
-from omeloc.writeback import add_channel, recover
+from omeloc.ngff.writer import write_plate
+from omeloc.writeback.journal import JOURNAL_KEY
+from omeloc.writeback.protocol import add_channel, recover
 
 _META = {"zarr.json", ".zattrs", ".zarray", ".zgroup", ".zmetadata"}
 
@@ -35,7 +35,7 @@ def make_data(path, seed):
     return {img.path: rng.uniform(-100, 9000, img.shape[1:]) for img in omeloc.open_plate(path).images}
 
 if __name__ == "__main__":
-    from omeloc.writeback import add_channel
+    from omeloc.writeback.protocol import add_channel
     path, seed, overwrite = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "1"
     add_channel(path, "pred", make_data(path, seed), overwrite=overwrite, provenance={"model": "m1"})
 """
@@ -137,7 +137,7 @@ def test_killed_overwrite_restores_the_previous_virtual_channel(templates, tmp_p
 RESUMABLE = """
 import sys
 import numpy as np
-from omeloc.writeback import add_channel
+from omeloc.writeback.protocol import add_channel
 
 def make_data(path, seed):
     import omeloc

@@ -1,0 +1,1 @@
+"""Analysis: metrics, evaluation, screening, relationship matrices, figures."""

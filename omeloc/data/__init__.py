@@ -1,0 +1,1 @@
+"""Data in: TIFF import and synthetic plates."""

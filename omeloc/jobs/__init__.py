@@ -1,0 +1,1 @@
+"""Jobs: thin compositions of the layers below (plate prediction, the demo)."""

@@ -1,0 +1,1 @@
+"""Learning: models, normalization, crop sampling, checkpoints, training."""

@@ -1,0 +1,227 @@
+"""Self-describing, safely loadable model checkpoints.
+
+A checkpoint is a folder::
+
+    DIR/checkpoint.json   architecture, source/target channels, normalization statistics,
+                          tile advice, training provenance, validation metrics
+    DIR/weights.pt        the (generator's) state dict, loaded with ``weights_only=True``
+    DIR/last.pt           training state for ``resume`` (optimizers, step, RNG), same rules
+    DIR/train_log.csv     one row per logged step
+    DIR/curves.png        learning curves
+
+Weights are never unpickled as arbitrary objects: :func:`load_checkpoint` and
+:func:`load_state` use ``torch.load(..., weights_only=True)``, which refuses anything but
+tensors and plain containers, so a tampered file raises :class:`~omeloc.errors.CheckpointError`
+instead of running code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pickle
+import re
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from omeloc.errors import CheckpointError
+
+FORMAT = "omeloc-checkpoint"
+FORMAT_VERSION = 1
+META_FILE = "checkpoint.json"
+WEIGHTS_FILE = "weights.pt"
+STATE_FILE = "last.pt"
+
+__all__ = ["Checkpoint", "CheckpointRef", "save_checkpoint", "load_checkpoint", "load_state", "build_network"]
+
+
+def build_network(architecture: dict[str, Any]) -> torch.nn.Module:
+    """The (untrained) network an architecture dict describes (``{"architecture": "unet", ...}``)."""
+    from omeloc.learn.models import UNet
+
+    arch = dict(architecture)
+    kind = arch.pop("architecture", None)
+    if kind != "unet":
+        raise CheckpointError(f"Unknown architecture {kind!r} in checkpoint; this omeloc builds 'unet' generators. "
+                              f"Upgrade omeloc or retrain.")
+    try:
+        return UNet(**arch)
+    except (TypeError, ValueError) as err:
+        raise CheckpointError(f"Checkpoint architecture {architecture} does not describe a U-Net: {err}.") from err
+
+
+@dataclass
+class Checkpoint:
+    """What :func:`load_checkpoint` returns: the metadata of a trained model and its weights' path.
+
+    Attributes
+    ----------
+    path
+        The checkpoint folder.
+    architecture
+        Constructor arguments of the generator, with ``"architecture": "unet"``.
+    model
+        ``"unet"`` or ``"pix2pix"`` (how it was trained; both predict with the U-Net).
+    source, target
+        Channel labels the model reads and predicts, in order.
+    normalization
+        Per-channel ``{"low", "high"}`` percentile statistics (sources and targets).
+    tile, overlap, level
+        Tile advice for prediction and the pyramid level it was trained on.
+    provenance
+        Plates, wells, steps, seed, versions, settings.
+    metrics
+        Validation metrics (``val_pearson_r``, ``baseline_pearson_r``, ...).
+    """
+
+    path: Path
+    architecture: dict[str, Any]
+    model: str
+    source: list[str]
+    target: list[str]
+    normalization: dict[str, dict[str, Any]]
+    tile: int = 512
+    overlap: int = 32
+    level: int = 0
+    provenance: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.pop("path")
+        return {"format": FORMAT, "format_version": FORMAT_VERSION, **d}
+
+    def build_model(self, device: str | torch.device = "cpu") -> torch.nn.Module:
+        """The generator with its trained weights, in eval mode on ``device``."""
+        net = build_network(self.architecture)
+        state = _safe_load(self.path / WEIGHTS_FILE)
+        try:
+            net.load_state_dict(state)
+        except (RuntimeError, TypeError, KeyError) as err:
+            raise CheckpointError(
+                f"The weights in {self.path / WEIGHTS_FILE} do not fit the architecture in {META_FILE} "
+                f"({str(err).splitlines()[0]}). Retrain or restore the original file."
+            ) from None
+        return net.to(device).eval()
+
+
+def save_checkpoint(ckpt: Checkpoint, state_dict: dict[str, torch.Tensor]) -> Path:
+    """Write ``weights.pt`` and ``checkpoint.json`` into ``ckpt.path`` (atomically each)."""
+    folder = Path(ckpt.path)
+    folder.mkdir(parents=True, exist_ok=True)
+    _atomic_torch_save({k: v.detach().cpu() for k, v in state_dict.items()}, folder / WEIGHTS_FILE)
+    tmp = folder / f".{META_FILE}.tmp"
+    tmp.write_text(json.dumps(ckpt.to_json(), indent=2, default=_json_default))
+    os.replace(tmp, folder / META_FILE)
+    return folder
+
+
+def _json_default(o: Any) -> Any:
+    if hasattr(o, "item"):
+        return o.item()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serializable: {type(o).__name__}")
+
+
+def _atomic_torch_save(obj: Any, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _safe_load(path: Path) -> Any:
+    if not path.is_file():
+        raise CheckpointError(f"Missing {path.name} in checkpoint {path.parent}. Pass the folder that "
+                              f"'omeloc train --out' wrote.")
+    try:
+        with warnings.catch_warnings():  # torch warns about pickle protocols on stderr: one error line is enough
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(err))
+        what = f"the Python object {found.group(1)}" if found else "Python objects besides tensors"
+        raise CheckpointError(
+            f"Refused to load {path}: it holds {what}, which omeloc never unpickles. Use a checkpoint written "
+            f"by 'omeloc train' (weights only)."
+        ) from None
+    except (RuntimeError, EOFError, OSError, ValueError, AttributeError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(f"Cannot read {path} (truncated or not a torch file: {first[:160]}). "
+                              f"Restore it or retrain.") from None
+
+
+def load_state(folder: str | Path) -> dict[str, Any]:
+    """The resume state (``last.pt``) of a checkpoint folder, loaded with ``weights_only=True``."""
+    return _safe_load(Path(folder) / STATE_FILE)
+
+
+def load_checkpoint(path: str | Path) -> Checkpoint:
+    """Read a checkpoint folder's metadata (weights are loaded by :meth:`Checkpoint.build_model`).
+
+    Raises
+    ------
+    CheckpointError
+        The folder or its files are missing, unreadable or not an omeloc checkpoint.
+    """
+    folder = Path(path).expanduser()
+    if folder.is_file() and folder.name in (META_FILE, WEIGHTS_FILE):
+        folder = folder.parent
+    meta_path = folder / META_FILE
+    if not folder.exists():
+        raise CheckpointError(f"No checkpoint at {folder}: the folder does not exist. Pass the folder that "
+                              f"'omeloc train --out' wrote.")
+    if not meta_path.is_file():
+        raise CheckpointError(f"{folder} is not an omeloc checkpoint: it has no {META_FILE}. Pass the folder "
+                              f"that 'omeloc train --out' wrote.")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"{meta_path} is not valid JSON ({err}). Restore it or retrain.") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise CheckpointError(f"{meta_path} is not an omeloc checkpoint (no \"format\": \"{FORMAT}\").")
+    if int(meta.get("format_version", 0)) > FORMAT_VERSION:
+        raise CheckpointError(f"{meta_path} has format version {meta['format_version']}; this omeloc reads "
+                              f"up to {FORMAT_VERSION}. Upgrade omeloc.")
+    try:
+        ckpt = Checkpoint(
+            path=folder.resolve(), architecture=dict(meta["architecture"]), model=str(meta.get("model", "unet")),
+            source=list(meta["source"]), target=list(meta["target"]), normalization=dict(meta["normalization"]),
+            tile=int(meta.get("tile", 512)), overlap=int(meta.get("overlap", 32)), level=int(meta.get("level", 0)),
+            provenance=dict(meta.get("provenance", {})), metrics=dict(meta.get("metrics", {})),
+        )
+    except (KeyError, TypeError, ValueError) as err:
+        raise CheckpointError(f"{meta_path} lacks or mangles a required field ({err}). Restore it or retrain.") from None
+    for ch in ckpt.source + ckpt.target:
+        if ch not in ckpt.normalization:
+            raise CheckpointError(f"{meta_path} has no normalization statistics for channel {ch!r}. Retrain.")
+    if not (folder / WEIGHTS_FILE).is_file():
+        raise CheckpointError(f"Missing {WEIGHTS_FILE} in checkpoint {folder}. Restore it or retrain.")
+    return ckpt
+
+
+class CheckpointRef:
+    """A checkpoint by path: small enough to travel in a Dask graph, loaded once per worker.
+
+    ``key`` is a digest of the weights file and the metadata, so a retrained model in the same
+    folder is never confused with the old one in a worker's model cache.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        ckpt = load_checkpoint(path)
+        self.path = str(ckpt.path)
+        h = hashlib.sha256()
+        for name in (META_FILE, WEIGHTS_FILE):
+            h.update((ckpt.path / name).read_bytes())
+        self.key = f"checkpoint:{h.hexdigest()[:20]}"
+
+    def load(self, device: torch.device | str) -> torch.nn.Module:
+        return load_checkpoint(self.path).build_model(device)
+
+    def __repr__(self) -> str:
+        return f"CheckpointRef({self.path!r}, key={self.key!r})"

@@ -1,0 +1,221 @@
+"""Random training crops read on demand from OME-Zarr plates (never a whole-plate load).
+
+:class:`CropSampler` holds only metadata (which images, which channel indices, shapes).  A
+batch is drawn by picking an image, a plane (t, z) and a square window, reading exactly that
+window of the source and target channels from the zarr array (a few chunks per channel),
+normalizing, rejecting mostly-empty crops, and flipping/rotating.  Batch ``i`` is a pure
+function of ``(seed, i)``, so training is reproducible, resumable at any step, and batches
+can be prefetched by a background thread without changing what they contain.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from omeloc.errors import InputError
+from omeloc.learn.normalization import finite, normalize, percentile_stats
+from omeloc.ngff.plate import Image
+
+__all__ = ["CropSampler", "channel_statistics"]
+
+
+@dataclass(frozen=True)
+class _Source:
+    image: Image
+    axes: tuple[str, ...]
+    shape: tuple[int, ...]
+    source_idx: tuple[int, ...]
+    target_idx: tuple[int, ...]
+
+
+def _plane_key(axes: Sequence[str], c: int, t: int, z: int, ys: slice, xs: slice) -> tuple[Any, ...]:
+    key: list[Any] = []
+    for ax in axes:
+        key.append({"c": c, "t": t, "z": z, "y": ys, "x": xs}.get(ax, 0))
+    return tuple(key)
+
+
+def channel_statistics(images: Sequence[Image], channels: Sequence[str], *, level: int = 0,
+                       max_fields: int = 12, seed: int = 0) -> dict[str, dict[str, Any]]:
+    """Percentile statistics of each channel, from a sample of at most ``max_fields`` images.
+
+    Reads one plane per sampled image and channel (the middle z, the first t) at ``level``;
+    writes nothing.  See :func:`omeloc.learn.normalization.percentile_stats`.
+    """
+    if not images:
+        raise InputError("Expected at least one image to measure normalization statistics. Got none.")
+    rng = np.random.default_rng(seed)
+    picked = [images[i] for i in sorted(rng.choice(len(images), min(max_fields, len(images)), replace=False))]
+    stats: dict[str, dict[str, Any]] = {}
+    for ch in channels:
+        planes = []
+        for img in picked:
+            arr = img.zarr_array(level)
+            shape = dict(zip(img.axes, arr.shape))
+            key = _plane_key(img.axes, img.channel_index(ch), 0, shape.get("z", 1) // 2, slice(None), slice(None))
+            planes.append(np.asarray(arr[key]))
+        stats[ch] = percentile_stats(planes, seed=seed)
+    return stats
+
+
+class CropSampler:
+    """Random (source, target) crops from a set of images, normalized and augmented.
+
+    Parameters
+    ----------
+    images
+        The images to draw from (e.g. the fields of the training wells, of one or more plates).
+    source, target
+        Channel labels; each image must have them all.
+    normalization
+        Per-channel ``{"low", "high"}`` statistics (:func:`channel_statistics`).
+    crop
+        Side of the square crops, in pixels of ``level``.
+    level
+        Pyramid level to read.
+    seed
+        Batch ``i`` depends only on ``(seed, i)``.
+    augment
+        Random flips and 90° rotations (the same for source and target).
+    min_foreground
+        Reject a crop whose normalized source has fewer than this fraction of pixels above
+        ``foreground_level``; after ``max_tries`` rejections the last crop is kept.
+    """
+
+    def __init__(self, images: Sequence[Image], source: Sequence[str], target: Sequence[str], *,
+                 normalization: Mapping[str, Mapping[str, Any]], crop: int = 256, level: int = 0, seed: int = 0,
+                 augment: bool = True, min_foreground: float = 0.02, foreground_level: float = 0.15,
+                 max_tries: int = 10) -> None:
+        if not images:
+            raise InputError("Expected at least one image to sample crops from. Got none.")
+        if crop < 8:
+            raise InputError(f"Expected a crop of at least 8 pixels. Got {crop} instead.")
+        self.source, self.target = list(source), list(target)
+        self.normalization = {k: dict(v) for k, v in normalization.items()}
+        self.crop, self.level, self.seed = int(crop), int(level), int(seed)
+        self.augment, self.min_foreground = bool(augment), float(min_foreground)
+        self.foreground_level, self.max_tries = float(foreground_level), int(max_tries)
+        self.rejected = 0
+        self.drawn = 0
+        self._sources: list[_Source] = []
+        for img in images:
+            if level >= len(img.level_paths):
+                raise InputError(f"Expected a pyramid level below {len(img.level_paths)} for {img.url}. "
+                                 f"Got level {level} instead: pass a smaller --level.")
+            shape = tuple(img.shapes[level])
+            sizes = dict(zip(img.axes, shape))
+            if sizes["y"] < crop or sizes["x"] < crop:
+                raise InputError(
+                    f"Image {img.name} is {sizes['y']}x{sizes['x']} pixels at level {level}, smaller than the "
+                    f"{crop}-pixel crop. Pass a crop of at most {min(sizes['y'], sizes['x'])} (--crop) or a lower --level."
+                )
+            self._sources.append(_Source(
+                image=img, axes=img.axes, shape=shape,
+                source_idx=tuple(img.channel_index(c) for c in self.source),
+                target_idx=tuple(img.channel_index(c) for c in self.target),
+            ))
+
+    @property
+    def images(self) -> list[Image]:
+        return [s.image for s in self._sources]
+
+    # -- reading ------------------------------------------------------------------------------
+    def read(self, i: int, t: int, z: int, y: int, x: int) -> tuple[np.ndarray, np.ndarray]:
+        """The normalized ``(source, target)`` window of image ``i`` at plane (t, z), corner (y, x)."""
+        s = self._sources[i]
+        arr = s.image.zarr_array(self.level)
+        ys, xs = slice(y, y + self.crop), slice(x, x + self.crop)
+
+        def planes(indices: Sequence[int], names: Sequence[str]) -> np.ndarray:
+            return np.stack([
+                finite(normalize(np.asarray(arr[_plane_key(s.axes, c, t, z, ys, xs)]), self.normalization[n]))
+                for c, n in zip(indices, names)
+            ]).astype(np.float32, copy=False)
+
+        return planes(s.source_idx, self.source), planes(s.target_idx, self.target)
+
+    def _draw(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        for attempt in range(self.max_tries + 1):
+            i = int(rng.integers(len(self._sources)))
+            sizes = dict(zip(self._sources[i].axes, self._sources[i].shape))
+            t = int(rng.integers(sizes.get("t", 1)))
+            z = int(rng.integers(sizes.get("z", 1)))
+            y = int(rng.integers(sizes["y"] - self.crop + 1))
+            x = int(rng.integers(sizes["x"] - self.crop + 1))
+            src, tgt = self.read(i, t, z, y, x)
+            self.drawn += 1
+            if self.min_foreground <= 0 or attempt == self.max_tries:
+                break
+            if float((src > self.foreground_level).mean()) >= self.min_foreground:
+                break
+            self.rejected += 1
+        if self.augment:
+            k = int(rng.integers(4))
+            flip = bool(rng.integers(2))
+            src, tgt = (np.rot90(a, k, axes=(-2, -1)) for a in (src, tgt))
+            if flip:
+                src, tgt = src[..., ::-1], tgt[..., ::-1]
+        return np.ascontiguousarray(src), np.ascontiguousarray(tgt)
+
+    def batch(self, index: int, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+        """Batch number ``index``: arrays ``(N, C_source, crop, crop)`` and ``(N, C_target, crop, crop)``."""
+        rng = np.random.default_rng([self.seed, int(index)])
+        pairs = [self._draw(rng) for _ in range(batch_size)]
+        return np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
+
+    def fixed(self, n: int, seed: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """``n`` crops without augmentation, the same on every call (for validation)."""
+        augment, self.augment = self.augment, False
+        try:
+            rng = np.random.default_rng([self.seed if seed is None else seed, 1 << 30])
+            pairs = [self._draw(rng) for _ in range(n)]
+        finally:
+            self.augment = augment
+        return np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
+
+    def batches(self, start: int, stop: int, batch_size: int, prefetch: int = 2
+                ) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+        """Batches ``start`` … ``stop - 1``, read ahead by a background thread.
+
+        Yields ``(index, source, target)``.  Reading (zarr decompression releases the GIL)
+        overlaps the model's step, and the contents do not depend on the prefetch depth.
+        """
+        if prefetch <= 0:
+            for i in range(start, stop):
+                yield (i, *self.batch(i, batch_size))
+            return
+        q: queue.Queue = queue.Queue(maxsize=prefetch)
+        stop_event = threading.Event()
+
+        def worker() -> None:
+            try:
+                for i in range(start, stop):
+                    if stop_event.is_set():
+                        return
+                    item = (i, *self.batch(i, batch_size))
+                    while not stop_event.is_set():
+                        try:
+                            q.put(item, timeout=0.1)
+                            break
+                        except queue.Full:
+                            continue
+            except BaseException as err:  # noqa: BLE001 - re-raised in the consumer
+                q.put(err)
+
+        thread = threading.Thread(target=worker, name="omeloc-crops", daemon=True)
+        thread.start()
+        try:
+            for _ in range(start, stop):
+                item = q.get()
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            stop_event.set()
+            thread.join(timeout=5)

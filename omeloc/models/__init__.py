@@ -1,6 +1,0 @@
-"""Networks: a 2D U-Net and pix2pix (U-Net generator + PatchGAN discriminator)."""
-
-from omeloc.models.pix2pix import PatchGAN
-from omeloc.models.unet import UNet
-
-__all__ = ["UNet", "PatchGAN"]

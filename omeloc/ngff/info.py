@@ -1,0 +1,90 @@
+"""What a user wants to know first about a plate or image (``omeloc info``)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from omeloc.ngff.layout import append_problems
+from omeloc.ngff.plate import Plate, open_plate
+
+__all__ = ["describe", "format_description"]
+
+
+def describe(path_or_url: str | Path, storage_options: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Describe a plate or image from its metadata (no pixels are read).
+
+    Returns
+    -------
+    dict
+        ``path``, ``ngff_version``, ``zarr_format``, ``kind`` (plate/image), ``wells`` (name →
+        field paths), ``channels``, ``dtype``, ``axes``, ``levels`` (path, shape, chunks,
+        shards per level), ``append_friendly`` and ``append_problems``, ``consistent``.
+    """
+    plate: Plate = open_plate(path_or_url, storage_options=storage_options)
+    first = plate.images[0]
+    levels = [
+        {"path": p, "shape": list(first.shapes[i]), "chunks": list(first.chunks(i)),
+         "shards": list(first.shards(i)) if first.shards(i) else None}
+        for i, p in enumerate(first.level_paths)
+    ]
+    problems: list[str] = []
+    inconsistent: list[str] = []
+    for img in plate.images:
+        problems += [f"{img.path or img.url}: {p}" for p in append_problems(img)]
+        if (img.channel_names, img.dtype, img.axes, len(img.level_paths)) != (
+            first.channel_names, first.dtype, first.axes, len(first.level_paths)
+        ):
+            inconsistent.append(img.path)
+    return {
+        "path": str(path_or_url),
+        "kind": "plate" if plate.is_plate else "image",
+        "ngff_version": plate.ngff_version,
+        "zarr_format": plate.zarr_format,
+        "rows": list(plate.rows),
+        "columns": list(plate.columns),
+        "wells": {w.name: [i.field for i in w.images] for w in plate.wells.values()},
+        "n_images": len(plate.images),
+        "channels": list(first.channel_names),
+        "axes": "".join(first.axes),
+        "dtype": str(first.dtype),
+        "levels": levels,
+        "append_friendly": not problems,
+        "append_problems": problems,
+        "inconsistent_images": inconsistent,
+    }
+
+
+def format_description(d: Mapping[str, Any]) -> str:
+    """Human-readable text for :func:`describe`'s dict."""
+    lines = [f"{d['path']}: OME-Zarr {d['kind']}, NGFF {d['ngff_version']} (Zarr v{d['zarr_format']})"]
+    if d["kind"] == "plate":
+        n_fields = sorted({len(f) for f in d["wells"].values()})
+        lines.append(
+            f"  layout   {len(d['rows'])} rows x {len(d['columns'])} columns; "
+            f"{len(d['wells'])} wells, {d['n_images']} images "
+            f"({'/'.join(map(str, n_fields))} field(s) per well)"
+        )
+        names = list(d["wells"])
+        lines.append("  wells    " + ", ".join(names[:24]) + (" ..." if len(names) > 24 else ""))
+    lines.append(f"  channels {', '.join(d['channels'])}")
+    lines.append(f"  axes     {d['axes']}   dtype {d['dtype']}")
+    lines.append("  levels")
+    for lv in d["levels"]:
+        shards = f"  shards {tuple(lv['shards'])}" if lv["shards"] else ""
+        lines.append(f"    {lv['path']:>4}  shape {tuple(lv['shape'])}  chunks {tuple(lv['chunks'])}{shards}")
+    if d["append_friendly"]:
+        lines.append("  append   yes: a new channel can be added without rewriting existing chunks")
+    else:
+        lines.append(
+            f"  append   NO: {d['append_problems'][0]}"
+            + (f" (+{len(d['append_problems']) - 1} more)" if len(d["append_problems"]) > 1 else "")
+            + ". Copy the plate with one channel per chunk (omeloc rechunk) before predicting into it."
+        )
+    if d["inconsistent_images"]:
+        lines.append(
+            f"  WARNING  {len(d['inconsistent_images'])} image(s) differ from the first in channels, dtype, "
+            f"axes or levels (e.g. {d['inconsistent_images'][0]})"
+        )
+    return "\n".join(lines)

@@ -1,0 +1,547 @@
+"""Open OME-Zarr HCS plates and images lazily, from their metadata only.
+
+A plate is discovered as plate → wells → fields → ``multiscales[0].datasets[].path``,
+exactly as the NGFF metadata says (never by listing folders), for NGFF 0.4 (Zarr v2) and
+0.5 (Zarr v3), on local paths and fsspec URLs.  Nothing here reads a pixel: images are
+exposed as dask arrays and xarray views over the zarr arrays.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import dask.array as da
+from dask.base import tokenize
+import numpy as np
+import xarray as xr
+import zarr
+import zarr.errors
+
+from omeloc.errors import ChannelNotFoundError, CorruptDataError, NotOmeZarrError, PathNotFoundError
+
+__all__ = ["open_plate", "open_image", "Plate", "Well", "Image"]
+
+logger = logging.getLogger(__name__)
+
+_KNOWN_AXES = ("t", "c", "z", "y", "x")
+
+
+def _is_url(path: str) -> bool:
+    return "://" in path
+
+
+def _join(base: str, *parts: str) -> str:
+    parts = tuple(p.strip("/") for p in parts if p)
+    if not parts:
+        return base
+    return base.rstrip("/") + "/" + "/".join(parts)
+
+
+def _open_group(url: str, storage_options: Mapping[str, Any] | None, what: str) -> zarr.Group:
+    """Open a zarr group read-only, translating zarr's errors into one-line omeloc errors."""
+    if not _is_url(url) and not Path(url).exists():
+        raise PathNotFoundError(f"{what} {url} does not exist. Check the path.")
+    kwargs: dict[str, Any] = {"mode": "r"}
+    if storage_options:
+        kwargs["storage_options"] = dict(storage_options)
+    try:
+        node = zarr.open(url, **kwargs)
+    except (FileNotFoundError, zarr.errors.NodeTypeValidationError, KeyError) as err:
+        raise NotOmeZarrError(
+            f"{what} {url} is not a Zarr group. Point omeloc at an OME-Zarr plate or image "
+            f"(a folder with zarr.json or .zattrs/.zgroup)."
+        ) from err
+    except ValueError as err:  # zarr raises ValueError for unparsable metadata documents
+        raise NotOmeZarrError(
+            f"{what} {url} has unreadable Zarr metadata ({err}). Restore its zarr.json/.zattrs from a backup."
+        ) from err
+    if not isinstance(node, zarr.Group):
+        raise NotOmeZarrError(
+            f"{what} {url} is a Zarr array, not a group. Point omeloc at the plate root or an image group."
+        )
+    return node
+
+
+def _ome_attrs(group: zarr.Group) -> tuple[dict[str, Any], int]:
+    """Return the NGFF metadata dict of a group (the ``ome`` key on Zarr v3) and its zarr format."""
+    zarr_format = group.metadata.zarr_format
+    attrs = dict(group.attrs)
+    if zarr_format == 3:
+        ome = attrs.get("ome")
+        return (dict(ome) if isinstance(ome, Mapping) else {}), 3
+    return attrs, 2
+
+
+class _CheckedReader:
+    """Indexes a zarr array for dask; a chunk that cannot be decoded becomes a one-line error.
+
+    Without it a corrupted chunk file surfaces as a codec ``RuntimeError`` deep in a Dask
+    traceback; with it the user learns which image, level and region to restore.
+    """
+
+    def __init__(self, array: zarr.Array, where: str) -> None:
+        self.array = array
+        self.where = where
+        self.shape = tuple(array.shape)
+        self.dtype = np.dtype(array.dtype)
+        self.ndim = len(self.shape)
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        try:
+            return self.array[key]
+        except Exception as err:  # codec/IO errors of any backend: re-raised with context
+            raise CorruptDataError(
+                f"Cannot read pixels {key} of {self.where} ({type(err).__name__}: {err}). "
+                f"A chunk file is corrupted or unreadable: restore it from a backup."
+            ) from err
+
+
+@dataclass(frozen=True)
+class Image:
+    """One multiscale image: a field of a well, or a standalone image.
+
+    Attributes
+    ----------
+    path : str
+        Path relative to the plate root (``"B/3/0"``); ``""`` for a standalone image.
+    url : str
+        Full path or URL of the image group.
+    well, field : str or None
+        Well path (``"B/3"``) and field name (``"0"``); ``None`` for a standalone image.
+    axes : tuple of str
+        Axis names, e.g. ``("c", "y", "x")`` or ``("t", "c", "z", "y", "x")``.
+    channel_names : tuple of str
+        ``omero.channels[].label`` (``c0``, ``c1``, ... when absent).
+    level_paths : tuple of str
+        ``multiscales[0].datasets[].path`` in order (level 0 first).
+    scales : tuple of tuple of float
+        The scale transform of each level.
+    ngff_version : str
+    zarr_format : int
+    attrs : dict
+        All group attributes, as stored.
+    """
+
+    path: str
+    url: str
+    well: str | None
+    field: str | None
+    axes: tuple[str, ...]
+    channel_names: tuple[str, ...]
+    level_paths: tuple[str, ...]
+    scales: tuple[tuple[float, ...], ...]
+    ngff_version: str
+    zarr_format: int
+    attrs: dict[str, Any] = field(repr=False, compare=False)
+    _group: zarr.Group = field(repr=False, compare=False)
+
+    # -- metadata -------------------------------------------------------------------------
+    @property
+    def ome(self) -> dict[str, Any]:
+        """The NGFF metadata (``attrs['ome']`` on 0.5, the attributes themselves on 0.4)."""
+        return dict(self.attrs.get("ome", {})) if self.zarr_format == 3 else dict(self.attrs)
+
+    @property
+    def omero(self) -> dict[str, Any]:
+        """The ``omero`` rendering metadata (empty dict when absent)."""
+        return dict(self.ome.get("omero") or {})
+
+    @property
+    def name(self) -> str:
+        """Short display name: ``B3/0`` in a plate, the folder name otherwise."""
+        if self.well is None:
+            return self.url.rstrip("/").rsplit("/", 1)[-1]
+        return f"{self.well.replace('/', '')}/{self.field}"
+
+    def zarr_array(self, level: int = 0) -> zarr.Array:
+        """The zarr array of pyramid level ``level`` (opened read-only)."""
+        path = self._level_path(level)
+        try:
+            arr = self._group[path]
+        except KeyError as err:
+            raise PathNotFoundError(
+                f"Image {self.url} lists level {path!r} in its multiscales metadata but has no such array. "
+                f"Re-write the pyramid or fix multiscales[0].datasets."
+            ) from err
+        if not isinstance(arr, zarr.Array):
+            raise NotOmeZarrError(f"{self.url}/{path} is a group, not an array. Fix multiscales[0].datasets.")
+        return arr
+
+    def _level_path(self, level: int) -> str:
+        if not -len(self.level_paths) <= level < len(self.level_paths):
+            raise IndexError(
+                f"Expected a level between 0 and {len(self.level_paths) - 1}. Got {level} instead."
+            )
+        return self.level_paths[level]
+
+    @cached_property
+    def shapes(self) -> tuple[tuple[int, ...], ...]:
+        """Shape of every level, read from the arrays' metadata."""
+        return tuple(tuple(self.zarr_array(i).shape) for i in range(len(self.level_paths)))
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """Shape of level 0."""
+        return self.shapes[0]
+
+    @property
+    def dtype(self) -> np.dtype:
+        """Pixel dtype (of level 0)."""
+        return np.dtype(self.zarr_array(0).dtype)
+
+    def chunks(self, level: int = 0) -> tuple[int, ...]:
+        """Chunk shape of a level (the inner chunk for sharded arrays)."""
+        return tuple(self.zarr_array(level).chunks)
+
+    def shards(self, level: int = 0) -> tuple[int, ...] | None:
+        """Shard shape of a level, or ``None`` when the array is not sharded."""
+        shards = getattr(self.zarr_array(level), "shards", None)
+        return tuple(shards) if shards else None
+
+    def write_chunks(self, level: int = 0) -> tuple[int, ...]:
+        """The smallest independently writable block: the shard if sharded, else the chunk."""
+        return self.shards(level) or self.chunks(level)
+
+    # -- channels -------------------------------------------------------------------------
+    def channel_index(self, name: str) -> int:
+        """Index of channel ``name`` along ``c``.
+
+        Raises
+        ------
+        ChannelNotFoundError
+            When no channel has that label; the message lists the labels there are.
+        """
+        if self.channel_names.count(name) > 1:
+            raise ChannelNotFoundError(
+                f"Channel name {name!r} appears {self.channel_names.count(name)} times in {self.url} "
+                f"({', '.join(self.channel_names)}): it is ambiguous. Give each channel a unique omero label."
+            )
+        try:
+            return self.channel_names.index(name)
+        except ValueError:
+            raise ChannelNotFoundError(
+                f"No channel {name!r} in {self.url}. Available channels: {', '.join(self.channel_names)}."
+            ) from None
+
+    # -- lazy pixels ----------------------------------------------------------------------
+    def level(self, level: int = 0) -> da.Array:
+        """Pixels of a pyramid level as a lazy dask array (chunks follow the store's)."""
+        arr = self.zarr_array(level)
+        where = f"{self.url}/{self._level_path(level)}"
+        return da.from_array(
+            _CheckedReader(arr, where), chunks=self.write_chunks(level), asarray=False, fancy=False,
+            name=f"omeloc-read-{tokenize(where, arr.metadata.to_dict())}",
+        )
+
+    def channel(self, name: str, level: int = 0) -> da.Array:
+        """One channel of a level as a lazy dask array without the ``c`` axis."""
+        index = self.channel_index(name)
+        return self.level(level)[(slice(None),) * self.axes.index("c") + (index,)]
+
+    def to_xarray(self, level: int = 0) -> xr.DataArray:
+        """A lazy :class:`xarray.DataArray` with named dims, channel labels and physical coords.
+
+        Examples
+        --------
+        >>> img.to_xarray().sel(c="actin")  # doctest: +SKIP
+        """
+        data = self.level(level)
+        scale = self.scales[level] if level < len(self.scales) else (1.0,) * len(self.axes)
+        coords: dict[str, Any] = {"c": list(self.channel_names)}
+        for ax, n, s in zip(self.axes, data.shape, scale):
+            if ax in ("y", "x", "z"):
+                coords[ax] = np.arange(n) * float(s)
+        return xr.DataArray(
+            data, dims=self.axes, coords=coords, name=self.name,
+            attrs={"url": self.url, "level": level, "ngff_version": self.ngff_version},
+        )
+
+
+@dataclass(frozen=True)
+class Well:
+    """One well of a plate: its path (``"B/3"``), row and column names, and its fields."""
+
+    path: str
+    row: str
+    column: str
+    images: tuple[Image, ...]
+
+    @property
+    def name(self) -> str:
+        """Well name as users write it, e.g. ``B3``."""
+        return f"{self.row}{self.column}"
+
+
+@dataclass(frozen=True)
+class Plate:
+    """An opened HCS plate, or a standalone image seen as a one-image plate.
+
+    Use :func:`open_plate` to make one.
+    """
+
+    path: str
+    ngff_version: str
+    zarr_format: int
+    is_plate: bool
+    rows: tuple[str, ...]
+    columns: tuple[str, ...]
+    wells: dict[str, Well]
+    images: tuple[Image, ...]
+    attrs: dict[str, Any] = field(repr=False, compare=False)
+    storage_options: dict[str, Any] | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def channel_names(self) -> tuple[str, ...]:
+        """Channel labels of the first image (see :func:`omeloc.writeback.protocol` for consistency checks)."""
+        return self.images[0].channel_names
+
+    @property
+    def name(self) -> str:
+        return str(self.ome.get("plate", {}).get("name") or self.path.rstrip("/").rsplit("/", 1)[-1])
+
+    @property
+    def ome(self) -> dict[str, Any]:
+        """The NGFF metadata of the plate root."""
+        return dict(self.attrs.get("ome", {})) if self.zarr_format == 3 else dict(self.attrs)
+
+    def image(self, path: str) -> Image:
+        """The image at ``path`` (``"B/3/0"``); a well name (``"B3"``) gives its first field."""
+        for img in self.images:
+            if img.path == path.strip("/"):
+                return img
+        for well in self.wells.values():
+            if path in (well.name, well.path) and well.images:
+                return well.images[0]
+        raise PathNotFoundError(
+            f"No image {path!r} in {self.path}. Images: {', '.join(i.path for i in self.images[:12])}"
+            + (" ..." if len(self.images) > 12 else "")
+        )
+
+    def well(self, name: str) -> Well:
+        """A well by name (``"B3"``) or path (``"B/3"``)."""
+        for well in self.wells.values():
+            if name in (well.name, well.path):
+                return well
+        raise PathNotFoundError(
+            f"No well {name!r} in {self.path}. Wells: {', '.join(w.name for w in self.wells.values())}."
+        )
+
+    def to_xarray(self, level: int = 0) -> xr.DataArray:
+        """All images of the plate stacked along a leading ``image`` dim, lazily.
+
+        Coordinates ``well`` and ``field`` along ``image`` allow ``.sel`` and ``groupby``;
+        ``c`` holds channel labels.  Every image must share shape and channel labels.
+        """
+        views = [img.to_xarray(level) for img in self.images]
+        first = views[0]
+        for img, view in zip(self.images, views):
+            if view.shape != first.shape or tuple(view.c.values) != tuple(first.c.values):
+                raise NotOmeZarrError(
+                    f"Image {img.path} has shape {view.shape} and channels {list(view.c.values)}, "
+                    f"unlike {self.images[0].path} ({first.shape}, {list(first.c.values)}). "
+                    f"Use plate.image(path).to_xarray() per image instead."
+                )
+        stacked = xr.concat([v.drop_vars([d for d in ("y", "x", "z") if d in v.coords]) for v in views],
+                            dim="image", coords="minimal", compat="override", join="override")
+        stacked = stacked.assign_coords(
+            image=[img.path for img in self.images],
+            well=("image", [img.well.replace("/", "") if img.well else "" for img in self.images]),
+            field=("image", [img.field or "" for img in self.images]),
+        )
+        for d in ("y", "x", "z"):
+            if d in first.coords:
+                stacked = stacked.assign_coords({d: first.coords[d].values})
+        stacked.name = self.name
+        return stacked
+
+    def sel(self, level: int = 0, **indexers: Any) -> xr.DataArray:
+        """Shortcut for ``plate.to_xarray(level).sel(**indexers)``, e.g. ``plate.sel(c="actin")``."""
+        names = indexers.get("c")
+        for name in [names] if isinstance(names, str) else (names or []):
+            if name not in self.channel_names:
+                raise ChannelNotFoundError(
+                    f"No channel {name!r} in {self.path}. Available channels: {', '.join(self.channel_names)}."
+                )
+        return self.to_xarray(level).sel(**indexers)
+
+
+def _parse_axes(multiscale: Mapping[str, Any], url: str) -> tuple[str, ...]:
+    axes_meta = multiscale.get("axes")
+    if not axes_meta:
+        raise NotOmeZarrError(f"Image {url} has no multiscales axes (NGFF < 0.4?). Convert it to NGFF 0.4 or 0.5.")
+    axes = tuple(a["name"] if isinstance(a, Mapping) else str(a) for a in axes_meta)
+    missing = [a for a in ("c", "y", "x") if a not in axes]
+    if missing:
+        raise NotOmeZarrError(
+            f"Image {url} has axes {''.join(axes)!r} without {', '.join(missing)}; omeloc needs c, y and x. "
+            f"Add a channel axis (e.g. rewrite the image as cyx)."
+        )
+    return axes
+
+
+def _read_image(
+    url: str, path: str, well: str | None, field_name: str | None,
+    storage_options: Mapping[str, Any] | None,
+) -> Image:
+    group = _open_group(url, storage_options, "Image")
+    ome, zarr_format = _ome_attrs(group)
+    multiscales = ome.get("multiscales")
+    if not multiscales:
+        raise NotOmeZarrError(
+            f"{url} has no 'multiscales' metadata, so it is not an OME-Zarr image. Point omeloc at an image group."
+        )
+    ms = multiscales[0]
+    axes = _parse_axes(ms, url)
+    datasets = ms.get("datasets") or []
+    if not datasets or not all(isinstance(d, Mapping) and "path" in d for d in datasets):
+        raise NotOmeZarrError(f"Image {url} has no datasets with a 'path' in multiscales[0]. Fix its metadata.")
+    level_paths = tuple(str(d["path"]) for d in datasets)
+    scales = []
+    for d in datasets:
+        scale = (1.0,) * len(axes)
+        for t in d.get("coordinateTransformations") or []:
+            if t.get("type") == "scale" and "scale" in t:
+                scale = tuple(float(s) for s in t["scale"])
+        scales.append(scale)
+    version = str(ome.get("version") or ms.get("version") or ("0.5" if zarr_format == 3 else "0.4"))
+    omero = ome.get("omero") or {}
+    labels = [c.get("label") for c in omero.get("channels", []) if isinstance(c, Mapping)]
+    # channel count comes from the array; labels missing or short get placeholder names
+    img = Image(
+        path=path, url=url, well=well, field=field_name, axes=axes, channel_names=(),
+        level_paths=level_paths, scales=tuple(scales), ngff_version=version,
+        zarr_format=zarr_format, attrs=dict(group.attrs), _group=group,
+    )
+    n_c = img.zarr_array(0).shape[axes.index("c")]
+    names = tuple(
+        str(labels[i]) if i < len(labels) and labels[i] not in (None, "") else f"c{i}" for i in range(n_c)
+    )
+    object.__setattr__(img, "channel_names", names)
+    return img
+
+
+def open_image(path_or_url: str | Path, storage_options: Mapping[str, Any] | None = None) -> Image:
+    """Open one OME-Zarr multiscale image lazily.
+
+    Parameters
+    ----------
+    path_or_url
+        Local path or fsspec URL of the image group (e.g. ``plate.zarr/B/3/0``).
+    storage_options
+        Passed to fsspec for URLs (credentials, endpoint, ...).
+
+    Returns
+    -------
+    Image
+    """
+    url = str(path_or_url)
+    return _read_image(url, "", None, None, storage_options)
+
+
+def open_plate(path_or_url: str | Path, storage_options: Mapping[str, Any] | None = None) -> Plate:
+    """Open an OME-Zarr HCS plate (or a single multiscale image) lazily, from its metadata.
+
+    Parameters
+    ----------
+    path_or_url
+        Local path or fsspec URL (``s3://``, ``gs://``, ``memory://``, ...) of the plate root,
+        or of a single multiscale image, which is then seen as a one-image plate
+        (``is_plate`` False, no wells).
+    storage_options
+        Passed to fsspec for URLs.
+
+    Returns
+    -------
+    Plate
+        Wells, fields and levels as the metadata names them; pixels stay in the store until
+        computed.
+
+    Raises
+    ------
+    PathNotFoundError
+        The path does not exist, or the metadata names a well or field that is missing.
+    NotOmeZarrError
+        The path is not an OME-Zarr plate or image, or its metadata is broken.
+
+    Examples
+    --------
+    >>> plate = open_plate("plate.zarr")  # doctest: +SKIP
+    >>> plate.sel(c="actin")               # doctest: +SKIP
+    """
+    url = str(path_or_url)
+    root = _open_group(url, storage_options, "Path")
+    ome, zarr_format = _ome_attrs(root)
+    so = dict(storage_options) if storage_options else None
+    if "plate" not in ome:
+        if "multiscales" in ome:
+            img = _read_image(url, "", None, None, storage_options)
+            return Plate(
+                path=url, ngff_version=img.ngff_version, zarr_format=zarr_format, is_plate=False,
+                rows=(), columns=(), wells={}, images=(img,), attrs=dict(root.attrs), storage_options=so,
+            )
+        hint = " (it has a 'well' key: open its plate root, or one field image inside it)" if "well" in ome else ""
+        raise NotOmeZarrError(
+            f"{url} is a Zarr group without OME-Zarr 'plate' or 'multiscales' metadata{hint}. "
+            f"Point omeloc at an OME-Zarr plate or image."
+        )
+    plate_meta = ome["plate"]
+    try:
+        rows = tuple(str(r["name"]) for r in plate_meta["rows"])
+        cols = tuple(str(c["name"]) for c in plate_meta["columns"])
+        well_entries = [str(w["path"]) for w in plate_meta["wells"]]
+    except (KeyError, TypeError) as err:
+        raise NotOmeZarrError(
+            f"Plate {url} has incomplete 'plate' metadata (missing {err}). It needs rows, columns and wells with paths."
+        ) from err
+    version = str(ome.get("version") or plate_meta.get("version") or ("0.5" if zarr_format == 3 else "0.4"))
+    wells: dict[str, Well] = {}
+    images: list[Image] = []
+    for wpath in well_entries:
+        parts = wpath.strip("/").split("/")
+        if len(parts) != 2:
+            raise NotOmeZarrError(f"Plate {url} lists well path {wpath!r}; expected 'ROW/COLUMN'. Fix the plate metadata.")
+        wurl = _join(url, wpath)
+        try:
+            wgroup = _open_group(wurl, storage_options, "Well")
+        except (PathNotFoundError, NotOmeZarrError) as err:
+            raise PathNotFoundError(
+                f"Plate {url} lists well {wpath!r} but it is missing. Restore the well or remove it from the plate metadata."
+            ) from err
+        wome, _ = _ome_attrs(wgroup)
+        fields = [str(i["path"]) for i in (wome.get("well") or {}).get("images", []) if "path" in i]
+        if not fields:
+            raise NotOmeZarrError(f"Well {wurl} has no 'well.images' metadata. Fix the well metadata.")
+        wimages = []
+        for f in fields:
+            iurl = _join(wurl, f)
+            try:
+                img = _read_image(iurl, f"{wpath}/{f}", wpath, f, storage_options)
+            except PathNotFoundError as err:
+                raise PathNotFoundError(
+                    f"Well {wpath!r} lists field {f!r} but {iurl} is missing. Restore it or fix the well metadata."
+                ) from err
+            wimages.append(img)
+        wells[wpath] = Well(path=wpath, row=parts[0], column=parts[1], images=tuple(wimages))
+        images.extend(wimages)
+    if not images:
+        raise NotOmeZarrError(f"Plate {url} lists no wells. Nothing to open.")
+    logger.debug("opened plate %s: %d wells, %d images", url, len(wells), len(images))
+    return Plate(
+        path=url, ngff_version=version, zarr_format=zarr_format, is_plate=True, rows=rows, columns=cols,
+        wells=wells, images=tuple(images), attrs=dict(root.attrs), storage_options=so,
+    )
+
+
+def iter_images(plate: Plate, wells: Sequence[str] | None = None) -> list[Image]:
+    """Images of ``plate``, restricted to ``wells`` (names like ``B3`` or paths ``B/3``) when given."""
+    if not wells:
+        return list(plate.images)
+    selected: list[Image] = []
+    for name in wells:
+        selected.extend(plate.well(name).images)
+    return selected

@@ -1,0 +1,350 @@
+"""Write new OME-Zarr images and HCS plates (NGFF 0.4 on Zarr v2, 0.5 on Zarr v3).
+
+Used by ``omeloc synth`` and ``omeloc import-tiff``.  The metadata is written with
+ome-zarr-py's metadata writers (``write_plate_metadata``, ``write_well_metadata``,
+``write_multiscales_metadata``), whose signatures are stable across ome-zarr 0.11–0.21;
+pixels are written with zarr directly so that the layout is ours to choose: one chunk per
+channel plane (chunk 1 along ``c``), which is what lets :func:`omeloc.add_channel` append
+channels later without touching existing chunk files.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+from ome_zarr.format import FormatV04, FormatV05
+from ome_zarr.writer import (
+    write_multiscales_metadata,
+    write_plate_metadata,
+    write_well_metadata,
+)
+
+from omeloc.errors import InputError
+from omeloc.ngff.pyramid import downsample_mean, level_shapes
+
+__all__ = ["write_plate", "write_image", "channel_window", "DEFAULT_COLORS"]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_COLORS = ("00FF00", "FF00FF", "00FFFF", "FFFF00", "FF0000", "0000FF", "FFFFFF")
+
+ArrayOrFactory = np.ndarray | Callable[[], np.ndarray]
+
+
+def _format(ngff_version: str) -> FormatV04 | FormatV05:
+    if ngff_version == "0.4":
+        return FormatV04()
+    if ngff_version == "0.5":
+        return FormatV05()
+    raise InputError(f"Expected NGFF version '0.4' or '0.5'. Got {ngff_version!r} instead.")
+
+
+def _parse_axes(axes: str | Sequence[str]) -> tuple[str, ...]:
+    axes_t = tuple(axes)
+    allowed = ("t", "c", "z", "y", "x")
+    if (
+        len(set(axes_t)) != len(axes_t)
+        or not set(axes_t) <= set(allowed)
+        or not {"c", "y", "x"} <= set(axes_t)
+        or axes_t[-2:] != ("y", "x")
+    ):
+        raise InputError(
+            f"Expected axes in t,c,z,y,x order containing c, y and x, ending in y, x. "
+            f"Got {''.join(axes_t)!r} instead."
+        )
+    order = [allowed.index(a) for a in axes_t]
+    if order != sorted(order):
+        raise InputError(f"Expected axes in t,c,z,y,x order. Got {''.join(axes_t)!r} instead.")
+    return axes_t
+
+
+def channel_window(data: np.ndarray, dtype: np.dtype) -> dict[str, float]:
+    """Return an omero ``window`` for one channel's pixels.
+
+    ``start``/``end`` are the 0.1 and 99.9 percentiles of ``data`` (what a viewer should
+    map to black and white); ``min``/``max`` are the dtype's range (float: the data range).
+    """
+    sample = np.asarray(data).ravel()
+    if sample.size > 1_000_000:
+        sample = sample[:: sample.size // 1_000_000]
+    finite = sample[np.isfinite(sample)] if sample.dtype.kind == "f" else sample
+    if finite.size == 0:
+        lo = hi = 0.0
+    else:
+        lo, hi = (float(v) for v in np.percentile(finite, [0.1, 99.9]))
+    if np.dtype(dtype).kind in "iu":
+        info = np.iinfo(dtype)
+        dmin, dmax = float(info.min), float(info.max)
+    else:
+        dmin = float(finite.min()) if finite.size else 0.0
+        dmax = float(finite.max()) if finite.size else 1.0
+    if hi <= lo:
+        hi = lo + 1.0
+    return {"min": dmin, "max": dmax, "start": lo, "end": hi}
+
+
+def _create_array(
+    group: zarr.Group, name: str, shape: tuple[int, ...], chunks: tuple[int, ...], dtype,
+    zarr_format: int, axes: Sequence[str],
+) -> zarr.Array:
+    kwargs: dict[str, Any] = {}
+    if zarr_format == 2:
+        kwargs["chunk_key_encoding"] = {"name": "v2", "separator": "/"}
+    else:
+        kwargs["dimension_names"] = list(axes)  # required by NGFF 0.5
+    return group.create_array(
+        name, shape=shape, chunks=chunks, dtype=dtype, fill_value=0, **kwargs
+    )
+
+
+def _write_multiscale(
+    group: zarr.Group,
+    data: np.ndarray,
+    *,
+    axes: tuple[str, ...],
+    channel_names: Sequence[str],
+    fmt: FormatV04 | FormatV05,
+    chunks: tuple[int, int],
+    levels: int,
+    colors: Sequence[str] | None,
+    name: str,
+) -> None:
+    if data.ndim != len(axes):
+        raise InputError(
+            f"Expected a {len(axes)}-d array for axes {''.join(axes)!r}. Got shape {data.shape} instead."
+        )
+    c_axis = axes.index("c")
+    if data.shape[c_axis] != len(channel_names):
+        raise InputError(
+            f"Expected {data.shape[c_axis]} channel names for {data.shape[c_axis]} channels. "
+            f"Got {len(channel_names)} instead."
+        )
+    shapes = level_shapes(data.shape, axes, levels)
+    chunk_shape = tuple(
+        1 if a in ("t", "c", "z") else min(chunks[0] if a == "y" else chunks[1], n)
+        for a, n in zip(axes, data.shape)
+    )
+    datasets = []
+    level = data
+    for i, shape in enumerate(shapes):
+        if i > 0:
+            level = downsample_mean(level, axes, shape)
+        arr = _create_array(
+            group, str(i), shape, tuple(min(c, n) for c, n in zip(chunk_shape, shape)),
+            data.dtype, fmt.zarr_format, axes,
+        )
+        arr[...] = level
+        scale = [float(2**i) if a in ("y", "x") else 1.0 for a in axes]
+        datasets.append({"path": str(i), "coordinateTransformations": [{"type": "scale", "scale": scale}]})
+    write_multiscales_metadata(group, datasets, fmt=fmt, axes=list(axes), name=name)
+    palette = colors or DEFAULT_COLORS
+    channels = []
+    for k, label in enumerate(channel_names):
+        plane = np.take(data, k, axis=c_axis)
+        channels.append(
+            {
+                "label": str(label),
+                "color": palette[k % len(palette)],
+                "window": channel_window(plane, data.dtype),
+                "active": True,
+            }
+        )
+    omero = {"name": name, "version": fmt.version, "channels": channels, "rdefs": {"model": "color"}}
+    set_ome_attr(group, "omero", omero, fmt.zarr_format)
+
+
+def set_ome_attr(group: zarr.Group, key: str, value: Any, zarr_format: int) -> None:
+    """Set ``key`` in the NGFF metadata of ``group`` (under ``ome`` for NGFF 0.5)."""
+    if zarr_format == 3:
+        ome = dict(group.attrs.get("ome", {}))
+        ome[key] = value
+        group.attrs["ome"] = ome
+    else:
+        group.attrs[key] = value
+
+
+def _prepare_target(path: str | Path, overwrite: bool) -> Path:
+    path = Path(path)
+    if path.exists():
+        if not overwrite:
+            raise InputError(f"{path} already exists. Choose another path or pass overwrite=True (--overwrite).")
+        shutil.rmtree(path)
+    return path
+
+
+def _materialize(value: ArrayOrFactory) -> np.ndarray:
+    return np.asarray(value() if callable(value) else value)
+
+
+def write_image(
+    path: str | Path,
+    data: np.ndarray,
+    *,
+    channel_names: Sequence[str],
+    ngff_version: str = "0.5",
+    axes: str | Sequence[str] = "cyx",
+    chunks: tuple[int, int] = (256, 256),
+    levels: int = 3,
+    colors: Sequence[str] | None = None,
+    name: str | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write a single multiscale OME-Zarr image (not in a plate).
+
+    Parameters
+    ----------
+    path
+        Where to create the image group.
+    data
+        Pixels with axes ``axes``.
+    channel_names
+        One label per channel (``omero.channels[].label``).
+    ngff_version
+        ``"0.4"`` (Zarr v2) or ``"0.5"`` (Zarr v3).
+    axes
+        Axis names in t, c, z, y, x order; must contain c, y and x.
+    chunks
+        Chunk size along y and x; the chunk along c, z and t is 1.
+    levels
+        Number of pyramid levels (2× mean downsampling in y and x).
+    colors
+        Hex colours per channel; default a fixed palette.
+    name
+        Image name in the metadata.
+    overwrite
+        Replace an existing path.
+
+    Returns
+    -------
+    pathlib.Path
+        The image path.
+    """
+    fmt = _format(ngff_version)
+    axes_t = _parse_axes(axes)
+    path = _prepare_target(path, overwrite)
+    group = zarr.open_group(str(path), mode="w", zarr_format=fmt.zarr_format)
+    _write_multiscale(
+        group, np.asarray(data), axes=axes_t, channel_names=channel_names, fmt=fmt,
+        chunks=chunks, levels=levels, colors=colors, name=name or path.stem,
+    )
+    return path
+
+
+def write_plate(
+    path: str | Path,
+    images: Mapping[tuple[str, str, str], ArrayOrFactory],
+    *,
+    channel_names: Sequence[str],
+    ngff_version: str = "0.5",
+    axes: str | Sequence[str] = "cyx",
+    chunks: tuple[int, int] = (256, 256),
+    levels: int = 3,
+    colors: Sequence[str] | None = None,
+    plate_name: str | None = None,
+    extra_attrs: Mapping[str, Any] | None = None,
+    overwrite: bool = False,
+    progress: Callable[[int], None] | None = None,
+    rows: Sequence[str] | None = None,
+    columns: Sequence[str] | None = None,
+) -> Path:
+    """Write an OME-Zarr HCS plate.
+
+    Parameters
+    ----------
+    path
+        Where to create the plate (a new directory ending in ``.zarr`` by convention).
+    images
+        Maps ``(row, column, field)`` names, e.g. ``("B", "3", "0")``, to the field's pixels
+        (an array with axes ``axes``) or to a function returning them (called once, so
+        fields can be made one at a time).
+    channel_names
+        Channel labels, shared by every image.
+    ngff_version
+        ``"0.4"`` (Zarr v2) or ``"0.5"`` (Zarr v3).
+    axes
+        Axis names in t, c, z, y, x order; must contain c, y and x.
+    chunks
+        Chunk size along y and x; the chunk along c (and t, z) is 1, so channels can be
+        appended later without rewriting chunks.
+    levels
+        Number of pyramid levels (2× mean downsampling in y and x).
+    colors
+        Hex colours per channel.
+    plate_name
+        Plate name; default the directory name.
+    extra_attrs
+        Extra attributes stored at the plate root, outside the NGFF metadata.
+    overwrite
+        Replace an existing path.
+    progress
+        Called with the number of images written after each image.
+    rows, columns
+        The plate layout (e.g. ``A``–``H`` and ``1``–``12``); default only the rows and
+        columns that hold images.
+
+    Returns
+    -------
+    pathlib.Path
+        The plate path.
+
+    Examples
+    --------
+    >>> import numpy as np, tempfile, os
+    >>> p = os.path.join(tempfile.mkdtemp(), "p.zarr")
+    >>> _ = write_plate(p, {("A", "1", "0"): np.zeros((2, 64, 64), "uint16")},
+    ...                 channel_names=["actin", "WAVE2"], levels=2)
+    """
+    fmt = _format(ngff_version)
+    axes_t = _parse_axes(axes)
+    if not images:
+        raise InputError("Expected at least one image for the plate. Got none instead.")
+    for key in images:
+        if len(key) != 3 or not all(isinstance(k, str) and k.isalnum() for k in key):
+            raise InputError(
+                f"Expected image keys (row, column, field) of alphanumeric strings. Got {key!r} instead."
+            )
+    path = _prepare_target(path, overwrite)
+    used_rows = sorted({r for r, _, _ in images}, key=lambda r: (len(r), r))
+    used_cols = sorted({c for _, c, _ in images}, key=lambda c: (len(c), int(c) if c.isdigit() else c))
+    rows = list(rows) if rows is not None else used_rows
+    cols = list(columns) if columns is not None else used_cols
+    outside = sorted(set(used_rows) - set(rows)) + sorted(set(used_cols) - set(cols))
+    if outside:
+        raise InputError(f"Images use rows/columns {outside} that are not in the plate layout. Add them to rows/columns.")
+    wells: dict[tuple[str, str], list[str]] = {}
+    for r, c, f in images:
+        wells.setdefault((r, c), []).append(f)
+    root = zarr.open_group(str(path), mode="w", zarr_format=fmt.zarr_format)
+    well_paths = [f"{r}/{c}" for r in rows for c in cols if (r, c) in wells]
+    write_plate_metadata(
+        root, rows, cols, well_paths, fmt=fmt,
+        field_count=max(len(v) for v in wells.values()), name=plate_name or path.stem,
+        acquisitions=[{"id": 0}],
+    )
+    if extra_attrs:
+        for k, v in extra_attrs.items():
+            if k == "ome" or (fmt.zarr_format == 2 and k in ("plate", "well", "multiscales", "omero")):
+                raise InputError(f"extra_attrs may not set the NGFF key {k!r}. Use another key.")
+            root.attrs[k] = v
+    done = 0
+    for (r, c), fields in ((rc, wells[rc]) for rc in sorted(wells, key=lambda rc: (rows.index(rc[0]), cols.index(rc[1])))):
+        wgroup = root.require_group(r).require_group(c)
+        fields = sorted(fields, key=lambda f: (len(f), f))
+        write_well_metadata(wgroup, [{"path": f, "acquisition": 0} for f in fields], fmt=fmt)
+        for f in fields:
+            data = _materialize(images[(r, c, f)])
+            _write_multiscale(
+                wgroup.require_group(f), data, axes=axes_t, channel_names=channel_names,
+                fmt=fmt, chunks=chunks, levels=levels, colors=colors, name=f"{r}{c}/{f}",
+            )
+            done += 1
+            if progress is not None:
+                progress(done)
+    logger.info("wrote plate %s: %d wells, %d images", path, len(wells), done)
+    return path
