@@ -24,7 +24,7 @@ import tifffile
 
 from omeloc.errors import InputError, PathNotFoundError
 from omeloc.ngff.writer import write_plate
-from omeloc.writeback.journal import maybe_kill
+from omeloc.testing.faults import fault_point
 
 __all__ = ["import_tiff", "NF1_PATTERN", "DEFAULT_PATTERN"]
 
@@ -101,7 +101,7 @@ def _auto_levels(shape: Sequence[int], min_size: int = 128) -> int:
 def _reporter(progress: Callable[[int, int], None] | None, total: int) -> Callable[[int], None]:
     def report(n: int) -> None:
         if n == 1:
-            maybe_kill("import_mid")  # test hook (OMELOC_TEST_KILL_AT)
+            fault_point("import_mid")  # test hook (OMELOC_TEST_KILL_AT)
         if progress:
             progress(n, total)
 

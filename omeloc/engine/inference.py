@@ -29,6 +29,7 @@ import dask.array as da
 import numpy as np
 import torch
 
+from omeloc.testing.faults import fault_point
 from omeloc.errors import InputError
 from omeloc.engine.tiling import BLEND_MODES, Accumulator, check_tiling, iter_batches, pad_to_multiple, tile_grid
 
@@ -304,7 +305,7 @@ def predict_numpy(model: Any, region: np.ndarray, *, tile: tuple[int, int], over
 def _predict_block(block: np.ndarray, ref: ModelRef, *, depth: tuple[int, int],
                    nblocks: tuple[int, int], block_id: tuple[int, ...] | None = None,
                    device: str, **kwargs: Any) -> np.ndarray:
-    _maybe_die_once()
+    fault_point("predict_block")
     dev = torch.device(device)
     model = get_model(ref, dev)
     iy, ix = block_id[-2:]
@@ -315,30 +316,6 @@ def _predict_block(block: np.ndarray, ref: ModelRef, *, depth: tuple[int, int],
     right = w - (depth[1] if ix < nblocks[1] - 1 else 0)
     return predict_numpy(model, block, device=dev, core=(slice(top, bottom), slice(left, right)),
                          **kwargs)
-
-
-def _maybe_die_once() -> None:
-    """Test hook: the first Dask *worker* process to run a block SIGKILLs itself when
-    ``OMELOC_TEST_KILL_WORKER_ONCE`` names a file that does not exist yet (it is created first)."""
-    import os
-
-    marker = os.environ.get("OMELOC_TEST_KILL_WORKER_ONCE")
-    if not marker:
-        return
-    try:
-        from distributed import get_worker
-
-        get_worker()
-    except (ImportError, ValueError):
-        return  # not on a distributed worker
-    try:
-        os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
-    except FileExistsError:
-        return
-    import signal
-
-    logger.warning("OMELOC_TEST_KILL_WORKER_ONCE: killing worker process %d", os.getpid())
-    os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _merge_chunks(chunks: Sequence[int], minimum: int) -> tuple[int, ...]:

@@ -29,7 +29,7 @@ from omeloc.learn.checkpoint import (META_FILE, STATE_FILE, WEIGHTS_FILE, Checkp
                          save_checkpoint)
 from omeloc.errors import InputError
 from omeloc.engine.inference import resolve_device
-from omeloc.writeback.journal import maybe_kill
+from omeloc.testing.faults import fault_point
 from omeloc.analysis.metrics import pearson_r
 from omeloc.learn.models import PatchGAN, UNet
 from .models.pix2pix import BETAS, LAMBDA_L1, LR, discriminator_loss, generator_loss
@@ -465,7 +465,7 @@ def train(
                 if is_val:  # the log first: a resume keeps the rows up to the saved step
                     write_log()
                     save_state(step, row["seconds"])
-                    maybe_kill(f"train_step_{step}")
+                    fault_point(f"train_step_{step}")
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(l1=f"{l1.item():.4f}", val_r=f"{val_r:.3f}", refresh=False)

@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import signal
 import socket
 import time
 from collections.abc import Iterable, Mapping
@@ -41,7 +40,6 @@ __all__ = [
     "writer_alive",
     "rollback",
     "finish",
-    "maybe_kill",
     "BACKUP_PREFIX",
 ]
 
@@ -53,21 +51,6 @@ _META_NAMES = frozenset({"zarr.json", ".zattrs", ".zarray", ".zgroup", ".zmetada
 
 #: run ids of add_channel calls running in this process (a journal of ours is not "dead")
 ACTIVE_RUNS: set[str] = set()
-
-
-def maybe_kill(phase: str) -> None:
-    """Test hook: SIGKILL this process when ``OMELOC_TEST_KILL_AT`` names ``phase``.
-
-    ``OMELOC_TEST_PAUSE_AT`` naming ``phase`` sleeps ``OMELOC_TEST_PAUSE_SECONDS`` (default 5)
-    there instead (to hold a write open while a test starts a second one).
-    """
-    if os.environ.get("OMELOC_TEST_PAUSE_AT") == phase:
-        import time
-
-        time.sleep(float(os.environ.get("OMELOC_TEST_PAUSE_SECONDS", "5")))
-    if os.environ.get("OMELOC_TEST_KILL_AT") == phase:
-        logger.warning("OMELOC_TEST_KILL_AT=%s: killing process %d", phase, os.getpid())
-        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _join(*parts: str) -> str:

@@ -16,7 +16,6 @@ import json
 import logging
 import math
 import re
-import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping
@@ -30,6 +29,7 @@ import dask.array as da
 import numpy as np
 import zarr
 
+from omeloc.testing.faults import fault_point
 from omeloc.writeback import journal as jr
 from omeloc.writeback import resume as rs
 from omeloc.errors import OmelocError, ConcurrentWriteError, InputError, LayoutError
@@ -158,18 +158,6 @@ def _open_level(url: str, so_json: str, zarr_format: int, run_id: str) -> zarr.A
     return zarr.open_array(url, **kwargs)
 
 
-_KILL_COUNTER = {"n": 0}
-_KILL_LOCK = threading.Lock()
-
-
-def _count_block_for_kill() -> None:
-    with _KILL_LOCK:
-        _KILL_COUNTER["n"] += 1
-        n = _KILL_COUNTER["n"]
-    if n >= 2:
-        jr.maybe_kill("level0_mid")
-
-
 def _write_level0_block(
     block: np.ndarray, *, url: str, so_json: str, zarr_format: int, run_id: str, c_axis: int,
     index: int, out_dtype: str, where: str, block_info: dict | None = None,
@@ -186,7 +174,7 @@ def _write_level0_block(
     region = [slice(a, b) for a, b in loc]
     region.insert(c_axis, slice(index, index + 1))
     _open_level(url, so_json, zarr_format, run_id)[tuple(region)] = values
-    _count_block_for_kill()
+    fault_point("level0_block")
     return np.full((1,) * block.ndim, values.nbytes, dtype=np.int64)
 
 
@@ -450,7 +438,7 @@ def _write_pixels(
         else:
             totals.append(written.sum())
     nbytes = _compute(da.stack(totals).sum(), client, scheduler, progress, "level 0") if totals else 0
-    jr.maybe_kill("level0_written")
+    fault_point("level0_written")
     max_levels = max(len(img.level_paths) for img in plan.images)
     for level in range(1, max_levels):
         totals = []
@@ -469,7 +457,7 @@ def _write_pixels(
             )
             totals.append(written.sum())
         nbytes += _compute(da.stack(totals).sum(), client, scheduler, progress, f"level {level}")
-        jr.maybe_kill(f"level{level}_written")
+        fault_point(f"level{level}_written")
     return nbytes
 
 
@@ -537,7 +525,7 @@ def _write_metadata(
         else:
             io.update_attrs(img.path, {"omero": omero, "omeloc": ours})
         if n == 0:
-            jr.maybe_kill("metadata")
+            fault_point("metadata")
 
 
 def _recover(io: jr.StoreIO, journal: Mapping[str, Any]) -> str:
@@ -735,14 +723,14 @@ def _run(
     run_id = journal["run_id"]
     so_json = json.dumps(dict(storage_options or {}), sort_keys=True, default=str)
     try:
-        jr.maybe_kill("journal")
+        fault_point("journal")
         if plan.mode == "overwrite":
             _backup_channel(io, plan, run_id, docs)
             _set_phase(io, journal, "backed_up")
         else:
             _resize(io, plan)
             _set_phase(io, journal, "resized")
-        jr.maybe_kill("resized")
+        fault_point("resized")
         done = _restore_finished(io, plan, journal.get("resume_key"))
         nbytes = _write_pixels(plan, run_id, so_json, io.zarr_format, client, scheduler, progress,
                                plate.images[0].axes, done)
@@ -756,7 +744,7 @@ def _run(
         }
         _write_metadata(io, plan, color, window, record)
         _set_phase(io, journal, "complete")
-        jr.maybe_kill("complete")
+        fault_point("complete")
     except BaseException as err:
         # an interruption keeps the finished chunks for a rerun; bad data or a refused write
         # (omeloc's own errors, reported to the user by the caller) leaves the store exactly as it was
