@@ -217,11 +217,15 @@ class TilingConfig(Config):
 class ComputeConfig(Config):
     """Where the work runs.
 
-    Nothing set: dask's threaded scheduler in this process.  ``workers=N``: a local cluster of N
-    worker processes, closed afterwards.  ``scheduler="tcp://host:port"``: a running Dask
-    scheduler (its workers must read the plate and the checkpoint).  ``client``: a
-    ``distributed.Client`` the caller manages (Python API only).
+    Nothing set: dask's threaded scheduler in this process.  ``scheduler`` is where the graph runs,
+    with the meaning Dask gives it: the name of a local scheduler (``"threads"``,
+    ``"synchronous"``) or the address of a running Dask scheduler (``"tcp://host:8786"``, whose
+    workers must read the plate and the checkpoint).  ``workers=N``: a local cluster of N worker
+    processes, closed afterwards.  ``client``: a ``distributed.Client`` the caller manages
+    (Python API only).
     """
+
+    LOCAL_SCHEDULERS: ClassVar[tuple[str, ...]] = ("threads", "sync", "synchronous", "single-threaded")
 
     scheduler: str | None = option(None, "a running Dask scheduler", metavar="tcp://HOST:PORT")
     workers: int | None = option(None, "start a local cluster of N worker processes", parse=int)
@@ -232,5 +236,18 @@ class ComputeConfig(Config):
         given = [n for n in ("scheduler", "workers", "client") if getattr(self, n) is not None]
         if len(given) > 1:
             raise InputError(f"give only one of {' and '.join(given)}: they say where the work runs")
+        if self.scheduler is not None and self.scheduler not in self.LOCAL_SCHEDULERS and "://" not in self.scheduler:
+            raise InputError(f"scheduler {self.scheduler!r} is neither an address (tcp://host:port) nor one of "
+                             f"{', '.join(self.LOCAL_SCHEDULERS)}; fix --scheduler")
         if self.workers is not None and self.workers < 1:
             raise InputError(f"workers must be at least 1 (got {self.workers})")
+
+    @property
+    def address(self) -> str | None:
+        """The scheduler address, or None when the work runs in this process or on a local cluster."""
+        return self.scheduler if self.scheduler and self.scheduler not in self.LOCAL_SCHEDULERS else None
+
+    @property
+    def local_scheduler(self) -> str | None:
+        """The local Dask scheduler name, if one was given."""
+        return self.scheduler if self.scheduler in self.LOCAL_SCHEDULERS else None
