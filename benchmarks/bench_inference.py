@@ -13,12 +13,15 @@ Every measurement runs in a fresh subprocess (peak memory = ``ru_maxrss`` of tha
 which includes ~0.3-0.4 GB for torch itself).  Each subprocess warms up on the same shapes
 once, then times ``--reps`` runs and keeps the best; the driver repeats subprocesses
 ``--repeats`` times and keeps the best.  A quality step measures bf16 vs fp32 and tiled vs
-whole-image agreement.  Results are printed and saved to ``benchmarks/results/inference.json``.
+whole-image agreement; a ``seams`` step compares tiled and whole-image output of a 3-layer conv
+net (receptive field 3 px) with and without the trimmed tile margins, in fp32 and bf16.  Results
+are printed and saved to ``benchmarks/results/inference.json``.
 
 ``--memory-sizes`` (default 6144) adds sizes where only omeloc's peak memory is measured.
 
 Run: ``python benchmarks/bench_inference.py`` (about 12 minutes on 2 CPU cores);
-``--sizes 1024 2048 --repeats 1`` for a quick look.
+``--sizes 1024 2048 --repeats 1`` for a quick look; ``--seams-only`` for the seam step alone
+(seconds; saved to ``benchmarks/results/seams.json``).
 """
 
 from __future__ import annotations
@@ -193,13 +196,64 @@ def run_quality(args) -> dict:
     return res
 
 
+def seam_net():
+    """Three 3x3 convolutions (receptive-field radius 3 px), random weights (seed 0)."""
+    import torch
+    from torch import nn
+
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.Tanh(), nn.Conv2d(8, 8, 3, padding=1),
+                         nn.Tanh(), nn.Conv2d(8, 1, 3, padding=1)).eval()
+
+
+def run_seams(size: int = 300, tile: int = 128, overlap: int = 24) -> dict:
+    """Tiled vs whole-image output of :func:`seam_net` (issue 16's seam test), a few seconds.
+
+    For fp32 and bf16 (the whole image at the same precision is the reference) and the
+    gaussian and cosine blends: max abs error over the image, as a ratio of the output's std,
+    with the old weights (``trim=0``) and the default trimmed margins (``overlap // 4``).
+    """
+    import torch
+
+    from omeloc.engine.inference import predict_array
+
+    model = seam_net()
+    image = make_image(size, seed=3)
+    x = torch.from_numpy(image[None])
+    with torch.inference_mode():
+        whole = {"fp32": model(x)[0].numpy()}
+        with _autocast("bf16"):
+            whole["bf16"] = model(x)[0].float().numpy()
+    std = float(whole["fp32"].std())
+    res: dict = {"size": size, "tile": tile, "overlap": overlap, "output_std": std,
+                 "bf16_vs_fp32_whole_max_over_std": float(np.abs(whole["bf16"] - whole["fp32"]).max() / std)}
+    for prec, ref in whole.items():
+        for blend in ("gaussian", "cosine"):
+            for label, trim in (("before_trim0", 0), ("after_default_trim", None)):
+                tiled = predict_array(model, image, tile=tile, overlap=overlap, blend=blend, trim=trim,
+                                      device="cpu", precision=prec, out_channels=1).compute()[0]
+                res[f"{prec}_{blend}_{label}_max_over_std"] = float(np.abs(tiled - ref).max() / std)
+    return res
+
+
+def print_seams(res: dict) -> None:
+    print(f"seams: {res['size']}² image, tile {res['tile']}, overlap {res['overlap']}, "
+          f"max |tiled - whole| / std(output)")
+    print(f"{'precision':>9} {'blend':>9} {'trim 0 (before)':>16} {'default trim':>14}")
+    for prec in ("fp32", "bf16"):
+        for blend in ("gaussian", "cosine"):
+            print(f"{prec:>9} {blend:>9} {res[f'{prec}_{blend}_before_trim0_max_over_std']:>16.2e} "
+                  f"{res[f'{prec}_{blend}_after_default_trim_max_over_std']:>14.2e}")
+    print(f"bf16 vs fp32, whole image: {res['bf16_vs_fp32_whole_max_over_std']:.2e}", flush=True)
+
+
 def worker(args) -> None:
     import torch
 
     if args.threads:
         torch.set_num_threads(args.threads)
     fn = {"omeloc": run_omeloc, "monai": run_monai, "monai_folded": run_monai, "forward": run_forward,
-          "quality": run_quality}[args.worker]
+          "quality": run_quality, "seams": lambda a: run_seams()}[args.worker]
     result = fn(args)
     out = result if isinstance(result, dict) else {"seconds": result}
     out["peak_rss_mb"] = _maxrss_mb()
@@ -256,6 +310,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
     p.add_argument("--out", default=str(HERE / "results" / "inference.json"))
     p.add_argument("--skip-quality", action="store_true")
+    p.add_argument("--seams-only", action="store_true",
+                   help="only the seam comparison (seconds), saved to results/seams.json")
     p.add_argument("--memory-sizes", type=int, nargs="*", default=[6144],
                    help="extra sizes where only omeloc's peak memory is measured (one run)")
     # worker-only
@@ -269,6 +325,11 @@ def main(argv: list[str] | None = None) -> None:
         args.tile = args.block + 2 * args.overlap
     if args.worker:
         worker(args)
+        return
+    if args.seams_only:
+        res = run_seams()
+        print_seams(res)
+        (HERE / "results" / "seams.json").write_text(json.dumps(res, indent=2))
         return
 
     import torch
@@ -301,6 +362,8 @@ def main(argv: list[str] | None = None) -> None:
             q = spawn("quality", 1024, [*common, "--block", "512"], env)
             results["quality"] = q
             print("quality", json.dumps(q, indent=1), flush=True)
+            results["seams"] = spawn("seams", 300, common, env)
+            print_seams(results["seams"])
         for size in args.sizes:
             path = str(Path(tmp) / f"in-{size}.zarr")
             arr = zarr.create_array(path, shape=(1, size, size), chunks=(1, args.block, args.block),

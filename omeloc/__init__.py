@@ -12,6 +12,8 @@ Public API (imported lazily, so ``import omeloc`` and the CLI start fast):
 - :func:`train`, :func:`load_checkpoint` — U-Net / pix2pix from Zarr crops, checkpoints (``omeloc.learn.training``)
 - :func:`predict`, :func:`predict_array` — tiled, blended lazy inference written back as a channel
 - :func:`relate`, :func:`run_demo` — the relationship matrix of a plate's channels; the built-in demo
+- :class:`VirtualStain` — a checkpoint applied to numpy or dask arrays (normalize → model → target units)
+- :class:`TrainConfig`, :class:`TilingConfig`, :class:`ComputeConfig` — options of train / predict / where work runs
 - :func:`dask_client` — run on a local cluster or a scheduler address (``omeloc.compute``)
 """
 
@@ -44,6 +46,7 @@ _EXPORTS: dict[str, str] = {
     "rechunk": "omeloc.ngff.rechunk",
     "evaluate": "omeloc.analysis.evaluate",
     "EvaluationResult": "omeloc.analysis.evaluate",
+    "EvaluateConfig": "omeloc.analysis.evaluate",
     "screen": "omeloc.analysis.screening",
     "dask_client": "omeloc.compute",
     "UNet": "omeloc.learn.models",
@@ -60,6 +63,10 @@ _EXPORTS: dict[str, str] = {
     "CheckpointRef": "omeloc.learn.checkpoint",
     "CropSampler": "omeloc.learn.sampling",
     "predict_array": "omeloc.engine.inference",
+    "VirtualStain": "omeloc.learn.stain",
+    "TrainConfig": "omeloc.config",
+    "TilingConfig": "omeloc.config",
+    "ComputeConfig": "omeloc.config",
     "normalize": "omeloc.learn.normalization",
     "denormalize": "omeloc.learn.normalization",
 }

@@ -23,7 +23,7 @@ from typing import Any, ClassVar, TypeVar
 
 from omeloc.errors import InputError
 
-__all__ = ["option", "Config", "TrainConfig", "TilingConfig", "ComputeConfig", "resolve", "csv_list"]
+__all__ = ["DEVICE_DEFAULTS", "ComputeConfig", "Config", "TilingConfig", "TrainConfig", "csv_list", "option", "resolve"]
 
 C = TypeVar("C", bound="Config")
 
@@ -123,14 +123,16 @@ def _add_argument(parser: Any, f: dataclasses.Field, default: Any, flag: str | N
     help_text = meta.get("help", "")
     if isinstance(default, bool):
         if default:
-            parser.add_argument("--no-" + flag[2:], dest=f.name, action="store_false", help=help_text + " (off)")
+            parser.add_argument("--no-" + flag[2:], dest=f.name, action="store_false",
+                                help=f"{help_text} (on unless this flag is given)")
         else:
             parser.add_argument(flag, dest=f.name, action="store_true", help=help_text)
         return
     parse = meta.get("parse") or (type(default) if default is not None else str)
     shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
     kwargs: dict[str, Any] = {"dest": f.name, "type": parse, "default": default,
-                              "help": f"{help_text} (default: {shown})" if help_text else None}
+                              "help": f"{help_text} (default: {shown})" if help_text and default is not None
+                              else help_text or None}
     if meta.get("choices"):
         kwargs["choices"] = meta["choices"]
     if meta.get("metavar"):
@@ -155,50 +157,196 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 BLENDS = ("cosine", "gaussian", "linear", "constant")
 
 
+MODELS = ("unet", "pix2pix")
+LOSSES = ("mse", "l1", "mse+ssim", "l1+ssim")
+SCHEDULES = ("cosine", "constant")
+BLOCKS = ("conv", "residual", "convnext")
+NORMS = ("batch", "instance", "group", "none")
+KEEP_BEST = ("pearson_r", "structure_r", "l1")
+#: steps of a run given neither ``steps`` nor ``minutes``
+DEFAULT_STEPS = 2000
+#: what the device-dependent options (``None`` in :class:`TrainConfig`) become when not given:
+#: sized to learn within minutes on a CPU, the larger model and crops on a GPU
+DEVICE_DEFAULTS: Mapping[str, Mapping[str, int]] = {
+    "cpu": {"depth": 3, "base_channels": 16, "crop": 128, "batch_size": 4},
+    "gpu": {"depth": 4, "base_channels": 32, "crop": 256, "batch_size": 8},
+}
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainConfig(Config):
-    """What a model learns and how (``omeloc train``; see :func:`omeloc.train`)."""
+    """What a model learns and how (``omeloc train``, :func:`omeloc.train`, :func:`omeloc.relate`).
 
-    model: str = option("unet", "architecture", choices=("unet", "pix2pix"))
-    steps: int = option(2000, "optimizer steps")
+    :meth:`validate` checks every value that needs no plate (model, loss, schedule, precision,
+    sizes, the crop being a multiple of ``2**depth``); the plate-dependent checks (channels,
+    wells, crop vs image size) happen in :func:`omeloc.train`.
+
+    Attributes
+    ----------
+    model : {"unet", "pix2pix"}
+        A U-Net trained with a pixel loss, or pix2pix (U-Net generator + 70×70 PatchGAN,
+        L1 + λ·cGAN).
+    steps
+        Optimizer steps in total (with ``resume``, the run continues up to this number).
+        Default :data:`DEFAULT_STEPS`; with ``minutes``, the most steps the budget may choose.
+    minutes
+        Train for this long instead of a fixed number of steps: the step time is measured on a
+        few steps (whose updates are discarded), the number of steps is fitted so that the run
+        (preparation, training, validations) ends within the budget, and the learning-rate
+        schedule is fitted to that number, then re-fitted to the pace as the run goes
+        (:mod:`omeloc.learn.budget`).  A resumed run finishes the plan saved with it.
+    val_wells
+        Wells held out for validation (names like ``B3``).  Default: every fourth well.
+    crop, batch_size, level
+        Crop side (a multiple of ``2**depth``), crops per step, pyramid level read.
+        ``None``: by device (:data:`DEVICE_DEFAULTS`; a default crop shrinks to fit small images).
+    lr
+        Adam learning rate; default 3e-3 for the U-Net, 2e-4 (β1 = 0.5) for pix2pix.
+    seed
+        Same seed, same data, same device → same weights (with ``minutes``, the same number of
+        steps too: that one depends on the measured speed).
+    device, precision
+        ``"auto"`` uses CUDA (then MPS, then CPU); mixed precision (bf16/fp16) on CUDA only.
+    depth, base_channels, norm, block
+        U-Net shape.  Depth and width ``None``: by device (CPU 3 and 16: 0.5 M parameters;
+        GPU 4 and 32: 7.8 M).  ``norm``: batch, instance, group (GroupNorm, independent of
+        the batch) or none.  ``block``: two plain 3×3 convolutions (``"conv"``), the same with
+        a residual connection (``"residual"``), or a ConvNeXt block (``"convnext"``: 7×7
+        depthwise convolution, norm, 4× pointwise expansion, GELU, residual).
+    lambda_l1
+        Weight of the L1 term for pix2pix (100 in Isola et al.).
+    loss : {"mse", "l1", "mse+ssim", "l1+ssim"}
+        Pixel loss of the U-Net (default mse: on synthetic actin → WAVE2 it reached held-out r 0.84
+        where L1 reached 0.76 in the same 300 steps); ``+ssim`` adds ``1 - SSIM`` (Gaussian
+        window, σ 1.5).  pix2pix always uses L1, as in the paper.
+    detail
+        Weight of an L1 term on high-pass detail (image minus its Gaussian blur, σ 4 px: the
+        scale :func:`~omeloc.analysis.metrics.structure_r` removes); 0 disables.
+    schedule : {"cosine", "constant"}
+        Learning rate over the run: a 5 % linear warm-up then cosine decay to 5 % of ``lr``
+        (a function of the step alone, so resumed runs follow it exactly), or constant.
+    val_every, val_crops
+        Validation interval (default: ten times per run) and number of fixed validation crops.
+    min_foreground
+        Reject crops whose source has less than this fraction of foreground (0 disables).
+    foreground_weight
+        Bias crops towards the target's foreground: a crop whose target has a foreground
+        fraction ``f`` is kept with probability ``1 - w + w * min(1, f / 0.25)`` (0: uniform).
+    augment
+        Random flips and 90° rotations.
+    intensity_augment
+        Random gain (0.8–1.25), offset (±0.05), Gaussian blur (σ up to 1 px, a third of the
+        crops) and noise (std up to 0.03) of the normalized source; the target is unchanged.
+    keep_best : {None, "pearson_r", "structure_r", "l1"}
+        Keep the weights of the validation with the best value of this metric (on the held-out
+        crops) instead of the last ones.
+    warmup
+        pix2pix: the fraction of the steps during which the generator learns on L1 alone (no
+        discriminator), before the adversarial loss starts.
+    spectral_norm
+        pix2pix: spectral normalization on every discriminator convolution (no instance norm).
+    prefetch
+        Batches read ahead on a background thread (0: read in the loop).
+    """
+
+    model: str = option("unet", "architecture", choices=MODELS)
+    steps: int | None = option(None, f"optimizer steps (default {DEFAULT_STEPS}; with --minutes: at most this many)",
+                               parse=int)
+    minutes: float | None = option(None, "train for this many minutes: steps and learning-rate schedule fitted to "
+                                   "the measured step time", parse=float)
     val_wells: tuple[str, ...] | None = option(None, "wells held out for validation (default: every fourth well)",
                                                parse=csv_list, metavar="B2,C3")
-    crop: int = option(256, "crop side in pixels (multiple of 2**depth)")
-    batch_size: int = option(8, "crops per step")
+    crop: int | None = option(None, "crop side in pixels, a multiple of 2**depth (default by device: 128 CPU, "
+                              "256 GPU)", parse=int)
+    batch_size: int | None = option(None, "crops per step (default by device: 4 CPU, 8 GPU)", parse=int)
     level: int = option(0, "pyramid level to train on")
     lr: float | None = option(None, "learning rate (default 3e-3 U-Net, 2e-4 pix2pix)", parse=float)
     seed: int = option(0, "random seed (crops, weights)")
     device: str = option("auto", DEVICES_HELP)
     precision: str = option("auto", "numeric precision of the forward pass", choices=PRECISIONS)
-    depth: int = option(4, "U-Net depth")
-    base_channels: int = option(32, "U-Net width (32: 7.8 M parameters at depth 4)")
-    norm: str = option("batch", "normalization layers", choices=("batch", "instance", "group", "none"))
+    depth: int | None = option(None, "U-Net depth (default by device: 3 CPU, 4 GPU)", parse=int)
+    base_channels: int | None = option(None, "U-Net width (default by device: 16 CPU, 32 GPU: 7.8 M parameters "
+                                       "at depth 4)", parse=int)
+    norm: str = option("batch", "normalization layers", choices=NORMS)
+    block: str = option("conv", "U-Net block: conv, residual or convnext", choices=BLOCKS)
     lambda_l1: float = option(100.0, "pix2pix weight of the L1 term")
-    loss: str = option("mse", "U-Net loss", choices=("mse", "l1"))
-    schedule: str = option("cosine", "learning-rate schedule", choices=("cosine", "constant"))
+    loss: str = option("mse", "U-Net loss", choices=LOSSES)
+    detail: float = option(0.0, "weight of an L1 loss on high-pass detail (0: off)")
+    schedule: str = option("cosine", "learning-rate schedule", choices=SCHEDULES)
     val_every: int | None = option(None, "validate every N steps (default: 10 times per run)", parse=int)
     val_crops: int = option(16, "validation crops")
-    min_foreground: float = option(0.02, "reject crops whose target foreground fraction is below this")
+    min_foreground: float = option(0.02, "reject crops whose source has less than this fraction of foreground")
+    foreground_weight: float = option(0.0, "bias crops towards the target's foreground (0 uniform .. 1)")
     augment: bool = option(True, "random flips and 90-degree rotations")
+    intensity_augment: bool = option(False, "random gain, offset, blur and noise of the source")
+    keep_best: str | None = option(None, "keep the weights with the best validation pearson_r, structure_r or l1",
+                                   metavar="METRIC")
+    warmup: float = option(0.0, "pix2pix: fraction of the steps trained on L1 alone before the adversarial loss")
+    spectral_norm: bool = option(False, "pix2pix: spectral-normalized discriminator")
     prefetch: int = option(2, "batches read ahead in a background thread")
 
     def validate(self) -> None:
+        # the messages are those omeloc.train has always given (tests and users match on them)
+        if self.model not in MODELS:
+            raise InputError(f"Unknown model {self.model!r}. Use one of {', '.join(MODELS)}.")
+        if self.loss not in LOSSES:
+            raise InputError(f"Unknown loss {self.loss!r}. Use one of {', '.join(LOSSES)}.")
+        if self.schedule not in SCHEDULES:
+            raise InputError(f"Unknown learning-rate schedule {self.schedule!r}. Use cosine or constant.")
+        if (self.steps or 1) < 1 or (self.batch_size or 1) < 1 or self.val_crops < 1:
+            raise InputError(f"Expected steps, batch size and validation crops >= 1. Got {self.steps}, "
+                             f"{self.batch_size}, {self.val_crops} instead.")
+        if self.precision not in PRECISIONS:
+            raise InputError(f"Unknown precision {self.precision!r}. Use auto, fp32, bf16 or fp16.")
         super().validate()
-        for name in ("steps", "crop", "batch_size", "depth", "base_channels", "val_crops"):
-            if getattr(self, name) < 1:
+        self._validate_recipe()
+        for name in ("depth", "base_channels"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise InputError(f"{name} must be at least 1 (got {getattr(self, name)})")
+        if self.crop is not None and self.depth is not None and self.crop % 2 ** self.depth:
+            multiple = 2 ** self.depth
+            lo = max(multiple, self.crop - self.crop % multiple)
+            raise InputError(f"Expected a crop that is a multiple of {multiple} (U-Net depth {self.depth}). Got "
+                             f"{self.crop} instead: pass --crop {lo} or {lo + multiple}.")
         if self.level < 0:
             raise InputError(f"level must be 0 or more (got {self.level})")
-        if self.crop % (2 ** self.depth):
-            raise InputError(f"crop {self.crop} must be a multiple of 2**depth = {2 ** self.depth}; "
-                             f"use e.g. --crop {max(1, self.crop // 2 ** self.depth) * 2 ** self.depth}")
         if self.lr is not None and not self.lr > 0:
             raise InputError(f"lr must be positive (got {self.lr})")
+        if self.val_every is not None and self.val_every < 1:
+            raise InputError(f"val_every must be at least 1 (got {self.val_every})")
+
+    def _validate_recipe(self) -> None:
+        """The options of the budget and the recipe (minutes, weights, fractions, keep_best)."""
+        if self.minutes is not None and not self.minutes > 0:
+            raise InputError(f"Expected --minutes > 0. Got {self.minutes} instead.")
+        for name in ("detail", "lambda_l1"):
+            if not getattr(self, name) >= 0:
+                raise InputError(f"Expected {name} >= 0. Got {getattr(self, name)} instead.")
+        for name in ("foreground_weight", "warmup"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise InputError(f"Expected {name} between 0 and 1. Got {getattr(self, name)} instead.")
+        if self.keep_best is not None and self.keep_best not in KEEP_BEST:
+            raise InputError(f"Unknown --keep-best metric {self.keep_best!r}. Use one of {', '.join(KEEP_BEST)}.")
+
+    def with_device_defaults(self, device_type: str) -> tuple[TrainConfig, dict[str, int]]:
+        """This configuration with the options left ``None`` set for ``device_type``, and those set.
+
+        ``device_type`` is a ``torch.device.type``: ``"cuda"`` and ``"mps"`` get the GPU
+        defaults, anything else the CPU ones (:data:`DEVICE_DEFAULTS`).  Options given
+        explicitly are kept.
+        """
+        table = DEVICE_DEFAULTS["gpu" if device_type in ("cuda", "mps") else "cpu"]
+        chosen = {k: v for k, v in table.items() if getattr(self, k) is None}
+        return self.replace(**chosen), chosen
 
 
 @dataclasses.dataclass(frozen=True)
 class TilingConfig(Config):
-    """How a model is applied to images larger than a tile (``omeloc predict``)."""
+    """How a model is applied to images larger than a tile (``omeloc predict``).
+
+    ``tta``: test-time augmentation; every tile is predicted in its 8 flips and 90° rotations,
+    each mapped back, and the 8 averaged (8× the compute).
+    """
 
     tile: int | None = option(None, "tile size in pixels (default: the checkpoint's advice)", parse=int)
     overlap: int | None = option(None, "tile overlap in pixels (default: the checkpoint's)", parse=int)
@@ -206,6 +354,7 @@ class TilingConfig(Config):
     batch_size: int = option(4, "tiles per forward pass")
     device: str = option("auto", DEVICES_HELP)
     precision: str = option("auto", "numeric precision of the forward pass", choices=PRECISIONS)
+    tta: bool = option(False, "test-time augmentation: average the 8 flips/rotations of every tile (8x compute)")
 
     def validate(self) -> None:
         super().validate()
@@ -225,7 +374,7 @@ class ComputeConfig(Config):
     (Python API only).
     """
 
-    LOCAL_SCHEDULERS: ClassVar[tuple[str, ...]] = ("threads", "sync", "synchronous", "single-threaded")
+    LOCAL_SCHEDULERS: ClassVar[tuple[str, ...]] = ("threads", "threading", "sync", "synchronous", "single-threaded", "processes", "multiprocessing")
 
     scheduler: str | None = option(None, "a running Dask scheduler", metavar="tcp://HOST:PORT")
     workers: int | None = option(None, "start a local cluster of N worker processes", parse=int)
@@ -233,14 +382,13 @@ class ComputeConfig(Config):
 
     def validate(self) -> None:
         super().validate()
-        given = [n for n in ("scheduler", "workers", "client") if getattr(self, n) is not None]
-        if len(given) > 1:
-            raise InputError(f"give only one of {' and '.join(given)}: they say where the work runs")
+        if sum(getattr(self, n) is not None for n in ("scheduler", "workers", "client")) > 1:
+            raise InputError("Give at most one of client, scheduler (--scheduler) and workers (--workers).")
         if self.scheduler is not None and self.scheduler not in self.LOCAL_SCHEDULERS and "://" not in self.scheduler:
             raise InputError(f"scheduler {self.scheduler!r} is neither an address (tcp://host:port) nor one of "
                              f"{', '.join(self.LOCAL_SCHEDULERS)}; fix --scheduler")
         if self.workers is not None and self.workers < 1:
-            raise InputError(f"workers must be at least 1 (got {self.workers})")
+            raise InputError(f"Expected --workers >= 1. Got {self.workers} instead.")
 
     @property
     def address(self) -> str | None:
@@ -251,3 +399,13 @@ class ComputeConfig(Config):
     def local_scheduler(self) -> str | None:
         """The local Dask scheduler name, if one was given."""
         return self.scheduler if self.scheduler in self.LOCAL_SCHEDULERS else None
+
+    def connected(self, client: Any) -> "ComputeConfig":
+        """The same place to run once :func:`omeloc.compute.dask_client` has started it.
+
+        ``client`` is what ``dask_client`` yielded: a ``distributed.Client`` (kept, so nobody
+        starts a second cluster), or ``None`` (the local scheduler, by name if one was given).
+        """
+        if client is not None:
+            return ComputeConfig(client=client)
+        return ComputeConfig(scheduler=self.local_scheduler)

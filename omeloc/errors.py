@@ -19,6 +19,8 @@ __all__ = [
     "CheckpointError",
     "SchedulerError",
     "CorruptDataError",
+    "UnsafePathError",
+    "JournalError",
 ]
 
 
@@ -64,3 +66,11 @@ class SchedulerError(OmelocError, ConnectionError):
 
 class CorruptDataError(OmelocError, OSError):
     """Pixels cannot be read: a chunk file is corrupted, truncated or unreadable."""
+
+
+class UnsafePathError(InputError):
+    """A path read from a plate, a journal or a checkpoint would leave its store (``..``, absolute, symlink)."""
+
+
+class JournalError(InputError):
+    """A write-back journal found in a plate is malformed, tampered with or names foreign keys."""

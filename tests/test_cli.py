@@ -84,3 +84,34 @@ def test_rechunk_and_recover_cli(tmp_path, capsys):
     assert "overwrite" in capsys.readouterr().err
     assert main(["-q", "recover", str(dst)]) == 0
     assert "nothing to recover" in capsys.readouterr().out
+
+
+def _failing_predict(*args, **kwargs):
+    raise RuntimeError("boom")
+
+
+@pytest.mark.parametrize("argv", [["-v", "predict", "p.zarr", "--model", "m"],
+                                  ["predict", "p.zarr", "--model", "m", "-v"]])
+def test_verbose_before_or_after_the_command_shows_the_traceback(argv, monkeypatch):
+    """Issue 19: ``omeloc -v predict`` is ``omeloc predict -v``: an unexpected failure raises (traceback)."""
+    monkeypatch.setattr("omeloc.jobs.predict.predict", _failing_predict)
+    with pytest.raises(RuntimeError, match="boom"):
+        main(argv)
+
+
+def test_unexpected_failure_without_verbose_is_one_line(monkeypatch, capsys):
+    monkeypatch.setattr("omeloc.jobs.predict.predict", _failing_predict)
+    assert main(["predict", "p.zarr", "--model", "m"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err == "omeloc predict: failed: RuntimeError: boom (run with -v for the traceback)"
+
+
+@pytest.mark.parametrize("argv, verbose, quiet", [
+    (["info", "x"], 0, False), (["-v", "info", "x"], 1, False), (["info", "x", "-vv"], 2, False),
+    (["-q", "info", "x"], 0, True), (["info", "-q", "x"], 0, True),
+])
+def test_verbosity_flags_anywhere(argv, verbose, quiet):
+    from omeloc.cli import build_parser
+
+    args = build_parser().parse_args(argv)
+    assert (args.verbose, args.quiet) == (verbose, quiet)

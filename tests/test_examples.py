@@ -6,6 +6,7 @@ import importlib.util
 import sys
 from pathlib import Path
 
+import pytest
 
 import omeloc
 
@@ -36,8 +37,34 @@ def test_relationship_map(tmp_path):
 
 
 def test_distributed_predict(tmp_path):
-    out = _load("distributed_predict").main([str(tmp_path), "--quick"])
+    example = _load("distributed_predict")
+    out = example.main([str(tmp_path), "--quick"])  # a LocalCluster whose workers advertise GPU=1
     assert "vinculin (virtual)" in omeloc.open_plate(out["plate"]).channel_names
+    loads = out["model_loads"]
+    assert len(loads) == 2 and all(n <= 1 for n in loads.values()) and sum(loads.values()) >= 1, loads
+
+
+def test_distributed_predict_recipes_say_what_to_install():
+    example = _load("distributed_predict")
+    for recipe, package, module in (("cuda", "dask-cuda", "dask_cuda"), ("slurm", "dask-jobqueue", "dask_jobqueue")):
+        if importlib.util.find_spec(module) is not None:
+            continue  # installed: the recipe would start a real cluster
+        with pytest.raises(ImportError, match=f"pip install {package}$"):
+            example.RECIPES[recipe](1)
+
+
+def test_distributed_predict_slurm_job_asks_for_a_gpu_and_advertises_it():
+    pytest.importorskip("dask_jobqueue")
+    import dask
+
+    example = _load("distributed_predict")
+    with dask.config.set({"distributed.scheduler.dashboard.enabled": False}):
+        cluster = example.slurm_cluster(0, gpu_threads=2)
+    try:
+        script = cluster.job_script()
+    finally:
+        cluster.close()
+    assert "#SBATCH --gres=gpu:1" in script and "--resources GPU=2" in script, script
 
 
 def test_nf1_real_data(tmp_path, shared_data):

@@ -298,3 +298,79 @@ def test_resolve_device_and_precision():
         resolve_device("gpu9000")
     assert resolve_precision("auto", torch.device("cpu")) in {"bf16", "fp32"}
     assert resolve_precision("fp16", torch.device("cpu")) == "fp16"
+
+
+def _interior_error(tiled, whole):
+    return float(np.abs(tiled - whole).max() / whole.std())
+
+
+@pytest.mark.parametrize("blend", BLEND_MODES)
+def test_blended_tiles_equal_whole_image_when_trim_covers_receptive_field(blend):
+    """Issue 16 seam test: 3 conv layers (receptive field 3 px), tile 128, overlap 24 (default
+    trim 6): max error <= 1e-3 of the output std (5.4 % before the trimmed margins)."""
+    net = SmallNet(cin=1, cout=1).eval()
+    img = np.random.default_rng(5).random((1, 300, 300)).astype(np.float32)
+    whole = _whole(net, img)
+    tiled = predict_array(net, img, tile=128, overlap=24, blend=blend, device="cpu",
+                          precision="fp32", out_channels=1).compute()
+    assert _interior_error(tiled, whole) <= 1e-3
+    # without the margin the seams show (the margin is what makes it exact)
+    if blend != "constant":
+        untrimmed = predict_array(net, img, tile=128, overlap=24, blend=blend, device="cpu",
+                                  precision="fp32", out_channels=1, trim=0).compute()
+        assert _interior_error(untrimmed, whole) > 1e-3
+
+
+def test_trim_is_validated():
+    with pytest.raises(InputError, match="trim"):
+        predict_array(lambda t: t, _rand((1, 32, 32), (1, 32, 32)), tile=32, overlap=8, trim=5,
+                      out_channels=1)
+    with pytest.raises(InputError, match="trim"):
+        predict_array(lambda t: t, _rand((1, 32, 32), (1, 32, 32)), tile=32, overlap=8, trim=-1,
+                      out_channels=1)
+
+
+class InstanceNormNet(nn.Module):
+    """Downsamples by 8, then normalises per instance: fails on inputs of 8 x 8 pixels."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.AvgPool2d(8), nn.InstanceNorm2d(4),
+                                 nn.Upsample(scale_factor=8), nn.Conv2d(4, 3, 1))
+
+    def forward(self, x):
+        return self.net(x)
+
+
+def test_out_channels_probed_at_tile_size_for_instance_norm_models():
+    net = InstanceNormNet().eval()
+    with pytest.raises(ValueError, match="spatial element"):
+        net(torch.zeros(1, 1, 8, 8))
+    y = predict_array(net, _rand((1, 96, 96), (1, 48, 48)), tile=64, overlap=16, device="cpu",
+                      precision="fp32")
+    assert y.shape == (3, 96, 96)
+    assert np.isfinite(y.compute()).all()
+
+
+def test_empty_blocks_are_skipped_filled_and_counted():
+    from omeloc.engine.inference import skipped_blocks
+
+    img = np.zeros((1, 128, 128), np.float32)
+    img[:, 80:100, 80:100] = 1.0  # signal in block (1, 1) only, beyond the 8 px halos of the others
+    model = Counting()
+    skipped_blocks(reset=True)
+    y = predict_array(lambda t: 2 * t + 5, da.from_array(img, chunks=(1, 64, 64)), tile=64,
+                      overlap=8, device="cpu", precision="fp32", out_channels=1, skip_below=0.5,
+                      fill=-1.0).compute()
+    assert skipped_blocks() == 3
+    assert skipped_blocks(reset=True) == 3 and skipped_blocks() == 0
+    np.testing.assert_array_equal(y[:, :64, :], -1.0)
+    np.testing.assert_array_equal(y[:, 64:, :64], -1.0)
+    np.testing.assert_array_equal(y[:, 64:, 64:], 2 * img[:, 64:, 64:] + 5)
+    # nothing below the threshold: the model runs everywhere, nothing is counted
+    full = predict_array(model, da.from_array(img + 1, chunks=(1, 64, 64)), tile=64, overlap=8,
+                         device="cpu", skip_below=0.5).compute()
+    assert skipped_blocks() == 0 and full.shape == (1, 128, 128)
+    with pytest.raises(InputError, match="skip_below"):
+        predict_array(model, img, skip_below=float("nan"))

@@ -178,3 +178,36 @@ def test_python_api_errors_are_typed(trained, tmp_path):
         omeloc.predict(other, ckpt)
     with pytest.raises(SchedulerError):
         omeloc.predict(plates["0.5"], ckpt, scheduler="tcp://127.0.0.1:9")
+
+
+def test_workers_with_gpu_resources_predict_every_image(trained, tmp_path):
+    """Issue 19: workers that advertise a GPU (``dask worker --resources GPU=1``) get inference tasks that ask
+    for one, image after image (one shared ``dask.annotate`` context failed on the second image)."""
+    distributed = pytest.importorskip("distributed")
+    plates, ckpt = trained
+    local, dist = tmp_path / "local.zarr", tmp_path / "dist.zarr"
+    shutil.copytree(plates["0.5"], local)
+    shutil.copytree(plates["0.5"], dist)
+    omeloc.predict(local, ckpt)
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False, resources={"GPU": 1},
+                                  dashboard_address=None) as cluster, distributed.Client(cluster) as client:
+        res = omeloc.predict(dist, ckpt, client=client)
+    assert len(res.predicted) == 4
+    assert_same_pixels(local, dist)
+
+
+def test_gpu_annotation_marks_only_inference_of_every_image(trained):
+    from omeloc.jobs.predict import lazy_prediction, plan_prediction
+
+    plates, ckpt = trained
+    job = plan_prediction(plates["0.5"], ckpt)
+
+    def annotate():
+        import dask
+
+        return dask.annotate(resources={"GPU": 1})
+
+    for img in job.plate.images:  # a fresh context per image
+        arr = lazy_prediction(job, img, annotate)
+        marked = [name for name, layer in arr.dask.layers.items() if (layer.annotations or {}).get("resources")]
+        assert marked and len(marked) < len(arr.dask.layers)

@@ -13,6 +13,7 @@ from omeloc.engine.tiling import (
     Accumulator,
     as_pair,
     check_tiling,
+    check_trim,
     pad_to_multiple,
     tile_grid,
     tile_starts,
@@ -120,3 +121,51 @@ def test_accumulator_refuses_uncovered_pixels():
     acc.add((), (slice(0, 2), slice(0, 4)), np.ones((1, 2, 4)))
     with pytest.raises(InputError, match="not covered"):
         acc.finalize()
+
+
+@pytest.mark.parametrize("blend", BLEND_MODES)
+def test_trimmed_profile_is_zero_on_margins_only(blend):
+    w = weight_profile(40, blend, ramp=8, trim=(5, 3))
+    assert np.all(w[:5] == 0) and np.all(w[-3:] == 0)
+    assert w[5:-3].min() > 0 and w.max() == pytest.approx(1.0)
+    np.testing.assert_array_equal(weight_profile(32, blend, 8, 0), weight_profile(32, blend, 8))
+    with pytest.raises(InputError, match="trim"):
+        weight_profile(8, blend, trim=4)
+
+
+def test_check_trim_defaults_and_limits():
+    assert check_trim(None, 24) == (6, 6) and check_trim(None, (16, 3)) == (4, 0)
+    assert check_trim(12, 24) == (12, 12) and check_trim((0, 2), (8, 4)) == (0, 2)
+    for bad in (13, -1, (1, 3)):
+        with pytest.raises(InputError, match="trim"):
+            check_trim(bad, (24, 5))
+
+
+@settings(max_examples=150, deadline=None)
+@given(h=st.integers(1, 200), w=st.integers(1, 200), tile=st.integers(2, 64), data=st.data(),
+       blend=st.sampled_from(BLEND_MODES))
+def test_trimmed_tiles_cover_every_pixel(h, w, tile, data, blend):
+    """Zero-weight margins never leave a pixel uncovered: every trim <= overlap // 2 works."""
+    overlap = data.draw(st.integers(0, tile - 1))
+    trim = data.draw(st.integers(0, overlap // 2))
+    acc = Accumulator((1, h, w), blend, ramp=overlap - 2 * trim, trim=trim)
+    for win in tile_grid((h, w), tile, overlap):
+        acc.add((), win, np.ones((1, win[0].stop - win[0].start, win[1].stop - win[1].start)))
+    np.testing.assert_array_equal(acc.finalize(), 1.0)  # finalize raises on an uncovered pixel
+
+
+@pytest.mark.parametrize("blend", BLEND_MODES)
+def test_trimmed_margins_get_no_weight_inside_the_region(blend):
+    """A tile whose margin disagrees with its neighbours changes nothing; at the region's
+    edges the margin is kept (nothing else covers it)."""
+    rng = np.random.default_rng(1)
+    truth = rng.random((1, 50, 70))
+    acc = Accumulator(truth.shape, blend, ramp=4, trim=3)
+    for win in tile_grid((50, 70), 24, 10):
+        tile = truth[(slice(None), *win)].copy()
+        inner_y = slice(0 if win[0].start == 0 else 3, None if win[0].stop == 50 else -3)
+        inner_x = slice(0 if win[1].start == 0 else 3, None if win[1].stop == 70 else -3)
+        noisy = tile + 100.0
+        noisy[:, inner_y, inner_x] = tile[:, inner_y, inner_x]
+        acc.add((), win, noisy)
+    np.testing.assert_allclose(acc.finalize(), truth.astype(np.float32), rtol=1e-6)

@@ -10,15 +10,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import tree_digest
 
 import omeloc
-from omeloc.learn.checkpoint import CheckpointRef
 from omeloc.cli import main
 from omeloc.errors import ChannelNotFoundError, CheckpointError, InputError
+from omeloc.learn.checkpoint import CheckpointRef
 from omeloc.learn.normalization import denormalize, normalize, percentile_stats
 from omeloc.learn.sampling import CropSampler, channel_statistics
-
-from conftest import tree_digest
 
 TINY = dict(crop=32, batch_size=2, depth=2, base_channels=4, progress=False)
 
@@ -289,3 +288,54 @@ def test_single_image_trains_and_predicts(tmp_path):
     assert omeloc.load_checkpoint(res.checkpoint).provenance["val_heldout"] is False
     omeloc.predict(path, res.checkpoint, progress=False)
     assert omeloc.open_image(path).channel_names == ("a", "b", "b (virtual)")
+
+
+# -- training by time (issue 15) --------------------------------------------------------------------
+def test_fit_and_refit_steps_arithmetic():
+    from omeloc.learn.budget import StepTiming, fit_steps, refit_steps
+
+    t = StepTiming(step=0.5, validation=1.0, spent=2.0)
+    assert fit_steps(60.0, t) == 100  # (60 - 10 validations) / 0.5
+    assert fit_steps(60.0, t, val_every=10) == 98  # (60 - 1) / (0.5 + 1 / 10)
+    assert fit_steps(60.0, t, cap=40) == 40 and fit_steps(1.0, t) == 1
+    assert refit_steps(step=20, start=0, elapsed=10.0, seconds_left=30.0) == 80
+    assert refit_steps(step=20, start=10, elapsed=10.0, seconds_left=-5.0) == 20  # out of time: stop now
+
+
+def test_budget_is_honoured_and_the_schedule_fits_the_steps(plate, tmp_path, capsys):
+    """A 4-second budget: the steps chosen fit it at the measured pace, and the run ends at the end of its schedule.
+
+    No wall-clock assert tight enough to flake on a loaded machine: the time figures recorded by the run
+    are checked against each other, with generous margins.
+    """
+    from omeloc.learn.objectives import lr_factor
+
+    budget = 4.0
+    lines: list[str] = []
+    res = omeloc.train(plate, "actin", "WAVE2", out=tmp_path / "m", minutes=budget / 60, val_wells=["B2"],
+                       report=lines.append, **TINY)
+    m = res.metrics
+    assert any(line.startswith(f"budget {budget / 60:g} min: ") and " steps (" in line for line in lines), lines
+    assert res.steps >= 5 and m["budget_minutes"] == pytest.approx(budget / 60)
+    # the steps taken fit the budget at the pace the loop itself ran (validations included), with a margin of
+    # a few steps' time; the loop cannot have started before preparation and measuring were done
+    pace = m["train_seconds"] / res.steps
+    assert m["train_seconds"] <= budget + 5 * pace + 1.0, (m["train_seconds"], pace)
+    assert m["train_seconds"] + m["measuring_seconds"] <= res.seconds + 1e-6
+    # the schedule was fitted to the steps actually taken: the run ended at the end of its cosine decay
+    ckpt = omeloc.load_checkpoint(res.checkpoint)
+    assert ckpt.provenance["steps"] == ckpt.provenance["steps_done"] == res.steps
+    state = torch.load(res.checkpoint / "last.pt", weights_only=True)
+    lr = state["optimizer"]["param_groups"][0]["lr"]
+    assert lr == pytest.approx(ckpt.provenance["lr"] * lr_factor(res.steps - 1, res.steps, "cosine"))
+    assert state["meta"]["steps"] == res.steps
+    # explicit steps cap a budget; the CLI prints the plan
+    capped = omeloc.train(plate, "actin", "WAVE2", out=tmp_path / "c", minutes=1.0, steps=3, val_wells=["B2"],
+                          **TINY)
+    assert capped.steps == 3
+    code = main(["train", str(plate), "--source", "actin", "--target", "WAVE2", "--out", str(tmp_path / "cli"),
+                 "--minutes", "0.02", "--crop", "32", "--batch-size", "2", "--depth", "2", "--base-channels", "4"])
+    out = capsys.readouterr().out
+    assert code == 0 and "budget 0.02 min: " in out and "device defaults" not in out, out
+    with pytest.raises(InputError, match="minutes"):
+        omeloc.train(plate, "actin", "WAVE2", out=tmp_path / "bad", minutes=0, **TINY)

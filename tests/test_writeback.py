@@ -205,7 +205,7 @@ def test_ome_zarr_py_default_layout_is_refused(tmp_path, version):
                    axes="cyx", fmt=fmt)
     _refused_unchanged(tmp_path / "img.zarr", LayoutError, "rechunk", "x", np.zeros((64, 64)))
     # the fix the error names: an append-friendly copy, then the channel goes in
-    from omeloc.ngff.writer import set_ome_attr
+    from omeloc.ngff.format import set_ome_attr
     from omeloc.ngff.rechunk import rechunk
 
     copy = rechunk(tmp_path / "img.zarr", tmp_path / "copy.zarr")

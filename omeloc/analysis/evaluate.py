@@ -23,12 +23,13 @@ time, whatever the plate size; pick a coarser ``level`` for very large fields.
 
 from __future__ import annotations
 
+import argparse
 import csv
 import difflib
 import json
 import logging
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,13 +37,15 @@ from typing import Any
 import dask
 import numpy as np
 
-from omeloc.errors import InputError
-from omeloc.analysis.metrics import METRIC_NAMES, field_metrics, summarize
-from omeloc.ngff.plate import Image, Plate, open_plate
 from omeloc.analysis.figures import montage, plate_heatmap
+from omeloc.analysis.metrics import METRIC_NAMES, field_metrics, summarize
 from omeloc.analysis.screening import screen
+from omeloc.config import Config, csv_list, option, resolve
+from omeloc.errors import InputError
+from omeloc.ngff.plate import Image, Plate, open_plate
+from omeloc.progress import Progress, ProgressArg
 
-__all__ = ["evaluate", "EvaluationResult", "source_channel_from_provenance"]
+__all__ = ["evaluate", "EvaluateConfig", "EvaluationResult", "parse_foreground", "source_channel_from_provenance"]
 
 logger = logging.getLogger(__name__)
 
@@ -97,6 +100,76 @@ def source_channel_from_provenance(image: Image, channel: str) -> str | None:
     return None
 
 
+def parse_foreground(value: str) -> str | float:
+    """``--foreground``: ``"otsu"`` or a number.
+
+    Raises
+    ------
+    argparse.ArgumentTypeError
+        Neither ``"otsu"`` nor a number (argparse shows the message).
+    """
+    if value == "otsu":
+        return value
+    try:
+        return float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 'otsu' or a number, got {value!r}") from None
+
+
+def _check_metric(metric: str) -> str:
+    if metric in METRIC_NAMES:
+        return metric
+    close = difflib.get_close_matches(metric, METRIC_NAMES, n=1)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    raise InputError(f"Expected a metric among {', '.join(METRIC_NAMES)}. Got {metric!r} instead.{hint}")
+
+
+@dataclass(frozen=True)
+class EvaluateConfig(Config):
+    """What :func:`evaluate` scores and how it reads the result (``omeloc evaluate``).
+
+    Attributes
+    ----------
+    level : int
+        Pyramid level to score (0 = full resolution).
+    wells : tuple of str, optional
+        Wells to evaluate (``"B3"`` or ``"B/3"``); default all.
+    source : str, optional
+        The input channel shown in montages; default the virtual channel's provenance
+        (``attrs["omeloc"]["channels"][pred]["source_channels"]``), else no input column.
+    metric : str
+        Metric for the heat map, the montage picks and the screening z-score.
+    montage_wells : tuple of str, optional
+        Wells to show in ``montage.png``; default the worst, median and best well by
+        ``metric``; an empty tuple draws no montage.
+    control_wells : tuple of str, optional
+        Control wells for the robust z-score; default all evaluated wells.
+    foreground : "otsu" or float
+        Foreground of the truth for the ``*_fg`` metrics (see
+        :func:`omeloc.analysis.metrics.foreground_mask`).
+    noise_ceiling : bool
+        Estimate the Pearson r noise ceiling of each truth field.
+    z_threshold : float
+        Flag wells with ``|z| > z_threshold``.
+    """
+
+    level: int = option(0, "pyramid level")
+    wells: tuple[str, ...] | None = option(None, "wells to evaluate (default: all)", parse=csv_list, metavar="B2,B3")
+    source: str | None = option(None, "input channel shown in montages (default: from provenance)")
+    metric: str = option("pearson_r", "metric for heat map and z-scores", choices=METRIC_NAMES)
+    montage_wells: tuple[str, ...] | None = option(None, "wells shown in the montage (default: worst, median, best)",
+                                                   parse=csv_list, metavar="B2,C3")
+    control_wells: tuple[str, ...] | None = option(None, "reference wells for the screening z-score (default: all wells)",
+                                                   parse=csv_list, metavar="B2,B3")
+    foreground: str | float = option("otsu", "'otsu' or an intensity threshold", parse=parse_foreground)
+    noise_ceiling: bool = option(True, "estimate the Pearson r noise ceiling")
+    z_threshold: float = option(3.0, "flag wells whose |z| passes this")
+
+    def validate(self) -> None:
+        # not super().validate(): an unknown metric gets its "did you mean" message here
+        _check_metric(self.metric)
+
+
 def _check_out(plate: Plate, out: str | Path) -> Path:
     out_p = Path(out).expanduser().resolve()
     if "://" not in plate.path:
@@ -109,14 +182,6 @@ def _check_out(plate: Plate, out: str | Path) -> Path:
     if out_p.exists() and not out_p.is_dir():
         raise InputError(f"Expected --out to be a folder. Got the file {out_p} instead.")
     return out_p
-
-
-def _check_metric(metric: str) -> str:
-    if metric in METRIC_NAMES:
-        return metric
-    close = difflib.get_close_matches(metric, METRIC_NAMES, n=1)
-    hint = f" Did you mean {close[0]!r}?" if close else ""
-    raise InputError(f"Expected a metric among {', '.join(METRIC_NAMES)}. Got {metric!r} instead.{hint}")
 
 
 def _well_paths(plate: Plate, names: Sequence[str] | None) -> list[str] | None:
@@ -138,6 +203,61 @@ def _read(image: Image, names: Sequence[str], level: int) -> list[np.ndarray]:
     return [np.asarray(a) for a in dask.compute(*arrays)]
 
 
+# -- 1. what to evaluate (everything checked before anything is read) -----------------------------
+@dataclass(frozen=True)
+class _Job:
+    """The checked inputs of one evaluation."""
+
+    plate: Plate
+    pred: str
+    truth: str
+    out_dir: Path
+    images: list[Image]
+    source: str | None
+    controls: list[str] | None  # well paths; None: all wells
+    montage_wells: list[str] | None  # well paths; None: pick worst, median, best
+    config: EvaluateConfig
+
+
+def _source_channel(first: Image, pred: str, source: str | None) -> str | None:
+    """``source``, else the one the virtual channel's provenance names (when the plate has it)."""
+    if source is not None:
+        return source
+    source = source_channel_from_provenance(first, pred)
+    if source is not None and source not in first.channel_names:
+        logger.warning("provenance names source channel %r, which the plate lacks: montage without input", source)
+        source = None
+    return source
+
+
+def _check_controls(plate: Plate, images: list[Image], control_wells: Sequence[str] | None) -> list[str] | None:
+    controls = _well_paths(plate, control_wells)
+    evaluated = {img.well for img in images}
+    if controls is not None and not set(controls) <= evaluated:
+        raise InputError(
+            f"Expected control wells among the evaluated wells. "
+            f"Got {', '.join(sorted(set(controls) - evaluated))} instead. "
+            f"Add them to --wells or drop them from --control-wells."
+        )
+    return controls
+
+
+def _prepare(plate: Plate, pred: str, truth: str, out: str | Path, cfg: EvaluateConfig) -> _Job:
+    out_dir = _check_out(plate, out)
+    well_sel = _well_paths(plate, cfg.wells)
+    images = [img for w in well_sel for img in plate.wells[w].images] if well_sel else list(plate.images)
+    source = _source_channel(images[0], pred, cfg.source)
+    _check_channels(images[0], pred, truth, source)
+    n_levels = min(len(img.level_paths) for img in images)
+    if not 0 <= cfg.level < n_levels:
+        raise InputError(f"Expected a level between 0 and {n_levels - 1}. Got {cfg.level} instead.")
+    for img in images[1:]:
+        _check_channels(img, pred, truth, source)
+    controls = _check_controls(plate, images, cfg.control_wells)
+    return _Job(plate, pred, truth, out_dir, images, source, controls, _well_paths(plate, cfg.montage_wells), cfg)
+
+
+# -- 2. score each field --------------------------------------------------------------------------
 def _score_field(image: Image, pred: str, truth: str, level: int, foreground: str | float,
                  noise_ceiling: bool) -> dict[str, Any]:
     p, t = _read(image, (pred, truth), level)
@@ -152,6 +272,39 @@ def _score_field(image: Image, pred: str, truth: str, level: int, foreground: st
     return row
 
 
+def _score_fields(job: _Job, progress: ProgressArg) -> list[dict[str, Any]]:
+    """One row per field: where it is and every metric (one field in memory at a time)."""
+    cfg = job.config
+    rows: list[dict[str, Any]] = []
+    with Progress(progress, total=len(job.images), desc="evaluate", unit="field") as bar:
+        for img in job.images:
+            rows.append(_score_field(img, job.pred, job.truth, cfg.level, cfg.foreground, cfg.noise_ceiling))
+            logger.debug("scored %s: %s=%.4f", img.path or img.url, cfg.metric, rows[-1][cfg.metric])
+            bar.advance()
+    return rows
+
+
+# -- 3. aggregate per well, screen ----------------------------------------------------------------
+def _aggregate_wells(job: _Job, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per well: the mean of each metric over its fields; on plates, the screening readout."""
+    by_well: dict[str, list[dict[str, Any]]] = {}
+    for img, r in zip(job.images, rows):
+        by_well.setdefault(img.well or "", []).append(r)
+    well_rows: list[dict[str, Any]] = []
+    for wpath, frows in by_well.items():
+        row_name, _, col_name = wpath.partition("/")
+        well_rows.append({"well": wpath.replace("/", ""), "row": row_name, "column": col_name, "path": wpath,
+                          "n_fields": len(frows), **summarize(frows)})
+    if job.plate.is_plate:
+        metric = job.config.metric
+        readout = screen({w["path"]: w[metric] for w in well_rows}, job.controls, threshold=job.config.z_threshold,
+                         metric=metric)
+        for w, s in zip(well_rows, readout):
+            w.update({"z": s["z"], "flag": s["flag"], "control": s["control"]})
+    return well_rows
+
+
+# -- 4. write tables, figures, summary ------------------------------------------------------------
 def _pick_montage_wells(wells: list[dict[str, Any]], metric: str) -> list[str]:
     """Worst, median and best well by ``metric`` (distinct, finite values only)."""
     scored = sorted((r for r in wells if math.isfinite(r[metric])), key=lambda r: r[metric])
@@ -195,15 +348,91 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
+def _draw_heatmap(job: _Job, well_rows: list[dict[str, Any]], flagged: list[str]) -> Path:
+    metric, plate = job.config.metric, job.plate
+    return plate_heatmap(
+        {w["path"]: w[metric] for w in well_rows}, plate.rows, plate.columns,
+        job.out_dir / f"heatmap_{metric}.png", title=f"{job.pred} vs {job.truth}: {metric} (level {job.config.level})",
+        label=metric, flagged=flagged,
+    ).path
+
+
+def _draw_montage(job: _Job, well_rows: list[dict[str, Any]], picks: list[str]) -> Path:
+    """input | virtual | real | difference for the first field of each picked well."""
+    metric, source = job.config.metric, job.source
+    by_path = {w["path"]: w for w in well_rows}
+    mrows = []
+    for wpath in picks:
+        img = job.plate.wells[wpath].images[0] if wpath else job.images[0]
+        names = (source, job.pred, job.truth) if source else (job.pred, job.truth)
+        arrays = _read(img, names, job.config.level)
+        src = arrays[0] if source else None
+        value = by_path[wpath][metric] if wpath in by_path else math.nan
+        label = f"{img.name}  well {metric}={value:.3f}" if math.isfinite(value) else img.name
+        mrows.append((label, src, arrays[-2], arrays[-1]))
+    titles = (f"input ({source})" if source else "input", f"virtual ({job.pred})", f"real ({job.truth})",
+              "virtual − real")
+    return montage(mrows, job.out_dir / "montage.png", titles=titles).path
+
+
+def _definitions(foreground: str | float) -> dict[str, str]:
+    return {
+        "whole_field": "pearson_r, ssim, psnr, nrmse, mae over every pixel of the field",
+        "foreground": f"*_fg over truth pixels above the {foreground} threshold",
+        "ssim": "Gaussian window sigma 1.5 (11 taps), sample covariance, K1 0.01, K2 0.03",
+        "data_range": "truth max - min of each field (SSIM and PSNR)",
+        "nrmse": "RMSE / sqrt(mean(truth^2))",
+        "noise_ceiling": "1/sqrt(1 + var_noise/(var_truth - var_noise)), var_noise by Immerkaer (1996)",
+        "wells": "mean over the well's fields",
+        "z": "(x - median(controls)) / (1.4826 MAD(controls)) of the well metric",
+    }
+
+
+def _summary(job: _Job, rows: list[dict[str, Any]], well_rows: list[dict[str, Any]], flagged: list[str],
+             files: dict[str, Path]) -> dict[str, Any]:
+    cfg = job.config
+    return {
+        "plate": job.plate.path, "pred": job.pred, "truth": job.truth, "source": job.source, "level": cfg.level,
+        "metric": cfg.metric, "foreground": cfg.foreground, "n_fields": len(rows), "n_wells": len(well_rows),
+        "fields_mean": summarize(rows), "wells_mean": summarize(well_rows),
+        "control_wells": job.controls if job.controls is not None else "all", "z_threshold": cfg.z_threshold,
+        "flagged_wells": flagged, "definitions": _definitions(cfg.foreground),
+        "files": {k: str(v) for k, v in files.items()},
+    }
+
+
+def _write_outputs(job: _Job, rows: list[dict[str, Any]],
+                   well_rows: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, Path]]:
+    """Write the tables, the figures and ``summary.json``; return the summary and the files."""
+    job.out_dir.mkdir(parents=True, exist_ok=True)
+    files: dict[str, Path] = {
+        "metrics_csv": _write_csv(job.out_dir / "metrics.csv", rows),
+        "wells_csv": _write_csv(job.out_dir / "wells.csv", well_rows),
+    }
+    flagged = [w["path"] for w in well_rows if w.get("flag")]
+    if job.plate.is_plate:
+        files["heatmap"] = _draw_heatmap(job, well_rows, flagged)
+    picks = job.montage_wells if job.montage_wells is not None else (
+        _pick_montage_wells(well_rows, job.config.metric) if job.plate.is_plate else [""])
+    if picks:
+        files["montage"] = _draw_montage(job, well_rows, picks)
+    summary = _summary(job, rows, well_rows, flagged, files)
+    path = job.out_dir / "summary.json"
+    files["summary_json"] = path
+    summary["files"]["summary_json"] = str(path)
+    path.write_text(json.dumps(_json_safe(summary), indent=2, allow_nan=False) + "\n")
+    return summary, files
+
+
 def evaluate(
-    plate: str | Path | Plate, pred: str, truth: str, *, out: str | Path, level: int = 0,
-    wells: Sequence[str] | None = None, source: str | None = None, metric: str = "pearson_r",
-    montage_wells: Sequence[str] | None = None, control_wells: Sequence[str] | None = None,
-    foreground: str | float = "otsu", noise_ceiling: bool = True, z_threshold: float = 3.0,
-    storage_options: Mapping[str, Any] | None = None,
-    progress: Callable[[int, int], None] | None = None,
+    plate: str | Path | Plate, pred: str, truth: str, *, out: str | Path, config: EvaluateConfig | None = None,
+    storage_options: Mapping[str, Any] | None = None, progress: ProgressArg = None, **overrides: Any,
 ) -> EvaluationResult:
     """Score a virtual channel against the real one per field and per well; write tables and figures.
+
+    Three steps: score every field, aggregate per well (with the screening z-score on
+    plates), write ``metrics.csv``, ``wells.csv``, the heat map, the montage and
+    ``summary.json`` (see the module docstring).
 
     Parameters
     ----------
@@ -213,31 +442,16 @@ def evaluate(
         Channel names of the virtual (predicted) and the real channel.
     out : path
         Output folder (created; must not be inside the plate).
-    level : int
-        Pyramid level to score (0 = full resolution).
-    wells : sequence of str, optional
-        Wells to evaluate (``"B3"`` or ``"B/3"``); default all.
-    source : str, optional
-        The input channel shown in montages; default the virtual channel's provenance
-        (``attrs["omeloc"]["channels"][pred]["source_channels"]``), else no input column.
-    metric : str
-        Metric for the heat map, the montage picks and the screening z-score.
-    montage_wells : sequence of str, optional
-        Wells to show in ``montage.png``; default the worst, median and best well by
-        ``metric``; an empty list draws no montage.
-    control_wells : sequence of str, optional
-        Control wells for the robust z-score; default all evaluated wells.
-    foreground : "otsu" or float
-        Foreground of the truth for the ``*_fg`` metrics (see
-        :func:`omeloc.analysis.metrics.foreground_mask`).
-    noise_ceiling : bool
-        Estimate the Pearson r noise ceiling of each truth field.
-    z_threshold : float
-        Flag wells with ``|z| > z_threshold``.
+    config : EvaluateConfig, optional
+        Level, wells, source, metric, montage and control wells, foreground, noise ceiling,
+        z threshold; default :class:`EvaluateConfig` ().
     storage_options : mapping, optional
         fsspec options when ``plate`` is a URL.
-    progress : callable, optional
-        Called as ``progress(done, total)`` after each field.
+    progress : bool or callable, optional
+        ``True``: a progress bar; a callable is called as ``progress(done, total)`` after
+        each field (:data:`omeloc.progress.ProgressArg`).
+    **overrides
+        Any :class:`EvaluateConfig` field, e.g. ``level=1, metric="ssim"``.
 
     Returns
     -------
@@ -249,118 +463,21 @@ def evaluate(
         ``pred``, ``truth`` or ``source`` is not a channel of the plate (the message lists
         the channels there are).
     InputError
-        Unknown metric, output folder inside the plate, unknown control wells.
+        Unknown metric or option, output folder inside the plate, unknown control wells.
 
     Examples
     --------
-    >>> res = evaluate("plate.zarr", "WAVE2 (virtual)", "WAVE2", out="eval")  # doctest: +SKIP
+    >>> res = evaluate("plate.zarr", "WAVE2 (virtual)", "WAVE2", out="eval", level=1)  # doctest: +SKIP
     >>> res.flagged  # doctest: +SKIP
     ['C/4']
     """
-    metric = _check_metric(metric)
+    cfg = resolve(EvaluateConfig, config, overrides)
     if not isinstance(plate, Plate):
         plate = open_plate(plate, storage_options=storage_options)
-    out_dir = _check_out(plate, out)
-    well_sel = _well_paths(plate, wells)
-    images = [img for w in well_sel for img in plate.wells[w].images] if well_sel else list(plate.images)
-    first = images[0]
-    if source is None:
-        source = source_channel_from_provenance(first, pred)
-        if source is not None and source not in first.channel_names:
-            logger.warning("provenance names source channel %r, which the plate lacks: montage without input",
-                           source)
-            source = None
-    _check_channels(first, pred, truth, source)
-    n_levels = min(len(img.level_paths) for img in images)
-    if not 0 <= level < n_levels:
-        raise InputError(f"Expected a level between 0 and {n_levels - 1}. Got {level} instead.")
-    for img in images[1:]:
-        _check_channels(img, pred, truth, source)
-    controls = _well_paths(plate, control_wells)
-    evaluated = {img.well for img in images}
-    if controls is not None and not set(controls) <= evaluated:
-        raise InputError(
-            f"Expected control wells among the evaluated wells. Got {', '.join(sorted(set(controls) - evaluated))} "
-            f"instead. Add them to --wells or drop them from --control-wells."
-        )
-    montage_sel = _well_paths(plate, montage_wells)
-
-    # -- per field --------------------------------------------------------------------------
-    rows: list[dict[str, Any]] = []
-    for n, img in enumerate(images, 1):
-        rows.append(_score_field(img, pred, truth, level, foreground, noise_ceiling))
-        logger.debug("scored %s: %s=%.4f", img.path or img.url, metric, rows[-1][metric])
-        if progress is not None:
-            progress(n, len(images))
-
-    # -- per well + screening ---------------------------------------------------------------
-    by_well: dict[str, list[dict[str, Any]]] = {}
-    for img, r in zip(images, rows):
-        by_well.setdefault(img.well or "", []).append(r)
-    well_rows: list[dict[str, Any]] = []
-    for wpath, frows in by_well.items():
-        row_name, _, col_name = wpath.partition("/")
-        well_rows.append({"well": wpath.replace("/", ""), "row": row_name, "column": col_name, "path": wpath,
-                          "n_fields": len(frows), **summarize(frows)})
-    if plate.is_plate:
-        readout = screen({w["path"]: w[metric] for w in well_rows}, controls, threshold=z_threshold,
-                         metric=metric)
-        for w, s in zip(well_rows, readout):
-            w.update({"z": s["z"], "flag": s["flag"], "control": s["control"]})
-
-    # -- files ------------------------------------------------------------------------------
-    out_dir.mkdir(parents=True, exist_ok=True)
-    files: dict[str, Path] = {
-        "metrics_csv": _write_csv(out_dir / "metrics.csv", rows),
-        "wells_csv": _write_csv(out_dir / "wells.csv", well_rows),
-    }
-    flagged = [w["path"] for w in well_rows if w.get("flag")]
-    if plate.is_plate:
-        heat = plate_heatmap(
-            {w["path"]: w[metric] for w in well_rows}, plate.rows, plate.columns,
-            out_dir / f"heatmap_{metric}.png", title=f"{pred} vs {truth}: {metric} (level {level})",
-            label=metric, flagged=flagged,
-        )
-        files["heatmap"] = heat.path
-    picks = montage_sel if montage_sel is not None else (
-        _pick_montage_wells(well_rows, metric) if plate.is_plate else [""])
-    if picks:
-        by_path = {w["path"]: w for w in well_rows}
-        mrows = []
-        for wpath in picks:
-            img = plate.wells[wpath].images[0] if wpath else images[0]
-            names = (source, pred, truth) if source else (pred, truth)
-            arrays = _read(img, names, level)
-            src = arrays[0] if source else None
-            value = by_path[wpath][metric] if wpath in by_path else math.nan
-            label = f"{img.name}  well {metric}={value:.3f}" if math.isfinite(value) else img.name
-            mrows.append((label, src, arrays[-2], arrays[-1]))
-        titles = (f"input ({source})" if source else "input", f"virtual ({pred})", f"real ({truth})",
-                  "virtual − real")
-        files["montage"] = montage(mrows, out_dir / "montage.png", titles=titles).path
-
-    summary = {
-        "plate": plate.path, "pred": pred, "truth": truth, "source": source, "level": level,
-        "metric": metric, "foreground": foreground, "n_fields": len(rows), "n_wells": len(well_rows),
-        "fields_mean": summarize(rows), "wells_mean": summarize(well_rows),
-        "control_wells": controls if controls is not None else "all", "z_threshold": z_threshold,
-        "flagged_wells": flagged,
-        "definitions": {
-            "whole_field": "pearson_r, ssim, psnr, nrmse, mae over every pixel of the field",
-            "foreground": f"*_fg over truth pixels above the {foreground} threshold",
-            "ssim": "Gaussian window sigma 1.5 (11 taps), sample covariance, K1 0.01, K2 0.03",
-            "data_range": "truth max - min of each field (SSIM and PSNR)",
-            "nrmse": "RMSE / sqrt(mean(truth^2))",
-            "noise_ceiling": "1/sqrt(1 + var_noise/(var_truth - var_noise)), var_noise by Immerkaer (1996)",
-            "wells": "mean over the well's fields",
-            "z": "(x - median(controls)) / (1.4826 MAD(controls)) of the well metric",
-        },
-        "files": {k: str(v) for k, v in files.items()},
-    }
-    path = out_dir / "summary.json"
-    files["summary_json"] = path
-    summary["files"]["summary_json"] = str(path)
-    path.write_text(json.dumps(_json_safe(summary), indent=2, allow_nan=False) + "\n")
-    logger.info("evaluated %d field(s) in %d well(s): mean %s %.4f", len(rows), len(well_rows), metric,
-                summary["fields_mean"][metric])
+    job = _prepare(plate, pred, truth, out, cfg)
+    rows = _score_fields(job, progress)
+    well_rows = _aggregate_wells(job, rows)
+    summary, files = _write_outputs(job, rows, well_rows)
+    logger.info("evaluated %d field(s) in %d well(s): mean %s %.4f", len(rows), len(well_rows), cfg.metric,
+                summary["fields_mean"][cfg.metric])
     return EvaluationResult(fields=rows, wells=well_rows, summary=summary, files=files)

@@ -28,6 +28,8 @@ __all__ = [
     "display_range",
     "montage",
     "MISSING_COLOR",
+    "new_figure",
+    "save_figure",
 ]
 
 logger = logging.getLogger(__name__)
@@ -62,7 +64,20 @@ class FigureResult:
         return int(round((x0 + x1) / 2)), int(round((y0 + y1) / 2))
 
 
-def _new_figure(width_in: float, height_in: float, dpi: int):
+def new_figure(width_in: float, height_in: float, dpi: int) -> Any:
+    """A matplotlib figure on its own Agg canvas (no ``pyplot``, no global state touched).
+
+    Parameters
+    ----------
+    width_in, height_in : float
+        Size in inches.
+    dpi : int
+        Resolution.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -78,7 +93,23 @@ def _box_px(fig, ax, x0: float, y0: float, x1: float, y1: float) -> tuple[float,
     return (min(ax0, ax1), height - max(ay0, ay1), max(ax0, ax1), height - min(ay0, ay1))
 
 
-def _save(fig, path: str | Path, dpi: int) -> tuple[Path, tuple[int, int]]:
+def save_figure(fig: Any, path: str | Path, dpi: int) -> tuple[Path, tuple[int, int]]:
+    """Write ``fig`` as a PNG (creating the parent folders) and log it.
+
+    Parameters
+    ----------
+    fig : matplotlib.figure.Figure
+        A figure from :func:`new_figure`.
+    path : path-like
+        Output PNG.
+    dpi : int
+        Resolution.
+
+    Returns
+    -------
+    tuple
+        The path written and the PNG's ``(height, width)`` in pixels.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=dpi, format="png")
@@ -125,6 +156,42 @@ def plate_grid(values: Mapping[str, float], rows: Sequence[str], columns: Sequen
     return grid
 
 
+def _color_scale(grid: np.ndarray, cmap: str, vmin: float | None, vmax: float | None) -> tuple[Any, float, float]:
+    """The colormap (grey where a value is missing) and the colour limits ``(lo, hi)``, ``hi > lo``."""
+    import matplotlib
+
+    try:
+        colormap = matplotlib.colormaps[cmap].with_extremes(bad=MISSING_COLOR)
+    except KeyError as err:
+        raise InputError(f"Expected a matplotlib colormap name. Got {cmap!r} instead.") from err
+    finite = grid[np.isfinite(grid)]
+    lo = float(finite.min()) if vmin is None and finite.size else (0.0 if vmin is None else float(vmin))
+    hi = float(finite.max()) if vmax is None and finite.size else (1.0 if vmax is None else float(vmax))
+    if hi <= lo:
+        hi = lo + 1e-9
+    return colormap, lo, hi
+
+
+def _label_wells(ax: Any, rows: list[str], columns: list[str], flagged: Iterable[str]) -> None:
+    """Row names down the side, column names along the top, white well borders, red outlines on ``flagged``."""
+    from matplotlib.patches import Rectangle
+
+    n_r, n_c = len(rows), len(columns)
+    ax.set_xticks(range(n_c), columns, fontsize=7 if n_c > 12 else 9)
+    ax.set_yticks(range(n_r), rows, fontsize=7 if n_r > 8 else 9)
+    ax.xaxis.tick_top()
+    ax.tick_params(length=0)
+    ax.set_xticks(np.arange(-0.5, n_c, 1), minor=True)
+    ax.set_yticks(np.arange(-0.5, n_r, 1), minor=True)
+    ax.grid(which="minor", color="white", linewidth=0.8)
+    ax.tick_params(which="minor", length=0)
+    for key in flagged:
+        r, _, c = str(key).partition("/")
+        if r in rows and c in columns:
+            ax.add_patch(Rectangle((columns.index(c) - 0.46, rows.index(r) - 0.46), 0.92, 0.92,
+                                   fill=False, edgecolor="red", linewidth=2))
+
+
 def plate_heatmap(
     values: Mapping[str, float], rows: Sequence[str], columns: Sequence[str], path: str | Path, *,
     title: str = "", label: str = "", cmap: str = "viridis", vmin: float | None = None,
@@ -159,44 +226,20 @@ def plate_heatmap(
     FigureResult
         ``boxes`` maps every well position of the plate (``"B/3"``) to its cell in the PNG.
     """
-    import matplotlib
-    from matplotlib.patches import Rectangle
-
     grid = plate_grid(values, rows, columns)
     n_r, n_c = grid.shape
     if n_r == 0 or n_c == 0:
         raise InputError("Expected a plate with at least one row and one column. Got none instead.")
-    try:
-        colormap = matplotlib.colormaps[cmap].with_extremes(bad=MISSING_COLOR)
-    except KeyError as err:
-        raise InputError(f"Expected a matplotlib colormap name. Got {cmap!r} instead.") from err
-    finite = grid[np.isfinite(grid)]
-    lo = float(finite.min()) if vmin is None and finite.size else (0.0 if vmin is None else float(vmin))
-    hi = float(finite.max()) if vmax is None and finite.size else (1.0 if vmax is None else float(vmax))
-    if hi <= lo:
-        hi = lo + 1e-9
-
+    colormap, lo, hi = _color_scale(grid, cmap, vmin, vmax)
     cell = 0.45  # inches per well
     left, right, top, bottom = 0.6, 1.3, 0.9, 0.3
     width, height = left + n_c * cell + right, top + n_r * cell + bottom
-    fig = _new_figure(width, height, dpi)
+    fig = new_figure(width, height, dpi)
     ax = fig.add_axes((left / width, bottom / height, n_c * cell / width, n_r * cell / height))
     image = ax.imshow(np.ma.masked_invalid(grid), cmap=colormap, vmin=lo, vmax=hi,
                       interpolation="nearest", aspect="auto", extent=(-0.5, n_c - 0.5, n_r - 0.5, -0.5))
-    ax.set_xticks(range(n_c), [str(c) for c in columns], fontsize=7 if n_c > 12 else 9)
-    ax.set_yticks(range(n_r), [str(r) for r in rows], fontsize=7 if n_r > 8 else 9)
-    ax.xaxis.tick_top()
-    ax.tick_params(length=0)
-    ax.set_xticks(np.arange(-0.5, n_c, 1), minor=True)
-    ax.set_yticks(np.arange(-0.5, n_r, 1), minor=True)
-    ax.grid(which="minor", color="white", linewidth=0.8)
-    ax.tick_params(which="minor", length=0)
     rows_l, cols_l = [str(r) for r in rows], [str(c) for c in columns]
-    for key in flagged:
-        r, _, c = str(key).partition("/")
-        if r in rows_l and c in cols_l:
-            ax.add_patch(Rectangle((cols_l.index(c) - 0.46, rows_l.index(r) - 0.46), 0.92, 0.92,
-                                   fill=False, edgecolor="red", linewidth=2))
+    _label_wells(ax, rows_l, cols_l, flagged)
     cax = fig.add_axes(((left + n_c * cell + 0.15) / width, bottom / height, 0.18 / width, n_r * cell / height))
     fig.colorbar(image, cax=cax, label=label)
     if title:
@@ -206,7 +249,7 @@ def plate_heatmap(
         f"{r}/{c}": _box_px(fig, ax, j - 0.5, i - 0.5, j + 0.5, i + 0.5)
         for i, r in enumerate(rows_l) for j, c in enumerate(cols_l)
     }
-    out, size = _save(fig, path, dpi)
+    out, size = save_figure(fig, path, dpi)
     return FigureResult(out, size, boxes)
 
 
@@ -246,6 +289,46 @@ def _shrink(x: np.ndarray, max_px: int) -> np.ndarray:
 
 
 MontageRow = tuple[str, Any, Any, Any]
+
+
+Panel = tuple[np.ndarray, str, float, float]  # image, colormap, vmin, vmax
+
+
+def _montage_panels(label: str, source: Any, virtual: Any, real: Any, with_input: bool) -> list[Panel]:
+    """The panels of one montage row with their display ranges (see :func:`montage`, Notes)."""
+    v, t = _plane(virtual), _plane(real)
+    if v.shape != t.shape:
+        raise InputError(f"Expected virtual and real images of one shape for {label}. Got {v.shape} and {t.shape}.")
+    lo, hi = display_range(t)
+    diff = v - t
+    d = display_range(np.abs(diff), 0.0, 99.5)[1]
+    panels: list[Panel] = []
+    if with_input:
+        s = _plane(source) if source is not None else np.full_like(t, np.nan)
+        panels.append((s, "gray", *display_range(s)))
+    panels += [(v, "gray", lo, hi), (t, "gray", lo, hi), (diff, "RdBu_r", -d, d)]
+    return panels
+
+
+def _draw_row(fig: Any, i: int, row: MontageRow, cols: list[str], with_input: bool, *, n_r: int, label_w: float,
+              panel_inches: float, max_px: int) -> dict[tuple[str, str], Any]:
+    """Draw row ``i`` of a montage (its panels and its label); returns the axes keyed by (label, column title)."""
+    width, height = (float(v) for v in fig.get_size_inches())
+    label, source, virtual, real = row
+    axes = {}
+    for j, (img, cmap, vmin, vmax) in enumerate(_montage_panels(label, source, virtual, real, with_input)):
+        rect = ((label_w + j * panel_inches) / width, (n_r - 1 - i) * panel_inches / height,
+                panel_inches / width, panel_inches / height)
+        ax = fig.add_axes(rect)
+        ax.imshow(_shrink(img, max_px), cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest",
+                  aspect="auto", extent=(0, 1, 1, 0))
+        ax.set_axis_off()
+        if i == 0:
+            ax.set_title(cols[j], fontsize=10)
+        axes[(str(label), cols[j])] = ax
+    fig.text(label_w / 2 / width, (n_r - 0.5 - i) * panel_inches / height, str(label),
+             rotation=90, ha="center", va="center", fontsize=10)
+    return axes
 
 
 def montage(
@@ -291,36 +374,15 @@ def montage(
     n_r, n_c = len(rows), len(cols)
     label_w, top = 0.35, 0.45 + (0.3 if title else 0.0)
     width, height = label_w + n_c * panel_inches, top + n_r * panel_inches
-    fig = _new_figure(width, height, dpi)
+    fig = new_figure(width, height, dpi)
     max_px = int(panel_inches * dpi)
-    axes = {}
-    for i, (label, source, virtual, real) in enumerate(rows):
-        v, t = _plane(virtual), _plane(real)
-        if v.shape != t.shape:
-            raise InputError(f"Expected virtual and real images of one shape for {label}. Got {v.shape} and {t.shape}.")
-        lo, hi = display_range(t)
-        diff = v - t
-        d = display_range(np.abs(diff), 0.0, 99.5)[1]
-        panels: list[tuple[np.ndarray, str, float, float]] = []
-        if with_input:
-            s = _plane(source) if source is not None else np.full_like(t, np.nan)
-            panels.append((s, "gray", *display_range(s)))
-        panels += [(v, "gray", lo, hi), (t, "gray", lo, hi), (diff, "RdBu_r", -d, d)]
-        for j, (img, cmap, vmin, vmax) in enumerate(panels):
-            rect = ((label_w + j * panel_inches) / width, (n_r - 1 - i) * panel_inches / height,
-                    panel_inches / width, panel_inches / height)
-            ax = fig.add_axes(rect)
-            ax.imshow(_shrink(img, max_px), cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest",
-                      aspect="auto", extent=(0, 1, 1, 0))
-            ax.set_axis_off()
-            if i == 0:
-                ax.set_title(cols[j], fontsize=10)
-            axes[(str(label), cols[j])] = ax
-        fig.text(label_w / 2 / width, (n_r - 0.5 - i) * panel_inches / height, str(label),
-                 rotation=90, ha="center", va="center", fontsize=10)
+    axes: dict[tuple[str, str], Any] = {}
+    for i, row in enumerate(rows):
+        axes.update(_draw_row(fig, i, row, cols, with_input, n_r=n_r, label_w=label_w,
+                              panel_inches=panel_inches, max_px=max_px))
     if title:
         fig.suptitle(title, y=1 - 0.1 / height, va="top", fontsize=11)
     fig.canvas.draw()
     boxes = {key: _box_px(fig, ax, 0, 1, 1, 0) for key, ax in axes.items()}
-    out, size = _save(fig, path, dpi)
+    out, size = save_figure(fig, path, dpi)
     return FigureResult(out, size, boxes)

@@ -15,13 +15,18 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from omeloc.config import TrainConfig, resolve
 from omeloc.errors import InputError
-from omeloc.ngff.plate import Plate, open_plate
+from omeloc.ngff.plate import Image, Plate, open_plate
 
-__all__ = ["relate", "RelateResult", "relation_heatmap"]
+if TYPE_CHECKING:
+    from omeloc.learn.stain import VirtualStain
+
+__all__ = ["RELATE_CONFIG", "RELATE_STEPS", "RelateResult", "heldout_scores", "relate", "relation_heatmap"]
 
 logger = logging.getLogger(__name__)
 
@@ -33,7 +38,8 @@ class RelateResult:
     channels: list[str]
     rows: list[dict]
     """One dict per ordered pair: ``source``, ``target``, ``pearson_r``, ``baseline_r``, ``gain``,
-    ``structure_r``, ``baseline_structure_r``, ``checkpoint``, ``seconds``.  ``structure_r``
+    ``structure_r``, ``baseline_structure_r``, ``foreground_r``, ``baseline_foreground_r``,
+    ``checkpoint``, ``seconds``.  ``structure_r``
     (fine structure only) is the score that separates related from unrelated proteins: any model
     learns the cell footprint, which lifts the whole-field ``pearson_r`` of unrelated pairs too."""
     files: dict[str, Path] = field(default_factory=dict)
@@ -75,62 +81,63 @@ class RelateResult:
 
 
 def heldout_scores(plate: Plate, wells: Sequence[str], ckpt_path: Path, level: int = 0,
-                   device: str = "auto") -> dict[str, dict[str, float]]:
+                   device: str = "auto", tta: bool = False) -> dict[str, dict[str, float]]:
     """Held-out scores of a checkpoint, per target: its prediction vs the real target, and the raw source's.
 
     Every field of ``wells`` is predicted whole, in memory (nothing is written).  For each
-    target channel of the checkpoint, returns the means over the fields of ``pearson_r`` and
+    target channel of the checkpoint, returns the means over the fields of ``pearson_r``,
     ``structure_r`` (:func:`omeloc.analysis.metrics.structure_r`: fine structure only, the cell
-    footprint removed) of the model, and ``baseline_r`` and ``baseline_structure_r`` of the
-    no-learning baseline (the first source image itself).
+    footprint removed) and ``foreground_r`` (Pearson r over the target's Otsu foreground:
+    :func:`omeloc.analysis.metrics.foreground_mask`) of the model, and ``baseline_r``,
+    ``baseline_structure_r`` and ``baseline_foreground_r`` of the no-learning baseline (the
+    first source image itself).  ``tta``: predict with test-time augmentation (the mean of the 8
+    flips/rotations of each tile).
     """
-    from omeloc.learn.checkpoint import CheckpointRef, load_checkpoint
-    from omeloc.engine.inference import predict_array
-    from omeloc.analysis.metrics import pearson_r, structure_r
-    from omeloc.learn.normalization import denormalize, finite, normalize
+    from omeloc.learn.stain import VirtualStain
 
-    ckpt = load_checkpoint(ckpt_path)
-    ref = CheckpointRef(ckpt_path)
-    keys = ("pearson_r", "baseline_r", "structure_r", "baseline_structure_r")
-    scores: dict[str, dict[str, list[float]]] = {t: {k: [] for k in keys} for t in ckpt.target}
+    stain = VirtualStain(ckpt_path)
+    scores: dict[str, dict[str, list[float]]] = {t: {k: [] for k in _SCORES} for t in stain.target}
     for well in wells:
         for img in plate.well(well).images:
-            srcs = [np.asarray(img.channel(c, level).compute(), dtype=np.float32) for c in ckpt.source]
-            x = np.stack([finite(normalize(a, ckpt.normalization[c])) for a, c in zip(srcs, ckpt.source)])
-            y = predict_array(ref, x, tile=ckpt.tile, overlap=ckpt.overlap, device=device,
-                              out_channels=len(ckpt.target)).compute()
-            base = finite(srcs[0])
-            for k, t in enumerate(ckpt.target):
-                tru = np.asarray(img.channel(t, level).compute(), dtype=np.float32)
-                pred = denormalize(y[k], ckpt.normalization[t])
-                sc = scores[t]
-                sc["pearson_r"].append(pearson_r(pred, tru))
-                sc["baseline_r"].append(pearson_r(base, tru))
-                sc["structure_r"].append(structure_r(pred, tru))
-                sc["baseline_structure_r"].append(structure_r(base, tru))
+            for t, field_scores in _field_scores(stain, img, level, device, tta).items():
+                for k, v in field_scores.items():
+                    scores[t][k].append(v)
     return {t: {k: float(np.nanmean(v)) if v else float("nan") for k, v in sc.items()} for t, sc in scores.items()}
 
 
-def relate(
-    plate: str | Path,
-    channels: Sequence[str],
-    *,
-    out: str | Path = "relate",
-    sources: Sequence[str] | None = None,
-    val_wells: Sequence[str] | None = None,
-    budget: int = 300,
-    model: str = "unet",
-    depth: int = 3,
-    base_channels: int = 16,
-    crop: int = 96,
-    batch_size: int = 4,
-    level: int = 0,
-    seed: int = 0,
-    device: str = "auto",
-    joint: bool = False,
-    progress: bool = False,
-    on_pair: Callable[[dict], None] | None = None,
-) -> RelateResult:
+_SCORES = ("pearson_r", "baseline_r", "structure_r", "baseline_structure_r", "foreground_r", "baseline_foreground_r")
+
+
+def _field_scores(stain: VirtualStain, img: Image, level: int, device: str,
+                  tta: bool = False) -> dict[str, dict[str, float]]:
+    """The scores of one field (whole, in memory) for each target of ``stain``."""
+    from omeloc.analysis.metrics import foreground_mask, pearson_r, structure_r
+    from omeloc.learn.normalization import finite
+
+    srcs = [np.asarray(img.channel(c, level).compute(), dtype=np.float32) for c in stain.source]
+    pred = stain(np.stack(srcs, axis=-3), device=device, tta=tta)
+    base = finite(srcs[0])
+    out = {}
+    for k, t in enumerate(stain.target):
+        tru = np.asarray(img.channel(t, level).compute(), dtype=np.float32)
+        p, fg = pred[..., k, :, :], foreground_mask(tru)
+        out[t] = {"pearson_r": pearson_r(p, tru), "baseline_r": pearson_r(base, tru),
+                  "structure_r": structure_r(p, tru), "baseline_structure_r": structure_r(base, tru),
+                  "foreground_r": pearson_r(p, tru, fg), "baseline_foreground_r": pearson_r(base, tru, fg)}
+    return out
+
+
+#: The small model :func:`relate` trains for each pair unless told otherwise: a 0.5 M-parameter
+#: U-Net on 96-pixel crops, 4 per step, :data:`RELATE_STEPS` steps (~45 s per pair on 2 CPU
+#: cores) unless a number of steps (``budget``) or of minutes (``minutes``) is given.
+RELATE_CONFIG = TrainConfig(depth=3, base_channels=16, crop=96, batch_size=4)
+RELATE_STEPS = 300
+
+
+def relate(plate: str | Path, channels: Sequence[str], config: TrainConfig | None = None, *,
+           out: str | Path = "relate", sources: Sequence[str] | None = None, budget: int | None = None,
+           joint: bool = False, progress: bool = False, on_pair: Callable[[dict], None] | None = None,
+           **overrides: Any) -> RelateResult:
     """Train a small model for every ordered pair of channels and score it on held-out wells.
 
     Parameters
@@ -139,24 +146,18 @@ def relate(
         The plate (only read).
     channels
         Channel names; every ordered pair ``(a, b)``, ``a != b``, is trained.
+    config
+        The training of each pair (:class:`~omeloc.config.TrainConfig`); default
+        :data:`RELATE_CONFIG`.  Its ``val_wells`` (default every fourth well, at least one) are
+        held out, its ``level`` and ``device`` also serve for scoring.
     out
         Output folder: ``relate.csv`` (``source, target, pearson_r, baseline_r, gain``),
         ``relate.png`` (heat maps of both matrices) and one checkpoint per pair in ``models/``.
     sources
         Restrict the sources to these channels (default: all of ``channels``).
-    val_wells
-        Held-out wells; default every fourth well (at least one).
     budget
-        Training steps per pair.
-    model, depth, base_channels, crop, batch_size
-        The small model trained for each pair and its crops (defaults: a 0.5 M-parameter U-Net,
-        96-pixel crops, 4 per step: ~45 s per pair for 300 steps on 2 CPU cores).
-    level
-        Pyramid level to train and score on.
-    seed
-        Seed of every training run (the same for all pairs).
-    device
-        ``"auto"``, ``"cpu"``, ``"cuda"``, ``"mps"``.
+        Training steps per pair (the configuration's ``steps``; :data:`RELATE_STEPS` unless
+        ``minutes`` is given, where it is the most steps a pair may take).
     joint
         Train one model per source that predicts all other channels at once (a multi-output
         U-Net; ``len(sources)`` runs instead of ``len(sources) * (len(channels) - 1)``), and
@@ -165,14 +166,45 @@ def relate(
         Progress bars of the training runs.
     on_pair
         Called with each finished row.
+    **overrides
+        Any :class:`~omeloc.config.TrainConfig` field (``val_wells``, ``model``, ``depth``, ``crop``, ``seed``, ...).
+        ``minutes=M`` trains each model for ``M`` minutes (the same rule as ``omeloc train
+        --minutes``: steps and schedule fitted to the measured step time), so a run takes about
+        ``M`` times the number of models, plus the held-out scoring of each.
 
     Returns
     -------
     RelateResult
     """
-    from omeloc.learn.training import train
-
     opened = open_plate(plate)
+    channels, sources = _check_channels(opened, channels, sources)
+    if budget is not None:
+        if budget < 1:
+            raise InputError(f"Expected a budget of at least 1 training step per pair. Got {budget} instead.")
+        overrides = {**overrides, "steps": budget}
+    cfg = resolve(TrainConfig, RELATE_CONFIG if config is None else config, overrides)
+    cfg = cfg.replace(val_wells=tuple(_val_wells(opened, cfg.val_wells)))
+    if cfg.steps is None and cfg.minutes is None:
+        cfg = cfg.replace(steps=RELATE_STEPS)
+    out_dir = Path(out).expanduser().resolve()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for s in sources:
+        targets = [t for t in channels if t != s]
+        for group in ([targets] if joint else [[t] for t in targets]):
+            for row in _relate_pair(opened, s, group, cfg, out_dir, progress):
+                rows.append(row)
+                if on_pair is not None:
+                    on_pair(row)
+    res = RelateResult(channels=channels, rows=rows)
+    res.files["relate_csv"] = _write_csv(rows, out_dir / "relate.csv")
+    res.files["heatmap"] = relation_heatmap(res, out_dir / "relate.png")
+    return res
+
+
+def _check_channels(opened: Plate, channels: Sequence[str],
+                    sources: Sequence[str] | None) -> tuple[list[str], list[str]]:
+    """Channels without repeats (at least two, all in the plate) and the sources among them."""
     channels = list(dict.fromkeys(channels))
     if len(channels) < 2:
         raise InputError(f"Expected at least two channels to relate. Got {channels} instead.")
@@ -182,64 +214,62 @@ def relate(
     for s in sources:
         if s not in channels:
             raise InputError(f"Expected --sources among --channels ({', '.join(channels)}). Got {s!r} instead.")
-    if budget < 1:
-        raise InputError(f"Expected a budget of at least 1 training step per pair. Got {budget} instead.")
+    return channels, sources
+
+
+def _val_wells(opened: Plate, names: Sequence[str] | None) -> list[str]:
+    """Paths of the held-out wells: those named, else :func:`~omeloc.learn.split.default_val_wells`."""
+    from omeloc.learn.split import check_wells_left, default_val_wells
+
     wells = [w.path for w in opened.wells.values()]
-    if val_wells is None:
-        val = wells[3::4] or wells[-1:]
-    else:
-        val = [opened.well(w).path for w in val_wells]
-    if len(val) >= len(wells):
-        raise InputError(f"Expected some wells left for training. Got all {len(wells)} wells held out: "
-                         f"pass fewer --val-wells.")
-    out_dir = Path(out).expanduser().resolve()
-    out_dir.mkdir(parents=True, exist_ok=True)
+    val = default_val_wells(wells) if names is None else [opened.well(w).path for w in names]
+    check_wells_left(len(val), len(wells))
+    return val
+
+
+def _relate_pair(opened: Plate, source: str, targets: list[str], cfg: TrainConfig, out_dir: Path,
+                 progress: bool) -> list[dict]:
+    """Train ``source → targets`` on the training wells; one row per target, scored on ``cfg.val_wells``."""
+    from omeloc.learn.training import train
+
+    t0 = time.perf_counter()
+    ckpt_dir = out_dir / "models" / f"{source}__{'+'.join(targets)}".replace("/", "_")
+    trained = train(opened.path, source, targets, cfg, out=ckpt_dir, overwrite=True, progress=progress)
+    scores = heldout_scores(opened, list(cfg.val_wells), Path(trained.checkpoint), cfg.level, cfg.device)
+    seconds = (time.perf_counter() - t0) / len(targets)
     rows = []
-    jobs: list[tuple[str, list[str]]] = []
-    for s in sources:
-        targets = [t for t in channels if t != s]
-        jobs.extend([(s, targets)] if joint else [(s, [t]) for t in targets])
-    for s, targets in jobs:
-        t0 = time.perf_counter()
-        ckpt_dir = out_dir / "models" / f"{s}__{'+'.join(targets)}".replace("/", "_")
-        trained = train(opened.path, s, targets, model=model, out=ckpt_dir, steps=budget, val_wells=val, crop=crop,
-                        overwrite=True, batch_size=batch_size, level=level, seed=seed, device=device, depth=depth,
-                        base_channels=base_channels, progress=progress)
-        scores = heldout_scores(opened, val, Path(trained.checkpoint), level, device)
-        seconds = (time.perf_counter() - t0) / len(targets)
-        for t in targets:
-            sc = scores[t]
-            row = {"source": s, "target": t, "pearson_r": sc["pearson_r"], "baseline_r": sc["baseline_r"],
-                   "gain": sc["pearson_r"] - sc["baseline_r"], "structure_r": sc["structure_r"],
-                   "baseline_structure_r": sc["baseline_structure_r"],
-                   "checkpoint": str(trained.checkpoint), "seconds": seconds}
-            logger.info("%s -> %s: held-out r %.3f (baseline %.3f), structure r %.3f", s, t, sc["pearson_r"],
-                        sc["baseline_r"], sc["structure_r"])
-            rows.append(row)
-            if on_pair is not None:
-                on_pair(row)
-    res = RelateResult(channels=channels, rows=rows)
-    csv_path = out_dir / "relate.csv"
-    with open(csv_path, "w", newline="") as f:
+    for t in targets:
+        sc = scores[t]
+        rows.append({"source": source, "target": t, "pearson_r": sc["pearson_r"], "baseline_r": sc["baseline_r"],
+                     "gain": sc["pearson_r"] - sc["baseline_r"], "structure_r": sc["structure_r"],
+                     "baseline_structure_r": sc["baseline_structure_r"], "foreground_r": sc["foreground_r"],
+                     "baseline_foreground_r": sc["baseline_foreground_r"],
+                     "checkpoint": str(trained.checkpoint), "seconds": seconds})
+        logger.info("%s -> %s: held-out r %.3f (baseline %.3f), structure r %.3f", source, t, sc["pearson_r"],
+                    sc["baseline_r"], sc["structure_r"])
+    return rows
+
+
+def _write_csv(rows: list[dict], path: Path) -> Path:
+    with open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=["source", "target", "pearson_r", "baseline_r", "gain",
-                                               "structure_r", "baseline_structure_r", "seconds", "checkpoint"])
+                                               "structure_r", "baseline_structure_r", "foreground_r",
+                                               "baseline_foreground_r", "seconds", "checkpoint"])
         writer.writeheader()
         for row in rows:
             writer.writerow({k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in row.items()})
-    res.files["relate_csv"] = csv_path
-    res.files["heatmap"] = relation_heatmap(res, out_dir / "relate.png")
-    return res
+    return path
 
 
 def relation_heatmap(result: RelateResult, path: str | Path) -> Path:
     """Three heat maps side by side: held-out Pearson r, held-out structure r, and the baseline r."""
-    from omeloc.analysis.figures import _new_figure, _save
+    from omeloc.analysis.figures import new_figure, save_figure
 
     n = len(result.channels)
     panels = (("pearson_r", "trained model (held-out r)"),
               ("structure_r", "fine structure (held-out)"),
               ("baseline_r", "no learning: r(source, target)"))
-    fig = _new_figure(len(panels) * (1.2 + 0.7 * n), 1.4 + 0.7 * n, 150)
+    fig = new_figure(len(panels) * (1.2 + 0.7 * n), 1.4 + 0.7 * n, 150)
     for k, (key, title) in enumerate(panels):
         ax = fig.add_subplot(1, len(panels), k + 1)
         m = result.matrix(key)
@@ -256,5 +286,5 @@ def relation_heatmap(result: RelateResult, path: str | Path) -> Path:
                             color="white" if m[i, j] < 0.6 else "black")
         fig.colorbar(im, ax=ax, fraction=0.046)
     fig.tight_layout()
-    saved, _ = _save(fig, path, 150)
+    saved, _ = save_figure(fig, path, 150)
     return saved

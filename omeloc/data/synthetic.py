@@ -24,6 +24,7 @@ import functools
 import logging
 import re
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +39,7 @@ from omeloc.data.synthetic_cells import (
     PERTURBATIONS,
     READ_NOISE_ADU,
     RELATIONSHIPS,
-    _parse_shape,
+    parse_shape,
     render_field,
     simulate_field,
 )
@@ -139,58 +140,116 @@ def _field_stack(
     return np.stack([images[CHANNELS[i]] for i in channel_idx])
 
 
+@dataclass(frozen=True)
+class _PlateSpec:
+    """The checked settings of one synthetic plate (see :func:`make_plate`)."""
+
+    seed: int
+    shape: tuple[int, int]
+    row_names: list[str]
+    col_names: list[str]
+    fields: int
+    chunks: tuple[int, int]
+    levels: int
+    channels: tuple[str, ...]
+    perturbation: str
+    perturbed: set[tuple[str, str]]
+
+    @classmethod
+    def check(cls, *, rows: int, cols: int, fields: int, size: int | tuple[int, int], seed: int,
+              chunks: tuple[int, int] | None, levels: int, perturbed_wells: Iterable[str | tuple[str, str]],
+              perturbation: str, channels: Sequence[str]) -> "_PlateSpec":
+        """Check every argument of :func:`make_plate` (in its order) before anything is written."""
+        rows, cols = _positive("rows", rows), _positive("cols", cols)
+        fields, levels = _positive("fields", fields), _positive("levels", levels)
+        shape = parse_shape(size)
+        if perturbation not in PERTURBATIONS:
+            raise InputError(
+                f"Expected a perturbation among {sorted(PERTURBATIONS)}. Got {perturbation!r} instead."
+            )
+        channels = tuple(channels)
+        unknown = [c for c in channels if c not in CHANNELS]
+        if unknown or not channels or len(set(channels)) != len(channels):
+            raise InputError(
+                f"Expected distinct channel names among {list(CHANNELS)}. Got {list(channels)} instead."
+            )
+        chunks = tuple(int(c) for c in (shape if chunks is None else chunks))  # type: ignore[assignment]
+        if len(chunks) != 2 or min(chunks) < 1:
+            raise InputError(f"Expected chunks (y, x) of positive integers. Got {chunks!r} instead.")
+        row_names = [row_name(i) for i in range(rows)]
+        col_names = [str(j + 1) for j in range(cols)]
+        perturbed = _parse_wells(perturbed_wells, row_names, col_names)
+        return cls(int(seed), shape, row_names, col_names, fields, chunks, levels, channels,  # type: ignore[arg-type]
+                   perturbation, perturbed)
+
+    def loaders(self) -> dict[tuple[str, str, str], Callable[[], np.ndarray]]:
+        """``(row, column, field)`` → a function that renders that field's ``c, y, x`` stack."""
+        channel_idx = tuple(CHANNELS.index(c) for c in self.channels)
+        images = {}
+        for i, r in enumerate(self.row_names):
+            for j, c in enumerate(self.col_names):
+                pert = self.perturbation if (r, c) in self.perturbed else None
+                for f in range(self.fields):
+                    images[(r, c, str(f))] = functools.partial(
+                        _field_stack, self.shape, (self.seed, i, j, f), pert, channel_idx
+                    )
+        return images
+
+    def ground_truth(self) -> dict[str, Any]:
+        """What the plate's root attributes record under :data:`ATTRS_KEY`."""
+        perturbed, channels = self.perturbed, self.channels
+        return {
+            "generator": "omeloc.data.synthetic",
+            "generator_version": GENERATOR_VERSION,
+            "seed": self.seed,
+            "field_size": list(self.shape),
+            "channels": {c: CHANNEL_DESCRIPTIONS[c] for c in channels},
+            "relationships": {
+                k: v for k, v in RELATIONSHIPS.items() if k.split("->")[1] in channels
+            },
+            "perturbation": self.perturbation if perturbed else None,
+            "perturbation_effect": PERTURBATIONS[self.perturbation] if perturbed else None,
+            "perturbed_wells": sorted(f"{r}/{c}" for r, c in perturbed),
+            "noise": {
+                "model": "Poisson(signal + background) + offset + Gaussian read noise, uint16",
+                "offset_adu": OFFSET_ADU,
+                "read_noise_adu": READ_NOISE_ADU,
+                "background_photoelectrons": {c: BACKGROUND[c] for c in channels},
+            },
+            "field_rng": "numpy.random.default_rng([seed, row_index, column_index, field_index, "
+                         "0x5EED])",
+        }
+
+
 def make_plate(
-    path: str | Path,
-    *,
-    rows: int = 2,
-    cols: int = 3,
-    fields: int = 2,
-    size: int | tuple[int, int] = 256,
-    seed: int = 0,
-    ngff: str = "0.5",
-    chunks: tuple[int, int] | None = (256, 256),
-    levels: int = 3,
-    perturbed_wells: Iterable[str | tuple[str, str]] = (),
-    perturbation: str = "wave2_cytoplasmic",
-    channels: Sequence[str] = CHANNELS,
-    overwrite: bool = False,
-    progress: Callable[[int], None] | None = None,
+    path: str | Path, *, rows: int = 2, cols: int = 3, fields: int = 2, size: int | tuple[int, int] = 256,
+    seed: int = 0, ngff: str = "0.5", chunks: tuple[int, int] | None = (256, 256), levels: int = 3,
+    perturbed_wells: Iterable[str | tuple[str, str]] = (), perturbation: str = "wave2_cytoplasmic",
+    channels: Sequence[str] = CHANNELS, overwrite: bool = False, progress: Callable[[int], None] | None = None,
 ) -> Path:
     """Write a synthetic OME-Zarr HCS plate whose protein relationships are known.
 
-    Ground truth (see the module docstring of :mod:`omeloc.data.synthetic_cells`): actin
-    predicts WAVE2, IRSp53 and vinculin (local functions of actin structures) and not
-    tubulin (independent microtubules; only the footprint is shared).  It is stored in
-    the plate root attributes under ``"omeloc_synthetic"``: channel descriptions,
-    ``relationships`` (``{"actin->WAVE2": "related", ..., "actin->tubulin":
-    "unrelated"}``), perturbed wells and what is broken there, seed, noise model and
-    generator version.
+    Fields are drawn by :func:`omeloc.data.synthetic_cells.simulate_field`; the ground truth
+    (``relationships`` such as ``{"actin->tubulin": "unrelated", ...}``, perturbed wells, seed,
+    noise model) goes into the plate root attributes under ``"omeloc_synthetic"``.
 
     Parameters
     ----------
     path
         The plate to create (a directory, ``.zarr`` by convention).
-    rows, cols
-        Plate layout: rows ``A, B, ...`` and columns ``1, 2, ...``.
-    fields
-        Fields per well (``0, 1, ...``).
+    rows, cols, fields
+        Plate layout (rows ``A, B, ...``, columns ``1, 2, ...``) and fields per well (``0, 1, ...``).
     size
-        Field size in pixels: an int (square) or ``(y, x)``.  Cells have a radius of about
-        42 px whatever the size (about 5 cells in 256²).
+        Field size in pixels: an int (square) or ``(y, x)``; cells have a radius of about 42 px.
     seed
-        Same seed → identical pixels.  Each field gets its own generator from the seed and
-        its position (:func:`field_rng`).
+        Same seed → identical pixels; each field has its own generator (:func:`field_rng`).
     ngff
         ``"0.4"`` (Zarr v2) or ``"0.5"`` (Zarr v3).
-    chunks
-        Chunk size along y and x; ``None``: one chunk per channel plane.  The chunk along
-        c is always 1.
-    levels
-        Pyramid levels (2× mean downsampling).
-    perturbed_wells
-        Wells (``"B2"``, ``"B/2"`` or ``("B", "2")``) in which ``perturbation`` is applied.
-    perturbation
-        A key of :data:`PERTURBATIONS`.
+    chunks, levels
+        Chunk size along y and x (``None``: one chunk per plane; always 1 along c); pyramid
+        levels (2× mean downsampling).
+    perturbed_wells, perturbation
+        Wells (``"B2"``, ``"B/2"`` or ``("B", "2")``) where a key of :data:`PERTURBATIONS` applies.
     channels
         Which channels to write, in which order (names from :data:`CHANNELS`).
     overwrite
@@ -201,78 +260,23 @@ def make_plate(
     Returns
     -------
     pathlib.Path
-        The plate path.
+        The plate written.
 
     Examples
     --------
-    >>> import tempfile, os
-    >>> p = make_plate(os.path.join(tempfile.mkdtemp(), "s.zarr"), rows=1, cols=2, fields=1,
-    ...                size=64, levels=1, perturbed_wells=["A2"])
-    >>> p.name
+    >>> import os, tempfile
+    >>> make_plate(os.path.join(tempfile.mkdtemp(), "s.zarr"), rows=1, cols=2, size=64, perturbed_wells=["A2"]).name
     's.zarr'
     """
     from omeloc.ngff.writer import write_plate  # imports zarr; keep module import light
 
-    rows = _positive("rows", rows)
-    cols = _positive("cols", cols)
-    fields = _positive("fields", fields)
-    levels = _positive("levels", levels)
-    shape = _parse_shape(size)
-    if perturbation not in PERTURBATIONS:
-        raise InputError(
-            f"Expected a perturbation among {sorted(PERTURBATIONS)}. Got {perturbation!r} instead."
-        )
-    channels = tuple(channels)
-    unknown = [c for c in channels if c not in CHANNELS]
-    if unknown or not channels or len(set(channels)) != len(channels):
-        raise InputError(
-            f"Expected distinct channel names among {list(CHANNELS)}. Got {list(channels)} instead."
-        )
-    if chunks is None:
-        chunks = shape
-    chunks = tuple(int(c) for c in chunks)  # type: ignore[assignment]
-    if len(chunks) != 2 or min(chunks) < 1:
-        raise InputError(f"Expected chunks (y, x) of positive integers. Got {chunks!r} instead.")
-    row_names = [row_name(i) for i in range(rows)]
-    col_names = [str(j + 1) for j in range(cols)]
-    perturbed = _parse_wells(perturbed_wells, row_names, col_names)
-    channel_idx = tuple(CHANNELS.index(c) for c in channels)
-
-    images = {}
-    for i, r in enumerate(row_names):
-        for j, c in enumerate(col_names):
-            pert = perturbation if (r, c) in perturbed else None
-            for f in range(fields):
-                images[(r, c, str(f))] = functools.partial(
-                    _field_stack, shape, (seed, i, j, f), pert, channel_idx
-                )
-    truth: dict[str, Any] = {
-        "generator": "omeloc.data.synthetic",
-        "generator_version": GENERATOR_VERSION,
-        "seed": int(seed),
-        "field_size": list(shape),
-        "channels": {c: CHANNEL_DESCRIPTIONS[c] for c in channels},
-        "relationships": {
-            k: v for k, v in RELATIONSHIPS.items() if k.split("->")[1] in channels
-        },
-        "perturbation": perturbation if perturbed else None,
-        "perturbation_effect": PERTURBATIONS[perturbation] if perturbed else None,
-        "perturbed_wells": sorted(f"{r}/{c}" for r, c in perturbed),
-        "noise": {
-            "model": "Poisson(signal + background) + offset + Gaussian read noise, uint16",
-            "offset_adu": OFFSET_ADU,
-            "read_noise_adu": READ_NOISE_ADU,
-            "background_photoelectrons": {c: BACKGROUND[c] for c in channels},
-        },
-        "field_rng": "numpy.random.default_rng([seed, row_index, column_index, field_index, "
-                     "0x5EED])",
-    }
-    out = write_plate(
-        path, images, channel_names=channels, ngff_version=ngff, axes="cyx",
-        chunks=chunks, levels=levels, colors=[_COLORS[c] for c in channels],
-        plate_name=Path(path).stem, extra_attrs={ATTRS_KEY: truth}, overwrite=overwrite,
-        progress=progress, rows=row_names, columns=col_names,
-    )
-    logger.info("synthetic plate %s: %dx%d wells, %d fields, perturbed %s",
-                out, rows, cols, fields, truth["perturbed_wells"])
+    spec = _PlateSpec.check(rows=rows, cols=cols, fields=fields, size=size, seed=seed, chunks=chunks, levels=levels,
+                            perturbed_wells=perturbed_wells, perturbation=perturbation, channels=channels)
+    truth = spec.ground_truth()
+    out = write_plate(path, spec.loaders(), channel_names=spec.channels, ngff_version=ngff, axes="cyx",
+                      chunks=spec.chunks, levels=spec.levels, colors=[_COLORS[c] for c in spec.channels],
+                      plate_name=Path(path).stem, extra_attrs={ATTRS_KEY: truth}, overwrite=overwrite,
+                      progress=progress, rows=spec.row_names, columns=spec.col_names)
+    logger.info("synthetic plate %s: %dx%d wells, %d fields, perturbed %s", out, rows, cols, fields,
+                truth["perturbed_wells"])
     return out

@@ -51,6 +51,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from omeloc.analysis import metrics
 from omeloc.errors import InputError
 
 __all__ = [
@@ -62,6 +63,7 @@ __all__ = [
     "simulate_field",
     "render_field",
     "gaussian_blur",
+    "parse_shape",
 ]
 
 CHANNELS: tuple[str, ...] = ("actin", "WAVE2", "IRSp53", "vinculin", "tubulin", "nuclei")
@@ -155,7 +157,10 @@ class SyntheticField:
 
 # -- small numpy tools ------------------------------------------------------------------------
 def gaussian_blur(img: np.ndarray, sigma: float) -> np.ndarray:
-    """Separable Gaussian blur of a 2-d array (reflecting borders), numpy only.
+    """Gaussian blur of a 2-d array as the synthetic cells use it: float32, truncated at 3.5 σ.
+
+    :func:`omeloc.analysis.metrics.gaussian_blur` with ``truncate=3.5``, ``dtype=float32``
+    and edge padding for axes shorter than the kernel radius.
 
     Parameters
     ----------
@@ -176,22 +181,7 @@ def gaussian_blur(img: np.ndarray, sigma: float) -> np.ndarray:
     >>> round(float(gaussian_blur(a, 1.0).sum()), 5)
     1.0
     """
-    out = np.asarray(img, dtype=np.float32)
-    if sigma <= 0:
-        return out.copy()
-    radius = max(1, int(math.ceil(3.5 * sigma)))
-    k = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma) ** 2).astype(np.float32)
-    k /= k.sum()
-    for axis in (0, 1):
-        n = out.shape[axis]
-        pad = [(0, 0), (0, 0)]
-        pad[axis] = (radius, radius)
-        padded = np.pad(out, pad, mode="symmetric" if n > radius else "edge")
-        acc = np.zeros_like(out)
-        for i, w in enumerate(k):
-            acc += w * (padded[i : i + n] if axis == 0 else padded[:, i : i + n])
-        out = acc
-    return out
+    return metrics.gaussian_blur(img, sigma, truncate=3.5, dtype=np.float32, short_axis_mode="edge")
 
 
 def _smooth_noise(rng: np.random.Generator, shape: tuple[int, int], sigma: float) -> np.ndarray:
@@ -297,6 +287,10 @@ class _Cell:
         d = np.hypot(dy, dx)
         theta = np.arctan2(dy, dx)
         return d, theta, self.edge_radius(theta)
+
+    @property
+    def nucleus_centre(self) -> tuple[float, float]:
+        return self.cy + self.nuc_offset[0], self.cx + self.nuc_offset[1]
 
     def extent(self) -> float:
         return self.radius * (1 + float(np.abs(self.harm_amp).sum())) * 1.22 + 20.0
@@ -448,7 +442,24 @@ def _microtubules(rng, cell: _Cell, splats: _Splats, centrosome: np.ndarray) -> 
 
 
 # -- the field ---------------------------------------------------------------------------------
-def _parse_shape(size: int | Sequence[int]) -> tuple[int, int]:
+def parse_shape(size: int | Sequence[int]) -> tuple[int, int]:
+    """A field size as ``(y, x)``: an int is a square; each side at least 16 px.
+
+    Parameters
+    ----------
+    size
+        An int or a ``(y, x)`` pair.
+
+    Returns
+    -------
+    tuple of int
+        ``(y, x)``.
+
+    Raises
+    ------
+    InputError
+        Not two sides, or a side shorter than 16 px.
+    """
     if isinstance(size, (int, np.integer)):
         shape = (int(size), int(size))
     else:
@@ -466,6 +477,181 @@ def _check_perturbation(perturbation: str | None) -> None:
             f"Expected a perturbation among {sorted(PERTURBATIONS)} or None. "
             f"Got {perturbation!r} instead."
         )
+
+
+#: The channel whose structures each perturbation moves into the cytoplasm.
+_PERTURBED_CHANNEL = {"wave2_cytoplasmic": "WAVE2", "irsp53_cytoplasmic": "IRSp53",
+                      "vinculin_diffuse": "vinculin"}
+
+
+@dataclass(frozen=True)
+class _Textures:
+    """Smooth random textures of one field (multiplicative, around 1)."""
+
+    cytoplasm: np.ndarray
+    chromatin: np.ndarray
+    perturbed: np.ndarray  # where a perturbation spreads the moved mass
+
+
+@dataclass
+class _Canvas:
+    """What the cells of one field are drawn into: pixel maps, splats and point lists."""
+
+    labels: np.ndarray
+    area: dict[str, np.ndarray]
+    edge_distance: np.ndarray
+    lamellipodium: np.ndarray
+    nucleus_labels: np.ndarray
+    splats: _Splats = field(default_factory=_Splats)
+    adhesions: list[np.ndarray] = field(default_factory=list)
+    tips: list[np.ndarray] = field(default_factory=list)
+    centrosomes: list[np.ndarray] = field(default_factory=list)
+
+    @classmethod
+    def empty(cls, labels: np.ndarray) -> "_Canvas":
+        shape = labels.shape
+        return cls(labels=labels, area={c: np.zeros(shape, np.float32) for c in CHANNELS},
+                   edge_distance=np.full(shape, -1.0, np.float32),
+                   lamellipodium=np.zeros(shape, np.float32), nucleus_labels=np.zeros(shape, np.int32))
+
+
+@dataclass(frozen=True)
+class _CellMaps:
+    """Per-pixel geometry of one cell inside its box (zero outside the cell's own pixels)."""
+
+    mask: np.ndarray
+    edge: np.ndarray  # distance to the edge
+    thick: np.ndarray  # cytoplasm thickness
+    nucleus: np.ndarray  # bool
+    sector: np.ndarray  # lamellipodial sector weight
+    ruffle: np.ndarray
+    lam: np.ndarray  # lamellipodial band (sector × edge band)
+    rim: np.ndarray  # cortical rim
+
+
+def _assign_pixels(cells: list[_Cell], shape: tuple[int, int]) -> tuple[np.ndarray, list[tuple[slice, slice]]]:
+    """Cell labels (each pixel to the cell whose normalised radius is smallest) and each cell's box."""
+    h, w = shape
+    best = np.full(shape, np.inf)
+    labels = np.zeros(shape, np.int32)
+    boxes = []
+    for i, cell in enumerate(cells, start=1):
+        e = cell.extent()
+        y0, y1 = max(0, int(cell.cy - e)), min(h, int(cell.cy + e) + 1)
+        x0, x1 = max(0, int(cell.cx - e)), min(w, int(cell.cx + e) + 1)
+        boxes.append((slice(y0, y1), slice(x0, x1)))
+        if y1 <= y0 or x1 <= x0:
+            continue
+        yy, xx = np.mgrid[y0:y1, x0:x1].astype(np.float64)
+        d, _, r = cell.polar(yy, xx)
+        rho = d / r
+        win = (rho < 1) & (rho < best[y0:y1, x0:x1])
+        best[y0:y1, x0:x1][win] = rho[win]
+        labels[y0:y1, x0:x1][win] = i
+    return labels, boxes
+
+
+def _draw_structures(rng: np.random.Generator, cell: _Cell, canvas: _Canvas, perturbation: str | None) -> _Splats:
+    """Centrosome, stress fibres, filopodia and microtubules of one cell.
+
+    Returns the splats of the structures the perturbation moves (drawn there instead of
+    into ``canvas.splats``).
+    """
+    ncy, ncx = cell.nucleus_centre
+    cs_ang = rng.uniform(-np.pi, np.pi)
+    cs_dist = cell.nuc_axes[0] + 3.0
+    centrosome = np.array([ncy + cs_dist * np.sin(cs_ang), ncx + cs_dist * np.cos(cs_ang)])
+    canvas.centrosomes.append(centrosome)
+    splats, moved = canvas.splats, _Splats()
+    _stress_fibres(rng, cell, splats, canvas.adhesions, moved if perturbation == "vinculin_diffuse" else splats)
+    _filopodia(rng, cell, splats, canvas.tips, moved if perturbation == "irsp53_cytoplasmic" else splats)
+    _microtubules(rng, cell, splats, centrosome)
+    return moved
+
+
+def _cell_maps(cell: _Cell, box: tuple[slice, slice], m: np.ndarray) -> _CellMaps:
+    yy, xx = np.mgrid[box[0], box[1]].astype(np.float64)
+    d, theta, r = cell.polar(yy, xx)
+    e = np.where(m, r - d, 0.0)
+    rho = np.where(m, d / r, 1.0)
+    ncy, ncx = cell.nucleus_centre
+    ca, sa = math.cos(cell.nuc_angle), math.sin(cell.nuc_angle)
+    ny, nx = yy - ncy, xx - ncx
+    nrho = np.hypot((nx * ca + ny * sa) / cell.nuc_axes[0],
+                    (-nx * sa + ny * ca) / cell.nuc_axes[1])
+    s = cell.lam_weight(theta) * m
+    ruffle = 0.7 + 0.3 * np.cos(cell.ruffle_freq * theta + cell.ruffle_phase
+                                + 0.8 * np.sin(3 * theta))
+    band = 1 / (1 + np.exp(np.clip((e - cell.lam_width) / 1.0, -50, 50)))
+    return _CellMaps(mask=m, edge=e, thick=np.clip(1 - 0.55 * rho**2, 0, 1) * m, nucleus=(nrho < 1) & m,
+                     sector=s, ruffle=ruffle, lam=s * band, rim=np.exp(-e / 1.5) * m)
+
+
+def _paint_channels(ex: dict[str, float], g: _CellMaps, area: dict[str, np.ndarray], tex: np.ndarray,
+                    chrom: np.ndarray) -> dict[str, np.ndarray]:
+    """Add one cell's area signal to every channel (``area`` holds views of its box).
+
+    Returns the edge signals of WAVE2 and IRSp53, which their perturbations move.
+    """
+    m, e, thick, nuc, s, ruffle = g.mask, g.edge, g.thick, g.nucleus, g.sector, g.ruffle
+    area["actin"] += ex["actin"] * (
+        250 * thick * tex * (1 - 0.5 * nuc) + 700 * g.rim * (1 - s) + 2000 * g.lam * ruffle
+    )
+    wave2_edge = 1800 * ex["WAVE2"] * s * np.exp(-e / 1.5) * ruffle * m
+    irsp53_edge = ex["IRSp53"] * (900 * s * np.exp(-e / 2.0) * ruffle + 200 * g.rim * (1 - s)) * m
+    area["WAVE2"] += 30 * ex["WAVE2"] * thick * tex + wave2_edge
+    area["IRSp53"] += 50 * ex["IRSp53"] * thick * tex + irsp53_edge
+    area["vinculin"] += 60 * ex["vinculin"] * thick * tex
+    area["tubulin"] += 50 * ex["tubulin"] * thick * tex * (1 - 0.3 * nuc)
+    area["nuclei"] += 1500 * ex["nuclei"] * nuc * chrom
+    return {"WAVE2": wave2_edge, "IRSp53": irsp53_edge}
+
+
+def _spread_moved(perturbation: str, moved: _Splats, edges: dict[str, np.ndarray], area: dict[str, np.ndarray],
+                  spread: np.ndarray, shape: tuple[int, int]) -> None:
+    """Move the perturbed structure's mass into the cytoplasm: same amount per cell, shaped by ``spread``."""
+    channel = _PERTURBED_CHANNEL[perturbation]
+    mass = moved.mass_inside(channel, shape)
+    if channel in edges:
+        area[channel] -= edges[channel]
+        mass += float(edges[channel].sum())
+    area[channel] += spread * (mass / max(float(spread.sum()), 1e-6))
+
+
+def _paint_cell(cell: _Cell, label: int, box: tuple[slice, slice], canvas: _Canvas, tex: _Textures,
+                perturbation: str | None, moved: _Splats) -> None:
+    """Draw one cell's area-filling signal (cytoplasm, rim, lamellipodium, nucleus) and its ground truth."""
+    if box[0].stop <= box[0].start or box[1].stop <= box[1].start:
+        return
+    m = canvas.labels[box] == label
+    if not m.any():
+        return
+    g = _cell_maps(cell, box, m)
+    canvas.edge_distance[box][m] = g.edge[m]
+    canvas.nucleus_labels[box][g.nucleus] = label
+    canvas.lamellipodium[box] = np.maximum(canvas.lamellipodium[box], g.lam.astype(np.float32))
+    area = {c: a[box] for c, a in canvas.area.items()}  # views: painting them paints the field
+    edges = _paint_channels(cell.expression, g, area, tex.cytoplasm[box], tex.chromatin[box])
+    if perturbation is not None:
+        _spread_moved(perturbation, moved, edges, area, g.thick * tex.perturbed[box], canvas.labels.shape)
+
+
+def _expose(canvas: _Canvas, rng: np.random.Generator) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray],
+                                                                dict[str, float]]:
+    """PSF blur, background, Poisson shot noise, offset and read noise: ``(images, clean, background)``."""
+    shape = canvas.labels.shape
+    clean: dict[str, np.ndarray] = {}
+    images: dict[str, np.ndarray] = {}
+    background: dict[str, float] = {}
+    for channel, nrng in zip(CHANNELS, rng.spawn(len(CHANNELS))):
+        signal = gaussian_blur(canvas.area[channel] + canvas.splats.draw(channel, shape), PSF_SIGMA)
+        expected = np.clip(signal, 0, None) + BACKGROUND[channel]
+        clean[channel] = (expected + OFFSET_ADU).astype(np.float32)
+        background[channel] = BACKGROUND[channel] + OFFSET_ADU
+        counts = nrng.poisson(expected).astype(np.float32)
+        counts += OFFSET_ADU + nrng.normal(0, READ_NOISE_ADU, shape).astype(np.float32)
+        images[channel] = np.clip(np.rint(counts), 0, 65535).astype(np.uint16)
+    return images, clean, background
 
 
 def simulate_field(
@@ -496,128 +682,28 @@ def simulate_field(
     SyntheticField
         Noisy ``uint16`` images, their noise-free expectation and the ground truth.
     """
-    shape = _parse_shape(size)
+    shape = parse_shape(size)
     _check_perturbation(perturbation)
     rng_struct, rng_pert, rng_noise = rng.spawn(3)
-    h, w = shape
     cells = _place_cells(rng_struct, shape, n_cells)
     for cell in cells:
         cell.expression = _expression(rng_struct)
-
-    cyt_tex = 1 + 0.25 * _smooth_noise(rng_struct, shape, 3.0)
-    chrom_tex = np.clip(1 + 0.3 * _smooth_noise(rng_struct, shape, 1.5), 0.2, None)
-    pert_tex = 1 + 0.25 * _smooth_noise(rng_pert, shape, 3.0)
-
-    # ownership: each pixel belongs to the cell whose normalised radius is smallest
-    best = np.full(shape, np.inf)
-    labels = np.zeros(shape, np.int32)
-    boxes = []
-    for i, cell in enumerate(cells, start=1):
-        e = cell.extent()
-        y0, y1 = max(0, int(cell.cy - e)), min(h, int(cell.cy + e) + 1)
-        x0, x1 = max(0, int(cell.cx - e)), min(w, int(cell.cx + e) + 1)
-        boxes.append((slice(y0, y1), slice(x0, x1)))
-        if y1 <= y0 or x1 <= x0:
-            continue
-        yy, xx = np.mgrid[y0:y1, x0:x1].astype(np.float64)
-        d, _, r = cell.polar(yy, xx)
-        rho = d / r
-        win = (rho < 1) & (rho < best[y0:y1, x0:x1])
-        best[y0:y1, x0:x1][win] = rho[win]
-        labels[y0:y1, x0:x1][win] = i
-
-    area = {c: np.zeros(shape, np.float32) for c in CHANNELS}
-    edge_distance = np.full(shape, -1.0, np.float32)
-    lamellipodium = np.zeros(shape, np.float32)
-    nucleus_labels = np.zeros(shape, np.int32)
-    splats = _Splats()
-    adhesions: list[np.ndarray] = []
-    tips: list[np.ndarray] = []
-    centrosomes = []
-
-    for i, (cell, box) in enumerate(zip(cells, boxes), start=1):
-        ex = cell.expression
-        ncy, ncx = cell.cy + cell.nuc_offset[0], cell.cx + cell.nuc_offset[1]
-        cs_ang = rng_struct.uniform(-np.pi, np.pi)
-        cs_dist = cell.nuc_axes[0] + 3.0
-        centrosome = np.array([ncy + cs_dist * np.sin(cs_ang), ncx + cs_dist * np.cos(cs_ang)])
-        centrosomes.append(centrosome)
-        moved = _Splats()  # the structures a perturbation moves into the cytoplasm
-        _stress_fibres(rng_struct, cell, splats, adhesions,
-                       moved if perturbation == "vinculin_diffuse" else splats)
-        _filopodia(rng_struct, cell, splats, tips,
-                   moved if perturbation == "irsp53_cytoplasmic" else splats)
-        _microtubules(rng_struct, cell, splats, centrosome)
-        if box[0].stop <= box[0].start or box[1].stop <= box[1].start:
-            continue
-        y0, x0 = box[0].start, box[1].start
-        yy, xx = np.mgrid[box[0], box[1]].astype(np.float64)
-        m = labels[box] == i
-        if not m.any():
-            continue
-        d, theta, r = cell.polar(yy, xx)
-        e = np.where(m, r - d, 0.0)
-        rho = np.where(m, d / r, 1.0)
-        edge_distance[box][m] = e[m]
-        thick = np.clip(1 - 0.55 * rho**2, 0, 1) * m
-        ca, sa = math.cos(cell.nuc_angle), math.sin(cell.nuc_angle)
-        ny, nx = yy - ncy, xx - ncx
-        nrho = np.hypot((nx * ca + ny * sa) / cell.nuc_axes[0],
-                        (-nx * sa + ny * ca) / cell.nuc_axes[1])
-        nuc = (nrho < 1) & m
-        nucleus_labels[box][nuc] = i
-        s = cell.lam_weight(theta) * m
-        ruffle = 0.7 + 0.3 * np.cos(cell.ruffle_freq * theta + cell.ruffle_phase
-                                    + 0.8 * np.sin(3 * theta))
-        band = 1 / (1 + np.exp(np.clip((e - cell.lam_width) / 1.0, -50, 50)))
-        lam = s * band
-        lamellipodium[box] = np.maximum(lamellipodium[box], lam.astype(np.float32))
-        rim = np.exp(-e / 1.5) * m
-        tex = cyt_tex[box]
-
-        area["actin"][box] += ex["actin"] * (
-            250 * thick * tex * (1 - 0.5 * nuc) + 700 * rim * (1 - s) + 2000 * lam * ruffle
-        )
-        wave2_edge = 1800 * ex["WAVE2"] * s * np.exp(-e / 1.5) * ruffle * m
-        irsp53_edge = ex["IRSp53"] * (900 * s * np.exp(-e / 2.0) * ruffle + 200 * rim * (1 - s)) * m
-        area["WAVE2"][box] += 30 * ex["WAVE2"] * thick * tex + wave2_edge
-        area["IRSp53"][box] += 50 * ex["IRSp53"] * thick * tex + irsp53_edge
-        area["vinculin"][box] += 60 * ex["vinculin"] * thick * tex
-        area["tubulin"][box] += 50 * ex["tubulin"] * thick * tex * (1 - 0.3 * nuc)
-        area["nuclei"][box] += 1500 * ex["nuclei"] * nuc * chrom_tex[box]
-        if perturbation is not None:  # move the structure's mass into the cytoplasm
-            channel = {"wave2_cytoplasmic": "WAVE2", "irsp53_cytoplasmic": "IRSp53",
-                       "vinculin_diffuse": "vinculin"}[perturbation]
-            mass = moved.mass_inside(channel, shape)
-            if channel == "WAVE2":
-                area["WAVE2"][box] -= wave2_edge
-                mass += float(wave2_edge.sum())
-            elif channel == "IRSp53":
-                area["IRSp53"][box] -= irsp53_edge
-                mass += float(irsp53_edge.sum())
-            spread = thick * pert_tex[box]
-            area[channel][box] += spread * (mass / max(float(spread.sum()), 1e-6))
-
-    clean: dict[str, np.ndarray] = {}
-    images: dict[str, np.ndarray] = {}
-    background: dict[str, float] = {}
-    noise_rngs = rng_noise.spawn(len(CHANNELS))
-    for channel, nrng in zip(CHANNELS, noise_rngs):
-        signal = gaussian_blur(area[channel] + splats.draw(channel, shape), PSF_SIGMA)
-        expected = np.clip(signal, 0, None) + BACKGROUND[channel]
-        clean[channel] = (expected + OFFSET_ADU).astype(np.float32)
-        background[channel] = BACKGROUND[channel] + OFFSET_ADU
-        counts = nrng.poisson(expected).astype(np.float32)
-        counts += OFFSET_ADU + nrng.normal(0, READ_NOISE_ADU, shape).astype(np.float32)
-        images[channel] = np.clip(np.rint(counts), 0, 65535).astype(np.uint16)
-
+    cytoplasm = 1 + 0.25 * _smooth_noise(rng_struct, shape, 3.0)
+    chromatin = np.clip(1 + 0.3 * _smooth_noise(rng_struct, shape, 1.5), 0.2, None)
+    tex = _Textures(cytoplasm, chromatin, perturbed=1 + 0.25 * _smooth_noise(rng_pert, shape, 3.0))
+    labels, boxes = _assign_pixels(cells, shape)
+    canvas = _Canvas.empty(labels)
+    for i, (cell, box) in enumerate(zip(cells, boxes), start=1):  # rng_struct draws in this order
+        moved = _draw_structures(rng_struct, cell, canvas, perturbation)
+        _paint_cell(cell, i, box, canvas, tex, perturbation, moved)
+    images, clean, background = _expose(canvas, rng_noise)
     return SyntheticField(
         images=images, clean=clean, background=background, labels=labels,
-        nucleus_labels=nucleus_labels, edge_distance=edge_distance,
-        lamellipodium=lamellipodium,
-        adhesions=np.array(adhesions, np.float64).reshape(-1, 2),
-        centrosomes=np.array(centrosomes, np.float64).reshape(-1, 2),
-        filopodium_tips=np.array(tips, np.float64).reshape(-1, 2),
+        nucleus_labels=canvas.nucleus_labels, edge_distance=canvas.edge_distance,
+        lamellipodium=canvas.lamellipodium,
+        adhesions=np.array(canvas.adhesions, np.float64).reshape(-1, 2),
+        centrosomes=np.array(canvas.centrosomes, np.float64).reshape(-1, 2),
+        filopodium_tips=np.array(canvas.tips, np.float64).reshape(-1, 2),
         perturbation=perturbation,
     )
 

@@ -1,9 +1,13 @@
-"""Import a folder of per-well, per-channel TIFFs into an OME-Zarr HCS plate.
+"""Import a folder of HCS TIFFs (vendor exports, OME-TIFFs) into an OME-Zarr HCS plate.
 
-File names are parsed with a regular expression whose named groups say what each part
-is: ``well`` (``B7``, ``B07``) or ``row`` + ``column``; ``channel`` (a name, or an index
-when ``stain`` names it); optional ``field`` or ``site``.  Everything is checked (every file
-matches, every image has every channel, all shapes and dtypes agree) before anything is
+File names are parsed with a pattern, or a preset for an instrument's naming scheme
+(:mod:`omeloc.data.tiff_names`: Opera Phenix/Operetta, ImageXpress, CellVoyager).  A file
+holds one plane, or several channels, planes or time points when its axes say so
+(OME-TIFF, ImageJ hyperstack, RGB; ``file_axes`` names them for TIFFs that do not).
+Compressed TIFFs (LZW, deflate, zstd, ...) are decoded by tifffile with ``imagecodecs``.
+
+Everything is checked (every file matches, every image has every channel, plane and time
+point, all shapes and dtypes agree, every compression can be decoded) before anything is
 written; the plate is written under a temporary name and renamed at the end, so an
 interrupted import never leaves a half-written plate at ``OUT``.
 """
@@ -18,69 +22,53 @@ import string
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-import tifffile
 
+from omeloc.data.tiff_files import FileInfo, check_decodable, file_info, read_planes
+from omeloc.data.tiff_names import (
+    DEFAULT_PATTERN,
+    NF1_PATTERN,
+    PRESETS,
+    NameParts,
+    matching_presets,
+    name_parts,
+)
 from omeloc.errors import InputError, PathNotFoundError
 from omeloc.ngff.writer import write_plate
 from omeloc.testing.faults import fault_point
 
-__all__ = ["import_tiff", "NF1_PATTERN", "DEFAULT_PATTERN"]
+__all__ = ["DEFAULT_PATTERN", "NF1_PATTERN", "PRESETS", "import_tiff"]
 
 logger = logging.getLogger(__name__)
 
-#: File names of the NF1 Cell Painting export, e.g. ``B7_01_2_3_GFP_001.tif``.
-NF1_PATTERN = r"(?P<well>[A-P]\d{1,2})_01_(?P<channel>[1-3])_(?P<site>\d)_(?P<stain>DAPI|GFP|RFP)_001\.tif"
-DEFAULT_PATTERN = r"(?P<well>[A-Pa-p]\d{1,2})_\d+_(?P<channel>\d+)_(?P<site>\d+)_(?P<stain>[A-Za-z0-9]+)_\d+\.tiff?"
-
 _TIFF_SUFFIXES = (".tif", ".tiff")
+
+#: One image's planes: (channel, time, plane) indices → (file, index of the plane inside it).
+_Planes = dict[tuple[int, int, int], tuple[Path, tuple[int, int, int]]]
 
 
 @dataclass(frozen=True)
 class _Entry:
     path: Path
-    row: str
-    column: str
-    field: str
-    channel_key: str
-    channel_label: str
+    parts: NameParts
 
 
-def _parse_well(name: str, file: str) -> tuple[str, str]:
-    m = re.fullmatch(r"([A-Za-z]{1,2})0*(\d{1,3})", name)
-    if not m:
-        raise InputError(f"Cannot read a well name from {name!r} in {file}. Expected e.g. B7 or B07.")
-    return m.group(1).upper(), str(int(m.group(2)))
+@dataclass(frozen=True)
+class _Plan:
+    """What the plate will hold: channel labels, T and Z sizes, and the planes of each image."""
 
-
-def _entry(path: Path, regex: re.Pattern[str]) -> _Entry | None:
-    m = regex.fullmatch(path.name)
-    if m is None:
-        return None
-    groups = {k: v for k, v in m.groupdict().items() if v is not None}
-    if "well" in groups:
-        row, column = _parse_well(groups["well"], path.name)
-    elif "row" in groups and ("column" in groups or "col" in groups):
-        row = groups["row"].upper()
-        column = str(int(groups.get("column", groups.get("col"))))
-    else:
-        raise InputError(
-            "The pattern needs a named group 'well' (or 'row' and 'column'). "
-            "Add (?P<well>...) to --pattern."
-        )
-    if "channel" not in groups and "stain" not in groups:
-        raise InputError("The pattern needs a named group 'channel' (or 'stain'). Add (?P<channel>...) to --pattern.")
-    field = groups.get("field", groups.get("site", "0"))
-    field = str(int(field)) if field.isdigit() else field
-    key = groups.get("channel", groups.get("stain"))
-    label = groups.get("stain", key)
-    return _Entry(path, row, column, field, key, label)
+    labels: list[str]
+    n_t: int
+    n_z: int
+    yx: tuple[int, int]
+    images: dict[tuple[str, str, str], _Planes]
 
 
 def _layout(rows: set[str], columns: set[str]) -> tuple[list[str], list[str]]:
     """Standard plate layout (96, 384 or 1536 wells) that holds every used well."""
-    max_row = max(string.ascii_uppercase.index(r[-1]) + 26 * (len(r) - 1) for r in rows) + 1
+    max_row = max(string.ascii_uppercase.index(r[-1]) + 1 + 26 * (len(r) - 1) for r in rows)
     max_col = max(int(c) for c in columns)
     for n_rows, n_cols in ((8, 12), (16, 24), (32, 48)):
         if max_row <= n_rows and max_col <= n_cols:
@@ -108,19 +96,204 @@ def _reporter(progress: Callable[[int, int], None] | None, total: int) -> Callab
     return report
 
 
+def _check_request(folder: Path, out: Path, pattern: str | None, preset: str | None, overwrite: bool
+                   ) -> tuple[re.Pattern[str], re.Pattern[str] | None, str]:
+    """The compiled pattern, its skip pattern and its text, once folder, pattern and output are usable."""
+    if not folder.is_dir():
+        raise PathNotFoundError(f"TIFF folder {folder} does not exist. Check the path.")
+    if preset is not None and pattern is not None:
+        raise InputError("Expected --preset or --pattern. Got both instead: drop one.")
+    skip = None
+    if preset is not None:
+        if preset not in PRESETS:
+            raise InputError(f"Expected a preset among {', '.join(PRESETS)}. Got {preset!r} instead.")
+        pattern, skip = PRESETS[preset].pattern, PRESETS[preset].skip
+    pattern = DEFAULT_PATTERN if pattern is None else pattern
+    try:
+        regex = re.compile(pattern)
+    except re.error as err:
+        raise InputError(f"--pattern is not a valid regular expression ({err}). Fix the pattern.") from err
+    if out.exists() and not overwrite:
+        raise InputError(f"{out} already exists. Choose another output path or pass --overwrite.")
+    return regex, re.compile(skip) if skip else None, pattern
+
+
+def _scan(folder: Path, regex: re.Pattern[str], skip: re.Pattern[str] | None) -> list[_Entry]:
+    """One entry per TIFF of ``folder`` (those ``skip`` matches left out); every TIFF must match the pattern."""
+    tiffs = sorted(p for p in folder.iterdir() if p.suffix.lower() in _TIFF_SUFFIXES and p.is_file()
+                   and not (skip and skip.fullmatch(p.name)))
+    if not tiffs:
+        raise InputError(f"No .tif/.tiff files in {folder}. Point import-tiff at the folder holding the TIFFs.")
+    entries, unmatched = [], []
+    for p in tiffs:
+        m = regex.fullmatch(p.name)
+        (entries.append(_Entry(p, name_parts(m, p.name))) if m is not None else unmatched.append(p.name))
+    if unmatched:
+        looks = matching_presets(unmatched[0])
+        hint = f" ({unmatched[0]!r} is named like --preset {looks[0]})" if looks else ""
+        raise InputError(
+            f"{len(unmatched)} of {len(tiffs)} TIFFs do not match --pattern (e.g. {unmatched[0]!r}){hint}. "
+            f"Fix --pattern or --preset, or move those files out of {folder}."
+        )
+    return entries
+
+
+def _sorted_keys(values: set[Any]) -> list[Any]:
+    return sorted(values, key=lambda k: (0, int(k), "") if str(k).isdigit() else (1, 0, str(k)))
+
+
+def _channel_labels(entries: list[_Entry], infos: Mapping[Path, FileInfo],
+                    channel_names: Mapping[str, str] | None) -> tuple[list[str], dict[str, int]]:
+    """Channel labels in plate order, and each file channel key's index (empty when files hold the channels)."""
+    rename = dict(channel_names or {})
+    if all(e.parts.channel_key is None for e in entries):
+        first = infos[entries[0].path]
+        labels = [rename.get(n, n) for n in first.channel_names]
+        index: dict[str, int] = {}
+    else:
+        keys = _sorted_keys({str(e.parts.channel_key) for e in entries})
+        label_of: dict[str, str] = {}
+        for e in entries:
+            label_of.setdefault(str(e.parts.channel_key), str(e.parts.channel_label))
+        labels = [rename.get(label_of[k], label_of[k]) for k in keys]
+        index = {k: i for i, k in enumerate(keys)}
+    if len(set(labels)) != len(labels):
+        raise InputError(f"Channel labels {labels} are not unique. Give each channel its own name with channel_names.")
+    return labels, index
+
+
+def _axis_values(entries: list[_Entry], infos: Mapping[Path, FileInfo], what: str) -> tuple[list[int], int]:
+    """The values a name gives an axis (time or plane), and the axis' size inside each file."""
+    named = sorted({getattr(e.parts, what) for e in entries if getattr(e.parts, what) is not None})
+    inside = {infos[e.path].sizes[what] for e in entries}
+    if len(inside) > 1:
+        raise InputError(f"The TIFFs hold different numbers of {what}s ({sorted(inside)}). Export them alike.")
+    n_inside = inside.pop()
+    if len(named) > 1 and n_inside > 1:
+        raise InputError(
+            f"File names number {what}s and the files hold several {what}s each (e.g. {entries[0].path.name}). "
+            f"Export one {what} per file, or leave the {what} out of --pattern."
+        )
+    return named or [0], n_inside
+
+
+def _common_file_layout(entries: list[_Entry], infos: Mapping[Path, FileInfo], per_file_channel: bool
+                        ) -> tuple[tuple[int, int], np.dtype, int]:
+    """The ``(y, x)`` shape and dtype every TIFF shares, and the channels each file holds."""
+    ref = infos[entries[0].path]
+    for e in entries:
+        info = infos[e.path]
+        if (info.yx, info.dtype) != (ref.yx, ref.dtype):
+            raise InputError(
+                f"{e.path.name} is {info.yx} {info.dtype} but {entries[0].path.name} is {ref.yx} {ref.dtype}. "
+                f"All TIFFs of a plate must share shape and dtype."
+            )
+        if info.sizes["channel"] != ref.sizes["channel"] or info.channel_names != ref.channel_names:
+            raise InputError(
+                f"{e.path.name} holds channels {list(info.channel_names)} but {entries[0].path.name} holds "
+                f"{list(ref.channel_names)}. Export every file with the same channels."
+            )
+    n_c = ref.sizes["channel"]
+    if per_file_channel and n_c > 1:
+        raise InputError(
+            f"{entries[0].path.name} holds {n_c} channels, but --pattern names one channel per file (its 'channel' "
+            f"group). Leave the channel out of --pattern, or export one channel per file."
+        )
+    return ref.yx, ref.dtype, n_c
+
+
+def _place(planes: _Planes, slot: tuple[int, int, int], source: tuple[Path, tuple[int, int, int]],
+           where: str, labels: list[str]) -> None:
+    """Record where one plane of an image comes from; a second file for it is an error."""
+    if slot in planes:
+        raise InputError(
+            f"Two files for {where} channel {labels[slot[0]]!r} (time {slot[1]}, plane {slot[2]}): "
+            f"{planes[slot][0].name} and {source[0].name}. Make --pattern tell them apart."
+        )
+    planes[slot] = source
+
+
+def _check_complete(images: dict[tuple[str, str, str], _Planes], labels: list[str], n_t: int, n_z: int) -> None:
+    """Every image has every channel at every time point and plane."""
+    for (r, c, f), planes in images.items():
+        missing = [(ch, t, z) for ch in range(len(labels)) for t in range(n_t) for z in range(n_z)
+                   if (ch, t, z) not in planes]
+        if not missing:
+            continue
+        channels = sorted({labels[ch] for ch, _, _ in missing}, key=labels.index)
+        if len(missing) == len(channels) * n_t * n_z:
+            raise InputError(f"Well {r}{c} field {f} has no TIFF for channel(s) {', '.join(channels)}. "
+                             f"Add the files or remove the well's other files.")
+        ch, t, z = missing[0]
+        raise InputError(f"Well {r}{c} field {f} has no TIFF for channel {labels[ch]!r} at time {t}, plane {z} "
+                         f"({len(missing)} planes missing). Add the files or remove the well's other files.")
+
+
+def _plan(entries: list[_Entry], infos: Mapping[Path, FileInfo], channel_names: Mapping[str, str] | None) -> _Plan:
+    """Where every plane of every image comes from, once the folder is checked complete and consistent."""
+    labels, ch_index = _channel_labels(entries, infos, channel_names)
+    yx, _, n_c_in = _common_file_layout(entries, infos, per_file_channel=bool(ch_index))
+    times, n_t_in = _axis_values(entries, infos, "time")
+    planes_named, n_z_in = _axis_values(entries, infos, "plane")
+    images: dict[tuple[str, str, str], _Planes] = {}
+    for e in entries:
+        p = e.parts
+        image = images.setdefault((p.row, p.column, p.field), {})
+        c0 = ch_index[str(p.channel_key)] if ch_index else 0
+        t0 = times.index(p.time) if p.time is not None else 0
+        z0 = planes_named.index(p.plane) if p.plane is not None else 0
+        for c in range(n_c_in):
+            for t in range(n_t_in):
+                for z in range(n_z_in):
+                    _place(image, (c0 + c, t0 + t, z0 + z), (e.path, (t, c, z)),
+                           f"well {p.row}{p.column} field {p.field}", labels)
+    n_t, n_z = len(times) * n_t_in, len(planes_named) * n_z_in
+    _check_complete(images, labels, n_t, n_z)
+    return _Plan(labels=labels, n_t=n_t, n_z=n_z, yx=yx, images=images)
+
+
+def _axes(plan: _Plan) -> str:
+    """The plate's axes: c, y, x, with t and z when there is more than one time point or plane."""
+    return ("t" if plan.n_t > 1 else "") + "c" + ("z" if plan.n_z > 1 else "") + "yx"
+
+
+def _loader(plan: _Plan, planes: _Planes, infos: Mapping[Path, FileInfo], dtype: np.dtype
+            ) -> Callable[[], np.ndarray]:
+    """A function that reads one image's files (each once) into an array with :func:`_axes`."""
+
+    def load() -> np.ndarray:
+        full = np.zeros((plan.n_t, len(plan.labels), plan.n_z, *plan.yx), dtype=dtype)
+        files: dict[Path, np.ndarray] = {}
+        for (c, t, z), (path, (ft, fc, fz)) in planes.items():
+            if path not in files:
+                files[path] = read_planes(path, infos[path])
+            full[t, c, z] = files[path][ft, fc, fz]
+        squeeze = tuple(ax for ax, n in ((0, plan.n_t), (2, plan.n_z)) if n == 1)
+        return full.squeeze(axis=squeeze) if squeeze else full
+
+    return load
+
+
+def _write_then_rename(out: Path, plan: _Plan, infos: Mapping[Path, FileInfo], dtype: np.dtype,
+                       progress: Callable[[int, int], None] | None, **plate: Any) -> None:
+    """Write the plate under a temporary name, then rename it to ``out`` (never half-written at ``out``)."""
+    tmp = out.with_name(out.name + ".importing")
+    if tmp.exists():
+        shutil.rmtree(tmp)  # a previous import was interrupted; it never reached `out`
+    write_plate(tmp, {key: _loader(plan, planes, infos, dtype) for key, planes in plan.images.items()},
+                plate_name=out.stem, progress=_reporter(progress, len(plan.images)), axes=_axes(plan), **plate)
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
+
+
 def import_tiff(
-    folder: str | os.PathLike,
-    out: str | os.PathLike,
-    *,
-    pattern: str = DEFAULT_PATTERN,
-    channel_names: Mapping[str, str] | None = None,
-    ngff_version: str = "0.5",
-    chunks: tuple[int, int] = (256, 256),
-    levels: int | None = None,
-    overwrite: bool = False,
+    folder: str | os.PathLike, out: str | os.PathLike, *, pattern: str | None = None, preset: str | None = None,
+    channel_names: Mapping[str, str] | None = None, file_axes: str | None = None, ngff_version: str = "0.5",
+    chunks: tuple[int, int] = (256, 256), levels: int | None = None, overwrite: bool = False,
     progress: Callable[[int, int], None] | None = None,
 ) -> Path:
-    """Build an OME-Zarr HCS plate from a folder of per-well, per-channel TIFFs.
+    """Build an OME-Zarr HCS plate from a folder of TIFFs (vendor exports, OME-TIFFs).
 
     Parameters
     ----------
@@ -130,10 +303,17 @@ def import_tiff(
         The plate to create (e.g. ``plate.zarr``).
     pattern
         Regular expression matched against whole file names, with named groups ``well``
-        (or ``row`` and ``column``), ``channel`` and optionally ``stain`` (the channel's
-        label when ``channel`` is an index) and ``field``/``site``.  See :data:`NF1_PATTERN`.
+        (or ``row`` and ``column``; rows as letters or numbers), ``channel`` (and ``stain``,
+        the channel's label when ``channel`` is an index), ``field``/``site``, ``plane``/``z``
+        and ``time``; see :mod:`omeloc.data.tiff_names`.  Without a ``channel`` group each
+        file holds every channel.  Default :data:`DEFAULT_PATTERN`.
+    preset
+        An instrument's naming scheme instead of ``pattern``: ``"phenix"`` (Opera Phenix,
+        Operetta), ``"imagexpress"``, ``"cellvoyager"``, ``"nf1"``.
     channel_names
         Renames labels, e.g. ``{"RFP": "actin", "GFP": "ER", "DAPI": "nuclei"}``.
+    file_axes
+        The axes of multi-plane TIFFs that do not name them (e.g. ``"CYX"``).
     ngff_version
         ``"0.5"`` (Zarr v3, default) or ``"0.4"`` (Zarr v2).
     chunks
@@ -148,101 +328,27 @@ def import_tiff(
     Returns
     -------
     pathlib.Path
-        The plate path.
+        The plate path; its axes are ``cyx``, with ``z`` and ``t`` when the files have several
+        planes or time points.
 
     Raises
     ------
     InputError
-        Files that do not match the pattern, missing channels, differing shapes or dtypes.
+        Files that do not match the pattern, missing channels or planes, differing shapes or
+        dtypes, a compression that cannot be decoded.
     """
-    folder = Path(folder)
-    out = Path(out)
-    if not folder.is_dir():
-        raise PathNotFoundError(f"TIFF folder {folder} does not exist. Check the path.")
-    try:
-        regex = re.compile(pattern)
-    except re.error as err:
-        raise InputError(f"--pattern is not a valid regular expression ({err}). Fix the pattern.") from err
-    if out.exists() and not overwrite:
-        raise InputError(f"{out} already exists. Choose another output path or pass --overwrite.")
-    tiffs = sorted(p for p in folder.iterdir() if p.suffix.lower() in _TIFF_SUFFIXES and p.is_file())
-    if not tiffs:
-        raise InputError(f"No .tif/.tiff files in {folder}. Point import-tiff at the folder holding the TIFFs.")
-    entries, unmatched = [], []
-    for p in tiffs:
-        e = _entry(p, regex)
-        (entries.append(e) if e is not None else unmatched.append(p.name))
-    if unmatched:
-        raise InputError(
-            f"{len(unmatched)} of {len(tiffs)} TIFFs do not match --pattern (e.g. {unmatched[0]!r}). "
-            f"Fix --pattern or move those files out of {folder}."
-        )
-    rename = dict(channel_names or {})
-    # channel order: by the channel key (numeric when it is an index), label from stain/rename
-    keys = sorted({e.channel_key for e in entries}, key=lambda k: (0, int(k), "") if k.isdigit() else (1, 0, k))
-    labels = {}
-    for e in entries:
-        labels.setdefault(e.channel_key, rename.get(e.channel_label, e.channel_label))
-    names = [labels[k] for k in keys]
-    if len(set(names)) != len(names):
-        raise InputError(f"Channel labels {names} are not unique. Give each channel its own name with channel_names.")
-    images: dict[tuple[str, str, str], dict[str, Path]] = {}
-    for e in entries:
-        slot = images.setdefault((e.row, e.column, e.field), {})
-        if e.channel_key in slot:
-            raise InputError(
-                f"Two files for well {e.row}{e.column} field {e.field} channel {labels[e.channel_key]!r}: "
-                f"{slot[e.channel_key].name} and {e.path.name}. Make --pattern tell them apart."
-            )
-        slot[e.channel_key] = e.path
-    for (r, c, f), slot in images.items():
-        missing = [labels[k] for k in keys if k not in slot]
-        if missing:
-            raise InputError(
-                f"Well {r}{c} field {f} has no TIFF for channel(s) {', '.join(missing)}. "
-                f"Add the files or remove the well's other files."
-            )
-    ref_shape = ref_dtype = ref_file = None
-    for slot in images.values():
-        for p in slot.values():
-            try:
-                with tifffile.TiffFile(p) as tf:
-                    series = tf.series[0]
-                    shape, dtype = tuple(series.shape), np.dtype(series.dtype)
-            except (tifffile.TiffFileError, OSError, IndexError) as err:
-                raise InputError(f"{p.name} is not a readable TIFF ({err}). Replace or remove it.") from err
-            if len([n for n in shape if n > 1]) > 2:
-                raise InputError(f"{p.name} has shape {shape}; import-tiff takes one 2-D plane per file.")
-            shape = tuple(n for n in shape if n > 1)[-2:] if len(shape) > 2 else shape
-            if ref_shape is None:
-                ref_shape, ref_dtype, ref_file = shape, dtype, p.name
-            elif shape != ref_shape or dtype != ref_dtype:
-                raise InputError(
-                    f"{p.name} is {shape} {dtype} but {ref_file} is {ref_shape} {ref_dtype}. "
-                    f"All TIFFs of a plate must share shape and dtype."
-                )
-    rows_used = {r for r, _, _ in images}
-    cols_used = {c for _, c, _ in images}
-    rows, columns = _layout(rows_used, cols_used)
-    n_levels = levels or _auto_levels(ref_shape)
-    total = len(images)
-
-    def loader(slot: dict[str, Path]) -> Callable[[], np.ndarray]:
-        return lambda: np.stack([tifffile.imread(slot[k]).reshape(ref_shape) for k in keys])
-
-    tmp = out.with_name(out.name + ".importing")
-    if tmp.exists():
-        shutil.rmtree(tmp)  # a previous import was interrupted; it never reached `out`
-    write_plate(
-        tmp, {key: loader(slot) for key, slot in images.items()},
-        channel_names=names, ngff_version=ngff_version, chunks=chunks, levels=n_levels,
-        plate_name=out.stem, rows=rows, columns=columns,
-        extra_attrs={"omeloc_import": {"source_folder": str(folder.resolve()), "pattern": pattern,
-                                        "files": len(entries)}},
-        progress=_reporter(progress, total),
+    folder, out = Path(folder), Path(out)
+    regex, skip, pattern_text = _check_request(folder, out, pattern, preset, overwrite)
+    entries = _scan(folder, regex, skip)
+    infos = {e.path: file_info(e.path, file_axes) for e in entries}
+    plan = _plan(entries, infos, channel_names)
+    check_decodable(infos.items())
+    rows, columns = _layout({r for r, _, _ in plan.images}, {c for _, c, _ in plan.images})
+    _write_then_rename(
+        out, plan, infos, infos[entries[0].path].dtype, progress, channel_names=plan.labels,
+        ngff_version=ngff_version, chunks=chunks, levels=levels or _auto_levels(plan.yx), rows=rows, columns=columns,
+        extra_attrs={"omeloc_import": {"source_folder": str(folder.resolve()), "pattern": pattern_text,
+                                        "preset": preset, "files": len(entries)}},
     )
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)
     logger.info("imported %d TIFFs from %s into %s", len(entries), folder, out)
     return out

@@ -1,1 +1,8 @@
-"""Inference engine: pure tiling geometry and blending, ``predict_array`` over dask arrays, device and precision."""
+"""Inference engine.
+
+- :mod:`~omeloc.engine.tiling`: pure tile geometry, blending weights, the accumulator (numpy).
+- :mod:`~omeloc.engine.device`: device and precision (``resolve_device``, ``resolve_precision``,
+  autocast, channels_last).
+- :mod:`~omeloc.engine.cache`: model references and the per-process model cache.
+- :mod:`~omeloc.engine.inference`: ``predict_array`` over dask arrays, ``predict_numpy``.
+"""

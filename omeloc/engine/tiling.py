@@ -2,8 +2,10 @@
 
 The tiling engine (:mod:`omeloc.engine.inference`) cuts a 2D region into tiles that overlap by a
 fixed number of pixels, runs a model on every tile and blends the predictions back with
-smooth weights.  Everything here is geometry and arithmetic on numpy arrays: no torch, no
-dask, no store, so every function is testable in isolation.
+smooth weights; a margin of ``trim`` pixels on each inner side of a tile gets zero weight
+(:func:`check_trim`, :class:`Accumulator`), so seams vanish for networks whose receptive field
+fits in it.  Everything here is geometry and arithmetic on numpy arrays: no torch, no dask, no
+store, so every function is testable in isolation.
 
 Conventions: sizes are ``(y, x)`` pairs of pixels; a tile is a pair of slices into the
 region it was cut from.  Images smaller than a tile get one tile as large as the image (the
@@ -21,15 +23,16 @@ from omeloc.errors import InputError
 
 __all__ = [
     "BLEND_MODES",
-    "as_pair",
-    "tile_starts",
-    "tile_grid",
-    "check_tiling",
-    "weight_profile",
-    "weight_map",
-    "pad_to_multiple",
     "Accumulator",
+    "as_pair",
+    "check_tiling",
+    "check_trim",
     "iter_batches",
+    "pad_to_multiple",
+    "tile_grid",
+    "tile_starts",
+    "weight_map",
+    "weight_profile",
 ]
 
 BLEND_MODES = ("constant", "linear", "cosine", "gaussian")
@@ -113,24 +116,35 @@ def tile_grid(shape: Sequence[int], tile: int | Sequence[int], overlap: int | Se
             for y in tile_starts(h, ty, oy) for x in tile_starts(w, tx, ox)]
 
 
-def weight_profile(length: int, blend: str, ramp: int | None = None) -> np.ndarray:
-    """1D blending weights (float64, peak 1, never below ``MIN_WEIGHT``).
+def check_trim(trim: int | Sequence[int] | None, overlap: int | Sequence[int]) -> tuple[int, int]:
+    """Validate the seam margin ``trim`` against ``overlap``; return it as a ``(y, x)`` pair.
 
-    Parameters
-    ----------
-    length
-        Tile length in pixels.
-    blend : {"constant", "linear", "cosine", "gaussian"}
-        ``constant``: all ones.  ``linear``: a triangular ramp; ``cosine``: a Hann (raised
-        cosine) ramp; both rise over ``ramp`` pixels at each end and are flat in between, so
-        two tiles overlapping by ``ramp`` pixels cross-fade with weights summing to one.
-        ``gaussian``: a Gaussian over the whole tile, sigma = length / 8 (MONAI's default).
-    ramp
-        Ramp length for ``linear`` / ``cosine``; ``None`` ramps over half the tile (a full
-        triangle / Hann window).
+    ``None`` gives the default, ``overlap // 4`` on each axis.  A trim of up to
+    ``overlap // 2`` keeps every pixel covered by some tile with a weight above zero
+    (neighbouring tiles overlap by at least ``overlap`` pixels).
+
+    Raises
+    ------
+    InputError
+        A negative trim, or one above ``overlap // 2`` on some axis.
+
+    Examples
+    --------
+    >>> check_trim(None, 24)
+    (6, 6)
     """
-    if blend not in BLEND_MODES:
-        raise InputError(f"Unknown blend {blend!r}. Use one of {', '.join(BLEND_MODES)}.")
+    o = as_pair(overlap, "overlap")
+    if trim is None:
+        return o[0] // 4, o[1] // 4
+    t = as_pair(trim, "trim")
+    if any(ti < 0 or ti > oi // 2 for ti, oi in zip(t, o)):
+        raise InputError(f"Expected 0 <= trim <= overlap // 2 on every axis. Got trim={t}, overlap={o}; "
+                         f"lower the trim or raise the overlap.")
+    return t
+
+
+def _inner_profile(length: int, blend: str, ramp: int | None) -> np.ndarray:
+    """The untrimmed profile of :func:`weight_profile` (peak 1, clamped to ``MIN_WEIGHT``)."""
     if blend == "constant":
         return np.ones(length)
     centres = np.arange(length) + 0.5
@@ -146,15 +160,55 @@ def weight_profile(length: int, blend: str, ramp: int | None = None) -> np.ndarr
     return np.maximum(prof / prof.max(), MIN_WEIGHT)
 
 
+def weight_profile(length: int, blend: str, ramp: int | None = None,
+                   trim: int | Sequence[int] = 0) -> np.ndarray:
+    """1D blending weights (float64, peak 1): zero on the trimmed margins, else >= ``MIN_WEIGHT``.
+
+    Parameters
+    ----------
+    length
+        Tile length in pixels.
+    blend : {"constant", "linear", "cosine", "gaussian"}
+        ``constant``: all ones.  ``linear``: a triangular ramp; ``cosine``: a Hann (raised
+        cosine) ramp; both rise over ``ramp`` pixels at each end and are flat in between, so
+        two tiles overlapping by ``ramp`` pixels cross-fade with weights summing to one.
+        ``gaussian``: a Gaussian over the whole tile, sigma = length / 8 (MONAI's default).
+    ramp
+        Ramp length for ``linear`` / ``cosine``; ``None`` ramps over half the tile (a full
+        triangle / Hann window).
+    trim
+        Margins of zero weight, an int for both ends or ``(start, end)``: the pixels a
+        network computed from its padding.  The profile of ``blend`` spans the rest.
+
+    Raises
+    ------
+    InputError
+        Unknown blend, or margins that leave no pixel.
+    """
+    if blend not in BLEND_MODES:
+        raise InputError(f"Unknown blend {blend!r}. Use one of {', '.join(BLEND_MODES)}.")
+    lo, hi = as_pair(trim, "trim")
+    inner = length - lo - hi
+    if lo < 0 or hi < 0 or inner < 1:
+        raise InputError(f"Expected trim margins >= 0 that leave at least one pixel of a tile of "
+                         f"{length}. Got trim={(lo, hi)} instead.")
+    prof = np.zeros(length)
+    prof[lo:lo + inner] = _inner_profile(inner, blend, ramp)
+    return prof
+
+
 def weight_map(shape: Sequence[int], blend: str = "cosine",
-               ramp: int | Sequence[int] | None = None) -> np.ndarray:
+               ramp: int | Sequence[int] | None = None,
+               trim: Sequence[Sequence[int]] = ((0, 0), (0, 0))) -> np.ndarray:
     """2D blending weights of a tile of ``shape = (h, w)``: the outer product of profiles.
 
-    See :func:`weight_profile` for the modes; ``ramp`` may be an int or a ``(y, x)`` pair.
-    The result is float64 with every value in ``[MIN_WEIGHT**2, 1]`` (never zero).
+    See :func:`weight_profile` for the modes; ``ramp`` may be an int or a ``(y, x)`` pair;
+    ``trim`` is ``((top, bottom), (left, right))`` margins of zero weight.  The result is
+    float64 with every value outside the margins in ``[MIN_WEIGHT**2, 1]``.
     """
     ry, rx = (None, None) if ramp is None else as_pair(ramp, "ramp")
-    return np.outer(weight_profile(int(shape[0]), blend, ry), weight_profile(int(shape[1]), blend, rx))
+    return np.outer(weight_profile(int(shape[0]), blend, ry, trim[0]),
+                    weight_profile(int(shape[1]), blend, rx, trim[1]))
 
 
 def pad_to_multiple(array: np.ndarray, multiple: int) -> tuple[np.ndarray, tuple[int, int]]:
@@ -184,28 +238,50 @@ class Accumulator:
         ``(..., C, H, W)`` of the region's prediction.
     blend, ramp
         Passed to :func:`weight_map` for every tile shape.
+    trim
+        Margin of zero weight (an int or a ``(y, x)`` pair) on every side of a tile that is
+        not on the region's edge: a network's output there depends on its padding, which the
+        whole-region output does not see.  With ``trim`` at least the network's receptive
+        field (and tiles overlapping by at least ``2 * trim``), the blended interior equals
+        the whole-region output up to float rounding.
     """
 
     def __init__(self, shape: Sequence[int], blend: str = "cosine",
-                 ramp: int | Sequence[int] | None = None) -> None:
+                 ramp: int | Sequence[int] | None = None, trim: int | Sequence[int] = 0) -> None:
         weight_profile(1, blend)  # validate early
         self.shape = tuple(int(s) for s in shape)
         self.blend, self.ramp = blend, ramp
+        self.trim = as_pair(trim, "trim")
         self._sum = np.zeros(self.shape, dtype=np.float64)
         self._weight = np.zeros(self.shape[:-3] + self.shape[-2:], dtype=np.float64)
-        self._maps: dict[tuple[int, int], np.ndarray] = {}
+        self._maps: dict[tuple, np.ndarray] = {}
+
+    def _margins(self, window: tuple[slice, slice]) -> tuple[tuple[int, int], tuple[int, int]]:
+        """Zero-weight margins of a tile at ``window``: none on the region's edges."""
+        margins = []
+        for sl, size, t in zip(window, self.shape[-2:], self.trim):
+            start, stop, _ = sl.indices(size)
+            margins.append((0 if start == 0 else t, 0 if stop == size else t))
+        return margins[0], margins[1]
 
     def add(self, index: tuple, window: tuple[slice, slice], prediction: np.ndarray) -> None:
         """Add ``prediction`` (``C x h x w``) at leading ``index`` and 2D ``window``."""
-        key = prediction.shape[-2:]
+        margins = self._margins(window)
+        key = (prediction.shape[-2:], margins)
         w = self._maps.get(key)
         if w is None:
-            w = self._maps[key] = weight_map(key, self.blend, self.ramp)
+            w = self._maps[key] = weight_map(prediction.shape[-2:], self.blend, self.ramp, margins)
         self._sum[(*index, slice(None), *window)] += prediction * w
         self._weight[(*index, *window)] += w
 
     def finalize(self, window: tuple[slice, slice] | None = None) -> np.ndarray:
-        """The blended region (or its 2D ``window``) as float32; every pixel must be covered."""
+        """The blended region (or its 2D ``window``) as float32; every pixel must be covered.
+
+        Raises
+        ------
+        InputError
+            A pixel of ``window`` got no weight from any tile.
+        """
         window = window or (slice(None), slice(None))
         weight = self._weight[(..., *window)]
         if not np.all(weight > 0):

@@ -1,9 +1,16 @@
 """Plate prediction: a checkpoint's virtual channel into every image of a plate, in one Dask graph.
 
-source channel(s), read lazily → normalized with the checkpoint's statistics → tiled
-inference (:func:`omeloc.engine.inference.predict_array`) → mapped back to the target channel's
-intensity units → written with the write-back protocol (:func:`omeloc.writeback.protocol.add_channel`:
-every level, omero entry and provenance written by the driver once the pixels are there).
+Three steps, each a function of its own:
+
+1. :func:`plan_prediction` — read the checkpoint (once) and the plate's metadata, check that
+   the plate has the model's source channels, choose the images to predict, settle the tiling
+   (a :class:`PredictionJob`);
+2. :func:`lazy_prediction` — per image, the lazy virtual channel: source channel(s) →
+   :class:`~omeloc.learn.stain.VirtualStain` (normalized with the checkpoint's statistics, tiled
+   inference, mapped back to the target channel's intensity units); zeros (or the previous
+   values) for the images not chosen;
+3. the write, with the write-back protocol (:func:`omeloc.writeback.protocol.add_channel`: every
+   level, omero entry and provenance written by the driver once the pixels are there).
 
 The model enters the graph as a :class:`~omeloc.learn.checkpoint.CheckpointRef` (a path and a
 content key), so each worker process loads it once from the (shared) file system through the
@@ -13,6 +20,8 @@ inference engine's per-process cache; no weights are pickled into tasks.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import functools
 import hashlib
 import json
 import logging
@@ -26,12 +35,26 @@ import dask
 import dask.array as da
 import numpy as np
 
-from omeloc.errors import ChannelNotFoundError, CheckpointError, InputError
-from omeloc.ngff.plate import Image, Plate, open_plate
+from omeloc.compute import dask_client, run_on_workers, scheduler_errors
+from omeloc.config import ComputeConfig, TilingConfig, resolve
+from omeloc.errors import (
+    ChannelNotFoundError,
+    CheckpointError,
+    InputError,
+    OmelocError,
+    SchedulerError,
+)
+from omeloc.learn.stain import VirtualStain
+from omeloc.ngff.plate import Image, Plate, label_text, open_plate
 
-__all__ = ["predict", "PredictResult", "default_channel_name"]
+__all__ = ["predict", "PredictResult", "PredictionJob", "plan_prediction", "lazy_prediction", "write_prediction",
+           "gpu_annotation", "default_channel_name", "resume_key", "check_workers_read_checkpoint",
+           "worker_checkpoint_problem"]
 
 logger = logging.getLogger(__name__)
+
+#: the pyramid level predictions are made at (and written to; lower levels are built from it)
+LEVEL = 0
 
 
 @dataclass(frozen=True)
@@ -53,8 +76,19 @@ class PredictResult:
     recovered: str | None = None
     plan: Any = field(default=None, repr=False, compare=False)
 
+    @classmethod
+    def of(cls, job: PredictionJob, outcome: Any, seconds: float, dry_run: bool = False) -> PredictResult:
+        """The result of ``job``: ``outcome`` is the write plan (``dry_run``) or what the write-back returned."""
+        common: dict[str, Any] = {"plate": job.plate.path, "name": job.name, "channel_index": outcome.channel_index,
+                                  "predicted": tuple(sorted(job.chosen)), "megapixels": job.megapixels(),
+                                  "seconds": seconds}
+        if dry_run:
+            return cls(images=len(outcome.images), dry_run=True, plan=outcome, **common)
+        return cls(images=outcome.images, recovered=outcome.recovered, **common)
+
     @property
     def megapixels_per_second(self) -> float:
+        """Throughput of the run, end to end."""
         return self.megapixels / self.seconds if self.seconds > 0 else float("nan")
 
     def summary(self) -> str:
@@ -69,20 +103,139 @@ class PredictResult:
                 f"in {self.seconds:.1f} s ({self.megapixels_per_second:.2f} megapixels/s)")
 
 
+@dataclass(frozen=True)
+class PredictionJob:
+    """What :func:`plan_prediction` settled: which model, which images, which settings.
+
+    Attributes
+    ----------
+    plate
+        The opened plate (or single image).
+    stain
+        The checkpoint, applied as a :class:`~omeloc.learn.stain.VirtualStain`.
+    name
+        Label of the virtual channel.
+    chosen
+        Paths of the images to predict.
+    tiling
+        Tiling settings, tile and overlap settled (the checkpoint's advice unless given).
+    overwrite
+        Replace an earlier virtual channel of that name.
+    """
+
+    plate: Plate
+    stain: VirtualStain
+    name: str
+    chosen: frozenset[str]
+    tiling: TilingConfig
+    overwrite: bool = False
+
+    @property
+    def target(self) -> str:
+        """The one channel the model predicts."""
+        return self.stain.target[0]
+
+    @property
+    def existing(self) -> bool:
+        """Whether the plate has a channel of that name already."""
+        return self.name in self.plate.channel_names
+
+    def settings(self) -> dict[str, Any]:
+        """What a rerun must match to resume a killed run (see :func:`resume_key`)."""
+        t = self.tiling
+        return {"name": self.name, "wells": sorted(self.chosen), "tile": t.tile, "overlap": t.overlap,
+                "blend": t.blend, "precision": t.precision, "source": self.stain.source, "target": self.target,
+                "overwrite": self.overwrite, **({"tta": True} if t.tta else {})}
+
+    def provenance(self) -> dict[str, Any]:
+        """The facts stored with the channel in the plate."""
+        ckpt, t = self.stain.checkpoint, self.tiling
+        return {
+            "source_channels": self.stain.source, "target_channel": self.target, "model": str(ckpt.path),
+            "model_key": self.stain.ref.key, "architecture": ckpt.architecture.get("architecture"),
+            "predicted_images": sorted(self.chosen), "tile": t.tile, "overlap": t.overlap, "blend": t.blend,
+            "precision": t.precision, "tta": t.tta,
+        }
+
+    def megapixels(self) -> float:
+        """Level-0 megapixels of the chosen images."""
+        return sum(float(np.prod(_plane_shape(img))) / 1e6 for img in self.plate.images if img.path in self.chosen)
+
+
 def default_channel_name(target: str) -> str:
     """``"WAVE2"`` → ``"WAVE2 (virtual)"``."""
     return f"{target} (virtual)"
 
 
-def _check_channels(plate: Plate, source: Sequence[str], target: Sequence[str], ckpt_path: Path) -> None:
+def resume_key(ckpt_key: str, settings: Mapping[str, Any]) -> str:
+    """Identity of a prediction job: same checkpoint and settings → same key."""
+    blob = json.dumps({"checkpoint": ckpt_key, **settings}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:24]
+
+
+# -- step 1: plan ------------------------------------------------------------------------------
+def load_stain(model: str | Path | VirtualStain) -> VirtualStain:
+    """The checkpoint as a :class:`VirtualStain`, refused unless it predicts exactly one channel."""
+    stain = model if isinstance(model, VirtualStain) else VirtualStain(model)
+    if len(stain.target) != 1:
+        raise CheckpointError(
+            f"The checkpoint {stain.checkpoint.path} predicts {len(stain.target)} channels "
+            f"({', '.join(stain.target)}); omeloc predict writes one channel per run. "
+            f"Train one model per target channel."
+        )
+    return stain
+
+
+def plan_prediction(plate: str | Path | Plate, model: str | Path | VirtualStain, *, name: str | None = None,
+                    wells: Sequence[str] | None = None, overwrite: bool = False,
+                    tiling: TilingConfig | None = None,
+                    storage_options: Mapping[str, Any] | None = None) -> PredictionJob:
+    """Read the checkpoint and the plate's metadata, check them against each other, choose the images.
+
+    Reads no pixels and writes nothing.  Parameters as in :func:`predict`.
+
+    Raises
+    ------
+    CheckpointError, ChannelNotFoundError, InputError
+        See :func:`predict`.
+    """
+    if name is not None and (not isinstance(name, str) or not name.strip()):
+        raise InputError(f"Expected a non-empty channel name (--name). Got {name!r} instead. "
+                         f"Omit --name for the default '<target> (virtual)'.")
+    stain = load_stain(model)
+    opened = plate if isinstance(plate, Plate) else open_plate(plate, storage_options)
+    _check_channels(opened, stain)
+    if stain.checkpoint.level not in (LEVEL, None):
+        logger.warning("the checkpoint was trained on pyramid level %s; predicting at full resolution (level 0)",
+                       stain.checkpoint.level)
+    job = PredictionJob(plate=opened, stain=stain, name=name or default_channel_name(stain.target[0]),
+                        chosen=frozenset(_select(opened, wells)), tiling=stain.tiling(tiling), overwrite=overwrite)
+    _check_plane_sizes(job)
+    return job
+
+
+def _check_channels(plate: Plate, stain: VirtualStain) -> None:
     names = plate.channel_names
-    missing = [s for s in source if s not in names]
+    missing = [s for s in stain.source if s not in names]
     if missing:
         raise ChannelNotFoundError(
-            f"The checkpoint {ckpt_path} predicts from channel(s) {', '.join(map(repr, missing))}, which plate "
-            f"{plate.path} does not have (channels: {', '.join(names)}). Use a model trained on these channel "
-            f"names, or rename the plate's channels."
+            f"The checkpoint {stain.checkpoint.path} predicts from channel(s) {', '.join(map(repr, missing))}, "
+            f"which plate {plate.path} does not have (channels: {', '.join(map(label_text, names))}). Use a model "
+            f"trained on these "
+            f"channel names, or rename the plate's channels."
         )
+
+
+def _check_plane_sizes(job: PredictionJob) -> None:
+    """Every chosen image is at least as large as the tile overlap (the halo each block reads)."""
+    need = max(int(job.tiling.overlap or 0), 1)
+    for img in job.plate.images:
+        y, x = img.shape[img.axes.index("y")], img.shape[img.axes.index("x")]
+        if img.path in job.chosen and min(y, x) < need:
+            raise InputError(
+                f"Image {img.path or img.url} is {y} x {x} pixels, smaller than the tile overlap of {need} px. "
+                f"Predict images of at least {need} px per side, or pass a smaller --overlap."
+            )
 
 
 def _select(plate: Plate, wells: Sequence[str] | None) -> set[str]:
@@ -97,67 +250,124 @@ def _select(plate: Plate, wells: Sequence[str] | None) -> set[str]:
     return chosen
 
 
-def _to_model_axes(img: Image, level: int, source_idx: Sequence[int]) -> tuple[da.Array, tuple[int, ...]]:
-    """Level data as (..., C, Y, X) with the source channels, and the order to undo the move."""
-    arr = img.level(level)
+# -- step 2: the lazy prediction ---------------------------------------------------------------
+def lazy_prediction(job: PredictionJob, img: Image, annotate: Callable[[], Any] = contextlib.nullcontext
+                    ) -> da.Array:
+    """The virtual channel of one image at level 0, lazily: ``img``'s axes without ``c``, float32.
+
+    Predicted for a chosen image; for the others, the channel's previous values when it is
+    being overwritten, else zeros.  ``annotate`` makes a fresh context manager for the model's
+    part of the graph (e.g. ``lambda: dask.annotate(resources={"GPU": 1})``).
+    """
+    if img.path in job.chosen:
+        src = _source_planes(img, job.stain.source)
+        with annotate():
+            pred = job.stain.predict(job.stain.normalize(src), job.tiling)
+        return job.stain.denormalize(pred)[..., 0, :, :]
+    if job.existing and job.overwrite:
+        return img.level(LEVEL)[_channel_slice(img, img.channel_index(job.name))]
+    blocks = tuple(b for a, b in zip(img.axes, img.write_chunks(LEVEL)) if a != "c")
+    return da.zeros(_plane_shape(img), dtype=np.float32, chunks=blocks)
+
+
+def _source_planes(img: Image, source: Sequence[str]) -> da.Array:
+    """Level-0 data as ``(..., C, Y, X)`` with the ``source`` channels, in that order."""
     axes = list(img.axes)
     c, y, x = axes.index("c"), axes.index("y"), axes.index("x")
     if (y, x) != (len(axes) - 2, len(axes) - 1):
         raise InputError(f"Expected y and x to be the last axes of {img.url}. Got axes {''.join(axes)} instead.")
     others = [i for i in range(len(axes)) if i not in (c, y, x)]
-    arr = arr.transpose(*others, c, y, x)
-    return arr[..., list(source_idx), :, :], tuple(others)
+    arr = img.level(LEVEL).transpose(*others, c, y, x)
+    return arr[..., [img.channel_index(s) for s in source], :, :]
 
 
-def _normalized_source(img: Image, level: int, ckpt: Any) -> da.Array:
-    from omeloc.learn.normalization import finite, normalize
+def _plane_shape(img: Image) -> tuple[int, ...]:
+    return tuple(s for a, s in zip(img.axes, img.shapes[LEVEL]) if a != "c")
 
-    idx = [img.channel_index(s) for s in ckpt.source]
-    arr, _ = _to_model_axes(img, level, idx)
-    planes = [finite(normalize(arr[..., k, :, :].astype(np.float32), ckpt.normalization[s]))
-              for k, s in enumerate(ckpt.source)]
-    return da.stack(planes, axis=-3)
+
+def _channel_slice(img: Image, index: int) -> tuple:
+    sl: list[Any] = [slice(None)] * len(img.axes)
+    sl[img.axes.index("c")] = index
+    return tuple(sl)
+
+
+def gpu_annotation(client: Any) -> Callable[[], Any]:
+    """A factory of fresh annotation contexts for inference tasks.
+
+    When every worker of ``client`` advertises a ``GPU`` resource (``dask worker --resources
+    GPU=1``, dask-cuda), inference tasks ask for one; otherwise nothing is annotated.  A new
+    context per call: ``dask.annotate`` is a generator-based context manager, which can be
+    entered only once.
+    """
+    if _gpu_workers(client):
+        return lambda: dask.annotate(resources={"GPU": 1})
+    return contextlib.nullcontext
 
 
 def _gpu_workers(client: Any) -> bool:
     if client is None:
         return False
-    try:
+    with scheduler_errors(client):
         info = client.scheduler_info()
-    except Exception:  # noqa: BLE001 - no info: no annotation
-        return False
     workers = info.get("workers", {}).values()
     return bool(workers) and all("GPU" in (w.get("resources") or {}) for w in workers)
 
 
-def resume_key(ckpt_key: str, settings: Mapping[str, Any]) -> str:
-    """Identity of a prediction job: same checkpoint and settings → same key."""
-    blob = json.dumps({"checkpoint": ckpt_key, **settings}, sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:24]
+# -- the checkpoint as the workers see it --------------------------------------------------------
+def check_workers_read_checkpoint(client: Any, stain: VirtualStain) -> None:
+    """Refuse, before any write, a checkpoint that a worker of ``client`` cannot read (or reads differently).
+
+    Each worker opens the checkpoint's metadata and weights and compares their content key with
+    the driver's (:func:`worker_checkpoint_problem`, run with ``client.run``).  Nothing is
+    checked without a client (the local scheduler reads what the driver reads), nor on workers
+    that join later (a task failing there rolls the write back).
+
+    Raises
+    ------
+    InputError
+        One line naming the workers, the folder and the fix (a file system every worker mounts).
+    SchedulerError
+        The scheduler went away.
+    """
+    if client is None:
+        return
+    seen = run_on_workers(client, worker_checkpoint_problem, stain.ref.path, stain.ref.key)
+    if not seen:
+        logger.info("no Dask worker yet: the checkpoint's readability is not checked before the write")
+    bad = {w: (f"{type(r).__name__}: {r}" if isinstance(r, BaseException) else str(r))
+           for w, r in sorted(seen.items()) if r is not None}
+    if not bad:
+        return
+    names = ", ".join(list(bad)[:4]) + (f" and {len(bad) - 4} more" if len(bad) > 4 else "")
+    raise InputError(
+        f"{len(bad)} of {len(seen)} Dask worker(s) ({names}) cannot read the checkpoint {stain.ref.path} "
+        f"({next(iter(bad.values()))}); nothing was written. Put the checkpoint folder on a shared file system "
+        f"that every worker mounts at the same path (or copy it to that path on every node), then rerun."
+    )
 
 
-def predict(
-    plate: str | Path,
-    model: str | Path,
-    *,
-    name: str | None = None,
-    wells: Sequence[str] | None = None,
-    overwrite: bool = False,
-    tile: int | None = None,
-    overlap: int | None = None,
-    blend: str = "cosine",
-    batch_size: int = 4,
-    device: str = "auto",
-    precision: str = "auto",
-    client: Any = None,
-    scheduler: str | None = None,
-    workers: int | None = None,
-    dry_run: bool = False,
-    progress: bool = False,
-    color: str | None = None,
-    storage_options: Mapping[str, Any] | None = None,
-    on_plan: Callable[[Any], None] | None = None,
-) -> PredictResult:
+def worker_checkpoint_problem(path: str, key: str) -> str | None:
+    """On a worker: ``None`` when the checkpoint at ``path`` reads and has content key ``key``; else why not."""
+    from omeloc.learn.checkpoint import META_FILE, WEIGHTS_FILE, CheckpointRef
+
+    try:
+        for name in (META_FILE, WEIGHTS_FILE):
+            with open(Path(path) / name, "rb") as f:
+                f.read(1)
+        seen = CheckpointRef(path).key
+    except OmelocError as err:
+        return str(err).split(". ")[0]
+    except OSError as err:
+        return f"{err.strerror or type(err).__name__}: {err.filename or path}"
+    return None if seen == key else "its copy differs from the driver's (another content key)"
+
+
+# -- the whole job -----------------------------------------------------------------------------
+def predict(plate: str | Path | Plate, model: str | Path | VirtualStain, *, name: str | None = None,
+            wells: Sequence[str] | None = None, overwrite: bool = False, tiling: TilingConfig | None = None,
+            compute: ComputeConfig | None = None, dry_run: bool = False, progress: bool = False,
+            color: str | None = None, storage_options: Mapping[str, Any] | None = None,
+            on_plan: Callable[[Any], None] | None = None, **overrides: Any) -> PredictResult:
     """Predict a virtual channel with a trained checkpoint and write it into the plate.
 
     Parameters
@@ -167,134 +377,104 @@ def predict(
         in an append-friendly layout (one channel per chunk; see ``omeloc info``).
     model
         A checkpoint folder written by :func:`omeloc.train`.
-    name
-        Label of the new channel; default ``"<target> (virtual)"``.
+    name, overwrite
+        Label of the new channel (default ``"<target> (virtual)"``); replace a virtual channel
+        of that name written by omeloc before.
     wells
-        Wells to predict (``"B3"`` or ``"B/3"``); default all.  Every image of the plate gets
-        the channel (viewers expect one channel list per plate): images of other wells hold
-        zeros, or keep their previous virtual values when ``overwrite`` replaces the channel.
-    overwrite
-        Replace a virtual channel of that name written by omeloc before.
-    tile, overlap, blend, batch_size, device, precision
-        Tiled inference settings (:func:`omeloc.predict_array`); tile and overlap default
-        to the checkpoint's advice.
-    client, scheduler, workers
-        Where the graph runs: a ``distributed.Client``, a scheduler address
-        (``tcp://host:8786``), or a new process-based LocalCluster of ``workers`` workers;
-        none of them: Dask's local threaded scheduler.  On a cluster the checkpoint folder
-        must be readable by every worker; when every worker advertises a ``GPU`` resource
-        (``dask worker --resources GPU=1``, dask-cuda), inference tasks ask for one.
-    dry_run
-        Check everything (checkpoint, channels, layout, journal) and say what would be
-        written, without writing anything.
-    progress
-        Progress bars with ETA while pixels are computed and written.
-    color
-        Hex colour of the omero entry; default a palette colour not used yet.
-    storage_options
-        fsspec options for URLs.
-    on_plan
-        Called with the write plan before pixels are computed (for logs and tests).
-
-    Returns
-    -------
-    PredictResult
+        Wells to predict (``"B3"`` or ``"B/3"``); default all.  Every image gets the channel
+        (viewers expect one channel list per plate): images of other wells hold zeros, or
+        keep their previous values when ``overwrite`` replaces the channel.
+    tiling, compute
+        How the model is tiled (:class:`~omeloc.config.TilingConfig`; tile and overlap default
+        to the checkpoint's advice) and where the graph runs (:class:`~omeloc.config.ComputeConfig`;
+        on a cluster every worker must read the checkpoint folder, checked before any write; when
+        every worker advertises a ``GPU`` resource, inference tasks ask for one).
+    dry_run, on_plan
+        Check everything and say what would be written, without writing anything; a function
+        called with the write plan before pixels are computed (for logs and tests).
+    progress, color, storage_options
+        Progress bars with ETA; hex colour of the omero entry; fsspec options for URLs.
+    **overrides
+        Fields of ``tiling`` or ``compute`` as keywords (``tile=256``, ``workers=2``, ``client=``).
 
     Raises
     ------
-    CheckpointError
-        The checkpoint is missing, truncated or unsafe.
-    ChannelNotFoundError
-        The plate lacks the checkpoint's source channel(s).
-    InputError, LayoutError, ReadOnlyStoreError, ConcurrentWriteError, SchedulerError
-        Bad settings, a layout that would rewrite original chunks, a read-only store,
-        another run writing the plate, an unreachable scheduler.  The plate is unchanged.
+    CheckpointError, ChannelNotFoundError, InputError, LayoutError, ReadOnlyStoreError, ConcurrentWriteError, SchedulerError
+        A bad checkpoint (or one a worker cannot read), missing source channels, bad settings, a
+        layout that would rewrite original chunks, a read-only store, another writer, a lost or
+        unreachable scheduler: the plate is unchanged (rolled back when the write had begun).
 
     Examples
     --------
-    >>> omeloc.predict("plate.zarr", "models/actin-wave2")             # doctest: +SKIP
-    >>> with distributed.Client("tcp://gpu-head:8786") as client:        # doctest: +SKIP
-    ...     omeloc.predict("s3://lab/plate.zarr", "/shared/models/actin-wave2", client=client)
+    >>> omeloc.predict("plate.zarr", "models/actin-wave2", tile=512, workers=2)  # doctest: +SKIP
     """
-    from omeloc.learn.checkpoint import CheckpointRef, load_checkpoint
-    from omeloc.engine.inference import predict_array
-    from omeloc.learn.normalization import denormalize
-    from omeloc.compute import dask_client
-    from omeloc.writeback.protocol import add_channel
-
     t0 = time.perf_counter()
-    ckpt = load_checkpoint(model)
-    if len(ckpt.target) != 1:
-        raise CheckpointError(
-            f"The checkpoint {ckpt.path} predicts {len(ckpt.target)} channels ({', '.join(ckpt.target)}); "
-            f"omeloc predict writes one channel per run. Train one model per target channel."
-        )
-    target = ckpt.target[0]
-    name = name or default_channel_name(target)
-    opened = open_plate(plate, storage_options)
-    _check_channels(opened, ckpt.source, ckpt.target, ckpt.path)
-    chosen = _select(opened, wells)
-    level = 0
-    if getattr(ckpt, "level", 0) not in (0, None):
-        logger.warning("the checkpoint was trained on pyramid level %s; predicting at full resolution (level 0)",
-                       ckpt.level)
-    tile = int(tile or ckpt.tile)
-    overlap = int(ckpt.overlap if overlap is None else overlap)
-    ref = CheckpointRef(ckpt.path)
-    # what a rerun must match to resume a killed run
-    settings = {"name": name, "wells": sorted(chosen), "tile": tile, "overlap": overlap, "blend": blend,
-                "precision": precision, "source": list(ckpt.source), "target": target, "overwrite": overwrite}
-    key = resume_key(ref.key, settings)
-    existing = name in opened.channel_names
-
-    with dask_client(client, scheduler=scheduler, workers=workers) as c:
-        annotate = dask.annotate(resources={"GPU": 1}) if _gpu_workers(c) else contextlib.nullcontext()
-        data: dict[str, da.Array] = {}
-        megapixels = 0.0
-        for img in opened.images:
-            out_shape = tuple(s for a, s in zip(img.axes, img.shapes[level]) if a != "c")
-            if img.path in chosen:
-                src = _normalized_source(img, level, ckpt)
-                with annotate:
-                    pred = predict_array(ref, src, tile=tile, overlap=overlap, blend=blend, batch_size=batch_size,
-                                         device=device, precision=precision, out_channels=1)
-                values = denormalize(pred[..., 0, :, :], ckpt.normalization[target])
-                megapixels += float(np.prod(out_shape)) / 1e6
-            elif existing and overwrite:
-                values = img.level(level)[_channel_slice(img, img.channel_index(name))]
-            else:
-                blocks = tuple(b for a, b in zip(img.axes, img.write_chunks(level)) if a != "c")
-                values = da.zeros(out_shape, dtype=np.float32, chunks=blocks)
-            data[img.path] = values
-        provenance = {
-            "source_channels": list(ckpt.source), "target_channel": target, "model": str(ckpt.path),
-            "model_key": ref.key, "architecture": ckpt.architecture.get("architecture"),
-            "predicted_images": sorted(chosen), "tile": tile, "overlap": overlap, "blend": blend,
-            "precision": precision,
-        }
-        kwargs = dict(color=color, overwrite=overwrite, provenance=provenance, client=c, progress=progress,
-                      storage_options=storage_options, resume_key=key)
-        if opened.is_plate:
-            payload: Any = data
-        else:
-            payload = next(iter(data.values()))
-        plan = add_channel(opened.path, name, payload, dry_run=True, **kwargs)
+    tiling, compute = split_overrides(tiling, compute, overrides)
+    job = plan_prediction(plate, model, name=name, wells=wells, overwrite=overwrite, tiling=tiling,
+                          storage_options=storage_options)
+    with dask_client(compute) as client:
+        annotate = gpu_annotation(client)
+        data = {img.path: lazy_prediction(job, img, annotate) for img in job.plate.images}
+        write = functools.partial(write_prediction, job, data, compute=compute.connected(client), color=color,
+                                  progress=progress, storage_options=storage_options)
+        plan = write(dry_run=True)
         if on_plan is not None:
             on_plan(plan)
-        ckpt.build_model("cpu")  # the weights load (safely) and fit the architecture, before any write
-        if dry_run:
-            return PredictResult(plate=opened.path, name=name, channel_index=plan.channel_index,
-                                 images=len(plan.images), predicted=tuple(sorted(chosen)), megapixels=megapixels,
-                                 seconds=time.perf_counter() - t0, dry_run=True, plan=plan)
-        result = add_channel(opened.path, name, payload, **kwargs)
-    seconds = time.perf_counter() - t0
-    logger.info("predicted %.1f megapixels into %r in %.1f s", megapixels, name, seconds)
-    return PredictResult(plate=opened.path, name=name, channel_index=result.channel_index, images=result.images,
-                         predicted=tuple(sorted(chosen)), megapixels=megapixels, seconds=seconds,
-                         recovered=result.recovered)
+        _check_model(job, client)
+        outcome = plan if dry_run else _written(write, job)
+    result = PredictResult.of(job, outcome, seconds=time.perf_counter() - t0, dry_run=dry_run)
+    if not dry_run:
+        logger.info("predicted %.1f megapixels into %r in %.1f s", result.megapixels, job.name, result.seconds)
+    return result
 
 
-def _channel_slice(img: Image, index: int) -> tuple:
-    sl: list[Any] = [slice(None)] * len(img.axes)
-    sl[img.axes.index("c")] = index
-    return tuple(sl)
+def _check_model(job: PredictionJob, client: Any) -> None:
+    """Before any write: the weights load (safely) and fit the architecture, and every worker reads them."""
+    job.stain.checkpoint.build_model("cpu")
+    check_workers_read_checkpoint(client, job.stain)
+
+
+def _written(write: Callable[[], Any], job: PredictionJob) -> Any:
+    """``write()``; a lost scheduler is said in one line with what became of the plate."""
+    try:
+        return write()
+    except SchedulerError as err:
+        # add_channel rolled the plate back before re-raising (if it could not, it raised ReadOnlyStoreError)
+        raise SchedulerError(f"{err} The plate {job.plate.path} was rolled back as it was before this run.") from err
+
+
+def split_overrides(tiling: TilingConfig | None, compute: ComputeConfig | None,
+                    overrides: Mapping[str, Any]) -> tuple[TilingConfig, ComputeConfig]:
+    """``tiling`` and ``compute`` (or their defaults) with keyword ``overrides`` sorted into them.
+
+    Raises
+    ------
+    TypeError
+        A keyword that is a field of neither (as for any unexpected keyword argument).
+    """
+    tiling_names = {f.name for f in dataclasses.fields(TilingConfig)}
+    compute_names = {f.name for f in dataclasses.fields(ComputeConfig)}
+    unknown = sorted(set(overrides) - tiling_names - compute_names)
+    if unknown:
+        raise TypeError(f"predict() got an unexpected keyword argument {unknown[0]!r}")
+    return (resolve(TilingConfig, tiling, {k: v for k, v in overrides.items() if k in tiling_names}),
+            resolve(ComputeConfig, compute, {k: v for k, v in overrides.items() if k in compute_names}))
+
+
+def write_prediction(job: PredictionJob, data: Mapping[str, da.Array], *, compute: ComputeConfig | None = None,
+                     color: str | None = None, progress: bool = False,
+                     storage_options: Mapping[str, Any] | None = None, dry_run: bool = False) -> Any:
+    """Write a job's lazy prediction into the plate with :func:`~omeloc.writeback.protocol.add_channel`.
+
+    ``data`` maps image paths to :func:`lazy_prediction` arrays; ``compute`` says where the
+    pixels are computed (an already started client, or a local scheduler); the plate opened by
+    :func:`plan_prediction` is reused (unless an interrupted run must be recovered first).  Returns the
+    :class:`~omeloc.writeback.protocol.AddChannelResult`, or with ``dry_run`` the write plan.
+    """
+    from omeloc.writeback.protocol import add_channel
+
+    payload: Any = dict(data) if job.plate.is_plate else next(iter(data.values()))
+    return add_channel(job.plate, job.name, payload, color=color, overwrite=job.overwrite,
+                       provenance=job.provenance(), compute=compute, progress=progress,
+                       storage_options=storage_options,
+                       resume_key=resume_key(job.stain.ref.key, job.settings()), dry_run=dry_run)

@@ -37,13 +37,55 @@ META_FILE = "checkpoint.json"
 WEIGHTS_FILE = "weights.pt"
 STATE_FILE = "last.pt"
 
-__all__ = ["Checkpoint", "CheckpointRef", "save_checkpoint", "load_checkpoint", "load_state", "build_network"]
+__all__ = [
+    "ARCHITECTURE_LIMITS",
+    "MAX_PARAMETERS",
+    "Checkpoint",
+    "CheckpointRef",
+    "atomic_torch_save",
+    "build_network",
+    "check_architecture",
+    "load_checkpoint",
+    "load_state",
+    "save_checkpoint",
+    "save_state",
+]
+
+
+#: the largest U-Net a checkpoint may describe: integer settings from 1 to these, and at most
+#: MAX_PARAMETERS weights (a checkpoint is untrusted input: depth 10**6 must not exhaust memory)
+ARCHITECTURE_LIMITS = {"depth": 10, "base_channels": 1024, "in_channels": 1024, "out_channels": 1024}
+MAX_PARAMETERS = 2**30
+
+
+def check_architecture(architecture: Any, where: str = "The checkpoint") -> None:
+    """Refuse an architecture whose sizes are not small positive integers or whose weights would be absurd.
+
+    Raises
+    ------
+    CheckpointError
+        One line naming the setting and the allowed range.
+    """
+    if not isinstance(architecture, dict):
+        raise CheckpointError(f"{where} has architecture {architecture!r}, not a JSON object. Retrain.")
+    for key, top in ARCHITECTURE_LIMITS.items():
+        value = architecture.get(key, 1)
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= top:
+            raise CheckpointError(f"{where} has architecture {key}={repr(value)[:40]}; expected an integer from 1 "
+                                  f"to {top}. Retrain, or restore {META_FILE}.")
+    depth, base = int(architecture.get("depth", 4)), int(architecture.get("base_channels", 32))
+    weights = 40 * sum((base * 2**i) ** 2 for i in range(depth + 1))  # an upper bound of the U-Net's weights
+    if weights > MAX_PARAMETERS:
+        raise CheckpointError(f"{where} has an architecture of about {weights:.1e} weights (depth {depth}, "
+                              f"base_channels {base}), more than the {MAX_PARAMETERS:.1e} omeloc builds. "
+                              f"Retrain smaller.")
 
 
 def build_network(architecture: dict[str, Any]) -> torch.nn.Module:
     """The (untrained) network an architecture dict describes (``{"architecture": "unet", ...}``)."""
     from omeloc.learn.models import UNet
 
+    check_architecture(architecture)
     arch = dict(architecture)
     kind = arch.pop("architecture", None)
     if kind != "unet":
@@ -114,7 +156,7 @@ def save_checkpoint(ckpt: Checkpoint, state_dict: dict[str, torch.Tensor]) -> Pa
     """Write ``weights.pt`` and ``checkpoint.json`` into ``ckpt.path`` (atomically each)."""
     folder = Path(ckpt.path)
     folder.mkdir(parents=True, exist_ok=True)
-    _atomic_torch_save({k: v.detach().cpu() for k, v in state_dict.items()}, folder / WEIGHTS_FILE)
+    atomic_torch_save({k: v.detach().cpu() for k, v in state_dict.items()}, folder / WEIGHTS_FILE)
     tmp = folder / f".{META_FILE}.tmp"
     tmp.write_text(json.dumps(ckpt.to_json(), indent=2, default=_json_default))
     os.replace(tmp, folder / META_FILE)
@@ -129,7 +171,8 @@ def _json_default(o: Any) -> Any:
     raise TypeError(f"not JSON serializable: {type(o).__name__}")
 
 
-def _atomic_torch_save(obj: Any, path: Path) -> None:
+def atomic_torch_save(obj: Any, path: Path) -> None:
+    """``torch.save(obj, path)`` through a temporary file and a rename: ``path`` is never half written."""
     tmp = path.with_name(f".{path.name}.tmp")
     torch.save(obj, tmp)
     os.replace(tmp, path)
@@ -154,6 +197,13 @@ def _safe_load(path: Path) -> Any:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise CheckpointError(f"Cannot read {path} (truncated or not a torch file: {first[:160]}). "
                               f"Restore it or retrain.") from None
+
+
+def save_state(folder: str | Path, state: dict[str, Any]) -> Path:
+    """Write the resume state (``last.pt``: tensors and plain containers only) into ``folder``, atomically."""
+    path = Path(folder) / STATE_FILE
+    atomic_torch_save(state, path)
+    return path
 
 
 def load_state(folder: str | Path) -> dict[str, Any]:
@@ -197,6 +247,7 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         )
     except (KeyError, TypeError, ValueError) as err:
         raise CheckpointError(f"{meta_path} lacks or mangles a required field ({err}). Restore it or retrain.") from None
+    check_architecture(ckpt.architecture, str(meta_path))
     for ch in ckpt.source + ckpt.target:
         if ch not in ckpt.normalization:
             raise CheckpointError(f"{meta_path} has no normalization statistics for channel {ch!r}. Retrain.")
@@ -212,8 +263,8 @@ class CheckpointRef:
     folder is never confused with the old one in a worker's model cache.
     """
 
-    def __init__(self, path: str | Path) -> None:
-        ckpt = load_checkpoint(path)
+    def __init__(self, path: str | Path | Checkpoint) -> None:
+        ckpt = path if isinstance(path, Checkpoint) else load_checkpoint(path)
         self.path = str(ckpt.path)
         h = hashlib.sha256()
         for name in (META_FILE, WEIGHTS_FILE):
@@ -221,6 +272,7 @@ class CheckpointRef:
         self.key = f"checkpoint:{h.hexdigest()[:20]}"
 
     def load(self, device: torch.device | str) -> torch.nn.Module:
+        """The trained generator on ``device`` (read from the folder: call it in the process that runs it)."""
         return load_checkpoint(self.path).build_model(device)
 
     def __repr__(self) -> str:

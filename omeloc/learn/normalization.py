@@ -6,7 +6,9 @@ time, on a sample of fields of the training wells, and stored in the checkpoint;
 reuses them, so a virtual channel comes back in the target channel's own units.  Nothing is
 ever written into the user's plate (no ``normalization`` attribute, no statistics arrays).
 
-The two functions are plain arithmetic and work on numpy arrays, dask arrays and torch tensors.
+The two functions are plain arithmetic and work on numpy arrays, dask arrays and torch tensors;
+:func:`normalize_channels` and :func:`denormalize_channels` apply them channel by channel to
+``(..., C, Y, X)`` stacks (numpy or dask).
 """
 
 from __future__ import annotations
@@ -96,6 +98,43 @@ def denormalize(y: Any, stats: Mapping[str, Any]) -> Any:
     """Inverse of :func:`normalize`: back to the channel's own intensity units."""
     low, high = _check(stats)
     return y * (high - low) + low
+
+
+def normalize_channels(planes: Sequence[Any], stats: Sequence[Mapping[str, Any]]) -> Any:
+    """Normalize each channel with its own statistics, make it finite, stack them as ``(..., C, Y, X)``.
+
+    Parameters
+    ----------
+    planes
+        One ``(..., Y, X)`` array per channel (all numpy or all dask), in the order of ``stats``.
+    stats
+        The ``{"low", "high"}`` statistics of each channel.
+
+    Returns
+    -------
+    numpy.ndarray or dask.array.Array
+        float32, channels along axis -3 (a dask array when the planes are dask arrays).
+    """
+    if len(planes) != len(stats):
+        raise InputError(f"Expected one statistics entry per channel. Got {len(planes)} channels and "
+                         f"{len(stats)} entries instead.")
+    out = [finite(normalize(p, s)) for p, s in zip(planes, stats)]
+    return _stack(out)
+
+
+def denormalize_channels(y: Any, stats: Sequence[Mapping[str, Any]]) -> Any:
+    """Inverse of :func:`normalize_channels` for a ``(..., C, Y, X)`` array (numpy or dask): each channel in its units."""
+    if y.shape[-3] != len(stats):
+        raise InputError(f"Expected {len(stats)} channels along axis -3. Got {y.shape[-3]} instead.")
+    return _stack([denormalize(y[..., k, :, :], s) for k, s in enumerate(stats)])
+
+
+def _stack(planes: list[Any]) -> Any:
+    if planes and type(planes[0]).__module__.startswith("dask"):
+        import dask.array as da
+
+        return da.stack(planes, axis=-3)
+    return np.stack(planes, axis=-3)
 
 
 def _is_torch(x: Any) -> bool:

@@ -3,7 +3,8 @@
 :class:`CropSampler` holds only metadata (which images, which channel indices, shapes).  A
 batch is drawn by picking an image, a plane (t, z) and a square window, reading exactly that
 window of the source and target channels from the zarr array (a few chunks per channel),
-normalizing, rejecting mostly-empty crops, and flipping/rotating.  Batch ``i`` is a pure
+normalizing, rejecting mostly-empty crops (and, optionally, crops with little target foreground),
+flipping/rotating and, optionally, jittering the source's intensity, sharpness and noise.  Batch ``i`` is a pure
 function of ``(seed, i)``, so training is reproducible, resumable at any step, and batches
 can be prefetched by a background thread without changing what they contain.
 """
@@ -19,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from omeloc.errors import InputError
-from omeloc.learn.normalization import finite, normalize, percentile_stats
+from omeloc.learn.normalization import normalize_channels, percentile_stats
 from omeloc.ngff.plate import Image
 
 __all__ = ["CropSampler", "channel_statistics"]
@@ -64,6 +65,22 @@ def channel_statistics(images: Sequence[Image], channels: Sequence[str], *, leve
     return stats
 
 
+def jitter(src: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Intensity augmentation of a normalized ``(C, Y, X)`` source crop (a new float32 array).
+
+    Gain in [0.8, 1.25] (log-uniform) and offset in [-0.05, 0.05]; with probability 1/3 a
+    Gaussian blur of σ in [0.3, 1] px; Gaussian noise of std in [0, 0.03].
+    """
+    from omeloc.analysis.metrics import gaussian_blur
+
+    gain = float(np.exp(rng.uniform(np.log(0.8), np.log(1.25))))
+    out = src.astype(np.float32) * gain + float(rng.uniform(-0.05, 0.05))
+    if rng.random() < 1 / 3:
+        out = gaussian_blur(out, float(rng.uniform(0.3, 1.0)), dtype=np.float32)
+    noise = float(rng.uniform(0.0, 0.03))
+    return (out + rng.normal(0.0, noise, out.shape)).astype(np.float32)
+
+
 class CropSampler:
     """Random (source, target) crops from a set of images, normalized and augmented.
 
@@ -86,12 +103,19 @@ class CropSampler:
     min_foreground
         Reject a crop whose normalized source has fewer than this fraction of pixels above
         ``foreground_level``; after ``max_tries`` rejections the last crop is kept.
+    foreground_weight
+        Bias towards the target's foreground: a crop whose target has a fraction ``f`` of
+        pixels above ``foreground_level`` is kept with probability ``1 - w + w * min(1, f / 0.25)``
+        (0: every crop that passes ``min_foreground`` is kept, as before).
+    intensity_augment
+        Jitter the source of each crop: gain 0.8–1.25, offset ±0.05, a Gaussian blur of σ up
+        to 1 px on a third of the crops, Gaussian noise of std up to 0.03 (normalized units).
     """
 
     def __init__(self, images: Sequence[Image], source: Sequence[str], target: Sequence[str], *,
                  normalization: Mapping[str, Mapping[str, Any]], crop: int = 256, level: int = 0, seed: int = 0,
                  augment: bool = True, min_foreground: float = 0.02, foreground_level: float = 0.15,
-                 max_tries: int = 10) -> None:
+                 max_tries: int = 10, foreground_weight: float = 0.0, intensity_augment: bool = False) -> None:
         if not images:
             raise InputError("Expected at least one image to sample crops from. Got none.")
         if crop < 8:
@@ -101,6 +125,7 @@ class CropSampler:
         self.crop, self.level, self.seed = int(crop), int(level), int(seed)
         self.augment, self.min_foreground = bool(augment), float(min_foreground)
         self.foreground_level, self.max_tries = float(foreground_level), int(max_tries)
+        self.foreground_weight, self.intensity_augment = float(foreground_weight), bool(intensity_augment)
         self.rejected = 0
         self.drawn = 0
         self._sources: list[_Source] = []
@@ -133,10 +158,8 @@ class CropSampler:
         ys, xs = slice(y, y + self.crop), slice(x, x + self.crop)
 
         def planes(indices: Sequence[int], names: Sequence[str]) -> np.ndarray:
-            return np.stack([
-                finite(normalize(np.asarray(arr[_plane_key(s.axes, c, t, z, ys, xs)]), self.normalization[n]))
-                for c, n in zip(indices, names)
-            ]).astype(np.float32, copy=False)
+            raw = [np.asarray(arr[_plane_key(s.axes, c, t, z, ys, xs)]) for c in indices]
+            return normalize_channels(raw, [self.normalization[n] for n in names]).astype(np.float32, copy=False)
 
         return planes(s.source_idx, self.source), planes(s.target_idx, self.target)
 
@@ -150,9 +173,7 @@ class CropSampler:
             x = int(rng.integers(sizes["x"] - self.crop + 1))
             src, tgt = self.read(i, t, z, y, x)
             self.drawn += 1
-            if self.min_foreground <= 0 or attempt == self.max_tries:
-                break
-            if float((src > self.foreground_level).mean()) >= self.min_foreground:
+            if attempt == self.max_tries or self._accept(src, tgt, rng):
                 break
             self.rejected += 1
         if self.augment:
@@ -161,7 +182,19 @@ class CropSampler:
             src, tgt = (np.rot90(a, k, axes=(-2, -1)) for a in (src, tgt))
             if flip:
                 src, tgt = src[..., ::-1], tgt[..., ::-1]
+        if self.intensity_augment:
+            src = jitter(np.ascontiguousarray(src), rng)
         return np.ascontiguousarray(src), np.ascontiguousarray(tgt)
+
+    def _accept(self, src: np.ndarray, tgt: np.ndarray, rng: np.random.Generator) -> bool:
+        """Whether a drawn crop is kept: enough source foreground, then the target-foreground bias."""
+        if self.min_foreground > 0 and float((src > self.foreground_level).mean()) < self.min_foreground:
+            return False
+        if self.foreground_weight <= 0:  # no draw from rng: the batches of earlier versions stay the same
+            return True
+        fraction = float((tgt > self.foreground_level).mean())
+        keep = 1.0 - self.foreground_weight + self.foreground_weight * min(1.0, fraction / 0.25)
+        return bool(rng.random() < keep)
 
     def batch(self, index: int, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
         """Batch number ``index``: arrays ``(N, C_source, crop, crop)`` and ``(N, C_target, crop, crop)``."""

@@ -6,23 +6,31 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from omeloc.ngff.layout import append_problems
-from omeloc.ngff.plate import Plate, open_plate
+from omeloc.ngff.layout import append_problems, channels_per_file
+from omeloc.ngff.plate import Plate, label_text, open_plate
+from omeloc.writeback.journal import JOURNAL_KEY
 
 __all__ = ["describe", "format_description"]
 
 
-def describe(path_or_url: str | Path, storage_options: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def describe(path_or_url: str | Path, storage_options: Mapping[str, Any] | None = None, *,
+             series: str | int | None = None) -> dict[str, Any]:
     """Describe a plate or image from its metadata (no pixels are read).
+
+    ``series`` chooses the series of a bioformats2raw wrapper (see :func:`open_plate`).  The
+    ``append`` verdict is the one layout rule of :mod:`omeloc.ngff.layout`, the rule the
+    write-back applies.
 
     Returns
     -------
     dict
         ``path``, ``ngff_version``, ``zarr_format``, ``kind`` (plate/image), ``wells`` (name →
         field paths), ``channels``, ``dtype``, ``axes``, ``levels`` (path, shape, chunks,
-        shards per level), ``append_friendly`` and ``append_problems``, ``consistent``.
+        shards per level), ``append_friendly`` and ``append_problems``, ``channels_per_file``
+        (channels per chunk or shard file along c, level 0), ``consistent``, and
+        ``pending_write`` (``None``, or what the journal of an unfinished write says).
     """
-    plate: Plate = open_plate(path_or_url, storage_options=storage_options)
+    plate: Plate = open_plate(path_or_url, storage_options=storage_options, series=series)
     first = plate.images[0]
     levels = [
         {"path": p, "shape": list(first.shapes[i]), "chunks": list(first.chunks(i)),
@@ -38,7 +46,7 @@ def describe(path_or_url: str | Path, storage_options: Mapping[str, Any] | None 
         ):
             inconsistent.append(img.path)
     return {
-        "path": str(path_or_url),
+        "path": plate.path,
         "kind": "plate" if plate.is_plate else "image",
         "ngff_version": plate.ngff_version,
         "zarr_format": plate.zarr_format,
@@ -48,12 +56,26 @@ def describe(path_or_url: str | Path, storage_options: Mapping[str, Any] | None 
         "n_images": len(plate.images),
         "channels": list(first.channel_names),
         "axes": "".join(first.axes),
+        "axis_names": list(first.axis_names),
+        "channels_per_file": channels_per_file(first, 0)[1],
         "dtype": str(first.dtype),
         "levels": levels,
         "append_friendly": not problems,
         "append_problems": problems,
         "inconsistent_images": inconsistent,
+        "pending_write": _pending_write(plate.attrs.get(JOURNAL_KEY), list(first.channel_names)),
     }
+
+
+def _pending_write(journal: Any, channels: list[str]) -> dict[str, Any] | None:
+    """What an unfinished write's journal says, and which channels it added (not yet complete)."""
+    if not journal:
+        return None
+    j = journal if isinstance(journal, Mapping) else {}
+    n = j.get("n_channels")
+    added = channels[n:] if j.get("mode") == "append" and isinstance(n, int) and not isinstance(n, bool) else []
+    return {"run_id": str(j.get("run_id", "?")), "name": str(j.get("name", "?")), "phase": str(j.get("phase", "?")),
+            "mode": str(j.get("mode", "?")), "pending_channels": added}
 
 
 def format_description(d: Mapping[str, Any]) -> str:
@@ -68,14 +90,21 @@ def format_description(d: Mapping[str, Any]) -> str:
         )
         names = list(d["wells"])
         lines.append("  wells    " + ", ".join(names[:24]) + (" ..." if len(names) > 24 else ""))
-    lines.append(f"  channels {', '.join(d['channels'])}")
-    lines.append(f"  axes     {d['axes']}   dtype {d['dtype']}")
+    pending = d.get("pending_write")
+    added = set(pending["pending_channels"]) if pending else set()
+    lines.append("  channels " + ", ".join(label_text(c) + (" [pending]" if c in added else "") for c in d["channels"]))
+    stored = "".join(d.get("axis_names") or [])
+    shown = d["axes"] + (f" (stored as {', '.join(d['axis_names'])})" if stored and stored != d["axes"] else "")
+    lines.append(f"  axes     {shown}   dtype {d['dtype']}")
     lines.append("  levels")
     for lv in d["levels"]:
         shards = f"  shards {tuple(lv['shards'])}" if lv["shards"] else ""
         lines.append(f"    {lv['path']:>4}  shape {tuple(lv['shape'])}  chunks {tuple(lv['chunks'])}{shards}")
+    k = d.get("channels_per_file") or 1
     if d["append_friendly"]:
-        lines.append("  append   yes: a new channel can be added without rewriting existing chunks")
+        lines.append("  append   yes: a new channel can be added without rewriting existing chunks"
+                     + (f" ({k} channels per chunk file; the new channel's file holds no original channel)"
+                        if k > 1 else ""))
     else:
         lines.append(
             f"  append   NO: {d['append_problems'][0]}"
@@ -86,5 +115,11 @@ def format_description(d: Mapping[str, Any]) -> str:
         lines.append(
             f"  WARNING  {len(d['inconsistent_images'])} image(s) differ from the first in channels, dtype, "
             f"axes or levels (e.g. {d['inconsistent_images'][0]})"
+        )
+    if pending:
+        lines.append(
+            f"  WARNING  write pending: omeloc run {pending['run_id']} (channel {pending['name']!r}, "
+            f"{pending['mode']}, phase {pending['phase']!r}) is unfinished (interrupted, or still running); "
+            f"run `omeloc recover {d['path']}`" + (" (channels marked [pending] belong to it)" if added else "")
         )
     return "\n".join(lines)

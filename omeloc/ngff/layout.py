@@ -1,43 +1,125 @@
-"""Can a channel be appended to an image without rewriting any existing chunk file?"""
+"""The one layout rule: may a channel be written without rewriting a file that holds an original channel?
+
+A chunk (or, when the array is sharded, a shard) is one file or object.  When a storage unit
+holds ``k > 1`` channels along ``c`` (ome-zarr-py's and ngff-zarr's default puts every channel
+in one chunk), writing channel ``i`` rewrites the whole unit ``i // k``, and with it every
+other channel stored there.  The rule, used alike by ``omeloc info``, the write-back's
+preflight (``predict``, ``add_channel``):
+
+- writing channel ``i`` is allowed when every *other* existing channel in its storage unit,
+  at every level, is a virtual channel omeloc wrote (whose old bytes the journal keeps, so
+  a rollback restores them);
+- in particular appending to ``n`` channels is always allowed when ``n`` is a multiple of
+  ``k`` (the new channel starts a unit of its own), and a chunk of 1 along ``c`` always
+  qualifies;
+- it is refused only when an *original* channel's file would be rewritten.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Collection, Mapping
+
 from omeloc.ngff.plate import Image
 
-__all__ = ["append_problems", "writeback_problems"]
+__all__ = ["append_problems", "channels_per_file", "shared_channels", "virtual_channels", "write_problems",
+           "writeback_problems"]
 
 
-def append_problems(image: Image) -> list[str]:
-    """Reasons why appending a channel to ``image`` would rewrite existing chunks (empty: it is safe).
+def channels_per_file(image: Image, level: int = 0) -> tuple[str, int]:
+    """The storage unit of a level (``"shard"`` or ``"chunk"``) and how many channels it holds along ``c``."""
+    c_axis = image.axes.index("c")
+    shards = image.shards(level)
+    return ("shard", shards[c_axis]) if shards else ("chunk", image.chunks(level)[c_axis])
 
-    Appending a channel leaves every existing chunk file untouched only if, at every level,
-    the channel count is a multiple of the chunk (and shard) size along ``c``.
+
+def virtual_channels(image: Image) -> frozenset[int]:
+    """Indices of the channels omeloc wrote into ``image`` (its ``omeloc.channels[name].virtual`` record)."""
+    record = image.attrs.get("omeloc") if isinstance(image.attrs, Mapping) else None
+    channels = record.get("channels") if isinstance(record, Mapping) else None
+    if not isinstance(channels, Mapping):
+        return frozenset()
+    return frozenset(
+        i for i, name in enumerate(image.channel_names)
+        if isinstance(channels.get(name), Mapping) and channels[name].get("virtual") is True
+    )
+
+
+def shared_channels(image: Image, index: int | None = None) -> dict[int, tuple[int, ...]]:
+    """Per level, the other existing channels stored in the files that writing channel ``index`` rewrites.
+
+    Parameters
+    ----------
+    image : Image
+        The image as it is now.
+    index : int, optional
+        The channel to write; ``None`` (default) for a channel appended after the last.
+
+    Returns
+    -------
+    dict
+        Level → channel indices (empty tuple: the write touches no other channel's bytes).
     """
     c_axis = image.axes.index("c")
+    out: dict[int, tuple[int, ...]] = {}
+    for level in range(len(image.level_paths)):
+        n_c = image.shapes[level][c_axis]
+        target = n_c if index is None else index
+        _, k = channels_per_file(image, level)
+        first = target // k * k
+        out[level] = tuple(i for i in range(first, min(first + k, n_c)) if i != target)
+    return out
+
+
+def write_problems(image: Image, index: int | None = None, virtual: Collection[int] | None = None) -> list[str]:
+    """Reasons why writing channel ``index`` would rewrite a file holding an original channel (empty: allowed).
+
+    Parameters
+    ----------
+    image : Image
+        The image as it is now.
+    index : int, optional
+        The channel to write (replace); ``None`` (default) appends a channel.
+    virtual : collection of int, optional
+        Channels that are not original (omeloc wrote them); default :func:`virtual_channels`.
+
+    Returns
+    -------
+    list of str
+        One line per level that breaks the rule, e.g. ``"level '0': 3 channels in chunks of 2
+        along c: the new channel's chunk file holds original channel(s) 2"``.
+    """
+    virtual = virtual_channels(image) if virtual is None else frozenset(virtual)
+    c_axis = image.axes.index("c")
     problems = []
-    for level, path in enumerate(image.level_paths):
-        shape = image.shapes[level]
-        n_c = shape[c_axis]
-        for kind, block in (("chunk", image.chunks(level)), ("shard", image.shards(level))):
-            if block is not None and n_c % block[c_axis] != 0:
-                problems.append(
-                    f"level {path!r}: {n_c} channels in {kind}s of {block[c_axis]} along c"
-                )
+    for level, mates in shared_channels(image, index).items():
+        originals = [i for i in mates if i not in virtual]
+        if originals:
+            kind, k = channels_per_file(image, level)
+            n_c = image.shapes[level][c_axis]
+            which = "the new channel's" if index is None else f"channel {index}'s"
+            problems.append(
+                f"level {image.level_paths[level]!r}: {n_c} channels in {kind}s of {k} along c: {which} "
+                f"{kind} file holds original channel(s) {', '.join(map(str, originals))}"
+            )
     return problems
 
 
-def writeback_problems(image: Image) -> list[str]:
-    """Reasons why omeloc's write-back refuses ``image`` (empty: it can add or replace channels).
+def append_problems(image: Image, virtual: Collection[int] | None = None) -> list[str]:
+    """Reasons why appending a channel to ``image`` would rewrite a file holding an original channel.
 
-    Stricter than :func:`append_problems`: every level must store one channel per chunk
-    (and per shard).  With ``k > 1`` channels per chunk a first append may leave the
-    original chunks alone (when the channel count is a multiple of ``k``, e.g. ome-zarr-py's
-    default of all channels in one chunk), but the new channel's chunk then has room for
-    ``k - 1`` more, so the next append or any replacement of that channel rewrites a chunk
-    that holds other channels.  One channel per chunk keeps every write-back local.
+    Empty when it is allowed (see the module docstring): :func:`write_problems` for a new channel.
+    """
+    return write_problems(image, None, virtual)
+
+
+def writeback_problems(image: Image) -> list[str]:
+    """The write-back's former, stricter check: one channel per chunk and per shard at every level.
+
+    Kept until the write-back's preflight asks :func:`write_problems` (the one rule) instead;
+    ``omeloc info`` already does.
     """
     c_axis = image.axes.index("c")
-    problems = append_problems(image)
+    problems = append_problems(image, virtual=())
     for level, path in enumerate(image.level_paths):
         for kind, block in (("chunk", image.chunks(level)), ("shard", image.shards(level))):
             if block is not None and block[c_axis] != 1 and not any(p.startswith(f"level {path!r}") for p in problems):

@@ -8,7 +8,10 @@ exposed as dask arrays and xarray views over the zarr arrays.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import math
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -16,41 +19,113 @@ from pathlib import Path
 from typing import Any
 
 import dask.array as da
-from dask.base import tokenize
 import numpy as np
 import xarray as xr
 import zarr
 import zarr.errors
+from dask.base import tokenize
 
-from omeloc.errors import ChannelNotFoundError, CorruptDataError, NotOmeZarrError, PathNotFoundError
+from omeloc.errors import (
+    ChannelNotFoundError,
+    CorruptDataError,
+    InputError,
+    NotOmeZarrError,
+    PathNotFoundError,
+    UnsafePathError,
+)
+from omeloc.ngff.axes import axis_keys, stored_axis_names
+from omeloc.ngff.format import (
+    default_ngff_version,
+    group_ngff_attrs,
+    inside_root,
+    join_path,
+    ngff_attrs,
+    safe_key,
+)
+from omeloc.ngff.stores import open_node, pick_series, wrapper_series, zip_location
 
-__all__ = ["open_plate", "open_image", "Plate", "Well", "Image"]
+__all__ = [
+    "MAX_CHANNELS", "MAX_CHUNKS", "MAX_PLANE_PIXELS", "Image", "Plate", "Well", "image_plate", "iter_images",
+    "label_text", "open_image", "open_plate",
+]
 
 logger = logging.getLogger(__name__)
 
-_KNOWN_AXES = ("t", "c", "z", "y", "x")
+#: What an array's metadata may declare before omeloc refuses to open it (checked before anything
+#: is allocated: a plate is untrusted input).  ``OMELOC_MAX_PLANE_PIXELS`` raises the plane limit.
+MAX_PLANE_PIXELS = 2**31
+MAX_CHANNELS = 65536
+MAX_CHUNKS = 2**24
+MAX_ELEMENTS = 2**40
+
+
+def label_text(label: str) -> str:
+    """A channel label as messages show it: itself, or its ``repr`` when it holds newlines or control characters.
+
+    Examples
+    --------
+    >>> label_text("actin"), label_text("a\\nb")
+    ('actin', "'a\\\\nb'")
+    """
+    return label if label.isprintable() else repr(label)
+
+
+def _labels(names: Sequence[str]) -> str:
+    return ", ".join(label_text(n) for n in names)
+
+
+def _size_problem(shape: tuple[int, ...], block: tuple[int, ...], axes: tuple[str, ...]) -> str | None:
+    """Why a declared shape is too large (or malformed) for omeloc; ``None`` when it is fine."""
+    if len(shape) != len(axes) or len(block) != len(shape):
+        return f"{len(shape)} dimensions for the {len(axes)} axes {''.join(axes)!r}"
+    if min(shape) < 1:
+        return "an empty axis"
+    plane = shape[axes.index("y")] * shape[axes.index("x")]
+    limit = int(os.environ.get("OMELOC_MAX_PLANE_PIXELS", MAX_PLANE_PIXELS))
+    if plane > limit:
+        return f"a plane of {plane:,} pixels, more than the {limit:,} omeloc opens (OMELOC_MAX_PLANE_PIXELS)"
+    if shape[axes.index("c")] > MAX_CHANNELS:
+        return f"{shape[axes.index('c')]:,} channels, more than the {MAX_CHANNELS:,} omeloc opens"
+    if math.prod(shape) > MAX_ELEMENTS or math.prod(block) > min(MAX_ELEMENTS, 2**31):
+        return f"{math.prod(shape):,} pixels in chunks of {math.prod(block):,}, more than omeloc opens"
+    keys = math.prod(-(-s // max(int(b), 1)) for s, b in zip(shape, block))
+    if keys > MAX_CHUNKS:
+        return f"{keys:,} chunks, more than the {MAX_CHUNKS:,} omeloc opens (use larger chunks)"
+    return None
+
+
+def _check_declared_size(arr: zarr.Array, axes: tuple[str, ...], where: str) -> None:
+    """Refuse an array whose metadata declares an absurd shape, before anything is allocated."""
+    shape = tuple(int(s) for s in arr.shape)
+    block = tuple(int(b) for b in (getattr(arr, "shards", None) or arr.chunks))
+    problem = _size_problem(shape, block, axes)
+    if problem:
+        raise InputError(f"Array {where} declares shape {shape}: {problem}. Fix the array's metadata.")
+
+
+def _check_inside(root: str, url: str, what: str) -> None:
+    """A local path that metadata names must not lead out of the plate through a symbolic link."""
+    if _is_url(root) or inside_root(root, url):
+        return
+    raise UnsafePathError(
+        f"{what} leads through a symbolic link to {os.path.realpath(url)}, outside {root}. "
+        f"Remove the link, or copy the data into the plate."
+    )
 
 
 def _is_url(path: str) -> bool:
     return "://" in path
 
 
-def _join(base: str, *parts: str) -> str:
-    parts = tuple(p.strip("/") for p in parts if p)
-    if not parts:
-        return base
-    return base.rstrip("/") + "/" + "/".join(parts)
-
-
 def _open_group(url: str, storage_options: Mapping[str, Any] | None, what: str) -> zarr.Group:
-    """Open a zarr group read-only, translating zarr's errors into one-line omeloc errors."""
-    if not _is_url(url) and not Path(url).exists():
+    """Open a zarr group read-only, translating zarr's errors into one-line omeloc errors.
+
+    A local ``.ozx``/``.zip`` file, or a path inside one, opens through a read-only zip store.
+    """
+    if not _is_url(url) and zip_location(url) is None and not Path(url).exists():
         raise PathNotFoundError(f"{what} {url} does not exist. Check the path.")
-    kwargs: dict[str, Any] = {"mode": "r"}
-    if storage_options:
-        kwargs["storage_options"] = dict(storage_options)
     try:
-        node = zarr.open(url, **kwargs)
+        node = open_node(url, storage_options)
     except (FileNotFoundError, zarr.errors.NodeTypeValidationError, KeyError) as err:
         raise NotOmeZarrError(
             f"{what} {url} is not a Zarr group. Point omeloc at an OME-Zarr plate or image "
@@ -65,16 +140,6 @@ def _open_group(url: str, storage_options: Mapping[str, Any] | None, what: str) 
             f"{what} {url} is a Zarr array, not a group. Point omeloc at the plate root or an image group."
         )
     return node
-
-
-def _ome_attrs(group: zarr.Group) -> tuple[dict[str, Any], int]:
-    """Return the NGFF metadata dict of a group (the ``ome`` key on Zarr v3) and its zarr format."""
-    zarr_format = group.metadata.zarr_format
-    attrs = dict(group.attrs)
-    if zarr_format == 3:
-        ome = attrs.get("ome")
-        return (dict(ome) if isinstance(ome, Mapping) else {}), 3
-    return attrs, 2
 
 
 class _CheckedReader:
@@ -114,7 +179,8 @@ class Image:
     well, field : str or None
         Well path (``"B/3"``) and field name (``"0"``); ``None`` for a standalone image.
     axes : tuple of str
-        Axis names, e.g. ``("c", "y", "x")`` or ``("t", "c", "z", "y", "x")``.
+        Axis keys by meaning, e.g. ``("c", "y", "x")`` or ``("t", "c", "z", "y", "x")``, also
+        for axes stored as ``T, C, Z, Y, X`` (see :attr:`axis_names` for the stored names).
     channel_names : tuple of str
         ``omero.channels[].label`` (``c0``, ``c1``, ... when absent).
     level_paths : tuple of str
@@ -144,7 +210,13 @@ class Image:
     @property
     def ome(self) -> dict[str, Any]:
         """The NGFF metadata (``attrs['ome']`` on 0.5, the attributes themselves on 0.4)."""
-        return dict(self.attrs.get("ome", {})) if self.zarr_format == 3 else dict(self.attrs)
+        return ngff_attrs(self.attrs, self.zarr_format)
+
+    @property
+    def axis_names(self) -> tuple[str, ...]:
+        """The axis names as the metadata spells them (``("T", "C", "Z", "Y", "X")`` for iohub)."""
+        multiscales = self.ome.get("multiscales") or [{}]
+        return stored_axis_names(multiscales[0].get("axes") or ()) or self.axes
 
     @property
     def omero(self) -> dict[str, Any]:
@@ -170,6 +242,7 @@ class Image:
             ) from err
         if not isinstance(arr, zarr.Array):
             raise NotOmeZarrError(f"{self.url}/{path} is a group, not an array. Fix multiscales[0].datasets.")
+        _check_declared_size(arr, self.axes, f"{self.url}/{path}")
         return arr
 
     def _level_path(self, level: int) -> str:
@@ -219,13 +292,13 @@ class Image:
         if self.channel_names.count(name) > 1:
             raise ChannelNotFoundError(
                 f"Channel name {name!r} appears {self.channel_names.count(name)} times in {self.url} "
-                f"({', '.join(self.channel_names)}): it is ambiguous. Give each channel a unique omero label."
+                f"({_labels(self.channel_names)}): it is ambiguous. Give each channel a unique omero label."
             )
         try:
             return self.channel_names.index(name)
         except ValueError:
             raise ChannelNotFoundError(
-                f"No channel {name!r} in {self.url}. Available channels: {', '.join(self.channel_names)}."
+                f"No channel {name!r} in {self.url}. Available channels: {_labels(self.channel_names)}."
             ) from None
 
     # -- lazy pixels ----------------------------------------------------------------------
@@ -307,7 +380,7 @@ class Plate:
     @property
     def ome(self) -> dict[str, Any]:
         """The NGFF metadata of the plate root."""
-        return dict(self.attrs.get("ome", {})) if self.zarr_format == 3 else dict(self.attrs)
+        return ngff_attrs(self.attrs, self.zarr_format)
 
     def image(self, path: str) -> Image:
         """The image at ``path`` (``"B/3/0"``); a well name (``"B3"``) gives its first field."""
@@ -365,31 +438,27 @@ class Plate:
         for name in [names] if isinstance(names, str) else (names or []):
             if name not in self.channel_names:
                 raise ChannelNotFoundError(
-                    f"No channel {name!r} in {self.path}. Available channels: {', '.join(self.channel_names)}."
+                    f"No channel {name!r} in {self.path}. Available channels: {_labels(self.channel_names)}."
                 )
         return self.to_xarray(level).sel(**indexers)
 
 
 def _parse_axes(multiscale: Mapping[str, Any], url: str) -> tuple[str, ...]:
+    """The image's axes by meaning (:func:`omeloc.ngff.axes.axis_keys`), whatever their case or order."""
     axes_meta = multiscale.get("axes")
-    if not axes_meta:
+    if not axes_meta or not isinstance(axes_meta, Sequence) or isinstance(axes_meta, str):
         raise NotOmeZarrError(f"Image {url} has no multiscales axes (NGFF < 0.4?). Convert it to NGFF 0.4 or 0.5.")
-    axes = tuple(a["name"] if isinstance(a, Mapping) else str(a) for a in axes_meta)
-    missing = [a for a in ("c", "y", "x") if a not in axes]
-    if missing:
-        raise NotOmeZarrError(
-            f"Image {url} has axes {''.join(axes)!r} without {', '.join(missing)}; omeloc needs c, y and x. "
-            f"Add a channel axis (e.g. rewrite the image as cyx)."
-        )
-    return axes
+    return axis_keys(axes_meta, url)
 
 
 def _read_image(
     url: str, path: str, well: str | None, field_name: str | None,
-    storage_options: Mapping[str, Any] | None,
+    storage_options: Mapping[str, Any] | None, root: str | None = None,
 ) -> Image:
+    """One image and its levels, every path its metadata names confined to ``root`` (default: the image)."""
+    _check_inside(root or url, url, f"Image {path or url}")
     group = _open_group(url, storage_options, "Image")
-    ome, zarr_format = _ome_attrs(group)
+    ome, zarr_format = group_ngff_attrs(group), group.metadata.zarr_format
     multiscales = ome.get("multiscales")
     if not multiscales:
         raise NotOmeZarrError(
@@ -400,7 +469,12 @@ def _read_image(
     datasets = ms.get("datasets") or []
     if not datasets or not all(isinstance(d, Mapping) and "path" in d for d in datasets):
         raise NotOmeZarrError(f"Image {url} has no datasets with a 'path' in multiscales[0]. Fix its metadata.")
-    level_paths = tuple(str(d["path"]) for d in datasets)
+    level_paths = tuple(
+        safe_key(str(d["path"]), f"Image {path or url} lists dataset path", "Fix its multiscales metadata.")
+        for d in datasets
+    )
+    for level in level_paths:
+        _check_inside(root or url, join_path(url, level), f"Level {level!r} of image {path or url}")
     scales = []
     for d in datasets:
         scale = (1.0,) * len(axes)
@@ -408,7 +482,7 @@ def _read_image(
             if t.get("type") == "scale" and "scale" in t:
                 scale = tuple(float(s) for s in t["scale"])
         scales.append(scale)
-    version = str(ome.get("version") or ms.get("version") or ("0.5" if zarr_format == 3 else "0.4"))
+    version = str(ome.get("version") or ms.get("version") or default_ngff_version(zarr_format))
     omero = ome.get("omero") or {}
     labels = [c.get("label") for c in omero.get("channels", []) if isinstance(c, Mapping)]
     # channel count comes from the array; labels missing or short get placeholder names
@@ -443,7 +517,8 @@ def open_image(path_or_url: str | Path, storage_options: Mapping[str, Any] | Non
     return _read_image(url, "", None, None, storage_options)
 
 
-def open_plate(path_or_url: str | Path, storage_options: Mapping[str, Any] | None = None) -> Plate:
+def open_plate(path_or_url: str | Path, storage_options: Mapping[str, Any] | None = None, *,
+               series: str | int | None = None) -> Plate:
     """Open an OME-Zarr HCS plate (or a single multiscale image) lazily, from its metadata.
 
     Parameters
@@ -451,9 +526,13 @@ def open_plate(path_or_url: str | Path, storage_options: Mapping[str, Any] | Non
     path_or_url
         Local path or fsspec URL (``s3://``, ``gs://``, ``memory://``, ...) of the plate root,
         or of a single multiscale image, which is then seen as a one-image plate
-        (``is_plate`` False, no wells).
+        (``is_plate`` False, no wells).  A local zipped OME-Zarr (``plate.ozx``) opens
+        read-only; a bioformats2raw wrapper opens the series it holds.
     storage_options
         Passed to fsspec for URLs.
+    series
+        For a bioformats2raw wrapper: which series (``"0"``, ``"1"``, ...); default the only
+        one (several series and no choice is an error that lists them).
 
     Returns
     -------
@@ -475,66 +554,101 @@ def open_plate(path_or_url: str | Path, storage_options: Mapping[str, Any] | Non
     """
     url = str(path_or_url)
     root = _open_group(url, storage_options, "Path")
-    ome, zarr_format = _ome_attrs(root)
-    so = dict(storage_options) if storage_options else None
+    ome, zarr_format = group_ngff_attrs(root), root.metadata.zarr_format
     if "plate" not in ome:
-        if "multiscales" in ome:
-            img = _read_image(url, "", None, None, storage_options)
-            return Plate(
-                path=url, ngff_version=img.ngff_version, zarr_format=zarr_format, is_plate=False,
-                rows=(), columns=(), wells={}, images=(img,), attrs=dict(root.attrs), storage_options=so,
-            )
-        hint = " (it has a 'well' key: open its plate root, or one field image inside it)" if "well" in ome else ""
-        raise NotOmeZarrError(
-            f"{url} is a Zarr group without OME-Zarr 'plate' or 'multiscales' metadata{hint}. "
-            f"Point omeloc at an OME-Zarr plate or image."
-        )
-    plate_meta = ome["plate"]
+        return _open_not_plate(url, ome, storage_options, series)
+    if series is not None:
+        raise InputError(f"series={series!r} applies to bioformats2raw wrappers; {url} is a plate. Leave it out.")
+    rows, cols, well_paths = _plate_layout(ome["plate"], url)
+    read = [_read_well(url, wpath, storage_options) for wpath in well_paths]
+    wells = {well.path: well for well in read}
+    images = tuple(img for well in read for img in well.images)
+    if not images:
+        raise NotOmeZarrError(f"Plate {url} lists no wells. Nothing to open.")
+    logger.debug("opened plate %s: %d wells, %d images", url, len(wells), len(images))
+    version = str(ome.get("version") or ome["plate"].get("version") or default_ngff_version(zarr_format))
+    return Plate(
+        path=url, ngff_version=version, zarr_format=zarr_format, is_plate=True, rows=rows, columns=cols,
+        wells=wells, images=images, attrs=dict(root.attrs),
+        storage_options=dict(storage_options) if storage_options else None,
+    )
+
+
+def _open_not_plate(url: str, ome: Mapping[str, Any], storage_options: Mapping[str, Any] | None,
+                    series: str | int | None) -> Plate:
+    """A single image, or the chosen series of a bioformats2raw wrapper, as a one-image (or the series') plate."""
+    found = wrapper_series(ome, lambda rel: group_ngff_attrs(_open_group(join_path(url, rel), storage_options, "Path")))
+    if found is not None and "multiscales" not in ome:
+        chosen = safe_key(pick_series(url, found, series), f"Wrapper {url} lists series", "Fix its OME/series list.")
+        return open_plate(join_path(url, chosen), storage_options)
+    if series is not None:
+        raise InputError(f"series={series!r} applies to bioformats2raw wrappers; {url} is not one. Leave it out.")
+    if "multiscales" in ome:
+        return image_plate(_read_image(url, "", None, None, storage_options), storage_options)
+    hint = " (it has a 'well' key: open its plate root, or one field image inside it)" if "well" in ome else ""
+    raise NotOmeZarrError(
+        f"{url} is a Zarr group without OME-Zarr 'plate' or 'multiscales' metadata{hint}. "
+        f"Point omeloc at an OME-Zarr plate or image."
+    )
+
+
+def image_plate(image: Image, storage_options: Mapping[str, Any] | None = None) -> Plate:
+    """A single image seen as a one-image plate rooted at the image (``is_plate`` False, no wells).
+
+    What :func:`open_plate` returns for the image's URL; a field of a plate becomes an image
+    of its own (path ``""``), so writes address it from its own root.
+    """
+    if image.path or image.well is not None:
+        image = dataclasses.replace(image, path="", well=None, field=None)
+    return Plate(
+        path=image.url, ngff_version=image.ngff_version, zarr_format=image.zarr_format, is_plate=False,
+        rows=(), columns=(), wells={}, images=(image,), attrs=dict(image.attrs),
+        storage_options=dict(storage_options) if storage_options else None,
+    )
+
+
+def _plate_layout(plate_meta: Mapping[str, Any], url: str) -> tuple[tuple[str, ...], tuple[str, ...], list[str]]:
+    """Rows, columns and well paths of a plate's ``plate`` metadata, checked."""
     try:
         rows = tuple(str(r["name"]) for r in plate_meta["rows"])
         cols = tuple(str(c["name"]) for c in plate_meta["columns"])
-        well_entries = [str(w["path"]) for w in plate_meta["wells"]]
+        well_paths = [str(w["path"]) for w in plate_meta["wells"]]
     except (KeyError, TypeError) as err:
         raise NotOmeZarrError(
             f"Plate {url} has incomplete 'plate' metadata (missing {err}). It needs rows, columns and wells with paths."
         ) from err
-    version = str(ome.get("version") or plate_meta.get("version") or ("0.5" if zarr_format == 3 else "0.4"))
-    wells: dict[str, Well] = {}
-    images: list[Image] = []
-    for wpath in well_entries:
-        parts = wpath.strip("/").split("/")
-        if len(parts) != 2:
-            raise NotOmeZarrError(f"Plate {url} lists well path {wpath!r}; expected 'ROW/COLUMN'. Fix the plate metadata.")
-        wurl = _join(url, wpath)
+    return rows, cols, well_paths
+
+
+def _read_well(url: str, wpath: str, storage_options: Mapping[str, Any] | None) -> Well:
+    """One well of the plate at ``url`` and its field images, as its ``well`` metadata lists them."""
+    wpath = safe_key(wpath, f"Plate {url} lists well path", "Fix the plate's metadata.")
+    parts = wpath.split("/")
+    if len(parts) != 2:
+        raise NotOmeZarrError(f"Plate {url} lists well path {wpath!r}; expected 'ROW/COLUMN'. Fix the plate metadata.")
+    wurl = join_path(url, wpath)
+    _check_inside(url, wurl, f"Well {wpath}")
+    try:
+        wgroup = _open_group(wurl, storage_options, "Well")
+    except (PathNotFoundError, NotOmeZarrError) as err:
+        raise PathNotFoundError(
+            f"Plate {url} lists well {wpath!r} but it is missing. Restore the well or remove it from the plate metadata."
+        ) from err
+    wome = group_ngff_attrs(wgroup)
+    fields = [safe_key(str(i["path"]), f"Well {wpath} lists image path", "Fix the well's metadata.")
+              for i in (wome.get("well") or {}).get("images", []) if isinstance(i, Mapping) and "path" in i]
+    if not fields:
+        raise NotOmeZarrError(f"Well {wurl} has no 'well.images' metadata. Fix the well metadata.")
+    images = []
+    for f in fields:
+        iurl = join_path(wurl, f)
         try:
-            wgroup = _open_group(wurl, storage_options, "Well")
-        except (PathNotFoundError, NotOmeZarrError) as err:
+            images.append(_read_image(iurl, f"{wpath}/{f}", wpath, f, storage_options, root=url))
+        except PathNotFoundError as err:
             raise PathNotFoundError(
-                f"Plate {url} lists well {wpath!r} but it is missing. Restore the well or remove it from the plate metadata."
+                f"Well {wpath!r} lists field {f!r} but {iurl} is missing. Restore it or fix the well metadata."
             ) from err
-        wome, _ = _ome_attrs(wgroup)
-        fields = [str(i["path"]) for i in (wome.get("well") or {}).get("images", []) if "path" in i]
-        if not fields:
-            raise NotOmeZarrError(f"Well {wurl} has no 'well.images' metadata. Fix the well metadata.")
-        wimages = []
-        for f in fields:
-            iurl = _join(wurl, f)
-            try:
-                img = _read_image(iurl, f"{wpath}/{f}", wpath, f, storage_options)
-            except PathNotFoundError as err:
-                raise PathNotFoundError(
-                    f"Well {wpath!r} lists field {f!r} but {iurl} is missing. Restore it or fix the well metadata."
-                ) from err
-            wimages.append(img)
-        wells[wpath] = Well(path=wpath, row=parts[0], column=parts[1], images=tuple(wimages))
-        images.extend(wimages)
-    if not images:
-        raise NotOmeZarrError(f"Plate {url} lists no wells. Nothing to open.")
-    logger.debug("opened plate %s: %d wells, %d images", url, len(wells), len(images))
-    return Plate(
-        path=url, ngff_version=version, zarr_format=zarr_format, is_plate=True, rows=rows, columns=cols,
-        wells=wells, images=tuple(images), attrs=dict(root.attrs), storage_options=so,
-    )
+    return Well(path=wpath, row=parts[0], column=parts[1], images=tuple(images))
 
 
 def iter_images(plate: Plate, wells: Sequence[str] | None = None) -> list[Image]:

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["level_shapes", "downsample_mean", "cast_to_dtype"]
+__all__ = ["cast_to_dtype", "downsample_mean", "level_shapes"]
 
 
 def level_shapes(shape: Sequence[int], axes: Sequence[str], levels: int) -> list[tuple[int, ...]]:

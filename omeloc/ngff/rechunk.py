@@ -3,11 +3,14 @@
 :func:`omeloc.add_channel` refuses stores whose chunks hold several channels (for example
 ome-zarr-py's default, all channels in one chunk), because adding or replacing a channel
 there would rewrite chunks that hold original pixels.  :func:`rechunk` makes a copy with
-chunk size 1 along ``c`` (other chunk sizes kept, shards dropped); the source is only read.
+one channel per chunk and per shard (other chunk and shard sizes, compressors and filters
+kept); the source is only read.  A zipped OME-Zarr (``.ozx``) can be the source: the copy is
+a folder omeloc can write into.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
 from collections.abc import Mapping
@@ -18,20 +21,28 @@ import dask.array as da
 import zarr
 
 from omeloc.errors import InputError, NotOmeZarrError, PathNotFoundError
+from omeloc.ngff.axes import axis_keys
+from omeloc.ngff.format import group_ngff_attrs, join_path
+from omeloc.ngff.stores import open_group, zip_location
 from omeloc.writeback.journal import JOURNAL_KEY
+from omeloc.writeback.lock import source_lock
 
 __all__ = ["rechunk"]
 
 logger = logging.getLogger(__name__)
 
 
-def _axes_of(group: zarr.Group) -> list[str] | None:
-    attrs = dict(group.attrs)
-    ome = attrs.get("ome", attrs) if group.metadata.zarr_format == 3 else attrs
-    ms = ome.get("multiscales") or []
-    if not ms:
-        return None
-    return [a["name"] if isinstance(a, Mapping) else str(a) for a in ms[0].get("axes") or []]
+def _image_arrays(path: str, group: zarr.Group) -> dict[str, tuple[str, ...]]:
+    """Array path → axis keys, for the levels of the multiscale image group at ``path`` (none when not one)."""
+    ms = group_ngff_attrs(group).get("multiscales") or []
+    if not ms or not isinstance(ms[0], Mapping):
+        return {}
+    try:
+        axes = axis_keys(ms[0].get("axes") or [], path or "the root")
+    except NotOmeZarrError:
+        return {}
+    return {join_path("", path, str(d["path"])): axes for d in ms[0].get("datasets") or []
+            if isinstance(d, Mapping) and "path" in d}
 
 
 def rechunk(
@@ -63,46 +74,27 @@ def rechunk(
         ``dst``.
     """
     src, dst = str(src), Path(dst)
-    if "://" not in src and not Path(src).exists():
-        raise PathNotFoundError(f"{src} does not exist. Check the path.")
-    if dst.exists():
-        if not overwrite:
-            raise InputError(f"{dst} already exists. Choose another path or pass overwrite=True.")
-        shutil.rmtree(dst)
-    kwargs: dict[str, Any] = {"mode": "r", "use_consolidated": False}
-    if storage_options:
-        kwargs["storage_options"] = dict(storage_options)
-    try:
-        root = zarr.open_group(src, **kwargs)
-    except (FileNotFoundError, ValueError) as err:
-        raise NotOmeZarrError(f"{src} is not a Zarr group. Point rechunk at an OME-Zarr plate or image.") from err
-    zf = root.metadata.zarr_format
-    out = zarr.open_group(str(dst), mode="w", zarr_format=zf)
+    # no omeloc writer changes the source while it is copied (a zip is never written: no lock needed)
+    lock = contextlib.nullcontext() if zip_location(src) else source_lock(src, storage_options)
+    with lock:
+        return _copy(src, dst, overwrite=overwrite, client=client, storage_options=storage_options)
+
+
+def _copy(src: str, dst: Path, *, overwrite: bool, client: Any, storage_options: Mapping[str, Any] | None) -> Path:
+    """The copy of :func:`rechunk`, made while the source's lock is held."""
+    root = _open_source(src, dst, overwrite, storage_options)
+    out = zarr.open_group(str(dst), mode="w", zarr_format=root.metadata.zarr_format)
     out.attrs.update({k: v for k, v in root.attrs.items() if k != JOURNAL_KEY})
-    groups = {"": root}
-    members = sorted(root.members(max_depth=None), key=lambda m: m[0].count("/"))
+    axes_of = _image_arrays("", root)
     sources, targets = [], []
-    for path, node in members:
-        parent_path = path.rsplit("/", 1)[0] if "/" in path else ""
+    for path, node in sorted(root.members(max_depth=None), key=lambda m: m[0].count("/")):
         if isinstance(node, zarr.Group):
             out.create_group(path, attributes=dict(node.attrs))
-            groups[path] = node
+            axes_of.update(_image_arrays(path, node))
             continue
-        axes = _axes_of(groups.get(parent_path, root)) or []
-        chunks = list(node.chunks)
-        if "c" in axes and len(axes) == node.ndim:
-            chunks[axes.index("c")] = 1
-        extra: dict[str, Any] = {}
-        if zf == 3:
-            extra["dimension_names"] = node.metadata.dimension_names
-            extra["chunk_key_encoding"] = node.metadata.chunk_key_encoding
-        else:
-            extra["chunk_key_encoding"] = {"name": "v2", "separator": node.metadata.dimension_separator or "."}
-        arr = out.create_array(
-            path, shape=node.shape, dtype=node.dtype, chunks=tuple(chunks), fill_value=node.fill_value,
-            compressors=node.compressors, filters=node.filters or None, attributes=dict(node.attrs), **extra,
-        )
-        sources.append(da.from_zarr(node).rechunk(tuple(chunks)))
+        arr = _create_copy(out, path, node, axes_of.get(path, ()))
+        # one task per storage unit (shard or chunk): no two tasks write the same file
+        sources.append(da.from_zarr(node).rechunk(arr.shards or arr.chunks))
         targets.append(arr)
     if sources:
         job = da.store(sources, targets, lock=False, compute=False)
@@ -111,3 +103,42 @@ def rechunk(
         compute(job, client=client)
     logger.info("copied %s to %s with one channel per chunk (%d arrays)", src, dst, len(targets))
     return dst
+
+
+def _open_source(src: str, dst: Path, overwrite: bool, storage_options: Mapping[str, Any] | None) -> zarr.Group:
+    """Check both ends (removing ``dst`` when ``overwrite``) and open the source root read-only."""
+    if "://" not in src and zip_location(src) is None and not Path(src).exists():
+        raise PathNotFoundError(f"{src} does not exist. Check the path.")
+    if dst.exists():
+        if not overwrite:
+            raise InputError(f"{dst} already exists. Choose another path or pass overwrite=True.")
+        shutil.rmtree(dst)
+    try:
+        return open_group(src, storage_options, use_consolidated=False)
+    except (FileNotFoundError, ValueError) as err:
+        raise NotOmeZarrError(f"{src} is not a Zarr group. Point rechunk at an OME-Zarr plate or image.") from err
+
+
+def _create_copy(out: zarr.Group, path: str, node: zarr.Array, axes: tuple[str, ...]) -> zarr.Array:
+    """An empty copy of array ``node`` at ``path`` of ``out``: same everything, 1 channel per chunk and shard.
+
+    Sharding is kept (each shard holds one channel and the same spatial extent as before),
+    and so are the compressors, filters, serializer, fill value, key encoding and dimension
+    names.
+    """
+    c_axis = axes.index("c") if "c" in axes and len(axes) == node.ndim else None
+    chunks, shards = list(node.chunks), list(node.shards) if node.shards else None
+    if c_axis is not None:
+        chunks[c_axis] = 1
+        if shards is not None:
+            shards[c_axis] = 1
+    extra: dict[str, Any] = {}
+    if node.metadata.zarr_format == 3:
+        extra.update(dimension_names=node.metadata.dimension_names, chunk_key_encoding=node.metadata.chunk_key_encoding,
+                     serializer=node.serializer, shards=tuple(shards) if shards else None)
+    else:
+        extra["chunk_key_encoding"] = {"name": "v2", "separator": node.metadata.dimension_separator or "."}
+    return out.create_array(
+        path, shape=node.shape, dtype=node.dtype, chunks=tuple(chunks), fill_value=node.fill_value,
+        compressors=node.compressors, filters=node.filters or None, attributes=dict(node.attrs), **extra,
+    )

@@ -26,9 +26,10 @@ from ome_zarr.writer import (
 )
 
 from omeloc.errors import InputError
+from omeloc.ngff.format import ngff_attrs, reserved_attr_keys, set_ome_attr
 from omeloc.ngff.pyramid import downsample_mean, level_shapes
 
-__all__ = ["write_plate", "write_image", "channel_window", "DEFAULT_COLORS"]
+__all__ = ["DEFAULT_COLORS", "channel_window", "write_image", "write_plate"]
 
 logger = logging.getLogger(__name__)
 
@@ -142,7 +143,7 @@ def _write_multiscale(
         arr[...] = level
         scale = [float(2**i) if a in ("y", "x") else 1.0 for a in axes]
         datasets.append({"path": str(i), "coordinateTransformations": [{"type": "scale", "scale": scale}]})
-    write_multiscales_metadata(group, datasets, fmt=fmt, axes=list(axes), name=name)
+    _write_multiscales(group, datasets, fmt, axes, name)
     palette = colors or DEFAULT_COLORS
     channels = []
     for k, label in enumerate(channel_names):
@@ -155,18 +156,23 @@ def _write_multiscale(
                 "active": True,
             }
         )
-    omero = {"name": name, "version": fmt.version, "channels": channels, "rdefs": {"model": "color"}}
+    # rdefs.defaultT/defaultZ: iohub's model requires them; the middle plane is what viewers show first
+    n_z = data.shape[axes.index("z")] if "z" in axes else 1
+    rdefs = {"defaultT": 0, "defaultZ": n_z // 2, "model": "color"}
+    omero = {"name": name, "version": fmt.version, "channels": channels, "rdefs": rdefs}
     set_ome_attr(group, "omero", omero, fmt.zarr_format)
 
 
-def set_ome_attr(group: zarr.Group, key: str, value: Any, zarr_format: int) -> None:
-    """Set ``key`` in the NGFF metadata of ``group`` (under ``ome`` for NGFF 0.5)."""
-    if zarr_format == 3:
-        ome = dict(group.attrs.get("ome", {}))
-        ome[key] = value
-        group.attrs["ome"] = ome
-    else:
-        group.attrs[key] = value
+def _write_multiscales(group: zarr.Group, datasets: list[dict[str, Any]], fmt: FormatV04 | FormatV05,
+                       axes: Sequence[str], name: str) -> None:
+    """The ``multiscales`` metadata, with the downsampling ``type`` and ``metadata`` strict schemas ask for."""
+    write_multiscales_metadata(
+        group, datasets, fmt=fmt, axes=list(axes), name=name,
+        metadata={"description": "2x2 mean in y and x per level", "method": "omeloc.ngff.pyramid.downsample_mean"},
+    )
+    multiscales = [dict(m) for m in ngff_attrs(dict(group.attrs), fmt.zarr_format)["multiscales"]]
+    multiscales[0]["type"] = "mean"
+    set_ome_attr(group, "multiscales", multiscales, fmt.zarr_format)
 
 
 def _prepare_target(path: str | Path, overwrite: bool) -> Path:
@@ -237,21 +243,12 @@ def write_image(
 
 
 def write_plate(
-    path: str | Path,
-    images: Mapping[tuple[str, str, str], ArrayOrFactory],
-    *,
-    channel_names: Sequence[str],
-    ngff_version: str = "0.5",
-    axes: str | Sequence[str] = "cyx",
-    chunks: tuple[int, int] = (256, 256),
-    levels: int = 3,
-    colors: Sequence[str] | None = None,
-    plate_name: str | None = None,
-    extra_attrs: Mapping[str, Any] | None = None,
-    overwrite: bool = False,
+    path: str | Path, images: Mapping[tuple[str, str, str], ArrayOrFactory], *, channel_names: Sequence[str],
+    ngff_version: str = "0.5", axes: str | Sequence[str] = "cyx", chunks: tuple[int, int] = (256, 256),
+    levels: int = 3, colors: Sequence[str] | None = None, plate_name: str | None = None,
+    extra_attrs: Mapping[str, Any] | None = None, overwrite: bool = False,
     progress: Callable[[int], None] | None = None,
-    rows: Sequence[str] | None = None,
-    columns: Sequence[str] | None = None,
+    rows: Sequence[str] | None = None, columns: Sequence[str] | None = None,
 ) -> Path:
     """Write an OME-Zarr HCS plate.
 
@@ -261,27 +258,13 @@ def write_plate(
         Where to create the plate (a new directory ending in ``.zarr`` by convention).
     images
         Maps ``(row, column, field)`` names, e.g. ``("B", "3", "0")``, to the field's pixels
-        (an array with axes ``axes``) or to a function returning them (called once, so
-        fields can be made one at a time).
-    channel_names
-        Channel labels, shared by every image.
-    ngff_version
-        ``"0.4"`` (Zarr v2) or ``"0.5"`` (Zarr v3).
-    axes
-        Axis names in t, c, z, y, x order; must contain c, y and x.
-    chunks
-        Chunk size along y and x; the chunk along c (and t, z) is 1, so channels can be
-        appended later without rewriting chunks.
-    levels
-        Number of pyramid levels (2× mean downsampling in y and x).
-    colors
-        Hex colours per channel.
-    plate_name
-        Plate name; default the directory name.
-    extra_attrs
-        Extra attributes stored at the plate root, outside the NGFF metadata.
-    overwrite
-        Replace an existing path.
+        (axes ``axes``) or to a function returning them (called once: one field at a time).
+    channel_names, ngff_version, axes, chunks, levels, colors, overwrite
+        As in :func:`write_image`, shared by every image (chunk 1 along c, so channels can
+        be appended later without rewriting chunks).
+    plate_name, extra_attrs
+        Plate name (default: the directory name); attributes stored at the plate root,
+        outside the NGFF metadata.
     progress
         Called with the number of images written after each image.
     rows, columns
@@ -302,6 +285,44 @@ def write_plate(
     """
     fmt = _format(ngff_version)
     axes_t = _parse_axes(axes)
+    _check_image_keys(images)
+    path = _prepare_target(path, overwrite)
+    rows, cols, wells = _plate_layout(images, rows, columns)
+    root = zarr.open_group(str(path), mode="w", zarr_format=fmt.zarr_format)
+    well_paths = [f"{r}/{c}" for r in rows for c in cols if (r, c) in wells]
+    write_plate_metadata(
+        root, rows, cols, well_paths, fmt=fmt,
+        field_count=max(len(v) for v in wells.values()), name=plate_name or path.stem,
+        acquisitions=[{"id": 0}],
+    )
+    _set_extra_attrs(root, extra_attrs, fmt.zarr_format)
+    pyramid = {"axes": axes_t, "channel_names": channel_names, "fmt": fmt, "chunks": chunks, "levels": levels,
+               "colors": colors}
+    done = _write_wells(root, images, wells, sorted(wells, key=lambda rc: (rows.index(rc[0]), cols.index(rc[1]))),
+                        pyramid, progress)
+    logger.info("wrote plate %s: %d wells, %d images", path, len(wells), done)
+    return path
+
+
+def _write_wells(
+    root: zarr.Group, images: Mapping[tuple[str, str, str], ArrayOrFactory], wells: Mapping[tuple[str, str], list[str]],
+    order: Sequence[tuple[str, str]], pyramid: Mapping[str, Any], progress: Callable[[int], None] | None,
+) -> int:
+    """Write each well's metadata and its fields' pyramids, in ``order``; the number of images written."""
+    done = 0
+    for (r, c) in order:
+        fields = sorted(wells[(r, c)], key=lambda f: (len(f), f))
+        wgroup = root.require_group(r).require_group(c)
+        write_well_metadata(wgroup, [{"path": f, "acquisition": 0} for f in fields], fmt=pyramid["fmt"])
+        for f in fields:
+            _write_multiscale(wgroup.require_group(f), _materialize(images[(r, c, f)]), name=f"{r}{c}/{f}", **pyramid)
+            done += 1
+            if progress is not None:
+                progress(done)
+    return done
+
+
+def _check_image_keys(images: Mapping[tuple[str, str, str], Any]) -> None:
     if not images:
         raise InputError("Expected at least one image for the plate. Got none instead.")
     for key in images:
@@ -309,7 +330,12 @@ def write_plate(
             raise InputError(
                 f"Expected image keys (row, column, field) of alphanumeric strings. Got {key!r} instead."
             )
-    path = _prepare_target(path, overwrite)
+
+
+def _plate_layout(
+    images: Mapping[tuple[str, str, str], Any], rows: Sequence[str] | None, columns: Sequence[str] | None,
+) -> tuple[list[str], list[str], dict[tuple[str, str], list[str]]]:
+    """The plate's rows and columns (default: those that hold images) and the fields of each well."""
     used_rows = sorted({r for r, _, _ in images}, key=lambda r: (len(r), r))
     used_cols = sorted({c for _, c, _ in images}, key=lambda c: (len(c), int(c) if c.isdigit() else c))
     rows = list(rows) if rows is not None else used_rows
@@ -320,31 +346,12 @@ def write_plate(
     wells: dict[tuple[str, str], list[str]] = {}
     for r, c, f in images:
         wells.setdefault((r, c), []).append(f)
-    root = zarr.open_group(str(path), mode="w", zarr_format=fmt.zarr_format)
-    well_paths = [f"{r}/{c}" for r in rows for c in cols if (r, c) in wells]
-    write_plate_metadata(
-        root, rows, cols, well_paths, fmt=fmt,
-        field_count=max(len(v) for v in wells.values()), name=plate_name or path.stem,
-        acquisitions=[{"id": 0}],
-    )
-    if extra_attrs:
-        for k, v in extra_attrs.items():
-            if k == "ome" or (fmt.zarr_format == 2 and k in ("plate", "well", "multiscales", "omero")):
-                raise InputError(f"extra_attrs may not set the NGFF key {k!r}. Use another key.")
-            root.attrs[k] = v
-    done = 0
-    for (r, c), fields in ((rc, wells[rc]) for rc in sorted(wells, key=lambda rc: (rows.index(rc[0]), cols.index(rc[1])))):
-        wgroup = root.require_group(r).require_group(c)
-        fields = sorted(fields, key=lambda f: (len(f), f))
-        write_well_metadata(wgroup, [{"path": f, "acquisition": 0} for f in fields], fmt=fmt)
-        for f in fields:
-            data = _materialize(images[(r, c, f)])
-            _write_multiscale(
-                wgroup.require_group(f), data, axes=axes_t, channel_names=channel_names,
-                fmt=fmt, chunks=chunks, levels=levels, colors=colors, name=f"{r}{c}/{f}",
-            )
-            done += 1
-            if progress is not None:
-                progress(done)
-    logger.info("wrote plate %s: %d wells, %d images", path, len(wells), done)
-    return path
+    return rows, cols, wells
+
+
+def _set_extra_attrs(root: zarr.Group, extra_attrs: Mapping[str, Any] | None, zarr_format: int) -> None:
+    """Store ``extra_attrs`` at the plate root, refusing keys that belong to NGFF."""
+    for k, v in (extra_attrs or {}).items():
+        if k in reserved_attr_keys(zarr_format):
+            raise InputError(f"extra_attrs may not set the NGFF key {k!r}. Use another key.")
+        root.attrs[k] = v

@@ -12,8 +12,11 @@ It does nothing unless one of these environment variables is set by a test:
     the first Dask *worker* process that reaches point ``"predict_block"`` creates the marker
     and SIGKILLs itself (the scheduler must move the task to another worker).
 
-Counted points: a point named ``"level0_block"`` is also reported as ``"level0_mid"`` from
-its second call on in a process, so a test can kill a run half-way through its pixels.
+Counted points: a point named ``"level0_block"`` (each level-0 block written) is also
+reported as ``"level0_mid"`` from its second call on in a process, and ``"backup_file"`` (each
+chunk copied into an overwrite's backup) as ``"backup_mid"``, so a test can kill a run
+half-way through its pixels or its backup.  ``OMELOC_TEST_AT_CALL=<n>`` moves that to the
+n-th call.
 """
 
 from __future__ import annotations
@@ -30,6 +33,8 @@ logger = logging.getLogger(__name__)
 
 ENV_VARS = ("OMELOC_TEST_KILL_AT", "OMELOC_TEST_PAUSE_AT", "OMELOC_TEST_KILL_WORKER_ONCE")
 _COUNTS: dict[str, int] = {}
+#: counted point → the name it is also reported as from the n-th call on (n: OMELOC_TEST_AT_CALL, default 2)
+_COUNTED = {"level0_block": "level0_mid", "backup_file": "backup_mid"}
 _LOCK = threading.Lock()
 
 
@@ -37,11 +42,11 @@ def fault_point(point: str) -> None:
     """Kill or pause here if a test asked for it (a no-op otherwise)."""
     if not any(var in os.environ for var in ENV_VARS):
         return
-    if point == "level0_block":
+    if point in _COUNTED:
         with _LOCK:
             _COUNTS[point] = _COUNTS.get(point, 0) + 1
-            if _COUNTS[point] >= 2:
-                point = "level0_mid"
+            if _COUNTS[point] >= int(os.environ.get("OMELOC_TEST_AT_CALL", "2")):
+                point = _COUNTED[point]
     if os.environ.get("OMELOC_TEST_PAUSE_AT") == point:
         time.sleep(float(os.environ.get("OMELOC_TEST_PAUSE_SECONDS", "5")))
     if os.environ.get("OMELOC_TEST_KILL_AT") == point:

@@ -17,48 +17,71 @@ API, so nothing else in a document (consolidated metadata, unknown keys) is drop
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import logging
 import os
 import socket
 import time
+import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import zarr
 from zarr.core.buffer import default_buffer_prototype
 from zarr.core.buffer.cpu import Buffer
 from zarr.core.sync import collect_aiterator, sync
+from zarr.storage import LocalStore
 
-from omeloc.errors import ConcurrentWriteError, ReadOnlyStoreError
+from omeloc.errors import (
+    ConcurrentWriteError,
+    CorruptDataError,
+    OmelocError,
+    ReadOnlyStoreError,
+    UnsafePathError,
+)
+from omeloc.ngff import format as fmt
+from omeloc.ngff.format import chunk_coords, inside_root, join_path, safe_key
+from omeloc.testing.faults import fault_point
+from omeloc.writeback.validate import journal_doc, validate_journal
 
 __all__ = [
+    "ACTIVE_RUNS",
+    "BACKUP_PREFIX",
     "JOURNAL_KEY",
     "StoreIO",
-    "chunk_coords",
-    "writer_alive",
-    "rollback",
+    "check_journal",
+    "drop_backups",
     "finish",
-    "BACKUP_PREFIX",
+    "is_partial",
+    "prune_empty_dirs",
+    "rollback",
+    "write_backup",
+    "writer_alive",
+    "writer_identity",
 ]
 
 logger = logging.getLogger(__name__)
 
 JOURNAL_KEY = "omeloc_journal"
 BACKUP_PREFIX = ".omeloc_backup"
-_META_NAMES = frozenset({"zarr.json", ".zattrs", ".zarray", ".zgroup", ".zmetadata"})
 
 #: run ids of add_channel calls running in this process (a journal of ours is not "dead")
 ACTIVE_RUNS: set[str] = set()
 
 
-def _join(*parts: str) -> str:
-    return "/".join(p.strip("/") for p in parts if p and p.strip("/"))
-
-
 class StoreIO:
-    """Raw key access below a group (local path or fsspec URL), keys relative to it."""
+    """Raw key access below a group (local path or fsspec URL), keys relative to it.
+
+    Every key goes through :func:`~omeloc.ngff.format.safe_key` (no ``..``, no absolute
+    path, ...), and on a local store its real path, symbolic links resolved, must stay inside
+    the group's real folder (DESIGN invariant 7): a violation raises
+    :class:`~omeloc.errors.UnsafePathError` before anything is read or written.  Listing
+    follows symbolic links to folders that stay inside (zarr's own listing does not).
+    """
 
     def __init__(self, url: str, storage_options: Mapping[str, Any] | None = None) -> None:
         kwargs: dict[str, Any] = {"mode": "r+", "use_consolidated": False}
@@ -77,97 +100,141 @@ class StoreIO:
         self.zarr_format = group.metadata.zarr_format
         if getattr(self.store, "read_only", False):
             raise ReadOnlyStoreError(f"Store {url} is read-only. Use a writable copy of the plate.")
+        #: the group's folder on a local store (``None`` on other stores)
+        self.local_root: Path | None = (
+            Path(self.store.root, self.prefix) if isinstance(self.store, LocalStore) else None
+        )
 
     # -- bytes --------------------------------------------------------------------------
     def key(self, rel: str) -> str:
-        return _join(self.prefix, rel)
+        """The store key of ``rel`` (a key relative to the group), refused when it may leave the group."""
+        rel = safe_key(rel)
+        if self.local_root is not None and rel and not inside_root(self.local_root, self.local_root / rel):
+            raise UnsafePathError(
+                f"Refused the key {rel!r} of {self.url}: a symbolic link takes it to "
+                f"{os.path.realpath(self.local_root / rel)}, outside the store. Remove the link or copy the plate."
+            )
+        return join_path("", self.prefix, rel)
 
     def get(self, rel: str) -> bytes | None:
+        """The bytes stored at ``rel``, ``None`` when there are none."""
         buf = sync(self.store.get(self.key(rel), prototype=default_buffer_prototype()))
         return None if buf is None else buf.to_bytes()
 
     def set(self, rel: str, data: bytes) -> None:
+        """Store ``data`` at ``rel``; a refusal of the store becomes a :class:`ReadOnlyStoreError`."""
+        key = self.key(rel)
         try:
-            sync(self.store.set(self.key(rel), Buffer.from_bytes(data)))
+            sync(self.store.set(key, Buffer.from_bytes(data)))
         except Exception as err:  # any backend's refusal (OSError, HTTP 4xx/5xx, ...) re-raised with context
             raise ReadOnlyStoreError(
-                f"Cannot write {self.key(rel)} in {self.url} ({type(err).__name__}: {str(err)[:120]}). "
+                f"Cannot write {key} in {self.url} ({type(err).__name__}: {str(err)[:120]}). "
                 f"The store is read-only or unreachable: use a writable copy of the plate or fix its permissions."
             ) from err
 
     def delete(self, rel: str) -> None:
+        """Delete the key ``rel``."""
         sync(self.store.delete(self.key(rel)))
 
     def list(self, rel_prefix: str) -> list[str]:
-        """Keys below ``rel_prefix`` (relative to this group), partial files included."""
+        """Keys below ``rel_prefix`` (relative to this group), partial files included, sorted.
+
+        On a local store, folders reached through symbolic links are listed too; they must
+        stay inside the store (an escape, a loop or a second way into one folder is refused).
+        """
+        rel_prefix = safe_key(rel_prefix)
+        if self.local_root is not None:
+            return self._walk_local(rel_prefix)
         full = self.key(rel_prefix)
         keys = collect_aiterator(self.store.list_prefix(full + "/" if full else ""))
         strip = len(self.prefix) + 1 if self.prefix else 0
-        out = []
-        for k in keys:
-            if full and not k.startswith(full + "/"):
-                continue
-            out.append(k[strip:])
+        listed = (k[strip:] for k in keys if not full or k.startswith(full + "/"))
+        return sorted(safe_key(k, f"{self.url} lists the key", "Remove that object from the store.") for k in listed)
+
+    def _walk_local(self, rel_prefix: str) -> list[str]:
+        """Files below ``rel_prefix`` of a local store, following symbolic links that stay inside."""
+        root = self.local_root
+        assert root is not None
+        self.key(rel_prefix)  # the folder itself must stay inside
+        out: list[str] = []
+        seen: set[str] = set()
+        for dirpath, _dirs, files in os.walk(root / rel_prefix if rel_prefix else root, followlinks=True):
+            rel_dir = Path(dirpath).relative_to(root).as_posix()
+            real = os.path.realpath(dirpath)
+            if not inside_root(root, real):
+                self.key(rel_dir)  # raises: a linked folder leads outside
+            if real in seen:
+                raise UnsafePathError(
+                    f"Refused to list {rel_prefix or '.'} of {self.url}: folder {rel_dir!r} is reached a second time "
+                    f"through symbolic links (a loop, or two keys for one file). Remove the link or copy the plate."
+                )
+            seen.add(real)
+            for name in files:
+                rel = name if rel_dir == "." else f"{rel_dir}/{name}"
+                path = os.path.join(dirpath, name)
+                if os.path.islink(path):
+                    self.key(rel)  # a linked file must stay inside too
+                if os.path.isfile(path):
+                    out.append(rel)
         return sorted(out)
 
     # -- JSON documents -----------------------------------------------------------------
     def attrs_doc(self, group_rel: str) -> str:
         """Key of the document holding a group's attributes."""
-        return _join(group_rel, "zarr.json" if self.zarr_format == 3 else ".zattrs")
+        return join_path("", group_rel, fmt.attrs_doc_name(self.zarr_format))
 
     def array_doc(self, array_rel: str) -> str:
-        return _join(array_rel, "zarr.json" if self.zarr_format == 3 else ".zarray")
+        """Key of the document describing an array."""
+        return join_path("", array_rel, fmt.array_doc_name(self.zarr_format))
 
     def read_json(self, rel: str) -> dict[str, Any] | None:
+        """The JSON document at ``rel``, ``None`` when there is none."""
         raw = self.get(rel)
         return None if raw is None else json.loads(raw)
 
     def write_json(self, rel: str, doc: Mapping[str, Any]) -> None:
+        """Write a JSON document (indented like zarr's own)."""
         self.set(rel, json.dumps(doc, indent=2, allow_nan=False).encode("utf-8"))
 
     def read_attrs(self, group_rel: str) -> dict[str, Any]:
-        doc = self.read_json(self.attrs_doc(group_rel)) or {}
-        return dict(doc.get("attributes") or {}) if self.zarr_format == 3 else dict(doc)
+        """All attributes of a group, read from its raw document."""
+        return fmt.attributes_in(self.read_json(self.attrs_doc(group_rel)) or {}, self.zarr_format)
+
+    def read_ngff(self, group_rel: str) -> tuple[dict[str, Any], dict[str, Any]]:
+        """A group's attributes and, within them, its NGFF metadata (see :mod:`omeloc.ngff.format`)."""
+        attrs = self.read_attrs(group_rel)
+        return attrs, fmt.ngff_attrs(attrs, self.zarr_format)
 
     def update_attrs(self, group_rel: str, updates: Mapping[str, Any], remove: Iterable[str] = ()) -> None:
         """Set (and remove) top-level attributes of a group, keeping the rest of its document."""
         key = self.attrs_doc(group_rel)
-        doc = self.read_json(key) or ({"zarr_format": 3, "node_type": "group"} if self.zarr_format == 3 else {})
-        attrs = doc.setdefault("attributes", {}) if self.zarr_format == 3 else doc
+        doc = self.read_json(key) or fmt.new_group_doc(self.zarr_format)
+        attrs = fmt.attributes_to_edit(doc, self.zarr_format)
+        if isinstance(updates.get(JOURNAL_KEY), dict):
+            journal_doc(updates[JOURNAL_KEY])  # every write of the journal carries a fresh digest
         attrs.update(updates)
         for name in remove:
             attrs.pop(name, None)
         self.write_json(key, doc)
 
+    def update_ngff(self, group_rel: str, attrs: Mapping[str, Any], changes: Mapping[str, Any],
+                    **other: Any) -> None:
+        """Set NGFF keys ``changes`` (and other top-level attributes) of a group whose attributes are ``attrs``."""
+        self.update_attrs(group_rel, {**fmt.ngff_updates(attrs, self.zarr_format, changes), **other})
+
     def metadata_docs(self, rel: str) -> list[str]:
         """Every metadata document key of a node (existing or not) that a write may touch."""
-        if self.zarr_format == 3:
-            return [_join(rel, "zarr.json")]
-        return [_join(rel, n) for n in (".zattrs", ".zarray", ".zgroup")]
+        return [join_path("", rel, name) for name in fmt.metadata_doc_names(self.zarr_format)]
+
+    def root_docs(self) -> list[str]:
+        """The root's metadata document keys, the separate consolidated metadata included."""
+        extra = fmt.consolidated_doc_name(self.zarr_format)
+        return self.metadata_docs("") + ([extra] if extra else [])
 
 
 def is_partial(key: str) -> bool:
+    """Whether ``key`` is a ``*.partial`` file a killed local write left behind."""
     return key.endswith(".partial")
-
-
-def chunk_coords(rel_key: str, array_doc: Mapping[str, Any]) -> tuple[int, ...] | None:
-    """Chunk (or shard) grid coordinates of a key relative to its array, ``None`` if not a chunk."""
-    name = rel_key.rsplit("/", 1)[-1]
-    if name in _META_NAMES or is_partial(rel_key):
-        return None
-    if array_doc.get("zarr_format") == 3:
-        enc = array_doc.get("chunk_key_encoding") or {"name": "default"}
-        sep = (enc.get("configuration") or {}).get("separator", "/" if enc.get("name") == "default" else ".")
-        if enc.get("name") == "default":
-            if not rel_key.startswith("c"):
-                return None
-            rel_key = rel_key[1:].lstrip(sep)
-    else:
-        sep = array_doc.get("dimension_separator") or "."
-    try:
-        return tuple(int(p) for p in rel_key.split(sep))
-    except ValueError:
-        return None
 
 
 def _proc_start(pid: int) -> str | None:
@@ -179,27 +246,34 @@ def _proc_start(pid: int) -> str | None:
 
 
 def writer_identity() -> dict[str, Any]:
+    """This process, as a journal records its writer: pid, host and process start time."""
     pid = os.getpid()
     return {"pid": pid, "host": socket.gethostname(), "pid_start": _proc_start(pid)}
 
 
 def writer_alive(journal: Mapping[str, Any], stale_after: float) -> bool:
-    """Whether the run that wrote ``journal`` may still be running."""
-    if journal.get("run_id") in ACTIVE_RUNS:
+    """Whether the run that wrote ``journal`` may still be running (a garbled identity: no)."""
+    try:
+        run_id, pid, heartbeat = str(journal.get("run_id")), int(journal.get("pid", -1)), \
+            float(journal.get("heartbeat", 0))
+    except (TypeError, ValueError):
+        return False  # not a writer omeloc recorded: the journal's own validation decides
+    if run_id in ACTIVE_RUNS:
         return True
-    pid = int(journal.get("pid", -1))
     if journal.get("host") == socket.gethostname():
+        if pid <= 0:
+            return False
         if pid == os.getpid():
             return False  # our own process, but not an active run: a call that died half-way
         try:
             os.kill(pid, 0)
-        except ProcessLookupError:
+        except (ProcessLookupError, OverflowError):
             return False
         except PermissionError:
             return True
         start = journal.get("pid_start")
         return start is None or start == _proc_start(pid)
-    return time.time() - float(journal.get("heartbeat", 0)) < stale_after
+    return time.time() - heartbeat < stale_after
 
 
 def check_journal(io: StoreIO, *, stale_after: float, force: bool = False) -> dict[str, Any] | None:
@@ -207,13 +281,17 @@ def check_journal(io: StoreIO, *, stale_after: float, force: bool = False) -> di
     journal = io.read_attrs("").get(JOURNAL_KEY)
     if not journal:
         return None
+    if not isinstance(journal, Mapping):
+        validate_journal(io, journal)  # raises: not a journal
     if not force and writer_alive(journal, stale_after):
+        run_id, pid, host, started = (" ".join(str(journal.get(k)).split())[:64]
+                                      for k in ("run_id", "pid", "host", "started"))
         raise ConcurrentWriteError(
-            f"{io.url} is being written by omeloc run {journal.get('run_id')} (pid {journal.get('pid')} on "
-            f"{journal.get('host')}, channel {journal.get('name')!r}, since {journal.get('started')}). Wait for it "
-            f"to finish; if it is dead, call omeloc.recover({io.url!r}, force=True)."
+            f"{io.url} is being written by omeloc run {run_id} (pid {pid} on {host}, channel "
+            f"{str(journal.get('name'))[:64]!r}, since {started}). Wait for it to finish; if it is dead, run "
+            f"`omeloc recover {io.url} --force`."
         )
-    return dict(journal)
+    return validate_journal(io, journal)  # a plate is untrusted input: check before acting on it
 
 
 # -- recovery ---------------------------------------------------------------------------
@@ -226,15 +304,13 @@ class _ArrayInfo:
     @property
     def c_block(self) -> int:
         """Size along c of the array's storage unit (the shard when sharded)."""
-        if self.doc.get("zarr_format") == 3:
-            return int(self.doc["chunk_grid"]["configuration"]["chunk_shape"][self.c_axis])
-        return int(self.doc["chunks"][self.c_axis])
+        return fmt.storage_block(self.doc)[self.c_axis]
 
 
 def _arrays(journal: Mapping[str, Any]) -> list[_ArrayInfo]:
-    doc_name = "zarr.json" if journal["zarr_format"] == 3 else ".zarray"
+    doc_name = fmt.array_doc_name(journal["zarr_format"])
     return [
-        _ArrayInfo(rel=rel, doc=json.loads(journal["docs"][_join(rel, doc_name)]), c_axis=int(img["c_axis"]))
+        _ArrayInfo(rel=rel, doc=json.loads(journal["docs"][join_path("", rel, doc_name)]), c_axis=int(img["c_axis"]))
         for img in journal["images"]
         for rel in img["arrays"]
     ]
@@ -264,47 +340,176 @@ def _delete_new_chunks(io: StoreIO, journal: Mapping[str, Any]) -> int:
 
 
 def _backup_root(journal: Mapping[str, Any]) -> str:
-    return _join(BACKUP_PREFIX, journal["run_id"])
+    return join_path("", BACKUP_PREFIX, journal["run_id"])
 
 
-def _restore_backup(io: StoreIO, journal: Mapping[str, Any]) -> None:
-    root = _backup_root(journal)
-    for key in io.list(root):
-        if is_partial(key):
-            continue
+def _manifest_key(run_id: str) -> str:
+    """The backup's manifest: next to (not inside) the backup, so restoring never writes it into the plate."""
+    return join_path("", BACKUP_PREFIX, f"{run_id}.manifest.json")
+
+
+def _digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def write_backup(io: StoreIO, run_id: str, keys: Iterable[str]) -> dict[str, Any]:
+    """Copy the chunk ``keys`` into the run's backup, verified, with a manifest; the summary for the journal.
+
+    Every copy is read back and compared with the original before the manifest (key → size
+    and sha256) is written; the journal then records the manifest's digest together with the
+    phase ``backed_up``.  Only after that may the original chunks be touched.
+
+    Raises
+    ------
+    CorruptDataError
+        A copy does not read back as written (the store lost or changed it).
+    """
+    root = join_path("", BACKUP_PREFIX, run_id)
+    files: dict[str, dict[str, Any]] = {}
+    for key in keys:
         data = io.get(key)
+        if data is None:
+            continue
+        io.set(join_path("", root, key), data)
+        files[key] = {"size": len(data), "sha256": _digest(data)}
+        fault_point("backup_file")
+    bad = _bad_backup_files(io, root, files)
+    if bad:
+        raise CorruptDataError(
+            f"The backup of {bad[0]} in {io.url} does not read back as written ({len(bad)} file(s)); the channel "
+            f"was not touched. Check the store (disk full or failing?) and retry."
+        )
+    manifest = json.dumps({"run_id": run_id, "files": files}, sort_keys=True).encode("utf-8")
+    io.set(_manifest_key(run_id), manifest)
+    return {"files": len(files), "bytes": sum(f["size"] for f in files.values()), "manifest": _digest(manifest)}
+
+
+def _bad_backup_files(io: StoreIO, root: str, files: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """Keys whose backup copy is missing or differs from its manifest entry."""
+    bad = []
+    for key, want in files.items():
+        data = io.get(join_path("", root, key))
+        if data is None or len(data) != want["size"] or _digest(data) != want["sha256"]:
+            bad.append(key)
+    return bad
+
+
+def _verified_manifest(io: StoreIO, journal: Mapping[str, Any]) -> dict[str, Any]:
+    """The backup manifest of a run at ``backed_up`` or later, checked against the journal and the files.
+
+    Raises
+    ------
+    CorruptDataError
+        The manifest or a backed-up file is missing or altered: nothing may be deleted.
+    """
+    raw = io.get(_manifest_key(journal["run_id"]))
+    summary = journal.get("backup") or {}
+    problem = None
+    if raw is None or _digest(raw) != summary.get("manifest"):
+        problem = "its manifest is missing or altered"
+    else:
+        files = json.loads(raw)["files"]
+        arrays = tuple(a + "/" for img in journal["images"] for a in img["arrays"])
+        outside = [k for k in files if not k.startswith(arrays)]
+        bad = outside or _bad_backup_files(io, _backup_root(journal), files)
+        if bad:
+            problem = f"{len(bad)} backed-up file(s) are missing, altered or outside the channel ({bad[0]})"
+    if problem:
+        raise CorruptDataError(
+            f"Cannot roll back omeloc run {journal['run_id']} in {io.url}: the backup of channel {journal['name']!r} "
+            f"is not intact ({problem}), so nothing was deleted. Restore the plate from a copy."
+        )
+    return files
+
+
+def _restore_backup(io: StoreIO, journal: Mapping[str, Any], files: Mapping[str, Any]) -> None:
+    root = _backup_root(journal)
+    for key in files:
+        data = io.get(join_path("", root, key))
         if data is not None:
-            io.set(key[len(root) + 1:], data)
+            io.set(key, data)
 
 
 def _drop_backup(io: StoreIO, journal: Mapping[str, Any]) -> None:
     for key in io.list(_backup_root(journal)):
         io.delete(key)
+    if io.get(_manifest_key(journal["run_id"])) is not None:
+        io.delete(_manifest_key(journal["run_id"]))
+    prune_empty_dirs(io, BACKUP_PREFIX)
+
+
+def drop_backups(io: StoreIO) -> int:
+    """Delete every backup file and manifest (left by interrupted runs); the number deleted."""
+    keys = io.list(BACKUP_PREFIX)
+    for key in keys:
+        io.delete(key)
+    prune_empty_dirs(io, BACKUP_PREFIX)
+    return len(keys)
+
+
+def prune_empty_dirs(io: StoreIO, prefix: str) -> None:
+    """Remove the empty directories below (and of) omeloc's own ``prefix`` in a local store.
+
+    Deleting keys leaves their directories behind in zarr's LocalStore, and zarr warns about
+    every unknown directory when it lists the root's members.  Object stores have no
+    directories: nothing to do there.
+    """
+    if not isinstance(io.store, LocalStore) or not prefix.startswith(".omeloc"):
+        return
+    top = Path(io.store.root) / io.key(prefix)
+    if not top.is_dir() or top.is_symlink():
+        return
+    for folder in sorted((p for p in top.rglob("*") if p.is_dir() and not p.is_symlink()),
+                         key=lambda p: len(p.parts), reverse=True):
+        with contextlib.suppress(OSError):
+            folder.rmdir()  # only succeeds when empty
+    with contextlib.suppress(OSError):
+        top.rmdir()
+
+
+def _channel_touched(journal: Mapping[str, Any]) -> bool:
+    """Whether the run may have changed chunks: an overwrite only after its backup was verified."""
+    return journal["mode"] == "append" or journal.get("phase", "started") != "started"
+
+
+def _undo_chunks(io: StoreIO, journal: dict[str, Any]) -> None:
+    """Delete the run's chunks (and partial files) and put back the backed-up channel; record it."""
+    files = _verified_manifest(io, journal) if journal["mode"] == "overwrite" else {}
+    removed = _delete_new_chunks(io, journal)
+    if journal["mode"] == "overwrite":
+        _restore_backup(io, journal, files)
+    logger.info("rollback removed %d chunk/partial files", removed)
+    journal["chunks_restored"] = True
+    try:
+        io.update_attrs("", {JOURNAL_KEY: journal})
+    except OmelocError as err:  # e.g. a full disk: deleting and restoring again on the next try is harmless
+        logger.warning("could not record the restored chunks in the journal (%s); continuing", err)
 
 
 def rollback(io: StoreIO, journal: Mapping[str, Any], *, quiet: bool = False) -> None:
     """Undo a run described by ``journal``: the tree becomes byte-for-byte what it was.
 
-    ``quiet`` logs at INFO instead of WARNING (the caller reports the failure itself).
+    The phase tells what the run may have touched: an overwrite killed before its backup was
+    complete and verified (phase ``started``) never touched the channel, so only the partial
+    backup is deleted.  ``quiet`` logs at INFO instead of WARNING (the caller reports the
+    failure itself).  Each step can be repeated, so a rollback that fails (a full disk) or is
+    killed is finished by the next :func:`omeloc.recover`; the journal goes last.
     """
+    journal = validate_journal(io, journal)  # untrusted input: refused unless it names only this plate's keys
     logger.log(logging.INFO if quiet else logging.WARNING, "rolling back omeloc run %s (channel %r) in %s",
                journal["run_id"], journal["name"], io.url)
     journal = dict(journal)
-    if not journal.get("chunks_restored"):
-        removed = _delete_new_chunks(io, journal)
-        if journal["mode"] == "overwrite":
-            _restore_backup(io, journal)
-        logger.info("rollback removed %d chunk/partial files", removed)
-        journal["chunks_restored"] = True
-        io.update_attrs("", {JOURNAL_KEY: journal})
+    if not journal.get("chunks_restored") and _channel_touched(journal):
+        _undo_chunks(io, journal)
     _drop_backup(io, journal)
-    root_docs = set(io.metadata_docs("")) | {".zmetadata"}
+    fault_point("rollback_docs")
+    root_docs = set(io.root_docs())
     docs: Mapping[str, str | None] = journal["docs"]
     for rel, text in docs.items():
         if rel in root_docs:
             continue
         _restore_doc(io, rel, text)
-    for rel in sorted(root_docs & set(docs), key=lambda r: r in (".zattrs", "zarr.json")):
+    for rel in sorted(root_docs & set(docs), key=lambda r: r == io.attrs_doc("")):
         _restore_doc(io, rel, docs[rel])  # the attributes document last: it removes the journal
 
 
@@ -318,13 +523,17 @@ def _restore_doc(io: StoreIO, rel: str, text: str | None) -> None:
 
 def finish(io: StoreIO, journal: Mapping[str, Any]) -> None:
     """Complete a run whose pixels and metadata are all written (phase ``complete``)."""
+    journal = validate_journal(io, journal)  # untrusted input: refused unless it names only this plate's keys
     _drop_backup(io, journal)
     if journal.get("consolidated"):
-        zarr.consolidate_metadata(io.store, path=io.prefix or None)
+        with warnings.catch_warnings():  # the lock and backup keys are not part of the hierarchy
+            warnings.filterwarnings("ignore", message=r"Object at \.omeloc")
+            zarr.consolidate_metadata(io.store, path=io.prefix or None)
     io.update_attrs("", {}, remove=[JOURNAL_KEY])
-    if journal.get("consolidated") and io.zarr_format == 2:
-        # .zmetadata holds a copy of the root .zattrs: drop the journal there too
-        meta = io.read_json(".zmetadata")
+    separate = fmt.consolidated_doc_name(io.zarr_format)
+    if journal.get("consolidated") and separate is not None:
+        # .zmetadata (Zarr v2) holds a copy of the root .zattrs: drop the journal there too
+        meta = io.read_json(separate)
         if meta is not None:
-            meta.get("metadata", {}).get(".zattrs", {}).pop(JOURNAL_KEY, None)
-            io.write_json(".zmetadata", meta)
+            meta.get("metadata", {}).get(io.attrs_doc(""), {}).pop(JOURNAL_KEY, None)
+            io.write_json(separate, meta)

@@ -1,122 +1,94 @@
 """Add a (virtual) channel to an existing OME-Zarr plate or image, in place, safely.
 
-The protocol (DESIGN.md, "Write-back protocol"): discover → preflight everything → journal
-→ resize every level → write level 0 with region-aligned writes (one Dask task per zarr
-write block, so each chunk is written exactly once and no locks are needed) → build each
-lower level from the level above to the exact existing shapes → omero entry and
-provenance → re-consolidate → clear the journal.  Pixels are written by Dask tasks;
-metadata only by the calling process.  A run killed at any point is rolled back (or, past
-its last write, finished) by the next call; see :mod:`omeloc.writeback.journal`.
+The protocol (DESIGN.md, "Write-back protocol"), in the order :func:`add_channel` runs it:
+
+0. take the plate lock (:mod:`omeloc.writeback.lock`), before anything is read for the write;
+   a heartbeat thread refreshes it until the end (``dry_run`` takes none);
+1. deal with a dead run's journal (roll it back, or finish it: :func:`recover`);
+2. preflight everything (:mod:`omeloc.writeback.plan`); ``dry_run`` stops here;
+3. journal: the raw bytes of every metadata document it may touch, in the root attributes
+   outside the ``ome`` key (:mod:`omeloc.writeback.journal`);
+4. overwrite: back up the channel being replaced, verify the copy, journal ``backed_up``;
+   then per image the omero entry, marked as being written (``"active": false`` and
+   :data:`PENDING_KEY`), together with the new shape of every level (append);
+5. write level 0 with region-aligned writes, then each lower level from the level above, to
+   the exact existing shapes (:mod:`omeloc.writeback.pixels`: one Dask task per zarr write
+   block, so each chunk is written exactly once and no locks are needed);
+6. the final omero entry and provenance; re-consolidate; clear the journal; release the lock.
+
+Pixels are written by Dask tasks; metadata only by the calling process.  A run killed at any
+point is rolled back (or, past its last write, finished) by the next call; a run that fails
+(bad data, a full disk, Ctrl-C) rolls itself back, and if even that fails it says so in one
+line and leaves its journal for ``omeloc recover``.
+
+Parameters of :func:`add_channel` in detail
+-------------------------------------------
+``data``
+    For an image: one array (numpy or dask) with the shape of level 0 without the ``c``
+    axis.  For a plate: a mapping from image path (``"B/3/0"``) to such an array or to a
+    function of no arguments returning one, or a function called with each
+    :class:`~omeloc.ngff.plate.Image` returning its array.  Values are mapped to the image
+    dtype by rounding and clipping.  Dask arrays are computed inside the region writes, so a
+    lazy prediction and its write are one Dask graph.
+``overwrite``
+    Allow replacing an existing channel of that name if omeloc wrote it (it is marked
+    ``virtual`` in ``attrs["omeloc"]["channels"]``); only that channel's chunks change.
+``provenance``
+    JSON-serialisable facts to store with the channel (source channel, model, hash,
+    parameters, ...), in ``attrs["omeloc"]["channels"][name]`` outside the ``ome`` key.
+``compute``, ``client``, ``scheduler``
+    Where the pixel writes run: a :class:`~omeloc.config.ComputeConfig`, or as shorthands a
+    ``distributed.Client`` (``client=``) or a local Dask scheduler name such as
+    ``"synchronous"`` (``scheduler=``).  Nothing given: Dask's default scheduler.
+``resume_key``
+    Identity of the job (e.g. a hash of model and settings).  When a killed run with the
+    same key, channel name and plate left a journal, its finished level-0 chunks are kept and
+    only the missing blocks are computed; any other leftover run is rolled back.
+``stale_after``
+    Seconds without a heartbeat after which a lock (or journal) left on another host counts
+    as dead; never less than 15 heartbeats of the holder, so a live writer is never judged
+    dead.  On the same host a writer is dead only when its process is gone.
 """
 
 from __future__ import annotations
 
-import functools
+import contextlib
+import errno
 import json
 import logging
-import math
 import re
 import time
 import uuid
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import dask
 import dask.array as da
 import numpy as np
-import zarr
 
+from omeloc.compute import compute as compute_graph
+from omeloc.compute import dask_client
+from omeloc.config import ComputeConfig
+from omeloc.errors import ConcurrentWriteError, InputError, OmelocError, ReadOnlyStoreError
+from omeloc.ngff.format import chunk_coords, is_consolidated, parent_ngff_attrs
+from omeloc.ngff.plate import Image, Plate, image_plate, open_plate
+from omeloc.ngff.writer import DEFAULT_COLORS
 from omeloc.testing.faults import fault_point
 from omeloc.writeback import journal as jr
+from omeloc.writeback import pixels as px
 from omeloc.writeback import resume as rs
-from omeloc.errors import OmelocError, ConcurrentWriteError, InputError, LayoutError
-from omeloc.ngff.writer import DEFAULT_COLORS, channel_window
-from omeloc.ngff.layout import writeback_problems
-from omeloc.ngff.plate import Image, Plate, open_plate
-from omeloc.ngff.pyramid import cast_to_dtype, downsample_mean
+from omeloc.writeback.lock import PlateLock, peek
+from omeloc.writeback.plan import DataArg, ImagePlan, WritePlan, preflight, without_axis
 
-__all__ = ["add_channel", "recover", "WritePlan", "ImagePlan", "AddChannelResult"]
+__all__ = ["PENDING_KEY", "AddChannelResult", "ImagePlan", "Recovery", "WriteJob", "WritePlan", "add_channel",
+           "recover", "recover_report"]
 
 logger = logging.getLogger(__name__)
 
-ArrayLike = Any  # numpy array, dask array, or anything np.asarray accepts
-DataArg = ArrayLike | Mapping[str, ArrayLike | Callable[[], ArrayLike]] | Callable[[Image], ArrayLike]
-
-_RECHUNK_HINT = (
-    "Copy the plate into an append-friendly layout (chunk 1 along c), e.g. "
-    "omeloc.rechunk(src, dst) (`omeloc rechunk SRC DST`), then add the channel to the copy."
-)
-
-
-# -- plan and result --------------------------------------------------------------------
-@dataclass(frozen=True)
-class ImagePlan:
-    """What :func:`add_channel` writes into one image."""
-
-    path: str
-    """Image path relative to the target (``"B/3/0"``, ``""`` for a standalone image)."""
-    url: str
-    c_axis: int
-    level_paths: tuple[str, ...]
-    shapes: tuple[tuple[int, ...], ...]
-    """Shapes of every level after the write (channel axis included)."""
-    write_blocks: tuple[tuple[int, ...], ...]
-    """The zarr write unit (shard, else chunk) of every level: one Dask task each."""
-    data: da.Array = field(repr=False, compare=False)
-
-
-@dataclass(frozen=True)
-class WritePlan:
-    """Everything :func:`add_channel` would do, found by the preflight (``dry_run=True``)."""
-
-    target: str
-    name: str
-    mode: str
-    """``"append"`` (a new channel) or ``"overwrite"`` (replace omeloc's virtual channel)."""
-    channel_index: int
-    n_channels: int
-    """Channel count before the write."""
-    dtype: str
-    ngff_version: str
-    images: tuple[ImagePlan, ...]
-    pending_recovery: str | None = None
-    """``"rollback"`` or ``"finish"`` when a dead run's journal will be dealt with first."""
-
-    @property
-    def tasks(self) -> int:
-        """Number of region-write tasks (chunks or shards written, all levels)."""
-        n = 0
-        for img in self.images:
-            for shape, block in zip(img.shapes, img.write_blocks):
-                n += math.prod(math.ceil(s / b) for i, (s, b) in enumerate(zip(shape, block)) if i != img.c_axis)
-        return n
-
-    @property
-    def nbytes(self) -> int:
-        """Uncompressed bytes of the new channel, all levels."""
-        item = np.dtype(self.dtype).itemsize
-        return sum(
-            math.prod(s for i, s in enumerate(shape) if i != img.c_axis) * item
-            for img in self.images for shape in img.shapes
-        )
-
-    def describe(self) -> str:
-        """A short human-readable summary."""
-        verb = "replace channel" if self.mode == "overwrite" else "append channel"
-        lines = [
-            f"{verb} {self.name!r} at index {self.channel_index} of {self.target} "
-            f"({len(self.images)} image(s), {self.tasks} write tasks, {self.nbytes / 1e6:.1f} MB {self.dtype})"
-        ]
-        if self.pending_recovery:
-            lines.append(f"first: {self.pending_recovery} an interrupted omeloc run")
-        for img in self.images[:5]:
-            lines.append(f"  {img.path or '.'}: levels {', '.join(img.level_paths)} -> shapes {list(img.shapes)}")
-        if len(self.images) > 5:
-            lines.append(f"  ... {len(self.images) - 5} more")
-        return "\n".join(lines)
+#: marks the omero entry of a channel being written (with ``"active": false``) until the run completes
+PENDING_KEY = "omeloc_writing"
 
 
 @dataclass(frozen=True)
@@ -134,362 +106,251 @@ class AddChannelResult:
     """``"rollback"`` / ``"finish"`` when an interrupted run was dealt with first."""
 
 
-# -- helpers ----------------------------------------------------------------------------
-def _url_join(base: str, *parts: str) -> str:
-    parts = tuple(p.strip("/") for p in parts if p and p.strip("/"))
-    return base.rstrip("/") + ("/" + "/".join(parts) if parts else "")
+@dataclass(frozen=True)
+class WriteJob:
+    """One :func:`add_channel` run past its preflight: everything the write phases need."""
+
+    io: jr.StoreIO
+    plan: WritePlan
+    journal: dict[str, Any]
+    """The run's journal (its ``docs`` are the original metadata documents); phases update it."""
+    color: str
+    provenance: dict[str, Any]
+    where: ComputeConfig
+    progress: bool
+    storage_options: Mapping[str, Any] | None
+    axes: tuple[str, ...]
+    started: float
+    """``time.perf_counter()`` when the call began."""
+    recovered: str | None = None
+    lock: PlateLock | None = None
+    """The plate lock this run holds (its heartbeat runs meanwhile)."""
+
+    @property
+    def store(self) -> px.RunStore:
+        """How this run's tasks open the target's arrays."""
+        return px.RunStore.of(self.storage_options, self.io.zarr_format, self.journal["run_id"])
 
 
-def _rel(*parts: str) -> str:
-    return "/".join(p.strip("/") for p in parts if p and p.strip("/"))
+@dataclass(frozen=True)
+class Recovery:
+    """What :func:`recover_report` did."""
+
+    outcome: str | None
+    """``"rollback"``, ``"finish"``, or ``None`` when no run was interrupted."""
+    leftovers: int = 0
+    """Files removed that interrupted runs left: the resume stash and orphaned overwrite backups."""
+    stale_lock: bool = False
+    """Whether the lock of a dead writer was taken over (and released)."""
 
 
-def _without(seq: tuple[int, ...], axis: int) -> tuple[int, ...]:
-    return seq[:axis] + seq[axis + 1:]
+def recover_report(target: str | Path, *, force: bool = False, storage_options: Mapping[str, Any] | None = None,
+                   stale_after: float = 3600.0) -> Recovery:
+    """Like :func:`recover`, and say what was found: the outcome, leftovers removed, a dead writer's lock.
+
+    Holds the plate lock throughout, so no other writer can start while the plate is rolled back.
+    """
+    io = jr.StoreIO(str(target), storage_options)
+    with PlateLock(io, purpose="recover", stale_after=stale_after, force=force) as lock:
+        fault_point("recover_locked")
+        journal = jr.check_journal(io, stale_after=stale_after, force=force)
+        outcome = None if journal is None else _recover(io, journal)
+        leftovers = rs.drop_stash(io) + jr.drop_backups(io)
+    if leftovers:
+        logger.warning("removed %d file(s) that interrupted runs left in %s (resume stash, backups)", leftovers, io.url)
+    return Recovery(outcome=outcome, leftovers=leftovers, stale_lock=lock.taken_over is not None)
 
 
-@functools.lru_cache(maxsize=512)
-def _open_level(url: str, so_json: str, zarr_format: int, run_id: str) -> zarr.Array:
-    """A writable zarr array, cached per process and run (the run id keys the fresh shape)."""
-    so = json.loads(so_json)
-    kwargs: dict[str, Any] = {"mode": "r+", "zarr_format": zarr_format}
-    if so:
-        kwargs["storage_options"] = so
-    return zarr.open_array(url, **kwargs)
+def recover(target: str | Path, *, force: bool = False, storage_options: Mapping[str, Any] | None = None,
+            stale_after: float = 3600.0) -> str | None:
+    """Deal with an interrupted :func:`add_channel` run: roll it back, or finish it.
+
+    Takes the plate lock first (a dead writer's lock is taken over), then rolls back or
+    finishes the run its journal describes, and removes what interrupted runs left (the
+    resume stash of a run stopped with Ctrl-C, orphaned backups).
+
+    Parameters
+    ----------
+    target
+        The plate (or image) that :func:`add_channel` was writing.
+    force
+        Recover even if the writer looks alive (another host, fresh heartbeat).
+    storage_options
+        fsspec options for URLs.
+    stale_after
+        Seconds without a heartbeat after which a writer on another host counts as dead.
+
+    Returns
+    -------
+    str or None
+        ``"rollback"``, ``"finish"``, or ``None`` when there was nothing to recover.
+
+    Raises
+    ------
+    ConcurrentWriteError
+        A live writer holds the lock or the journal (and ``force`` is False).
+    """
+    return recover_report(target, force=force, storage_options=storage_options, stale_after=stale_after).outcome
 
 
-def _write_level0_block(
-    block: np.ndarray, *, url: str, so_json: str, zarr_format: int, run_id: str, c_axis: int,
-    index: int, out_dtype: str, where: str, block_info: dict | None = None,
-) -> np.ndarray:
-    """Dask task: cast one block of the new channel and write it into its own zarr block."""
-    loc = block_info[0]["array-location"]
-    block = np.asarray(block)
-    if block.dtype.kind == "f" and not np.isfinite(block).all():
-        raise InputError(
-            f"Data for {where} has NaN or infinite values (region {[tuple(r) for r in loc]}). "
-            f"Replace them (e.g. np.nan_to_num) before adding the channel."
-        )
-    values = np.expand_dims(cast_to_dtype(block, out_dtype), c_axis)
-    region = [slice(a, b) for a, b in loc]
-    region.insert(c_axis, slice(index, index + 1))
-    _open_level(url, so_json, zarr_format, run_id)[tuple(region)] = values
-    fault_point("level0_block")
-    return np.full((1,) * block.ndim, values.nbytes, dtype=np.int64)
+def add_channel(
+    target: str | Path | Plate | Image, name: str, data: DataArg, *, color: str | None = None,
+    overwrite: bool = False, provenance: Mapping[str, Any] | None = None, compute: ComputeConfig | None = None,
+    client: Any = None, scheduler: str | None = None, dry_run: bool = False, progress: bool = False,
+    storage_options: Mapping[str, Any] | None = None, stale_after: float = 3600.0, resume_key: str | None = None,
+) -> AddChannelResult | WritePlan:
+    """Add channel ``name`` to every image of a plate (or to one image), in place.
+
+    Existing chunk files are never rewritten: every level grows by one channel, and only the
+    new channel's chunks are written; the plate lock is taken before anything else (steps and
+    parameters in detail: the module docstring).
+
+    Parameters
+    ----------
+    target : str, Path, Plate or Image
+        An OME-Zarr HCS plate or single multiscale image: its path or URL, or an opened view
+        (a dry run plans on it; a write reads the plate again once it holds the lock).
+    name : str
+        Label of the new channel (``omero.channels[].label``).
+    data
+        Level-0 pixels without the ``c`` axis: an array for an image; for a plate a mapping
+        image path → array (or function returning one), or a function of each Image.
+    color, overwrite, provenance
+        omero colour (default: an unused palette colour); replace omeloc's own channel of
+        that name; JSON facts stored with the channel.
+    compute, client, scheduler
+        Where the writes run: a ComputeConfig, a ``distributed.Client``, a local scheduler name.
+    dry_run, progress
+        Return the :class:`WritePlan` without writing; show progress bars.
+    storage_options, stale_after, resume_key
+        fsspec options; seconds without a heartbeat after which a writer on another host counts
+        as dead (never less than 15 heartbeats); the job's identity for resuming.
+
+    Returns
+    -------
+    AddChannelResult or WritePlan
+        The plan when ``dry_run``.
+
+    Raises
+    ------
+    InputError, LayoutError, ReadOnlyStoreError, ConcurrentWriteError
+        Bad name, data or plate; original chunks would be rewritten; the store cannot be
+        written (or is full: the plate is rolled back); another live omeloc run holds the lock.
+    """
+    t0, provenance, where = time.perf_counter(), _checked_request(name, provenance), _where(compute, client, scheduler)
+    url, so = _target_url(target, storage_options)
+    io = jr.StoreIO(url, so)
+    if dry_run:
+        return _dry_run(target, io, so, name, data, overwrite=overwrite, color=color, stale_after=stale_after)
+    fault_point("before_lock")
+    with PlateLock(io, purpose="add_channel", stale_after=stale_after) as lock:
+        stale = jr.check_journal(io, stale_after=stale_after)
+        recovered = _clear_stale(io, stale, name, resume_key)
+        plate = _target_plate(target, url, so, reuse=False)
+        _warn_single_field(plate, url, so, name)
+        plan = preflight(plate, io, name, data, overwrite=overwrite, target=url)
+        color = _pick_color(color, list(plate.images[0].omero.get("channels") or []))
+        return _write(WriteJob(io=io, plan=plan, journal=_new_journal(io, plan, resume_key, lock.run_id), color=color,
+                               provenance=provenance, where=where, progress=progress, storage_options=so,
+                               axes=plate.images[0].axes, started=t0, recovered=recovered, lock=lock))
 
 
-def _write_lower_block(
-    dummy: np.ndarray, *, src_url: str, dst_url: str, so_json: str, zarr_format: int, run_id: str,
-    c_axis: int, index: int, axes: tuple[str, ...], src_shape: tuple[int, ...],
-    block_info: dict | None = None,
-) -> np.ndarray:
-    """Dask task: one block of a lower level, the mean of the matching region of the level above."""
-    loc = [tuple(r) for r in block_info[0]["array-location"]]
-    full_axes = list(axes)
-    plane_axes = tuple(a for i, a in enumerate(full_axes) if i != c_axis)
-    src_plane = _without(tuple(src_shape), c_axis)
-    dst_shape = tuple(dummy.shape)
-    # target [a, b) along an axis of factor f reads source [a*f, b*f), clipped, edge-padded
-    read, take = [], []
-    for (a, b), n_src, ax in zip(loc, src_plane, plane_axes):
-        f = 1
-        if ax in ("y", "x"):
-            n_dst = block_info[0]["shape"][len(read)]
-            f = max(1, int(round(n_src / n_dst)))
-        want = np.arange(a * f, b * f)
-        lo = min(a * f, n_src - 1)
-        hi = max(lo + 1, min(b * f, n_src))
-        read.append(slice(lo, hi))
-        take.append(np.clip(want, lo, hi - 1) - lo)
-    src_region = list(read)
-    src_region.insert(c_axis, index)
-    src = _open_level(src_url, so_json, zarr_format, run_id)[tuple(src_region)]
-    src = src[np.ix_(*take)]
-    out = downsample_mean(src, plane_axes, dst_shape)
-    region = [slice(a, b) for a, b in loc]
-    region.insert(c_axis, slice(index, index + 1))
-    values = np.expand_dims(out, c_axis)
-    _open_level(dst_url, so_json, zarr_format, run_id)[tuple(region)] = values
-    return np.full((1,) * dummy.ndim, values.nbytes, dtype=np.int64)
+def _dry_run(target: str | Path | Plate | Image, io: jr.StoreIO, so: Mapping[str, Any] | None, name: str,
+             data: DataArg, *, overwrite: bool, color: str | None, stale_after: float) -> WritePlan:
+    """The plan of a write, without taking the lock or changing anything (refused while a live writer runs)."""
+    peek(io, stale_after=stale_after)
+    stale = jr.check_journal(io, stale_after=stale_after)
+    pending, rollback_n = _pending(stale, True)
+    plate = _target_plate(target, io.url, so, reuse=True)
+    _warn_single_field(plate, io.url, so, name)
+    plan = preflight(plate, io, name, data, overwrite=overwrite, target=io.url, pending=pending,
+                     rollback_n=rollback_n)
+    _pick_color(color, list(plate.images[0].omero.get("channels") or []))
+    return plan
 
 
-def _compute(total: da.Array, client: Any, scheduler: str | None, progress: bool, desc: str) -> int:
-    if client is None and scheduler is not None:
-        (value,) = dask.compute(total, scheduler=scheduler)
-        return int(value)
-    from omeloc.compute import compute
-
-    (value,) = compute(total, client=client, progress=progress, desc=desc)
-    return int(value)
+def _warn_single_field(plate: Plate, url: str, so: Mapping[str, Any] | None, name: str) -> None:
+    if not plate.is_plate and "well" in parent_ngff_attrs(url, so):
+        logger.warning("adding channel %r to one field of a plate: the plate's wells will differ in channels", name)
 
 
-# -- preflight --------------------------------------------------------------------------
-def _resolve_data(plate: Plate, data: DataArg) -> dict[str, Any]:
-    paths = [img.path for img in plate.images]
-    if callable(data) and not isinstance(data, (np.ndarray, da.Array)):
-        return {img.path: data(img) for img in plate.images}
-    if isinstance(data, Mapping):
-        keys = {str(k).strip("/") for k in data}
-        missing = [p for p in paths if p not in keys]
-        extra = sorted(keys - set(paths))
-        if missing or extra:
-            raise InputError(
-                f"Expected data for exactly the images {paths[:6]}{' ...' if len(paths) > 6 else ''}. "
-                f"Missing: {missing[:6]}; unknown: {extra[:6]}. Give one array per image path."
-            )
-        values = {str(k).strip("/"): v for k, v in data.items()}
-        return {p: (values[p]() if callable(values[p]) else values[p]) for p in paths}
-    if plate.is_plate:
-        raise InputError(
-            f"Expected a mapping from image path to array for plate {plate.path}. "
-            f"Got one {type(data).__name__} instead. Pass {{'{paths[0]}': array, ...}}."
-        )
-    return {paths[0]: data}
+# -- before the preflight ---------------------------------------------------------------
+def _checked_request(name: str, provenance: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Check the channel name and that the provenance is JSON; the provenance as a dict."""
+    if not isinstance(name, str) or not name.strip():
+        raise InputError(f"Expected a non-empty channel name. Got {name!r} instead.")
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in name):
+        raise InputError(f"Expected a channel name without control characters (newlines, tabs). Got {name!r} instead.")
+    provenance = dict(provenance or {})
+    try:
+        json.dumps(provenance, allow_nan=False)
+    except (TypeError, ValueError) as err:
+        raise InputError(f"Expected JSON-serialisable provenance. Got {err} instead. Pass strings and numbers.") from err
+    return provenance
 
 
-def _as_dask(value: Any, where: str, want_shape: tuple[int, ...], blocks: tuple[int, ...]) -> da.Array:
-    if isinstance(value, da.Array):
-        arr = value
-    else:
-        host = np.asarray(value)
-        if host.dtype.kind == "f" and not np.isfinite(host).all():
-            raise InputError(
-                f"Data for {where} has NaN or infinite values. Replace them (e.g. np.nan_to_num) first."
-            )
-        arr = da.from_array(host, chunks=blocks)
-    if arr.dtype.kind not in "biuf":
-        raise InputError(f"Expected numeric data for {where}. Got dtype {arr.dtype} instead.")
-    if tuple(arr.shape) != tuple(want_shape):
-        raise InputError(
-            f"Expected data of shape {tuple(want_shape)} for {where} (level 0 without the c axis). "
-            f"Got {tuple(arr.shape)} instead."
-        )
-    return arr.rechunk(blocks)
+def _where(compute: ComputeConfig | None, client: Any, scheduler: str | None) -> ComputeConfig:
+    """One ComputeConfig from ``compute=`` or the ``client=`` / ``scheduler=`` shorthands."""
+    if compute is None:
+        # a client wins over a scheduler name, as it always has
+        return ComputeConfig(client=client) if client is not None else ComputeConfig(scheduler=scheduler)
+    if not isinstance(compute, ComputeConfig):
+        raise InputError(f"Expected compute=ComputeConfig(...). Got {type(compute).__name__} instead.")
+    if client is not None or scheduler is not None:
+        raise InputError("Expected where the work runs once: compute=ComputeConfig(...) or client=/scheduler=. "
+                         "Got both instead.")
+    return compute
 
 
-def _virtual_index(img: Image, name: str) -> int | None:
-    """Index of ``name`` when it is a virtual channel omeloc wrote into ``img``, else None."""
-    entry = ((img.attrs.get("omeloc") or {}).get("channels") or {}).get(name) or {}
-    if entry.get("virtual") is True and name in img.channel_names:
-        return img.channel_names.index(name)
-    return None
+def _target_url(target: str | Path | Plate | Image, storage_options: Mapping[str, Any] | None,
+                ) -> tuple[str, Mapping[str, Any] | None]:
+    """Path or URL of the target, and the storage options to open it with."""
+    if isinstance(target, Plate):
+        return target.path, storage_options if storage_options is not None else target.storage_options
+    if isinstance(target, Image):
+        return target.url, storage_options
+    return str(target), storage_options
 
 
-def _stray_chunks(io: jr.StoreIO, img: Image, level: int, rel: str, n_c: int) -> list[str]:
-    arr_rel = _rel(rel, img.level_paths[level])
-    doc = io.read_json(io.array_doc(arr_rel)) or {}
-    c_axis = img.axes.index("c")
-    block = img.write_chunks(level)[c_axis]
-    stray = []
-    for key in io.list(arr_rel):
-        coords = jr.chunk_coords(key[len(arr_rel) + 1:] if arr_rel else key, doc)
-        if coords is not None and len(coords) > c_axis and coords[c_axis] * block >= n_c:
-            stray.append(key)
-    return stray
+def _target_plate(target: str | Path | Plate | Image, url: str, storage_options: Mapping[str, Any] | None,
+                  *, reuse: bool) -> Plate:
+    """The target as a Plate: the caller's view when ``reuse``, else opened (again) from the store."""
+    if reuse and isinstance(target, Plate):
+        return target
+    if reuse and isinstance(target, Image):
+        return image_plate(target, storage_options)
+    return open_plate(url, storage_options)
 
 
-def _preflight(
-    plate: Plate, io: jr.StoreIO, name: str, data: DataArg, overwrite: bool, target: str,
-    pending: str | None, rollback_n: int | None = None,
-) -> WritePlan:
-    # rollback_n: a dry run before a pending rollback sees the store as the killed run left it;
-    # plan against the channel count the rollback restores instead.
-    first = plate.images[0]
-    n_c, dtype, axes = first.shape[first.axes.index("c")], first.dtype, first.axes
-    if rollback_n is not None:
-        n_c = rollback_n
-    for img in plate.images:
-        c = img.shape[img.axes.index("c")]
-        if rollback_n is not None and c in (n_c, n_c + 1):
-            c = n_c
-        if (c, img.dtype, img.axes) != (n_c, dtype, axes):
-            raise InputError(
-                f"Image {img.path} has {c} channels, dtype {img.dtype}, axes {''.join(img.axes)} but "
-                f"{first.path} has {n_c}, {dtype}, {''.join(axes)}: the plate's wells are inconsistent. "
-                f"Make every image share channels, dtype and axes before adding a channel."
-            )
-    c_axis = axes.index("c")
-    mode, index = "append", n_c
-    if name in first.channel_names:
-        virtual = [_virtual_index(img, name) for img in plate.images]
-        if not overwrite:
-            raise InputError(
-                f"Channel {name!r} already exists in {target}. Choose another name, or pass overwrite=True "
-                f"(--overwrite) to replace it if omeloc wrote it."
-            )
-        if any(v is None for v in virtual) or len(set(virtual)) != 1:
-            raise InputError(
-                f"Channel {name!r} in {target} is not a virtual channel written by omeloc in every image, so "
-                f"overwrite=True may not replace it. Choose another name."
-            )
-        mode, index = "overwrite", int(virtual[0])
-    for img in plate.images:
-        problems = writeback_problems(img)
-        if problems:
-            verb = f"Replacing channel {name!r} of" if mode == "overwrite" else "Adding a channel to"
-            raise LayoutError(
-                f"{verb} {img.path or target} would rewrite chunks that hold other channels "
-                f"({'; '.join(problems[:3])}). {_RECHUNK_HINT}"
-            )
-        channels = img.omero.get("channels") or []
-        if len(channels) != n_c and rollback_n is None:
-            raise InputError(
-                f"Image {img.path or target} has {n_c} channels but {len(channels)} omero.channels entries. "
-                f"Fix its omero metadata (one entry per channel) before adding a channel."
-            )
-    if mode == "append" and rollback_n is None:
-        for img in plate.images:
-            for level in range(len(img.level_paths)):
-                stray = _stray_chunks(io, img, level, img.path, n_c)
-                if stray:
-                    raise LayoutError(
-                        f"Level {img.level_paths[level]!r} of {img.path or target} has chunk files beyond its "
-                        f"{n_c} channels ({stray[0]}, ...; {len(stray)} in all), left by an interrupted write. "
-                        f"Delete them (they hold no visible data) and retry."
-                    )
-    values = _resolve_data(plate, data)
-    images = []
-    for img in plate.images:
-        shapes = []
-        for s in img.shapes:
-            s = list(s)
-            s[c_axis] = n_c
-            if mode == "append":
-                s[c_axis] += 1
-            shapes.append(tuple(s))
-        blocks = tuple(img.write_chunks(level) for level in range(len(img.level_paths)))
-        arr = _as_dask(values[img.path], f"image {img.path or target}", _without(img.shape, c_axis),
-                       _without(blocks[0], c_axis))
-        images.append(ImagePlan(
-            path=img.path, url=img.url, c_axis=c_axis, level_paths=img.level_paths,
-            shapes=tuple(shapes), write_blocks=blocks, data=arr,
-        ))
-    return WritePlan(
-        target=target, name=name, mode=mode, channel_index=index, n_channels=n_c, dtype=str(dtype),
-        ngff_version=plate.ngff_version, images=tuple(images), pending_recovery=pending,
-    )
+def _recover(io: jr.StoreIO, journal: Mapping[str, Any]) -> str:
+    if journal.get("phase") == "complete":
+        jr.finish(io, journal)
+        return "finish"
+    jr.rollback(io, journal)
+    return "rollback"
 
 
-# -- the run ----------------------------------------------------------------------------
-def _snapshot_docs(io: jr.StoreIO, plan: WritePlan) -> dict[str, str | None]:
-    keys: list[str] = list(io.metadata_docs("")) + ([".zmetadata"] if io.zarr_format == 2 else [])
-    for img in plan.images:
-        keys += io.metadata_docs(img.path)
-        for lp in img.level_paths:
-            keys += io.metadata_docs(_rel(img.path, lp))
-    docs: dict[str, str | None] = {}
-    for key in dict.fromkeys(keys):
-        raw = io.get(key)
-        docs[key] = None if raw is None else raw.decode("utf-8")
-    return docs
+def _clear_stale(io: jr.StoreIO, stale: Mapping[str, Any] | None, name: str, resume_key: str | None) -> str | None:
+    """Recover a dead run (keeping its finished chunks when it is the same job); drop other stashes."""
+    recovered = None
+    if stale is not None:
+        same_job = bool(resume_key) and stale.get("resume_key") == resume_key and stale.get("name") == name
+        if same_job and stale.get("phase") != "complete":
+            rs.stash_finished(io, stale)
+        recovered = _recover(io, stale)
+    rs.drop_stash(io, keep=resume_key)
+    jr.drop_backups(io)  # under the lock, with the journal dealt with: any backup left is an orphan
+    return recovered
 
 
-def _was_consolidated(io: jr.StoreIO, docs: Mapping[str, str | None]) -> bool:
-    if io.zarr_format == 2:
-        return docs.get(".zmetadata") is not None
-    root = docs.get("zarr.json")
-    return bool(root and json.loads(root).get("consolidated_metadata"))
-
-
-def _set_phase(io: jr.StoreIO, journal: dict[str, Any], phase: str) -> None:
-    journal["phase"] = phase
-    journal["heartbeat"] = time.time()
-    io.update_attrs("", {jr.JOURNAL_KEY: journal})
-    logger.debug("journal phase %s", phase)
-
-
-def _backup_channel(io: jr.StoreIO, plan: WritePlan, run_id: str, docs: Mapping[str, str | None]) -> None:
-    """Copy the chunks of the channel being replaced, so a rollback can restore them."""
-    name = "zarr.json" if io.zarr_format == 3 else ".zarray"
-    for img in plan.images:
-        for lp in img.level_paths:
-            arr_rel = _rel(img.path, lp)
-            doc = json.loads(docs[_rel(arr_rel, name)] or "{}")
-            for key in io.list(arr_rel):
-                coords = jr.chunk_coords(key[len(arr_rel) + 1:] if arr_rel else key, doc)
-                if coords is not None and coords[img.c_axis] == plan.channel_index:
-                    io.set(_rel(jr.BACKUP_PREFIX, run_id, key), io.get(key) or b"")
-
-
-def _resize(io: jr.StoreIO, plan: WritePlan) -> None:
-    for img in plan.images:
-        for lp, shape in zip(img.level_paths, img.shapes):
-            key = io.array_doc(_rel(img.path, lp))
-            doc = io.read_json(key)
-            doc["shape"] = list(shape)
-            io.write_json(key, doc)
-
-
-def _write_pixels(
-    plan: WritePlan, run_id: str, so_json: str, zarr_format: int, client: Any, scheduler: str | None,
-    progress: bool, axes: tuple[str, ...], done: Mapping[str, set[tuple[int, ...]]] | None = None,
-) -> int:
-    totals = []
-    for img in plan.images:
-        url0 = _url_join(img.url, img.level_paths[0])
-        written = img.data.map_blocks(
-            _write_level0_block, url=url0, so_json=so_json, zarr_format=zarr_format, run_id=run_id,
-            c_axis=img.c_axis, index=plan.channel_index, out_dtype=plan.dtype, where=f"image {img.path or plan.target}",
-            chunks=tuple((1,) * len(c) for c in img.data.chunks), dtype=np.int64,
-        )
-        skip = (done or {}).get(img.path)
-        if skip:  # resumed: only the blocks the killed run did not finish (the rest is culled)
-            totals.extend(written.blocks[i].sum() for i in np.ndindex(*written.numblocks) if i not in skip)
-        else:
-            totals.append(written.sum())
-    nbytes = _compute(da.stack(totals).sum(), client, scheduler, progress, "level 0") if totals else 0
-    fault_point("level0_written")
-    max_levels = max(len(img.level_paths) for img in plan.images)
-    for level in range(1, max_levels):
-        totals = []
-        for img in plan.images:
-            if level >= len(img.level_paths):
-                continue
-            shape = _without(img.shapes[level], img.c_axis)
-            block = _without(img.write_blocks[level], img.c_axis)
-            dummy = da.zeros(shape, chunks=block, dtype=np.int8)
-            written = dummy.map_blocks(
-                _write_lower_block, src_url=_url_join(img.url, img.level_paths[level - 1]),
-                dst_url=_url_join(img.url, img.level_paths[level]), so_json=so_json, zarr_format=zarr_format,
-                run_id=run_id, c_axis=img.c_axis, index=plan.channel_index, axes=axes,
-                src_shape=img.shapes[level - 1], chunks=tuple((1,) * len(c) for c in dummy.chunks),
-                dtype=np.int64, meta=np.empty((0,) * dummy.ndim, dtype=np.int64),
-            )
-            totals.append(written.sum())
-        nbytes += _compute(da.stack(totals).sum(), client, scheduler, progress, f"level {level}")
-        fault_point(f"level{level}_written")
-    return nbytes
-
-
-def _restore_finished(io: jr.StoreIO, plan: WritePlan, resume_key: str | None
-                      ) -> dict[str, set[tuple[int, ...]]]:
-    """Put back the chunks a killed run of the same job finished; the Dask blocks they cover."""
-    if not resume_key or plan.mode != "append":
-        return {}
-    arrays = [(_rel(img.path, img.level_paths[0]), io.read_json(io.array_doc(_rel(img.path, img.level_paths[0]))))
-              for img in plan.images]
-    present = rs.restore_finished(io, resume_key, arrays)
-    done = {}
-    for img in plan.images:
-        have = present.get(_rel(img.path, img.level_paths[0]))
-        if have:
-            done[img.path] = rs.done_blocks(img.data.chunks, _without(img.write_blocks[0], img.c_axis),
-                                            img.c_axis, plan.channel_index, have)
-    n = sum(len(v) for v in done.values())
-    if n:
-        logger.info("resuming: %d finished block(s) kept from the interrupted run", n)
-    return done
-
-
-def _window(plan: WritePlan, so_json: str, zarr_format: int, run_id: str) -> dict[str, float]:
-    """omero window from the 0.1/99.9 percentiles of the new channel (its lowest levels)."""
-    samples = []
-    for img in plan.images:
-        arr = _open_level(_url_join(img.url, img.level_paths[-1]), so_json, zarr_format, run_id)
-        index = [slice(None)] * arr.ndim
-        index[img.c_axis] = plan.channel_index
-        samples.append(np.asarray(arr[tuple(index)]).ravel())
-    return channel_window(np.concatenate(samples), np.dtype(plan.dtype))
+def _pending(stale: Mapping[str, Any] | None, dry_run: bool) -> tuple[str | None, int | None]:
+    """For a dry run before a dead run's recovery: what the recovery will do, and the channel
+    count a rollback restores (``None`` when the plan can be made against the store as it is)."""
+    if stale is None or not dry_run:
+        return None, None
+    pending = "finish" if stale.get("phase") == "complete" else "rollback"
+    rollback_n = int(stale["n_channels"]) if pending == "rollback" and stale.get("mode") == "append" else None
+    return pending, rollback_n
 
 
 def _pick_color(color: str | None, channels: list[dict[str, Any]]) -> str:
@@ -502,264 +363,282 @@ def _pick_color(color: str | None, channels: list[dict[str, Any]]) -> str:
     return next((c for c in DEFAULT_COLORS if c not in used), "FFFFFF")
 
 
-def _write_metadata(
-    io: jr.StoreIO, plan: WritePlan, color: str, window: dict[str, float], provenance: dict[str, Any],
-) -> None:
-    for n, img in enumerate(plan.images):
-        attrs = io.read_attrs(img.path)
-        ome = dict(attrs.get("ome") or {}) if io.zarr_format == 3 else attrs
-        omero = dict(ome.get("omero") or {})
-        channels = [dict(c) for c in omero.get("channels") or []]
-        template = dict(channels[plan.channel_index] if plan.mode == "overwrite" else (channels[-1] if channels else {}))
-        entry = {**template, "label": plan.name, "color": color, "window": window, "active": True}
-        if plan.mode == "overwrite":
-            channels[plan.channel_index] = entry
-        else:
-            channels.append(entry)
-        omero["channels"] = channels
-        ours = dict(attrs.get("omeloc") or {})
-        ours["channels"] = {**dict(ours.get("channels") or {}), plan.name: provenance}
-        if io.zarr_format == 3:
-            ome["omero"] = omero
-            io.update_attrs(img.path, {"ome": ome, "omeloc": ours})
-        else:
-            io.update_attrs(img.path, {"omero": omero, "omeloc": ours})
-        if n == 0:
-            fault_point("metadata")
+# -- the journal ------------------------------------------------------------------------
+def _snapshot_docs(io: jr.StoreIO, plan: WritePlan) -> dict[str, str | None]:
+    """Raw text of every metadata document the run may touch (``None``: absent)."""
+    keys: list[str] = io.root_docs()
+    for img in plan.images:
+        keys += io.metadata_docs(img.path)
+        for level in range(len(img.level_paths)):
+            keys += io.metadata_docs(img.array_path(level))
+    docs: dict[str, str | None] = {}
+    for key in dict.fromkeys(keys):
+        raw = io.get(key)
+        docs[key] = None if raw is None else raw.decode("utf-8")
+    return docs
 
 
-def _recover(io: jr.StoreIO, journal: Mapping[str, Any]) -> str:
-    if journal.get("phase") == "complete":
-        jr.finish(io, journal)
-        return "finish"
-    jr.rollback(io, journal)
-    return "rollback"
-
-
-def recover(target: str | Path, *, force: bool = False, storage_options: Mapping[str, Any] | None = None,
-            stale_after: float = 3600.0) -> str | None:
-    """Deal with an interrupted :func:`add_channel` run: roll it back, or finish it.
-
-    Parameters
-    ----------
-    target
-        The plate (or image) that :func:`add_channel` was writing.
-    force
-        Recover even if the journal's writer looks alive (another host, fresh heartbeat).
-    storage_options
-        fsspec options for URLs.
-    stale_after
-        Seconds after which a journal written on another host counts as dead.
-
-    Returns
-    -------
-    str or None
-        ``"rollback"``, ``"finish"``, or ``None`` when there was nothing to recover.
-
-    Raises
-    ------
-    ConcurrentWriteError
-        A live writer holds the journal (and ``force`` is False).
-    """
-    io = jr.StoreIO(str(target), storage_options)
-    journal = jr.check_journal(io, stale_after=stale_after, force=force)
-    return None if journal is None else _recover(io, journal)
-
-
-def add_channel(
-    target: str | Path,
-    name: str,
-    data: DataArg,
-    *,
-    color: str | None = None,
-    overwrite: bool = False,
-    provenance: Mapping[str, Any] | None = None,
-    client: Any = None,
-    scheduler: str | None = None,
-    dry_run: bool = False,
-    progress: bool = False,
-    storage_options: Mapping[str, Any] | None = None,
-    stale_after: float = 3600.0,
-    resume_key: str | None = None,
-) -> AddChannelResult | WritePlan:
-    """Add channel ``name`` to every image of a plate (or to one image), in place.
-
-    Existing chunk files are never rewritten: the channel axis of every pyramid level is
-    grown by one and only the new channel's chunks are written (level 0 from ``data``, each
-    lower level as the 2×2 mean of the level above, to the level's existing shape).
-
-    Parameters
-    ----------
-    target
-        Path or URL of an OME-Zarr HCS plate, or of a single multiscale image.
-    name
-        Label of the new channel (``omero.channels[].label``).
-    data
-        For an image: one array (numpy or dask) with the shape of level 0 without the
-        ``c`` axis.  For a plate: a mapping from image path (``"B/3/0"``) to such an array
-        or to a function of no arguments returning one, or a function called with each
-        :class:`~omeloc.ngff.plate.Image` returning its array.  Values are mapped to the image
-        dtype by rounding and clipping.  Dask arrays are computed inside the region writes,
-        so a lazy prediction and its write are one Dask graph.
-    color
-        Hex colour of the omero entry; default a palette colour not used yet.
-    overwrite
-        Allow replacing an existing channel of that name if omeloc wrote it (it is marked
-        ``virtual`` in ``attrs["omeloc"]["channels"]``); only that channel's chunks change.
-    provenance
-        JSON-serialisable facts to store with the channel (source channel, model, hash,
-        parameters, ...), in ``attrs["omeloc"]["channels"][name]`` outside the ``ome`` key.
-    client
-        A ``distributed.Client`` to run the writes on; None runs on the current default.
-    scheduler
-        A Dask scheduler name (``"threads"``, ``"synchronous"``, ...) when ``client`` is None.
-    dry_run
-        Run the whole preflight and return the :class:`WritePlan` without writing.
-    progress
-        Show a progress bar while pixels are written.
-    storage_options
-        fsspec options for URLs.
-    stale_after
-        Seconds after which a journal left on another host counts as dead.
-    resume_key
-        Identity of the job (e.g. a hash of model and settings).  When a killed run with the
-        same key, channel name and plate left a journal, its finished level-0 chunks are kept
-        and only the missing blocks are computed; any other leftover run is rolled back.
-
-    Returns
-    -------
-    AddChannelResult or WritePlan
-        The plan when ``dry_run``.
-
-    Raises
-    ------
-    InputError
-        Name taken, wrong data shape or dtype, NaN/inf values, inconsistent plate.
-    LayoutError
-        The chunk layout would force rewriting original chunks.
-    ReadOnlyStoreError
-        The store cannot be written.
-    ConcurrentWriteError
-        Another live omeloc run is writing the plate.
-
-    Examples
-    --------
-    >>> plate = omeloc.open_plate("plate.zarr")                           # doctest: +SKIP
-    >>> pred = {img.path: predict(img) for img in plate.images}             # doctest: +SKIP
-    >>> omeloc.add_channel("plate.zarr", "WAVE2 (predicted)", pred)          # doctest: +SKIP
-    """
-    t0 = time.perf_counter()
-    target = str(target)
-    if not isinstance(name, str) or not name.strip():
-        raise InputError(f"Expected a non-empty channel name. Got {name!r} instead.")
-    provenance = dict(provenance or {})
-    try:
-        json.dumps(provenance, allow_nan=False)
-    except (TypeError, ValueError) as err:
-        raise InputError(f"Expected JSON-serialisable provenance. Got {err} instead. Pass strings and numbers.") from err
-    io = jr.StoreIO(target, storage_options)
-    stale = jr.check_journal(io, stale_after=stale_after)
-    recovered = None
-    if stale is not None and not dry_run:
-        same_job = bool(resume_key) and stale.get("resume_key") == resume_key and stale.get("name") == name
-        if same_job and stale.get("phase") != "complete":
-            rs.stash_finished(io, stale)
-        recovered = _recover(io, stale)
-    if not dry_run:
-        rs.drop_stash(io, keep=resume_key)
-    pending = None if stale is None or not dry_run else ("finish" if stale.get("phase") == "complete" else "rollback")
-    plate = open_plate(target, storage_options)
-    if not plate.is_plate and "well" in _parent_ome(io, target, storage_options):
-        logger.warning("adding channel %r to one field of a plate: the plate's wells will differ in channels", name)
-    rollback_n = int(stale["n_channels"]) if pending == "rollback" and stale.get("mode") == "append" else None
-    plan = _preflight(plate, io, name, data, overwrite, target, pending, rollback_n)
-    color = _pick_color(color, list(plate.images[0].omero.get("channels") or []))
-    if dry_run:
-        return plan
-    run_id = uuid.uuid4().hex
+def _new_journal(io: jr.StoreIO, plan: WritePlan, resume_key: str | None, run_id: str | None = None
+                 ) -> dict[str, Any]:
+    """The journal of a new run (the format :mod:`omeloc.writeback.journal` reads back); ``run_id``: the lock's."""
     docs = _snapshot_docs(io, plan)
-    journal: dict[str, Any] = {
-        "version": 1, "run_id": run_id, **jr.writer_identity(),
-        "started": datetime.now(timezone.utc).isoformat(timespec="seconds"), "heartbeat": time.time(),
-        "phase": "started", "mode": plan.mode, "name": name, "channel_index": plan.channel_index,
+    return {
+        "version": 1, "run_id": run_id or uuid.uuid4().hex, **jr.writer_identity(),
+        "started": datetime.now(UTC).isoformat(timespec="seconds"), "heartbeat": time.time(),
+        "phase": "started", "mode": plan.mode, "name": plan.name, "channel_index": plan.channel_index,
         "n_channels": plan.n_channels, "zarr_format": io.zarr_format,
-        "images": [{"path": i.path, "c_axis": i.c_axis, "arrays": [_rel(i.path, lp) for lp in i.level_paths]}
+        "images": [{"path": i.path, "c_axis": i.c_axis, "arrays": [i.array_path(n) for n in range(len(i.level_paths))]}
                    for i in plan.images],
-        "consolidated": _was_consolidated(io, docs), "docs": docs, "resume_key": resume_key,
+        "consolidated": is_consolidated(docs, io.zarr_format), "docs": docs, "resume_key": resume_key,
     }
-    jr.ACTIVE_RUNS.add(run_id)
-    try:
-        io.update_attrs("", {jr.JOURNAL_KEY: journal})
-        held = io.read_attrs("").get(jr.JOURNAL_KEY) or {}
-        if held.get("run_id") != run_id:
-            raise ConcurrentWriteError(
-                f"Another omeloc run ({held.get('run_id')}) took the journal of {target} at the same time. "
-                f"Wait for it to finish and retry."
-            )
-        return _run(io, plan, journal, docs, color, provenance, client, scheduler, progress,
-                    storage_options, plate, t0, recovered)
-    finally:
-        jr.ACTIVE_RUNS.discard(run_id)
 
 
-def _parent_ome(io: jr.StoreIO, target: str, storage_options: Mapping[str, Any] | None) -> dict[str, Any]:
-    parent = target.rstrip("/").rsplit("/", 1)[0]
-    try:
-        group = zarr.open_group(parent, mode="r", use_consolidated=False,
-                                **({"storage_options": dict(storage_options)} if storage_options else {}))
-    except Exception:  # noqa: BLE001 - no readable parent group: not inside a plate
-        return {}
-    attrs = dict(group.attrs)
-    return dict(attrs.get("ome") or {}) if group.metadata.zarr_format == 3 else attrs
+def _hold_journal(io: jr.StoreIO, journal: Mapping[str, Any]) -> None:
+    """Write the journal into the root attributes, and check that it is ours that stayed there."""
+    io.update_attrs("", {jr.JOURNAL_KEY: journal})
+    held = io.read_attrs("").get(jr.JOURNAL_KEY) or {}
+    if held.get("run_id") != journal["run_id"]:
+        raise ConcurrentWriteError(
+            f"Another omeloc run ({held.get('run_id')}) took the journal of {io.url} at the same time. "
+            f"Wait for it to finish and retry."
+        )
 
 
-def _run(
-    io: jr.StoreIO, plan: WritePlan, journal: dict[str, Any], docs: Mapping[str, str | None], color: str,
-    provenance: dict[str, Any], client: Any, scheduler: str | None, progress: bool,
-    storage_options: Mapping[str, Any] | None, plate: Plate, t0: float, recovered: str | None,
-) -> AddChannelResult:
-    from omeloc import __version__
+def _set_phase(job: WriteJob, phase: str) -> None:
+    """Record the phase reached in the journal (after checking that the lock is still ours)."""
+    io, journal = job.io, job.journal
+    if job.lock is not None:
+        job.lock.ensure()
+    journal["phase"] = phase
+    journal["heartbeat"] = time.time()
+    io.update_attrs("", {jr.JOURNAL_KEY: journal})
+    logger.debug("journal phase %s", phase)
 
-    run_id = journal["run_id"]
-    so_json = json.dumps(dict(storage_options or {}), sort_keys=True, default=str)
-    try:
-        fault_point("journal")
-        if plan.mode == "overwrite":
-            _backup_channel(io, plan, run_id, docs)
-            _set_phase(io, journal, "backed_up")
+
+# -- the run ----------------------------------------------------------------------------
+def _write(job: WriteJob) -> AddChannelResult:
+    """Take the journal and run the write phases, on the Dask client the job asks for."""
+    run_id = job.journal["run_id"]
+    with dask_client(job.where) as client:
+        jr.ACTIVE_RUNS.add(run_id)
+        try:
+            _hold_journal(job.io, job.journal)
+            return _run(job, _graph_runner(job.where, client, job.progress))
+        finally:
+            jr.ACTIVE_RUNS.discard(run_id)
+
+
+def _graph_runner(where: ComputeConfig, client: Any, progress: bool) -> px.GraphRunner:
+    """How the pixel graphs run: on ``client``, on a named local scheduler, or on Dask's default."""
+    def run(total: da.Array, desc: str) -> int:
+        if client is None and where.local_scheduler is not None:
+            # a named local scheduler runs without a progress bar, as it always has
+            (value,) = compute_graph(total, scheduler=where.local_scheduler)
         else:
-            _resize(io, plan)
-            _set_phase(io, journal, "resized")
-        fault_point("resized")
-        done = _restore_finished(io, plan, journal.get("resume_key"))
-        nbytes = _write_pixels(plan, run_id, so_json, io.zarr_format, client, scheduler, progress,
-                               plate.images[0].axes, done)
-        _set_phase(io, journal, "pixels")
-        window = _window(plan, so_json, io.zarr_format, run_id)
-        record = {
-            **provenance, "virtual": True, "index": plan.channel_index, "dtype": plan.dtype,
-            "omeloc_version": __version__, "run_id": run_id,
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "levels": max(len(i.level_paths) for i in plan.images),
-        }
-        _write_metadata(io, plan, color, window, record)
-        _set_phase(io, journal, "complete")
-        fault_point("complete")
+            (value,) = compute_graph(total, client=client, progress=progress, desc=desc)
+        return int(value)
+
+    return run
+
+
+def _run(job: WriteJob, run_graph: px.GraphRunner) -> AddChannelResult:
+    """The phases after the journal; on any failure the store is rolled back and the error re-raised."""
+    io, plan, journal = job.io, job.plan, job.journal
+    try:
+        nbytes = _write_phases(job, run_graph)
     except BaseException as err:
         # an interruption keeps the finished chunks for a rerun; bad data or a refused write
         # (omeloc's own errors, reported to the user by the caller) leaves the store exactly as it was
         ours = isinstance(err, OmelocError)
         logger.log(logging.INFO if ours else logging.ERROR, "add_channel %r failed: rolling back", plan.name)
+        if not px.stop_writes(journal["run_id"]):
+            logger.warning("pixel writes of run %s are still running; rolling back anyway", journal["run_id"])
         if journal.get("phase") != "complete" and not ours:
-            rs.stash_finished(io, journal)
-        jr.rollback(io, journal, quiet=ours)
+            _try_stash(io, journal)
+        _unskippable_rollback(job, err, quiet=ours)
+        if _disk_full(err):
+            raise ReadOnlyStoreError(
+                f"No space left on the device of {io.url} while writing channel {plan.name!r}; the plate was "
+                f"rolled back as it was. Free space and rerun."
+            ) from err
         raise
-    jr.finish(io, journal)
-    rs.drop_stash(io)
-    seconds = time.perf_counter() - t0
+    _finish(job)
+    seconds = time.perf_counter() - job.started
     logger.info("added channel %r to %d image(s) in %.1f s", plan.name, len(plan.images), seconds)
     return AddChannelResult(
-        name=plan.name, channel_index=plan.channel_index, images=len(plan.images),
-        levels=max(len(i.level_paths) for i in plan.images), bytes_written=nbytes, seconds=seconds,
-        recovered=recovered,
+        name=plan.name, channel_index=plan.channel_index, images=len(plan.images), levels=plan.levels,
+        bytes_written=nbytes, seconds=seconds, recovered=job.recovered,
     )
+
+
+def _one_line(err: BaseException) -> str:
+    return " ".join(f"{type(err).__name__}: {err}".split())[:200]
+
+
+def _disk_full(err: BaseException | None) -> bool:
+    """Whether ``err`` (or an error it was raised from) says the device is full."""
+    seen = 0
+    while err is not None and seen < 10:
+        if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        err, seen = err.__cause__ or err.__context__, seen + 1
+    return False
+
+
+def _try_stash(io: jr.StoreIO, journal: Mapping[str, Any]) -> None:
+    """Keep the finished chunks for a rerun; if that fails (a full disk), the rollback goes on without them."""
+    try:
+        rs.stash_finished(io, journal)
+    except Exception as err:  # noqa: BLE001 - any failure here must not skip the rollback
+        logger.warning("could not keep the finished chunks for a rerun (%s); rolling back without them",
+                       _one_line(err))
+        with contextlib.suppress(Exception):
+            rs.drop_stash(io)
+
+
+def _unskippable_rollback(job: WriteJob, err: BaseException, *, quiet: bool) -> None:
+    """Roll back; when even that fails, say so in one line and how to finish it (the journal stays)."""
+    try:
+        jr.rollback(job.io, job.journal, quiet=quiet)
+    except Exception as rb_err:
+        fix = "Free space on its device" if _disk_full(err) or _disk_full(rb_err) else "Make the store writable"
+        raise ReadOnlyStoreError(
+            f"Writing channel {job.plan.name!r} into {job.io.url} failed ({_one_line(err)}) and the rollback could "
+            f"not finish ({_one_line(rb_err)}); the plate keeps its journal. {fix}, then run "
+            f"`omeloc recover {job.io.url}`."
+        ) from rb_err
+
+
+def _finish(job: WriteJob) -> None:
+    """Complete the run (consolidate, drop backup, stash and journal); a failure says how to finish it."""
+    try:
+        jr.finish(job.io, job.journal)
+        rs.drop_stash(job.io)
+    except Exception as err:
+        raise ReadOnlyStoreError(
+            f"Channel {job.plan.name!r} was written into {job.io.url} but completing the write failed "
+            f"({_one_line(err)}). Run `omeloc recover {job.io.url}` to finish it."
+        ) from err
+
+
+def _write_phases(job: WriteJob, run_graph: px.GraphRunner) -> int:
+    """Back up (overwrite), resize and mark the omero entry, pixels, metadata: each phase journaled."""
+    from omeloc import __version__
+
+    io, plan, journal = job.io, job.plan, job.journal
+    fault_point("journal")
+    if plan.mode == "overwrite":
+        # the old channel is touched only once its backup is complete, verified and journaled
+        journal["backup"] = jr.write_backup(io, journal["run_id"], _channel_keys(io, plan, journal["docs"]))
+        _set_phase(job, "backed_up")
+    _resize_and_mark(io, plan, job.color, journal["run_id"])
+    _set_phase(job, "resized")
+    fault_point("resized")
+    done = _restore_finished(io, plan, journal.get("resume_key"))
+    nbytes = px.write_pixels(plan, job.store, job.axes, run_graph, done)
+    _set_phase(job, "pixels")
+    window = px.sample_window(plan, job.store)
+    record = {
+        **job.provenance, "virtual": True, "index": plan.channel_index, "dtype": plan.dtype,
+        "omeloc_version": __version__, "run_id": journal["run_id"],
+        "created": datetime.now(UTC).isoformat(timespec="seconds"), "levels": plan.levels,
+    }
+    _write_metadata(io, plan, job.color, window, record)
+    _set_phase(job, "complete")
+    fault_point("complete")
+    return nbytes
+
+
+def _channel_keys(io: jr.StoreIO, plan: WritePlan, docs: Mapping[str, str | None]) -> list[str]:
+    """Chunk keys of the channel being replaced, at every level of every image."""
+    keys = []
+    for img in plan.images:
+        for level in range(len(img.level_paths)):
+            arr_rel = img.array_path(level)
+            doc = json.loads(docs[io.array_doc(arr_rel)] or "{}")
+            for key in io.list(arr_rel):
+                coords = chunk_coords(key[len(arr_rel) + 1:] if arr_rel else key, doc)
+                if coords is not None and coords[img.c_axis] == plan.channel_index:
+                    keys.append(key)
+    return keys
+
+
+def _pending_entry(channels: list[dict[str, Any]], plan: WritePlan, color: str, run_id: str) -> dict[str, Any]:
+    """The omero entry of the channel while it is written: inactive, marked with the run id, and for an
+    append labelled ``"<name> (being written)"`` (a viewer shows what it is; the name is not yet taken)."""
+    if plan.mode == "overwrite":
+        return {**channels[plan.channel_index], "active": False, PENDING_KEY: run_id}
+    template = dict(channels[-1]) if channels else {}
+    window = template.get("window") or _full_window(plan.dtype)
+    # a label of its own until the pixels are there: the name is not taken before the run completes
+    label = f"{plan.name} (being written)"
+    return {**template, "label": label, "color": color, "window": window, "active": False, PENDING_KEY: run_id}
+
+
+def _full_window(dtype: str) -> dict[str, float]:
+    """An omero window spanning the whole range of ``dtype`` (0..1 for floats)."""
+    hi = float(np.iinfo(dtype).max) if np.dtype(dtype).kind in "iu" else 1.0
+    lo = float(np.iinfo(dtype).min) if np.dtype(dtype).kind in "iu" else 0.0
+    return {"min": lo, "max": hi, "start": max(lo, 0.0), "end": hi}
+
+
+def _resize_and_mark(io: jr.StoreIO, plan: WritePlan, color: str, run_id: str) -> None:
+    """Per image, back to back: the omero entry (marked as being written), then every level's new shape.
+
+    Readers so see a channel count without its omero entry only between two document
+    writes of one image, never for a whole phase (two documents cannot change atomically).
+    """
+    for img in plan.images:
+        attrs, ome = io.read_ngff(img.path)
+        omero = dict(ome.get("omero") or {})
+        channels = [dict(c) for c in omero.get("channels") or []]
+        entry = _pending_entry(channels, plan, color, run_id)
+        if plan.mode == "overwrite":
+            channels[plan.channel_index] = entry
+        else:
+            channels.append(entry)
+        io.update_ngff(img.path, attrs, {"omero": {**omero, "channels": channels}})
+        if plan.mode == "overwrite":
+            continue
+        for level, shape in enumerate(img.shapes):
+            key = io.array_doc(img.array_path(level))
+            doc = io.read_json(key)
+            doc["shape"] = list(shape)
+            io.write_json(key, doc)
+
+
+def _restore_finished(io: jr.StoreIO, plan: WritePlan, resume_key: str | None
+                      ) -> dict[str, set[tuple[int, ...]]]:
+    """Put back the chunks a killed run of the same job finished; the Dask blocks they cover."""
+    if not resume_key or plan.mode != "append":
+        return {}
+    arrays = [(img.array_path(0), io.read_json(io.array_doc(img.array_path(0)))) for img in plan.images]
+    present = rs.restore_finished(io, resume_key, arrays)
+    done = {}
+    for img in plan.images:
+        have = present.get(img.array_path(0))
+        if have:
+            done[img.path] = rs.done_blocks(img.data.chunks, without_axis(img.write_blocks[0], img.c_axis),
+                                            img.c_axis, plan.channel_index, have)
+    n = sum(len(v) for v in done.values())
+    if n:
+        logger.info("resuming: %d finished block(s) kept from the interrupted run", n)
+    return done
+
+
+def _write_metadata(
+    io: jr.StoreIO, plan: WritePlan, color: str, window: dict[str, float], provenance: dict[str, Any],
+) -> None:
+    """The omero entry of the new channel, and its provenance under ``omeloc``, in every image."""
+    for n, img in enumerate(plan.images):
+        attrs, ome = io.read_ngff(img.path)
+        omero = dict(ome.get("omero") or {})
+        channels = [dict(c) for c in omero.get("channels") or []]
+        pending = {k: v for k, v in channels[plan.channel_index].items() if k != PENDING_KEY}
+        channels[plan.channel_index] = {**pending, "label": plan.name, "color": color, "window": window, "active": True}
+        omero["channels"] = channels
+        ours = dict(attrs.get("omeloc") or {})
+        ours["channels"] = {**dict(ours.get("channels") or {}), plan.name: provenance}
+        io.update_ngff(img.path, attrs, {"omero": omero}, omeloc=ours)
+        if n == 0:
+            fault_point("metadata")

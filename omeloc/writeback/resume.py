@@ -19,9 +19,10 @@ import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from omeloc.ngff.format import array_doc_name, chunk_coords, join_path
 from omeloc.writeback import journal as jr
 
-__all__ = ["RESUME_PREFIX", "stash_finished", "restore_finished", "drop_stash", "done_blocks"]
+__all__ = ["RESUME_PREFIX", "done_blocks", "drop_stash", "restore_finished", "stash_finished"]
 
 logger = logging.getLogger(__name__)
 
@@ -44,14 +45,14 @@ def stash_finished(io: jr.StoreIO, journal: Mapping[str, Any]) -> int:
     key = journal.get("resume_key")
     if not key or journal.get("mode") != "append" or journal.get("chunks_restored"):
         return 0
-    doc_name = "zarr.json" if journal["zarr_format"] == 3 else ".zarray"
+    doc_name = array_doc_name(journal["zarr_format"])
     index = int(journal["channel_index"])
     moved = 0
     for rel, c_axis in _level0_arrays(journal):
-        doc = json.loads(journal["docs"][f"{rel}/{doc_name}"])
+        doc = json.loads(journal["docs"][join_path("", rel, doc_name)])
         for full in io.list(rel):
             rel_key = full[len(rel) + 1:]
-            coords = jr.chunk_coords(rel_key, doc)
+            coords = chunk_coords(rel_key, doc)
             if coords is None or len(coords) <= c_axis or coords[c_axis] != index:
                 continue
             data = io.get(full)
@@ -72,6 +73,7 @@ def drop_stash(io: jr.StoreIO, keep: str | None = None) -> int:
             continue
         io.delete(full)
         removed += 1
+    jr.prune_empty_dirs(io, RESUME_PREFIX)
     return removed
 
 
@@ -87,7 +89,7 @@ def restore_finished(io: jr.StoreIO, resume_key: str, arrays: Sequence[tuple[str
         prefix = f"{root}/{rel}"
         for full in io.list(prefix):
             rel_key = full[len(prefix) + 1:]
-            coords = jr.chunk_coords(rel_key, doc)
+            coords = chunk_coords(rel_key, doc)
             data = io.get(full)
             if coords is None or data is None:
                 continue

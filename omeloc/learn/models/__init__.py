@@ -3,4 +3,4 @@
 from omeloc.learn.models.pix2pix import PatchGAN
 from omeloc.learn.models.unet import UNet
 
-__all__ = ["UNet", "PatchGAN"]
+__all__ = ["PatchGAN", "UNet"]

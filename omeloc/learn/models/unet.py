@@ -1,4 +1,4 @@
-"""A 2D U-Net (Ronneberger et al. 2015) with configurable depth, width and normalization."""
+"""A 2D U-Net (Ronneberger et al. 2015) with configurable depth, width, normalization and block."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 NORMS = ("batch", "instance", "group", "none")
+BLOCKS = ("conv", "residual", "convnext")
 
 
 def _norm(kind: str, channels: int) -> nn.Module:
@@ -21,6 +22,8 @@ def _norm(kind: str, channels: int) -> nn.Module:
 
 
 class _DoubleConv(nn.Sequential):
+    """Two 3×3 convolutions, each followed by the norm and a ReLU (the original U-Net block)."""
+
     def __init__(self, cin: int, cout: int, norm: str) -> None:
         bias = norm == "none"
         super().__init__(
@@ -31,6 +34,46 @@ class _DoubleConv(nn.Sequential):
             _norm(norm, cout),
             nn.ReLU(inplace=True),
         )
+
+
+class _ResidualConv(nn.Module):
+    """:class:`_DoubleConv` with a residual connection (a 1×1 projection when the width changes)."""
+
+    def __init__(self, cin: int, cout: int, norm: str) -> None:
+        super().__init__()
+        bias = norm == "none"
+        self.body = nn.Sequential(
+            nn.Conv2d(cin, cout, 3, padding=1, bias=bias), _norm(norm, cout), nn.ReLU(inplace=True),
+            nn.Conv2d(cout, cout, 3, padding=1, bias=bias), _norm(norm, cout),
+        )
+        self.skip = nn.Identity() if cin == cout else nn.Conv2d(cin, cout, 1)
+        self.act = nn.ReLU(inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.body(x) + self.skip(x))
+
+
+class _ConvNeXt(nn.Module):
+    """A 1×1 projection to the new width, then a ConvNeXt block (Liu et al. 2022).
+
+    7×7 depthwise convolution → norm → 1×1 expansion ×4 → GELU → 1×1 back, added to its
+    input.  The norm is the U-Net's (``"batch"``, ``"group"``, ...), as in Cytoland's 2D U-Net.
+    """
+
+    def __init__(self, cin: int, cout: int, norm: str) -> None:
+        super().__init__()
+        self.proj = nn.Conv2d(cin, cout, 1)
+        self.body = nn.Sequential(
+            nn.Conv2d(cout, cout, 7, padding=3, groups=cout), _norm(norm, cout),
+            nn.Conv2d(cout, 4 * cout, 1), nn.GELU(), nn.Conv2d(4 * cout, cout, 1),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.proj(x)
+        return x + self.body(x)
+
+
+_BLOCK_TYPES = {"conv": _DoubleConv, "residual": _ResidualConv, "convnext": _ConvNeXt}
 
 
 class UNet(nn.Module):
@@ -46,7 +89,11 @@ class UNet(nn.Module):
     base_channels : int
         Feature maps at the top level; doubled at each level down.
     norm : {"batch", "instance", "group", "none"}
-        Normalization after each convolution.
+        Normalization after each convolution (``"group"``: GroupNorm of up to 8 groups, whose
+        statistics do not depend on the batch).
+    block : {"conv", "residual", "convnext"}
+        The block of each level: two 3×3 convolutions, the same with a residual connection, or
+        a ConvNeXt block (7×7 depthwise, norm, 4× pointwise expansion, GELU).
 
     Notes
     -----
@@ -54,29 +101,34 @@ class UNet(nn.Module):
     """
 
     def __init__(self, in_channels: int = 1, out_channels: int = 1, depth: int = 4,
-                 base_channels: int = 32, norm: str = "batch") -> None:
+                 base_channels: int = 32, norm: str = "batch", block: str = "conv") -> None:
         super().__init__()
         if norm not in NORMS:
             raise ValueError(f"unknown norm {norm!r}; use one of {', '.join(NORMS)}")
+        if block not in BLOCKS:
+            raise ValueError(f"unknown block {block!r}; use one of {', '.join(BLOCKS)}")
         if depth < 1 or base_channels < 1 or in_channels < 1 or out_channels < 1:
             raise ValueError("depth, base_channels, in_channels and out_channels must be >= 1")
         self.config: dict[str, Any] = {
             "architecture": "unet", "in_channels": in_channels, "out_channels": out_channels,
             "depth": depth, "base_channels": base_channels, "norm": norm,
         }
+        if block != "conv":  # checkpoints of the plain U-Net stay readable by earlier omeloc versions
+            self.config["block"] = block
+        make = _BLOCK_TYPES[block]
         widths = [base_channels * 2**i for i in range(depth + 1)]
         self.down = nn.ModuleList()
         cin = in_channels
         for w in widths[:-1]:
-            self.down.append(_DoubleConv(cin, w, norm))
+            self.down.append(make(cin, w, norm))
             cin = w
         self.pool = nn.MaxPool2d(2)
-        self.bottom = _DoubleConv(widths[-2], widths[-1], norm)
+        self.bottom = make(widths[-2], widths[-1], norm)
         self.up = nn.ModuleList()
         self.dec = nn.ModuleList()
         for w_hi, w_lo in zip(widths[:0:-1], widths[-2::-1]):
             self.up.append(nn.ConvTranspose2d(w_hi, w_lo, 2, stride=2))
-            self.dec.append(_DoubleConv(2 * w_lo, w_lo, norm))
+            self.dec.append(make(2 * w_lo, w_lo, norm))
         self.head = nn.Conv2d(widths[0], out_channels, 1)
 
     @property

@@ -1,0 +1,48 @@
+"""What the command modules share: exit codes, list parsing, progress bars, help epilogs."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from omeloc.config import csv_list
+
+__all__ = ["EXIT_OK", "EXIT_FAILURE", "EXIT_BAD_INPUT", "EXIT_INTERRUPTED", "csv_list", "examples",
+           "counting_bar", "add_overwrite"]
+
+EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+def examples(*lines: str) -> str:
+    """The ``examples:`` epilog of a command's ``--help``."""
+    return "examples:\n" + "\n".join(f"  {line}" for line in lines)
+
+
+@contextmanager
+def counting_bar(desc: str, enabled: bool, total: int | None = None,
+                 unit: str = "img") -> Iterator[Callable[..., None]]:
+    """A tqdm bar (hidden unless ``enabled``) and the callback that moves it.
+
+    The callback takes ``(done)`` or ``(done, total)``: the number of steps done so far and,
+    when the library knows it only once it has started, the total.
+    """
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=total, desc=desc, disable=not enabled, unit=unit, leave=False)
+
+    def report(done: int, total: int | None = None, *_: Any) -> None:
+        if total is not None:
+            bar.total = total
+        bar.update(done - bar.n)
+
+    try:
+        yield report
+    finally:
+        bar.close()
+
+
+def add_overwrite(parser: argparse.ArgumentParser | Any, help: str | None = None) -> None:
+    """The ``--overwrite`` flag most commands have."""
+    parser.add_argument("--overwrite", action="store_true", help=help)

@@ -1,0 +1,65 @@
+"""``omeloc import-tiff``: per-well, per-channel TIFFs into an OME-Zarr plate (:func:`omeloc.import_tiff`)."""
+
+from __future__ import annotations
+
+import argparse
+
+from omeloc.cli._common import EXIT_OK, add_overwrite, counting_bar, csv_list
+from omeloc.errors import OmelocError
+
+HELP = "Import a folder of HCS TIFFs (Opera Phenix, ImageXpress, CellVoyager exports, OME-TIFFs) into an OME-Zarr plate."
+EXAMPLES = (
+    "omeloc import-tiff phenix_export/ plate.zarr --preset phenix --channel-names 5=DNA,2=ER,3=AGP",
+    (r"omeloc import-tiff nf1_plate2/ nf1.zarr --pattern '(?P<well>[A-P]\d{1,2})_01_(?P<channel>[1-3])_(?P<site>\d)"
+     r"_(?P<stain>DAPI|GFP|RFP)_001\.tif'"),
+    "omeloc import-tiff tiffs/ plate.zarr --ngff 0.4 --channel-names RFP=actin,GFP=ER",
+)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the options of ``omeloc import-tiff`` to ``parser``."""
+    from omeloc.data.tiff_import import DEFAULT_PATTERN, PRESETS
+
+    parser.add_argument("folder")
+    parser.add_argument("out")
+    names = parser.add_mutually_exclusive_group()
+    names.add_argument("--pattern", default=None,
+                       help="regex with named groups well (or row+column; letter or numeric rows), channel (optional: "
+                            "without it each file holds every channel), stain, field/site, plane/z, time "
+                            f"(default: {DEFAULT_PATTERN})")
+    names.add_argument("--preset", choices=sorted(PRESETS), default=None,
+                       help="an instrument's file naming: phenix (Opera Phenix/Operetta r01c01f01p01-ch1sk1fk1fl1.tiff),"
+                            " imagexpress (Plate_B02_s1_w1.tif), cellvoyager (W1_B03_T0001F001L01A01Z01C01.tif), nf1")
+    parser.add_argument("--file-axes", default=None, metavar="AXES",
+                        help="axes of multi-plane TIFFs that do not name them, e.g. CYX")
+    parser.add_argument("--channel-names", type=csv_list, default=None, metavar="OLD=NEW,...")
+    parser.add_argument("--ngff", choices=["0.4", "0.5"], default="0.5")
+    parser.add_argument("--chunk", type=int, default=256)
+    parser.add_argument("--levels", type=int, default=None)
+    add_overwrite(parser)
+
+
+def parse_renames(items: list[str] | None) -> dict[str, str]:
+    """``["RFP=actin", "GFP=ER"]`` → ``{"RFP": "actin", "GFP": "ER"}``; a pair without ``=`` is an error."""
+    rename = {}
+    for item in items or []:
+        if "=" not in item:
+            raise OmelocError(f"--channel-names expects OLD=NEW pairs. Got {item!r} instead.")
+        old, new = item.split("=", 1)
+        rename[old] = new
+    return rename
+
+
+def run(args: argparse.Namespace) -> int:
+    """Import the folder and say where the plate is."""
+    from omeloc.data.tiff_import import import_tiff
+
+    rename = parse_renames(args.channel_names)
+    with counting_bar("import", args.progress) as report:
+        path = import_tiff(
+            args.folder, args.out, pattern=args.pattern, preset=args.preset, channel_names=rename,
+            file_axes=args.file_axes, ngff_version=args.ngff,
+            chunks=(args.chunk, args.chunk), levels=args.levels, overwrite=args.overwrite, progress=report,
+        )
+    print(f"wrote plate {path}")
+    return EXIT_OK

@@ -1,0 +1,396 @@
+"""The one home of the differences between NGFF 0.4 (on Zarr v2) and NGFF 0.5 (on Zarr v3).
+
+Everything else in omeloc asks this module instead of branching on ``zarr_format``:
+
+- **Where the NGFF metadata lives.**  NGFF 0.5 keeps ``plate``, ``well``, ``multiscales``,
+  ``omero``, ``version`` under the ``ome`` key of a group's attributes; NGFF 0.4 keeps the
+  same keys at the top level of the attributes.  :func:`ngff_attrs` reads them,
+  :func:`ngff_updates` is its inverse (the attribute updates that store changed keys),
+  :func:`set_ome_attr` does both on an open group.
+- **Which documents hold metadata.**  Zarr v3 has one ``zarr.json`` per node (attributes
+  under its ``attributes`` key, consolidated metadata inside the root's); Zarr v2 has
+  ``.zattrs``, ``.zarray`` / ``.zgroup`` and, when consolidated, ``.zmetadata`` at the root.
+  The write-back journal reads and writes these documents as raw JSON through
+  :func:`attrs_doc_name`, :func:`array_doc_name`, :func:`metadata_doc_names`,
+  :func:`attributes_in`, :func:`attributes_to_edit`, :func:`is_consolidated` and
+  :func:`chunk_coords`.
+- **The default NGFF version** of a Zarr format (:func:`default_ngff_version`).
+- **Paths**: the one helper that joins store keys, paths and URLs (:func:`join_path`), and
+  the one check that a key read from a plate or a journal stays inside its store
+  (:func:`safe_key`, :func:`inside_root`; DESIGN invariant 7).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from omeloc.errors import UnsafePathError
+
+__all__ = [
+    "METADATA_DOC_NAMES",
+    "array_doc_name",
+    "attributes_in",
+    "attributes_to_edit",
+    "attrs_doc_name",
+    "chunk_coords",
+    "consolidated_doc_name",
+    "default_ngff_version",
+    "group_ngff_attrs",
+    "inside_root",
+    "is_consolidated",
+    "join_path",
+    "metadata_doc_names",
+    "new_group_doc",
+    "ngff_attrs",
+    "ngff_updates",
+    "parent_ngff_attrs",
+    "reserved_attr_keys",
+    "safe_key",
+    "set_ome_attr",
+    "storage_block",
+]
+
+#: Every file name that holds Zarr metadata (v2 and v3); never a chunk.
+METADATA_DOC_NAMES = frozenset({"zarr.json", ".zattrs", ".zarray", ".zgroup", ".zmetadata"})
+
+_NGFF_KEYS_V04 = ("plate", "well", "multiscales", "omero")
+
+
+# -- NGFF attributes ----------------------------------------------------------------------
+def default_ngff_version(zarr_format: int) -> str:
+    """The NGFF version a group of ``zarr_format`` has when its metadata names none.
+
+    Parameters
+    ----------
+    zarr_format : int
+        2 or 3.
+
+    Returns
+    -------
+    str
+        ``"0.5"`` for Zarr v3, ``"0.4"`` for Zarr v2.
+    """
+    return "0.5" if zarr_format == 3 else "0.4"
+
+
+def ngff_attrs(attrs: Mapping[str, Any], zarr_format: int) -> dict[str, Any]:
+    """The NGFF metadata held in a group's attributes (a new dict).
+
+    Parameters
+    ----------
+    attrs : Mapping
+        All attributes of the group, as stored.
+    zarr_format : int
+        The group's Zarr format.
+
+    Returns
+    -------
+    dict
+        ``attrs["ome"]`` on Zarr v3 (empty when missing or not a mapping); on Zarr v2 the
+        attributes themselves.
+
+    Examples
+    --------
+    >>> ngff_attrs({"ome": {"version": "0.5"}, "other": 1}, 3)
+    {'version': '0.5'}
+    >>> ngff_attrs({"omero": {}, "other": 1}, 2)
+    {'omero': {}, 'other': 1}
+    """
+    if zarr_format == 3:
+        ome = attrs.get("ome")
+        return dict(ome) if isinstance(ome, Mapping) else {}
+    return dict(attrs)
+
+
+def ngff_updates(attrs: Mapping[str, Any], zarr_format: int, changes: Mapping[str, Any]) -> dict[str, Any]:
+    """The top-level attribute updates that set NGFF keys ``changes`` (the inverse of :func:`ngff_attrs`).
+
+    Parameters
+    ----------
+    attrs : Mapping
+        The group's current attributes (on Zarr v3 the other ``ome`` keys are kept).
+    zarr_format : int
+        The group's Zarr format.
+    changes : Mapping
+        NGFF keys and their new values, e.g. ``{"omero": {...}}``.
+
+    Returns
+    -------
+    dict
+        ``{"ome": {...current ome..., **changes}}`` on Zarr v3, ``dict(changes)`` on Zarr v2:
+        merge it into the attributes.
+
+    Examples
+    --------
+    >>> ngff_updates({"ome": {"version": "0.5"}}, 3, {"omero": {}})
+    {'ome': {'version': '0.5', 'omero': {}}}
+    >>> ngff_updates({"multiscales": []}, 2, {"omero": {}})
+    {'omero': {}}
+    """
+    if zarr_format == 3:
+        ome = ngff_attrs(attrs, 3)
+        ome.update(changes)
+        return {"ome": ome}
+    return dict(changes)
+
+
+def group_ngff_attrs(group: Any) -> dict[str, Any]:
+    """The NGFF metadata of an open ``zarr.Group`` (see :func:`ngff_attrs`)."""
+    return ngff_attrs(dict(group.attrs), group.metadata.zarr_format)
+
+
+def set_ome_attr(group: Any, key: str, value: Any, zarr_format: int | None = None) -> None:
+    """Set ``key`` in the NGFF metadata of an open, writable ``zarr.Group``.
+
+    Parameters
+    ----------
+    group : zarr.Group
+        The group to change.
+    key : str
+        An NGFF key (``"omero"``, ``"multiscales"``, ...).
+    value
+        Its JSON value.
+    zarr_format : int, optional
+        The group's Zarr format (read from the group when omitted).
+    """
+    zarr_format = group.metadata.zarr_format if zarr_format is None else zarr_format
+    for name, new in ngff_updates(dict(group.attrs), zarr_format, {key: value}).items():
+        group.attrs[name] = new
+
+
+def parent_ngff_attrs(url: str, storage_options: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The NGFF metadata of the group that contains ``url``; empty when there is no readable one.
+
+    Used to notice that a single image is one field of a plate's well.
+    """
+    import zarr
+
+    parent = url.rstrip("/").rsplit("/", 1)[0]
+    try:
+        group = zarr.open_group(parent, mode="r", use_consolidated=False,
+                                **({"storage_options": dict(storage_options)} if storage_options else {}))
+    except Exception:  # noqa: BLE001 - no readable parent group: not inside a plate
+        return {}
+    return group_ngff_attrs(group)
+
+
+def reserved_attr_keys(zarr_format: int) -> frozenset[str]:
+    """Top-level attribute keys that belong to NGFF (extra attributes may not use them).
+
+    ``"ome"`` always; on Zarr v2 (NGFF 0.4) also ``plate``, ``well``, ``multiscales``, ``omero``.
+    """
+    return frozenset({"ome", *(_NGFF_KEYS_V04 if zarr_format == 2 else ())})
+
+
+# -- raw metadata documents -------------------------------------------------------------
+def attrs_doc_name(zarr_format: int) -> str:
+    """Name of the document holding a node's attributes: ``zarr.json`` (v3) or ``.zattrs`` (v2)."""
+    return "zarr.json" if zarr_format == 3 else ".zattrs"
+
+
+def array_doc_name(zarr_format: int) -> str:
+    """Name of the document describing an array: ``zarr.json`` (v3) or ``.zarray`` (v2)."""
+    return "zarr.json" if zarr_format == 3 else ".zarray"
+
+
+def metadata_doc_names(zarr_format: int) -> tuple[str, ...]:
+    """Every metadata document a node of ``zarr_format`` may have (consolidated metadata aside).
+
+    ``("zarr.json",)`` on Zarr v3; ``(".zattrs", ".zarray", ".zgroup")`` on Zarr v2.
+    """
+    return ("zarr.json",) if zarr_format == 3 else (".zattrs", ".zarray", ".zgroup")
+
+
+def consolidated_doc_name(zarr_format: int) -> str | None:
+    """The separate consolidated-metadata document at the root: ``.zmetadata`` on Zarr v2.
+
+    ``None`` on Zarr v3, whose consolidated metadata lives inside the root ``zarr.json``.
+    """
+    return ".zmetadata" if zarr_format == 2 else None
+
+
+def new_group_doc(zarr_format: int) -> dict[str, Any]:
+    """The attributes document of a group that has none yet."""
+    return {"zarr_format": 3, "node_type": "group"} if zarr_format == 3 else {}
+
+
+def attributes_in(doc: Mapping[str, Any], zarr_format: int) -> dict[str, Any]:
+    """The attributes held in a raw attributes document (a new dict).
+
+    ``doc["attributes"]`` of a ``zarr.json``; a ``.zattrs`` document is the attributes.
+    """
+    return dict(doc.get("attributes") or {}) if zarr_format == 3 else dict(doc)
+
+
+def attributes_to_edit(doc: dict[str, Any], zarr_format: int) -> dict[str, Any]:
+    """The attributes of a raw attributes document, as the live dict to change in place."""
+    return doc.setdefault("attributes", {}) if zarr_format == 3 else doc
+
+
+def is_consolidated(root_docs: Mapping[str, str | None], zarr_format: int) -> bool:
+    """Whether a store's metadata is consolidated, from the raw texts of its root documents.
+
+    Parameters
+    ----------
+    root_docs : Mapping
+        Document name → raw JSON text (``None`` when absent), for the root's documents
+        (:func:`metadata_doc_names` and :func:`consolidated_doc_name`).
+    zarr_format : int
+        The store's Zarr format.
+    """
+    import json
+
+    separate = consolidated_doc_name(zarr_format)
+    if separate is not None:
+        return root_docs.get(separate) is not None
+    root = root_docs.get(attrs_doc_name(zarr_format))
+    return bool(root and json.loads(root).get("consolidated_metadata"))
+
+
+def chunk_coords(rel_key: str, array_doc: Mapping[str, Any]) -> tuple[int, ...] | None:
+    """Chunk (or shard) grid coordinates of a store key relative to its array.
+
+    Parameters
+    ----------
+    rel_key : str
+        The key below the array (``"c/0/1/2"`` on v3 with the default encoding, ``"0.1.2"``
+        or ``"0/1/2"`` on v2).
+    array_doc : Mapping
+        The array's raw metadata document (``zarr.json`` or ``.zarray``).
+
+    Returns
+    -------
+    tuple of int or None
+        ``None`` when the key is not a chunk (a metadata document, a ``*.partial`` file, ...).
+
+    Examples
+    --------
+    >>> chunk_coords("c/0/3/1", {"zarr_format": 3})
+    (0, 3, 1)
+    >>> chunk_coords("0.3.1", {"zarr_format": 2}), chunk_coords(".zarray", {"zarr_format": 2})
+    ((0, 3, 1), None)
+    """
+    name = rel_key.rsplit("/", 1)[-1]
+    if name in METADATA_DOC_NAMES or rel_key.endswith(".partial"):
+        return None
+    if array_doc.get("zarr_format") == 3:
+        enc = array_doc.get("chunk_key_encoding") or {"name": "default"}
+        sep = (enc.get("configuration") or {}).get("separator", "/" if enc.get("name") == "default" else ".")
+        if enc.get("name") == "default":
+            if not rel_key.startswith("c"):
+                return None
+            rel_key = rel_key[1:].lstrip(sep)
+    else:
+        sep = array_doc.get("dimension_separator") or "."
+    try:
+        return tuple(int(p) for p in rel_key.split(sep))
+    except ValueError:
+        return None
+
+
+def storage_block(array_doc: Mapping[str, Any]) -> tuple[int, ...]:
+    """Shape of an array's storage unit (one key: the shard when sharded, else the chunk)."""
+    if array_doc.get("zarr_format") == 3:
+        return tuple(int(n) for n in array_doc["chunk_grid"]["configuration"]["chunk_shape"])
+    return tuple(int(n) for n in array_doc["chunks"])
+
+
+# -- paths --------------------------------------------------------------------------------
+def join_path(base: str, *parts: str) -> str:
+    """Join a path, URL or store key with relative parts, one ``/`` between each.
+
+    ``base`` keeps its beginning (``/abs``, ``s3://bucket``) and loses trailing slashes;
+    ``parts`` lose leading and trailing slashes and are skipped when empty.  With an empty
+    ``base`` the result is a relative key.
+
+    Examples
+    --------
+    >>> join_path("s3://lab/plate.zarr/", "B/3", "0")
+    's3://lab/plate.zarr/B/3/0'
+    >>> join_path("", "", "B/3/0", "zarr.json")
+    'B/3/0/zarr.json'
+    """
+    tail = "/".join(p.strip("/") for p in parts if p and p.strip("/"))
+    if not base:
+        return tail
+    return base.rstrip("/") + ("/" + tail if tail else "")
+
+
+_DRIVE = re.compile(r"^[A-Za-z]:")
+
+
+def safe_key(rel: str, what: str = "Refused the key", fix: str = "Fix the metadata or journal that names it.") -> str:
+    """``rel`` as a normalised store key that cannot leave its store, else an :class:`UnsafePathError`.
+
+    A plate and a journal are untrusted input (DESIGN invariant 7): every key or path read
+    from them passes here before it is joined to a store root.  A trailing ``/`` is dropped;
+    ``""`` (the root itself) is allowed.
+
+    Parameters
+    ----------
+    rel : str
+        A key relative to a group (``"B/3/0/zarr.json"``).
+    what, fix : str
+        The message's beginning (``"Well 'A/1' lists image path"``) and end (how to fix it).
+
+    Returns
+    -------
+    str
+        The key, without a trailing slash.
+
+    Raises
+    ------
+    UnsafePathError
+        Not a string; absolute; a drive letter; a backslash, NUL or other control character;
+        an empty, ``.`` or ``..`` segment.
+
+    Examples
+    --------
+    >>> safe_key("B/3/0/")
+    'B/3/0'
+    >>> safe_key("../victim.txt")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    omeloc.errors.UnsafePathError: Refused the key '../victim.txt', which has a '..' segment: ...
+    """
+    key = rel[:-1] if isinstance(rel, str) and rel.endswith("/") and rel != "/" else rel
+    problem = _key_problem(key) if isinstance(key, str) else "is not a string"
+    if problem:
+        raise UnsafePathError(
+            f"{what} {rel!r}, which {problem}: omeloc follows only relative paths that stay inside the store. {fix}"
+        )
+    return key
+
+
+def _key_problem(key: str) -> str | None:
+    """Why ``key`` is not a safe relative key (``None`` when it is)."""
+    if key == "":
+        return None
+    if key.startswith("/"):
+        return "is an absolute path"
+    if _DRIVE.match(key):
+        return "starts with a drive letter"
+    if "\\" in key:
+        return "has a backslash"
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in key):
+        return "has a NUL or control character"
+    for seg in key.split("/"):
+        if seg in ("", ".", ".."):
+            return f"has {'an empty' if not seg else 'a ' + repr(seg)} segment"
+    return None
+
+
+def inside_root(root: str | os.PathLike[str], path: str | os.PathLike[str]) -> bool:
+    """Whether local ``path``, with every symbolic link resolved, lies inside ``root`` (also resolved).
+
+    Examples
+    --------
+    >>> inside_root("/tmp", "/tmp/a/b"), inside_root("/tmp/a", "/tmp/b")
+    (True, False)
+    """
+    real_root = os.path.realpath(root)
+    real = os.path.realpath(path)
+    return real == real_root or real.startswith(real_root.rstrip(os.sep) + os.sep)

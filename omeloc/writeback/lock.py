@@ -1,0 +1,341 @@
+"""One writer at a time: the plate lock that every omeloc writer takes before anything else.
+
+:class:`PlateLock` is a key (``.omeloc_lock``) at the root of the target store, created only
+if absent.  It holds the writer's identity (run id, pid, host, process start time, what it
+does) and a heartbeat that a background thread refreshes every few seconds for as long as
+the lock is held.  ``add_channel`` (and so ``predict``), ``recover`` and ``rechunk`` take it
+*before* they read the journal or check the plate, so no check can be overtaken by another
+writer; the journal in the root attributes stays the record of what a killed run must undo.
+
+Who may take a lock that exists:
+
+- nobody, while its writer is alive;
+- anybody, once the writer is *provably* dead: on the same host its pid is gone or belongs
+  to another process now (start time differs); on another host its heartbeat is older than
+  ``max(stale_after, 15 heartbeats)``, which a live writer (refreshing every
+  ``HEARTBEAT_SECONDS``) never reaches (clocks of the hosts must agree to within that);
+- ``force=True`` (``omeloc recover PLATE --force``) takes it regardless.
+
+Taking over a dead writer's lock is serialised by a second key (``.omeloc_lock.break``,
+itself created only if absent), so two runs that both find a dead lock cannot both win.
+
+Atomicity.  zarr's ``LocalStore.set_if_not_exists`` writes a temporary file and hard-links
+it into place (``os.link`` fails if the name exists): atomic on local and POSIX network file
+systems.  Stores without an atomic create (zarr's fsspec store: check-then-put) leave a race
+window of one round trip between two writers that start at the same moment; the lock is
+read back after the create (and again after ``SETTLE_SECONDS`` on such stores), so a lost
+race is detected in all but the narrowest case.  Object stores with conditional writes
+(S3 ``If-None-Match``) would close it; fsspec does not expose them yet.
+
+zarr warns ("Object at .omeloc_lock is not recognized ...") when it lists the root group's
+members while a lock is held; the key is not part of the hierarchy.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+import warnings
+from collections.abc import Iterator, Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Self
+
+from zarr.core.buffer.cpu import Buffer
+from zarr.core.sync import sync
+
+from omeloc.errors import ConcurrentWriteError, ReadOnlyStoreError
+from omeloc.testing.faults import fault_point
+from omeloc.writeback.journal import StoreIO
+from omeloc.writeback.journal import _proc_start as proc_start
+
+__all__ = ["BREAK_KEY", "HEARTBEAT_SECONDS", "LOCK_KEY", "PlateLock", "lock_holder", "lock_stale", "source_lock"]
+
+logger = logging.getLogger(__name__)
+
+LOCK_KEY = ".omeloc_lock"
+BREAK_KEY = ".omeloc_lock.break"
+#: how often a holder refreshes its heartbeat
+HEARTBEAT_SECONDS = 2.0
+#: a lock on another host is stale only after this many heartbeats were missed (at least)
+MISSED_BEATS = 15
+#: on stores without an atomic create, wait this long and read the lock back once more
+SETTLE_SECONDS = 0.2
+
+#: run ids of the locks this process holds (a lock of our pid that is not here is dead)
+HELD: set[str] = set()
+
+
+def _atomic_create(io: StoreIO) -> bool:
+    """Whether the store's create-if-absent is atomic (zarr's LocalStore: exclusive hard link)."""
+    from zarr.storage import LocalStore
+
+    return isinstance(io.store, LocalStore)
+
+
+def _read(io: StoreIO, key: str) -> dict[str, Any] | None:
+    """The lock document at ``key``; ``None`` when absent, ``{}`` when it is not a lock omeloc wrote."""
+    raw = io.get(key)
+    if raw is None:
+        return None
+    try:
+        doc = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        return {}
+    return doc if isinstance(doc, dict) else {}
+
+
+def _create(io: StoreIO, key: str, payload: Mapping[str, Any]) -> bool:
+    """Create ``key`` only if absent; whether it now holds ``payload`` (ours)."""
+    data = json.dumps(dict(payload), sort_keys=True).encode("utf-8")
+    try:
+        sync(io.store.set_if_not_exists(io.key(key), Buffer.from_bytes(data)))
+    except Exception as err:  # any backend's refusal (PermissionError, HTTP 4xx/5xx, ...) with context
+        raise ReadOnlyStoreError(
+            f"Cannot create the lock {key} in {io.url} ({type(err).__name__}: {' '.join(str(err).split())[:120]}). "
+            f"The store is read-only or unreachable: use a writable copy of the plate or fix its permissions."
+        ) from err
+    mine = (_read(io, key) or {}).get("run_id") == payload["run_id"]
+    if mine and not _atomic_create(io):
+        time.sleep(SETTLE_SECONDS)  # a racing check-then-put may have landed after ours
+        mine = (_read(io, key) or {}).get("run_id") == payload["run_id"]
+    return mine
+
+
+def lock_stale(holder: Mapping[str, Any], stale_after: float) -> bool:
+    """Whether the writer that holds a lock is provably dead (see the module docstring).
+
+    A lock that omeloc did not write (no run id, fields of the wrong type: a plate is
+    untrusted input) is never stale: only ``force`` takes it.
+    """
+    try:
+        run_id, pid, host = holder["run_id"], int(holder["pid"]), holder["host"]
+        heartbeat = float(holder.get("heartbeat", 0))
+        interval = float(holder.get("interval", HEARTBEAT_SECONDS))
+    except (KeyError, TypeError, ValueError):
+        return False
+    if not isinstance(run_id, str) or not run_id or pid <= 0:
+        return False
+    if host == socket.gethostname():
+        if pid == os.getpid():
+            return run_id not in HELD
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        except (PermissionError, OverflowError, ValueError):
+            return False
+        start = holder.get("pid_start")
+        return start is not None and start != proc_start(pid)
+    timeout = max(float(stale_after), MISSED_BEATS * interval)
+    return time.time() - heartbeat > timeout
+
+
+def lock_holder(io: StoreIO) -> dict[str, Any] | None:
+    """The lock document of the store (``None``: not locked)."""
+    return _read(io, LOCK_KEY)
+
+
+def _shown(value: Any) -> str:
+    """A field of an untrusted lock document, fit for a one-line message."""
+    return " ".join(str(value).split())[:64]
+
+
+def describe_holder(io: StoreIO, holder: Mapping[str, Any]) -> str:
+    """The one-line refusal for a live lock holder."""
+    if not holder:
+        who = f"an unknown writer (the lock {LOCK_KEY} was not written by omeloc)"
+    else:
+        run_id, purpose, pid, host, started = (_shown(holder.get(k)) for k in
+                                               ("run_id", "purpose", "pid", "host", "started"))
+        who = f"omeloc run {run_id} ({purpose}, pid {pid} on {host}, since {started})"
+    return (f"{io.url} is being written by {who}. Wait for it to finish; if that process is dead, "
+            f"run `omeloc recover {io.url} --force`.")
+
+
+class PlateLock:
+    """The plate's write lock, as a context manager: taken on enter, heartbeat while held, released on exit.
+
+    Parameters
+    ----------
+    io : StoreIO
+        Raw access to the target store.
+    purpose : str
+        What the holder does (``"add_channel"``, ``"recover"``, ``"rechunk"``), for messages.
+    run_id : str, optional
+        The holder's run id (default: a new one; ``add_channel`` uses it for its journal too).
+    stale_after : float
+        Seconds without a heartbeat after which a lock held on another host counts as dead
+        (never less than 15 heartbeats).
+    force : bool
+        Take the lock even from a writer that looks alive.
+    interval : float
+        Seconds between heartbeats.
+
+    Raises
+    ------
+    ConcurrentWriteError
+        Another live writer holds the lock (on enter), or the lock was taken from this
+        holder while it ran (:meth:`ensure`).
+    ReadOnlyStoreError
+        The store cannot be written.
+
+    Examples
+    --------
+    >>> with PlateLock(StoreIO("plate.zarr"), purpose="recover"):  # doctest: +SKIP
+    ...     pass
+    """
+
+    def __init__(self, io: StoreIO, *, purpose: str, run_id: str | None = None, stale_after: float = 3600.0,
+                 force: bool = False, interval: float = HEARTBEAT_SECONDS) -> None:
+        self.io, self.purpose, self.stale_after, self.force = io, purpose, stale_after, force
+        self.run_id = run_id or uuid.uuid4().hex
+        self.interval = float(interval)
+        self.taken_over: dict[str, Any] | None = None
+        """The dead (or forced) holder this lock was taken from, if any."""
+        self.lost = False
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._payload: dict[str, Any] = {}
+
+    def _new_payload(self) -> dict[str, Any]:
+        pid = os.getpid()
+        return {"run_id": self.run_id, "purpose": self.purpose, "pid": pid, "host": socket.gethostname(),
+                "pid_start": proc_start(pid), "started": datetime.now(UTC).isoformat(timespec="seconds"),
+                "heartbeat": time.time(), "interval": self.interval}
+
+    def __enter__(self) -> Self:
+        self._payload = self._new_payload()
+        HELD.add(self.run_id)
+        try:
+            self._acquire()
+        except BaseException:
+            HELD.discard(self.run_id)
+            raise
+        self._thread = threading.Thread(target=self._beat, name=f"omeloc-lock-{self.run_id[:8]}", daemon=True)
+        self._thread.start()
+        fault_point("lock_taken")
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
+        try:
+            self.release()
+        except Exception as err:
+            if exc_type is None:
+                raise
+            # the write's own error matters more; a lock left behind is taken over once we are gone
+            logger.warning("could not release the lock of %s: %s", self.io.url, err)
+
+    def _acquire(self) -> None:
+        for _ in range(3):  # a holder that releases while we look: try again
+            if _create(self.io, LOCK_KEY, self._payload):
+                return
+            holder = lock_holder(self.io)
+            if holder is None:
+                continue
+            if not (self.force or lock_stale(holder, self.stale_after)):
+                raise ConcurrentWriteError(describe_holder(self.io, holder))
+            self._take_over(holder)
+            return
+        raise ConcurrentWriteError(f"The lock of {self.io.url} changed hands repeatedly while omeloc tried to take "
+                                   f"it. Wait for the other writers to finish and retry.")
+
+    def _take_over(self, holder: dict[str, Any]) -> None:
+        """Replace a dead (or, with ``force``, any) holder's lock with ours, serialised by the break key."""
+        breaker = {"run_id": self.run_id, "pid": self._payload["pid"], "host": self._payload["host"],
+                   "pid_start": self._payload["pid_start"], "heartbeat": time.time()}
+        if not _create(self.io, BREAK_KEY, breaker):
+            other = _read(self.io, BREAK_KEY) or {}
+            if not (self.force or lock_stale(other, self.stale_after)):
+                raise ConcurrentWriteError(f"Another omeloc run is taking over the lock of {self.io.url} right now. "
+                                           f"Wait for it to finish and retry.")
+            self.io.delete(BREAK_KEY)
+            if not _create(self.io, BREAK_KEY, breaker):
+                raise ConcurrentWriteError(f"Another omeloc run took over the lock of {self.io.url} first. "
+                                           f"Wait for it to finish and retry.")
+        try:
+            current = lock_holder(self.io)
+            if current is not None and current != holder and not self.force:
+                raise ConcurrentWriteError(describe_holder(self.io, current))  # it moved: somebody is alive
+            if current is not None:
+                self.io.delete(LOCK_KEY)
+            if not _create(self.io, LOCK_KEY, self._payload):
+                raise ConcurrentWriteError(describe_holder(self.io, lock_holder(self.io) or {}))
+        finally:
+            self.io.delete(BREAK_KEY)
+        self.taken_over = holder
+        logger.warning("took over the lock of %s from %s run %s (pid %s on %s)%s", self.io.url,
+                       holder.get("purpose"), holder.get("run_id"), holder.get("pid"), holder.get("host"),
+                       " (forced)" if self.force else ": its writer is gone")
+
+    def _beat(self) -> None:
+        """Heartbeat thread: refresh the lock every ``interval`` seconds while it is ours."""
+        while not self._stop.wait(self.interval):
+            try:
+                holder = lock_holder(self.io)
+                if (holder or {}).get("run_id") != self.run_id:
+                    self.lost = True
+                    logger.error("the lock of %s was taken from omeloc run %s", self.io.url, self.run_id)
+                    return
+                self._payload["heartbeat"] = time.time()
+                self.io.set(LOCK_KEY, json.dumps(self._payload, sort_keys=True).encode("utf-8"))
+            except Exception as err:  # noqa: BLE001 - a missed beat is retried; the writer's own writes report store errors
+                logger.warning("could not refresh the lock of %s: %s", self.io.url, err)
+
+    def ensure(self) -> None:
+        """Raise if the lock was taken from this holder while it ran (``recover --force`` elsewhere)."""
+        if self.lost:
+            raise ConcurrentWriteError(
+                f"The lock of {self.io.url} was taken from this run (omeloc recover --force?) while it wrote. "
+                f"Stop the other writer, then run `omeloc recover {self.io.url}`."
+            )
+
+    def release(self) -> None:
+        """Stop the heartbeat and delete the lock if it is still ours."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        try:
+            if (lock_holder(self.io) or {}).get("run_id") == self.run_id:
+                self.io.delete(LOCK_KEY)
+        finally:
+            HELD.discard(self.run_id)
+
+
+def peek(io: StoreIO, *, stale_after: float) -> None:
+    """Raise :class:`ConcurrentWriteError` if a live writer holds the lock (for dry runs, which take none)."""
+    holder = lock_holder(io)
+    if holder is not None and not lock_stale(holder, stale_after):
+        raise ConcurrentWriteError(describe_holder(io, holder))
+
+
+@contextlib.contextmanager
+def source_lock(url: str | Path, storage_options: Mapping[str, Any] | None = None, *,
+                purpose: str = "rechunk") -> Iterator[PlateLock | None]:
+    """Hold the lock of a store that is only read (``rechunk``'s source), so no writer changes it meanwhile.
+
+    A store this process cannot write (an HTTP URL, a read-only copy) is read without a lock:
+    nobody writes it through this access either.  zarr's warning about the lock key while
+    the root's members are listed is silenced.
+    """
+    try:
+        lock = PlateLock(StoreIO(str(url), storage_options), purpose=purpose)
+        lock.__enter__()
+    except (ReadOnlyStoreError, FileNotFoundError) as err:
+        # unwritable here (or not a store: the caller's own checks say so): read without a lock
+        logger.debug("reading %s without a lock: %s", url, err)
+        yield None
+        return
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r"Object at \.omeloc_lock")
+            yield lock
+    finally:
+        lock.release()

@@ -1,0 +1,232 @@
+"""The pixels of a new channel: the Dask tasks that write them and the graphs that run those tasks.
+
+Level 0 is written from the caller's data, one task per zarr write block (the shard when
+sharded, else the chunk), so each block is written exactly once and no locks are needed.
+Each lower level is then built from the level above it, again one task per write block:
+the task reads the matching region of the level above (edge-padded) and writes its mean,
+to the level's existing shape.  Tasks write pixel chunks only and return the bytes they
+wrote; metadata is written by the driver (:mod:`omeloc.writeback.protocol`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import dask.array as da
+import numpy as np
+import zarr
+
+from omeloc.errors import InputError
+from omeloc.ngff.format import join_path
+from omeloc.ngff.pyramid import cast_to_dtype, downsample_mean
+from omeloc.ngff.writer import channel_window
+from omeloc.testing.faults import fault_point
+from omeloc.writeback.plan import ImagePlan, WritePlan, without_axis
+
+__all__ = [
+    "RunStore",
+    "level0_graph",
+    "lower_level_graph",
+    "open_level",
+    "sample_window",
+    "stop_writes",
+    "write_level0_block",
+    "write_lower_block",
+    "write_pixels",
+]
+
+#: runs a graph whose result is a byte count, with a description for progress bars
+GraphRunner = Callable[[da.Array, str], int]
+
+
+@dataclass(frozen=True)
+class RunStore:
+    """How the tasks of one run open the target's arrays (small and picklable, sent with each task)."""
+
+    so_json: str
+    """fsspec storage options as sorted JSON (hashable, so opened arrays can be cached)."""
+    zarr_format: int
+    run_id: str
+
+    @classmethod
+    def of(cls, storage_options: Mapping[str, Any] | None, zarr_format: int, run_id: str) -> RunStore:
+        """The RunStore for a run with these storage options."""
+        return cls(json.dumps(dict(storage_options or {}), sort_keys=True, default=str), zarr_format, run_id)
+
+    def array(self, url: str) -> zarr.Array:
+        """The writable array at ``url`` (cached per process and run)."""
+        return open_level(url, self.so_json, self.zarr_format, self.run_id)
+
+    def write(self, url: str, region: tuple[slice, ...], values: np.ndarray) -> None:
+        """Write ``values`` into ``region`` of the array at ``url``, unless the run was stopped."""
+        with _in_flight(self.run_id):
+            self.array(url)[region] = values
+
+
+#: in this process: writes running per run id, and the runs stopped (their tasks must not write)
+_GUARD = threading.Condition()
+_IN_FLIGHT: dict[str, int] = {}
+_STOPPED: set[str] = set()
+
+
+@contextlib.contextmanager
+def _in_flight(run_id: str) -> Iterator[None]:
+    with _GUARD:
+        if run_id in _STOPPED:
+            raise RuntimeError(f"omeloc run {run_id} was stopped: its remaining writes are skipped")
+        _IN_FLIGHT[run_id] = _IN_FLIGHT.get(run_id, 0) + 1
+    try:
+        yield
+    finally:
+        with _GUARD:
+            _IN_FLIGHT[run_id] -= 1
+            _GUARD.notify_all()
+
+
+def stop_writes(run_id: str, timeout: float = 120.0) -> bool:
+    """Stop a failed run's pixel writes in this process and wait for those still running to end.
+
+    A graph that fails returns at its first error while Dask's local threads finish the tasks
+    they are running; a rollback must not start before those writes have landed, or they
+    would leave chunks behind it.  (Tasks on other processes, e.g. distributed workers, are
+    not covered.)  Returns whether every running write ended within ``timeout`` seconds.
+    """
+    with _GUARD:
+        _STOPPED.add(run_id)
+        return _GUARD.wait_for(lambda: _IN_FLIGHT.get(run_id, 0) == 0, timeout)
+
+
+@functools.lru_cache(maxsize=512)
+def open_level(url: str, so_json: str, zarr_format: int, run_id: str) -> zarr.Array:
+    """A writable zarr array, cached per process and run (the run id keys the fresh shape)."""
+    so = json.loads(so_json)
+    kwargs: dict[str, Any] = {"mode": "r+", "zarr_format": zarr_format}
+    if so:
+        kwargs["storage_options"] = so
+    return zarr.open_array(url, **kwargs)
+
+
+def write_level0_block(
+    block: np.ndarray, *, store: RunStore, url: str, c_axis: int, index: int, out_dtype: str, where: str,
+    block_info: dict | None = None,
+) -> np.ndarray:
+    """Dask task: cast one block of the new channel and write it into its own zarr block."""
+    loc = block_info[0]["array-location"]
+    block = np.asarray(block)
+    if block.dtype.kind == "f" and not np.isfinite(block).all():
+        raise InputError(
+            f"Data for {where} has NaN or infinite values (region {[tuple(r) for r in loc]}). "
+            f"Replace them (e.g. np.nan_to_num) before adding the channel."
+        )
+    values = np.expand_dims(cast_to_dtype(block, out_dtype), c_axis)
+    region = [slice(a, b) for a, b in loc]
+    region.insert(c_axis, slice(index, index + 1))
+    store.write(url, tuple(region), values)
+    fault_point("level0_block")
+    return np.full((1,) * block.ndim, values.nbytes, dtype=np.int64)
+
+
+def _source_region(loc: list[tuple[int, int]], src_plane: tuple[int, ...], plane_axes: tuple[str, ...],
+                   dst_plane: tuple[int, ...]) -> tuple[list[slice], list[np.ndarray]]:
+    """What a lower-level block reads from the level above: slices, and the indices to take from them.
+
+    Target ``[a, b)`` along an axis of factor ``f`` reads source ``[a*f, b*f)``, clipped and
+    edge-padded (only y and x are downsampled).
+    """
+    read, take = [], []
+    for (a, b), n_src, n_dst, ax in zip(loc, src_plane, dst_plane, plane_axes):
+        f = max(1, round(n_src / n_dst)) if ax in ("y", "x") else 1
+        want = np.arange(a * f, b * f)
+        lo = min(a * f, n_src - 1)
+        hi = max(lo + 1, min(b * f, n_src))
+        read.append(slice(lo, hi))
+        take.append(np.clip(want, lo, hi - 1) - lo)
+    return read, take
+
+
+def write_lower_block(
+    dummy: np.ndarray, *, store: RunStore, src_url: str, dst_url: str, c_axis: int, index: int,
+    axes: tuple[str, ...], src_shape: tuple[int, ...], block_info: dict | None = None,
+) -> np.ndarray:
+    """Dask task: one block of a lower level, the mean of the matching region of the level above."""
+    loc = [tuple(r) for r in block_info[0]["array-location"]]
+    plane_axes = tuple(a for i, a in enumerate(axes) if i != c_axis)
+    read, take = _source_region(loc, without_axis(tuple(src_shape), c_axis), plane_axes,
+                                tuple(block_info[0]["shape"]))
+    src_region = list(read)
+    src_region.insert(c_axis, index)
+    src = store.array(src_url)[tuple(src_region)][np.ix_(*take)]
+    values = np.expand_dims(downsample_mean(src, plane_axes, tuple(dummy.shape)), c_axis)
+    region = [slice(a, b) for a, b in loc]
+    region.insert(c_axis, slice(index, index + 1))
+    store.write(dst_url, tuple(region), values)
+    return np.full((1,) * dummy.ndim, values.nbytes, dtype=np.int64)
+
+
+def level0_graph(plan: WritePlan, store: RunStore, done: Mapping[str, set[tuple[int, ...]]] | None = None
+                 ) -> da.Array | None:
+    """The graph writing level 0 of every image (its value: bytes written); ``None`` if nothing is left.
+
+    ``done`` maps an image path to the Dask blocks a killed run of the same job finished
+    (see :mod:`omeloc.writeback.resume`): only the other blocks are computed.
+    """
+    totals = []
+    for img in plan.images:
+        written = img.data.map_blocks(
+            write_level0_block, store=store, url=join_path(img.url, img.level_paths[0]), c_axis=img.c_axis,
+            index=plan.channel_index, out_dtype=plan.dtype, where=f"image {img.path or plan.target}",
+            chunks=tuple((1,) * len(c) for c in img.data.chunks), dtype=np.int64,
+        )
+        skip = (done or {}).get(img.path)
+        if skip:  # resumed: only the blocks the killed run did not finish (the rest is culled)
+            totals.extend(written.blocks[i].sum() for i in np.ndindex(*written.numblocks) if i not in skip)
+        else:
+            totals.append(written.sum())
+    return da.stack(totals).sum() if totals else None
+
+
+def _lower_level_image(img: ImagePlan, level: int, index: int, store: RunStore, axes: tuple[str, ...]) -> da.Array:
+    shape = without_axis(img.shapes[level], img.c_axis)
+    dummy = da.zeros(shape, chunks=without_axis(img.write_blocks[level], img.c_axis), dtype=np.int8)
+    return dummy.map_blocks(
+        write_lower_block, store=store, src_url=join_path(img.url, img.level_paths[level - 1]),
+        dst_url=join_path(img.url, img.level_paths[level]), c_axis=img.c_axis, index=index, axes=axes,
+        src_shape=img.shapes[level - 1], chunks=tuple((1,) * len(c) for c in dummy.chunks),
+        dtype=np.int64, meta=np.empty((0,) * dummy.ndim, dtype=np.int64),
+    ).sum()
+
+
+def lower_level_graph(plan: WritePlan, level: int, store: RunStore, axes: tuple[str, ...]) -> da.Array:
+    """The graph writing pyramid level ``level`` (≥ 1) of every image that has it, from the level above."""
+    totals = [_lower_level_image(img, level, plan.channel_index, store, axes)
+              for img in plan.images if level < len(img.level_paths)]
+    return da.stack(totals).sum()
+
+
+def write_pixels(plan: WritePlan, store: RunStore, axes: tuple[str, ...], run: GraphRunner,
+                 done: Mapping[str, set[tuple[int, ...]]] | None = None) -> int:
+    """Write the new channel at every level, level by level with ``run``; the bytes written."""
+    total = level0_graph(plan, store, done)
+    nbytes = run(total, "level 0") if total is not None else 0
+    fault_point("level0_written")
+    for level in range(1, plan.levels):
+        nbytes += run(lower_level_graph(plan, level, store, axes), f"level {level}")
+        fault_point(f"level{level}_written")
+    return nbytes
+
+
+def sample_window(plan: WritePlan, store: RunStore) -> dict[str, float]:
+    """omero window from the 0.1/99.9 percentiles of the new channel (its lowest levels)."""
+    samples = []
+    for img in plan.images:
+        arr = store.array(join_path(img.url, img.level_paths[-1]))
+        index = [slice(None)] * arr.ndim
+        index[img.c_axis] = plan.channel_index
+        samples.append(np.asarray(arr[tuple(index)]).ravel())
+    return channel_window(np.concatenate(samples), np.dtype(plan.dtype))

@@ -1,0 +1,313 @@
+"""The preflight of :func:`omeloc.writeback.protocol.add_channel`: every check, before anything changes.
+
+:func:`preflight` reads the plate's metadata (and lists the chunk keys of every level) and
+returns a :class:`WritePlan`, or raises the one error that tells the user what to fix:
+
+- every image shares its channel count, dtype and axes with the first one;
+- the name is new, or (with ``overwrite``) a virtual channel omeloc wrote into every image;
+- every level stores one channel per chunk and per shard, so only the new channel's chunks
+  are written (else a :class:`~omeloc.errors.LayoutError` that names ``omeloc rechunk``);
+- ``omero.channels`` has one entry per channel;
+- no chunk files lie beyond the channel count (left by an interrupted foreign write);
+- the data: one array per image, of the shape of level 0 without the ``c`` axis, numeric,
+  finite (checked here for in-memory arrays, inside the write tasks for dask arrays).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import dask.array as da
+import numpy as np
+
+from omeloc.errors import InputError, LayoutError
+from omeloc.ngff.format import chunk_coords, join_path
+from omeloc.ngff.layout import writeback_problems
+from omeloc.ngff.plate import Image, Plate
+from omeloc.writeback.journal import StoreIO
+
+__all__ = ["RECHUNK_HINT", "ArrayLike", "DataArg", "ImagePlan", "WritePlan", "preflight", "without_axis"]
+
+ArrayLike = Any  # numpy array, dask array, or anything np.asarray accepts
+DataArg = ArrayLike | Mapping[str, ArrayLike | Callable[[], ArrayLike]] | Callable[[Image], ArrayLike]
+
+#: the fix a :class:`~omeloc.errors.LayoutError` names
+RECHUNK_HINT = (
+    "Copy the plate into an append-friendly layout (chunk 1 along c), e.g. "
+    "omeloc.rechunk(src, dst) (`omeloc rechunk SRC DST`), then add the channel to the copy."
+)
+
+
+def without_axis(seq: tuple[int, ...], axis: int) -> tuple[int, ...]:
+    """``seq`` (a shape or block) without its entry ``axis`` (the channel axis)."""
+    return seq[:axis] + seq[axis + 1:]
+
+
+@dataclass(frozen=True)
+class ImagePlan:
+    """What :func:`add_channel` writes into one image."""
+
+    path: str
+    """Image path relative to the target (``"B/3/0"``, ``""`` for a standalone image)."""
+    url: str
+    c_axis: int
+    level_paths: tuple[str, ...]
+    shapes: tuple[tuple[int, ...], ...]
+    """Shapes of every level after the write (channel axis included)."""
+    write_blocks: tuple[tuple[int, ...], ...]
+    """The zarr write unit (shard, else chunk) of every level: one Dask task each."""
+    data: da.Array = field(repr=False, compare=False)
+
+    def array_path(self, level: int) -> str:
+        """Key of level ``level``'s array relative to the target (``"B/3/0/0"``)."""
+        return join_path("", self.path, self.level_paths[level])
+
+
+@dataclass(frozen=True)
+class WritePlan:
+    """Everything :func:`add_channel` would do, found by the preflight (``dry_run=True``)."""
+
+    target: str
+    name: str
+    mode: str
+    """``"append"`` (a new channel) or ``"overwrite"`` (replace omeloc's virtual channel)."""
+    channel_index: int
+    n_channels: int
+    """Channel count before the write."""
+    dtype: str
+    ngff_version: str
+    images: tuple[ImagePlan, ...]
+    pending_recovery: str | None = None
+    """``"rollback"`` or ``"finish"`` when a dead run's journal will be dealt with first."""
+
+    @property
+    def tasks(self) -> int:
+        """Number of region-write tasks (chunks or shards written, all levels)."""
+        n = 0
+        for img in self.images:
+            for shape, block in zip(img.shapes, img.write_blocks):
+                n += math.prod(math.ceil(s / b) for i, (s, b) in enumerate(zip(shape, block)) if i != img.c_axis)
+        return n
+
+    @property
+    def nbytes(self) -> int:
+        """Uncompressed bytes of the new channel, all levels."""
+        item = np.dtype(self.dtype).itemsize
+        return sum(
+            math.prod(s for i, s in enumerate(shape) if i != img.c_axis) * item
+            for img in self.images for shape in img.shapes
+        )
+
+    @property
+    def levels(self) -> int:
+        """Pyramid levels of the deepest image."""
+        return max(len(i.level_paths) for i in self.images)
+
+    def describe(self) -> str:
+        """A short human-readable summary."""
+        verb = "replace channel" if self.mode == "overwrite" else "append channel"
+        lines = [(
+            f"{verb} {self.name!r} at index {self.channel_index} of {self.target} "
+            f"({len(self.images)} image(s), {self.tasks} write tasks, {self.nbytes / 1e6:.1f} MB {self.dtype})"
+        )]
+        if self.pending_recovery:
+            lines.append(f"first: {self.pending_recovery} an interrupted omeloc run")
+        for img in self.images[:5]:
+            lines.append(f"  {img.path or '.'}: levels {', '.join(img.level_paths)} -> shapes {list(img.shapes)}")
+        if len(self.images) > 5:
+            lines.append(f"  ... {len(self.images) - 5} more")
+        return "\n".join(lines)
+
+
+def preflight(
+    plate: Plate, io: StoreIO, name: str, data: DataArg, *, overwrite: bool, target: str,
+    pending: str | None = None, rollback_n: int | None = None,
+) -> WritePlan:
+    """Check everything a write of channel ``name`` depends on, and plan it; nothing is changed.
+
+    Parameters
+    ----------
+    plate : Plate
+        The target, opened.
+    io : StoreIO
+        Raw access to the target's store (to list chunk keys).
+    name, data, overwrite
+        As given to :func:`~omeloc.writeback.protocol.add_channel`.
+    target : str
+        The target's path or URL, for messages.
+    pending : str, optional
+        ``"rollback"`` / ``"finish"``: a dead run's journal that the real run deals with first.
+    rollback_n : int, optional
+        A dry run before a pending rollback sees the store as the killed run left it; the
+        plan is made against the channel count that the rollback restores instead.
+
+    Raises
+    ------
+    InputError, LayoutError
+        See the module docstring.
+    """
+    n_c, dtype = _shared_layout(plate, rollback_n)
+    mode, index = _mode(plate, name, overwrite, target, n_c)
+    _check_chunk_layout(plate, name, mode, target, n_c, rollback_n)
+    if rollback_n is None:  # also lists every level: a linked folder leaving the store is refused here
+        _check_no_stray_chunks(plate, io, target, n_c)
+    values = _resolve_data(plate, data)
+    images = tuple(_image_plan(img, values[img.path], mode, n_c, target) for img in plate.images)
+    return WritePlan(
+        target=target, name=name, mode=mode, channel_index=index, n_channels=n_c, dtype=str(dtype),
+        ngff_version=plate.ngff_version, images=images, pending_recovery=pending,
+    )
+
+
+def _shared_layout(plate: Plate, rollback_n: int | None) -> tuple[int, np.dtype]:
+    """Channel count and dtype that every image shares, with its axes (else an InputError)."""
+    first = plate.images[0]
+    n_c, dtype, axes = first.shape[first.axes.index("c")], first.dtype, first.axes
+    if rollback_n is not None:
+        n_c = rollback_n
+    for img in plate.images:
+        c = img.shape[img.axes.index("c")]
+        if rollback_n is not None and c in (n_c, n_c + 1):
+            c = n_c
+        if (c, img.dtype, img.axes) != (n_c, dtype, axes):
+            raise InputError(
+                f"Image {img.path} has {c} channels, dtype {img.dtype}, axes {''.join(img.axes)} but "
+                f"{first.path} has {n_c}, {dtype}, {''.join(axes)}: the plate's wells are inconsistent. "
+                f"Make every image share channels, dtype and axes before adding a channel."
+            )
+    return n_c, dtype
+
+
+def _virtual_index(img: Image, name: str) -> int | None:
+    """Index of ``name`` when it is a virtual channel omeloc wrote into ``img``, else None."""
+    entry = ((img.attrs.get("omeloc") or {}).get("channels") or {}).get(name) or {}
+    if entry.get("virtual") is True and name in img.channel_names:
+        return img.channel_names.index(name)
+    return None
+
+
+def _mode(plate: Plate, name: str, overwrite: bool, target: str, n_c: int) -> tuple[str, int]:
+    """``("append", n_c)``, or ``("overwrite", index)`` when replacing omeloc's channel ``name``."""
+    if name not in plate.images[0].channel_names:
+        return "append", n_c
+    virtual = [_virtual_index(img, name) for img in plate.images]
+    if not overwrite:
+        raise InputError(
+            f"Channel {name!r} already exists in {target}. Choose another name, or pass overwrite=True "
+            f"(--overwrite) to replace it if omeloc wrote it."
+        )
+    if any(v is None for v in virtual) or len(set(virtual)) != 1:
+        raise InputError(
+            f"Channel {name!r} in {target} is not a virtual channel written by omeloc in every image, so "
+            f"overwrite=True may not replace it. Choose another name."
+        )
+    return "overwrite", int(virtual[0])
+
+
+def _check_chunk_layout(plate: Plate, name: str, mode: str, target: str, n_c: int, rollback_n: int | None) -> None:
+    """One channel per chunk and shard at every level, and one omero entry per channel."""
+    for img in plate.images:
+        problems = writeback_problems(img)
+        if problems:
+            verb = f"Replacing channel {name!r} of" if mode == "overwrite" else "Adding a channel to"
+            raise LayoutError(
+                f"{verb} {img.path or target} would rewrite chunks that hold other channels "
+                f"({'; '.join(problems[:3])}). {RECHUNK_HINT}"
+            )
+        channels = img.omero.get("channels") or []
+        if len(channels) != n_c and rollback_n is None:
+            raise InputError(
+                f"Image {img.path or target} has {n_c} channels but {len(channels)} omero.channels entries. "
+                f"Fix its omero metadata (one entry per channel) before adding a channel."
+            )
+
+
+def _stray_chunks(io: StoreIO, img: Image, level: int, n_c: int) -> list[str]:
+    """Chunk keys of a level at or beyond channel ``n_c``."""
+    arr_rel = join_path("", img.path, img.level_paths[level])
+    doc = io.read_json(io.array_doc(arr_rel)) or {}
+    c_axis = img.axes.index("c")
+    block = img.write_chunks(level)[c_axis]
+    stray = []
+    for key in io.list(arr_rel):
+        coords = chunk_coords(key[len(arr_rel) + 1:] if arr_rel else key, doc)
+        if coords is not None and len(coords) > c_axis and coords[c_axis] * block >= n_c:
+            stray.append(key)
+    return stray
+
+
+def _check_no_stray_chunks(plate: Plate, io: StoreIO, target: str, n_c: int) -> None:
+    for img in plate.images:
+        for level in range(len(img.level_paths)):
+            stray = _stray_chunks(io, img, level, n_c)
+            if stray:
+                raise LayoutError(
+                    f"Level {img.level_paths[level]!r} of {img.path or target} has chunk files beyond its "
+                    f"{n_c} channels ({stray[0]}, ...; {len(stray)} in all), left by an interrupted write. "
+                    f"Delete them (they hold no visible data) and retry."
+                )
+
+
+def _resolve_data(plate: Plate, data: DataArg) -> dict[str, Any]:
+    """One array (or dask array) per image path, from any of the forms ``data`` may take."""
+    paths = [img.path for img in plate.images]
+    if callable(data) and not isinstance(data, (np.ndarray, da.Array)):
+        return {img.path: data(img) for img in plate.images}
+    if isinstance(data, Mapping):
+        keys = {str(k).strip("/") for k in data}
+        missing = [p for p in paths if p not in keys]
+        extra = sorted(keys - set(paths))
+        if missing or extra:
+            raise InputError(
+                f"Expected data for exactly the images {paths[:6]}{' ...' if len(paths) > 6 else ''}. "
+                f"Missing: {missing[:6]}; unknown: {extra[:6]}. Give one array per image path."
+            )
+        values = {str(k).strip("/"): v for k, v in data.items()}
+        return {p: (values[p]() if callable(values[p]) else values[p]) for p in paths}
+    if plate.is_plate:
+        raise InputError(
+            f"Expected a mapping from image path to array for plate {plate.path}. "
+            f"Got one {type(data).__name__} instead. Pass {{'{paths[0]}': array, ...}}."
+        )
+    return {paths[0]: data}
+
+
+def _as_dask(value: Any, where: str, want_shape: tuple[int, ...], blocks: tuple[int, ...]) -> da.Array:
+    """``value`` as a dask array chunked like the zarr write blocks, its shape and dtype checked."""
+    if isinstance(value, da.Array):
+        arr = value
+    else:
+        host = np.asarray(value)
+        if host.dtype.kind == "f" and not np.isfinite(host).all():
+            raise InputError(
+                f"Data for {where} has NaN or infinite values. Replace them (e.g. np.nan_to_num) first."
+            )
+        arr = da.from_array(host, chunks=blocks)
+    if arr.dtype.kind not in "biuf":
+        raise InputError(f"Expected numeric data for {where}. Got dtype {arr.dtype} instead.")
+    if tuple(arr.shape) != tuple(want_shape):
+        raise InputError(
+            f"Expected data of shape {tuple(want_shape)} for {where} (level 0 without the c axis). "
+            f"Got {tuple(arr.shape)} instead."
+        )
+    return arr.rechunk(blocks)
+
+
+def _image_plan(img: Image, value: Any, mode: str, n_c: int, target: str) -> ImagePlan:
+    """The shapes after the write, the write blocks and the checked data of one image."""
+    c_axis = img.axes.index("c")
+    shapes = []
+    for s in img.shapes:
+        s = list(s)
+        s[c_axis] = n_c + 1 if mode == "append" else n_c
+        shapes.append(tuple(s))
+    blocks = tuple(img.write_chunks(level) for level in range(len(img.level_paths)))
+    arr = _as_dask(value, f"image {img.path or target}", without_axis(img.shape, c_axis),
+                   without_axis(blocks[0], c_axis))
+    return ImagePlan(
+        path=img.path, url=img.url, c_axis=c_axis, level_paths=img.level_paths,
+        shapes=tuple(shapes), write_blocks=blocks, data=arr,
+    )
