@@ -1,4 +1,4 @@
-"""Plate prediction throughput and peak memory: 4, 16 and 64 fields; 1 vs 2 Dask workers.
+"""Plate prediction throughput and peak memory: 4, 16 and 64 fields; 1 vs 2 Dask workers; end to end vs the engine.
 
 Each measurement runs in a fresh subprocess (so peak RSS is that run's alone): a synthetic
 plate of N fields (512 x 512 px, chunks 256) is made, then ``omeloc.predict`` writes the
@@ -7,6 +7,11 @@ speed does not depend on them) through the full path: zarr → normalize → til
 write-back at every level.
 
     python benchmarks/bench_predict.py [--fields 4 16 64] [--size 512] [--out benchmarks/results/predict.json]
+
+In the threads runs the same subprocess then times the engine alone on the same fields
+(``predict_numpy`` on each whole field already in memory and normalized; same model, tile,
+overlap, blend, batch size and precision as the plate run, model already loaded): the column
+``e2e/engine`` is the plate path's megapixels per second over the engine's (target ≥ 0.9).
 
 Prints a table and saves JSON.  Figures depend on the machine: compare only runs made here.
 """
@@ -40,9 +45,27 @@ res = omeloc.predict(plate, ckpt, **kw)
 seconds = time.perf_counter() - t
 self_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 child_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-print(json.dumps({"fields": n_fields, "mode": mode, "megapixels": res.megapixels, "seconds": seconds,
-                  "megapixels_per_second": res.megapixels / seconds, "peak_rss_mb_driver": self_kb / 1024,
-                  "peak_rss_mb_largest_worker": child_kb / 1024}))
+row = {"fields": n_fields, "mode": mode, "megapixels": res.megapixels, "seconds": seconds,
+       "megapixels_per_second": res.megapixels / seconds, "peak_rss_mb_driver": self_kb / 1024,
+       "peak_rss_mb_largest_worker": child_kb / 1024}
+if mode == "threads":  # the engine alone, same model / tiles / precision, fields already in memory
+    import numpy as np
+    from omeloc.engine.inference import get_model, predict_numpy, resolve_device, resolve_precision
+    from omeloc.learn.stain import VirtualStain
+    stain = VirtualStain(ckpt)
+    cfg = stain.tiling()
+    dev = resolve_device(cfg.device)
+    prec = resolve_precision(cfg.precision, dev)
+    model = get_model(stain.ref, dev)
+    fields = [np.asarray(stain.normalize(np.asarray(img.channel("actin"))[None])) for img in omeloc.open_plate(plate).images]
+    t = time.perf_counter()
+    for x in fields:
+        predict_numpy(model, x, tile=(cfg.tile, cfg.tile), overlap=(cfg.overlap, cfg.overlap), blend=cfg.blend,
+                      batch_size=cfg.batch_size, device=dev, precision=prec, out_channels=1)
+    engine_s = time.perf_counter() - t
+    row.update(engine_seconds=engine_s, engine_megapixels_per_second=res.megapixels / engine_s,
+               e2e_over_engine=engine_s / seconds, tile=cfg.tile, overlap=cfg.overlap, precision=prec)
+print(json.dumps(row))
 """
 
 
@@ -68,14 +91,16 @@ def main() -> None:
         plan += [(args.worker_fields, m) for m in args.modes if m != "threads"]
         for n, mode in plan:
             proc = subprocess.run([sys.executable, "-c", CHILD, str(root), str(n), str(args.size), mode, str(ckpt)],
-                                  capture_output=True, text=True)
+                                  check=False, capture_output=True, text=True)
             if proc.returncode != 0:
                 raise SystemExit(f"benchmark run {n} fields / {mode} failed:\n{proc.stderr[-3000:]}")
             row = json.loads(proc.stdout.strip().splitlines()[-1])
             runs.append(row)
             print(f"{n:4d} fields  {mode:9s} {row['megapixels']:7.1f} MPix  {row['seconds']:7.1f} s  "
                   f"{row['megapixels_per_second']:6.2f} MPix/s  peak RSS driver {row['peak_rss_mb_driver']:6.0f} MB"
-                  f"  largest worker {row['peak_rss_mb_largest_worker']:6.0f} MB", flush=True)
+                  f"  largest worker {row['peak_rss_mb_largest_worker']:6.0f} MB"
+                  + (f"  engine {row['engine_megapixels_per_second']:6.2f} MPix/s  e2e/engine {row['e2e_over_engine']:.2f}"
+                     if "engine_seconds" in row else ""), flush=True)
     by_mode = {r["mode"]: r for r in runs if r["fields"] == args.worker_fields}
     speedup = None
     if "workers1" in by_mode and "workers2" in by_mode:

@@ -28,10 +28,10 @@ def read(plate: str, image: str, channel: str, out: str) -> None:
         pos = positions[image]
         names = list(pos.channel_names)
         c_axis = [a.lower() for a in pos.axis_names].index("c")
-        pixels = np.take(np.asarray(pos["0"]), names.index(channel), axis=c_axis) if channel in names else np.zeros(0)
+        level0 = pos[pos.metadata.multiscales[0].datasets[0].path]  # "0", "s0", "scale0/image", ...
+        pixels = np.take(np.asarray(level0), names.index(channel), axis=c_axis) if channel in names else np.zeros(0)
         np.save(out, pixels)
-        print(json.dumps({"positions": sorted(positions), "channel_names": names,
-                          "shape": list(pos["0"].shape)}))
+        print(json.dumps({"positions": sorted(positions), "channel_names": names, "shape": list(level0.shape)}))
 
 
 if __name__ == "__main__":

@@ -215,7 +215,7 @@ def test_inference_tasks_per_worker_follow_its_gpu_resource(setup, tmp_path, mon
         with get_task_stream(client=client) as stream:
             omeloc.predict(plate, ckpt, client=client, progress=False)
         loads = client.run(model_loads)
-    spans = [(s["start"], s["stop"]) for task in stream.data if "predict_block" in str(task["key"])
+    spans = [(s["start"], s["stop"]) for task in stream.data if "omeloc-region-" in str(task["key"])
              for s in task["startstops"] if s["action"] == "compute"]
     assert len(spans) == 4, spans  # one inference task per image
     assert _most_at_once(spans) == at_once, spans

@@ -108,13 +108,15 @@ def test_bad_input_leaves_plate_unchanged(case, trained, tmp_path, capsys):
         from ome_zarr.writer import write_image
 
         path = tmp_path / "img.zarr"
-        data = np.random.default_rng(0).integers(0, 999, (2, 64, 64)).astype("uint16")
-        write_image(data, zarr.open_group(str(path), mode="w", zarr_format=3), axes="cyx", fmt=FormatV05())
+        # 3 channels in chunks of 2: the new channel's chunk would hold original channel 2 (the one layout rule)
+        data = np.random.default_rng(0).integers(0, 999, (3, 64, 64)).astype("uint16")
+        write_image(data, zarr.open_group(str(path), mode="w", zarr_format=3), axes="cyx", fmt=FormatV05(),
+                    storage_options={"chunks": (2, 64, 64)})
         group = zarr.open_group(str(path), mode="r+")  # labels set by hand: ome-zarr versions differ here
         window = {"min": 0, "max": 65535, "start": 0, "end": 999}
         group.attrs["ome"] = {**group.attrs["ome"], "omero": {"channels": [
-            {"label": "actin", "color": "00FF00", "window": window, "active": True},
-            {"label": "WAVE2", "color": "FF0000", "window": window, "active": True}]}}
+            {"label": label, "color": "00FF00", "window": window, "active": True}
+            for label in ("actin", "WAVE2", "other")]}}
         args, match = [], "rechunk"
     elif case == "unreachable_scheduler":
         path = tmp_path / "p.zarr"

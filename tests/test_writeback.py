@@ -20,9 +20,9 @@ from ome_zarr.reader import Reader
 
 import omeloc
 from omeloc.errors import ConcurrentWriteError, InputError, LayoutError, ReadOnlyStoreError
+from omeloc.ngff.pyramid import cast_to_dtype, downsample_mean
 from omeloc.ngff.writer import write_image, write_plate
 from omeloc.writeback.journal import JOURNAL_KEY
-from omeloc.ngff.pyramid import cast_to_dtype, downsample_mean
 from omeloc.writeback.protocol import AddChannelResult, WritePlan, add_channel, recover
 
 ROWS, COLS, FIELDS, SHAPE = "AB", ("1", "2"), ("0", "1"), (2, 96, 80)
@@ -37,7 +37,7 @@ def _prediction(seed: int = 1) -> dict[str, np.ndarray]:
     }
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _template(version: str, root: str) -> Path:
     return write_plate(Path(root) / f"template{version}.zarr", random_plate_images(ROWS, COLS, FIELDS, SHAPE),
                        channel_names=["actin", "WAVE2"], ngff_version=version, chunks=(32, 32), levels=3)
@@ -113,7 +113,7 @@ def test_independent_readers_see_the_new_channel(plate):
     for r in ROWS:
         for c in COLS:
             for f in FIELDS:
-                node = list(Reader(parse_url(str(plate / r / c / f)))())[0]
+                node = next(iter(Reader(parse_url(str(plate / r / c / f)))()))
                 assert node.metadata["channel_names"] == ["actin", "WAVE2", "pred"]
                 assert [tuple(d.shape) for d in node.data] == [(3, 96, 80), (3, 48, 40), (3, 24, 20)]
     # ome-zarr-models validates the whole plate
@@ -195,30 +195,103 @@ def test_stray_chunk_beyond_channel_count_refused(plate):
 
 
 @pytest.mark.parametrize("version", ["0.4", "0.5"])
-def test_ome_zarr_py_default_layout_is_refused(tmp_path, version):
+def test_ome_zarr_py_default_layout_takes_a_channel_and_an_omero_block(tmp_path, version):
+    """ome-zarr-py's default: every channel in one chunk, no omero. The new channel's chunk holds no original."""
     from ome_zarr.format import FormatV04, FormatV05
     from ome_zarr.writer import write_image as oz_write_image
 
     fmt = FormatV04() if version == "0.4" else FormatV05()
-    group = zarr.open_group(str(tmp_path / "img.zarr"), mode="w", zarr_format=fmt.zarr_format)
-    oz_write_image(np.random.default_rng(0).integers(0, 999, (3, 64, 64)).astype("uint16"), group,
-                   axes="cyx", fmt=fmt)
-    _refused_unchanged(tmp_path / "img.zarr", LayoutError, "rechunk", "x", np.zeros((64, 64)))
-    # the fix the error names: an append-friendly copy, then the channel goes in
-    from omeloc.ngff.format import set_ome_attr
-    from omeloc.ngff.rechunk import rechunk
+    path = tmp_path / "img.zarr"
+    group = zarr.open_group(str(path), mode="w", zarr_format=fmt.zarr_format)
+    original = np.random.default_rng(0).integers(0, 999, (3, 64, 64)).astype("uint16")
+    oz_write_image(original, group, axes="cyx", fmt=fmt)
+    before = {k: v for k, v in tree_digest(path).items() if _is_chunk(k)}
+    plan = add_channel(path, "x", np.full((64, 64), 7.0), dry_run=True)
+    assert plan.adds_omero == ("",) and "no omero metadata" in plan.describe() and not plan.shared
+    add_channel(path, "x", np.full((64, 64), 7.0))
+    after = tree_digest(path)
+    assert all(after[k] == v for k, v in before.items())  # invariant 1: the shared chunk of c0..c2 untouched
+    img = omeloc.open_image(path)
+    assert img.channel_names == ("c0", "c1", "c2", "x") and img.omero["rdefs"]["defaultZ"] == 0
+    np.testing.assert_array_equal(img.level(0).compute()[:3], original)
+    assert img.channel("x", 1).compute().tolist() == np.full((32, 32), 7).tolist()
+    node = next(iter(Reader(parse_url(str(path)))()))  # an independent reader sees the names too
+    assert node.metadata["channel_names"] == ["c0", "c1", "c2", "x"]
 
-    copy = rechunk(tmp_path / "img.zarr", tmp_path / "copy.zarr")
-    src, dst = omeloc.open_image(tmp_path / "img.zarr"), omeloc.open_image(copy)
-    assert dst.chunks(0)[0] == 1 and dst.shapes == src.shapes
-    for level in range(len(src.level_paths)):
-        np.testing.assert_array_equal(dst.level(level).compute(), src.level(level).compute())
-    window = {"min": 0, "max": 65535, "start": 0, "end": 999}
-    set_ome_attr(zarr.open_group(str(copy), mode="r+"), "omero", {"channels": [
-        {"label": f"c{i}", "color": "FFFFFF", "window": window, "active": True} for i in range(3)]},
-        fmt.zarr_format)
-    add_channel(copy, "x", np.full((64, 64), 7.0))
-    assert omeloc.open_image(copy).channel("x", 1).compute().tolist() == np.full((32, 32), 7).tolist()
+
+def _odd_image(path: Path, n_c: int, chunk_c: int, virtual: tuple[str, ...] = ()) -> Path:
+    """An image of ``n_c`` channels stored ``chunk_c`` per chunk, written by omeloc then re-chunked by zarr."""
+    write_image(path, np.arange(n_c * 32 * 32, dtype="uint16").reshape(n_c, 32, 32) % 999,
+                channel_names=[f"ch{i}" for i in range(n_c)], ngff_version="0.5", levels=1)
+    arr = zarr.open_array(str(path / "0"), mode="r")
+    data = arr[...]
+    new = zarr.create_array(str(path / "0"), shape=data.shape, chunks=(chunk_c, 16, 16), dtype=data.dtype,
+                            dimension_names=arr.metadata.dimension_names, overwrite=True)
+    new[...] = data
+    if virtual:
+        group = zarr.open_group(str(path), mode="r+")
+        group.attrs["omeloc"] = {"channels": {n: {"virtual": True, "index": int(n[2:])} for n in virtual}}
+    return path
+
+
+def test_layout_rule_refuses_only_files_holding_original_channels(tmp_path):
+    odd = _odd_image(tmp_path / "odd.zarr", 3, 2)
+    _refused_unchanged(odd, LayoutError, r"holds original channel\(s\) 2.*rechunk", "x", np.zeros((32, 32)))
+    copy = omeloc.rechunk(odd, tmp_path / "copy.zarr")  # the fix the error names
+    add_channel(copy, "x", np.full((32, 32), 5.0))
+    assert omeloc.open_image(copy).channel("x").compute().tolist() == np.full((32, 32), 5).tolist()
+
+
+def test_shared_unit_of_virtual_channels_is_backed_up_and_rolled_back_exactly(tmp_path, monkeypatch):
+    """Channel 2 is omeloc's: appending channel 3 rewrites the chunk of channels 2-3, after a verified backup."""
+    from omeloc.writeback import pixels
+
+    img = _odd_image(tmp_path / "v.zarr", 3, 2, virtual=("ch2",))
+    before = tree_digest(img)
+    plan = add_channel(img, "x", np.full((32, 32), 9.0), dry_run=True)
+    assert plan.shared and plan.channel_index == 3
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("killed mid-write")
+
+    monkeypatch.setattr(pixels, "sample_window", boom)  # fails after every pixel is written
+    with pytest.raises(RuntimeError, match="killed mid-write"):
+        add_channel(img, "x", np.full((32, 32), 9.0))
+    assert tree_digest(img) == before  # the rewritten chunk of channel 2 is back, byte for byte
+    monkeypatch.undo()
+    add_channel(img, "x", np.full((32, 32), 9.0))
+    data = omeloc.open_image(img).level(0).compute()
+    assert data[3].tolist() == np.full((32, 32), 9).tolist()
+    np.testing.assert_array_equal(data[:3], np.arange(3 * 32 * 32).reshape(3, 32, 32) % 999)
+    chunks = {k: v for k, v in before.items() if _is_chunk(k) and "/c/0/" in k}
+    after = tree_digest(img)
+    assert chunks and all(after[k] == v for k, v in chunks.items())  # channels 0-1 never rewritten
+    add_channel(img, "x", np.full((32, 32), 4.0), overwrite=True)  # replace: its unit holds channel 2 too
+    data = omeloc.open_image(img).level(0).compute()
+    assert data[3].tolist() == np.full((32, 32), 4).tolist()
+    np.testing.assert_array_equal(data[2], (np.arange(3 * 32 * 32).reshape(3, 32, 32) % 999)[2])
+
+
+def test_consolidated_documents_are_refreshed_in_every_group_and_rolled_back(tmp_path, monkeypatch):
+    from omeloc.writeback import pixels
+
+    plate = write_plate(tmp_path / "p.zarr", random_plate_images("A", ("1",), ("0",), (2, 32, 32)),
+                        channel_names=["a", "b"], ngff_version="0.5", chunks=(32, 32), levels=2)
+    zarr.consolidate_metadata(str(plate / "A" / "1" / "0"))  # as ngff-zarr does: in the image group
+    zarr.consolidate_metadata(str(plate))
+    before = tree_digest(plate)
+    monkeypatch.setattr(pixels, "sample_window", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("stop")))
+    with pytest.raises(RuntimeError):
+        add_channel(plate, "x", {"A/1/0": np.ones((32, 32))})
+    assert tree_digest(plate) == before
+    monkeypatch.undo()
+    add_channel(plate, "x", {"A/1/0": np.ones((32, 32))})
+    image = zarr.open_group(str(plate / "A" / "1" / "0"), mode="r", use_consolidated=True)
+    assert image["0"].shape[0] == 3 and image["1"].shape[0] == 3
+    assert "x" in json.dumps(json.loads((plate / "A" / "1" / "0" / "zarr.json").read_text())["attributes"])
+    root = zarr.open_group(str(plate), mode="r", use_consolidated=True)
+    assert root["A/1/0/0"].shape[0] == 3 and JOURNAL_KEY not in root.attrs
+    assert "omeloc_journal" not in (plate / "zarr.json").read_text()
 
 
 def test_read_only_store_refused(tmp_path, _templates):
@@ -305,3 +378,23 @@ def test_single_image_and_consolidated_metadata(tmp_path):
         for level, want in enumerate(_expected_levels(data, img.shapes, "uint8")):
             np.testing.assert_array_equal(img.channel("nuclei", level).compute(), want)
     assert recover(tmp_path / "img0.5.zarr") is None
+
+
+def test_journal_may_name_consolidated_documents_of_the_plates_own_groups_only(plate):
+    from omeloc.errors import JournalError
+    from omeloc.writeback import protocol
+    from omeloc.writeback.journal import StoreIO
+    from omeloc.writeback.validate import journal_doc, validate_journal
+
+    io = StoreIO(str(plate))
+    plan = add_channel(plate, "x", _prediction(), dry_run=True)
+    journal = protocol._new_journal(io, plan, None)
+    name = ".zmetadata" if io.zarr_format == 2 else "zarr.json"
+    for group in ("A/1/0", "A/1", "A"):  # image, well, row: consolidated metadata there is refreshed and restored
+        key = f"{group}/{name}"
+        raw = io.get(key)
+        validate_journal(io, journal_doc({**journal, "docs": {**journal["docs"], key: raw and raw.decode()}}))
+    for key in ("A/1/0/0/.zmetadata", f"Z/{name}", f".omeloc_backup/{name}"):  # an array, a stranger, omeloc's own
+        crafted = journal_doc({**journal, "docs": {**journal["docs"], key: None}})
+        with pytest.raises(JournalError, match="is not a metadata document"):
+            validate_journal(io, crafted)

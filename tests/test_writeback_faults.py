@@ -187,3 +187,73 @@ def test_killed_run_resumes_only_missing_blocks(templates, tmp_path, rerun_key, 
     final = tree_digest(path)
     assert set(final) == set(tree_digest(reference)), "stash or journal left behind"
     assert _chunks(final) == _chunks(tree_digest(reference))
+
+
+# -- issue 14: units of k > 1 channels holding a virtual channel, consolidated metadata in every group ----
+def _shared_consolidated_plate(path: Path, version: str) -> Path:
+    """3 channels stored 2 per chunk (channel 2 omeloc's virtual one), consolidated per image and at the root."""
+    import zarr
+
+    plate = write_plate(path, random_plate_images("A", ("1", "2"), ("0",), (3, 64, 48)),
+                        channel_names=["actin", "WAVE2", "v"], ngff_version=version, chunks=(32, 32), levels=2)
+    for img in omeloc.open_plate(plate).images:
+        for level_path in img.level_paths:
+            url = str(plate / img.path / level_path)
+            old = zarr.open_array(url, mode="r")
+            data, zf = old[...], old.metadata.zarr_format
+            extra = {"dimension_names": old.metadata.dimension_names} if zf == 3 else {}
+            zarr.create_array(url, shape=data.shape, chunks=(2, *old.chunks[1:]), dtype=data.dtype, zarr_format=zf,
+                              overwrite=True, **extra)[...] = data
+        group = zarr.open_group(str(plate / img.path), mode="r+")
+        group.attrs["omeloc"] = {"channels": {"v": {"virtual": True, "index": 2}}}
+        zarr.consolidate_metadata(str(plate / img.path))
+    zarr.consolidate_metadata(str(plate))
+    return plate
+
+
+def _stale(plate: Path) -> list[str]:
+    """Consolidated documents whose record of an array's shape differs from the array's own document."""
+    stale = []
+    for doc in [*plate.rglob(".zmetadata"), *plate.rglob("zarr.json")]:
+        meta = json.loads(doc.read_text())
+        if doc.name == ".zmetadata":
+            entries = {k[: -len("/.zarray")]: v for k, v in meta["metadata"].items() if k.endswith("/.zarray")}
+            own = ".zarray"
+        else:
+            entries = {k: v for k, v in ((meta.get("consolidated_metadata") or {}).get("metadata") or {}).items()
+                       if v.get("node_type") == "array"}
+            own = "zarr.json"
+        stale += [str(doc) for k, v in entries.items()
+                  if json.loads((doc.parent / k / own).read_text())["shape"] != v["shape"]]
+    return stale
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+@pytest.mark.parametrize("version", ["0.4", "0.5"])
+@pytest.mark.parametrize("phase", ["backup_file", "resized", "level0_written", "metadata", "complete"])
+def test_killed_write_into_a_shared_unit_restores_it_exactly(tmp_path, version, phase):
+    plate = _shared_consolidated_plate(tmp_path / "p.zarr", version)
+    ref = tmp_path / "ref.zarr"
+    shutil.copytree(plate, ref)
+    add_channel(ref, "pred", make_data(ref, 1), provenance={"model": "m1"})
+    assert not _stale(ref)
+    before = tree_digest(plate)
+    _run_killed(plate, phase, tmp_path)
+    outcome = recover(plate)
+    if phase == "complete":
+        assert outcome == "finish" and not _stale(plate)
+        assert _semantic(plate) == _semantic(ref)
+        return
+    assert outcome == "rollback"
+    assert tree_digest(plate) == before  # the rewritten unit of channel 2 and every consolidated document, byte-exact
+    add_channel(plate, "pred", make_data(plate, 1), provenance={"model": "m1"})
+    assert _semantic(plate) == _semantic(ref) and not _stale(plate)
+    originals = {k: v for k, v in _chunks(before).items() if _c_unit(k) == "0"}  # the unit of actin and WAVE2
+    after = tree_digest(plate)
+    assert originals and all(after[k] == v for k, v in originals.items())
+
+
+def _c_unit(rel: str) -> str:
+    """The chunk coordinate along c of a chunk key ``A/1/0/<level>/...`` (v3 ``c/0/0/0``, v2 ``0.0.0``)."""
+    tail = rel.split("/", 4)[4]
+    return tail[2:].split("/")[0] if tail.startswith("c/") else tail.replace("/", ".").split(".")[0]

@@ -36,7 +36,6 @@ class FileInfo:
     shape: tuple[int, ...]
     channel_names: tuple[str, ...]
     compression: int
-    raw_shape: tuple[int, ...]
 
     @property
     def sizes(self) -> dict[str, int]:
@@ -97,7 +96,7 @@ def file_info(path: Path, file_axes: str | None = None) -> FileInfo:
     if len([n for n in names if n]) != n_c or len(set(names)) != n_c:
         names = [f"c{i}" for i in range(n_c)]
     return FileInfo(yx=(shape[-2], shape[-1]), dtype=dtype, axes=axes, shape=shape, channel_names=tuple(names),
-                    compression=compression, raw_shape=raw_shape)
+                    compression=compression)
 
 
 def read_planes(path: Path, info: FileInfo) -> np.ndarray:

@@ -5,10 +5,11 @@ Three steps, each a function of its own:
 1. :func:`plan_prediction` — read the checkpoint (once) and the plate's metadata, check that
    the plate has the model's source channels, choose the images to predict, settle the tiling
    (a :class:`PredictionJob`);
-2. :func:`lazy_prediction` — per image, the lazy virtual channel: source channel(s) →
-   :class:`~omeloc.learn.stain.VirtualStain` (normalized with the checkpoint's statistics, tiled
-   inference, mapped back to the target channel's intensity units); zeros (or the previous
-   values) for the images not chosen;
+2. :func:`lazy_prediction` — per image, the lazy virtual channel: per *region* (the whole field
+   up to 4096² px, else multiples of the write block; :mod:`omeloc.jobs.regions`) one task reads
+   the source channel(s) once (a halo only where regions split) and normalizes them with the
+   checkpoint's statistics, one task runs the tiled inference and maps the output back to the
+   target channel's intensity units; zeros (or the previous values) for the images not chosen;
 3. the write, with the write-back protocol (:func:`omeloc.writeback.protocol.add_channel`: every
    level, omero entry and provenance written by the driver once the pixels are there).
 
@@ -44,12 +45,24 @@ from omeloc.errors import (
     OmelocError,
     SchedulerError,
 )
+from omeloc.jobs.regions import REGION_SIDE, RegionSettings, region_prediction, region_settings
 from omeloc.learn.stain import VirtualStain
+from omeloc.learn.tta import TTARef
 from omeloc.ngff.plate import Image, Plate, label_text, open_plate
 
-__all__ = ["predict", "PredictResult", "PredictionJob", "plan_prediction", "lazy_prediction", "write_prediction",
-           "gpu_annotation", "default_channel_name", "resume_key", "check_workers_read_checkpoint",
-           "worker_checkpoint_problem"]
+__all__ = [
+    "PredictResult",
+    "PredictionJob",
+    "check_workers_read_checkpoint",
+    "default_channel_name",
+    "gpu_annotation",
+    "lazy_prediction",
+    "plan_prediction",
+    "predict",
+    "resume_key",
+    "worker_checkpoint_problem",
+    "write_prediction",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -75,6 +88,8 @@ class PredictResult:
     dry_run: bool = False
     recovered: str | None = None
     plan: Any = field(default=None, repr=False, compare=False)
+    notes: tuple[str, ...] = ()
+    """Lines the write-back had to tell (e.g. an omero block added to images without one)."""
 
     @classmethod
     def of(cls, job: PredictionJob, outcome: Any, seconds: float, dry_run: bool = False) -> PredictResult:
@@ -84,7 +99,7 @@ class PredictResult:
                                   "seconds": seconds}
         if dry_run:
             return cls(images=len(outcome.images), dry_run=True, plan=outcome, **common)
-        return cls(images=outcome.images, recovered=outcome.recovered, **common)
+        return cls(images=outcome.images, recovered=outcome.recovered, notes=tuple(getattr(outcome, "notes", ())), **common)
 
     @property
     def megapixels_per_second(self) -> float:
@@ -100,7 +115,8 @@ class PredictResult:
         extra = f" (first: {self.recovered} of an interrupted run)" if self.recovered else ""
         return (f"wrote channel {self.name!r} (index {self.channel_index}) into {self.images} image(s) of "
                 f"{self.plate}{extra}\npredicted {len(self.predicted)} image(s), {self.megapixels:.1f} megapixels "
-                f"in {self.seconds:.1f} s ({self.megapixels_per_second:.2f} megapixels/s)")
+                f"in {self.seconds:.1f} s ({self.megapixels_per_second:.2f} megapixels/s)"
+                + "".join(f"\n{note}" for note in self.notes))
 
 
 @dataclass(frozen=True)
@@ -129,6 +145,11 @@ class PredictionJob:
     chosen: frozenset[str]
     tiling: TilingConfig
     overwrite: bool = False
+    region_side: int = REGION_SIDE
+    """Most pixels per side of one inference region (:mod:`omeloc.jobs.regions`)."""
+    region_cache: dict = field(default_factory=dict, repr=False, compare=False)
+    model_given: str | None = None
+    """The checkpoint path as the user gave it (never resolved: provenance must not leak local paths)."""
 
     @property
     def target(self) -> str:
@@ -151,8 +172,9 @@ class PredictionJob:
         """The facts stored with the channel in the plate."""
         ckpt, t = self.stain.checkpoint, self.tiling
         return {
-            "source_channels": self.stain.source, "target_channel": self.target, "model": str(ckpt.path),
-            "model_key": self.stain.ref.key, "architecture": ckpt.architecture.get("architecture"),
+            "source_channels": self.stain.source, "target_channel": self.target, "model": Path(ckpt.path).name,
+            "model_key": self.stain.ref.key, **({"model_path": self.model_given} if self.model_given else {}),
+            "architecture": ckpt.architecture.get("architecture"),
             "predicted_images": sorted(self.chosen), "tile": t.tile, "overlap": t.overlap, "blend": t.blend,
             "precision": t.precision, "tta": t.tta,
         }
@@ -209,7 +231,8 @@ def plan_prediction(plate: str | Path | Plate, model: str | Path | VirtualStain,
         logger.warning("the checkpoint was trained on pyramid level %s; predicting at full resolution (level 0)",
                        stain.checkpoint.level)
     job = PredictionJob(plate=opened, stain=stain, name=name or default_channel_name(stain.target[0]),
-                        chosen=frozenset(_select(opened, wells)), tiling=stain.tiling(tiling), overwrite=overwrite)
+                        chosen=frozenset(_select(opened, wells)), tiling=stain.tiling(tiling), overwrite=overwrite,
+                        model_given=None if isinstance(model, VirtualStain) else str(model))
     _check_plane_sizes(job)
     return job
 
@@ -260,25 +283,33 @@ def lazy_prediction(job: PredictionJob, img: Image, annotate: Callable[[], Any] 
     part of the graph (e.g. ``lambda: dask.annotate(resources={"GPU": 1})``).
     """
     if img.path in job.chosen:
-        src = _source_planes(img, job.stain.source)
-        with annotate():
-            pred = job.stain.predict(job.stain.normalize(src), job.tiling)
-        return job.stain.denormalize(pred)[..., 0, :, :]
+        _check_yx_last(img)
+        return region_prediction(img.reader(LEVEL), img.axes, img.write_chunks(LEVEL), _region_settings(job, img),
+                                 side=job.region_side, annotate=annotate)
     if job.existing and job.overwrite:
         return img.level(LEVEL)[_channel_slice(img, img.channel_index(job.name))]
     blocks = tuple(b for a, b in zip(img.axes, img.write_chunks(LEVEL)) if a != "c")
     return da.zeros(_plane_shape(img), dtype=np.float32, chunks=blocks)
 
 
-def _source_planes(img: Image, source: Sequence[str]) -> da.Array:
-    """Level-0 data as ``(..., C, Y, X)`` with the ``source`` channels, in that order."""
+def _check_yx_last(img: Image) -> None:
+    """Refuse an image whose y and x are not its last axes."""
     axes = list(img.axes)
-    c, y, x = axes.index("c"), axes.index("y"), axes.index("x")
-    if (y, x) != (len(axes) - 2, len(axes) - 1):
+    if (axes.index("y"), axes.index("x")) != (len(axes) - 2, len(axes) - 1):
         raise InputError(f"Expected y and x to be the last axes of {img.url}. Got axes {''.join(axes)} instead.")
-    others = [i for i in range(len(axes)) if i not in (c, y, x)]
-    arr = img.level(LEVEL).transpose(*others, c, y, x)
-    return arr[..., [img.channel_index(s) for s in source], :, :]
+
+
+def _region_settings(job: PredictionJob, img: Image) -> RegionSettings:
+    """What the region tasks of ``img`` share; computed once per distinct channel order (the model is checked then)."""
+    index = tuple(img.channel_index(s) for s in job.stain.source)
+    key = (index, img.axes.index("c"))
+    cache = job.region_cache
+    if key not in cache:
+        stain, norm = job.stain, job.stain.checkpoint.normalization
+        ref = TTARef(stain.ref) if job.tiling.tta else stain.ref
+        cache[key] = region_settings(ref, index, key[1], [norm[c] for c in stain.source],
+                                     [norm[c] for c in stain.target], job.tiling)
+    return cache[key]
 
 
 def _plane_shape(img: Image) -> tuple[int, ...]:

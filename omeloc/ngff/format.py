@@ -14,6 +14,10 @@ Everything else in omeloc asks this module instead of branching on ``zarr_format
   :func:`attrs_doc_name`, :func:`array_doc_name`, :func:`metadata_doc_names`,
   :func:`attributes_in`, :func:`attributes_to_edit`, :func:`is_consolidated` and
   :func:`chunk_coords`.
+- **Consolidated metadata below the root.**  ngff-zarr consolidates every image group (v2
+  ``.zmetadata`` there, v3 ``consolidated_metadata`` in its ``zarr.json``); after a write
+  every such document that covers a changed node is refreshed entry by entry
+  (:func:`consolidated_doc_keys`, :func:`refresh_consolidated`).
 - **The default NGFF version** of a Zarr format (:func:`default_ngff_version`).
 - **Paths**: the one helper that joins store keys, paths and URLs (:func:`join_path`), and
   the one check that a key read from a plate or a journal stays inside its store
@@ -24,7 +28,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from omeloc.errors import UnsafePathError
@@ -36,6 +40,7 @@ __all__ = [
     "attributes_to_edit",
     "attrs_doc_name",
     "chunk_coords",
+    "consolidated_doc_keys",
     "consolidated_doc_name",
     "default_ngff_version",
     "group_ngff_attrs",
@@ -47,6 +52,7 @@ __all__ = [
     "ngff_attrs",
     "ngff_updates",
     "parent_ngff_attrs",
+    "refresh_consolidated",
     "reserved_attr_keys",
     "safe_key",
     "set_ome_attr",
@@ -248,6 +254,85 @@ def is_consolidated(root_docs: Mapping[str, str | None], zarr_format: int) -> bo
         return root_docs.get(separate) is not None
     root = root_docs.get(attrs_doc_name(zarr_format))
     return bool(root and json.loads(root).get("consolidated_metadata"))
+
+
+def consolidated_doc_keys(node_paths: Iterable[str], zarr_format: int) -> list[str]:
+    """Keys of every document that may hold consolidated metadata covering one of ``node_paths``.
+
+    A node is covered by the consolidated metadata of each group above it, itself included
+    (a group's own consolidated metadata lists its descendants).  Refresh them deepest first,
+    so a refreshed group's document is what its parent's entry copies.
+
+    Parameters
+    ----------
+    node_paths : iterable of str
+        Keys of the changed nodes (groups or arrays) relative to the store root (``"B/3/0/0"``).
+    zarr_format : int
+        The store's Zarr format.
+
+    Returns
+    -------
+    list of str
+        ``"<group>/.zmetadata"`` (Zarr v2) or ``"<group>/zarr.json"`` (Zarr v3) for every
+        ancestor-or-self group, the root's included, deepest first.  Some may not exist, or
+        hold no consolidated metadata: :func:`refresh_consolidated` says so.
+
+    Examples
+    --------
+    >>> consolidated_doc_keys(["B/3/0/0"], 3)
+    ['B/3/0/0/zarr.json', 'B/3/0/zarr.json', 'B/3/zarr.json', 'B/zarr.json', 'zarr.json']
+    """
+    name = consolidated_doc_name(zarr_format) or attrs_doc_name(zarr_format)
+    groups: set[str] = set()
+    for path in node_paths:
+        parts = [p for p in str(path).split("/") if p]
+        groups.update("/".join(parts[:n]) for n in range(len(parts) + 1))
+    return [join_path("", g, name) for g in sorted(groups, key=lambda g: (-g.count("/") - bool(g), g))]
+
+
+def refresh_consolidated(doc: Mapping[str, Any] | None, zarr_format: int,
+                         read: Callable[[str], Mapping[str, Any] | None]) -> dict[str, Any] | None:
+    """``doc`` with every consolidated entry re-read from the current documents (``None``: nothing to refresh).
+
+    Parameters
+    ----------
+    doc : Mapping or None
+        A raw ``.zmetadata`` (Zarr v2) or group ``zarr.json`` (Zarr v3) document.
+    zarr_format : int
+        The store's Zarr format.
+    read : callable
+        ``read(key)`` returns the current raw JSON of a document, ``key`` relative to the
+        group that ``doc`` consolidates (``"0/.zarray"``, ``"scale0/image/zarr.json"``), or
+        ``None`` when it is absent.
+
+    Returns
+    -------
+    dict or None
+        The refreshed document, entries in their old order and form (an entry whose document
+        is gone is dropped; nested ``consolidated_metadata`` is kept only where it was); ``None``
+        when ``doc`` is absent or holds no consolidated metadata.
+    """
+    if not doc:
+        return None
+    if zarr_format == 2:
+        entries = doc.get("metadata")
+        if not isinstance(entries, Mapping):
+            return None
+        fresh = {key: read(key) for key in entries}
+        return {**doc, "metadata": {k: dict(v) for k, v in fresh.items() if v is not None}}
+    consolidated = doc.get("consolidated_metadata")
+    if not isinstance(consolidated, Mapping) or not isinstance(consolidated.get("metadata"), Mapping):
+        return None
+    refreshed: dict[str, Any] = {}
+    for rel, old in consolidated["metadata"].items():
+        current = read(join_path("", rel, "zarr.json"))
+        if current is None:
+            continue
+        entry = {k: v for k, v in current.items() if k != "consolidated_metadata"}
+        if isinstance(old, Mapping) and "consolidated_metadata" in old:
+            entry["consolidated_metadata"] = current.get("consolidated_metadata", old["consolidated_metadata"])
+        refreshed[rel] = entry
+    return {**doc, "consolidated_metadata": {**consolidated, "metadata": refreshed}}
 
 
 def chunk_coords(rel_key: str, array_doc: Mapping[str, Any]) -> tuple[int, ...] | None:

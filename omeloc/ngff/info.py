@@ -8,6 +8,7 @@ from typing import Any
 
 from omeloc.ngff.layout import append_problems, channels_per_file
 from omeloc.ngff.plate import Plate, label_text, open_plate
+from omeloc.ngff.stores import zip_location
 from omeloc.writeback.journal import JOURNAL_KEY
 
 __all__ = ["describe", "format_description"]
@@ -27,7 +28,8 @@ def describe(path_or_url: str | Path, storage_options: Mapping[str, Any] | None 
         ``path``, ``ngff_version``, ``zarr_format``, ``kind`` (plate/image), ``wells`` (name →
         field paths), ``channels``, ``dtype``, ``axes``, ``levels`` (path, shape, chunks,
         shards per level), ``append_friendly`` and ``append_problems``, ``channels_per_file``
-        (channels per chunk or shard file along c, level 0), ``consistent``, and
+        (channels per chunk or shard file along c, level 0), ``read_only`` (why omeloc will
+        not write there, e.g. a zipped OME-Zarr; ``None`` when it may), ``consistent``, and
         ``pending_write`` (``None``, or what the journal of an unfinished write says).
     """
     plate: Plate = open_plate(path_or_url, storage_options=storage_options, series=series)
@@ -60,6 +62,7 @@ def describe(path_or_url: str | Path, storage_options: Mapping[str, Any] | None 
         "channels_per_file": channels_per_file(first, 0)[1],
         "dtype": str(first.dtype),
         "levels": levels,
+        "read_only": "zipped OME-Zarr" if zip_location(plate.path) else None,
         "append_friendly": not problems,
         "append_problems": problems,
         "inconsistent_images": inconsistent,
@@ -111,6 +114,9 @@ def format_description(d: Mapping[str, Any]) -> str:
             + (f" (+{len(d['append_problems']) - 1} more)" if len(d["append_problems"]) > 1 else "")
             + ". Copy the plate with one channel per chunk (omeloc rechunk) before predicting into it."
         )
+    if d.get("read_only"):
+        lines.append(f"  store    {d['read_only']}: omeloc reads it but does not write into it; unzip it into a "
+                     f"folder (or `omeloc rechunk` it) before predicting")
     if d["inconsistent_images"]:
         lines.append(
             f"  WARNING  {len(d['inconsistent_images'])} image(s) differ from the first in channels, dtype, "

@@ -21,8 +21,7 @@ from collections.abc import Collection, Mapping
 
 from omeloc.ngff.plate import Image
 
-__all__ = ["append_problems", "channels_per_file", "shared_channels", "virtual_channels", "write_problems",
-           "writeback_problems"]
+__all__ = ["append_problems", "channels_per_file", "shared_channels", "virtual_channels", "write_problems"]
 
 
 def channels_per_file(image: Image, level: int = 0) -> tuple[str, int]:
@@ -110,18 +109,3 @@ def append_problems(image: Image, virtual: Collection[int] | None = None) -> lis
     Empty when it is allowed (see the module docstring): :func:`write_problems` for a new channel.
     """
     return write_problems(image, None, virtual)
-
-
-def writeback_problems(image: Image) -> list[str]:
-    """The write-back's former, stricter check: one channel per chunk and per shard at every level.
-
-    Kept until the write-back's preflight asks :func:`write_problems` (the one rule) instead;
-    ``omeloc info`` already does.
-    """
-    c_axis = image.axes.index("c")
-    problems = append_problems(image, virtual=())
-    for level, path in enumerate(image.level_paths):
-        for kind, block in (("chunk", image.chunks(level)), ("shard", image.shards(level))):
-            if block is not None and block[c_axis] != 1 and not any(p.startswith(f"level {path!r}") for p in problems):
-                problems.append(f"level {path!r}: {kind}s of {block[c_axis]} channels (omeloc needs 1)")
-    return problems

@@ -42,7 +42,7 @@ from omeloc.ngff.format import (
     ngff_attrs,
     safe_key,
 )
-from omeloc.ngff.stores import open_node, pick_series, wrapper_series, zip_location
+from omeloc.ngff.stores import open_group, open_node, pick_series, wrapper_series, zip_location
 
 __all__ = [
     "MAX_CHANNELS", "MAX_CHUNKS", "MAX_PLANE_PIXELS", "Image", "Plate", "Well", "image_plate", "iter_images",
@@ -117,16 +117,26 @@ def _is_url(path: str) -> bool:
     return "://" in path
 
 
-def _open_group(url: str, storage_options: Mapping[str, Any] | None, what: str) -> zarr.Group:
+def _open_group(url: str, storage_options: Mapping[str, Any] | None, what: str,
+                zarr_format: int | None = None) -> zarr.Group:
     """Open a zarr group read-only, translating zarr's errors into one-line omeloc errors.
 
     A local ``.ozx``/``.zip`` file, or a path inside one, opens through a read-only zip store.
+    With ``zarr_format`` known (the plate root's, for its wells and images) one metadata document
+    is read instead of zarr's probing of every kind (~8 reads): metadata reads per image matter on
+    object stores (``benchmarks/README.md``, "Plates of thousands of images").
     """
     if not _is_url(url) and zip_location(url) is None and not Path(url).exists():
         raise PathNotFoundError(f"{what} {url} does not exist. Check the path.")
     try:
-        node = open_node(url, storage_options)
-    except (FileNotFoundError, zarr.errors.NodeTypeValidationError, KeyError) as err:
+        if zarr_format is None:
+            node = open_node(url, storage_options)
+        else:
+            node = open_group(url, storage_options, use_consolidated=False, zarr_format=zarr_format)
+    except zarr.errors.ContainsArrayError:
+        node = None
+    except (FileNotFoundError, zarr.errors.NodeTypeValidationError, zarr.errors.NodeNotFoundError,
+            KeyError) as err:
         raise NotOmeZarrError(
             f"{what} {url} is not a Zarr group. Point omeloc at an OME-Zarr plate or image "
             f"(a folder with zarr.json or .zattrs/.zgroup)."
@@ -230,9 +240,17 @@ class Image:
             return self.url.rstrip("/").rsplit("/", 1)[-1]
         return f"{self.well.replace('/', '')}/{self.field}"
 
+    @cached_property
+    def _arrays(self) -> dict[str, zarr.Array]:
+        """The level arrays opened so far (each opened once: an open is a store round trip)."""
+        return {}
+
     def zarr_array(self, level: int = 0) -> zarr.Array:
-        """The zarr array of pyramid level ``level`` (opened read-only)."""
+        """The zarr array of pyramid level ``level`` (opened read-only, once per Image)."""
         path = self._level_path(level)
+        cached = self._arrays.get(path)
+        if cached is not None:
+            return cached
         try:
             arr = self._group[path]
         except KeyError as err:
@@ -243,6 +261,7 @@ class Image:
         if not isinstance(arr, zarr.Array):
             raise NotOmeZarrError(f"{self.url}/{path} is a group, not an array. Fix multiscales[0].datasets.")
         _check_declared_size(arr, self.axes, f"{self.url}/{path}")
+        self._arrays[path] = arr
         return arr
 
     def _level_path(self, level: int) -> str:
@@ -302,6 +321,10 @@ class Image:
             ) from None
 
     # -- lazy pixels ----------------------------------------------------------------------
+    def reader(self, level: int = 0) -> Any:
+        """The level's array for direct reads (``reader[region]`` → numpy); unreadable chunks raise ``CorruptDataError``."""
+        return _CheckedReader(self.zarr_array(level), f"{self.url}/{self._level_path(level)}")
+
     def level(self, level: int = 0) -> da.Array:
         """Pixels of a pyramid level as a lazy dask array (chunks follow the store's)."""
         arr = self.zarr_array(level)
@@ -453,11 +476,11 @@ def _parse_axes(multiscale: Mapping[str, Any], url: str) -> tuple[str, ...]:
 
 def _read_image(
     url: str, path: str, well: str | None, field_name: str | None,
-    storage_options: Mapping[str, Any] | None, root: str | None = None,
+    storage_options: Mapping[str, Any] | None, root: str | None = None, zarr_format: int | None = None,
 ) -> Image:
     """One image and its levels, every path its metadata names confined to ``root`` (default: the image)."""
     _check_inside(root or url, url, f"Image {path or url}")
-    group = _open_group(url, storage_options, "Image")
+    group = _open_group(url, storage_options, "Image", zarr_format)
     ome, zarr_format = group_ngff_attrs(group), group.metadata.zarr_format
     multiscales = ome.get("multiscales")
     if not multiscales:
@@ -560,7 +583,7 @@ def open_plate(path_or_url: str | Path, storage_options: Mapping[str, Any] | Non
     if series is not None:
         raise InputError(f"series={series!r} applies to bioformats2raw wrappers; {url} is a plate. Leave it out.")
     rows, cols, well_paths = _plate_layout(ome["plate"], url)
-    read = [_read_well(url, wpath, storage_options) for wpath in well_paths]
+    read = [_read_well(url, wpath, storage_options, zarr_format) for wpath in well_paths]
     wells = {well.path: well for well in read}
     images = tuple(img for well in read for img in well.images)
     if not images:
@@ -620,7 +643,8 @@ def _plate_layout(plate_meta: Mapping[str, Any], url: str) -> tuple[tuple[str, .
     return rows, cols, well_paths
 
 
-def _read_well(url: str, wpath: str, storage_options: Mapping[str, Any] | None) -> Well:
+def _read_well(url: str, wpath: str, storage_options: Mapping[str, Any] | None,
+               zarr_format: int | None = None) -> Well:
     """One well of the plate at ``url`` and its field images, as its ``well`` metadata lists them."""
     wpath = safe_key(wpath, f"Plate {url} lists well path", "Fix the plate's metadata.")
     parts = wpath.split("/")
@@ -629,7 +653,7 @@ def _read_well(url: str, wpath: str, storage_options: Mapping[str, Any] | None) 
     wurl = join_path(url, wpath)
     _check_inside(url, wurl, f"Well {wpath}")
     try:
-        wgroup = _open_group(wurl, storage_options, "Well")
+        wgroup = _open_group(wurl, storage_options, "Well", zarr_format)
     except (PathNotFoundError, NotOmeZarrError) as err:
         raise PathNotFoundError(
             f"Plate {url} lists well {wpath!r} but it is missing. Restore the well or remove it from the plate metadata."
@@ -643,7 +667,8 @@ def _read_well(url: str, wpath: str, storage_options: Mapping[str, Any] | None) 
     for f in fields:
         iurl = join_path(wurl, f)
         try:
-            images.append(_read_image(iurl, f"{wpath}/{f}", wpath, f, storage_options, root=url))
+            images.append(_read_image(iurl, f"{wpath}/{f}", wpath, f, storage_options, root=url,
+                                      zarr_format=zarr_format))
         except PathNotFoundError as err:
             raise PathNotFoundError(
                 f"Well {wpath!r} lists field {f!r} but {iurl} is missing. Restore it or fix the well metadata."

@@ -77,9 +77,14 @@ def open_node(url: str, storage_options: Mapping[str, Any] | None = None) -> zar
 
 
 def open_group(url: str, storage_options: Mapping[str, Any] | None = None, *,
-               use_consolidated: bool | None = None) -> zarr.Group:
-    """Open the Zarr group at ``url`` read-only, like :func:`open_node` (zips included)."""
-    return zarr.open_group(mode="r", use_consolidated=use_consolidated, **_where(url, storage_options))
+               use_consolidated: bool | None = None, zarr_format: int | None = None) -> zarr.Group:
+    """Open the Zarr group at ``url`` read-only, like :func:`open_node` (zips included).
+
+    With ``zarr_format`` known (and ``use_consolidated=False``) zarr reads one metadata
+    document (v3 ``zarr.json``; v2 ``.zgroup`` and ``.zattrs``) instead of probing every kind.
+    """
+    return zarr.open_group(mode="r", use_consolidated=use_consolidated, zarr_format=zarr_format,
+                           **_where(url, storage_options))
 
 
 def check_writable(url: str | os.PathLike[str]) -> None:

@@ -24,7 +24,6 @@ import logging
 import os
 import socket
 import time
-import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,7 +43,15 @@ from omeloc.errors import (
     UnsafePathError,
 )
 from omeloc.ngff import format as fmt
-from omeloc.ngff.format import chunk_coords, inside_root, join_path, safe_key
+from omeloc.ngff.format import (
+    chunk_coords,
+    consolidated_doc_keys,
+    inside_root,
+    join_path,
+    refresh_consolidated,
+    safe_key,
+)
+from omeloc.ngff.stores import check_writable
 from omeloc.testing.faults import fault_point
 from omeloc.writeback.validate import journal_doc, validate_journal
 
@@ -84,6 +91,7 @@ class StoreIO:
     """
 
     def __init__(self, url: str, storage_options: Mapping[str, Any] | None = None) -> None:
+        check_writable(url)  # a zipped OME-Zarr is read-only: refused with the fix, before zarr opens it
         kwargs: dict[str, Any] = {"mode": "r+", "use_consolidated": False}
         if storage_options:
             kwargs["storage_options"] = dict(storage_options)
@@ -237,7 +245,11 @@ def is_partial(key: str) -> bool:
     return key.endswith(".partial")
 
 
-def _proc_start(pid: int) -> str | None:
+def process_start_time(pid: int) -> str | None:
+    """Start time of process ``pid`` (clock ticks since boot, from /proc), or None where unknown.
+
+    With the pid it identifies a process across pid reuse.
+    """
     try:
         with open(f"/proc/{pid}/stat") as fh:
             return fh.read().rsplit(")", 1)[1].split()[19]
@@ -248,7 +260,7 @@ def _proc_start(pid: int) -> str | None:
 def writer_identity() -> dict[str, Any]:
     """This process, as a journal records its writer: pid, host and process start time."""
     pid = os.getpid()
-    return {"pid": pid, "host": socket.gethostname(), "pid_start": _proc_start(pid)}
+    return {"pid": pid, "host": socket.gethostname(), "pid_start": process_start_time(pid)}
 
 
 def writer_alive(journal: Mapping[str, Any], stale_after: float) -> bool:
@@ -272,7 +284,7 @@ def writer_alive(journal: Mapping[str, Any], stale_after: float) -> bool:
         except PermissionError:
             return True
         start = journal.get("pid_start")
-        return start is None or start == _proc_start(pid)
+        return start is None or start == process_start_time(pid)
     return time.time() - heartbeat < stale_after
 
 
@@ -317,9 +329,13 @@ def _arrays(journal: Mapping[str, Any]) -> list[_ArrayInfo]:
 
 
 def _delete_new_chunks(io: StoreIO, journal: Mapping[str, Any]) -> int:
-    """Delete chunks at/after the original channel count (append) and every partial file."""
-    n_c = int(journal["n_channels"])
-    k = int(journal["channel_index"])
+    """Delete the storage units the run wrote (the new channel's, backed-up ones included) and every partial file.
+
+    An append writes the units at and after ``n_channels // k`` along ``c`` (``k`` channels per
+    unit), an overwrite the unit ``channel_index // k``; a unit that held other (virtual)
+    channels before the run is in the backup, which :func:`rollback` puts back afterwards.
+    """
+    n_c, index = int(journal["n_channels"]), int(journal["channel_index"])
     removed = 0
     for arr in _arrays(journal):
         first_new = n_c // arr.c_block if journal["mode"] == "append" else None
@@ -333,7 +349,7 @@ def _delete_new_chunks(io: StoreIO, journal: Mapping[str, Any]) -> int:
             if coords is None:
                 continue
             c = coords[arr.c_axis]
-            if (first_new is not None and c >= first_new) or (first_new is None and c == k):
+            if (first_new is not None and c >= first_new) or (first_new is None and c == index // arr.c_block):
                 io.delete(key)
                 removed += 1
     return removed
@@ -467,17 +483,21 @@ def prune_empty_dirs(io: StoreIO, prefix: str) -> None:
         top.rmdir()
 
 
+def _backs_up(journal: Mapping[str, Any]) -> bool:
+    """Whether the run keeps a backup: an overwrite always, an append that rewrites a unit of virtual channels."""
+    return journal["mode"] == "overwrite" or bool(journal.get("shared"))
+
+
 def _channel_touched(journal: Mapping[str, Any]) -> bool:
-    """Whether the run may have changed chunks: an overwrite only after its backup was verified."""
-    return journal["mode"] == "append" or journal.get("phase", "started") != "started"
+    """Whether the run may have changed chunks: one that keeps a backup only after the backup was verified."""
+    return not _backs_up(journal) or journal.get("phase", "started") != "started"
 
 
 def _undo_chunks(io: StoreIO, journal: dict[str, Any]) -> None:
-    """Delete the run's chunks (and partial files) and put back the backed-up channel; record it."""
-    files = _verified_manifest(io, journal) if journal["mode"] == "overwrite" else {}
+    """Delete the run's chunks (and partial files) and put back the backed-up files; record it."""
+    files = _verified_manifest(io, journal) if _backs_up(journal) else {}
     removed = _delete_new_chunks(io, journal)
-    if journal["mode"] == "overwrite":
-        _restore_backup(io, journal, files)
+    _restore_backup(io, journal, files)
     logger.info("rollback removed %d chunk/partial files", removed)
     journal["chunks_restored"] = True
     try:
@@ -522,18 +542,47 @@ def _restore_doc(io: StoreIO, rel: str, text: str | None) -> None:
 
 
 def finish(io: StoreIO, journal: Mapping[str, Any]) -> None:
-    """Complete a run whose pixels and metadata are all written (phase ``complete``)."""
+    """Complete a run whose pixels and metadata are all written (phase ``complete``).
+
+    Every consolidated-metadata document that covers a changed image (its own group, its
+    well, row and the root; Zarr v2 ``.zmetadata``, v3 ``consolidated_metadata``) is
+    refreshed from the current documents, deepest first; the root's last, in the same write
+    that removes the journal (v3) or just before it (v2, where ``.zmetadata`` is separate
+    and copies the root attributes, journal left out).  Each step can be repeated: a finish
+    that is killed is finished again by the next :func:`omeloc.recover`.
+    """
     journal = validate_journal(io, journal)  # untrusted input: refused unless it names only this plate's keys
     _drop_backup(io, journal)
-    if journal.get("consolidated"):
-        with warnings.catch_warnings():  # the lock and backup keys are not part of the hierarchy
-            warnings.filterwarnings("ignore", message=r"Object at \.omeloc")
-            zarr.consolidate_metadata(io.store, path=io.prefix or None)
-    io.update_attrs("", {}, remove=[JOURNAL_KEY])
+    keys = consolidated_doc_keys([img["path"] for img in journal["images"]], io.zarr_format)
+    root_attrs = io.attrs_doc("")
+    for key in keys:
+        if key not in io.root_docs():
+            _refresh_doc(io, key)
     separate = fmt.consolidated_doc_name(io.zarr_format)
-    if journal.get("consolidated") and separate is not None:
-        # .zmetadata (Zarr v2) holds a copy of the root .zattrs: drop the journal there too
-        meta = io.read_json(separate)
-        if meta is not None:
-            meta.get("metadata", {}).get(io.attrs_doc(""), {}).pop(JOURNAL_KEY, None)
-            io.write_json(separate, meta)
+    if separate is not None:
+        _refresh_doc(io, separate)
+        io.update_attrs("", {}, remove=[JOURNAL_KEY])
+        return
+    doc = io.read_json(root_attrs) or fmt.new_group_doc(io.zarr_format)
+    fmt.attributes_to_edit(doc, io.zarr_format).pop(JOURNAL_KEY, None)
+    fresh = refresh_consolidated(doc, io.zarr_format, lambda rel: _read_without_journal(io, rel, root_attrs))
+    io.write_json(root_attrs, fresh if fresh is not None else doc)
+
+
+def _read_without_journal(io: StoreIO, rel: str, root_attrs: str) -> dict[str, Any] | None:
+    """A document as it will be once the run is finished: the root attributes without the journal."""
+    doc = io.read_json(rel)
+    if doc is not None and rel == root_attrs:
+        fmt.attributes_to_edit(doc, io.zarr_format).pop(JOURNAL_KEY, None)
+    return doc
+
+
+def _refresh_doc(io: StoreIO, key: str) -> None:
+    """Rewrite the consolidated-metadata document ``key`` from the current documents, when that changes it."""
+    doc = io.read_json(key)
+    base = key.rsplit("/", 1)[0] if "/" in key else ""
+    root_attrs = io.attrs_doc("")
+    fresh = refresh_consolidated(doc, io.zarr_format,
+                                 lambda rel: _read_without_journal(io, join_path("", base, rel), root_attrs))
+    if fresh is not None and fresh != doc:
+        io.write_json(key, fresh)

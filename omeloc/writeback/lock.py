@@ -53,7 +53,7 @@ from zarr.core.sync import sync
 from omeloc.errors import ConcurrentWriteError, ReadOnlyStoreError
 from omeloc.testing.faults import fault_point
 from omeloc.writeback.journal import StoreIO
-from omeloc.writeback.journal import _proc_start as proc_start
+from omeloc.writeback.journal import process_start_time as proc_start
 
 __all__ = ["BREAK_KEY", "HEARTBEAT_SECONDS", "LOCK_KEY", "PlateLock", "lock_holder", "lock_stale", "source_lock"]
 

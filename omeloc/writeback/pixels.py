@@ -21,6 +21,8 @@ from typing import Any
 import dask.array as da
 import numpy as np
 import zarr
+from dask.base import tokenize
+from dask.highlevelgraph import HighLevelGraph
 
 from omeloc.errors import InputError
 from omeloc.ngff.format import join_path
@@ -176,29 +178,47 @@ def level0_graph(plan: WritePlan, store: RunStore, done: Mapping[str, set[tuple[
     ``done`` maps an image path to the Dask blocks a killed run of the same job finished
     (see :mod:`omeloc.writeback.resume`): only the other blocks are computed.
     """
-    totals = []
+    graphs, keys = [], []
     for img in plan.images:
-        written = img.data.map_blocks(
+        # constants bound into the function: as map_blocks keywords Dask would walk them for
+        # collections once per image (a cost that shows on plates of thousands of images)
+        task = functools.partial(
             write_level0_block, store=store, url=join_path(img.url, img.level_paths[0]), c_axis=img.c_axis,
             index=plan.channel_index, out_dtype=plan.dtype, where=f"image {img.path or plan.target}",
-            chunks=tuple((1,) * len(c) for c in img.data.chunks), dtype=np.int64,
         )
-        skip = (done or {}).get(img.path)
-        if skip:  # resumed: only the blocks the killed run did not finish (the rest is culled)
-            totals.extend(written.blocks[i].sum() for i in np.ndindex(*written.numblocks) if i not in skip)
-        else:
-            totals.append(written.sum())
-    return da.stack(totals).sum() if totals else None
+        token = tokenize(img.url, img.data.name, store.run_id, plan.channel_index)
+        written = img.data.map_blocks(task, chunks=tuple((1,) * len(c) for c in img.data.chunks), dtype=np.int64,
+                                      name=f"omeloc-write-{token}")
+        skip = (done or {}).get(img.path) or set()
+        # resumed: only the blocks the killed run did not finish (the others are culled)
+        keys.extend((written.name, *i) for i in np.ndindex(*written.numblocks) if i not in skip)
+        graphs.append(written)
+    return _total(graphs, keys, f"omeloc-level0-total-{tokenize(store.run_id, keys)}") if keys else None
+
+
+def _sum_blocks(blocks: list[np.ndarray]) -> np.ndarray:
+    return np.asarray(sum(int(np.sum(b)) for b in blocks), dtype=np.int64)
+
+
+def _total(arrays: list[da.Array], keys: list[tuple], name: str) -> da.Array:
+    """A 0-d array: the sum of the blocks ``keys`` of ``arrays`` (one task, not one reduction per image)."""
+    layer = {(name,): (_sum_blocks, list(keys))}
+    graph = HighLevelGraph.from_collections(name, layer, dependencies=arrays)
+    return da.Array(graph, name, chunks=(), dtype=np.int64)
 
 
 def _lower_level_image(img: ImagePlan, level: int, index: int, store: RunStore, axes: tuple[str, ...]) -> da.Array:
     shape = without_axis(img.shapes[level], img.c_axis)
     dummy = da.zeros(shape, chunks=without_axis(img.write_blocks[level], img.c_axis), dtype=np.int8)
-    return dummy.map_blocks(
+    task = functools.partial(
         write_lower_block, store=store, src_url=join_path(img.url, img.level_paths[level - 1]),
         dst_url=join_path(img.url, img.level_paths[level]), c_axis=img.c_axis, index=index, axes=axes,
-        src_shape=img.shapes[level - 1], chunks=tuple((1,) * len(c) for c in dummy.chunks),
-        dtype=np.int64, meta=np.empty((0,) * dummy.ndim, dtype=np.int64),
+        src_shape=img.shapes[level - 1],
+    )
+    return dummy.map_blocks(
+        task, chunks=tuple((1,) * len(c) for c in dummy.chunks), dtype=np.int64,
+        meta=np.empty((0,) * dummy.ndim, dtype=np.int64),
+        name=f"omeloc-write-level{level}-{tokenize(img.url, level, index, store.run_id, img.shapes)}",
     ).sum()
 
 

@@ -5,9 +5,12 @@ returns a :class:`WritePlan`, or raises the one error that tells the user what t
 
 - every image shares its channel count, dtype and axes with the first one;
 - the name is new, or (with ``overwrite``) a virtual channel omeloc wrote into every image;
-- every level stores one channel per chunk and per shard, so only the new channel's chunks
-  are written (else a :class:`~omeloc.errors.LayoutError` that names ``omeloc rechunk``);
-- ``omero.channels`` has one entry per channel;
+- the one layout rule (:func:`omeloc.ngff.layout.write_problems`): no file that holds an
+  *original* channel is rewritten (a chunk or shard may hold ``k > 1`` channels; one that
+  holds omeloc's virtual channels is rewritten after a backup; else a
+  :class:`~omeloc.errors.LayoutError` that names ``omeloc rechunk``);
+- ``omero.channels`` has one entry per channel, or there is none (the write-back then adds
+  the block, labels ``c0, c1, ...`` as omeloc reads them);
 - no chunk files lie beyond the channel count (left by an interrupted foreign write);
 - the data: one array per image, of the shape of level 0 without the ``c`` axis, numeric,
   finite (checked here for in-memory arrays, inside the write tasks for dask arrays).
@@ -25,11 +28,11 @@ import numpy as np
 
 from omeloc.errors import InputError, LayoutError
 from omeloc.ngff.format import chunk_coords, join_path
-from omeloc.ngff.layout import writeback_problems
+from omeloc.ngff.layout import shared_channels, write_problems
 from omeloc.ngff.plate import Image, Plate
 from omeloc.writeback.journal import StoreIO
 
-__all__ = ["RECHUNK_HINT", "ArrayLike", "DataArg", "ImagePlan", "WritePlan", "preflight", "without_axis"]
+__all__ = ["RECHUNK_HINT", "ArrayLike", "DataArg", "ImagePlan", "WritePlan", "omero_note", "preflight", "without_axis"]
 
 ArrayLike = Any  # numpy array, dask array, or anything np.asarray accepts
 DataArg = ArrayLike | Mapping[str, ArrayLike | Callable[[], ArrayLike]] | Callable[[Image], ArrayLike]
@@ -60,6 +63,8 @@ class ImagePlan:
     write_blocks: tuple[tuple[int, ...], ...]
     """The zarr write unit (shard, else chunk) of every level: one Dask task each."""
     data: da.Array = field(repr=False, compare=False)
+    labels: tuple[str, ...] = ()
+    """The labels of the omero block the write adds (the image has none); empty when it has one."""
 
     def array_path(self, level: int) -> str:
         """Key of level ``level``'s array relative to the target (``"B/3/0/0"``)."""
@@ -82,6 +87,13 @@ class WritePlan:
     images: tuple[ImagePlan, ...]
     pending_recovery: str | None = None
     """``"rollback"`` or ``"finish"`` when a dead run's journal will be dealt with first."""
+    shared: bool = False
+    """Whether the files the write rewrites hold other (virtual) channels: they are backed up first."""
+
+    @property
+    def adds_omero(self) -> tuple[str, ...]:
+        """Paths of the images without omero metadata, which the write gives the block."""
+        return tuple(img.path for img in self.images if img.labels)
 
     @property
     def tasks(self) -> int:
@@ -115,6 +127,8 @@ class WritePlan:
         )]
         if self.pending_recovery:
             lines.append(f"first: {self.pending_recovery} an interrupted omeloc run")
+        if self.adds_omero:
+            lines.append(omero_note(self))
         for img in self.images[:5]:
             lines.append(f"  {img.path or '.'}: levels {', '.join(img.level_paths)} -> shapes {list(img.shapes)}")
         if len(self.images) > 5:
@@ -156,10 +170,19 @@ def preflight(
         _check_no_stray_chunks(plate, io, target, n_c)
     values = _resolve_data(plate, data)
     images = tuple(_image_plan(img, values[img.path], mode, n_c, target) for img in plate.images)
+    shared = any(any(mates.values()) for mates in (
+        shared_channels(img, index if mode == "overwrite" else None) for img in plate.images))
     return WritePlan(
         target=target, name=name, mode=mode, channel_index=index, n_channels=n_c, dtype=str(dtype),
-        ngff_version=plate.ngff_version, images=images, pending_recovery=pending,
+        ngff_version=plate.ngff_version, images=images, pending_recovery=pending, shared=shared,
     )
+
+
+def omero_note(plan: WritePlan) -> str:
+    """One line saying which images get an omero block, and with which labels."""
+    first = next(img for img in plan.images if img.labels)
+    return (f"{len(plan.adds_omero)} image(s) had no omero metadata: the write adds it, channels labelled "
+            f"{', '.join(first.labels)} (as omeloc reads them) and {plan.name!r}")
 
 
 def _shared_layout(plate: Plate, rollback_n: int | None) -> tuple[int, np.dtype]:
@@ -208,9 +231,9 @@ def _mode(plate: Plate, name: str, overwrite: bool, target: str, n_c: int) -> tu
 
 
 def _check_chunk_layout(plate: Plate, name: str, mode: str, target: str, n_c: int, rollback_n: int | None) -> None:
-    """One channel per chunk and shard at every level, and one omero entry per channel."""
+    """No file holding an original channel is rewritten (the one layout rule), and one omero entry per channel."""
     for img in plate.images:
-        problems = writeback_problems(img)
+        problems = write_problems(img, img.channel_names.index(name) if mode == "overwrite" else None)
         if problems:
             verb = f"Replacing channel {name!r} of" if mode == "overwrite" else "Adding a channel to"
             raise LayoutError(
@@ -218,7 +241,7 @@ def _check_chunk_layout(plate: Plate, name: str, mode: str, target: str, n_c: in
                 f"({'; '.join(problems[:3])}). {RECHUNK_HINT}"
             )
         channels = img.omero.get("channels") or []
-        if len(channels) != n_c and rollback_n is None:
+        if channels and len(channels) != n_c and rollback_n is None:
             raise InputError(
                 f"Image {img.path or target} has {n_c} channels but {len(channels)} omero.channels entries. "
                 f"Fix its omero metadata (one entry per channel) before adding a channel."
@@ -307,7 +330,8 @@ def _image_plan(img: Image, value: Any, mode: str, n_c: int, target: str) -> Ima
     blocks = tuple(img.write_chunks(level) for level in range(len(img.level_paths)))
     arr = _as_dask(value, f"image {img.path or target}", without_axis(img.shape, c_axis),
                    without_axis(blocks[0], c_axis))
+    labels = () if img.omero.get("channels") else tuple(img.channel_names[:n_c])
     return ImagePlan(
         path=img.path, url=img.url, c_axis=c_axis, level_paths=img.level_paths,
-        shapes=tuple(shapes), write_blocks=blocks, data=arr,
+        shapes=tuple(shapes), write_blocks=blocks, data=arr, labels=labels,
     )

@@ -72,7 +72,13 @@ from omeloc.compute import compute as compute_graph
 from omeloc.compute import dask_client
 from omeloc.config import ComputeConfig
 from omeloc.errors import ConcurrentWriteError, InputError, OmelocError, ReadOnlyStoreError
-from omeloc.ngff.format import chunk_coords, is_consolidated, parent_ngff_attrs
+from omeloc.ngff.format import (
+    chunk_coords,
+    consolidated_doc_keys,
+    is_consolidated,
+    parent_ngff_attrs,
+    refresh_consolidated,
+)
 from omeloc.ngff.plate import Image, Plate, image_plate, open_plate
 from omeloc.ngff.writer import DEFAULT_COLORS
 from omeloc.testing.faults import fault_point
@@ -80,7 +86,7 @@ from omeloc.writeback import journal as jr
 from omeloc.writeback import pixels as px
 from omeloc.writeback import resume as rs
 from omeloc.writeback.lock import PlateLock, peek
-from omeloc.writeback.plan import DataArg, ImagePlan, WritePlan, preflight, without_axis
+from omeloc.writeback.plan import DataArg, ImagePlan, WritePlan, omero_note, preflight, without_axis
 
 __all__ = ["PENDING_KEY", "AddChannelResult", "ImagePlan", "Recovery", "WriteJob", "WritePlan", "add_channel",
            "recover", "recover_report"]
@@ -104,6 +110,8 @@ class AddChannelResult:
     seconds: float
     recovered: str | None = None
     """``"rollback"`` / ``"finish"`` when an interrupted run was dealt with first."""
+    notes: tuple[str, ...] = ()
+    """Lines to tell the user (e.g. that images without omero metadata were given the block)."""
 
 
 @dataclass(frozen=True)
@@ -249,7 +257,7 @@ def add_channel(
         plate = _target_plate(target, url, so, reuse=False)
         _warn_single_field(plate, url, so, name)
         plan = preflight(plate, io, name, data, overwrite=overwrite, target=url)
-        color = _pick_color(color, list(plate.images[0].omero.get("channels") or []))
+        color = _pick_color(color, _channels_now(plate, plan))
         return _write(WriteJob(io=io, plan=plan, journal=_new_journal(io, plan, resume_key, lock.run_id), color=color,
                                provenance=provenance, where=where, progress=progress, storage_options=so,
                                axes=plate.images[0].axes, started=t0, recovered=recovered, lock=lock))
@@ -265,7 +273,7 @@ def _dry_run(target: str | Path | Plate | Image, io: jr.StoreIO, so: Mapping[str
     _warn_single_field(plate, io.url, so, name)
     plan = preflight(plate, io, name, data, overwrite=overwrite, target=io.url, pending=pending,
                      rollback_n=rollback_n)
-    _pick_color(color, list(plate.images[0].omero.get("channels") or []))
+    _pick_color(color, _channels_now(plate, plan))
     return plan
 
 
@@ -353,6 +361,11 @@ def _pending(stale: Mapping[str, Any] | None, dry_run: bool) -> tuple[str | None
     return pending, rollback_n
 
 
+def _channels_now(plate: Plate, plan: WritePlan) -> list[dict[str, Any]]:
+    """The omero entries of the first image, as the write will find them (added ones included)."""
+    return list(plate.images[0].omero.get("channels") or []) or base_channels(plan.images[0].labels, plan.dtype)
+
+
 def _pick_color(color: str | None, channels: list[dict[str, Any]]) -> str:
     if color is not None:
         c = color.lstrip("#").upper()
@@ -375,6 +388,10 @@ def _snapshot_docs(io: jr.StoreIO, plan: WritePlan) -> dict[str, str | None]:
     for key in dict.fromkeys(keys):
         raw = io.get(key)
         docs[key] = None if raw is None else raw.decode("utf-8")
+    for key in consolidated_doc_keys([img.path for img in plan.images], io.zarr_format):
+        raw = io.get(key) if key not in docs else None
+        if raw is not None and refresh_consolidated(json.loads(raw), io.zarr_format, lambda _: None) is not None:
+            docs[key] = raw.decode("utf-8")  # consolidated metadata the finish refreshes (a rollback restores it)
     return docs
 
 
@@ -390,6 +407,7 @@ def _new_journal(io: jr.StoreIO, plan: WritePlan, resume_key: str | None, run_id
         "images": [{"path": i.path, "c_axis": i.c_axis, "arrays": [i.array_path(n) for n in range(len(i.level_paths))]}
                    for i in plan.images],
         "consolidated": is_consolidated(docs, io.zarr_format), "docs": docs, "resume_key": resume_key,
+        "shared": plan.shared,
     }
 
 
@@ -468,6 +486,7 @@ def _run(job: WriteJob, run_graph: px.GraphRunner) -> AddChannelResult:
     return AddChannelResult(
         name=plan.name, channel_index=plan.channel_index, images=len(plan.images), levels=plan.levels,
         bytes_written=nbytes, seconds=seconds, recovered=job.recovered,
+        notes=(omero_note(plan),) if plan.adds_omero else (),
     )
 
 
@@ -527,8 +546,9 @@ def _write_phases(job: WriteJob, run_graph: px.GraphRunner) -> int:
 
     io, plan, journal = job.io, job.plan, job.journal
     fault_point("journal")
-    if plan.mode == "overwrite":
-        # the old channel is touched only once its backup is complete, verified and journaled
+    if plan.mode == "overwrite" or plan.shared:
+        # files holding the old channel (or other virtual channels) are touched only once their backup is
+        # complete, verified and journaled
         journal["backup"] = jr.write_backup(io, journal["run_id"], _channel_keys(io, plan, journal["docs"]))
         _set_phase(job, "backed_up")
     _resize_and_mark(io, plan, job.color, journal["run_id"])
@@ -550,15 +570,17 @@ def _write_phases(job: WriteJob, run_graph: px.GraphRunner) -> int:
 
 
 def _channel_keys(io: jr.StoreIO, plan: WritePlan, docs: Mapping[str, str | None]) -> list[str]:
-    """Chunk keys of the channel being replaced, at every level of every image."""
+    """Keys of the existing files the write rewrites (the storage unit of channel ``channel_index`` along ``c``),
+    at every level of every image: the replaced channel's, or a unit that holds other virtual channels."""
     keys = []
     for img in plan.images:
         for level in range(len(img.level_paths)):
             arr_rel = img.array_path(level)
             doc = json.loads(docs[io.array_doc(arr_rel)] or "{}")
+            unit = plan.channel_index // img.write_blocks[level][img.c_axis]
             for key in io.list(arr_rel):
                 coords = chunk_coords(key[len(arr_rel) + 1:] if arr_rel else key, doc)
-                if coords is not None and coords[img.c_axis] == plan.channel_index:
+                if coords is not None and coords[img.c_axis] == unit:
                     keys.append(key)
     return keys
 
@@ -573,6 +595,12 @@ def _pending_entry(channels: list[dict[str, Any]], plan: WritePlan, color: str, 
     # a label of its own until the pixels are there: the name is not taken before the run completes
     label = f"{plan.name} (being written)"
     return {**template, "label": label, "color": color, "window": window, "active": False, PENDING_KEY: run_id}
+
+
+def base_channels(labels: tuple[str, ...], dtype: str) -> list[dict[str, Any]]:
+    """The omero entries of an image that has none: ``labels`` (as omeloc reads them), palette colours."""
+    return [{"label": label, "color": DEFAULT_COLORS[i % len(DEFAULT_COLORS)], "window": _full_window(dtype),
+             "active": True} for i, label in enumerate(labels)]
 
 
 def _full_window(dtype: str) -> dict[str, float]:
@@ -591,7 +619,9 @@ def _resize_and_mark(io: jr.StoreIO, plan: WritePlan, color: str, run_id: str) -
     for img in plan.images:
         attrs, ome = io.read_ngff(img.path)
         omero = dict(ome.get("omero") or {})
-        channels = [dict(c) for c in omero.get("channels") or []]
+        channels = [dict(c) for c in omero.get("channels") or []] or base_channels(img.labels, plan.dtype)
+        if img.labels:
+            omero.setdefault("rdefs", {"defaultT": 0, "defaultZ": 0, "model": "color"})  # iohub requires them
         entry = _pending_entry(channels, plan, color, run_id)
         if plan.mode == "overwrite":
             channels[plan.channel_index] = entry
@@ -618,8 +648,9 @@ def _restore_finished(io: jr.StoreIO, plan: WritePlan, resume_key: str | None
     for img in plan.images:
         have = present.get(img.array_path(0))
         if have:
+            unit = plan.channel_index // img.write_blocks[0][img.c_axis]
             done[img.path] = rs.done_blocks(img.data.chunks, without_axis(img.write_blocks[0], img.c_axis),
-                                            img.c_axis, plan.channel_index, have)
+                                            img.c_axis, unit, have)
     n = sum(len(v) for v in done.values())
     if n:
         logger.info("resuming: %d finished block(s) kept from the interrupted run", n)

@@ -19,7 +19,7 @@ import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from omeloc.ngff.format import array_doc_name, chunk_coords, join_path
+from omeloc.ngff.format import array_doc_name, chunk_coords, join_path, storage_block
 from omeloc.writeback import journal as jr
 
 __all__ = ["RESUME_PREFIX", "done_blocks", "drop_stash", "restore_finished", "stash_finished"]
@@ -40,20 +40,23 @@ def _level0_arrays(journal: Mapping[str, Any]) -> list[tuple[str, int]]:
 def stash_finished(io: jr.StoreIO, journal: Mapping[str, Any]) -> int:
     """Move the finished level-0 chunks of a dead run's new channel into the stash.
 
-    Only for appends whose journal carries a ``resume_key``; returns the number moved.
+    Only for appends whose journal carries a ``resume_key``; returns the number moved.  Not
+    when the new channel's files also hold other (virtual) channels (journal ``shared``): such
+    a file existed before the run, so its presence does not say the new channel is in it.
     """
     key = journal.get("resume_key")
-    if not key or journal.get("mode") != "append" or journal.get("chunks_restored"):
+    if not key or journal.get("mode") != "append" or journal.get("chunks_restored") or journal.get("shared"):
         return 0
     doc_name = array_doc_name(journal["zarr_format"])
     index = int(journal["channel_index"])
     moved = 0
     for rel, c_axis in _level0_arrays(journal):
         doc = json.loads(journal["docs"][join_path("", rel, doc_name)])
+        unit = index // storage_block(doc)[c_axis]  # the storage unit (chunk or shard) holding the channel
         for full in io.list(rel):
             rel_key = full[len(rel) + 1:]
             coords = chunk_coords(rel_key, doc)
-            if coords is None or len(coords) <= c_axis or coords[c_axis] != index:
+            if coords is None or len(coords) <= c_axis or coords[c_axis] != unit:
                 continue
             data = io.get(full)
             if data is None:

@@ -165,7 +165,7 @@ def _field_problems(j: Mapping[str, Any], zarr_format: int) -> list[str]:
         p.append(f"n_channels {_r(n)} is not between 1 and {MAX_CHANNELS}")
     elif not (_is_int(k) and (k == n if j.get("mode") == "append" else 0 <= k < n)):
         p.append(f"channel_index {_r(k)} does not fit n_channels {n} in mode {_r(j.get('mode'))}")
-    for name in ("consolidated", "chunks_restored"):
+    for name in ("consolidated", "chunks_restored", "shared"):
         if name in j and not isinstance(j[name], bool):
             p.append(f"{name} is not true/false")
     key = j.get("resume_key")
@@ -258,14 +258,15 @@ def _check_images(io: StoreIO, journal: Mapping[str, Any], known: set[str], wher
 # -- documents ----------------------------------------------------------------------------
 def _check_docs(io: StoreIO, journal: Mapping[str, Any], wells: list[str],
                 images: Mapping[str, tuple[int, list[str]]], where: str) -> None:
-    """Every saved document is a metadata document of the root, a well, or a listed image or array."""
-    allowed = set(io.root_docs())
+    """Every saved document is a metadata document of the root, a well, or a listed image or array, or the
+    consolidated metadata of a group above (or of) a listed image."""
+    allowed = set(io.root_docs()) | set(fmt.consolidated_doc_keys(images, io.zarr_format))
     for node in [*wells, *images, *(a for _, arrays in images.values() for a in arrays)]:
         allowed.update(io.metadata_docs(node))
     for key, text in journal["docs"].items():
         if key not in allowed:
             raise _refuse(where, f"names document {_r(key)}, which is not a metadata document of the plate's root, "
-                                 f"wells or of the images it lists")
+                                 f"wells or of the images it lists (or their groups' consolidated metadata)")
         _check_doc(io, key, text, where)
     for c_axis, arrays in images.values():
         for arr in arrays:

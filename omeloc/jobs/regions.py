@@ -1,0 +1,168 @@
+"""Prediction regions decoupled from storage chunks: one Dask task per region of a field.
+
+The unit of inference is a *region*: the whole field when it fits :data:`REGION_SIDE` pixels
+per side, else the field cut into regions that are multiples of the image's write block (so
+each output chunk belongs to exactly one region).  Each region task reads its pixels straight
+from zarr (one read, with a halo of ``overlap`` pixels only on sides where regions split),
+normalizes them, runs the tiled model (:func:`omeloc.engine.inference.predict_numpy`, whose
+forward passes run on the engine's single forward thread) and maps the output back to the
+target's units.  While one region's forward pass runs, Dask's other threads read and normalize
+the next regions; the write tasks (:mod:`omeloc.writeback.pixels`) run behind.
+
+Per image the graph holds one layer (a ``map_blocks`` without input arrays), and the region
+tasks share the image's already opened zarr array: no array is opened per task.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import dask.array as da
+import numpy as np
+import torch
+from dask.base import tokenize
+
+from omeloc.engine.inference import get_model, predict_numpy, resolve_device, resolve_precision
+from omeloc.engine.tiling import check_tiling, check_trim
+from omeloc.learn.normalization import denormalize_channels, normalize_channels
+from omeloc.testing.faults import fault_point
+
+__all__ = [
+    "REGION_SIDE",
+    "RegionSettings",
+    "infer_region",
+    "read_region",
+    "region_chunks",
+    "region_prediction",
+    "region_settings",
+]
+
+#: most pixels per side of one inference region (4096² float32 = 64 MiB per channel)
+REGION_SIDE = 4096
+
+
+def region_chunks(length: int, block: int, side: int = REGION_SIDE) -> tuple[int, ...]:
+    """Regions along one axis: the whole ``length`` when it is at most ``side``, else multiples of ``block``.
+
+    Examples
+    --------
+    >>> region_chunks(512, 256)
+    (512,)
+    >>> region_chunks(10000, 1024, side=4096)
+    (4096, 4096, 1808)
+    """
+    if length <= max(side, block):
+        return (length,)
+    per = max(1, side // block) * block
+    sizes = [per] * (length // per)
+    if length % per:
+        sizes.append(length % per)
+    return tuple(sizes)
+
+
+@dataclass(frozen=True)
+class RegionSettings:
+    """What every region task of a run shares (small and picklable)."""
+
+    ref: Any
+    """The model as a :class:`~omeloc.engine.cache.ModelRef` (loaded once per process)."""
+    source_index: tuple[int, ...]
+    """Indices of the source channels along ``c``, in the model's order."""
+    c_axis: int
+    source_stats: tuple[Mapping[str, Any], ...]
+    target_stats: tuple[Mapping[str, Any], ...]
+    tile: tuple[int, int]
+    overlap: tuple[int, int]
+    blend: str
+    batch_size: int
+    device: str
+    precision: str
+    token: str = ""
+    """A content hash of the fields above (set by :func:`region_settings`), for graph key names."""
+
+
+def _halo(loc: Sequence[tuple[int, int]], shape: Sequence[int], overlap: tuple[int, int]
+          ) -> tuple[list[slice], tuple[slice, slice]]:
+    """The plane region to read (``loc`` grown by ``overlap`` in y and x, clipped) and the core inside it."""
+    read = [slice(a, b) for a, b in loc]
+    core = []
+    for ax, o in ((-2, overlap[0]), (-1, overlap[1])):
+        a, b = loc[ax]
+        lo, hi = max(0, a - o), min(shape[ax], b + o)
+        read[ax] = slice(lo, hi)
+        core.append(slice(a - lo, b - lo))
+    return read, (core[0], core[1])
+
+
+def read_region(array: Any, settings: RegionSettings, block_info: dict | None = None) -> np.ndarray:
+    """Dask task: one region's source channels with their halo, read at once and normalized (float32).
+
+    The block returned is larger than the declared chunk (the halo, and a channel axis at -3):
+    only :func:`infer_region` consumes it.
+    """
+    loc = [tuple(r) for r in block_info[None]["array-location"]]
+    read, _ = _halo(loc, block_info[None]["shape"], settings.overlap)
+    planes = []
+    for k in settings.source_index:
+        index = list(read)
+        index.insert(settings.c_axis, k)
+        planes.append(np.asarray(array[tuple(index)]))
+    return np.ascontiguousarray(normalize_channels(planes, list(settings.source_stats)), dtype=np.float32)
+
+
+def infer_region(x: np.ndarray, settings: RegionSettings, block_info: dict | None = None) -> np.ndarray:
+    """Dask task: the virtual channel of one region from :func:`read_region`'s block, in the target's units."""
+    fault_point("predict_block")
+    loc = [tuple(r) for r in block_info[None]["array-location"]]
+    _, core = _halo(loc, block_info[None]["shape"], settings.overlap)
+    dev = torch.device(settings.device)
+    y = predict_numpy(get_model(settings.ref, dev), x, tile=settings.tile, overlap=settings.overlap,
+                      blend=settings.blend, batch_size=settings.batch_size, device=dev,
+                      precision=settings.precision, out_channels=len(settings.target_stats), core=core,
+                      trim=check_trim(None, settings.overlap))
+    return np.asarray(denormalize_channels(y, list(settings.target_stats))[..., 0, :, :], dtype=np.float32)
+
+
+def region_prediction(array: Any, axes: Sequence[str], blocks: Sequence[int], settings: RegionSettings,
+                      side: int = REGION_SIDE, annotate: Callable[[], Any] = contextlib.nullcontext) -> da.Array:
+    """The lazy virtual channel of one image: a read and an inference task per region.
+
+    ``array`` is the image's level-0 array (a zarr array or anything indexable like it, with
+    ``shape``), ``axes`` its axes, ``blocks`` its write block (the shard, else the chunk).  The
+    result has the axes without ``c``; its chunks are the regions (whole planes up to ``side``
+    px per side, else multiples of the write block along y and x; the write block along the
+    other axes).  ``annotate`` makes the context the inference layer is built in (a GPU
+    resource on a cluster); the read layer is not annotated, so reads overlap inference.
+    """
+    chunks = []
+    for ax, n, b in zip(axes, array.shape, blocks):
+        if ax != "c":
+            chunks.append(region_chunks(int(n), int(b), side if ax in ("y", "x") else int(b)))
+    meta = np.empty((0,) * len(chunks), dtype=np.float32)
+    token = tokenize(tuple(array.shape), tuple(axes), settings.token, side, getattr(array, "where", id(array)))
+    # reader and settings are bound into the functions: as map_blocks arguments Dask would walk
+    # them for collections once per image (~1 ms each, 10 s for a 3,456-image plate)
+    read = functools.partial(read_region, array, settings)
+    src = da.map_blocks(read, chunks=tuple(chunks), dtype=np.float32, meta=meta, name=f"omeloc-read-region-{token}")
+    with annotate():
+        return da.map_blocks(functools.partial(infer_region, settings=settings), src, dtype=np.float32, meta=meta,
+                             name=f"omeloc-region-{token}")
+
+
+def region_settings(ref: Any, source_index: Sequence[int], c_axis: int, source_stats: Sequence[Mapping[str, Any]],
+                    target_stats: Sequence[Mapping[str, Any]], tiling: Any) -> RegionSettings:
+    """:class:`RegionSettings` from a :class:`~omeloc.config.TilingConfig`, device and precision resolved."""
+    tile, overlap = check_tiling(int(tiling.tile), int(tiling.overlap))
+    dev = resolve_device(tiling.device)
+    settings = RegionSettings(ref=ref, source_index=tuple(int(i) for i in source_index), c_axis=c_axis,
+                              source_stats=tuple(source_stats), target_stats=tuple(target_stats), tile=tile,
+                              overlap=overlap, blend=tiling.blend, batch_size=int(tiling.batch_size),
+                              device=str(dev), precision=resolve_precision(tiling.precision, dev))
+    key = (getattr(ref, "key", repr(ref)), settings.source_index, c_axis, repr(source_stats), repr(target_stats),
+           tile, overlap, settings.blend, settings.batch_size, settings.device, settings.precision)
+    return dataclasses.replace(settings, token=tokenize(key))
