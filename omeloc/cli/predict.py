@@ -24,6 +24,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="checkpoint folder written by omeloc train")
     parser.add_argument("--name", default=None, help="label of the new channel (default: '<target> (virtual)')")
     parser.add_argument("--wells", type=csv_list, default=None, metavar="B2,B3", help="wells to predict (default: all)")
+    parser.add_argument("--acquisition", default=None, metavar="ID",
+                        help="predict only the fields of this plate acquisition (id or name; see omeloc info)")
     add_overwrite(parser, "replace a virtual channel of that name")
     TilingConfig.add_arguments(parser)
     ComputeConfig.add_arguments(parser.add_mutually_exclusive_group())
@@ -38,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
     res = predict(
         args.plate, args.model, name=args.name, wells=args.wells, overwrite=args.overwrite,
         tiling=TilingConfig.from_args(args), compute=ComputeConfig.from_args(args), dry_run=args.dry_run,
-        progress=args.progress,
+        progress=args.progress, acquisition=args.acquisition,
     )
     print(res.summary())
     if not res.dry_run:

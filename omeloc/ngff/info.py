@@ -26,7 +26,8 @@ def describe(path_or_url: str | Path, storage_options: Mapping[str, Any] | None 
     -------
     dict
         ``path``, ``ngff_version``, ``zarr_format``, ``kind`` (plate/image), ``wells`` (name →
-        field paths), ``channels``, ``dtype``, ``axes``, ``levels`` (path, shape, chunks,
+        field paths), ``acquisitions`` (``id``, ``name``, ``n_images``, ``wells`` of each NGFF
+        plate acquisition), ``channels``, ``dtype``, ``axes``, ``levels`` (path, shape, chunks,
         shards per level), ``append_friendly`` and ``append_problems``, ``channels_per_file``
         (channels per chunk or shard file along c, level 0), ``read_only`` (why omeloc will
         not write there, e.g. a zipped OME-Zarr; ``None`` when it may), ``consistent``, and
@@ -56,6 +57,9 @@ def describe(path_or_url: str | Path, storage_options: Mapping[str, Any] | None 
         "columns": list(plate.columns),
         "wells": {w.name: [i.field for i in w.images] for w in plate.wells.values()},
         "n_images": len(plate.images),
+        "acquisitions": [{"id": a["id"], "name": a["name"], "n_images": len(a["images"]),
+                          "wells": sorted({i.rsplit("/", 1)[0].replace("/", "") for i in a["images"]})}
+                         for a in plate.acquisitions],
         "channels": list(first.channel_names),
         "axes": "".join(first.axes),
         "axis_names": list(first.axis_names),
@@ -81,6 +85,15 @@ def _pending_write(journal: Any, channels: list[str]) -> dict[str, Any] | None:
             "mode": str(j.get("mode", "?")), "pending_channels": added}
 
 
+def _acquisition_line(acq: Mapping[str, Any]) -> str:
+    """One acquisition of :func:`describe`'s dict as a line of text (id, name, fields, wells)."""
+    wells = list(acq["wells"])
+    named = f" ({acq['name']})" if acq.get("name") else ""
+    return (f"  acquisition {acq['id']}{named}: {acq['n_images']} field(s) in {len(wells)} well(s)"
+            + (": " + ", ".join(wells[:12]) + (" ..." if len(wells) > 12 else "") if wells else "")
+            + f"   (predict it alone: --acquisition {acq['id']})")
+
+
 def format_description(d: Mapping[str, Any]) -> str:
     """Human-readable text for :func:`describe`'s dict."""
     lines = [f"{d['path']}: OME-Zarr {d['kind']}, NGFF {d['ngff_version']} (Zarr v{d['zarr_format']})"]
@@ -93,6 +106,7 @@ def format_description(d: Mapping[str, Any]) -> str:
         )
         names = list(d["wells"])
         lines.append("  wells    " + ", ".join(names[:24]) + (" ..." if len(names) > 24 else ""))
+        lines += [_acquisition_line(a) for a in d.get("acquisitions") or []]
     pending = d.get("pending_write")
     added = set(pending["pending_channels"]) if pending else set()
     lines.append("  channels " + ", ".join(label_text(c) + (" [pending]" if c in added else "") for c in d["channels"]))

@@ -366,6 +366,8 @@ class Well:
     row: str
     column: str
     images: tuple[Image, ...]
+    acquisitions: dict[str, str] = field(default_factory=dict, compare=False)
+    """Field path → the id (as text) of the plate acquisition it belongs to, as the well's metadata says."""
 
     @property
     def name(self) -> str:
@@ -404,6 +406,39 @@ class Plate:
     def ome(self) -> dict[str, Any]:
         """The NGFF metadata of the plate root."""
         return ngff_attrs(self.attrs, self.zarr_format)
+
+    @property
+    def acquisitions(self) -> list[dict[str, Any]]:
+        """The plate's acquisitions (NGFF ``plate.acquisitions``), each with ``id`` as text, ``name``
+        (when given) and ``images``: the paths of the fields that the wells assign to it."""
+        listed = [a for a in self.ome.get("plate", {}).get("acquisitions") or [] if isinstance(a, Mapping)]
+        found = []
+        for acq in listed:
+            if acq.get("id") is None:
+                continue
+            ident = str(acq["id"])
+            images = [f"{w.path}/{f}" for w in self.wells.values() for f, a in w.acquisitions.items() if a == ident]
+            found.append({"id": ident, "name": None if acq.get("name") is None else str(acq["name"]),
+                          "images": images})
+        return found
+
+    def acquisition_images(self, acquisition: str | int) -> list[Image]:
+        """The fields of one acquisition (its ``id``, or its ``name`` when no id matches).
+
+        Raises
+        ------
+        InputError
+            The plate has no such acquisition, or none at all.
+        """
+        known = self.acquisitions
+        wanted = str(acquisition)
+        match = [a for a in known if a["id"] == wanted] or [a for a in known if a["name"] == wanted]
+        if not match:
+            shown = ", ".join(a["id"] + (f" ({a['name']})" if a["name"] else "") for a in known) or "none"
+            raise InputError(f"Plate {self.path} has no acquisition {wanted!r} (acquisitions: {shown}). "
+                             f"Choose one that `omeloc info {self.path}` lists, or leave out --acquisition.")
+        paths = set(match[0]["images"])
+        return [img for img in self.images if img.path in paths]
 
     def image(self, path: str) -> Image:
         """The image at ``path`` (``"B/3/0"``); a well name (``"B3"``) gives its first field."""
@@ -659,8 +694,9 @@ def _read_well(url: str, wpath: str, storage_options: Mapping[str, Any] | None,
             f"Plate {url} lists well {wpath!r} but it is missing. Restore the well or remove it from the plate metadata."
         ) from err
     wome = group_ngff_attrs(wgroup)
-    fields = [safe_key(str(i["path"]), f"Well {wpath} lists image path", "Fix the well's metadata.")
-              for i in (wome.get("well") or {}).get("images", []) if isinstance(i, Mapping) and "path" in i]
+    listed = [i for i in (wome.get("well") or {}).get("images", []) if isinstance(i, Mapping) and "path" in i]
+    fields = [safe_key(str(i["path"]), f"Well {wpath} lists image path", "Fix the well's metadata.") for i in listed]
+    acquisitions = {f: str(i["acquisition"]) for f, i in zip(fields, listed) if i.get("acquisition") is not None}
     if not fields:
         raise NotOmeZarrError(f"Well {wurl} has no 'well.images' metadata. Fix the well metadata.")
     images = []
@@ -673,7 +709,7 @@ def _read_well(url: str, wpath: str, storage_options: Mapping[str, Any] | None,
             raise PathNotFoundError(
                 f"Well {wpath!r} lists field {f!r} but {iurl} is missing. Restore it or fix the well metadata."
             ) from err
-    return Well(path=wpath, row=parts[0], column=parts[1], images=tuple(images))
+    return Well(path=wpath, row=parts[0], column=parts[1], images=tuple(images), acquisitions=acquisitions)
 
 
 def iter_images(plate: Plate, wells: Sequence[str] | None = None) -> list[Image]:

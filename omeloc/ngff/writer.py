@@ -290,10 +290,10 @@ def write_plate(
     rows, cols, wells = _plate_layout(images, rows, columns)
     root = zarr.open_group(str(path), mode="w", zarr_format=fmt.zarr_format)
     well_paths = [f"{r}/{c}" for r in rows for c in cols if (r, c) in wells]
-    write_plate_metadata(
-        root, rows, cols, well_paths, fmt=fmt,
-        field_count=max(len(v) for v in wells.values()), name=plate_name or path.stem,
-        acquisitions=[{"id": 0}],
+    field_count = max(len(v) for v in wells.values())
+    write_plate_metadata(  # acquisition name and maximumfieldcount: the strict NGFF schemas require them
+        root, rows, cols, well_paths, fmt=fmt, field_count=field_count, name=plate_name or path.stem,
+        acquisitions=[{"id": 0, "name": plate_name or path.stem, "maximumfieldcount": field_count}],
     )
     _set_extra_attrs(root, extra_attrs, fmt.zarr_format)
     pyramid = {"axes": axes_t, "channel_names": channel_names, "fmt": fmt, "chunks": chunks, "levels": levels,

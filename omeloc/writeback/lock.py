@@ -21,11 +21,14 @@ itself created only if absent), so two runs that both find a dead lock cannot bo
 
 Atomicity.  zarr's ``LocalStore.set_if_not_exists`` writes a temporary file and hard-links
 it into place (``os.link`` fails if the name exists): atomic on local and POSIX network file
-systems.  Stores without an atomic create (zarr's fsspec store: check-then-put) leave a race
-window of one round trip between two writers that start at the same moment; the lock is
-read back after the create (and again after ``SETTLE_SECONDS`` on such stores), so a lost
-race is detected in all but the narrowest case.  Object stores with conditional writes
-(S3 ``If-None-Match``) would close it; fsspec does not expose them yet.
+systems.  On S3 (zarr's fsspec store over s3fs) the lock is a conditional ``PUT`` with
+``If-None-Match: *`` (s3fs ``pipe_file(mode="create")``): the server refuses it when the key
+exists, atomic on AWS S3 and on S3-compatible servers that honour the header (MinIO, moto,
+recent Ceph; tested against moto).  A server that ignores the header turns it into a plain
+``PUT``; so on every store but a local one the lock is read back after ``SETTLE_SECONDS``
+too, which catches a lost race in all but the narrowest case.  Other fsspec stores (GCS,
+Azure, ...) get zarr's check-then-put and that read-back only: a race window of one round
+trip between two writers that start at the same moment.
 
 zarr warns ("Object at .omeloc_lock is not recognized ...") when it lists the root group's
 members while a lock is held; the key is not part of the hierarchy.
@@ -79,6 +82,27 @@ def _atomic_create(io: StoreIO) -> bool:
     return isinstance(io.store, LocalStore)
 
 
+def _s3_create(io: StoreIO, key: str, data: bytes) -> bool | None:
+    """Conditional ``PUT`` (``If-None-Match: *``) of ``key`` on an S3 store; ``None`` on any other store.
+
+    Returns whether the object was created (``False``: it exists already).
+    """
+    from zarr.storage import FsspecStore
+
+    store = io.store
+    fs = getattr(store, "fs", None)
+    protocol = getattr(fs, "protocol", ())
+    protocols = (protocol,) if isinstance(protocol, str) else tuple(protocol)
+    if not isinstance(store, FsspecStore) or not {"s3", "s3a"} & set(protocols):
+        return None
+    path = f"{store.path.rstrip('/')}/{io.key(key)}"
+    try:
+        sync(fs._pipe_file(path, data, mode="create"))
+    except FileExistsError:  # s3fs: HTTP 412 PreconditionFailed, the key exists
+        return False
+    return True
+
+
 def _read(io: StoreIO, key: str) -> dict[str, Any] | None:
     """The lock document at ``key``; ``None`` when absent, ``{}`` when it is not a lock omeloc wrote."""
     raw = io.get(key)
@@ -95,7 +119,8 @@ def _create(io: StoreIO, key: str, payload: Mapping[str, Any]) -> bool:
     """Create ``key`` only if absent; whether it now holds ``payload`` (ours)."""
     data = json.dumps(dict(payload), sort_keys=True).encode("utf-8")
     try:
-        sync(io.store.set_if_not_exists(io.key(key), Buffer.from_bytes(data)))
+        if _s3_create(io, key, data) is None:
+            sync(io.store.set_if_not_exists(io.key(key), Buffer.from_bytes(data)))
     except Exception as err:  # any backend's refusal (PermissionError, HTTP 4xx/5xx, ...) with context
         raise ReadOnlyStoreError(
             f"Cannot create the lock {key} in {io.url} ({type(err).__name__}: {' '.join(str(err).split())[:120]}). "
