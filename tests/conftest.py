@@ -58,3 +58,25 @@ def random_plate_images(rows="AB", cols=("1", "2"), fields=("0", "1"), shape=(2,
         (r, c, f): rng.integers(0, 4000, shape).astype(dtype)
         for r in rows for c in cols for f in fields
     }
+
+
+def tiny_trained_plate(root: Path, *, fields: int = 1, size: int = 96, chunk: int = 48, reference: bool = True):
+    """A 1×2-well plate (actin, WAVE2), a tiny U-Net trained for 2 steps, and (``reference``) a copy
+    of the plate with that model's prediction written by an uninterrupted run.
+
+    Returns ``(plate, checkpoint, reference_plate or None)``.
+    """
+    import shutil
+
+    import omeloc
+
+    plate = omeloc.make_plate(root / "plate.zarr", rows=1, cols=2, fields=fields, size=size, chunks=(chunk, chunk),
+                              levels=2, channels=("actin", "WAVE2"))
+    res = omeloc.train(plate, "actin", "WAVE2", out=root / "model", steps=2, crop=32, batch_size=2, depth=2,
+                       base_channels=4, val_wells=["A2"], progress=False)
+    ref = None
+    if reference:
+        ref = root / "ref.zarr"
+        shutil.copytree(plate, ref)
+        omeloc.predict(ref, res.checkpoint, progress=False)
+    return plate, Path(res.checkpoint), ref

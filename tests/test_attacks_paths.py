@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import tree_digest
+from conftest import tree_digest, tiny_trained_plate
 
 import omeloc
 from omeloc.cli import main
@@ -36,12 +36,8 @@ def _cli(*args: str, kill_at: str | None = None, **kwargs) -> subprocess.Complet
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    root = tmp_path_factory.mktemp("attacks")
-    plate = omeloc.make_plate(root / "plate.zarr", rows=1, cols=2, fields=1, size=64, chunks=(32, 32), levels=2,
-                              channels=("actin", "WAVE2"))
-    res = omeloc.train(plate, "actin", "WAVE2", out=root / "model", steps=2, crop=32, batch_size=2, depth=2,
-                       base_channels=4, val_wells=["A2"], progress=False)
-    return plate, res.checkpoint
+    plate, ckpt, _ = tiny_trained_plate(tmp_path_factory.mktemp("attacks"), size=64, chunk=32, reference=False)
+    return plate, str(ckpt)
 
 
 @pytest.fixture

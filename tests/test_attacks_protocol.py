@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import assert_same_pixels, random_plate_images, tree_digest
+from conftest import assert_same_pixels, random_plate_images, tree_digest, tiny_trained_plate
 
 import omeloc
 from omeloc.cli import main
@@ -158,15 +158,8 @@ def tiny(tmp_path_factory):
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A plate, a tiny model for actin → WAVE2, and the plate with that model's prediction."""
-    root = tmp_path_factory.mktemp("attacks")
-    plate = omeloc.make_plate(root / "plate.zarr", rows=1, cols=2, fields=1, size=96, chunks=(48, 48), levels=2,
-                              channels=("actin", "WAVE2"))
-    res = omeloc.train(plate, "actin", "WAVE2", out=root / "model", steps=2, crop=32, batch_size=2, depth=2,
-                       base_channels=4, val_wells=["A2"], progress=False)
-    ref = root / "ref.zarr"
-    shutil.copytree(plate, ref)
-    omeloc.predict(ref, res.checkpoint, progress=False)
-    return plate, str(res.checkpoint), ref
+    plate, ckpt, ref = tiny_trained_plate(tmp_path_factory.mktemp("attacks"))
+    return plate, str(ckpt), ref
 
 
 def _copy(src: Path, tmp_path: Path, name: str = "p.zarr") -> Path:

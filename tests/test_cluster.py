@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 
 import omeloc
-from conftest import assert_same_pixels, tree_digest
+from conftest import assert_same_pixels, tree_digest, tiny_trained_plate
 from omeloc.writeback.journal import JOURNAL_KEY
 
 pytestmark = pytest.mark.slow
@@ -88,15 +88,7 @@ def _phase(plate: Path) -> str | None:
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    root = tmp_path_factory.mktemp("cluster")
-    plate = omeloc.make_plate(root / "plate.zarr", rows=1, cols=2, fields=2, size=96, chunks=(48, 48), levels=2,
-                              channels=("actin", "WAVE2"))
-    res = omeloc.train(plate, "actin", "WAVE2", out=root / "model", steps=2, crop=32, batch_size=2, depth=2,
-                       base_channels=4, val_wells=["A2"], progress=False)
-    ref = root / "ref.zarr"
-    shutil.copytree(plate, ref)
-    omeloc.predict(ref, res.checkpoint, progress=False)
-    return plate, Path(res.checkpoint), ref
+    return tiny_trained_plate(tmp_path_factory.mktemp("cluster"), fields=2)
 
 
 @pytest.mark.parametrize("resources", ["GPU=1", None], ids=["gpu-resources", "no-resources"])

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 import omeloc
-from conftest import assert_same_pixels
+from conftest import assert_same_pixels, tiny_trained_plate
 from omeloc.cli import main
 from omeloc.writeback.journal import JOURNAL_KEY
 
@@ -22,15 +22,8 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    root = tmp_path_factory.mktemp("conc")
-    plate = omeloc.make_plate(root / "plate.zarr", rows=1, cols=2, fields=1, size=96, chunks=(48, 48), levels=2,
-                              channels=("actin", "WAVE2"))
-    res = omeloc.train(plate, "actin", "WAVE2", out=root / "model", steps=2, crop=32, batch_size=2, depth=2,
-                       base_channels=4, val_wells=["A2"], progress=False)
-    ref = root / "ref.zarr"
-    shutil.copytree(plate, ref)
-    omeloc.predict(ref, res.checkpoint, progress=False)
-    return plate, res.checkpoint, ref
+    plate, ckpt, ref = tiny_trained_plate(tmp_path_factory.mktemp("conc"))
+    return plate, str(ckpt), ref
 
 
 def _journal(plate: Path) -> dict | None:

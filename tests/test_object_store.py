@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -18,7 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import assert_same_pixels
+from conftest import assert_same_pixels, tiny_trained_plate
 
 import omeloc
 from omeloc.writeback.journal import JOURNAL_KEY
@@ -47,15 +46,8 @@ def s3():
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    root = tmp_path_factory.mktemp("s3")
-    plate = omeloc.make_plate(root / "plate.zarr", rows=1, cols=2, fields=1, size=96, chunks=(48, 48), levels=2,
-                              channels=("actin", "WAVE2"))
-    res = omeloc.train(plate, "actin", "WAVE2", out=root / "model", steps=2, crop=32, batch_size=2, depth=2,
-                       base_channels=4, val_wells=["A2"], progress=False)
-    ref = root / "ref.zarr"
-    shutil.copytree(plate, ref)
-    omeloc.predict(ref, res.checkpoint, progress=False)
-    return plate, res.checkpoint, ref
+    plate, ckpt, ref = tiny_trained_plate(tmp_path_factory.mktemp("s3"))
+    return plate, str(ckpt), ref
 
 
 def _bucket(endpoint: str, name: str) -> None:
