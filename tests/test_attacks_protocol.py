@@ -37,23 +37,7 @@ from omeloc.writeback.protocol import PENDING_KEY, add_channel, recover
 
 _META = {"zarr.json", ".zattrs", ".zarray", ".zgroup", ".zmetadata"}
 
-WRITER = """
-import sys
-import numpy as np
-
-def make_data(path, seed):
-    import omeloc
-    rng = np.random.default_rng(seed)
-    return {img.path: rng.uniform(-100, 9000, img.shape[1:]) for img in omeloc.open_plate(path).images}
-
-if __name__ == "__main__":
-    from omeloc.writeback.protocol import add_channel
-    path, seed, overwrite = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "1"
-    add_channel(path, "pred", make_data(path, seed), overwrite=overwrite, provenance={"model": "m1"})
-"""
-_ns: dict = {}
-exec(WRITER, _ns)  # noqa: S102 - the writer's own data, here too
-make_data = _ns["make_data"]
+from writeback_writer import WRITER_PATH, make_data  # noqa: E402
 
 
 # -- helpers -----------------------------------------------------------------------------------
@@ -63,8 +47,7 @@ def _env(**extra: str) -> dict[str, str]:
 
 
 def _writer(tmp_path: Path, plate: Path, seed: int = 1, overwrite: bool = False, **env: str) -> subprocess.Popen:
-    script = tmp_path / "writer.py"
-    script.write_text(WRITER)
+    script = WRITER_PATH
     return subprocess.Popen([sys.executable, str(script), str(plate), str(seed), "1" if overwrite else "0"],
                             env=_env(**env), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 

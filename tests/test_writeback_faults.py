@@ -24,29 +24,11 @@ from omeloc.writeback.protocol import add_channel, recover
 
 _META = {"zarr.json", ".zattrs", ".zarray", ".zgroup", ".zmetadata"}
 
-# run in a subprocess (and exec'ed here for the same data)
-SCRIPT = """
-import sys
-import numpy as np
-
-def make_data(path, seed):
-    import omeloc
-    rng = np.random.default_rng(seed)
-    return {img.path: rng.uniform(-100, 9000, img.shape[1:]) for img in omeloc.open_plate(path).images}
-
-if __name__ == "__main__":
-    from omeloc.writeback.protocol import add_channel
-    path, seed, overwrite = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "1"
-    add_channel(path, "pred", make_data(path, seed), overwrite=overwrite, provenance={"model": "m1"})
-"""
-_ns: dict = {}
-exec(SCRIPT, _ns)
-make_data = _ns["make_data"]
+from writeback_writer import WRITER_PATH, make_data  # noqa: E402
 
 
 def _run_killed(path: Path, phase: str, tmp_path: Path, seed: int = 1, overwrite: bool = False) -> None:
-    script = tmp_path / "writer.py"
-    script.write_text(SCRIPT)
+    script = WRITER_PATH
     env = dict(os.environ, OMELOC_TEST_KILL_AT=phase, OMP_NUM_THREADS="1")
     proc = subprocess.run([sys.executable, str(script), str(path), str(seed), "1" if overwrite else "0"],
                           env=env, capture_output=True, text=True, timeout=120)
