@@ -11,6 +11,7 @@ from contextlib import AbstractContextManager
 
 import torch
 
+from omeloc.config import PRECISIONS  # the one list (config.py imports no torch)
 from omeloc.errors import InputError
 
 __all__ = [
@@ -24,7 +25,6 @@ __all__ = [
     "uses_channels_last",
 ]
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 _DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
