@@ -152,6 +152,26 @@ def test_overwrite_replaces_only_the_virtual_channel(plate):
     assert not any(".omeloc_backup" in rel for rel in after)
 
 
+
+def test_overwrite_keeps_the_channels_colour_and_is_idempotent(plate):
+    """Rerunning an overwrite changes nothing (a killed --overwrite is rerun to the same plate, issue 18);
+    a colour the user chose for the virtual channel survives it."""
+    add_channel(plate, "pred", _prediction(1))
+    add_channel(plate, "pred", _prediction(2), overwrite=True)
+    first = [img.omero for img in omeloc.open_plate(plate).images]
+    add_channel(plate, "pred", _prediction(2), overwrite=True)
+    assert [img.omero for img in omeloc.open_plate(plate).images] == first
+    img = omeloc.open_plate(plate).images[0]
+    attrs = zarr.open_group(str(plate / img.path), mode="r+")
+    key = "ome" if "ome" in attrs.attrs else None
+    doc = dict(attrs.attrs[key]) if key else dict(attrs.attrs)
+    doc["omero"]["channels"][2]["color"] = "123ABC"
+    attrs.attrs[key or "omero"] = doc if key else doc["omero"]
+    add_channel(plate, "pred", _prediction(3), overwrite=True)
+    assert omeloc.open_plate(plate).images[0].omero["channels"][2]["color"] == "123ABC"
+    assert add_channel(plate, "pred", _prediction(3), overwrite=True, color="#00ff00").channel_index == 2
+    assert omeloc.open_plate(plate).images[0].omero["channels"][2]["color"] == "00FF00"
+
 def _refused_unchanged(path, exc, match, *args, **kwargs):
     before = tree_digest(path)
     with pytest.raises(exc, match=match):

@@ -257,7 +257,7 @@ def add_channel(
         plate = _target_plate(target, url, so, reuse=False)
         _warn_single_field(plate, url, so, name)
         plan = preflight(plate, io, name, data, overwrite=overwrite, target=url)
-        color = _pick_color(color, _channels_now(plate, plan))
+        color = _pick_color(color, _channels_now(plate, plan), plan)
         return _write(WriteJob(io=io, plan=plan, journal=_new_journal(io, plan, resume_key, lock.run_id), color=color,
                                provenance=provenance, where=where, progress=progress, storage_options=so,
                                axes=plate.images[0].axes, started=t0, recovered=recovered, lock=lock))
@@ -273,7 +273,7 @@ def _dry_run(target: str | Path | Plate | Image, io: jr.StoreIO, so: Mapping[str
     _warn_single_field(plate, io.url, so, name)
     plan = preflight(plate, io, name, data, overwrite=overwrite, target=io.url, pending=pending,
                      rollback_n=rollback_n)
-    _pick_color(color, _channels_now(plate, plan))
+    _pick_color(color, _channels_now(plate, plan), plan)
     return plan
 
 
@@ -366,12 +366,18 @@ def _channels_now(plate: Plate, plan: WritePlan) -> list[dict[str, Any]]:
     return list(plate.images[0].omero.get("channels") or []) or base_channels(plan.images[0].labels, plan.dtype)
 
 
-def _pick_color(color: str | None, channels: list[dict[str, Any]]) -> str:
+def _pick_color(color: str | None, channels: list[dict[str, Any]], plan: WritePlan) -> str:
+    """The colour asked for; else an overwritten channel's own (so rerunning an overwrite changes
+    nothing); else the first default colour no channel uses."""
     if color is not None:
         c = color.lstrip("#").upper()
         if not re.fullmatch(r"[0-9A-F]{6}", c):
             raise InputError(f"Expected a colour as 6 hex digits (e.g. 'FF00FF'). Got {color!r} instead.")
         return c
+    if plan.mode == "overwrite" and plan.channel_index < len(channels):
+        own = str(channels[plan.channel_index].get("color", "")).upper()
+        if re.fullmatch(r"[0-9A-F]{6}", own):
+            return own
     used = {str(ch.get("color", "")).upper() for ch in channels}
     return next((c for c in DEFAULT_COLORS if c not in used), "FFFFFF")
 
@@ -468,7 +474,8 @@ def _run(job: WriteJob, run_graph: px.GraphRunner) -> AddChannelResult:
         # an interruption keeps the finished chunks for a rerun; bad data or a refused write
         # (omeloc's own errors, reported to the user by the caller) leaves the store exactly as it was
         ours = isinstance(err, OmelocError)
-        logger.log(logging.INFO if ours else logging.ERROR, "add_channel %r failed: rolling back", plan.name)
+        # a warning, not an error: the caller reports the error itself (the CLI in one line, also under -q)
+        logger.log(logging.INFO if ours else logging.WARNING, "add_channel %r failed: rolling back", plan.name)
         if not px.stop_writes(journal["run_id"]):
             logger.warning("pixel writes of run %s are still running; rolling back anyway", journal["run_id"])
         if journal.get("phase") != "complete" and not ours:
@@ -520,7 +527,7 @@ def _unskippable_rollback(job: WriteJob, err: BaseException, *, quiet: bool) -> 
     try:
         jr.rollback(job.io, job.journal, quiet=quiet)
     except Exception as rb_err:
-        fix = "Free space on its device" if _disk_full(err) or _disk_full(rb_err) else "Make the store writable"
+        fix = "Free space on its device" if _disk_full(err) or _disk_full(rb_err) else "Make the store reachable and writable"
         raise ReadOnlyStoreError(
             f"Writing channel {job.plan.name!r} into {job.io.url} failed ({_one_line(err)}) and the rollback could "
             f"not finish ({_one_line(rb_err)}); the plate keeps its journal. {fix}, then run "
