@@ -1,9 +1,17 @@
-"""Virtual stains on real cells within a time budget: NF1 actin → ER and nuclei → ER, held-out well H12.
+"""Virtual stains on real cells within a time budget: NF1 (held-out well H12) and BPAE (held-out region).
 
-The NF1 slice in ``../shared/data/nf1_plate2`` (5 wells, one field each; DAPI = nuclei, GFP = ER,
-RFP = F-actin) is imported into an OME-Zarr plate; for each task a U-Net is trained for
-``--minutes`` on wells B7, D6, D7, F7 (``omeloc.train(minutes=...)``: the device defaults, the
-steps fitted to the budget) and the whole held-out field H12 is predicted in memory and scored:
+Two task sets (``--tasks``, default ``nf1``):
+
+- ``nf1``: the NF1 slice in ``../shared/data/nf1_plate2`` (5 wells, one field each; DAPI = nuclei,
+  GFP = ER, RFP = F-actin) imported into an OME-Zarr plate; actin → ER and nuclei → ER, trained
+  on wells B7, D6, D7, F7 and scored on the whole field of well H12;
+- ``bpae``: the one BPAE field in ``../shared/data/bpae`` (680 × 1100: actin, mito, nuclei) cut
+  in two and written as a plate of two wells: the left three quarters (x < 825) as well A1, the
+  right-most quarter (x ≥ 825, 680 × 275) as well A2, never seen in training; actin → mito and
+  nuclei → actin, trained on A1 and scored on the whole of A2.
+
+For each task a U-Net is trained for ``--minutes`` (``omeloc.train(minutes=...)``: the device
+defaults, the steps fitted to the budget) and the held-out field is predicted in memory and scored:
 
 - whole-field r: Pearson r of prediction vs real target;
 - foreground r: the same over the target's Otsu foreground (the cells, not the background);
@@ -11,11 +19,12 @@ steps fitted to the budget) and the whole held-out field H12 is predicted in mem
 
 each beside the no-learning baseline (the raw source image scored the same way), and the
 minutes the task took (training and scoring).  Prints a Markdown table and saves
-``benchmarks/results/real_cells.json`` (with the machine's load average before and after)::
+``benchmarks/results/real_cells_<tasks>_<minutes>min.json`` unless ``--out`` is given (with the
+machine's load average before and after)::
 
     python benchmarks/real_cells.py --minutes 10                 # the issue's budget: ~21 min
-    python benchmarks/real_cells.py --minutes 2                  # a short look: ~5 min
-    python benchmarks/real_cells.py --minutes 2 --recipe structure --tta
+    python benchmarks/real_cells.py --minutes 3 --tasks bpae     # ~7 min
+    python benchmarks/real_cells.py --minutes 2 --tasks nf1,bpae --recipe structure --tta
 
 ``--recipe structure`` trains with GroupNorm, residual blocks, L1 + SSIM, a high-pass detail
 term, crops biased towards the target's foreground and intensity augmentation.  (``keep_best``
@@ -31,8 +40,11 @@ import os
 import platform
 import tempfile
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 import omeloc
@@ -40,9 +52,12 @@ from omeloc.analysis.relate import heldout_scores
 from omeloc.data.tiff_import import NF1_PATTERN
 
 HERE = Path(__file__).resolve().parent
-NF1 = HERE.parent.parent / "shared" / "data" / "nf1_plate2"
-HELD_OUT = "H12"
-TASKS = (("actin", "ER"), ("nuclei", "ER"))
+DATA = HERE.parent.parent / "shared" / "data"
+NF1 = DATA / "nf1_plate2"
+BPAE = DATA / "bpae"
+BPAE_CHANNELS = ("actin", "mito", "nuclei")
+BPAE_SPLIT = 0.75
+"""The BPAE field's columns left of this fraction of its width are trained on; the rest is held out."""
 RECIPES = {
     "default": {},
     "structure": dict(norm="group", block="residual", loss="l1+ssim", detail=1.0, foreground_weight=0.5,
@@ -52,58 +67,120 @@ COLUMNS = (("pearson_r", "baseline_r", "whole-field r"), ("foreground_r", "basel
            ("structure_r", "baseline_structure_r", "structure r"))
 
 
-def run_task(plate: Path, source: str, target: str, minutes: float, recipe: dict, tta: bool, work: Path) -> dict:
-    """Train ``source → target`` for ``minutes``, score the held-out field; one result row."""
+def nf1_plate(folder: Path, work: Path) -> Path:
+    """The NF1 slice imported to OME-Zarr (channels actin, ER, nuclei; one field per well)."""
+    return omeloc.import_tiff(folder, work / "nf1.zarr", pattern=NF1_PATTERN,
+                              channel_names={"RFP": "actin", "GFP": "ER", "DAPI": "nuclei"})
+
+
+def bpae_plate(folder: Path, work: Path) -> Path:
+    """The BPAE field as a two-well plate: A1 = the left three quarters (training), A2 = the rest (held out)."""
+    import tifffile
+
+    field = np.stack([tifffile.imread(folder / f"BPAE_{c}.tif") for c in BPAE_CHANNELS])
+    if not np.all(field == np.round(field)) or field.min() < 0 or field.max() > 65535:
+        raise ValueError("BPAE values are expected to be whole numbers in the 16-bit range")
+    field = field.astype(np.uint16)  # the TIFFs hold 16-bit counts as float32: stored losslessly
+    split = int(field.shape[-1] * BPAE_SPLIT)
+    images = {("A", "1", "0"): field[..., :split], ("A", "2", "0"): field[..., split:]}
+    return omeloc.write_plate(work / "bpae.zarr", images, channel_names=list(BPAE_CHANNELS), levels=2)
+
+
+@dataclass(frozen=True)
+class TaskSet:
+    """One data set: how to build its plate, the well held out, the (source, target) pairs."""
+
+    build: Callable[[Path, Path], Path]
+    folder: Path
+    held_out: str
+    pairs: tuple[tuple[str, str], ...]
+    split: str
+
+
+TASK_SETS = {
+    "nf1": TaskSet(nf1_plate, NF1, "H12", (("actin", "ER"), ("nuclei", "ER")),
+                   "trained on wells B7, D6, D7, F7, scored on well H12"),
+    "bpae": TaskSet(bpae_plate, BPAE, "A2", (("actin", "mito"), ("nuclei", "actin")),
+                    f"trained on the left {BPAE_SPLIT:.0%} of the field (A1), scored on the right-most quarter (A2)"),
+}
+
+
+def run_task(plate: Path, held_out: str, source: str, target: str, minutes: float, recipe: dict, tta: bool,
+             work: Path) -> dict:
+    """Train ``source → target`` for ``minutes``, score the held-out well's field; one result row."""
     t0 = time.perf_counter()
-    res = omeloc.train(plate, source, target, out=work / f"{source}-{target}", overwrite=True, minutes=minutes,
-                       val_wells=[HELD_OUT], progress=False, report=lambda line: print(f"  {line}", flush=True),
-                       **recipe)
+    res = omeloc.train(plate, source, target, out=work / f"{plate.stem}-{source}-{target}", overwrite=True,
+                       minutes=minutes, val_wells=[held_out], progress=False,
+                       report=lambda line: print(f"  {line}", flush=True), **recipe)
     t_train = time.perf_counter() - t0
-    scores = heldout_scores(omeloc.open_plate(plate), [HELD_OUT], res.checkpoint, tta=tta)[target]
+    scores = heldout_scores(omeloc.open_plate(plate), [held_out], res.checkpoint, tta=tta)[target]
     prov = omeloc.load_checkpoint(res.checkpoint).provenance
-    return {"task": f"{source} → {target}", **scores, "steps": res.steps, "train_minutes": t_train / 60,
-            "minutes": (time.perf_counter() - t0) / 60, "val_crop_r": res.metrics["val_pearson_r"],
+    return {"task": f"{source} → {target}", "data": plate.stem, "held_out": held_out, **scores, "steps": res.steps,
+            "train_minutes": t_train / 60, "minutes": (time.perf_counter() - t0) / 60,
+            "val_crop_r": res.metrics["val_pearson_r"],
             "model": {k: prov[k] for k in ("depth", "base_channels", "crop", "batch_size", "norm", "block", "loss")}}
 
 
 def table(rows: list[dict]) -> str:
     """The Markdown table of the rows: each score beside its baseline, steps and minutes."""
-    head = "| task | " + " | ".join(f"{title} (baseline)" for _, _, title in COLUMNS) + " | steps | minutes |"
-    lines = [head, "|" + "---|" * (len(COLUMNS) + 3)]
+    head = "| data | task | " + " | ".join(f"{title} (baseline)" for _, _, title in COLUMNS) + " | steps | minutes |"
+    lines = [head, "|" + "---|" * (len(COLUMNS) + 4)]
     for r in rows:
         cells = " | ".join(f"{r[k]:.3f} ({r[b]:.3f})" for k, b, _ in COLUMNS)
-        lines.append(f"| {r['task']} | {cells} | {r['steps']} | {r['minutes']:.1f} |")
+        lines.append(f"| {r['data']} | {r['task']} | {cells} | {r['steps']} | {r['minutes']:.1f} |")
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> dict:
+def machine(load_before: tuple[float, float, float]) -> dict:
+    """The machine, torch and the load averages before (given) and now."""
+    return {"platform": platform.platform(), "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "torch": torch.__version__, "cuda": torch.cuda.is_available(),
+            "loadavg_before": load_before, "loadavg_after": os.getloadavg()}
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The command line; ``--tasks`` checked against :data:`TASK_SETS` and their data folders."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, default=10.0, help="training minutes per task (default 10)")
+    parser.add_argument("--tasks", default="nf1", help=f"comma-separated task sets: {', '.join(TASK_SETS)} (default nf1)")
     parser.add_argument("--recipe", choices=sorted(RECIPES), default="default")
     parser.add_argument("--tta", action="store_true", help="score with test-time augmentation")
-    parser.add_argument("--data", type=Path, default=NF1)
-    parser.add_argument("--out", type=Path, default=HERE / "results" / "real_cells.json")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="results JSON (default benchmarks/results/real_cells_<tasks>_<minutes>min.json)")
     args = parser.parse_args(argv)
-    if not args.data.is_dir():
-        parser.error(f"real data folder {args.data} is missing (see shared/data/README.md)")
+    args.tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    for name in args.tasks:
+        if name not in TASK_SETS:
+            parser.error(f"unknown task set {name!r}: use {', '.join(TASK_SETS)}")
+        if not TASK_SETS[name].folder.is_dir():
+            parser.error(f"real data folder {TASK_SETS[name].folder} is missing (see shared/data/README.md)")
+    if args.out is None:
+        suffix = "" if args.recipe == "default" else f"_{args.recipe}"
+        args.out = HERE / "results" / f"real_cells_{'_'.join(args.tasks)}_{args.minutes:g}min{suffix}.json"
+    return args
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Run the task sets of ``--tasks`` one task at a time; print the table, save the JSON."""
+    args = parse_args(argv)
     load_before = os.getloadavg()
     work = Path(tempfile.mkdtemp(prefix="omeloc-real-cells-"))
-    plate = omeloc.import_tiff(args.data, work / "nf1.zarr", pattern=NF1_PATTERN,
-                               channel_names={"RFP": "actin", "GFP": "ER", "DAPI": "nuclei"})
-    print(f"NF1: trained on B7, D6, D7, F7, scored on {HELD_OUT}; {args.minutes:g} min per task, recipe "
-          f"{args.recipe}{', TTA' if args.tta else ''}; load average {load_before[0]:.2f}", flush=True)
+    print(f"{args.minutes:g} min per task, recipe {args.recipe}{', TTA' if args.tta else ''}; "
+          f"load average {load_before[0]:.2f}", flush=True)
     rows = []
-    for source, target in TASKS:
-        rows.append(run_task(plate, source, target, args.minutes, RECIPES[args.recipe], args.tta, work))
-        print(table(rows[-1:]).splitlines()[-1], flush=True)
-    results = {
-        "minutes_per_task": args.minutes, "recipe": args.recipe, "recipe_options": RECIPES[args.recipe],
-        "tta": args.tta, "rows": rows,
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-                    "torch": torch.__version__, "cuda": torch.cuda.is_available(),
-                    "loadavg_before": load_before, "loadavg_after": os.getloadavg()},
-    }
+    for name in args.tasks:
+        ts = TASK_SETS[name]
+        plate = ts.build(ts.folder, work)
+        print(f"{name}: {ts.split}", flush=True)
+        for source, target in ts.pairs:
+            rows.append(run_task(plate, ts.held_out, source, target, args.minutes, RECIPES[args.recipe], args.tta,
+                                 work))
+            print(table(rows[-1:]).splitlines()[-1], flush=True)
+    results = {"minutes_per_task": args.minutes, "tasks": args.tasks,
+               "splits": {n: TASK_SETS[n].split for n in args.tasks}, "recipe": args.recipe,
+               "recipe_options": RECIPES[args.recipe], "tta": args.tta, "rows": rows, "machine": machine(load_before)}
     print(table(rows))
+    print(f"load average before {load_before[0]:.2f}, after {results['machine']['loadavg_after'][0]:.2f}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2))
     print(f"saved {args.out}")

@@ -274,7 +274,7 @@ def test_shared_unit_of_virtual_channels_is_backed_up_and_rolled_back_exactly(tm
     def boom(*args, **kwargs):
         raise RuntimeError("killed mid-write")
 
-    monkeypatch.setattr(pixels, "sample_window", boom)  # fails after every pixel is written
+    monkeypatch.setattr(pixels, "sample_windows", boom)  # fails after every pixel is written
     with pytest.raises(RuntimeError, match="killed mid-write"):
         add_channel(img, "x", np.full((32, 32), 9.0))
     assert tree_digest(img) == before  # the rewritten chunk of channel 2 is back, byte for byte
@@ -300,7 +300,7 @@ def test_consolidated_documents_are_refreshed_in_every_group_and_rolled_back(tmp
     zarr.consolidate_metadata(str(plate / "A" / "1" / "0"))  # as ngff-zarr does: in the image group
     zarr.consolidate_metadata(str(plate))
     before = tree_digest(plate)
-    monkeypatch.setattr(pixels, "sample_window", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("stop")))
+    monkeypatch.setattr(pixels, "sample_windows", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("stop")))
     with pytest.raises(RuntimeError):
         add_channel(plate, "x", {"A/1/0": np.ones((32, 32))})
     assert tree_digest(plate) == before
@@ -359,7 +359,7 @@ def test_dry_run_lazy_data_callable_and_scheduler(plate):
     plan = add_channel(plate, "pred", lambda img: da.from_array(data[img.path], chunks=(48, 40)), dry_run=True)
     assert isinstance(plan, WritePlan) and plan.mode == "append" and plan.channel_index == 2
     assert plan.tasks == 8 * (9 + 4 + 1) and plan.nbytes == 8 * (96 * 80 + 48 * 40 + 24 * 20) * 2
-    assert all(img.data.chunks == ((32, 32, 32), (32, 32, 16)) for img in plan.images)  # rechunked to zarr chunks
+    assert all(img.data.chunks == ((1,), (32, 32, 32), (32, 32, 16)) for img in plan.images)  # zarr chunks, one channel
     assert "append channel 'pred'" in plan.describe()
     assert tree_digest(plate) == before
     computed = []

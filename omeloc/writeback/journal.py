@@ -332,13 +332,16 @@ def _delete_new_chunks(io: StoreIO, journal: Mapping[str, Any]) -> int:
     """Delete the storage units the run wrote (the new channel's, backed-up ones included) and every partial file.
 
     An append writes the units at and after ``n_channels // k`` along ``c`` (``k`` channels per
-    unit), an overwrite the unit ``channel_index // k``; a unit that held other (virtual)
-    channels before the run is in the backup, which :func:`rollback` puts back afterwards.
+    unit), an overwrite the units of channels ``channel_index`` to ``channel_index + len(names)``;
+    a unit that held other (virtual) channels before the run is in the backup, which
+    :func:`rollback` puts back afterwards.
     """
     n_c, index = int(journal["n_channels"]), int(journal["channel_index"])
+    written = range(index, index + len(journal.get("names") or [journal["name"]]))
     removed = 0
     for arr in _arrays(journal):
         first_new = n_c // arr.c_block if journal["mode"] == "append" else None
+        units = {i // arr.c_block for i in written}
         for key in io.list(arr.rel):
             rel_key = key[len(arr.rel) + 1:]
             if is_partial(key):
@@ -349,7 +352,7 @@ def _delete_new_chunks(io: StoreIO, journal: Mapping[str, Any]) -> int:
             if coords is None:
                 continue
             c = coords[arr.c_axis]
-            if (first_new is not None and c >= first_new) or (first_new is None and c == index // arr.c_block):
+            if (first_new is not None and c >= first_new) or (first_new is None and c in units):
                 io.delete(key)
                 removed += 1
     return removed

@@ -36,7 +36,7 @@ __all__ = [
     "level0_graph",
     "lower_level_graph",
     "open_level",
-    "sample_window",
+    "sample_windows",
     "stop_writes",
     "write_level0_block",
     "write_lower_block",
@@ -118,17 +118,18 @@ def write_level0_block(
     block: np.ndarray, *, store: RunStore, url: str, c_axis: int, index: int, out_dtype: str, where: str,
     block_info: dict | None = None,
 ) -> np.ndarray:
-    """Dask task: cast one block of the new channel and write it into its own zarr block."""
-    loc = block_info[0]["array-location"]
+    """Dask task: cast one block of the new channels ``(k, *plane block)`` and write it into its own zarr block
+    (channels ``index`` to ``index + k``)."""
+    loc = block_info[0]["array-location"][1:]
     block = np.asarray(block)
     if block.dtype.kind == "f" and not np.isfinite(block).all():
         raise InputError(
             f"Data for {where} has NaN or infinite values (region {[tuple(r) for r in loc]}). "
             f"Replace them (e.g. np.nan_to_num) before adding the channel."
         )
-    values = np.expand_dims(cast_to_dtype(block, out_dtype), c_axis)
+    values = np.moveaxis(cast_to_dtype(block, out_dtype), 0, c_axis)
     region = [slice(a, b) for a, b in loc]
-    region.insert(c_axis, slice(index, index + 1))
+    region.insert(c_axis, slice(index, index + block.shape[0]))
     store.write(url, tuple(region), values)
     fault_point("level0_block")
     return np.full((1,) * block.ndim, values.nbytes, dtype=np.int64)
@@ -154,19 +155,21 @@ def _source_region(loc: list[tuple[int, int]], src_plane: tuple[int, ...], plane
 
 def write_lower_block(
     dummy: np.ndarray, *, store: RunStore, src_url: str, dst_url: str, c_axis: int, index: int,
-    axes: tuple[str, ...], src_shape: tuple[int, ...], block_info: dict | None = None,
+    axes: tuple[str, ...], src_shape: tuple[int, ...], k: int = 1, block_info: dict | None = None,
 ) -> np.ndarray:
-    """Dask task: one block of a lower level, the mean of the matching region of the level above."""
+    """Dask task: one block of a lower level (channels ``index`` to ``index + k``), the mean of the
+    matching region of the level above."""
     loc = [tuple(r) for r in block_info[0]["array-location"]]
     plane_axes = tuple(a for i, a in enumerate(axes) if i != c_axis)
     read, take = _source_region(loc, without_axis(tuple(src_shape), c_axis), plane_axes,
                                 tuple(block_info[0]["shape"]))
     src_region = list(read)
-    src_region.insert(c_axis, index)
-    src = store.array(src_url)[tuple(src_region)][np.ix_(*take)]
-    values = np.expand_dims(downsample_mean(src, plane_axes, tuple(dummy.shape)), c_axis)
+    src_region.insert(c_axis, slice(index, index + k))
+    src = np.moveaxis(store.array(src_url)[tuple(src_region)], c_axis, 0)
+    values = np.stack([downsample_mean(plane[np.ix_(*take)], plane_axes, tuple(dummy.shape)) for plane in src],
+                      axis=c_axis)
     region = [slice(a, b) for a, b in loc]
-    region.insert(c_axis, slice(index, index + 1))
+    region.insert(c_axis, slice(index, index + k))
     store.write(dst_url, tuple(region), values)
     return np.full((1,) * dummy.ndim, values.nbytes, dtype=np.int64)
 
@@ -187,6 +190,7 @@ def level0_graph(plan: WritePlan, store: RunStore, done: Mapping[str, set[tuple[
             index=plan.channel_index, out_dtype=plan.dtype, where=f"image {img.path or plan.target}",
         )
         token = tokenize(img.url, img.data.name, store.run_id, plan.channel_index)
+        # one task per write block holds all k channels (a block shared along c is written once)
         written = img.data.map_blocks(task, chunks=tuple((1,) * len(c) for c in img.data.chunks), dtype=np.int64,
                                       name=f"omeloc-write-{token}")
         skip = (done or {}).get(img.path) or set()
@@ -207,24 +211,25 @@ def _total(arrays: list[da.Array], keys: list[tuple], name: str) -> da.Array:
     return da.Array(graph, name, chunks=(), dtype=np.int64)
 
 
-def _lower_level_image(img: ImagePlan, level: int, index: int, store: RunStore, axes: tuple[str, ...]) -> da.Array:
+def _lower_level_image(img: ImagePlan, level: int, index: int, store: RunStore, axes: tuple[str, ...],
+                       k: int = 1) -> da.Array:
     shape = without_axis(img.shapes[level], img.c_axis)
     dummy = da.zeros(shape, chunks=without_axis(img.write_blocks[level], img.c_axis), dtype=np.int8)
     task = functools.partial(
         write_lower_block, store=store, src_url=join_path(img.url, img.level_paths[level - 1]),
         dst_url=join_path(img.url, img.level_paths[level]), c_axis=img.c_axis, index=index, axes=axes,
-        src_shape=img.shapes[level - 1],
+        src_shape=img.shapes[level - 1], k=k,
     )
     return dummy.map_blocks(
         task, chunks=tuple((1,) * len(c) for c in dummy.chunks), dtype=np.int64,
         meta=np.empty((0,) * dummy.ndim, dtype=np.int64),
-        name=f"omeloc-write-level{level}-{tokenize(img.url, level, index, store.run_id, img.shapes)}",
+        name=f"omeloc-write-level{level}-{tokenize(img.url, level, index, k, store.run_id, img.shapes)}",
     ).sum()
 
 
 def lower_level_graph(plan: WritePlan, level: int, store: RunStore, axes: tuple[str, ...]) -> da.Array:
     """The graph writing pyramid level ``level`` (≥ 1) of every image that has it, from the level above."""
-    totals = [_lower_level_image(img, level, plan.channel_index, store, axes)
+    totals = [_lower_level_image(img, level, plan.channel_index, store, axes, plan.k)
               for img in plan.images if level < len(img.level_paths)]
     return da.stack(totals).sum()
 
@@ -241,12 +246,14 @@ def write_pixels(plan: WritePlan, store: RunStore, axes: tuple[str, ...], run: G
     return nbytes
 
 
-def sample_window(plan: WritePlan, store: RunStore) -> dict[str, float]:
-    """omero window from the 0.1/99.9 percentiles of the new channel (its lowest levels)."""
-    samples = []
+def sample_windows(plan: WritePlan, store: RunStore) -> list[dict[str, float]]:
+    """omero windows from the 0.1/99.9 percentiles of each new channel (its lowest levels)."""
+    samples: list[list[np.ndarray]] = [[] for _ in plan.names]
     for img in plan.images:
         arr = store.array(join_path(img.url, img.level_paths[-1]))
-        index = [slice(None)] * arr.ndim
-        index[img.c_axis] = plan.channel_index
-        samples.append(np.asarray(arr[tuple(index)]).ravel())
-    return channel_window(np.concatenate(samples), np.dtype(plan.dtype))
+        index: list[Any] = [slice(None)] * arr.ndim
+        index[img.c_axis] = slice(plan.channel_index, plan.channel_index + plan.k)
+        values = np.moveaxis(np.asarray(arr[tuple(index)]), img.c_axis, 0)
+        for j, plane in enumerate(values):
+            samples[j].append(plane.ravel())
+    return [channel_window(np.concatenate(s), np.dtype(plan.dtype)) for s in samples]

@@ -5,6 +5,8 @@ returns a :class:`WritePlan`, or raises the one error that tells the user what t
 
 - every image shares its channel count, dtype and axes with the first one;
 - the name is new, or (with ``overwrite``) a virtual channel omeloc wrote into every image;
+  several names (a prediction and its uncertainty) are written as one job: all new, or all
+  omeloc's virtual channels side by side;
 - the one layout rule (:func:`omeloc.ngff.layout.write_problems`): no file that holds an
   *original* channel is rewritten (a chunk or shard may hold ``k > 1`` channels; one that
   holds omeloc's virtual channels is rewritten after a backup; else a
@@ -12,8 +14,8 @@ returns a :class:`WritePlan`, or raises the one error that tells the user what t
 - ``omero.channels`` has one entry per channel, or there is none (the write-back then adds
   the block, labels ``c0, c1, ...`` as omeloc reads them);
 - no chunk files lie beyond the channel count (left by an interrupted foreign write);
-- the data: one array per image, of the shape of level 0 without the ``c`` axis, numeric,
-  finite (checked here for in-memory arrays, inside the write tasks for dask arrays).
+- the data: one array per image, of the shape of level 0 without the ``c`` axis (with a
+  leading axis of one entry per name when there are several names), numeric, finite (checked here for in-memory arrays, inside the write tasks for dask arrays).
 """
 
 from __future__ import annotations
@@ -63,6 +65,7 @@ class ImagePlan:
     write_blocks: tuple[tuple[int, ...], ...]
     """The zarr write unit (shard, else chunk) of every level: one Dask task each."""
     data: da.Array = field(repr=False, compare=False)
+    """The new channels' level-0 values: ``(k, *plane)``, one entry per name, chunked ``k`` on axis 0."""
     labels: tuple[str, ...] = ()
     """The labels of the omero block the write adds (the image has none); empty when it has one."""
 
@@ -76,10 +79,12 @@ class WritePlan:
     """Everything :func:`add_channel` would do, found by the preflight (``dry_run=True``)."""
 
     target: str
-    name: str
+    names: tuple[str, ...]
+    """The channels written (one job): ``names[i]`` at index ``channel_index + i``."""
     mode: str
     """``"append"`` (a new channel) or ``"overwrite"`` (replace omeloc's virtual channel)."""
     channel_index: int
+    """Index of the first channel written."""
     n_channels: int
     """Channel count before the write."""
     dtype: str
@@ -89,6 +94,21 @@ class WritePlan:
     """``"rollback"`` or ``"finish"`` when a dead run's journal will be dealt with first."""
     shared: bool = False
     """Whether the files the write rewrites hold other (virtual) channels: they are backed up first."""
+
+    @property
+    def name(self) -> str:
+        """The (first) channel written."""
+        return self.names[0]
+
+    @property
+    def k(self) -> int:
+        """Number of channels written."""
+        return len(self.names)
+
+    @property
+    def indices(self) -> tuple[int, ...]:
+        """Indices of the channels written."""
+        return tuple(range(self.channel_index, self.channel_index + self.k))
 
     @property
     def adds_omero(self) -> tuple[str, ...]:
@@ -109,7 +129,7 @@ class WritePlan:
         """Uncompressed bytes of the new channel, all levels."""
         item = np.dtype(self.dtype).itemsize
         return sum(
-            math.prod(s for i, s in enumerate(shape) if i != img.c_axis) * item
+            math.prod(s for i, s in enumerate(shape) if i != img.c_axis) * item * self.k
             for img in self.images for shape in img.shapes
         )
 
@@ -121,8 +141,9 @@ class WritePlan:
     def describe(self) -> str:
         """A short human-readable summary."""
         verb = "replace channel" if self.mode == "overwrite" else "append channel"
+        what = f"{verb} {self.name!r}" if self.k == 1 else f"{verb}s {', '.join(map(repr, self.names))}"
         lines = [(
-            f"{verb} {self.name!r} at index {self.channel_index} of {self.target} "
+            f"{what} at index {self.channel_index} of {self.target} "
             f"({len(self.images)} image(s), {self.tasks} write tasks, {self.nbytes / 1e6:.1f} MB {self.dtype})"
         )]
         if self.pending_recovery:
@@ -137,7 +158,7 @@ class WritePlan:
 
 
 def preflight(
-    plate: Plate, io: StoreIO, name: str, data: DataArg, *, overwrite: bool, target: str,
+    plate: Plate, io: StoreIO, name: str | tuple[str, ...], data: DataArg, *, overwrite: bool, target: str,
     pending: str | None = None, rollback_n: int | None = None,
 ) -> WritePlan:
     """Check everything a write of channel ``name`` depends on, and plan it; nothing is changed.
@@ -149,7 +170,8 @@ def preflight(
     io : StoreIO
         Raw access to the target's store (to list chunk keys).
     name, data, overwrite
-        As given to :func:`~omeloc.writeback.protocol.add_channel`.
+        As given to :func:`~omeloc.writeback.protocol.add_channel` (``name``: one name, or a
+        tuple of names written as one job).
     target : str
         The target's path or URL, for messages.
     pending : str, optional
@@ -163,17 +185,21 @@ def preflight(
     InputError, LayoutError
         See the module docstring.
     """
+    names = (name,) if isinstance(name, str) else tuple(name)
     n_c, dtype = _shared_layout(plate, rollback_n)
-    mode, index = _mode(plate, name, overwrite, target, n_c)
-    _check_chunk_layout(plate, name, mode, target, n_c, rollback_n)
+    mode, index = _mode(plate, names, overwrite, target, n_c)
+    _check_chunk_layout(plate, names, mode, target, n_c, rollback_n, index)
     if rollback_n is None:  # also lists every level: a linked folder leaving the store is refused here
         _check_no_stray_chunks(plate, io, target, n_c)
     values = _resolve_data(plate, data)
-    images = tuple(_image_plan(img, values[img.path], mode, n_c, target) for img in plate.images)
-    shared = any(any(mates.values()) for mates in (
-        shared_channels(img, index if mode == "overwrite" else None) for img in plate.images))
+    images = tuple(_image_plan(img, values[img.path], mode, n_c, target, len(names)) for img in plate.images)
+    # other existing channels in the files the write rewrites (appended channels after the first land in
+    # the same unit or in new ones; an overwrite's own channels count too: its backup covers them anyway)
+    shared = any(any(mates.values()) for img in plate.images for mates in (
+        [shared_channels(img, j) for j in range(index, index + len(names))] if mode == "overwrite"
+        else [shared_channels(img)]))
     return WritePlan(
-        target=target, name=name, mode=mode, channel_index=index, n_channels=n_c, dtype=str(dtype),
+        target=target, names=names, mode=mode, channel_index=index, n_channels=n_c, dtype=str(dtype),
         ngff_version=plate.ngff_version, images=images, pending_recovery=pending, shared=shared,
     )
 
@@ -182,7 +208,7 @@ def omero_note(plan: WritePlan) -> str:
     """One line saying which images get an omero block, and with which labels."""
     first = next(img for img in plan.images if img.labels)
     return (f"{len(plan.adds_omero)} image(s) had no omero metadata: the write adds it, channels labelled "
-            f"{', '.join(first.labels)} (as omeloc reads them) and {plan.name!r}")
+            f"{', '.join(first.labels)} (as omeloc reads them) and {', '.join(map(repr, plan.names))}")
 
 
 def _shared_layout(plate: Plate, rollback_n: int | None) -> tuple[int, np.dtype]:
@@ -193,7 +219,7 @@ def _shared_layout(plate: Plate, rollback_n: int | None) -> tuple[int, np.dtype]
         n_c = rollback_n
     for img in plate.images:
         c = img.shape[img.axes.index("c")]
-        if rollback_n is not None and c in (n_c, n_c + 1):
+        if rollback_n is not None and c >= n_c:  # the channels the rollback removes
             c = n_c
         if (c, img.dtype, img.axes) != (n_c, dtype, axes):
             raise InputError(
@@ -212,10 +238,31 @@ def _virtual_index(img: Image, name: str) -> int | None:
     return None
 
 
-def _mode(plate: Plate, name: str, overwrite: bool, target: str, n_c: int) -> tuple[str, int]:
-    """``("append", n_c)``, or ``("overwrite", index)`` when replacing omeloc's channel ``name``."""
-    if name not in plate.images[0].channel_names:
+def _mode(plate: Plate, names: tuple[str, ...], overwrite: bool, target: str, n_c: int) -> tuple[str, int]:
+    """``("append", n_c)``, or ``("overwrite", index)`` when replacing omeloc's channels ``names``
+    (side by side from ``index``)."""
+    if len(set(names)) != len(names):
+        raise InputError(f"Expected distinct channel names. Got {list(names)} instead.")
+    present = [n for n in names if n in plate.images[0].channel_names]
+    if not present:
         return "append", n_c
+    if len(present) != len(names):
+        raise InputError(
+            f"Channels {present} exist in {target} but {[n for n in names if n not in present]} do not: channels "
+            f"written together are added together or replaced together. Choose new names for all of them."
+        )
+    index = _overwrite_index(plate, names[0], overwrite, target)
+    for j, name in enumerate(names[1:], 1):
+        if _overwrite_index(plate, name, overwrite, target) != index + j:
+            raise InputError(
+                f"Channels {list(names)} of {target} are not side by side as omeloc wrote them: they cannot be "
+                f"replaced as one write. Choose new names."
+            )
+    return "overwrite", index
+
+
+def _overwrite_index(plate: Plate, name: str, overwrite: bool, target: str) -> int:
+    """The index of omeloc's virtual channel ``name`` that ``overwrite`` allows to replace (else an InputError)."""
     virtual = [_virtual_index(img, name) for img in plate.images]
     if not overwrite:
         raise InputError(
@@ -227,15 +274,17 @@ def _mode(plate: Plate, name: str, overwrite: bool, target: str, n_c: int) -> tu
             f"Channel {name!r} in {target} is not a virtual channel written by omeloc in every image, so "
             f"overwrite=True may not replace it. Choose another name."
         )
-    return "overwrite", int(virtual[0])
+    return int(virtual[0])
 
 
-def _check_chunk_layout(plate: Plate, name: str, mode: str, target: str, n_c: int, rollback_n: int | None) -> None:
+def _check_chunk_layout(plate: Plate, names: tuple[str, ...], mode: str, target: str, n_c: int,
+                        rollback_n: int | None, index: int) -> None:
     """No file holding an original channel is rewritten (the one layout rule), and one omero entry per channel."""
     for img in plate.images:
-        problems = write_problems(img, img.channel_names.index(name) if mode == "overwrite" else None)
+        written = range(index, index + len(names)) if mode == "overwrite" else [None]
+        problems = [p for j in written for p in write_problems(img, j)]
         if problems:
-            verb = f"Replacing channel {name!r} of" if mode == "overwrite" else "Adding a channel to"
+            verb = f"Replacing channel {names[0]!r} of" if mode == "overwrite" else "Adding a channel to"
             raise LayoutError(
                 f"{verb} {img.path or target} would rewrite chunks that hold other channels "
                 f"({'; '.join(problems[:3])}). {RECHUNK_HINT}"
@@ -300,36 +349,37 @@ def _resolve_data(plate: Plate, data: DataArg) -> dict[str, Any]:
 
 def _as_dask(value: Any, where: str, want_shape: tuple[int, ...], blocks: tuple[int, ...]) -> da.Array:
     """``value`` as a dask array chunked like the zarr write blocks, its shape and dtype checked."""
-    if isinstance(value, da.Array):
-        arr = value
-    else:
-        host = np.asarray(value)
-        if host.dtype.kind == "f" and not np.isfinite(host).all():
-            raise InputError(
-                f"Data for {where} has NaN or infinite values. Replace them (e.g. np.nan_to_num) first."
-            )
-        arr = da.from_array(host, chunks=blocks)
+    arr = value if isinstance(value, da.Array) else np.asarray(value)
     if arr.dtype.kind not in "biuf":
         raise InputError(f"Expected numeric data for {where}. Got dtype {arr.dtype} instead.")
     if tuple(arr.shape) != tuple(want_shape):
         raise InputError(
-            f"Expected data of shape {tuple(want_shape)} for {where} (level 0 without the c axis). "
-            f"Got {tuple(arr.shape)} instead."
+            f"Expected data of shape {tuple(want_shape)} for {where} (level 0 without the c axis; one plane "
+            f"per channel name first when several are written). Got {tuple(arr.shape)} instead."
         )
+    if isinstance(arr, np.ndarray):
+        if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+            raise InputError(
+                f"Data for {where} has NaN or infinite values. Replace them (e.g. np.nan_to_num) first."
+            )
+        arr = da.from_array(arr, chunks=blocks)
     return arr.rechunk(blocks)
 
 
-def _image_plan(img: Image, value: Any, mode: str, n_c: int, target: str) -> ImagePlan:
-    """The shapes after the write, the write blocks and the checked data of one image."""
+def _image_plan(img: Image, value: Any, mode: str, n_c: int, target: str, k: int = 1) -> ImagePlan:
+    """The shapes after the write, the write blocks and the checked data of one image (``k`` channels)."""
     c_axis = img.axes.index("c")
     shapes = []
     for s in img.shapes:
         s = list(s)
-        s[c_axis] = n_c + 1 if mode == "append" else n_c
+        s[c_axis] = n_c + k if mode == "append" else n_c
         shapes.append(tuple(s))
     blocks = tuple(img.write_chunks(level) for level in range(len(img.level_paths)))
-    arr = _as_dask(value, f"image {img.path or target}", without_axis(img.shape, c_axis),
-                   without_axis(blocks[0], c_axis))
+    plane, plane_block = without_axis(img.shape, c_axis), without_axis(blocks[0], c_axis)
+    if k == 1:  # one channel: the plane itself (the leading axis of one is added here)
+        arr = _as_dask(value, f"image {img.path or target}", plane, plane_block)[None]
+    else:
+        arr = _as_dask(value, f"image {img.path or target}", (k, *plane), (k, *plane_block))
     labels = () if img.omero.get("channels") else tuple(img.channel_names[:n_c])
     return ImagePlan(
         path=img.path, url=img.url, c_axis=c_axis, level_paths=img.level_paths,

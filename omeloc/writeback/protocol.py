@@ -59,7 +59,7 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -122,8 +122,10 @@ class WriteJob:
     plan: WritePlan
     journal: dict[str, Any]
     """The run's journal (its ``docs`` are the original metadata documents); phases update it."""
-    color: str
-    provenance: dict[str, Any]
+    colors: tuple[str, ...]
+    """One omero colour per channel written."""
+    provenance: tuple[dict[str, Any], ...]
+    """One provenance record per channel written."""
     where: ComputeConfig
     progress: bool
     storage_options: Mapping[str, Any] | None
@@ -202,8 +204,9 @@ def recover(target: str | Path, *, force: bool = False, storage_options: Mapping
 
 
 def add_channel(
-    target: str | Path | Plate | Image, name: str, data: DataArg, *, color: str | None = None,
-    overwrite: bool = False, provenance: Mapping[str, Any] | None = None, compute: ComputeConfig | None = None,
+    target: str | Path | Plate | Image, name: str | Sequence[str], data: DataArg, *, color: str | None = None,
+    overwrite: bool = False, provenance: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None = None,
+    compute: ComputeConfig | None = None,
     client: Any = None, scheduler: str | None = None, dry_run: bool = False, progress: bool = False,
     storage_options: Mapping[str, Any] | None = None, stale_after: float = 3600.0, resume_key: str | None = None,
 ) -> AddChannelResult | WritePlan:
@@ -218,14 +221,17 @@ def add_channel(
     target : str, Path, Plate or Image
         An OME-Zarr HCS plate or single multiscale image: its path or URL, or an opened view
         (a dry run plans on it; a write reads the plate again once it holds the lock).
-    name : str
-        Label of the new channel (``omero.channels[].label``).
+    name : str or sequence of str
+        Label of the new channel (``omero.channels[].label``); several labels write that many
+        channels side by side as one job (all added, or all rolled back; e.g. a prediction and
+        its uncertainty), each array then ``(len(name), ...)``.
     data
         Level-0 pixels without the ``c`` axis: an array for an image; for a plate a mapping
         image path → array (or function returning one), or a function of each Image.
     color, overwrite, provenance
-        omero colour (default: an unused palette colour); replace omeloc's own channel of
-        that name; JSON facts stored with the channel.
+        omero colour of the (first) channel (default: its own when replaced, else an unused
+        palette colour); replace omeloc's own channel(s) of that name; JSON facts stored with
+        the channel (one mapping, or one per name).
     compute, client, scheduler
         Where the writes run: a ComputeConfig, a ``distributed.Client``, a local scheduler name.
     dry_run, progress
@@ -245,35 +251,36 @@ def add_channel(
         Bad name, data or plate; original chunks would be rewritten; the store cannot be
         written (or is full: the plate is rolled back); another live omeloc run holds the lock.
     """
-    t0, provenance, where = time.perf_counter(), _checked_request(name, provenance), _where(compute, client, scheduler)
+    t0, where = time.perf_counter(), _where(compute, client, scheduler)
+    names, records = _checked_request(name, provenance)
     url, so = _target_url(target, storage_options)
     io = jr.StoreIO(url, so)
     if dry_run:
-        return _dry_run(target, io, so, name, data, overwrite=overwrite, color=color, stale_after=stale_after)
+        return _dry_run(target, io, so, names, data, overwrite=overwrite, color=color, stale_after=stale_after)
     fault_point("before_lock")
     with PlateLock(io, purpose="add_channel", stale_after=stale_after) as lock:
         stale = jr.check_journal(io, stale_after=stale_after)
-        recovered = _clear_stale(io, stale, name, resume_key)
+        recovered = _clear_stale(io, stale, names[0], resume_key)
         plate = _target_plate(target, url, so, reuse=False)
-        _warn_single_field(plate, url, so, name)
-        plan = preflight(plate, io, name, data, overwrite=overwrite, target=url)
-        color = _pick_color(color, _channels_now(plate, plan), plan)
-        return _write(WriteJob(io=io, plan=plan, journal=_new_journal(io, plan, resume_key, lock.run_id), color=color,
-                               provenance=provenance, where=where, progress=progress, storage_options=so,
+        _warn_single_field(plate, url, so, names[0])
+        plan = preflight(plate, io, names, data, overwrite=overwrite, target=url)
+        colors = _pick_colors(color, _channels_now(plate, plan), plan)
+        return _write(WriteJob(io=io, plan=plan, journal=_new_journal(io, plan, resume_key, lock.run_id),
+                               colors=colors, provenance=records, where=where, progress=progress, storage_options=so,
                                axes=plate.images[0].axes, started=t0, recovered=recovered, lock=lock))
 
 
-def _dry_run(target: str | Path | Plate | Image, io: jr.StoreIO, so: Mapping[str, Any] | None, name: str,
+def _dry_run(target: str | Path | Plate | Image, io: jr.StoreIO, so: Mapping[str, Any] | None, name: tuple[str, ...],
              data: DataArg, *, overwrite: bool, color: str | None, stale_after: float) -> WritePlan:
     """The plan of a write, without taking the lock or changing anything (refused while a live writer runs)."""
     peek(io, stale_after=stale_after)
     stale = jr.check_journal(io, stale_after=stale_after)
     pending, rollback_n = _pending(stale, True)
     plate = _target_plate(target, io.url, so, reuse=True)
-    _warn_single_field(plate, io.url, so, name)
+    _warn_single_field(plate, io.url, so, name[0])
     plan = preflight(plate, io, name, data, overwrite=overwrite, target=io.url, pending=pending,
                      rollback_n=rollback_n)
-    _pick_color(color, _channels_now(plate, plan), plan)
+    _pick_colors(color, _channels_now(plate, plan), plan)
     return plan
 
 
@@ -283,18 +290,29 @@ def _warn_single_field(plate: Plate, url: str, so: Mapping[str, Any] | None, nam
 
 
 # -- before the preflight ---------------------------------------------------------------
-def _checked_request(name: str, provenance: Mapping[str, Any] | None) -> dict[str, Any]:
-    """Check the channel name and that the provenance is JSON; the provenance as a dict."""
-    if not isinstance(name, str) or not name.strip():
-        raise InputError(f"Expected a non-empty channel name. Got {name!r} instead.")
-    if any(ord(ch) < 32 or ord(ch) == 127 for ch in name):
-        raise InputError(f"Expected a channel name without control characters (newlines, tabs). Got {name!r} instead.")
-    provenance = dict(provenance or {})
+def _checked_request(name: str | Sequence[str], provenance: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None
+                     ) -> tuple[tuple[str, ...], tuple[dict[str, Any], ...]]:
+    """Check the channel names and that the provenance is JSON; the names, and one provenance dict per name."""
+    names = (name,) if isinstance(name, str) else tuple(name) if isinstance(name, Sequence) else (name,)
+    if not names or len(names) > 16:
+        raise InputError(f"Expected 1 to 16 channel names. Got {len(names)} instead.")
+    for one in names:
+        if not isinstance(one, str) or not one.strip():
+            raise InputError(f"Expected a non-empty channel name. Got {one!r} instead.")
+        if any(ord(ch) < 32 or ord(ch) == 127 for ch in one):
+            raise InputError(f"Expected a channel name without control characters (newlines, tabs). Got {one!r} "
+                             f"instead.")
+    records = [dict(p) for p in provenance] if isinstance(provenance, Sequence) else [dict(provenance or {})]
+    if len(records) == 1:
+        records *= len(names)
+    if len(records) != len(names):
+        raise InputError(f"Expected one provenance mapping, or one per channel name ({len(names)}). "
+                         f"Got {len(records)} instead.")
     try:
-        json.dumps(provenance, allow_nan=False)
+        json.dumps(records, allow_nan=False)
     except (TypeError, ValueError) as err:
         raise InputError(f"Expected JSON-serialisable provenance. Got {err} instead. Pass strings and numbers.") from err
-    return provenance
+    return names, tuple(records)
 
 
 def _where(compute: ComputeConfig | None, client: Any, scheduler: str | None) -> ComputeConfig:
@@ -366,20 +384,26 @@ def _channels_now(plate: Plate, plan: WritePlan) -> list[dict[str, Any]]:
     return list(plate.images[0].omero.get("channels") or []) or base_channels(plan.images[0].labels, plan.dtype)
 
 
-def _pick_color(color: str | None, channels: list[dict[str, Any]], plan: WritePlan) -> str:
-    """The colour asked for; else an overwritten channel's own (so rerunning an overwrite changes
-    nothing); else the first default colour no channel uses."""
+def _pick_colors(color: str | None, channels: list[dict[str, Any]], plan: WritePlan) -> tuple[str, ...]:
+    """One colour per channel written: the colour asked for (the first channel); else an overwritten
+    channel's own (so rerunning an overwrite changes nothing); else the first default colour unused."""
     if color is not None:
-        c = color.lstrip("#").upper()
-        if not re.fullmatch(r"[0-9A-F]{6}", c):
+        asked = color.lstrip("#").upper()
+        if not re.fullmatch(r"[0-9A-F]{6}", asked):
             raise InputError(f"Expected a colour as 6 hex digits (e.g. 'FF00FF'). Got {color!r} instead.")
-        return c
-    if plan.mode == "overwrite" and plan.channel_index < len(channels):
-        own = str(channels[plan.channel_index].get("color", "")).upper()
-        if re.fullmatch(r"[0-9A-F]{6}", own):
-            return own
     used = {str(ch.get("color", "")).upper() for ch in channels}
-    return next((c for c in DEFAULT_COLORS if c not in used), "FFFFFF")
+    out: list[str] = []
+    for j, index in enumerate(plan.indices):
+        own = str(channels[index].get("color", "")).upper() if plan.mode == "overwrite" and index < len(channels) else ""
+        if j == 0 and color is not None:
+            pick = asked
+        elif re.fullmatch(r"[0-9A-F]{6}", own):
+            pick = own
+        else:
+            pick = next((c for c in DEFAULT_COLORS if c not in used), "FFFFFF")
+        used.add(pick)
+        out.append(pick)
+    return tuple(out)
 
 
 # -- the journal ------------------------------------------------------------------------
@@ -409,6 +433,7 @@ def _new_journal(io: jr.StoreIO, plan: WritePlan, resume_key: str | None, run_id
         "version": 1, "run_id": run_id or uuid.uuid4().hex, **jr.writer_identity(),
         "started": datetime.now(UTC).isoformat(timespec="seconds"), "heartbeat": time.time(),
         "phase": "started", "mode": plan.mode, "name": plan.name, "channel_index": plan.channel_index,
+        **({"names": list(plan.names)} if plan.k > 1 else {}),
         "n_channels": plan.n_channels, "zarr_format": io.zarr_format,
         "images": [{"path": i.path, "c_axis": i.c_axis, "arrays": [i.array_path(n) for n in range(len(i.level_paths))]}
                    for i in plan.images],
@@ -558,50 +583,52 @@ def _write_phases(job: WriteJob, run_graph: px.GraphRunner) -> int:
         # complete, verified and journaled
         journal["backup"] = jr.write_backup(io, journal["run_id"], _channel_keys(io, plan, journal["docs"]))
         _set_phase(job, "backed_up")
-    _resize_and_mark(io, plan, job.color, journal["run_id"])
+    _resize_and_mark(io, plan, job.colors, journal["run_id"])
     _set_phase(job, "resized")
     fault_point("resized")
     done = _restore_finished(io, plan, journal.get("resume_key"))
     nbytes = px.write_pixels(plan, job.store, job.axes, run_graph, done)
     _set_phase(job, "pixels")
-    window = px.sample_window(plan, job.store)
-    record = {
-        **job.provenance, "virtual": True, "index": plan.channel_index, "dtype": plan.dtype,
+    windows = px.sample_windows(plan, job.store)
+    records = [{
+        **job.provenance[j], "virtual": True, "index": index, "dtype": plan.dtype,
         "omeloc_version": __version__, "run_id": journal["run_id"],
         "created": datetime.now(UTC).isoformat(timespec="seconds"), "levels": plan.levels,
-    }
-    _write_metadata(io, plan, job.color, window, record)
+        **({"written_with": list(plan.names)} if plan.k > 1 else {}),
+    } for j, index in enumerate(plan.indices)]
+    _write_metadata(io, plan, job.colors, windows, records)
     _set_phase(job, "complete")
     fault_point("complete")
     return nbytes
 
 
 def _channel_keys(io: jr.StoreIO, plan: WritePlan, docs: Mapping[str, str | None]) -> list[str]:
-    """Keys of the existing files the write rewrites (the storage unit of channel ``channel_index`` along ``c``),
+    """Keys of the existing files the write rewrites (the storage units of the channels written along ``c``),
     at every level of every image: the replaced channel's, or a unit that holds other virtual channels."""
     keys = []
     for img in plan.images:
         for level in range(len(img.level_paths)):
             arr_rel = img.array_path(level)
             doc = json.loads(docs[io.array_doc(arr_rel)] or "{}")
-            unit = plan.channel_index // img.write_blocks[level][img.c_axis]
+            units = {i // img.write_blocks[level][img.c_axis] for i in plan.indices}
             for key in io.list(arr_rel):
                 coords = chunk_coords(key[len(arr_rel) + 1:] if arr_rel else key, doc)
-                if coords is not None and coords[img.c_axis] == unit:
+                if coords is not None and coords[img.c_axis] in units:
                     keys.append(key)
     return keys
 
 
-def _pending_entry(channels: list[dict[str, Any]], plan: WritePlan, color: str, run_id: str) -> dict[str, Any]:
-    """The omero entry of the channel while it is written: inactive, marked with the run id, and for an
+def _pending_entries(channels: list[dict[str, Any]], plan: WritePlan, colors: tuple[str, ...], run_id: str
+                     ) -> list[dict[str, Any]]:
+    """The omero entries of the channels while they are written: inactive, marked with the run id, and for an
     append labelled ``"<name> (being written)"`` (a viewer shows what it is; the name is not yet taken)."""
     if plan.mode == "overwrite":
-        return {**channels[plan.channel_index], "active": False, PENDING_KEY: run_id}
+        return [{**channels[i], "active": False, PENDING_KEY: run_id} for i in plan.indices]
     template = dict(channels[-1]) if channels else {}
     window = template.get("window") or _full_window(plan.dtype)
     # a label of its own until the pixels are there: the name is not taken before the run completes
-    label = f"{plan.name} (being written)"
-    return {**template, "label": label, "color": color, "window": window, "active": False, PENDING_KEY: run_id}
+    return [{**template, "label": f"{name} (being written)", "color": color, "window": window, "active": False,
+             PENDING_KEY: run_id} for name, color in zip(plan.names, colors)]
 
 
 def base_channels(labels: tuple[str, ...], dtype: str) -> list[dict[str, Any]]:
@@ -617,7 +644,7 @@ def _full_window(dtype: str) -> dict[str, float]:
     return {"min": lo, "max": hi, "start": max(lo, 0.0), "end": hi}
 
 
-def _resize_and_mark(io: jr.StoreIO, plan: WritePlan, color: str, run_id: str) -> None:
+def _resize_and_mark(io: jr.StoreIO, plan: WritePlan, colors: tuple[str, ...], run_id: str) -> None:
     """Per image, back to back: the omero entry (marked as being written), then every level's new shape.
 
     Readers so see a channel count without its omero entry only between two document
@@ -629,11 +656,11 @@ def _resize_and_mark(io: jr.StoreIO, plan: WritePlan, color: str, run_id: str) -
         channels = [dict(c) for c in omero.get("channels") or []] or base_channels(img.labels, plan.dtype)
         if img.labels:
             omero.setdefault("rdefs", {"defaultT": 0, "defaultZ": 0, "model": "color"})  # iohub requires them
-        entry = _pending_entry(channels, plan, color, run_id)
+        entries = _pending_entries(channels, plan, colors, run_id)
         if plan.mode == "overwrite":
-            channels[plan.channel_index] = entry
+            channels[plan.channel_index:plan.channel_index + plan.k] = entries
         else:
-            channels.append(entry)
+            channels.extend(entries)
         io.update_ngff(img.path, attrs, {"omero": {**omero, "channels": channels}})
         if plan.mode == "overwrite":
             continue
@@ -647,7 +674,7 @@ def _resize_and_mark(io: jr.StoreIO, plan: WritePlan, color: str, run_id: str) -
 def _restore_finished(io: jr.StoreIO, plan: WritePlan, resume_key: str | None
                       ) -> dict[str, set[tuple[int, ...]]]:
     """Put back the chunks a killed run of the same job finished; the Dask blocks they cover."""
-    if not resume_key or plan.mode != "append":
+    if not resume_key or plan.mode != "append" or plan.k != 1:
         return {}
     arrays = [(img.array_path(0), io.read_json(io.array_doc(img.array_path(0)))) for img in plan.images]
     present = rs.restore_finished(io, resume_key, arrays)
@@ -656,8 +683,9 @@ def _restore_finished(io: jr.StoreIO, plan: WritePlan, resume_key: str | None
         have = present.get(img.array_path(0))
         if have:
             unit = plan.channel_index // img.write_blocks[0][img.c_axis]
-            done[img.path] = rs.done_blocks(img.data.chunks, without_axis(img.write_blocks[0], img.c_axis),
-                                            img.c_axis, unit, have)
+            plane = rs.done_blocks(img.data.chunks[1:], without_axis(img.write_blocks[0], img.c_axis),
+                                   img.c_axis, unit, have)
+            done[img.path] = {(0, *idx) for idx in plane}  # the data's leading axis: one block (the channel)
     n = sum(len(v) for v in done.values())
     if n:
         logger.info("resuming: %d finished block(s) kept from the interrupted run", n)
@@ -665,18 +693,20 @@ def _restore_finished(io: jr.StoreIO, plan: WritePlan, resume_key: str | None
 
 
 def _write_metadata(
-    io: jr.StoreIO, plan: WritePlan, color: str, window: dict[str, float], provenance: dict[str, Any],
+    io: jr.StoreIO, plan: WritePlan, colors: tuple[str, ...], windows: list[dict[str, float]],
+    provenance: list[dict[str, Any]],
 ) -> None:
-    """The omero entry of the new channel, and its provenance under ``omeloc``, in every image."""
+    """The omero entries of the new channels, and their provenance under ``omeloc``, in every image."""
     for n, img in enumerate(plan.images):
         attrs, ome = io.read_ngff(img.path)
         omero = dict(ome.get("omero") or {})
         channels = [dict(c) for c in omero.get("channels") or []]
-        pending = {k: v for k, v in channels[plan.channel_index].items() if k != PENDING_KEY}
-        channels[plan.channel_index] = {**pending, "label": plan.name, "color": color, "window": window, "active": True}
+        for name, index, color, window in zip(plan.names, plan.indices, colors, windows):
+            pending = {k: v for k, v in channels[index].items() if k != PENDING_KEY}
+            channels[index] = {**pending, "label": name, "color": color, "window": window, "active": True}
         omero["channels"] = channels
         ours = dict(attrs.get("omeloc") or {})
-        ours["channels"] = {**dict(ours.get("channels") or {}), plan.name: provenance}
+        ours["channels"] = {**dict(ours.get("channels") or {}), **dict(zip(plan.names, provenance))}
         io.update_ngff(img.path, attrs, {"omero": omero}, omeloc=ours)
         if n == 0:
             fault_point("metadata")

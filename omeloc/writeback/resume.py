@@ -45,7 +45,8 @@ def stash_finished(io: jr.StoreIO, journal: Mapping[str, Any]) -> int:
     a file existed before the run, so its presence does not say the new channel is in it.
     """
     key = journal.get("resume_key")
-    if not key or journal.get("mode") != "append" or journal.get("chunks_restored") or journal.get("shared"):
+    if (not key or journal.get("mode") != "append" or journal.get("chunks_restored") or journal.get("shared")
+            or len(journal.get("names") or ()) > 1):  # several channels per run: no resume (rolled back whole)
         return 0
     doc_name = array_doc_name(journal["zarr_format"])
     index = int(journal["channel_index"])

@@ -161,9 +161,14 @@ def _field_problems(j: Mapping[str, Any], zarr_format: int) -> list[str]:
         if not isinstance(j.get(name), kind):
             p.append(f"{name} is missing or not a {kind.__name__}")
     n, k = j.get("n_channels"), j.get("channel_index")
+    names = j.get("names", [j.get("name")])
+    if not (isinstance(names, list) and 1 <= len(names) <= 16 and all(isinstance(x, str) for x in names)
+            and names[0] == j.get("name")):
+        p.append(f"names {_r(names)} is not a list of 1 to 16 names starting with name")
+        names = [j.get("name")]
     if not (_is_int(n) and 1 <= n <= MAX_CHANNELS):
         p.append(f"n_channels {_r(n)} is not between 1 and {MAX_CHANNELS}")
-    elif not (_is_int(k) and (k == n if j.get("mode") == "append" else 0 <= k < n)):
+    elif not (_is_int(k) and (k == n if j.get("mode") == "append" else 0 <= k and k + len(names) <= n)):
         p.append(f"channel_index {_r(k)} does not fit n_channels {n} in mode {_r(j.get('mode'))}")
     for name in ("consolidated", "chunks_restored", "shared"):
         if name in j and not isinstance(j[name], bool):
@@ -328,7 +333,8 @@ def _check_array_shape(io: StoreIO, journal: Mapping[str, Any], arr: str, c_axis
         raise _refuse(where, f"gives array {_r(arr)} a channel axis {c_axis} that its shape does not have")
     if before[c_axis] != n or before[:c_axis] + before[c_axis + 1:] != now[:c_axis] + now[c_axis + 1:]:
         raise _refuse(where, f"says array {_r(arr)} had shape {before} with {n} channels, unlike its shape {now} now")
-    if now[c_axis] not in ((n, n + 1) if journal["mode"] == "append" else (n,)):
+    added = len(journal.get("names") or [journal["name"]])
+    if now[c_axis] not in ((n, n + added) if journal["mode"] == "append" else (n,)):
         raise _refuse(where, f"cannot explain the {now[c_axis]} channels of array {_r(arr)} (it had {n})")
 
 
@@ -336,7 +342,12 @@ def _check_overwrite(io: StoreIO, journal: Mapping[str, Any], images: Mapping[st
     """An overwrite replaces the chunks of one channel: that channel must be omeloc's virtual one."""
     if journal["mode"] != "overwrite":
         return
-    name, index = journal["name"], journal["channel_index"]
+    for j, name in enumerate(journal.get("names") or [journal["name"]]):
+        _check_overwritten(io, name, journal["channel_index"] + j, images, where)
+
+
+def _check_overwritten(io: StoreIO, name: str, index: int, images: Mapping[str, Any], where: str) -> None:
+    """Channel ``index`` of every image is omeloc's virtual channel ``name``."""
     for path in images:
         ours = io.read_attrs(path).get("omeloc")
         channels = ours.get("channels") if isinstance(ours, Mapping) else None
