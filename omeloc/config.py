@@ -345,7 +345,8 @@ class TilingConfig(Config):
     """How a model is applied to images larger than a tile (``omeloc predict``).
 
     ``tta``: test-time augmentation; every tile is predicted in its 8 flips and 90° rotations,
-    each mapped back, and the 8 averaged (8× the compute).
+    each mapped back, and the 8 averaged (8× the compute).  ``uncertainty``: the same, and the
+    spread of the 8 written as a second channel (``omeloc predict`` only).
     """
 
     tile: int | None = option(None, "tile size in pixels (default: the checkpoint's advice)", parse=int)
@@ -355,6 +356,9 @@ class TilingConfig(Config):
     device: str = option("auto", DEVICES_HELP)
     precision: str = option("auto", "numeric precision of the forward pass", choices=PRECISIONS)
     tta: bool = option(False, "test-time augmentation: average the 8 flips/rotations of every tile (8x compute)")
+    uncertainty: bool = option(
+        False, "also write the spread (standard deviation) of the 8 test-time variants as channel "
+        "'<target> (uncertainty)' beside the prediction, in the same write (implies --tta)")
 
     def validate(self) -> None:
         super().validate()

@@ -90,13 +90,15 @@ class PredictResult:
     plan: Any = field(default=None, repr=False, compare=False)
     notes: tuple[str, ...] = ()
     """Lines the write-back had to tell (e.g. an omero block added to images without one)."""
+    uncertainty: str | None = None
+    """Label of the uncertainty channel written beside the prediction (``uncertainty=True``)."""
 
     @classmethod
     def of(cls, job: PredictionJob, outcome: Any, seconds: float, dry_run: bool = False) -> PredictResult:
         """The result of ``job``: ``outcome`` is the write plan (``dry_run``) or what the write-back returned."""
         common: dict[str, Any] = {"plate": job.plate.path, "name": job.name, "channel_index": outcome.channel_index,
                                   "predicted": tuple(sorted(job.chosen)), "megapixels": job.megapixels(),
-                                  "seconds": seconds}
+                                  "seconds": seconds, "uncertainty": job.names[1] if len(job.names) > 1 else None}
         if dry_run:
             return cls(images=len(outcome.images), dry_run=True, plan=outcome, **common)
         return cls(images=outcome.images, recovered=outcome.recovered, notes=tuple(getattr(outcome, "notes", ())), **common)
@@ -109,11 +111,13 @@ class PredictResult:
     def summary(self) -> str:
         """The lines the CLI prints."""
         if self.dry_run:
-            return (f"dry run: would write channel {self.name!r} (index {self.channel_index}) into {self.images} "
+            what = f"channel {self.name!r}" + (f" and {self.uncertainty!r}" if self.uncertainty else "")
+            return (f"dry run: would write {what} (index {self.channel_index}) into {self.images} "
                     f"image(s) of {self.plate}, predicting {len(self.predicted)} image(s), "
                     f"{self.megapixels:.1f} megapixels; nothing was written\n{self.plan.describe()}")
         extra = f" (first: {self.recovered} of an interrupted run)" if self.recovered else ""
-        return (f"wrote channel {self.name!r} (index {self.channel_index}) into {self.images} image(s) of "
+        what = f"channel {self.name!r}" + (f" and {self.uncertainty!r}" if self.uncertainty else "")
+        return (f"wrote {what} (index {self.channel_index}) into {self.images} image(s) of "
                 f"{self.plate}{extra}\npredicted {len(self.predicted)} image(s), {self.megapixels:.1f} megapixels "
                 f"in {self.seconds:.1f} s ({self.megapixels_per_second:.2f} megapixels/s)"
                 + "".join(f"\n{note}" for note in self.notes))
@@ -157,6 +161,11 @@ class PredictionJob:
         return self.stain.target[0]
 
     @property
+    def names(self) -> tuple[str, ...]:
+        """The channels written: the prediction, and with ``uncertainty`` its spread."""
+        return (self.name, uncertainty_channel_name(self.name)) if self.tiling.uncertainty else (self.name,)
+
+    @property
     def existing(self) -> bool:
         """Whether the plate has a channel of that name already."""
         return self.name in self.plate.channel_names
@@ -166,7 +175,8 @@ class PredictionJob:
         t = self.tiling
         return {"name": self.name, "wells": sorted(self.chosen), "tile": t.tile, "overlap": t.overlap,
                 "blend": t.blend, "precision": t.precision, "source": self.stain.source, "target": self.target,
-                "overwrite": self.overwrite, **({"tta": True} if t.tta else {})}
+                "overwrite": self.overwrite, **({"tta": True} if t.tta or t.uncertainty else {}),
+                **({"uncertainty": True} if t.uncertainty else {})}
 
     def provenance(self) -> dict[str, Any]:
         """The facts stored with the channel in the plate."""
@@ -176,8 +186,16 @@ class PredictionJob:
             "model_key": self.stain.ref.key, **({"model_path": self.model_given} if self.model_given else {}),
             "architecture": ckpt.architecture.get("architecture"),
             "predicted_images": sorted(self.chosen), "tile": t.tile, "overlap": t.overlap, "blend": t.blend,
-            "precision": t.precision, "tta": t.tta,
+            "precision": t.precision, "tta": t.tta or t.uncertainty,
         }
+
+    def provenances(self) -> list[dict[str, Any]]:
+        """One provenance record per channel written (the uncertainty channel says what it measures)."""
+        base = self.provenance()
+        if len(self.names) == 1:
+            return [base]
+        return [{**base, "uncertainty_channel": self.names[1]},
+                {**base, "uncertainty_of": self.name, "measure": "standard deviation of the 8 test-time variants"}]
 
     def megapixels(self) -> float:
         """Level-0 megapixels of the chosen images."""
@@ -187,6 +205,11 @@ class PredictionJob:
 def default_channel_name(target: str) -> str:
     """``"WAVE2"`` → ``"WAVE2 (virtual)"``."""
     return f"{target} (virtual)"
+
+
+def uncertainty_channel_name(name: str) -> str:
+    """``"WAVE2 (virtual)"`` → ``"WAVE2 (uncertainty)"``; any other name ``"<name> (uncertainty)"``."""
+    return f"{name.removesuffix(' (virtual)')} (uncertainty)"
 
 
 def resume_key(ckpt_key: str, settings: Mapping[str, Any]) -> str:
@@ -235,7 +258,24 @@ def plan_prediction(plate: str | Path | Plate, model: str | Path | VirtualStain,
                         chosen=frozenset(_select(opened, wells, acquisition)), tiling=stain.tiling(tiling), overwrite=overwrite,
                         model_given=None if isinstance(model, VirtualStain) else str(model))
     _check_plane_sizes(job)
+    _check_companion(job)
     return job
+
+
+def _check_companion(job: PredictionJob) -> None:
+    """An overwrite rewrites a prediction and its uncertainty channel together, never one of them alone."""
+    if not (job.existing and job.overwrite):
+        return
+    record = (job.plate.images[0].attrs.get("omeloc") or {}).get("channels", {}).get(job.name) or {}
+    companion = record.get("uncertainty_channel") if isinstance(record, Mapping) else None
+    if companion and not job.tiling.uncertainty:
+        raise InputError(f"Channel {job.name!r} of {job.plate.path} has its uncertainty channel {companion!r} "
+                         f"beside it: replacing the prediction alone would leave a stale uncertainty. Pass "
+                         f"--uncertainty to replace both, or choose another --name.")
+    if job.tiling.uncertainty and not companion:
+        raise InputError(f"Channel {job.name!r} of {job.plate.path} was written without an uncertainty channel: "
+                         f"--overwrite --uncertainty cannot add one beside it. Omit --uncertainty, or choose "
+                         f"another --name.")
 
 
 def _check_channels(plate: Plate, stain: VirtualStain) -> None:
@@ -285,7 +325,8 @@ def _select(plate: Plate, wells: Sequence[str] | None, acquisition: str | int | 
 # -- step 2: the lazy prediction ---------------------------------------------------------------
 def lazy_prediction(job: PredictionJob, img: Image, annotate: Callable[[], Any] = contextlib.nullcontext
                     ) -> da.Array:
-    """The virtual channel of one image at level 0, lazily: ``img``'s axes without ``c``, float32.
+    """The virtual channel of one image at level 0, lazily: ``img``'s axes without ``c``, float32
+    (with ``uncertainty``: a leading axis of 2, the prediction and its uncertainty).
 
     Predicted for a chosen image; for the others, the channel's previous values when it is
     being overwritten, else zeros.  ``annotate`` makes a fresh context manager for the model's
@@ -296,9 +337,11 @@ def lazy_prediction(job: PredictionJob, img: Image, annotate: Callable[[], Any] 
         return region_prediction(img.reader(LEVEL), img.axes, img.write_chunks(LEVEL), _region_settings(job, img),
                                  side=job.region_side, annotate=annotate)
     if job.existing and job.overwrite:
-        return img.level(LEVEL)[_channel_slice(img, img.channel_index(job.name))]
-    blocks = tuple(b for a, b in zip(img.axes, img.write_chunks(LEVEL)) if a != "c")
-    return da.zeros(_plane_shape(img), dtype=np.float32, chunks=blocks)
+        planes = [img.level(LEVEL)[_channel_slice(img, img.channel_index(n))] for n in job.names]
+    else:
+        blocks = tuple(b for a, b in zip(img.axes, img.write_chunks(LEVEL)) if a != "c")
+        planes = [da.zeros(_plane_shape(img), dtype=np.float32, chunks=blocks)] * len(job.names)
+    return planes[0] if len(planes) == 1 else da.stack(planes)
 
 
 def _check_yx_last(img: Image) -> None:
@@ -315,9 +358,10 @@ def _region_settings(job: PredictionJob, img: Image) -> RegionSettings:
     cache = job.region_cache
     if key not in cache:
         stain, norm = job.stain, job.stain.checkpoint.normalization
-        ref = TTARef(stain.ref) if job.tiling.tta else stain.ref
+        spread = job.tiling.uncertainty
+        ref = TTARef(stain.ref, spread=spread) if job.tiling.tta or spread else stain.ref
         cache[key] = region_settings(ref, index, key[1], [norm[c] for c in stain.source],
-                                     [norm[c] for c in stain.target], job.tiling)
+                                     [norm[c] for c in stain.target], job.tiling, spread=spread)
     return cache[key]
 
 
@@ -420,7 +464,7 @@ def predict(plate: str | Path | Plate, model: str | Path | VirtualStain, *, name
         A checkpoint folder written by :func:`omeloc.train`.
     name, overwrite
         Label of the new channel (default ``"<target> (virtual)"``); replace a virtual channel
-        of that name written by omeloc before.
+        of that name written by omeloc before (with its uncertainty channel, if it has one).
     wells
         Wells to predict (``"B3"`` or ``"B/3"``); default all.  Every image gets the channel
         (viewers expect one channel list per plate): images of other wells hold zeros, or
@@ -430,7 +474,8 @@ def predict(plate: str | Path | Plate, model: str | Path | VirtualStain, *, name
         ``omeloc info`` lists them); combined with ``wells``, the fields in both.
     tiling, compute
         How the model is tiled (:class:`~omeloc.config.TilingConfig`; tile and overlap default
-        to the checkpoint's advice) and where the graph runs (:class:`~omeloc.config.ComputeConfig`;
+        to the checkpoint's advice; ``uncertainty=True`` also writes the spread of the 8
+        test-time variants as ``"<target> (uncertainty)"`` in the same crash-safe write) and where the graph runs (:class:`~omeloc.config.ComputeConfig`;
         on a cluster every worker must read the checkpoint folder, checked before any write; when
         every worker advertises a ``GPU`` resource, inference tasks ask for one).
     dry_run, on_plan
@@ -519,7 +564,8 @@ def write_prediction(job: PredictionJob, data: Mapping[str, da.Array], *, comput
     from omeloc.writeback.protocol import add_channel
 
     payload: Any = dict(data) if job.plate.is_plate else next(iter(data.values()))
-    return add_channel(job.plate, job.name, payload, color=color, overwrite=job.overwrite,
-                       provenance=job.provenance(), compute=compute, progress=progress,
+    names = job.name if len(job.names) == 1 else job.names
+    return add_channel(job.plate, names, payload, color=color, overwrite=job.overwrite,
+                       provenance=job.provenances(), compute=compute, progress=progress,
                        storage_options=storage_options,
                        resume_key=resume_key(job.stain.ref.key, job.settings()), dry_run=dry_run)

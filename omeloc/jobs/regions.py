@@ -82,6 +82,9 @@ class RegionSettings:
     batch_size: int
     device: str
     precision: str
+    spread: bool = False
+    """``ref`` returns the mean and the spread of its test-time variants (:class:`~omeloc.learn.tta.TTARef`
+    with ``spread=True``): the regions hold two planes, the prediction and its uncertainty."""
     token: str = ""
     """A content hash of the fields above (set by :func:`region_settings`), for graph key names."""
 
@@ -116,16 +119,24 @@ def read_region(array: Any, settings: RegionSettings, block_info: dict | None = 
 
 
 def infer_region(x: np.ndarray, settings: RegionSettings, block_info: dict | None = None) -> np.ndarray:
-    """Dask task: the virtual channel of one region from :func:`read_region`'s block, in the target's units."""
+    """Dask task: the virtual channel of one region from :func:`read_region`'s block, in the target's units
+    (with ``settings.spread``: ``(2, ...)``, the prediction and its spread across the test-time variants)."""
     fault_point("predict_block")
     loc = [tuple(r) for r in block_info[None]["array-location"]]
     _, core = _halo(loc, block_info[None]["shape"], settings.overlap)
     dev = torch.device(settings.device)
+    n = len(settings.target_stats)
     y = predict_numpy(get_model(settings.ref, dev), x, tile=settings.tile, overlap=settings.overlap,
                       blend=settings.blend, batch_size=settings.batch_size, device=dev,
-                      precision=settings.precision, out_channels=len(settings.target_stats), core=core,
+                      precision=settings.precision, out_channels=2 * n if settings.spread else n, core=core,
                       trim=check_trim(None, settings.overlap))
-    return np.asarray(denormalize_channels(y, list(settings.target_stats))[..., 0, :, :], dtype=np.float32)
+    mean = np.asarray(denormalize_channels(y[..., :n, :, :], list(settings.target_stats))[..., 0, :, :],
+                      dtype=np.float32)
+    if not settings.spread:
+        return mean
+    stats = settings.target_stats[0]
+    spread = y[..., n, :, :] * np.float32(float(stats["high"]) - float(stats["low"]))  # normalized → target units
+    return np.stack([mean, spread.astype(np.float32)])
 
 
 def region_prediction(array: Any, axes: Sequence[str], blocks: Sequence[int], settings: RegionSettings,
@@ -138,6 +149,7 @@ def region_prediction(array: Any, axes: Sequence[str], blocks: Sequence[int], se
     px per side, else multiples of the write block along y and x; the write block along the
     other axes).  ``annotate`` makes the context the inference layer is built in (a GPU
     resource on a cluster); the read layer is not annotated, so reads overlap inference.
+    With ``settings.spread`` the result has a leading axis of 2: the prediction and its spread.
     """
     chunks = []
     for ax, n, b in zip(axes, array.shape, blocks):
@@ -149,20 +161,24 @@ def region_prediction(array: Any, axes: Sequence[str], blocks: Sequence[int], se
     # them for collections once per image (~1 ms each, 10 s for a 3,456-image plate)
     read = functools.partial(read_region, array, settings)
     src = da.map_blocks(read, chunks=tuple(chunks), dtype=np.float32, meta=meta, name=f"omeloc-read-region-{token}")
+    infer = functools.partial(infer_region, settings=settings)
     with annotate():
-        return da.map_blocks(functools.partial(infer_region, settings=settings), src, dtype=np.float32, meta=meta,
-                             name=f"omeloc-region-{token}")
+        if settings.spread:
+            return da.map_blocks(infer, src, dtype=np.float32, new_axis=0, chunks=((2,), *src.chunks),
+                                 meta=np.empty((0,) * (len(chunks) + 1), dtype=np.float32),
+                                 name=f"omeloc-region-{token}")
+        return da.map_blocks(infer, src, dtype=np.float32, meta=meta, name=f"omeloc-region-{token}")
 
 
 def region_settings(ref: Any, source_index: Sequence[int], c_axis: int, source_stats: Sequence[Mapping[str, Any]],
-                    target_stats: Sequence[Mapping[str, Any]], tiling: Any) -> RegionSettings:
+                    target_stats: Sequence[Mapping[str, Any]], tiling: Any, spread: bool = False) -> RegionSettings:
     """:class:`RegionSettings` from a :class:`~omeloc.config.TilingConfig`, device and precision resolved."""
     tile, overlap = check_tiling(int(tiling.tile), int(tiling.overlap))
     dev = resolve_device(tiling.device)
     settings = RegionSettings(ref=ref, source_index=tuple(int(i) for i in source_index), c_axis=c_axis,
                               source_stats=tuple(source_stats), target_stats=tuple(target_stats), tile=tile,
                               overlap=overlap, blend=tiling.blend, batch_size=int(tiling.batch_size),
-                              device=str(dev), precision=resolve_precision(tiling.precision, dev))
+                              device=str(dev), precision=resolve_precision(tiling.precision, dev), spread=spread)
     key = (getattr(ref, "key", repr(ref)), settings.source_index, c_axis, repr(source_stats), repr(target_stats),
-           tile, overlap, settings.blend, settings.batch_size, settings.device, settings.precision)
+           tile, overlap, settings.blend, settings.batch_size, settings.device, settings.precision, spread)
     return dataclasses.replace(settings, token=tokenize(key))

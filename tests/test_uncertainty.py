@@ -1,0 +1,96 @@
+"""``omeloc predict --uncertainty``: the spread of the 8 test-time variants written beside the
+prediction as ``"<target> (uncertainty)"``, in the same crash-safe write (issue 15)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from conftest import tiny_trained_plate, tree_digest
+
+import omeloc
+from omeloc.cli import main
+from omeloc.learn.stain import VirtualStain
+from omeloc.writeback.protocol import recover
+
+PRED, SPREAD = "WAVE2 (virtual)", "WAVE2 (uncertainty)"
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    plate, ckpt, _ = tiny_trained_plate(tmp_path_factory.mktemp("uncertainty"), size=64, chunk=32, reference=False)
+    return plate, str(ckpt)
+
+
+@pytest.fixture
+def plate(trained, tmp_path):
+    dst = tmp_path / "p.zarr"
+    shutil.copytree(trained[0], dst)
+    return dst
+
+
+def _predict(plate, ckpt, *extra) -> int:
+    return main(["-q", "predict", str(plate), "--model", ckpt, "--device", "cpu", "--precision", "fp32", *extra])
+
+
+def test_uncertainty_channel_at_every_level_beside_the_tta_prediction(plate, trained, tmp_path, capsys):
+    ckpt = trained[1]
+    before = tree_digest(plate)
+    assert _predict(plate, ckpt, "--uncertainty") == 0, capsys.readouterr().err
+    after = tree_digest(plate)
+    assert all(after[k] == v for k, v in before.items() if not k.endswith(("zarr.json", ".zattrs", ".zarray")))
+    tta = tmp_path / "tta.zarr"
+    shutil.copytree(trained[0], tta)
+    assert _predict(tta, ckpt, "--tta") == 0
+    stain = VirtualStain(ckpt)
+    for img, ref in zip(omeloc.open_plate(plate).images, omeloc.open_plate(tta).images):
+        assert img.channel_names == ("actin", "WAVE2", PRED, SPREAD)
+        assert [c["label"] for c in img.omero["channels"]] == list(img.channel_names)
+        for level in range(len(img.level_paths)):
+            np.testing.assert_array_equal(img.channel(PRED, level).compute(), ref.channel(PRED, level).compute())
+            spread = img.channel(SPREAD, level).compute()
+            assert spread.shape == img.channel(PRED, level).compute().shape and spread.max() > 0
+        # the written spread is VirtualStain.with_spread's, in the target's units (cast to the plate's dtype)
+        actin = img.channel("actin", 0).compute().astype(np.float32)
+        _, want = stain.with_spread(actin[None], device="cpu", precision="fp32")
+        got = img.channel(SPREAD, 0).compute().astype(np.float64)
+        assert np.abs(got - np.clip(np.round(want[0]), 0, 65535)).max() <= 1
+        prov = img.attrs["omeloc"]["channels"]
+        assert prov[PRED]["uncertainty_channel"] == SPREAD and prov[SPREAD]["uncertainty_of"] == PRED
+        assert prov[PRED]["tta"] is True
+
+
+def test_overwrite_replaces_both_or_refuses(plate, trained, capsys):
+    ckpt = trained[1]
+    assert _predict(plate, ckpt, "--uncertainty") == 0
+    before = tree_digest(plate)
+    assert _predict(plate, ckpt, "--overwrite") == 2  # the prediction alone would leave a stale uncertainty
+    err = capsys.readouterr().err.strip()
+    assert "--uncertainty to replace both" in err and len(err.splitlines()) == 1, err
+    assert tree_digest(plate) == before
+    assert _predict(plate, ckpt, "--overwrite", "--uncertainty") == 0
+    assert omeloc.open_plate(plate).channel_names == ("actin", "WAVE2", PRED, SPREAD)
+    plain = plate.parent / "plain.zarr"
+    shutil.copytree(trained[0], plain)
+    assert _predict(plain, ckpt) == 0
+    before = tree_digest(plain)
+    assert _predict(plain, ckpt, "--overwrite", "--uncertainty") == 2
+    assert "without an uncertainty channel" in capsys.readouterr().err
+    assert tree_digest(plain) == before
+
+
+@pytest.mark.parametrize("point", ["level0_mid", "metadata"])
+def test_a_killed_run_is_rolled_back_with_both_channels(plate, trained, point):
+    before = tree_digest(plate)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OMELOC_TEST_")}
+    env.update(OMELOC_TEST_KILL_AT=point, OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, "-m", "omeloc.cli", "-q", "predict", str(plate), "--model", trained[1],
+                           "--uncertainty", "--device", "cpu"], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    assert recover(plate) == "rollback"
+    assert tree_digest(plate) == before  # both channels gone, every byte as it was
