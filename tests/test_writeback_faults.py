@@ -171,6 +171,39 @@ def test_killed_run_resumes_only_missing_blocks(templates, tmp_path, rerun_key, 
     assert _chunks(final) == _chunks(tree_digest(reference))
 
 
+
+def test_a_lost_scheduler_keeps_the_finished_chunks_for_the_rerun(templates, tmp_path):
+    """A scheduler lost mid-write is an interruption, not bad input: the plate is rolled back but the
+    finished chunks are kept, and the rerun computes only the others."""
+    import dask.array as da
+
+    from omeloc.errors import SchedulerError
+
+    template, reference = templates["0.5"]
+    path = tmp_path / "p.zarr"
+    shutil.copytree(template, path)
+    original = tree_digest(path)
+    seen: list = []
+
+    def lose_scheduler_at_the_fifth(block):
+        if block.size > 1:
+            seen.append(block.shape)
+            if len(seen) == 5:
+                raise SchedulerError("Lost the Dask scheduler at tcp://10.0.0.1:8786.")
+        return block
+
+    data = {k: da.from_array(v, chunks=32).map_blocks(lose_scheduler_at_the_fifth)
+            for k, v in make_data(path, 1).items()}
+    with pytest.raises(SchedulerError):
+        add_channel(path, "pred", data, provenance={"model": "m1"}, resume_key="job-1", scheduler="synchronous")
+    after = tree_digest(path)
+    assert {k: after[k] for k in original} == original and any(".omeloc_resume" in k for k in after)
+    calls: list = []
+    add_channel(path, "pred", _counting(path, calls), provenance={"model": "m1"}, resume_key="job-1")
+    assert 0 < len(calls) <= 16 - 4  # the 4 blocks written before the loss were kept
+    assert _semantic(path) == _semantic(reference)
+    assert set(tree_digest(path)) == set(tree_digest(reference)), "stash or journal left behind"
+
 # -- issue 14: units of k > 1 channels holding a virtual channel, consolidated metadata in every group ----
 def _shared_consolidated_plate(path: Path, version: str) -> Path:
     """3 channels stored 2 per chunk (channel 2 omeloc's virtual one), consolidated per image and at the root."""

@@ -530,7 +530,8 @@ def _written(write: Callable[[], Any], job: PredictionJob) -> Any:
         return write()
     except SchedulerError as err:
         # add_channel rolled the plate back before re-raising (if it could not, it raised ReadOnlyStoreError)
-        raise SchedulerError(f"{err} The plate {job.plate.path} was rolled back as it was before this run.") from err
+        raise SchedulerError(f"{err} The plate {job.plate.path} was rolled back as it was before this run; rerunning "
+                             f"the same command keeps the chunks already written.") from err
 
 
 def split_overrides(tiling: TilingConfig | None, compute: ComputeConfig | None,

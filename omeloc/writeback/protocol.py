@@ -71,7 +71,7 @@ import numpy as np
 from omeloc.compute import compute as compute_graph
 from omeloc.compute import dask_client
 from omeloc.config import ComputeConfig
-from omeloc.errors import ConcurrentWriteError, InputError, OmelocError, ReadOnlyStoreError
+from omeloc.errors import ConcurrentWriteError, InputError, OmelocError, ReadOnlyStoreError, SchedulerError
 from omeloc.ngff.format import (
     chunk_coords,
     consolidated_doc_keys,
@@ -498,7 +498,8 @@ def _run(job: WriteJob, run_graph: px.GraphRunner) -> AddChannelResult:
     except BaseException as err:
         # an interruption keeps the finished chunks for a rerun; bad data or a refused write
         # (omeloc's own errors, reported to the user by the caller) leaves the store exactly as it was
-        ours = isinstance(err, OmelocError)
+        # (a lost scheduler is an interruption too: the finished chunks are kept for the rerun)
+        ours = isinstance(err, OmelocError) and not isinstance(err, SchedulerError)
         # a warning, not an error: the caller reports the error itself (the CLI in one line, also under -q)
         logger.log(logging.INFO if ours else logging.WARNING, "add_channel %r failed: rolling back", plan.name)
         if not px.stop_writes(journal["run_id"]):
