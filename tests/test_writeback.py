@@ -96,6 +96,30 @@ def test_add_channel_plate_every_level_originals_untouched(plate):
     assert JOURNAL_KEY not in p.attrs
 
 
+
+def test_whole_plane_blocks_write_every_level_in_one_task_with_the_same_bytes(plate, tmp_path, monkeypatch):
+    """Data in whole-plane blocks (prediction regions): each level-0 task also writes the lower levels
+    from memory (no level-0 re-read, no lower-level graph); the bytes equal the level-by-level write."""
+    import dask.array as da
+
+    from omeloc.writeback import pixels
+
+    other = tmp_path / "blocks.zarr"
+    shutil.copytree(plate, other)
+    data = _prediction()
+    add_channel(other, "pred", data)  # numpy: write-block tasks, lower levels level by level
+    lower_graphs = []
+    real = pixels.lower_level_graph
+    monkeypatch.setattr(pixels, "lower_level_graph", lambda *a, **k: lower_graphs.append(real(*a, **k)) or
+                        lower_graphs[-1])
+    add_channel(plate, "pred", {k: da.from_array(v, chunks=v.shape) for k, v in data.items()})
+    assert lower_graphs == [None, None]  # levels 1 and 2 were written by the level-0 tasks
+    fused, plain = tree_digest(plate), tree_digest(other)
+    assert {k: v for k, v in fused.items() if _is_chunk(k)} == {k: v for k, v in plain.items() if _is_chunk(k)}
+    for img in omeloc.open_plate(plate).images:
+        for level, want in enumerate(_expected_levels(data[img.path], img.shapes)):
+            np.testing.assert_array_equal(img.channel("pred", level).compute(), want)
+
 def test_independent_readers_see_the_new_channel(plate):
     data = _prediction()
     add_channel(plate, "pred", data)

@@ -1,10 +1,13 @@
 """The pixels of a new channel: the Dask tasks that write them and the graphs that run those tasks.
 
-Level 0 is written from the caller's data, one task per zarr write block (the shard when
-sharded, else the chunk), so each block is written exactly once and no locks are needed.
-Each lower level is then built from the level above it, again one task per write block:
-the task reads the matching region of the level above (edge-padded) and writes its mean,
-to the level's existing shape.  Tasks write pixel chunks only and return the bytes they
+Level 0 is written from the caller's data, one task per block of the data: a zarr write block
+(the shard when sharded, else the chunk), or a region of whole write blocks (a prediction
+region), so each storage unit is written exactly once and no locks are needed.  When a task
+holds whole planes (y and x) and the lower levels share level 0's blocks along the other axes,
+the same task also writes every lower level of those planes from the values in memory
+("fused"); otherwise each lower level is built from the level above it, one task per write
+block that reads the matching region of the level above (edge-padded) and writes its mean, to
+the level's existing shape.  Both give the same bytes.  Tasks write pixel chunks only and return the bytes they
 wrote; metadata is written by the driver (:mod:`omeloc.writeback.protocol`).
 """
 
@@ -34,6 +37,7 @@ from omeloc.writeback.plan import ImagePlan, WritePlan, without_axis
 __all__ = [
     "RunStore",
     "level0_graph",
+    "fusable",
     "lower_level_graph",
     "open_level",
     "sample_windows",
@@ -116,10 +120,12 @@ def open_level(url: str, so_json: str, zarr_format: int, run_id: str) -> zarr.Ar
 
 def write_level0_block(
     block: np.ndarray, *, store: RunStore, url: str, c_axis: int, index: int, out_dtype: str, where: str,
+    lower: tuple[tuple[str, tuple[int, ...]], ...] = (), plane_axes: tuple[str, ...] = (),
     block_info: dict | None = None,
 ) -> np.ndarray:
-    """Dask task: cast one block of the new channels ``(k, *plane block)`` and write it into its own zarr block
-    (channels ``index`` to ``index + k``)."""
+    """Dask task: cast one block of the new channels ``(k, *plane block)`` and write it into its own zarr
+    block(s) (channels ``index`` to ``index + k``); with ``lower`` (url and shape without ``c`` of each
+    lower level; the block holds whole y-x planes) also the lower levels of those planes."""
     loc = block_info[0]["array-location"][1:]
     block = np.asarray(block)
     if block.dtype.kind == "f" and not np.isfinite(block).all():
@@ -127,12 +133,38 @@ def write_level0_block(
             f"Data for {where} has NaN or infinite values (region {[tuple(r) for r in loc]}). "
             f"Replace them (e.g. np.nan_to_num) before adding the channel."
         )
-    values = np.moveaxis(cast_to_dtype(block, out_dtype), 0, c_axis)
+    cast = cast_to_dtype(block, out_dtype)
+    values = np.moveaxis(cast, 0, c_axis)
     region = [slice(a, b) for a, b in loc]
     region.insert(c_axis, slice(index, index + block.shape[0]))
     store.write(url, tuple(region), values)
     fault_point("level0_block")
-    return np.full((1,) * block.ndim, values.nbytes, dtype=np.int64)
+    nbytes = values.nbytes
+    for dst_url, shape in lower:  # fused: each level from the one above, as write_lower_block computes it
+        target = [n if ax in ("y", "x") else b - a for ax, n, (a, b) in zip(plane_axes, shape, loc)]
+        cast = np.stack([downsample_mean(plane, plane_axes, target) for plane in cast])
+        region = [slice(0, n) if ax in ("y", "x") else slice(a, b) for ax, n, (a, b) in zip(plane_axes, shape, loc)]
+        region.insert(c_axis, slice(index, index + block.shape[0]))
+        store.write(dst_url, tuple(region), np.moveaxis(cast, 0, c_axis))
+        nbytes += cast.nbytes
+    return np.full((1,) * block.ndim, nbytes, dtype=np.int64)
+
+
+def fusable(img: ImagePlan, axes: tuple[str, ...]) -> bool:
+    """Whether the level-0 tasks of ``img`` can write its lower levels too: each data block holds whole
+    y-x planes, and every lower level has level 0's size and write block along the other axes."""
+    plane_axes = without_axis(tuple(axes), img.c_axis)
+    if len(img.level_paths) < 2 or any(len(c) != 1 for ax, c in zip(plane_axes, img.data.chunks[1:])
+                                       if ax in ("y", "x")):
+        return False
+    first = [(s, b) for ax, s, b in zip(plane_axes, without_axis(img.shapes[0], img.c_axis),
+                                         without_axis(img.write_blocks[0], img.c_axis)) if ax not in ("y", "x")]
+    for shape, block in zip(img.shapes[1:], img.write_blocks[1:]):
+        other = [(s, b) for ax, s, b in zip(plane_axes, without_axis(shape, img.c_axis),
+                                             without_axis(block, img.c_axis)) if ax not in ("y", "x")]
+        if other != first or block[img.c_axis] != img.write_blocks[0][img.c_axis]:
+            return False
+    return True
 
 
 def _source_region(loc: list[tuple[int, int]], src_plane: tuple[int, ...], plane_axes: tuple[str, ...],
@@ -174,22 +206,27 @@ def write_lower_block(
     return np.full((1,) * dummy.ndim, values.nbytes, dtype=np.int64)
 
 
-def level0_graph(plan: WritePlan, store: RunStore, done: Mapping[str, set[tuple[int, ...]]] | None = None
-                 ) -> da.Array | None:
+def level0_graph(plan: WritePlan, store: RunStore, done: Mapping[str, set[tuple[int, ...]]] | None = None,
+                 fused: frozenset[str] = frozenset(), axes: tuple[str, ...] = ()) -> da.Array | None:
     """The graph writing level 0 of every image (its value: bytes written); ``None`` if nothing is left.
 
     ``done`` maps an image path to the Dask blocks a killed run of the same job finished
-    (see :mod:`omeloc.writeback.resume`): only the other blocks are computed.
+    (see :mod:`omeloc.writeback.resume`): only the other blocks are computed.  The tasks of
+    the images in ``fused`` (see :func:`fusable`; ``axes`` the images' axes) write their lower
+    levels too.
     """
     graphs, keys = [], []
     for img in plan.images:
+        lower = tuple((join_path(img.url, img.level_paths[n]), without_axis(img.shapes[n], img.c_axis))
+                      for n in range(1, len(img.level_paths))) if img.path in fused else ()
         # constants bound into the function: as map_blocks keywords Dask would walk them for
         # collections once per image (a cost that shows on plates of thousands of images)
         task = functools.partial(
             write_level0_block, store=store, url=join_path(img.url, img.level_paths[0]), c_axis=img.c_axis,
             index=plan.channel_index, out_dtype=plan.dtype, where=f"image {img.path or plan.target}",
+            lower=lower, plane_axes=without_axis(tuple(axes), img.c_axis) if lower else (),
         )
-        token = tokenize(img.url, img.data.name, store.run_id, plan.channel_index)
+        token = tokenize(img.url, img.data.name, store.run_id, plan.channel_index, bool(lower))
         # one task per write block holds all k channels (a block shared along c is written once)
         written = img.data.map_blocks(task, chunks=tuple((1,) * len(c) for c in img.data.chunks), dtype=np.int64,
                                       name=f"omeloc-write-{token}")
@@ -227,21 +264,26 @@ def _lower_level_image(img: ImagePlan, level: int, index: int, store: RunStore, 
     ).sum()
 
 
-def lower_level_graph(plan: WritePlan, level: int, store: RunStore, axes: tuple[str, ...]) -> da.Array:
-    """The graph writing pyramid level ``level`` (≥ 1) of every image that has it, from the level above."""
+def lower_level_graph(plan: WritePlan, level: int, store: RunStore, axes: tuple[str, ...],
+                      fused: frozenset[str] = frozenset()) -> da.Array | None:
+    """The graph writing pyramid level ``level`` (≥ 1) of every image that has it, from the level above
+    (not the images in ``fused``, whose level-0 tasks wrote it); ``None`` if there is none."""
     totals = [_lower_level_image(img, level, plan.channel_index, store, axes, plan.k)
-              for img in plan.images if level < len(img.level_paths)]
-    return da.stack(totals).sum()
+              for img in plan.images if level < len(img.level_paths) and img.path not in fused]
+    return da.stack(totals).sum() if totals else None
 
 
 def write_pixels(plan: WritePlan, store: RunStore, axes: tuple[str, ...], run: GraphRunner,
                  done: Mapping[str, set[tuple[int, ...]]] | None = None) -> int:
     """Write the new channel at every level, level by level with ``run``; the bytes written."""
-    total = level0_graph(plan, store, done)
+    # a resumed image's kept blocks have no lower levels yet: those are built level by level
+    fused = frozenset(img.path for img in plan.images if fusable(img, axes) and not (done or {}).get(img.path))
+    total = level0_graph(plan, store, done, fused, axes)
     nbytes = run(total, "level 0") if total is not None else 0
     fault_point("level0_written")
     for level in range(1, plan.levels):
-        nbytes += run(lower_level_graph(plan, level, store, axes), f"level {level}")
+        graph = lower_level_graph(plan, level, store, axes, fused)
+        nbytes += run(graph, f"level {level}") if graph is not None else 0
         fault_point(f"level{level}_written")
     return nbytes
 

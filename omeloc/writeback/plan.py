@@ -363,7 +363,17 @@ def _as_dask(value: Any, where: str, want_shape: tuple[int, ...], blocks: tuple[
                 f"Data for {where} has NaN or infinite values. Replace them (e.g. np.nan_to_num) first."
             )
         arr = da.from_array(arr, chunks=blocks)
-    return arr.rechunk(blocks)
+    return arr.rechunk(_aligned(arr.chunks, blocks))
+
+
+def _aligned(chunks: tuple[tuple[int, ...], ...], blocks: tuple[int, ...]) -> tuple[Any, ...]:
+    """Chunks for the write tasks: the data's own along an axis where each of its blocks starts on a
+    write-block boundary (e.g. prediction regions), else the write blocks."""
+    out: list[Any] = []
+    for c, b in zip(chunks, blocks):
+        starts = np.cumsum((0, *c[:-1]))
+        out.append(c if all(int(x) % b == 0 for x in starts) else b)
+    return tuple(out)
 
 
 def _image_plan(img: Image, value: Any, mode: str, n_c: int, target: str, k: int = 1) -> ImagePlan:
