@@ -15,7 +15,8 @@ returns a :class:`WritePlan`, or raises the one error that tells the user what t
   the block, labels ``c0, c1, ...`` as omeloc reads them);
 - no chunk files lie beyond the channel count (left by an interrupted foreign write);
 - the data: one array per image, of the shape of level 0 without the ``c`` axis (with a
-  leading axis of one entry per name when there are several names), numeric, finite (checked here for in-memory arrays, inside the write tasks for dask arrays).
+  leading axis of one entry per name when there are several names), numeric, finite
+  (checked here for in-memory arrays, inside the write tasks for dask arrays).
 """
 
 from __future__ import annotations

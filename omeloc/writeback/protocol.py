@@ -302,7 +302,12 @@ def _checked_request(name: str | Sequence[str], provenance: Mapping[str, Any] | 
         if any(ord(ch) < 32 or ord(ch) == 127 for ch in one):
             raise InputError(f"Expected a channel name without control characters (newlines, tabs). Got {one!r} "
                              f"instead.")
-    records = [dict(p) for p in provenance] if isinstance(provenance, Sequence) else [dict(provenance or {})]
+    many = isinstance(provenance, Sequence) and not isinstance(provenance, (str, bytes))
+    try:
+        records = [dict(p) for p in provenance] if many else [dict(provenance or {})]
+    except (TypeError, ValueError) as err:
+        raise InputError(f"Expected provenance as a mapping (or one per channel name). Got {type(provenance).__name__} "
+                         f"instead.") from err
     if len(records) == 1:
         records *= len(names)
     if len(records) != len(names):
@@ -394,7 +399,8 @@ def _pick_colors(color: str | None, channels: list[dict[str, Any]], plan: WriteP
     used = {str(ch.get("color", "")).upper() for ch in channels}
     out: list[str] = []
     for j, index in enumerate(plan.indices):
-        own = str(channels[index].get("color", "")).upper() if plan.mode == "overwrite" and index < len(channels) else ""
+        replaced = plan.mode == "overwrite" and index < len(channels)
+        own = str(channels[index].get("color", "")).upper() if replaced else ""
         if j == 0 and color is not None:
             pick = asked
         elif re.fullmatch(r"[0-9A-F]{6}", own):
@@ -553,7 +559,8 @@ def _unskippable_rollback(job: WriteJob, err: BaseException, *, quiet: bool) -> 
     try:
         jr.rollback(job.io, job.journal, quiet=quiet)
     except Exception as rb_err:
-        fix = "Free space on its device" if _disk_full(err) or _disk_full(rb_err) else "Make the store reachable and writable"
+        full = _disk_full(err) or _disk_full(rb_err)
+        fix = "Free space on its device" if full else "Make the store reachable and writable"
         raise ReadOnlyStoreError(
             f"Writing channel {job.plan.name!r} into {job.io.url} failed ({_one_line(err)}) and the rollback could "
             f"not finish ({_one_line(rb_err)}); the plate keeps its journal. {fix}, then run "
