@@ -60,8 +60,8 @@ BPAE_SPLIT = 0.75
 """The BPAE field's columns left of this fraction of its width are trained on; the rest is held out."""
 RECIPES = {
     "default": {},
-    "structure": dict(norm="group", block="residual", loss="l1+ssim", detail=1.0, foreground_weight=0.5,
-                      intensity_augment=True),
+    "structure": {"norm": "group", "block": "residual", "loss": "l1+ssim", "detail": 1.0, "foreground_weight": 0.5,
+                  "intensity_augment": True},
 }
 COLUMNS = (("pearson_r", "baseline_r", "whole-field r"), ("foreground_r", "baseline_foreground_r", "foreground r"),
            ("structure_r", "baseline_structure_r", "structure r"))

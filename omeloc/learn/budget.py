@@ -26,8 +26,9 @@ from typing import Any
 import torch
 
 from omeloc.engine.device import to_channels_last
+from omeloc.learn.objectives import lr_factor
 
-__all__ = ["StepTiming", "fit_steps", "measure", "refit_steps"]
+__all__ = ["FallingRate", "StepTiming", "fit_steps", "measure", "refit_steps"]
 
 #: steps timed (after one untimed warm-up step) to estimate the step time
 MEASURED_STEPS = 3
@@ -104,6 +105,28 @@ def refit_steps(step: int, start: int, elapsed: float, seconds_left: float, cap:
     pace = elapsed / max(step - start, 1)
     total = step + max(0, math.floor(seconds_left / pace))
     return min(total, cap) if cap is not None else total
+
+
+class FallingRate:
+    """The learning-rate factor of a budgeted run, whose planned steps are re-fitted as it goes.
+
+    :func:`~omeloc.learn.objectives.lr_factor` of the current plan, except that past the
+    warm-up it never rises: a re-fit that stretches the run moves the cosine back, and the
+    rate is then held until the schedule falls below it again.  (A rising rate mid-run undid
+    learned structure: held-out r 0.78 → 0.64 after one such stretch, NF1 actin → ER.)
+    """
+
+    def __init__(self) -> None:
+        self.ceiling: float | None = None
+
+    def factor(self, step: int, steps: int, schedule: str) -> float:
+        """The factor of 0-based ``step`` of a run now planned for ``steps`` steps."""
+        f = lr_factor(step, steps, schedule)
+        if self.ceiling is not None and f > self.ceiling:
+            return self.ceiling
+        if schedule != "constant" and step >= max(1, steps // 20):  # past the warm-up: from here on it only falls
+            self.ceiling = f
+        return f
 
 
 def _median(values: list[float]) -> float:

@@ -29,7 +29,7 @@ from omeloc.analysis.metrics import pearson_r, structure_r
 from omeloc.config import TrainConfig
 from omeloc.engine.device import autocast, to_channels_last
 from omeloc.errors import InputError
-from omeloc.learn.budget import refit_steps
+from omeloc.learn.budget import FallingRate, refit_steps
 from omeloc.learn.checkpoint import WEIGHTS_FILE, save_state
 from omeloc.learn.log import TrainLog
 from omeloc.learn.objectives import Objective
@@ -174,6 +174,8 @@ class Trainer:
         self.deadline: float | None = None
         self.cap: int | None = None
         self._last_fit: tuple[int, float] | None = None
+        self._rate = FallingRate()
+        """A budgeted run's learning-rate factor: past its warm-up it never rises again (re-fits move the end)."""
         if cfg.steps is not None:
             self.set_steps(cfg.steps)
 
@@ -209,7 +211,7 @@ class Trainer:
         to_channels_last(net, self.device)
         net.train()
         t_loop = time.perf_counter()
-        self._last_fit = (self.start, t_loop)
+        self._last_fit, self._rate = (self.start, t_loop), FallingRate()  # (the budget's measuring steps came before)
         acc: dict[str, list[float]] = {k: [] for k in _LOSSES}
         val: dict[str, float] = {}
         step = self.start
@@ -253,12 +255,16 @@ class Trainer:
             self._last_fit = (step, now)
             total = max(total, step if validated else step + 1)
             if total != self.cfg.steps:
-                self.set_steps(total, intervals=False)
+                # the intervals stay, unless the run shrank so much that it would validate fewer than 3 times
+                self.set_steps(total, intervals=not self.cfg.val_every and total - step < 3 * self.val_every)
 
     def step(self, step_idx: int, xb: np.ndarray, yb: np.ndarray, total: int | None = None) -> dict[str, torch.Tensor]:
         """One optimizer step on batch ``step_idx`` of a run of ``total`` steps (default ``cfg.steps``)."""
         o = self.objective
-        o.begin_step(step_idx, total or self.cfg.steps, self.cfg.schedule)
+        steps = total or self.cfg.steps
+        o.begin_step(step_idx, steps, self.cfg.schedule)
+        if self.deadline is not None:
+            o.set_lr(o.lr * self._rate.factor(step_idx, steps, self.cfg.schedule))
         x = torch.from_numpy(xb).to(self.device, non_blocking=True)
         y = torch.from_numpy(yb).to(self.device, non_blocking=True)
         losses = o.step(to_channels_last(x, self.device), y)
