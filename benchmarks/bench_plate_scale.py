@@ -9,7 +9,9 @@ in a fresh subprocess, which measures in turn:
 - ``predict`` (into a copy of the plate): seconds, peak RSS of the process, metadata reads
   per image, and the overhead per image: (predict − model time) / N, where the model time is
   the engine's (``predict_numpy``) over the same fields, same model, tile and precision,
-  measured in the same process.
+  measured in the same process;
+- what predict keeps per image (``tracemalloc``, after the timings): the opened plate view
+  and the lazy prediction (its Dask graph).
 
 Store reads are counted by wrapping zarr's local store (:mod:`omeloc.testing.storecount`): on
 an object store each is a round trip.
@@ -78,6 +80,19 @@ for field in x:
                   batch_size=cfg.batch_size, device=dev, precision=prec, out_channels=1)
 row["model_s"] = time.perf_counter() - t
 row["overhead_ms_per_image"] = 1000 * (row["predict_s"] - row["model_s"]) / n
+
+# what predict keeps per image (tracemalloc, after the timings): the opened view and the lazy prediction
+import gc, tracemalloc
+from omeloc.jobs.predict import lazy_prediction, plan_prediction
+def kept(fn):
+    gc.collect(); tracemalloc.start()
+    out = fn(); gc.collect()
+    size = tracemalloc.get_traced_memory()[0]; tracemalloc.stop()
+    return out, size / n
+view, row["view_bytes_per_image"] = kept(lambda: omeloc.open_plate(plate))
+job = plan_prediction(view, ckpt)
+lazy_prediction(job, view.images[0])
+_, row["lazy_prediction_bytes_per_image"] = kept(lambda: [lazy_prediction(job, img) for img in view.images])
 print(json.dumps(row))
 """
 
@@ -129,8 +144,9 @@ def main() -> None:
                   f"reads/img)  info {row['info_s']:6.2f} s  dry-run {row['dry_run_s']:6.2f} s "
                   f"({row['dry_run_metadata_reads_per_image']:.2f} reads/img)  predict {row['predict_s']:7.2f} s "
                   f"({row['predict_metadata_reads_per_image']:.2f} reads/img)  model {row['model_s']:6.2f} s  "
-                  f"overhead {row['overhead_ms_per_image']:5.1f} ms/img  peak RSS {row['peak_rss_mb']:6.0f} MB",
-                  flush=True)
+                  f"overhead {row['overhead_ms_per_image']:5.1f} ms/img  peak RSS {row['peak_rss_mb']:6.0f} MB  kept per "
+                  f"image: view {row['view_bytes_per_image']:6.0f} B, lazy prediction "
+                  f"{row['lazy_prediction_bytes_per_image']:6.0f} B", flush=True)
     result = {"benchmark": "omeloc plate scale (fields of 32², one level, tiny U-Net)", "runs": runs,
               "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
                           "loadavg_at_end": os.getloadavg()},

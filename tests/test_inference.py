@@ -374,3 +374,26 @@ def test_empty_blocks_are_skipped_filled_and_counted():
     assert skipped_blocks() == 0 and full.shape == (1, 128, 128)
     with pytest.raises(InputError, match="skip_below"):
         predict_array(model, img, skip_below=float("nan"))
+
+
+def test_batch_size_auto():
+    """``batch_size="auto"`` (the default): 4 tiles off CUDA; on CUDA from the free memory and one tile's
+    measured footprint (the arithmetic is checked here; the measurement needs a GPU)."""
+    from omeloc.config import TilingConfig
+    from omeloc.engine.inference import CPU_BATCH, batch_from_memory, resolve_batch_size
+
+    assert TilingConfig().batch_size == "auto"
+    cpu = torch.device("cpu")
+    assert resolve_batch_size("auto", lambda x: x, cpu, (64, 64), 1, "fp32") == CPU_BATCH
+    assert resolve_batch_size(3, lambda x: x, cpu, (64, 64), 1, "fp32") == 3
+    assert batch_from_memory(8_000_000_000, 100_000_000) == 40  # half of 8 GB at 100 MB per tile
+    assert batch_from_memory(8_000_000_000, 1) == 64 and batch_from_memory(10, 10**9) == 1
+    x = np.random.default_rng(0).random((1, 100, 90)).astype(np.float32)
+    model = nn.Conv2d(1, 1, 3, padding=1)
+    auto = predict_array(model, x, tile=32, overlap=8, precision="fp32").compute()
+    one = predict_array(model, x, tile=32, overlap=8, precision="fp32", batch_size=1).compute()
+    np.testing.assert_allclose(auto, one, rtol=0, atol=1e-6)
+    with pytest.raises(InputError, match="'auto'"):
+        predict_array(model, x, batch_size="many")
+    with pytest.raises(InputError, match="'auto'"):
+        TilingConfig(batch_size=0).validate()

@@ -78,6 +78,42 @@ def test_predict_reads_per_image_do_not_grow_with_the_plate(plates, tmp_path):
     assert per_image[384] <= 30
 
 
+
+def _traced_bytes(fn):
+    """``fn()`` and the bytes it left allocated (tracemalloc)."""
+    import gc
+    import tracemalloc
+
+    gc.collect()
+    tracemalloc.start()
+    try:
+        out = fn()
+        gc.collect()
+        return out, tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+
+
+def test_what_a_plate_keeps_per_image_stays_small(plates):
+    """Peak memory of a predict grows with what it keeps per image: the opened view, the lazy prediction."""
+    import json
+
+    paths, ckpt = plates
+    path, n = paths[384], 384
+    omeloc.open_plate(path)  # one-off costs (imports, zarr's caches) out of the count
+    plate, view = _traced_bytes(lambda: omeloc.open_plate(path))
+    assert view / n < 7000  # was ~10,100 bytes, ~5,600 of them the decoded attributes of every image
+    job = plan_prediction(plate, ckpt)
+    lazy_prediction(job, plate.images[0])  # the region settings, once per run
+    arrays, graph = _traced_bytes(lambda: [lazy_prediction(job, img) for img in plate.images])
+    assert graph / n < 5000  # was ~10,800 bytes with two map_blocks layers per image
+    assert all(len(a.dask.layers) == 2 for a in arrays)
+    img = plate.images[5]
+    stored = json.loads((path / img.path / "zarr.json").read_text())["attributes"]
+    assert img.attrs == stored and img.attrs is not img.attrs  # as stored; a caller's change stays its own
+    assert img.omero["channels"][0]["label"] == "actin" and img.shape == (2, 32, 32)
+
+
 def test_region_chunks_are_whole_planes_or_multiples_of_the_write_block():
     assert region_chunks(512, 256) == (512,)
     assert region_chunks(4096, 256) == (4096,)

@@ -30,6 +30,7 @@ r = 0.9987, RMSE 5.2 % and max abs error 32 % of the fp32 output's std
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -68,19 +69,24 @@ from omeloc.errors import InputError
 from omeloc.testing.faults import fault_point
 
 __all__ = [
+    "CPU_BATCH",
     "PRECISIONS",
     "InMemoryModel",
     "ModelRef",
+    "batch_from_memory",
     "clear_model_cache",
     "fold_batchnorm",
     "get_model",
     "predict_array",
     "predict_numpy",
     "prepare_model",
+    "resolve_batch_size",
     "resolve_device",
     "resolve_precision",
     "skipped_blocks",
 ]
+
+logger = logging.getLogger(__name__)
 
 _executors: dict[str, ThreadPoolExecutor] = {}
 _executors_lock = threading.Lock()
@@ -128,7 +134,9 @@ def _forward_executor(device: torch.device) -> ThreadPoolExecutor:
 def _run_model(model: Any, batch: np.ndarray, device: torch.device, precision: str) -> np.ndarray:
     is_module = isinstance(model, torch.nn.Module)
     with torch.inference_mode():
-        x = torch.from_numpy(batch).to(device)
+        x = torch.from_numpy(batch)
+        # on CUDA the batch goes through page-locked memory, copied without blocking the thread
+        x = x.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else x.to(device)
         if is_module:
             x = to_channels_last(x, device)
         with autocast(device, precision, enabled=is_module):
@@ -154,8 +162,44 @@ def _windows_touching(shape: tuple[int, int], tile: tuple[int, int], overlap: tu
             and win[1].start < cx.stop and win[1].stop > cx.start]
 
 
+#: tiles per forward pass when ``batch_size="auto"`` off CUDA (CPU throughput is flat beyond ~4)
+CPU_BATCH = 4
+#: at most this many tiles per forward pass with ``batch_size="auto"`` on CUDA
+MAX_AUTO_BATCH = 64
+_auto_batches: dict[tuple, int] = {}
+
+
+def batch_from_memory(free_bytes: int, per_tile_bytes: int, fraction: float = 0.5, cap: int = MAX_AUTO_BATCH) -> int:
+    """Tiles per forward pass that fit ``fraction`` of ``free_bytes`` at ``per_tile_bytes`` each (1 to ``cap``)."""
+    return max(1, min(cap, int(free_bytes * fraction) // max(1, int(per_tile_bytes))))
+
+
+def resolve_batch_size(batch_size: int | str, model: Any, device: torch.device, tile: tuple[int, int],
+                       in_channels: int, precision: str) -> int:
+    """``batch_size`` itself, or for ``"auto"``: :data:`CPU_BATCH` off CUDA; on CUDA as many tiles as fit half
+    the free memory, measured with one tile's forward pass (once per model, device, tile and precision)."""
+    if batch_size != "auto":
+        return int(batch_size)
+    if device.type != "cuda":
+        return CPU_BATCH
+    m = int(getattr(model, "multiple", 1) or 1)
+    shape = (1, in_channels, *(-(-t // m) * m for t in tile))
+    key = (id(model), str(device), shape, precision)
+    if key not in _auto_batches:
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        _forward(model, np.zeros(shape, np.float32), device, precision)
+        per_tile = torch.cuda.max_memory_allocated(device) - base
+        free, _ = torch.cuda.mem_get_info(device)
+        _auto_batches[key] = batch_from_memory(free, per_tile)
+        logger.info("batch size %d on %s (%.0f MB per tile, %.0f MB free)", _auto_batches[key], device,
+                    per_tile / 1e6, free / 1e6)
+    return _auto_batches[key]
+
+
 def predict_numpy(model: Any, region: np.ndarray, *, tile: tuple[int, int], overlap: tuple[int, int],
-                  blend: str, batch_size: int, device: torch.device, precision: str,
+                  blend: str, batch_size: int | str, device: torch.device, precision: str,
                   out_channels: int, core: tuple[slice, slice] | None = None,
                   trim: int | tuple[int, int] | None = None) -> np.ndarray:
     """Tile, predict and blend one in-memory region ``(..., C, H, W)``; return ``core`` of it.
@@ -163,8 +207,10 @@ def predict_numpy(model: Any, region: np.ndarray, *, tile: tuple[int, int], over
     ``core`` (default: all of it) is the part of the region whose prediction is returned;
     tiles that do not touch it are skipped.  ``trim`` (default ``overlap // 4``) is the
     margin of zero blending weight on the inner sides of every tile
-    (:class:`~omeloc.engine.tiling.Accumulator`).  The result is float32 ``(..., C', h, w)``.
+    (:class:`~omeloc.engine.tiling.Accumulator`).  ``batch_size`` may be ``"auto"``
+    (:func:`resolve_batch_size`).  The result is float32 ``(..., C', h, w)``.
     """
+    batch_size = resolve_batch_size(batch_size, model, device, tile, region.shape[-3], precision)
     lead, (h, w) = region.shape[:-3], region.shape[-2:]
     core = core or (slice(0, h), slice(0, w))
     windows = _windows_touching((h, w), tile, overlap, core)
@@ -258,13 +304,13 @@ def _infer_out_channels(ref: ModelRef, in_channels: int, device: torch.device, p
     return int(y.shape[1])
 
 
-def _check_settings(blend: str, batch_size: int, out_channels: int | None,
+def _check_settings(blend: str, batch_size: int | str, out_channels: int | None,
                     skip_below: float | None) -> None:
     """Validate the settings :func:`check_tiling` and the device helpers do not."""
     if blend not in BLEND_MODES:
         raise InputError(f"Unknown blend {blend!r}. Use one of {', '.join(BLEND_MODES)}.")
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise InputError(f"Expected batch_size >= 1. Got {batch_size!r} instead.")
+    if batch_size != "auto" and (not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1):
+        raise InputError(f"Expected batch_size >= 1 or 'auto'. Got {batch_size!r} instead.")
     if out_channels is not None and (not isinstance(out_channels, int) or out_channels < 1):
         raise InputError(f"Expected out_channels >= 1. Got {out_channels!r} instead.")
     if skip_below is not None and not np.isfinite(skip_below):
@@ -309,7 +355,7 @@ def _map_blocks(arr: da.Array, ref_arg: Any, c_out: int, overlap: tuple[int, int
 
 
 def predict_array(model: Any, array: Any, *, tile: int | tuple[int, int] = 256,
-                  overlap: int | tuple[int, int] = 32, blend: str = "cosine", batch_size: int = 4,
+                  overlap: int | tuple[int, int] = 32, blend: str = "cosine", batch_size: int | str = "auto",
                   device: str = "auto", precision: str = "auto", out_channels: int | None = None,
                   trim: int | tuple[int, int] | None = None, skip_below: float | None = None,
                   fill: float = 0.0) -> da.Array:
@@ -330,7 +376,8 @@ def predict_array(model: Any, array: Any, *, tile: int | tuple[int, int] = 256,
     blend : {"cosine", "linear", "gaussian", "constant"}
         Blending window (:func:`omeloc.engine.tiling.weight_profile`).
     batch_size
-        Tiles per forward pass.
+        Tiles per forward pass, or ``"auto"`` (default): 4 on a CPU, on CUDA as many as fit
+        half the free memory (:func:`resolve_batch_size`, measured on the worker).
     device, precision
         ``"auto"`` (CUDA, then MPS, then CPU), ``"cpu"``, ``"cuda"``, ``"cuda:N"``, ``"mps"``;
         autocast dtype of the forward pass, one of ``"auto", "fp32", "bf16", "fp16"``

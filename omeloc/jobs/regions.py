@@ -9,8 +9,9 @@ forward passes run on the engine's single forward thread) and maps the output ba
 target's units.  While one region's forward pass runs, Dask's other threads read and normalize
 the next regions; the write tasks (:mod:`omeloc.writeback.pixels`) run behind.
 
-Per image the graph holds one layer (a ``map_blocks`` without input arrays), and the region
-tasks share the image's already opened zarr array: no array is opened per task.
+Per image the graph holds two small layers (read+normalize, inference; plain task mappings,
+not ``map_blocks``), and the region tasks share the image's already opened zarr array: no
+array is opened per task.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import dask.array as da
 import numpy as np
 import torch
 from dask.base import tokenize
+from dask.highlevelgraph import HighLevelGraph, MaterializedLayer
 
 from omeloc.engine.inference import get_model, predict_numpy, resolve_device, resolve_precision
 from omeloc.engine.tiling import check_tiling, check_trim
@@ -79,7 +81,7 @@ class RegionSettings:
     tile: tuple[int, int]
     overlap: tuple[int, int]
     blend: str
-    batch_size: int
+    batch_size: int | str
     device: str
     precision: str
     spread: bool = False
@@ -150,24 +152,63 @@ def region_prediction(array: Any, axes: Sequence[str], blocks: Sequence[int], se
     other axes).  ``annotate`` makes the context the inference layer is built in (a GPU
     resource on a cluster); the read layer is not annotated, so reads overlap inference.
     With ``settings.spread`` the result has a leading axis of 2: the prediction and its spread.
+
+    The two layers are plain task mappings, not ``map_blocks``: a plate holds thousands of
+    these arrays at once: two ``map_blocks`` layers cost ~10 kB per image, these two ~3 kB
+    (``benchmarks/README.md``, "Plates of thousands of images").
     """
     chunks = []
     for ax, n, b in zip(axes, array.shape, blocks):
         if ax != "c":
             chunks.append(region_chunks(int(n), int(b), side if ax in ("y", "x") else int(b)))
-    meta = np.empty((0,) * len(chunks), dtype=np.float32)
     token = tokenize(tuple(array.shape), tuple(axes), settings.token, side, getattr(array, "where", id(array)))
-    # reader and settings are bound into the functions: as map_blocks arguments Dask would walk
-    # them for collections once per image (~1 ms each, 10 s for a 3,456-image plate)
-    read = functools.partial(read_region, array, settings)
-    src = da.map_blocks(read, chunks=tuple(chunks), dtype=np.float32, meta=meta, name=f"omeloc-read-region-{token}")
-    infer = functools.partial(infer_region, settings=settings)
+    read_name, name = f"omeloc-read-region-{token}", f"omeloc-region-{token}"
+    # reader and settings are bound into the functions once per image (as task arguments Dask
+    # would walk them for collections); each task holds only its region's location
+    read = functools.partial(_read_at, array, settings)
+    infer = functools.partial(_infer_at, settings)
+    shape = tuple(sum(c) for c in chunks)
+    lead = (0,) if settings.spread else ()  # with spread, a leading axis of 2: the prediction and its spread
+    read_layer, infer_layer = {}, {}
+    for index, loc in _region_locations(chunks):
+        read_layer[(read_name, *index)] = (read, loc, shape)
+        infer_layer[(name, *lead, *index)] = (infer, (read_name, *index), loc, shape)
+    layers = {read_name: MaterializedLayer(read_layer)}
     with annotate():
-        if settings.spread:
-            return da.map_blocks(infer, src, dtype=np.float32, new_axis=0, chunks=((2,), *src.chunks),
-                                 meta=np.empty((0,) * (len(chunks) + 1), dtype=np.float32),
-                                 name=f"omeloc-region-{token}")
-        return da.map_blocks(infer, src, dtype=np.float32, meta=meta, name=f"omeloc-region-{token}")
+        layers[name] = MaterializedLayer(infer_layer)
+    graph = HighLevelGraph(layers, {read_name: set(), name: {read_name}})
+    out_chunks = ((2,), *chunks) if settings.spread else tuple(chunks)
+    return da.Array(graph, name, chunks=out_chunks, meta=_meta(len(out_chunks)))
+
+
+@functools.cache
+def _meta(ndim: int) -> np.ndarray:
+    """The (shared) ``meta`` of a float32 prediction of ``ndim`` axes."""
+    return np.empty((0,) * ndim, dtype=np.float32)
+
+
+def _region_locations(chunks: Sequence[tuple[int, ...]]) -> list[tuple[tuple[int, ...], tuple[tuple[int, int], ...]]]:
+    """Block index and ``(start, stop)`` per axis of every chunk of ``chunks``."""
+    starts = [np.cumsum((0, *c)).tolist() for c in chunks]
+    return [(index, tuple((starts[ax][i], starts[ax][i + 1]) for ax, i in enumerate(index)))
+            for index in np.ndindex(*(len(c) for c in chunks))]
+
+
+def _block_info(loc: tuple[tuple[int, int], ...], shape: tuple[int, ...]) -> dict:
+    """What ``map_blocks`` would pass as ``block_info`` to a task of region ``loc``."""
+    return {None: {"array-location": list(loc), "shape": shape}}
+
+
+def _read_at(array: Any, settings: RegionSettings, loc: tuple[tuple[int, int], ...], shape: tuple[int, ...]
+             ) -> np.ndarray:
+    """Dask task: :func:`read_region` of the region at ``loc`` of a plane of ``shape``."""
+    return read_region(array, settings, block_info=_block_info(loc, shape))
+
+
+def _infer_at(settings: RegionSettings, x: np.ndarray, loc: tuple[tuple[int, int], ...], shape: tuple[int, ...]
+              ) -> np.ndarray:
+    """Dask task: :func:`infer_region` of the region at ``loc`` of a plane of ``shape``."""
+    return infer_region(x, settings, block_info=_block_info(loc, shape))
 
 
 def region_settings(ref: Any, source_index: Sequence[int], c_axis: int, source_stats: Sequence[Mapping[str, Any]],
@@ -177,7 +218,7 @@ def region_settings(ref: Any, source_index: Sequence[int], c_axis: int, source_s
     dev = resolve_device(tiling.device)
     settings = RegionSettings(ref=ref, source_index=tuple(int(i) for i in source_index), c_axis=c_axis,
                               source_stats=tuple(source_stats), target_stats=tuple(target_stats), tile=tile,
-                              overlap=overlap, blend=tiling.blend, batch_size=int(tiling.batch_size),
+                              overlap=overlap, blend=tiling.blend, batch_size=tiling.batch_size,
                               device=str(dev), precision=resolve_precision(tiling.precision, dev), spread=spread)
     key = (getattr(ref, "key", repr(ref)), settings.source_index, c_axis, repr(source_stats), repr(target_stats),
            tile, overlap, settings.blend, settings.batch_size, settings.device, settings.precision, spread)

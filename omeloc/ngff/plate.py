@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import marshal
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -213,10 +214,16 @@ class Image:
     scales: tuple[tuple[float, ...], ...]
     ngff_version: str
     zarr_format: int
-    attrs: dict[str, Any] = field(repr=False, compare=False)
+    _attrs: Any = field(repr=False, compare=False)
+    """The attributes packed by :func:`_pack_attrs` (what :attr:`attrs` unpacks)."""
     _group: zarr.Group = field(repr=False, compare=False)
 
     # -- metadata -------------------------------------------------------------------------
+    @property
+    def attrs(self) -> dict[str, Any]:
+        """All group attributes, as stored (a fresh copy at each access)."""
+        return _unpack_attrs(self._attrs)
+
     @property
     def ome(self) -> dict[str, Any]:
         """The NGFF metadata (``attrs['ome']`` on 0.5, the attributes themselves on 0.4)."""
@@ -501,6 +508,33 @@ class Plate:
         return self.to_xarray(level).sel(**indexers)
 
 
+def _pack_attrs(attrs: dict[str, Any]) -> Any:
+    """An image's attributes kept compact (``marshal``: ~0.7 kB where the decoded JSON takes ~6 kB).
+
+    A plate of thousands of images keeps two views of every image while it is predicted: the
+    decoded attributes would be most of their memory (``benchmarks/README.md``, "Plates of
+    thousands of images").  Attributes that ``marshal`` cannot hold are kept as they are.
+    """
+    try:
+        return marshal.dumps(attrs)
+    except ValueError:
+        return attrs
+
+
+def _unpack_attrs(packed: Any) -> dict[str, Any]:
+    """What :func:`_pack_attrs` packed, as a new dict."""
+    return marshal.loads(packed) if isinstance(packed, bytes) else packed
+
+
+def _without_attributes(group: zarr.Group) -> zarr.Group:
+    """``group`` without its attributes in memory (the Image keeps them packed); levels open from it as before."""
+    meta = getattr(group, "metadata", None)
+    if not dataclasses.is_dataclass(meta) or "attributes" not in {f.name for f in dataclasses.fields(meta)}:
+        return group
+    slim = dataclasses.replace(meta, attributes={})
+    return zarr.Group(zarr.AsyncGroup(metadata=slim, store_path=group.store_path))
+
+
 def _parse_axes(multiscale: Mapping[str, Any], url: str) -> tuple[str, ...]:
     """The image's axes by meaning (:func:`omeloc.ngff.axes.axis_keys`), whatever their case or order."""
     axes_meta = multiscale.get("axes")
@@ -547,7 +581,7 @@ def _read_image(
     img = Image(
         path=path, url=url, well=well, field=field_name, axes=axes, channel_names=(),
         level_paths=level_paths, scales=tuple(scales), ngff_version=version,
-        zarr_format=zarr_format, attrs=dict(group.attrs), _group=group,
+        zarr_format=zarr_format, _attrs=_pack_attrs(dict(group.attrs)), _group=_without_attributes(group),
     )
     n_c = img.zarr_array(0).shape[axes.index("c")]
     names = tuple(
