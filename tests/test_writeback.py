@@ -120,6 +120,24 @@ def test_whole_plane_blocks_write_every_level_in_one_task_with_the_same_bytes(pl
         for level, want in enumerate(_expected_levels(data[img.path], img.shapes)):
             np.testing.assert_array_equal(img.channel("pred", level).compute(), want)
 
+
+def test_pixel_graphs_in_batches_of_images_write_the_same_bytes(plate, tmp_path, monkeypatch):
+    """Each level runs as graphs of a few images at a time (flat memory on plates of thousands of images)."""
+    from omeloc.writeback import pixels
+
+    other = tmp_path / "one-graph.zarr"
+    shutil.copytree(plate, other)
+    data = _prediction()
+    add_channel(other, "pred", data)
+    descs: list[str] = []
+    real = pixels.level0_graph
+    monkeypatch.setattr(pixels, "BATCH_IMAGES", 3)
+    monkeypatch.setattr(pixels, "level0_graph", lambda plan, *a, **k: descs.append(len(plan.images)) or real(plan, *a, **k))
+    add_channel(plate, "pred", data)
+    assert descs == [3, 3, 2]
+    batched, single = tree_digest(plate), tree_digest(other)
+    assert {k: v for k, v in batched.items() if _is_chunk(k)} == {k: v for k, v in single.items() if _is_chunk(k)}
+
 def test_independent_readers_see_the_new_channel(plate):
     data = _prediction()
     add_channel(plate, "pred", data)

@@ -511,7 +511,11 @@ def predict(plate: str | Path | Plate, model: str | Path | VirtualStain, *, name
         if on_plan is not None:
             on_plan(plan)
         _check_model(job, client)
-        outcome = plan if dry_run else _written(write, job)
+        if dry_run:
+            outcome = plan
+        else:
+            del plan  # the write plans again under the lock: this plan's lazy arrays (~3 kB per image) go first
+            outcome = _written(write, job)
     result = PredictResult.of(job, outcome, seconds=time.perf_counter() - t0, dry_run=dry_run)
     if not dry_run:
         logger.info("predicted %.1f megapixels into %r in %.1f s", result.megapixels, job.name, result.seconds)

@@ -14,6 +14,7 @@ wrote; metadata is written by the driver (:mod:`omeloc.writeback.protocol`).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import json
 import threading
@@ -275,17 +276,39 @@ def lower_level_graph(plan: WritePlan, level: int, store: RunStore, axes: tuple[
 
 def write_pixels(plan: WritePlan, store: RunStore, axes: tuple[str, ...], run: GraphRunner,
                  done: Mapping[str, set[tuple[int, ...]]] | None = None) -> int:
-    """Write the new channel at every level, level by level with ``run``; the bytes written."""
+    """Write the new channel at every level, level by level with ``run``; the bytes written.
+
+    Each level runs as graphs of at most :data:`BATCH_IMAGES` images: Dask's state for a graph
+    grows with its tasks (~18 kB per image), so peak memory stays flat in the plate's size.
+    """
     # a resumed image's kept blocks have no lower levels yet: those are built level by level
     fused = frozenset(img.path for img in plan.images if fusable(img, axes) and not (done or {}).get(img.path))
-    total = level0_graph(plan, store, done, fused, axes)
-    nbytes = run(total, "level 0") if total is not None else 0
+    nbytes = 0
+    for batch, desc in _batches(plan, "level 0"):
+        total = level0_graph(batch, store, done, fused, axes)
+        nbytes += run(total, desc) if total is not None else 0
     fault_point("level0_written")
     for level in range(1, plan.levels):
-        graph = lower_level_graph(plan, level, store, axes, fused)
-        nbytes += run(graph, f"level {level}") if graph is not None else 0
+        for batch, desc in _batches(plan, f"level {level}"):
+            graph = lower_level_graph(batch, level, store, axes, fused)
+            nbytes += run(graph, desc) if graph is not None else 0
         fault_point(f"level{level}_written")
     return nbytes
+
+
+#: most images per pixel graph (see :func:`write_pixels`)
+BATCH_IMAGES = 256
+
+
+def _batches(plan: WritePlan, desc: str) -> Iterator[tuple[WritePlan, str]]:
+    """``plan`` cut into plans of at most :data:`BATCH_IMAGES` images, each with its progress label."""
+    n = len(plan.images)
+    if n <= BATCH_IMAGES:
+        yield plan, desc
+        return
+    for start in range(0, n, BATCH_IMAGES):
+        stop = min(n, start + BATCH_IMAGES)
+        yield dataclasses.replace(plan, images=plan.images[start:stop]), f"{desc} (images {start + 1}-{stop} of {n})"
 
 
 def sample_windows(plan: WritePlan, store: RunStore) -> list[dict[str, float]]:
