@@ -312,7 +312,8 @@ def _batches(plan: WritePlan, desc: str) -> Iterator[tuple[WritePlan, str]]:
 
 
 def sample_windows(plan: WritePlan, store: RunStore) -> list[dict[str, float]]:
-    """omero windows from the 0.1/99.9 percentiles of each new channel (its lowest levels)."""
+    """omero windows from the 0.1/99.9 percentiles of each new channel (its lowest levels, at most
+    :data:`WINDOW_SAMPLES` pixels per image)."""
     samples: list[list[np.ndarray]] = [[] for _ in plan.names]
     for img in plan.images:
         arr = store.array(join_path(img.url, img.level_paths[-1]))
@@ -320,5 +321,10 @@ def sample_windows(plan: WritePlan, store: RunStore) -> list[dict[str, float]]:
         index[img.c_axis] = slice(plan.channel_index, plan.channel_index + plan.k)
         values = np.moveaxis(np.asarray(arr[tuple(index)]), img.c_axis, 0)
         for j, plane in enumerate(values):
-            samples[j].append(plane.ravel())
+            flat = plane.ravel()  # at most WINDOW_SAMPLES pixels per image: memory flat in the plate's size
+            samples[j].append(flat[::max(1, -(-flat.size // WINDOW_SAMPLES))].copy())
     return [channel_window(np.concatenate(s), np.dtype(plan.dtype)) for s in samples]
+
+
+#: most pixels per image and channel that :func:`sample_windows` keeps (evenly strided)
+WINDOW_SAMPLES = 16384
