@@ -35,9 +35,7 @@ score the choice on its own data.)
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import tempfile
 import time
 from collections.abc import Callable
@@ -45,9 +43,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
 import omeloc
+from _report import machine, report
 from omeloc.analysis.relate import heldout_scores
 from omeloc.data.tiff_import import NF1_PATTERN
 
@@ -131,13 +129,6 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def machine(load_before: tuple[float, float, float]) -> dict:
-    """The machine, torch and the load averages before (given) and now."""
-    return {"platform": platform.platform(), "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "torch": torch.__version__, "cuda": torch.cuda.is_available(),
-            "loadavg_before": load_before, "loadavg_after": os.getloadavg()}
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """The command line; ``--tasks`` checked against :data:`TASK_SETS` and their data folders."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -179,12 +170,7 @@ def main(argv: list[str] | None = None) -> dict:
     results = {"minutes_per_task": args.minutes, "tasks": args.tasks,
                "splits": {n: TASK_SETS[n].split for n in args.tasks}, "recipe": args.recipe,
                "recipe_options": RECIPES[args.recipe], "tta": args.tta, "rows": rows, "machine": machine(load_before)}
-    print(table(rows))
-    print(f"load average before {load_before[0]:.2f}, after {results['machine']['loadavg_after'][0]:.2f}")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2))
-    print(f"saved {args.out}")
-    return results
+    return report(results, table(rows), args.out)
 
 
 if __name__ == "__main__":

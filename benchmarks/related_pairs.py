@@ -25,16 +25,14 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import os
-import platform
 import tempfile
 import time
 from pathlib import Path
 
-import torch
 
 import omeloc
+from _report import machine, report
 
 HERE = Path(__file__).resolve().parent
 HELD_OUT = "B4"
@@ -148,16 +146,8 @@ def main(argv: list[str] | None = None) -> dict:
     for model in args.models:
         rows += relate_model(plate, model, args.minutes, work, p2p if model == "pix2pix" else {}, args.targets)
     results = {"minutes_per_pair": args.minutes, "held_out": HELD_OUT, "pix2pix_options": p2p, "rows": rows,
-               "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
-                           "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-                           "cuda": torch.cuda.is_available(), "loadavg_before": load_before,
-                           "loadavg_after": os.getloadavg()}}
-    print(table(rows))
-    print(f"load average before {load_before[0]:.2f}, after {results['machine']['loadavg_after'][0]:.2f}")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2))
-    print(f"saved {args.out}")
-    return results
+               "machine": machine(load_before)}
+    return report(results, table(rows), args.out)
 
 
 if __name__ == "__main__":
