@@ -361,7 +361,7 @@ def _region_settings(job: PredictionJob, img: Image) -> RegionSettings:
         spread = job.tiling.uncertainty
         ref = TTARef(stain.ref, spread=spread) if job.tiling.tta or spread else stain.ref
         cache[key] = region_settings(ref, index, key[1], [norm[c] for c in stain.source],
-                                     [norm[c] for c in stain.target], job.tiling, spread=spread)
+                                     [norm[c] for c in stain.target], job.tiling)
     return cache[key]
 
 

@@ -84,11 +84,15 @@ class RegionSettings:
     batch_size: int | str
     device: str
     precision: str
-    spread: bool = False
-    """``ref`` returns the mean and the spread of its test-time variants (:class:`~omeloc.learn.tta.TTARef`
-    with ``spread=True``): the regions hold two planes, the prediction and its uncertainty."""
     token: str = ""
     """A content hash of the fields above (set by :func:`region_settings`), for graph key names."""
+
+    @property
+    def spread(self) -> bool:
+        """Whether ``ref`` returns the mean and the spread of its test-time variants
+        (:class:`~omeloc.learn.tta.TTARef` with ``spread=True``): the regions then hold two planes,
+        the prediction and its uncertainty."""
+        return bool(getattr(self.ref, "spread", False))
 
 
 def _halo(loc: Sequence[tuple[int, int]], shape: Sequence[int], overlap: tuple[int, int]
@@ -212,14 +216,14 @@ def _infer_at(settings: RegionSettings, x: np.ndarray, loc: tuple[tuple[int, int
 
 
 def region_settings(ref: Any, source_index: Sequence[int], c_axis: int, source_stats: Sequence[Mapping[str, Any]],
-                    target_stats: Sequence[Mapping[str, Any]], tiling: Any, spread: bool = False) -> RegionSettings:
+                    target_stats: Sequence[Mapping[str, Any]], tiling: Any) -> RegionSettings:
     """:class:`RegionSettings` from a :class:`~omeloc.config.TilingConfig`, device and precision resolved."""
     tile, overlap = check_tiling(int(tiling.tile), int(tiling.overlap))
     dev = resolve_device(tiling.device)
     settings = RegionSettings(ref=ref, source_index=tuple(int(i) for i in source_index), c_axis=c_axis,
                               source_stats=tuple(source_stats), target_stats=tuple(target_stats), tile=tile,
                               overlap=overlap, blend=tiling.blend, batch_size=tiling.batch_size,
-                              device=str(dev), precision=resolve_precision(tiling.precision, dev), spread=spread)
+                              device=str(dev), precision=resolve_precision(tiling.precision, dev))
     key = (getattr(ref, "key", repr(ref)), settings.source_index, c_axis, repr(source_stats), repr(target_stats),
-           tile, overlap, settings.blend, settings.batch_size, settings.device, settings.precision, spread)
+           tile, overlap, settings.blend, settings.batch_size, settings.device, settings.precision)
     return dataclasses.replace(settings, token=tokenize(key))

@@ -7,8 +7,8 @@ holds whole planes (y and x) and the lower levels share level 0's blocks along t
 the same task also writes every lower level of those planes from the values in memory
 ("fused"); otherwise each lower level is built from the level above it, one task per write
 block that reads the matching region of the level above (edge-padded) and writes its mean, to
-the level's existing shape.  Both give the same bytes.  Tasks write pixel chunks only and return the bytes they
-wrote; metadata is written by the driver (:mod:`omeloc.writeback.protocol`).
+the level's existing shape.  Both give the same bytes.  Tasks write pixel chunks only and
+return the bytes they wrote; metadata is written by the driver (:mod:`omeloc.writeback.protocol`).
 """
 
 from __future__ import annotations
@@ -158,14 +158,12 @@ def fusable(img: ImagePlan, axes: tuple[str, ...]) -> bool:
     if len(img.level_paths) < 2 or any(len(c) != 1 for ax, c in zip(plane_axes, img.data.chunks[1:])
                                        if ax in ("y", "x")):
         return False
-    first = [(s, b) for ax, s, b in zip(plane_axes, without_axis(img.shapes[0], img.c_axis),
-                                         without_axis(img.write_blocks[0], img.c_axis)) if ax not in ("y", "x")]
-    for shape, block in zip(img.shapes[1:], img.write_blocks[1:]):
-        other = [(s, b) for ax, s, b in zip(plane_axes, without_axis(shape, img.c_axis),
-                                             without_axis(block, img.c_axis)) if ax not in ("y", "x")]
-        if other != first or block[img.c_axis] != img.write_blocks[0][img.c_axis]:
-            return False
-    return True
+
+    def off_plane(level: int) -> list[tuple[int, int]]:
+        """Size and write block of a level along every axis but y and x (c included)."""
+        return [(n, b) for ax, n, b in zip(axes, img.shapes[level], img.write_blocks[level]) if ax not in ("y", "x")]
+
+    return all(off_plane(level) == off_plane(0) for level in range(1, len(img.level_paths)))
 
 
 def _source_region(loc: list[tuple[int, int]], src_plane: tuple[int, ...], plane_axes: tuple[str, ...],
