@@ -1,10 +1,12 @@
-"""What every training benchmark records beside its table: the machine and the load, and how it saves."""
+"""What the benchmarks share: the machine and the load beside each table, saving, and child runs."""
 
 from __future__ import annotations
 
 import json
 import os
 import platform
+import subprocess
+import sys
 from pathlib import Path
 
 import torch
@@ -26,3 +28,11 @@ def report(results: dict, table: str, out: Path) -> dict:
     out.write_text(json.dumps(results, indent=2))
     print(f"saved {out}")
     return results
+
+
+def run_child(code: str, args: list[str], what: str) -> dict:
+    """Run ``python -c code *args`` in a fresh process; its last stdout line parsed as JSON (else exit with its stderr)."""
+    proc = subprocess.run([sys.executable, "-c", code, *args], check=False, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"benchmark run {what} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])

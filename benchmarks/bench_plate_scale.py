@@ -27,11 +27,11 @@ import argparse
 import json
 import os
 import platform
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
+
+from _report import run_child
 
 #: images → (rows, columns, fields per well)
 LAYOUTS = {96: (4, 6, 4), 384: (16, 24, 1), 3456: (16, 24, 9)}
@@ -134,11 +134,7 @@ def main() -> None:
         runs = []
         for n in args.images:
             plate = _plate(cache, n)
-            proc = subprocess.run([sys.executable, "-c", CHILD, str(plate), str(ckpt), str(n)],
-                                  check=False, capture_output=True, text=True)
-            if proc.returncode != 0:
-                raise SystemExit(f"benchmark run {n} images failed:\n{proc.stderr[-3000:]}")
-            row = json.loads(proc.stdout.strip().splitlines()[-1])
+            row = run_child(CHILD, [str(plate), str(ckpt), str(n)], f"{n} images")
             runs.append(row)
             print(f"{n:5d} images  open {row['open_plate_s']:6.2f} s ({row['open_plate_metadata_reads_per_image']:.2f} "
                   f"reads/img)  info {row['info_s']:6.2f} s  dry-run {row['dry_run_s']:6.2f} s "

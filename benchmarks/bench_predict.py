@@ -24,11 +24,11 @@ import argparse
 import json
 import os
 import platform
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
+
+from _report import run_child
 
 CHILD = r"""
 import json, resource, sys, time
@@ -101,11 +101,7 @@ def main() -> None:
         plan = [(n, "threads") for n in args.fields]
         plan += [(args.worker_fields, m) for m in args.modes if m != "threads"]
         for n, mode in plan:
-            proc = subprocess.run([sys.executable, "-c", CHILD, str(root), str(n), str(args.size), mode, str(ckpt)],
-                                  check=False, capture_output=True, text=True)
-            if proc.returncode != 0:
-                raise SystemExit(f"benchmark run {n} fields / {mode} failed:\n{proc.stderr[-3000:]}")
-            row = json.loads(proc.stdout.strip().splitlines()[-1])
+            row = run_child(CHILD, [str(root), str(n), str(args.size), mode, str(ckpt)], f"{n} fields / {mode}")
             runs.append(row)
             print(f"{n:4d} fields  {mode:9s} {row['megapixels']:7.1f} MPix  {row['seconds']:7.1f} s  "
                   f"{row['megapixels_per_second']:6.2f} MPix/s  peak RSS driver {row['peak_rss_mb_driver']:6.0f} MB"
