@@ -22,7 +22,7 @@ so a worker runs as many inference tasks at once as it has GPU units (``--gpu-th
     GPU each; queue, account and the Python environment come from your ``jobqueue.yaml`` (or
     add ``queue=``, ``account=`` here).
 
-A scheduler started by hand works the same from the command line (what tests/test_cluster.py runs)::
+A scheduler started by hand works the same from the command line (what tests/jobs/test_cluster.py runs)::
 
     dask scheduler --port 8786 &
     dask worker tcp://HOST:8786 --nworkers 2 --nthreads 1 --resources GPU=1 &

@@ -1,7 +1,7 @@
 """Count the store reads of a block of code: how many metadata documents and chunks it fetched.
 
 Used by the scale benchmark and tests (``benchmarks/bench_plate_scale.py``,
-``tests/test_scale.py``): on an object store each read is a round trip (~50 ms), so reads per
+``tests/ngff/test_scale.py``): on an object store each read is a round trip (~50 ms), so reads per
 image must stay bounded by a constant, whatever the plate size.
 """
 

@@ -1,6 +1,6 @@
 """A write-back run in its own process (so tests can SIGKILL it), and the data it writes.
 
-``python tests/writeback_writer.py PLATE SEED OVERWRITE [K]`` adds channel ``"pred"`` with
+``python tests/writeback/writeback_writer.py PLATE SEED OVERWRITE [K]`` adds channel ``"pred"`` with
 :func:`make_data` (``OVERWRITE`` is ``1`` to replace it); with ``K`` > 1 it writes ``K`` channels
 (``"pred"``, ``"pred 1"``, ...) as one job.
 """
