@@ -51,7 +51,7 @@ _EXPORTS: dict[str, str] = {
     "dask_client": "omeloc.compute",
     "UNet": "omeloc.learn.models",
     "predict": "omeloc.jobs.predict",
-    "relate": "omeloc.analysis.relate",
+    "relate": "omeloc.jobs.relate",
     "RelateResult": "omeloc.analysis.relate",
     "run_demo": "omeloc.jobs.demo",
     "PredictResult": "omeloc.jobs.predict",

@@ -36,16 +36,9 @@ from omeloc.learn.objectives import Objective
 from omeloc.learn.sampling import CropSampler
 from omeloc.testing.faults import fault_point
 
-__all__ = ["LoopResult", "Trainer", "score", "score_crops"]
+__all__ = ["LoopResult", "Trainer", "score_crops"]
 
 _LOSSES = ("loss", "l1", "gan", "d_loss")
-
-
-def score(net: torch.nn.Module, x: np.ndarray, y: np.ndarray, device: torch.device, precision: str,
-          batch_size: int) -> tuple[float, float]:
-    """(L1, pooled Pearson r) of ``net`` on crops ``x`` → ``y`` (eval mode; the mode is restored)."""
-    m = score_crops(net, x, y, device, precision, batch_size)
-    return m["l1"], m["pearson_r"]
 
 
 #: the validation metrics, and whether larger is better

@@ -46,7 +46,7 @@ from omeloc.ngff.format import (
 from omeloc.ngff.stores import open_group, open_node, pick_series, wrapper_series, zip_location
 
 __all__ = [
-    "MAX_CHANNELS", "MAX_CHUNKS", "MAX_PLANE_PIXELS", "Image", "Plate", "Well", "image_plate", "iter_images",
+    "MAX_CHANNELS", "MAX_CHUNKS", "MAX_PLANE_PIXELS", "Image", "Plate", "Well", "image_plate",
     "label_text", "open_image", "open_plate",
 ]
 
@@ -745,12 +745,3 @@ def _read_well(url: str, wpath: str, storage_options: Mapping[str, Any] | None,
             ) from err
     return Well(path=wpath, row=parts[0], column=parts[1], images=tuple(images), acquisitions=acquisitions)
 
-
-def iter_images(plate: Plate, wells: Sequence[str] | None = None) -> list[Image]:
-    """Images of ``plate``, restricted to ``wells`` (names like ``B3`` or paths ``B/3``) when given."""
-    if not wells:
-        return list(plate.images)
-    selected: list[Image] = []
-    for name in wells:
-        selected.extend(plate.well(name).images)
-    return selected
