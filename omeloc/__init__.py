@@ -15,6 +15,8 @@ Public API (imported lazily, so ``import omeloc`` and the CLI start fast):
 - :class:`VirtualStain` — a checkpoint applied to numpy or dask arrays (normalize → model → target units)
 - :class:`TrainConfig`, :class:`TilingConfig`, :class:`ComputeConfig` — options of train / predict / where work runs
 - :func:`dask_client` — run on a local cluster or a scheduler address (``omeloc.compute``)
+- :class:`ProgressReporter` (:class:`LogProgress`, :class:`ConsoleProgress`, :class:`QuietProgress`) — what a
+  ``progress`` argument may be besides ``True``/``False`` and a ``(done, total)`` callable (``omeloc.progress``)
 """
 
 from __future__ import annotations
@@ -51,7 +53,7 @@ _EXPORTS: dict[str, str] = {
     "dask_client": "omeloc.compute",
     "UNet": "omeloc.learn.models",
     "predict": "omeloc.jobs.predict",
-    "relate": "omeloc.analysis.relate",
+    "relate": "omeloc.jobs.relate",
     "RelateResult": "omeloc.analysis.relate",
     "run_demo": "omeloc.jobs.demo",
     "PredictResult": "omeloc.jobs.predict",
@@ -69,6 +71,10 @@ _EXPORTS: dict[str, str] = {
     "ComputeConfig": "omeloc.config",
     "normalize": "omeloc.learn.normalization",
     "denormalize": "omeloc.learn.normalization",
+    "ProgressReporter": "omeloc.progress",
+    "LogProgress": "omeloc.progress",
+    "ConsoleProgress": "omeloc.progress",
+    "QuietProgress": "omeloc.progress",
 }
 
 __all__ = ["__version__", *_EXPORTS]

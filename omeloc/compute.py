@@ -260,9 +260,9 @@ def compute(*collections: Any, client: Any = None, progress: bool = False, desc:
     if client is None:
         kwargs = {"scheduler": scheduler} if scheduler is not None else {}
         if progress:
-            from omeloc.progress import TqdmCallback
+            from omeloc.progress import DaskProgress
 
-            with TqdmCallback(desc=desc):
+            with DaskProgress(desc=desc, progress=progress):
                 return dask.compute(*collections, **kwargs)
         return dask.compute(*collections, **kwargs)
     keep_annotations = _resource_annotated(collections)

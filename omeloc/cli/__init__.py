@@ -94,7 +94,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return EXIT_BAD_INPUT
     _configure_logging(args)
-    args.progress = not args.quiet and sys.stderr.isatty()
+    args.progress = not args.quiet  # a bar on a terminal, plain lines in a log (omeloc.progress.reporter)
     try:
         code = COMMANDS[args.command].run(args)
     except OmelocError as err:

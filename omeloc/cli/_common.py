@@ -21,26 +21,25 @@ def examples(*lines: str) -> str:
 
 
 @contextmanager
-def counting_bar(desc: str, enabled: bool, total: int | None = None,
+def counting_bar(desc: str, enabled: Any, total: int | None = None,
                  unit: str = "img") -> Iterator[Callable[..., None]]:
-    """A tqdm bar (hidden unless ``enabled``) and the callback that moves it.
+    """The command's progress (:func:`omeloc.progress.reporter` of ``enabled``) and the callback that moves it.
 
     The callback takes ``(done)`` or ``(done, total)``: the number of steps done so far and,
     when the library knows it only once it has started, the total.
     """
-    from tqdm.auto import tqdm
+    from omeloc.progress import reporter
 
-    bar = tqdm(total=total, desc=desc, disable=not enabled, unit=unit, leave=False)
+    shown = reporter(enabled or False)
+    shown.start(total, desc=desc, unit=unit)
 
     def report(done: int, total: int | None = None, *_: Any) -> None:
-        if total is not None:
-            bar.total = total
-        bar.update(done - bar.n)
+        shown.update(done, total)
 
     try:
         yield report
     finally:
-        bar.close()
+        shown.close()
 
 
 def add_overwrite(parser: argparse.ArgumentParser | Any, help: str | None = None) -> None:

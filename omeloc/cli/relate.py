@@ -14,13 +14,13 @@ EXAMPLES = ("omeloc relate plate.zarr --channels actin,WAVE2,IRSp53,vinculin,tub
             "omeloc relate plate.zarr --channels actin,WAVE2,tubulin --sources actin --minutes 2")
 
 
-#: the TrainConfig fields offered on the command line (the others: :data:`~omeloc.analysis.relate.RELATE_CONFIG`)
+#: the TrainConfig fields offered on the command line (the others: :data:`~omeloc.jobs.relate.RELATE_CONFIG`)
 OPTIONS = ("model", "minutes", "val_wells", "level", "seed", "device")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the options of ``omeloc relate`` to ``parser``."""
-    from omeloc.analysis.relate import RELATE_CONFIG, RELATE_STEPS
+    from omeloc.jobs.relate import RELATE_CONFIG, RELATE_STEPS
 
     parser.add_argument("plate", help="plate (only read)")
     parser.add_argument("--channels", type=csv_list, required=True, metavar="A,B,C")
@@ -35,7 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Train the pairs, print the table and the files written."""
-    from omeloc.analysis.relate import RELATE_CONFIG, relate
+    from omeloc.jobs.relate import RELATE_CONFIG, relate
 
     config = resolve(TrainConfig, RELATE_CONFIG, {name: getattr(args, name) for name in OPTIONS})
     res = relate(args.plate, args.channels, config, out=args.out, sources=args.sources, budget=args.budget,

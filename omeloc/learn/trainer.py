@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,16 +35,9 @@ from omeloc.learn.objectives import Objective
 from omeloc.learn.sampling import CropSampler
 from omeloc.testing.faults import fault_point
 
-__all__ = ["LoopResult", "Trainer", "score", "score_crops"]
+__all__ = ["LoopResult", "Trainer", "score_crops"]
 
 _LOSSES = ("loss", "l1", "gan", "d_loss")
-
-
-def score(net: torch.nn.Module, x: np.ndarray, y: np.ndarray, device: torch.device, precision: str,
-          batch_size: int) -> tuple[float, float]:
-    """(L1, pooled Pearson r) of ``net`` on crops ``x`` → ``y`` (eval mode; the mode is restored)."""
-    m = score_crops(net, x, y, device, precision, batch_size)
-    return m["l1"], m["pearson_r"]
 
 
 #: the validation metrics, and whether larger is better
@@ -89,36 +81,25 @@ class LoopResult:
 
 
 class _Bar:
-    """tqdm bar with the current losses (``progress=True``), or a ``(done, total)`` callback."""
+    """The run's progress (:func:`omeloc.progress.reporter`): steps with the current losses."""
 
     def __init__(self, progress: Any, total: int, initial: int, desc: str) -> None:
+        from omeloc.progress import reporter
+
         self.total, self.done = total, initial
-        self.callback: Callable[[int, int], None] | None = progress if callable(progress) else None
-        self.bar = None
-        if progress and self.callback is None:
-            try:
-                from tqdm.auto import tqdm
-            except ImportError:  # pragma: no cover - tqdm is a dependency
-                return
-            self.bar = tqdm(total=total, initial=initial, desc=desc, unit="step", dynamic_ncols=True)
+        self.reporter = reporter(progress)
+        self.reporter.start(total, desc=desc, unit="step", initial=initial)
 
     def set_total(self, total: int) -> None:
         self.total = total
-        if self.bar is not None:
-            self.bar.total = total
-            self.bar.refresh()
+        self.reporter.update(self.done, total)
 
     def advance(self, l1: float, val_r: float) -> None:
         self.done += 1
-        if self.bar is not None:
-            self.bar.update(1)
-            self.bar.set_postfix(l1=f"{l1:.4f}", val_r=f"{val_r:.3f}", refresh=False)
-        if self.callback is not None:
-            self.callback(self.done, self.total)
+        self.reporter.update(self.done, l1=l1, val_r=val_r)
 
     def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
+        self.reporter.close()
 
 
 def _early_refit(done: int) -> bool:

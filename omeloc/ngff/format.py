@@ -1,6 +1,11 @@
 """The one home of the differences between NGFF 0.4 (on Zarr v2) and NGFF 0.5 (on Zarr v3).
 
-Everything else in omeloc asks this module instead of branching on ``zarr_format``:
+Everything else in omeloc asks this module instead of branching on ``zarr_format``.  The
+differences are owned by a store-format object, :class:`StoreFormat`, one per format
+(:data:`FORMAT_V04`, :data:`FORMAT_V05`, as ome-zarr-py's ``FormatV04`` / ``FormatV05``):
+``store_format(zarr_format)`` gives it, and no other code compares ``zarr_format`` with 2 or
+3.  The module-level functions below take a ``zarr_format`` and ask that object (shorthands
+for code that holds only the number):
 
 - **Where the NGFF metadata lives.**  NGFF 0.5 keeps ``plate``, ``well``, ``multiscales``,
   ``omero``, ``version`` under the ``ome`` key of a group's attributes; NGFF 0.4 keeps the
@@ -26,15 +31,20 @@ Everything else in omeloc asks this module instead of branching on ``zarr_format
 
 from __future__ import annotations
 
+import json
 import os
 import re
-from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 from omeloc.errors import UnsafePathError
 
 __all__ = [
+    "FORMAT_V04",
+    "FORMAT_V05",
     "METADATA_DOC_NAMES",
+    "StoreFormat",
     "array_doc_name",
     "attributes_in",
     "attributes_to_edit",
@@ -57,12 +67,233 @@ __all__ = [
     "safe_key",
     "set_ome_attr",
     "storage_block",
+    "store_format",
 ]
 
 #: Every file name that holds Zarr metadata (v2 and v3); never a chunk.
 METADATA_DOC_NAMES = frozenset({"zarr.json", ".zattrs", ".zarray", ".zgroup", ".zmetadata"})
 
-_NGFF_KEYS_V04 = ("plate", "well", "multiscales", "omero")
+
+
+# -- the store-format object ----------------------------------------------------------------
+@dataclass(frozen=True)
+class StoreFormat:
+    """What differs between NGFF 0.4 on Zarr v2 and NGFF 0.5 on Zarr v3 (base of the two formats).
+
+    Attributes
+    ----------
+    zarr_format : int
+        2 or 3.
+    ngff_version : str
+        The NGFF version a group of this format has when its metadata names none.
+    attrs_doc : str
+        Name of the document holding a node's attributes.
+    array_doc : str
+        Name of the document describing an array.
+    metadata_docs : tuple of str
+        Every metadata document a node may have (consolidated metadata aside).
+    consolidated_doc : str or None
+        The separate consolidated-metadata document of a group (``None``: inside its
+        attributes document).
+    """
+
+    zarr_format: int
+    ngff_version: str
+    attrs_doc: str
+    array_doc: str
+    metadata_docs: tuple[str, ...]
+    consolidated_doc: str | None
+    #: top-level attribute keys that belong to NGFF (extra attributes may not use them)
+    reserved_attr_keys: ClassVar[frozenset[str]] = frozenset({"ome"})
+
+    # -- NGFF keys within the attributes --------------------------------------------------
+    def ngff_attrs(self, attrs: Mapping[str, Any]) -> dict[str, Any]:
+        """The NGFF metadata held in a group's attributes (a new dict)."""
+        raise NotImplementedError
+
+    def ngff_updates(self, attrs: Mapping[str, Any], changes: Mapping[str, Any]) -> dict[str, Any]:
+        """The top-level attribute updates that set NGFF keys ``changes``."""
+        raise NotImplementedError
+
+    # -- raw documents --------------------------------------------------------------------
+    def new_group_doc(self) -> dict[str, Any]:
+        """The attributes document of a group that has none yet."""
+        raise NotImplementedError
+
+    def attributes_in(self, doc: Mapping[str, Any]) -> dict[str, Any]:
+        """The attributes held in a raw attributes document (a new dict)."""
+        raise NotImplementedError
+
+    def attributes_to_edit(self, doc: dict[str, Any]) -> dict[str, Any]:
+        """The attributes of a raw attributes document, as the live dict to change in place."""
+        raise NotImplementedError
+
+    def is_consolidated(self, root_docs: Mapping[str, str | None]) -> bool:
+        """Whether a store's metadata is consolidated, from the raw texts of its root documents."""
+        if self.consolidated_doc is not None:
+            return root_docs.get(self.consolidated_doc) is not None
+        root = root_docs.get(self.attrs_doc)
+        return bool(root and json.loads(root).get("consolidated_metadata"))
+
+    def consolidating_doc(self) -> str:
+        """Name of the document of a group that may hold its consolidated metadata."""
+        return self.consolidated_doc or self.attrs_doc
+
+    def refresh_consolidated(self, doc: Mapping[str, Any],
+                             read: Callable[[str], Mapping[str, Any] | None]) -> dict[str, Any] | None:
+        """``doc`` with every consolidated entry re-read (see :func:`refresh_consolidated`)."""
+        raise NotImplementedError
+
+    # -- arrays ---------------------------------------------------------------------------
+    def chunk_separator(self, array_doc: Mapping[str, Any]) -> tuple[str, str | None]:
+        """The separator of an array's chunk keys, and the prefix they start with (if any)."""
+        raise NotImplementedError
+
+    def storage_block(self, array_doc: Mapping[str, Any]) -> tuple[int, ...]:
+        """Shape of an array's storage unit (one key: the shard when sharded, else the chunk)."""
+        raise NotImplementedError
+
+    def create_array_kwargs(self, axes: Sequence[str], separator: str = "/") -> dict[str, Any]:
+        """Keyword arguments of ``zarr.Group.create_array`` for a new NGFF image level."""
+        raise NotImplementedError
+
+    def copy_array_kwargs(self, node: Any, shards: Sequence[int] | None) -> dict[str, Any]:
+        """Keyword arguments of ``create_array`` that copy the encoding of array ``node``."""
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class _FormatV04(StoreFormat):
+    """NGFF 0.4 on Zarr v2: NGFF keys at the top of ``.zattrs``; ``.zmetadata`` at the root."""
+
+    reserved_attr_keys: ClassVar[frozenset[str]] = frozenset(
+        {"ome", "plate", "well", "multiscales", "omero"})
+
+    def ngff_attrs(self, attrs: Mapping[str, Any]) -> dict[str, Any]:
+        return dict(attrs)
+
+    def ngff_updates(self, attrs: Mapping[str, Any], changes: Mapping[str, Any]) -> dict[str, Any]:
+        return dict(changes)
+
+    def new_group_doc(self) -> dict[str, Any]:
+        return {}
+
+    def attributes_in(self, doc: Mapping[str, Any]) -> dict[str, Any]:
+        return dict(doc)
+
+    def attributes_to_edit(self, doc: dict[str, Any]) -> dict[str, Any]:
+        return doc
+
+    def refresh_consolidated(self, doc: Mapping[str, Any],
+                             read: Callable[[str], Mapping[str, Any] | None]) -> dict[str, Any] | None:
+        entries = doc.get("metadata")
+        if not isinstance(entries, Mapping):
+            return None
+        fresh = {key: read(key) for key in entries}
+        return {**doc, "metadata": {k: dict(v) for k, v in fresh.items() if v is not None}}
+
+    def chunk_separator(self, array_doc: Mapping[str, Any]) -> tuple[str, str | None]:
+        return array_doc.get("dimension_separator") or ".", None
+
+    def storage_block(self, array_doc: Mapping[str, Any]) -> tuple[int, ...]:
+        return tuple(int(n) for n in array_doc["chunks"])
+
+    def create_array_kwargs(self, axes: Sequence[str], separator: str = "/") -> dict[str, Any]:
+        return {"chunk_key_encoding": {"name": "v2", "separator": separator}}
+
+    def copy_array_kwargs(self, node: Any, shards: Sequence[int] | None) -> dict[str, Any]:
+        return self.create_array_kwargs((), node.metadata.dimension_separator or ".")
+
+
+@dataclass(frozen=True)
+class _FormatV05(StoreFormat):
+    """NGFF 0.5 on Zarr v3: NGFF keys under ``attributes.ome`` of ``zarr.json``, consolidated inside."""
+
+    def ngff_attrs(self, attrs: Mapping[str, Any]) -> dict[str, Any]:
+        ome = attrs.get("ome")
+        return dict(ome) if isinstance(ome, Mapping) else {}
+
+    def ngff_updates(self, attrs: Mapping[str, Any], changes: Mapping[str, Any]) -> dict[str, Any]:
+        ome = self.ngff_attrs(attrs)
+        ome.update(changes)
+        return {"ome": ome}
+
+    def new_group_doc(self) -> dict[str, Any]:
+        return {"zarr_format": 3, "node_type": "group"}
+
+    def attributes_in(self, doc: Mapping[str, Any]) -> dict[str, Any]:
+        return dict(doc.get("attributes") or {})
+
+    def attributes_to_edit(self, doc: dict[str, Any]) -> dict[str, Any]:
+        return doc.setdefault("attributes", {})
+
+    def refresh_consolidated(self, doc: Mapping[str, Any],
+                             read: Callable[[str], Mapping[str, Any] | None]) -> dict[str, Any] | None:
+        consolidated = doc.get("consolidated_metadata")
+        if not isinstance(consolidated, Mapping) or not isinstance(consolidated.get("metadata"), Mapping):
+            return None
+        refreshed: dict[str, Any] = {}
+        for rel, old in consolidated["metadata"].items():
+            current = read(join_path("", rel, self.attrs_doc))
+            if current is None:
+                continue
+            entry = {k: v for k, v in current.items() if k != "consolidated_metadata"}
+            if isinstance(old, Mapping) and "consolidated_metadata" in old:
+                entry["consolidated_metadata"] = current.get("consolidated_metadata", old["consolidated_metadata"])
+            refreshed[rel] = entry
+        return {**doc, "consolidated_metadata": {**consolidated, "metadata": refreshed}}
+
+    def chunk_separator(self, array_doc: Mapping[str, Any]) -> tuple[str, str | None]:
+        enc = array_doc.get("chunk_key_encoding") or {"name": "default"}
+        default = enc.get("name") == "default"
+        sep = (enc.get("configuration") or {}).get("separator", "/" if default else ".")
+        return sep, "c" if default else None
+
+    def storage_block(self, array_doc: Mapping[str, Any]) -> tuple[int, ...]:
+        return tuple(int(n) for n in array_doc["chunk_grid"]["configuration"]["chunk_shape"])
+
+    def create_array_kwargs(self, axes: Sequence[str], separator: str = "/") -> dict[str, Any]:
+        return {"dimension_names": list(axes)}  # required by NGFF 0.5
+
+    def copy_array_kwargs(self, node: Any, shards: Sequence[int] | None) -> dict[str, Any]:
+        return {"dimension_names": node.metadata.dimension_names,
+                "chunk_key_encoding": node.metadata.chunk_key_encoding,
+                "serializer": node.serializer, "shards": tuple(shards) if shards else None}
+
+
+#: NGFF 0.4 on Zarr v2
+FORMAT_V04: StoreFormat = _FormatV04(
+    zarr_format=2, ngff_version="0.4", attrs_doc=".zattrs", array_doc=".zarray",
+    metadata_docs=(".zattrs", ".zarray", ".zgroup"), consolidated_doc=".zmetadata")
+#: NGFF 0.5 on Zarr v3
+FORMAT_V05: StoreFormat = _FormatV05(
+    zarr_format=3, ngff_version="0.5", attrs_doc="zarr.json", array_doc="zarr.json",
+    metadata_docs=("zarr.json",), consolidated_doc=None)
+_FORMATS = {2: FORMAT_V04, 3: FORMAT_V05}
+
+
+def store_format(zarr_format: int) -> StoreFormat:
+    """The store-format object of ``zarr_format`` (2: NGFF 0.4, 3: NGFF 0.5).
+
+    Examples
+    --------
+    >>> store_format(3).attrs_doc, store_format(2).ngff_version
+    ('zarr.json', '0.4')
+    """
+    try:
+        return _FORMATS[zarr_format]
+    except (KeyError, TypeError):
+        raise ValueError(f"Expected Zarr format 2 or 3. Got {zarr_format!r} instead.") from None
+
+
+def _fmt(zarr_format: int) -> StoreFormat:
+    """The format object of a ``zarr_format`` that code outside this module holds (v2 unless 3)."""
+    return FORMAT_V05 if zarr_format == 3 else FORMAT_V04
+
+
+def _array_format(array_doc: Mapping[str, Any]) -> StoreFormat:
+    """The format of a raw array document (a ``.zarray`` names ``zarr_format`` 2, a ``zarr.json`` 3)."""
+    return FORMAT_V05 if array_doc.get("zarr_format") == 3 else FORMAT_V04
 
 
 # -- NGFF attributes ----------------------------------------------------------------------
@@ -79,7 +310,7 @@ def default_ngff_version(zarr_format: int) -> str:
     str
         ``"0.5"`` for Zarr v3, ``"0.4"`` for Zarr v2.
     """
-    return "0.5" if zarr_format == 3 else "0.4"
+    return _fmt(zarr_format).ngff_version
 
 
 def ngff_attrs(attrs: Mapping[str, Any], zarr_format: int) -> dict[str, Any]:
@@ -105,10 +336,7 @@ def ngff_attrs(attrs: Mapping[str, Any], zarr_format: int) -> dict[str, Any]:
     >>> ngff_attrs({"omero": {}, "other": 1}, 2)
     {'omero': {}, 'other': 1}
     """
-    if zarr_format == 3:
-        ome = attrs.get("ome")
-        return dict(ome) if isinstance(ome, Mapping) else {}
-    return dict(attrs)
+    return _fmt(zarr_format).ngff_attrs(attrs)
 
 
 def ngff_updates(attrs: Mapping[str, Any], zarr_format: int, changes: Mapping[str, Any]) -> dict[str, Any]:
@@ -136,11 +364,7 @@ def ngff_updates(attrs: Mapping[str, Any], zarr_format: int, changes: Mapping[st
     >>> ngff_updates({"multiscales": []}, 2, {"omero": {}})
     {'omero': {}}
     """
-    if zarr_format == 3:
-        ome = ngff_attrs(attrs, 3)
-        ome.update(changes)
-        return {"ome": ome}
-    return dict(changes)
+    return _fmt(zarr_format).ngff_updates(attrs, changes)
 
 
 def group_ngff_attrs(group: Any) -> dict[str, Any]:
@@ -188,18 +412,18 @@ def reserved_attr_keys(zarr_format: int) -> frozenset[str]:
 
     ``"ome"`` always; on Zarr v2 (NGFF 0.4) also ``plate``, ``well``, ``multiscales``, ``omero``.
     """
-    return frozenset({"ome", *(_NGFF_KEYS_V04 if zarr_format == 2 else ())})
+    return _fmt(zarr_format).reserved_attr_keys
 
 
 # -- raw metadata documents -------------------------------------------------------------
 def attrs_doc_name(zarr_format: int) -> str:
     """Name of the document holding a node's attributes: ``zarr.json`` (v3) or ``.zattrs`` (v2)."""
-    return "zarr.json" if zarr_format == 3 else ".zattrs"
+    return _fmt(zarr_format).attrs_doc
 
 
 def array_doc_name(zarr_format: int) -> str:
     """Name of the document describing an array: ``zarr.json`` (v3) or ``.zarray`` (v2)."""
-    return "zarr.json" if zarr_format == 3 else ".zarray"
+    return _fmt(zarr_format).array_doc
 
 
 def metadata_doc_names(zarr_format: int) -> tuple[str, ...]:
@@ -207,7 +431,7 @@ def metadata_doc_names(zarr_format: int) -> tuple[str, ...]:
 
     ``("zarr.json",)`` on Zarr v3; ``(".zattrs", ".zarray", ".zgroup")`` on Zarr v2.
     """
-    return ("zarr.json",) if zarr_format == 3 else (".zattrs", ".zarray", ".zgroup")
+    return _fmt(zarr_format).metadata_docs
 
 
 def consolidated_doc_name(zarr_format: int) -> str | None:
@@ -215,12 +439,12 @@ def consolidated_doc_name(zarr_format: int) -> str | None:
 
     ``None`` on Zarr v3, whose consolidated metadata lives inside the root ``zarr.json``.
     """
-    return ".zmetadata" if zarr_format == 2 else None
+    return _fmt(zarr_format).consolidated_doc
 
 
 def new_group_doc(zarr_format: int) -> dict[str, Any]:
     """The attributes document of a group that has none yet."""
-    return {"zarr_format": 3, "node_type": "group"} if zarr_format == 3 else {}
+    return _fmt(zarr_format).new_group_doc()
 
 
 def attributes_in(doc: Mapping[str, Any], zarr_format: int) -> dict[str, Any]:
@@ -228,12 +452,12 @@ def attributes_in(doc: Mapping[str, Any], zarr_format: int) -> dict[str, Any]:
 
     ``doc["attributes"]`` of a ``zarr.json``; a ``.zattrs`` document is the attributes.
     """
-    return dict(doc.get("attributes") or {}) if zarr_format == 3 else dict(doc)
+    return _fmt(zarr_format).attributes_in(doc)
 
 
 def attributes_to_edit(doc: dict[str, Any], zarr_format: int) -> dict[str, Any]:
     """The attributes of a raw attributes document, as the live dict to change in place."""
-    return doc.setdefault("attributes", {}) if zarr_format == 3 else doc
+    return _fmt(zarr_format).attributes_to_edit(doc)
 
 
 def is_consolidated(root_docs: Mapping[str, str | None], zarr_format: int) -> bool:
@@ -247,13 +471,7 @@ def is_consolidated(root_docs: Mapping[str, str | None], zarr_format: int) -> bo
     zarr_format : int
         The store's Zarr format.
     """
-    import json
-
-    separate = consolidated_doc_name(zarr_format)
-    if separate is not None:
-        return root_docs.get(separate) is not None
-    root = root_docs.get(attrs_doc_name(zarr_format))
-    return bool(root and json.loads(root).get("consolidated_metadata"))
+    return _fmt(zarr_format).is_consolidated(root_docs)
 
 
 def consolidated_doc_keys(node_paths: Iterable[str], zarr_format: int) -> list[str]:
@@ -282,7 +500,7 @@ def consolidated_doc_keys(node_paths: Iterable[str], zarr_format: int) -> list[s
     >>> consolidated_doc_keys(["B/3/0/0"], 3)
     ['B/3/0/0/zarr.json', 'B/3/0/zarr.json', 'B/3/zarr.json', 'B/zarr.json', 'zarr.json']
     """
-    name = consolidated_doc_name(zarr_format) or attrs_doc_name(zarr_format)
+    name = _fmt(zarr_format).consolidating_doc()
     groups: set[str] = set()
     for path in node_paths:
         parts = [p for p in str(path).split("/") if p]
@@ -314,25 +532,7 @@ def refresh_consolidated(doc: Mapping[str, Any] | None, zarr_format: int,
     """
     if not doc:
         return None
-    if zarr_format == 2:
-        entries = doc.get("metadata")
-        if not isinstance(entries, Mapping):
-            return None
-        fresh = {key: read(key) for key in entries}
-        return {**doc, "metadata": {k: dict(v) for k, v in fresh.items() if v is not None}}
-    consolidated = doc.get("consolidated_metadata")
-    if not isinstance(consolidated, Mapping) or not isinstance(consolidated.get("metadata"), Mapping):
-        return None
-    refreshed: dict[str, Any] = {}
-    for rel, old in consolidated["metadata"].items():
-        current = read(join_path("", rel, "zarr.json"))
-        if current is None:
-            continue
-        entry = {k: v for k, v in current.items() if k != "consolidated_metadata"}
-        if isinstance(old, Mapping) and "consolidated_metadata" in old:
-            entry["consolidated_metadata"] = current.get("consolidated_metadata", old["consolidated_metadata"])
-        refreshed[rel] = entry
-    return {**doc, "consolidated_metadata": {**consolidated, "metadata": refreshed}}
+    return _fmt(zarr_format).refresh_consolidated(doc, read)
 
 
 def chunk_coords(rel_key: str, array_doc: Mapping[str, Any]) -> tuple[int, ...] | None:
@@ -361,15 +561,11 @@ def chunk_coords(rel_key: str, array_doc: Mapping[str, Any]) -> tuple[int, ...] 
     name = rel_key.rsplit("/", 1)[-1]
     if name in METADATA_DOC_NAMES or rel_key.endswith(".partial"):
         return None
-    if array_doc.get("zarr_format") == 3:
-        enc = array_doc.get("chunk_key_encoding") or {"name": "default"}
-        sep = (enc.get("configuration") or {}).get("separator", "/" if enc.get("name") == "default" else ".")
-        if enc.get("name") == "default":
-            if not rel_key.startswith("c"):
-                return None
-            rel_key = rel_key[1:].lstrip(sep)
-    else:
-        sep = array_doc.get("dimension_separator") or "."
+    sep, prefix = _array_format(array_doc).chunk_separator(array_doc)
+    if prefix is not None:
+        if not rel_key.startswith(prefix):
+            return None
+        rel_key = rel_key[len(prefix):].lstrip(sep)
     try:
         return tuple(int(p) for p in rel_key.split(sep))
     except ValueError:
@@ -378,9 +574,7 @@ def chunk_coords(rel_key: str, array_doc: Mapping[str, Any]) -> tuple[int, ...] 
 
 def storage_block(array_doc: Mapping[str, Any]) -> tuple[int, ...]:
     """Shape of an array's storage unit (one key: the shard when sharded, else the chunk)."""
-    if array_doc.get("zarr_format") == 3:
-        return tuple(int(n) for n in array_doc["chunk_grid"]["configuration"]["chunk_shape"])
-    return tuple(int(n) for n in array_doc["chunks"])
+    return _array_format(array_doc).storage_block(array_doc)
 
 
 # -- paths --------------------------------------------------------------------------------

@@ -43,10 +43,11 @@ from omeloc.ngff.format import (
     ngff_attrs,
     safe_key,
 )
+from omeloc.ngff.metadata import Multiscale, PlateMeta, WellMeta, channel_labels
 from omeloc.ngff.stores import open_group, open_node, pick_series, wrapper_series, zip_location
 
 __all__ = [
-    "MAX_CHANNELS", "MAX_CHUNKS", "MAX_PLANE_PIXELS", "Image", "Plate", "Well", "image_plate", "iter_images",
+    "MAX_CHANNELS", "MAX_CHUNKS", "MAX_PLANE_PIXELS", "Image", "Plate", "Well", "image_plate",
     "label_text", "open_image", "open_plate",
 ]
 
@@ -407,7 +408,15 @@ class Plate:
 
     @property
     def name(self) -> str:
-        return str(self.ome.get("plate", {}).get("name") or self.path.rstrip("/").rsplit("/", 1)[-1])
+        """The plate's name (``plate.name``), else the folder name."""
+        meta = self.layout
+        return (meta.name if meta is not None else None) or self.path.rstrip("/").rsplit("/", 1)[-1]
+
+    @cached_property
+    def layout(self) -> PlateMeta | None:
+        """The plate's ``plate`` metadata as a record (``None`` for a standalone image)."""
+        plate = self.ome.get("plate")
+        return PlateMeta.from_json(plate, self.path) if self.is_plate and isinstance(plate, Mapping) else None
 
     @property
     def ome(self) -> dict[str, Any]:
@@ -418,15 +427,10 @@ class Plate:
     def acquisitions(self) -> list[dict[str, Any]]:
         """The plate's acquisitions (NGFF ``plate.acquisitions``), each with ``id`` as text, ``name``
         (when given) and ``images``: the paths of the fields that the wells assign to it."""
-        listed = [a for a in self.ome.get("plate", {}).get("acquisitions") or [] if isinstance(a, Mapping)]
         found = []
-        for acq in listed:
-            if acq.get("id") is None:
-                continue
-            ident = str(acq["id"])
-            images = [f"{w.path}/{f}" for w in self.wells.values() for f, a in w.acquisitions.items() if a == ident]
-            found.append({"id": ident, "name": None if acq.get("name") is None else str(acq["name"]),
-                          "images": images})
+        for acq in self.layout.acquisitions if self.layout is not None else ():
+            images = [f"{w.path}/{f}" for w in self.wells.values() for f, a in w.acquisitions.items() if a == acq.id]
+            found.append({"id": acq.id, "name": acq.name, "images": images})
         return found
 
     def acquisition_images(self, acquisition: str | int) -> list[Image]:
@@ -535,14 +539,6 @@ def _without_attributes(group: zarr.Group) -> zarr.Group:
     return zarr.Group(zarr.AsyncGroup(metadata=slim, store_path=group.store_path))
 
 
-def _parse_axes(multiscale: Mapping[str, Any], url: str) -> tuple[str, ...]:
-    """The image's axes by meaning (:func:`omeloc.ngff.axes.axis_keys`), whatever their case or order."""
-    axes_meta = multiscale.get("axes")
-    if not axes_meta or not isinstance(axes_meta, Sequence) or isinstance(axes_meta, str):
-        raise NotOmeZarrError(f"Image {url} has no multiscales axes (NGFF < 0.4?). Convert it to NGFF 0.4 or 0.5.")
-    return axis_keys(axes_meta, url)
-
-
 def _read_image(
     url: str, path: str, well: str | None, field_name: str | None,
     storage_options: Mapping[str, Any] | None, root: str | None = None, zarr_format: int | None = None,
@@ -551,32 +547,14 @@ def _read_image(
     _check_inside(root or url, url, f"Image {path or url}")
     group = _open_group(url, storage_options, "Image", zarr_format)
     ome, zarr_format = group_ngff_attrs(group), group.metadata.zarr_format
-    multiscales = ome.get("multiscales")
-    if not multiscales:
-        raise NotOmeZarrError(
-            f"{url} has no 'multiscales' metadata, so it is not an OME-Zarr image. Point omeloc at an image group."
-        )
-    ms = multiscales[0]
-    axes = _parse_axes(ms, url)
-    datasets = ms.get("datasets") or []
-    if not datasets or not all(isinstance(d, Mapping) and "path" in d for d in datasets):
-        raise NotOmeZarrError(f"Image {url} has no datasets with a 'path' in multiscales[0]. Fix its metadata.")
-    level_paths = tuple(
-        safe_key(str(d["path"]), f"Image {path or url} lists dataset path", "Fix its multiscales metadata.")
-        for d in datasets
-    )
+    ms = Multiscale.from_json(ome, url, path or url)
+    axes = axis_keys(ms.axes, url)
+    level_paths = tuple(d.path for d in ms.datasets)
     for level in level_paths:
         _check_inside(root or url, join_path(url, level), f"Level {level!r} of image {path or url}")
-    scales = []
-    for d in datasets:
-        scale = (1.0,) * len(axes)
-        for t in d.get("coordinateTransformations") or []:
-            if t.get("type") == "scale" and "scale" in t:
-                scale = tuple(float(s) for s in t["scale"])
-        scales.append(scale)
-    version = str(ome.get("version") or ms.get("version") or default_ngff_version(zarr_format))
-    omero = ome.get("omero") or {}
-    labels = [c.get("label") for c in omero.get("channels", []) if isinstance(c, Mapping)]
+    scales = [d.scale if d.scale is not None else (1.0,) * len(axes) for d in ms.datasets]
+    version = str(ome.get("version") or ms.version or default_ngff_version(zarr_format))
+    labels = channel_labels(ome)
     # channel count comes from the array; labels missing or short get placeholder names
     img = Image(
         path=path, url=url, well=well, field=field_name, axes=axes, channel_names=(),
@@ -651,14 +629,15 @@ def open_plate(path_or_url: str | Path, storage_options: Mapping[str, Any] | Non
         return _open_not_plate(url, ome, storage_options, series)
     if series is not None:
         raise InputError(f"series={series!r} applies to bioformats2raw wrappers; {url} is a plate. Leave it out.")
-    rows, cols, well_paths = _plate_layout(ome["plate"], url)
-    read = [_read_well(url, wpath, storage_options, zarr_format) for wpath in well_paths]
+    layout = PlateMeta.from_json(ome["plate"], url)
+    rows, cols = layout.rows, layout.columns
+    read = [_read_well(url, wpath, storage_options, zarr_format) for wpath in layout.wells]
     wells = {well.path: well for well in read}
     images = tuple(img for well in read for img in well.images)
     if not images:
         raise NotOmeZarrError(f"Plate {url} lists no wells. Nothing to open.")
     logger.debug("opened plate %s: %d wells, %d images", url, len(wells), len(images))
-    version = str(ome.get("version") or ome["plate"].get("version") or default_ngff_version(zarr_format))
+    version = str(ome.get("version") or layout.version or default_ngff_version(zarr_format))
     return Plate(
         path=url, ngff_version=version, zarr_format=zarr_format, is_plate=True, rows=rows, columns=cols,
         wells=wells, images=images, attrs=dict(root.attrs),
@@ -699,19 +678,6 @@ def image_plate(image: Image, storage_options: Mapping[str, Any] | None = None) 
     )
 
 
-def _plate_layout(plate_meta: Mapping[str, Any], url: str) -> tuple[tuple[str, ...], tuple[str, ...], list[str]]:
-    """Rows, columns and well paths of a plate's ``plate`` metadata, checked."""
-    try:
-        rows = tuple(str(r["name"]) for r in plate_meta["rows"])
-        cols = tuple(str(c["name"]) for c in plate_meta["columns"])
-        well_paths = [str(w["path"]) for w in plate_meta["wells"]]
-    except (KeyError, TypeError) as err:
-        raise NotOmeZarrError(
-            f"Plate {url} has incomplete 'plate' metadata (missing {err}). It needs rows, columns and wells with paths."
-        ) from err
-    return rows, cols, well_paths
-
-
 def _read_well(url: str, wpath: str, storage_options: Mapping[str, Any] | None,
                zarr_format: int | None = None) -> Well:
     """One well of the plate at ``url`` and its field images, as its ``well`` metadata lists them."""
@@ -727,10 +693,9 @@ def _read_well(url: str, wpath: str, storage_options: Mapping[str, Any] | None,
         raise PathNotFoundError(
             f"Plate {url} lists well {wpath!r} but it is missing. Restore the well or remove it from the plate metadata."
         ) from err
-    wome = group_ngff_attrs(wgroup)
-    listed = [i for i in (wome.get("well") or {}).get("images", []) if isinstance(i, Mapping) and "path" in i]
-    fields = [safe_key(str(i["path"]), f"Well {wpath} lists image path", "Fix the well's metadata.") for i in listed]
-    acquisitions = {f: str(i["acquisition"]) for f, i in zip(fields, listed) if i.get("acquisition") is not None}
+    listed = WellMeta.from_json(group_ngff_attrs(wgroup), wpath).images
+    fields = [i.path for i in listed]
+    acquisitions = {i.path: i.acquisition for i in listed if i.acquisition is not None}
     if not fields:
         raise NotOmeZarrError(f"Well {wurl} has no 'well.images' metadata. Fix the well metadata.")
     images = []
@@ -745,12 +710,3 @@ def _read_well(url: str, wpath: str, storage_options: Mapping[str, Any] | None,
             ) from err
     return Well(path=wpath, row=parts[0], column=parts[1], images=tuple(images), acquisitions=acquisitions)
 
-
-def iter_images(plate: Plate, wells: Sequence[str] | None = None) -> list[Image]:
-    """Images of ``plate``, restricted to ``wells`` (names like ``B3`` or paths ``B/3``) when given."""
-    if not wells:
-        return list(plate.images)
-    selected: list[Image] = []
-    for name in wells:
-        selected.extend(plate.well(name).images)
-    return selected

@@ -22,7 +22,7 @@ import zarr
 
 from omeloc.errors import InputError, NotOmeZarrError, PathNotFoundError
 from omeloc.ngff.axes import axis_keys
-from omeloc.ngff.format import group_ngff_attrs, join_path
+from omeloc.ngff.format import group_ngff_attrs, join_path, store_format
 from omeloc.ngff.stores import open_group, zip_location
 from omeloc.writeback.journal import JOURNAL_KEY
 from omeloc.writeback.lock import source_lock
@@ -132,12 +132,7 @@ def _create_copy(out: zarr.Group, path: str, node: zarr.Array, axes: tuple[str, 
         chunks[c_axis] = 1
         if shards is not None:
             shards[c_axis] = 1
-    extra: dict[str, Any] = {}
-    if node.metadata.zarr_format == 3:
-        extra.update(dimension_names=node.metadata.dimension_names, chunk_key_encoding=node.metadata.chunk_key_encoding,
-                     serializer=node.serializer, shards=tuple(shards) if shards else None)
-    else:
-        extra["chunk_key_encoding"] = {"name": "v2", "separator": node.metadata.dimension_separator or "."}
+    extra = store_format(node.metadata.zarr_format).copy_array_kwargs(node, shards)
     return out.create_array(
         path, shape=node.shape, dtype=node.dtype, chunks=tuple(chunks), fill_value=node.fill_value,
         compressors=node.compressors, filters=node.filters or None, attributes=dict(node.attrs), **extra,

@@ -26,7 +26,7 @@ from ome_zarr.writer import (
 )
 
 from omeloc.errors import InputError
-from omeloc.ngff.format import ngff_attrs, reserved_attr_keys, set_ome_attr
+from omeloc.ngff.format import ngff_attrs, reserved_attr_keys, set_ome_attr, store_format
 from omeloc.ngff.pyramid import downsample_mean, level_shapes
 
 __all__ = ["DEFAULT_COLORS", "channel_window", "write_image", "write_plate"]
@@ -94,11 +94,7 @@ def _create_array(
     group: zarr.Group, name: str, shape: tuple[int, ...], chunks: tuple[int, ...], dtype,
     zarr_format: int, axes: Sequence[str],
 ) -> zarr.Array:
-    kwargs: dict[str, Any] = {}
-    if zarr_format == 2:
-        kwargs["chunk_key_encoding"] = {"name": "v2", "separator": "/"}
-    else:
-        kwargs["dimension_names"] = list(axes)  # required by NGFF 0.5
+    kwargs = store_format(zarr_format).create_array_kwargs(axes)  # NGFF 0.5: dimension names
     return group.create_array(
         name, shape=shape, chunks=chunks, dtype=dtype, fill_value=0, **kwargs
     )

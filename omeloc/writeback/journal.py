@@ -2,9 +2,10 @@
 
 :func:`omeloc.writeback.protocol.add_channel` changes a plate in a fixed order (journal → resize →
 pixels → metadata → consolidate → clear journal).  Before the first change it records, in
-the plate's root attributes under ``omeloc_journal`` (outside the NGFF ``ome`` key), the
-*raw bytes* of every metadata document it may touch, the channel count, the name and the
-writer's identity (run id, pid, host, process start time).  A run killed at any point is
+the plate's root attributes under ``omeloc_journal`` (outside the NGFF ``ome`` key), a
+:class:`~omeloc.writeback.record.Journal`: the *raw bytes* of every metadata document it may
+touch, the channel count, the name and the writer's identity (run id, pid, host, process
+start time).  A run killed at any point is
 then undone by :func:`rollback`: chunks of the new channel (and ``*.partial`` files a
 killed local write leaves) are deleted and every metadata document is rewritten with its
 original bytes, the root document last, which also removes the journal.  The tree is then
@@ -22,8 +23,6 @@ import hashlib
 import json
 import logging
 import os
-import socket
-import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,31 +52,30 @@ from omeloc.ngff.format import (
 )
 from omeloc.ngff.stores import check_writable
 from omeloc.testing.faults import fault_point
+from omeloc.writeback.identity import WriterIdentity, process_start_time, writer_alive
+from omeloc.writeback.record import JOURNAL_KEY, BackupSummary, Journal
 from omeloc.writeback.validate import journal_doc, validate_journal
 
 __all__ = [
-    "ACTIVE_RUNS",
     "BACKUP_PREFIX",
     "JOURNAL_KEY",
+    "Journal",
+    "RunJournal",
     "StoreIO",
     "check_journal",
     "drop_backups",
     "finish",
     "is_partial",
+    "process_start_time",
     "prune_empty_dirs",
     "rollback",
     "write_backup",
-    "writer_alive",
     "writer_identity",
 ]
 
 logger = logging.getLogger(__name__)
 
-JOURNAL_KEY = "omeloc_journal"
 BACKUP_PREFIX = ".omeloc_backup"
-
-#: run ids of add_channel calls running in this process (a journal of ours is not "dead")
-ACTIVE_RUNS: set[str] = set()
 
 
 class StoreIO:
@@ -106,6 +104,8 @@ class StoreIO:
         self.store = group.store
         self.prefix = group.store_path.path.strip("/")
         self.zarr_format = group.metadata.zarr_format
+        #: what differs between the store's format and the other (NGFF 0.4 / 0.5)
+        self.format = fmt.store_format(self.zarr_format)
         if getattr(self.store, "read_only", False):
             raise ReadOnlyStoreError(f"Store {url} is read-only. Use a writable copy of the plate.")
         #: the group's folder on a local store (``None`` on other stores)
@@ -189,11 +189,11 @@ class StoreIO:
     # -- JSON documents -----------------------------------------------------------------
     def attrs_doc(self, group_rel: str) -> str:
         """Key of the document holding a group's attributes."""
-        return join_path("", group_rel, fmt.attrs_doc_name(self.zarr_format))
+        return join_path("", group_rel, self.format.attrs_doc)
 
     def array_doc(self, array_rel: str) -> str:
         """Key of the document describing an array."""
-        return join_path("", array_rel, fmt.array_doc_name(self.zarr_format))
+        return join_path("", array_rel, self.format.array_doc)
 
     def read_json(self, rel: str) -> dict[str, Any] | None:
         """The JSON document at ``rel``, ``None`` when there is none."""
@@ -206,19 +206,22 @@ class StoreIO:
 
     def read_attrs(self, group_rel: str) -> dict[str, Any]:
         """All attributes of a group, read from its raw document."""
-        return fmt.attributes_in(self.read_json(self.attrs_doc(group_rel)) or {}, self.zarr_format)
+        return self.format.attributes_in(self.read_json(self.attrs_doc(group_rel)) or {})
 
     def read_ngff(self, group_rel: str) -> tuple[dict[str, Any], dict[str, Any]]:
         """A group's attributes and, within them, its NGFF metadata (see :mod:`omeloc.ngff.format`)."""
         attrs = self.read_attrs(group_rel)
-        return attrs, fmt.ngff_attrs(attrs, self.zarr_format)
+        return attrs, self.format.ngff_attrs(attrs)
 
     def update_attrs(self, group_rel: str, updates: Mapping[str, Any], remove: Iterable[str] = ()) -> None:
         """Set (and remove) top-level attributes of a group, keeping the rest of its document."""
         key = self.attrs_doc(group_rel)
-        doc = self.read_json(key) or fmt.new_group_doc(self.zarr_format)
-        attrs = fmt.attributes_to_edit(doc, self.zarr_format)
-        if isinstance(updates.get(JOURNAL_KEY), dict):
+        doc = self.read_json(key) or self.format.new_group_doc()
+        attrs = self.format.attributes_to_edit(doc)
+        updates = dict(updates)
+        if isinstance(updates.get(JOURNAL_KEY), Journal):
+            updates[JOURNAL_KEY] = updates[JOURNAL_KEY].to_json()  # sealed: a fresh digest
+        elif isinstance(updates.get(JOURNAL_KEY), dict):
             journal_doc(updates[JOURNAL_KEY])  # every write of the journal carries a fresh digest
         attrs.update(updates)
         for name in remove:
@@ -228,15 +231,15 @@ class StoreIO:
     def update_ngff(self, group_rel: str, attrs: Mapping[str, Any], changes: Mapping[str, Any],
                     **other: Any) -> None:
         """Set NGFF keys ``changes`` (and other top-level attributes) of a group whose attributes are ``attrs``."""
-        self.update_attrs(group_rel, {**fmt.ngff_updates(attrs, self.zarr_format, changes), **other})
+        self.update_attrs(group_rel, {**self.format.ngff_updates(attrs, changes), **other})
 
     def metadata_docs(self, rel: str) -> list[str]:
         """Every metadata document key of a node (existing or not) that a write may touch."""
-        return [join_path("", rel, name) for name in fmt.metadata_doc_names(self.zarr_format)]
+        return [join_path("", rel, name) for name in self.format.metadata_docs]
 
     def root_docs(self) -> list[str]:
         """The root's metadata document keys, the separate consolidated metadata included."""
-        extra = fmt.consolidated_doc_name(self.zarr_format)
+        extra = self.format.consolidated_doc
         return self.metadata_docs("") + ([extra] if extra else [])
 
 
@@ -245,57 +248,62 @@ def is_partial(key: str) -> bool:
     return key.endswith(".partial")
 
 
-def process_start_time(pid: int) -> str | None:
-    """Start time of process ``pid`` (clock ticks since boot, from /proc), or None where unknown.
-
-    With the pid it identifies a process across pid reuse.
-    """
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
-        return None
-
-
 def writer_identity() -> dict[str, Any]:
-    """This process, as a journal records its writer: pid, host and process start time."""
-    pid = os.getpid()
-    return {"pid": pid, "host": socket.gethostname(), "pid_start": process_start_time(pid)}
+    """This process, as a journal records its writer (the JSON of :class:`WriterIdentity`)."""
+    return WriterIdentity.current().to_json()
 
 
-def writer_alive(journal: Mapping[str, Any], stale_after: float) -> bool:
-    """Whether the run that wrote ``journal`` may still be running (a garbled identity: no)."""
-    try:
-        run_id, pid, heartbeat = str(journal.get("run_id")), int(journal.get("pid", -1)), \
-            float(journal.get("heartbeat", 0))
-    except (TypeError, ValueError):
-        return False  # not a writer omeloc recorded: the journal's own validation decides
-    if run_id in ACTIVE_RUNS:
-        return True
-    if journal.get("host") == socket.gethostname():
-        if pid <= 0:
-            return False
-        if pid == os.getpid():
-            return False  # our own process, but not an active run: a call that died half-way
-        try:
-            os.kill(pid, 0)
-        except (ProcessLookupError, OverflowError):
-            return False
-        except PermissionError:
-            return True
-        start = journal.get("pid_start")
-        return start is None or start == process_start_time(pid)
-    return time.time() - heartbeat < stale_after
+def write_journal(io: StoreIO, journal: Journal) -> None:
+    """Write ``journal`` into the root attributes (sealed with a fresh digest)."""
+    io.update_attrs("", {JOURNAL_KEY: journal})
 
 
-def check_journal(io: StoreIO, *, stale_after: float, force: bool = False) -> dict[str, Any] | None:
-    """The journal of a dead run (to recover), ``None`` if there is none; raise if a writer is live."""
+class RunJournal:
+    """The journal of a running write: its current record, each change written into the plate.
+
+    Parameters
+    ----------
+    io : StoreIO
+        Raw access to the plate written.
+    record : Journal
+        The journal as the run begins (phase ``started``).
+    """
+
+    def __init__(self, io: StoreIO, record: Journal) -> None:
+        self.io = io
+        self.record = record
+
+    def hold(self) -> None:
+        """Write the journal into the root attributes, and check that it is ours that stayed there."""
+        write_journal(self.io, self.record)
+        held = self.io.read_attrs("").get(JOURNAL_KEY) or {}
+        if not isinstance(held, Mapping) or held.get("run_id") != self.record.run_id:
+            other = held.get("run_id") if isinstance(held, Mapping) else None
+            raise ConcurrentWriteError(
+                f"Another omeloc run ({other}) took the journal of {self.io.url} at the same time. "
+                f"Wait for it to finish and retry."
+            )
+
+    def set_phase(self, phase: str, **changes: Any) -> None:
+        """Record the phase reached (and ``changes`` to other fields), with a fresh heartbeat."""
+        self.record = self.record.at_phase(phase, **changes)
+        write_journal(self.io, self.record)
+        logger.debug("journal phase %s", phase)
+
+
+def check_journal(io: StoreIO, *, stale_after: float, force: bool = False) -> Journal | None:
+    """The journal of a dead run (to recover), ``None`` if there is none; raise if a writer is live.
+
+    Whether the writer lives is decided first, from its identity alone (a live writer's journal
+    is not ours to judge); the journal of a dead one is then checked in full before anything
+    acts on it (:func:`~omeloc.writeback.validate.validate_journal`).
+    """
     journal = io.read_attrs("").get(JOURNAL_KEY)
     if not journal:
         return None
     if not isinstance(journal, Mapping):
         validate_journal(io, journal)  # raises: not a journal
-    if not force and writer_alive(journal, stale_after):
+    if not force and _raw_writer_alive(journal, stale_after):
         run_id, pid, host, started = (" ".join(str(journal.get(k)).split())[:64]
                                       for k in ("run_id", "pid", "host", "started"))
         raise ConcurrentWriteError(
@@ -304,6 +312,18 @@ def check_journal(io: StoreIO, *, stale_after: float, force: bool = False) -> di
             f"`omeloc recover {io.url} --force`."
         )
     return validate_journal(io, journal)  # a plate is untrusted input: check before acting on it
+
+
+def _raw_writer_alive(journal: Mapping[str, Any], stale_after: float) -> bool:
+    """Whether the writer a journal names may still run (a garbled identity: no, validation decides)."""
+    writer, run_id, heartbeat = WriterIdentity.from_json(journal), journal.get("run_id"), journal.get("heartbeat", 0)
+    if writer is None or not isinstance(run_id, str):
+        return False
+    try:
+        beat = float(heartbeat)
+    except (TypeError, ValueError):
+        return False
+    return writer_alive(writer, run_id, beat, stale_after=stale_after)
 
 
 # -- recovery ---------------------------------------------------------------------------
@@ -319,16 +339,16 @@ class _ArrayInfo:
         return fmt.storage_block(self.doc)[self.c_axis]
 
 
-def _arrays(journal: Mapping[str, Any]) -> list[_ArrayInfo]:
-    doc_name = fmt.array_doc_name(journal["zarr_format"])
+def _arrays(journal: Journal) -> list[_ArrayInfo]:
+    doc_name = fmt.store_format(journal.zarr_format).array_doc
     return [
-        _ArrayInfo(rel=rel, doc=json.loads(journal["docs"][join_path("", rel, doc_name)]), c_axis=int(img["c_axis"]))
-        for img in journal["images"]
-        for rel in img["arrays"]
+        _ArrayInfo(rel=rel, doc=json.loads(journal.docs[join_path("", rel, doc_name)] or "{}"), c_axis=img.c_axis)
+        for img in journal.images
+        for rel in img.arrays
     ]
 
 
-def _delete_new_chunks(io: StoreIO, journal: Mapping[str, Any]) -> int:
+def _delete_new_chunks(io: StoreIO, journal: Journal) -> int:
     """Delete the storage units the run wrote (the new channel's, backed-up ones included) and every partial file.
 
     An append writes the units at and after ``n_channels // k`` along ``c`` (``k`` channels per
@@ -336,11 +356,11 @@ def _delete_new_chunks(io: StoreIO, journal: Mapping[str, Any]) -> int:
     a unit that held other (virtual) channels before the run is in the backup, which
     :func:`rollback` puts back afterwards.
     """
-    n_c, index = int(journal["n_channels"]), int(journal["channel_index"])
-    written = range(index, index + len(journal.get("names") or [journal["name"]]))
+    n_c, index = journal.n_channels, journal.channel_index
+    written = range(index, index + len(journal.names))
     removed = 0
     for arr in _arrays(journal):
-        first_new = n_c // arr.c_block if journal["mode"] == "append" else None
+        first_new = n_c // arr.c_block if journal.mode == "append" else None
         units = {i // arr.c_block for i in written}
         for key in io.list(arr.rel):
             rel_key = key[len(arr.rel) + 1:]
@@ -358,8 +378,8 @@ def _delete_new_chunks(io: StoreIO, journal: Mapping[str, Any]) -> int:
     return removed
 
 
-def _backup_root(journal: Mapping[str, Any]) -> str:
-    return join_path("", BACKUP_PREFIX, journal["run_id"])
+def _backup_root(journal: Journal) -> str:
+    return join_path("", BACKUP_PREFIX, journal.run_id)
 
 
 def _manifest_key(run_id: str) -> str:
@@ -371,7 +391,7 @@ def _digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def write_backup(io: StoreIO, run_id: str, keys: Iterable[str]) -> dict[str, Any]:
+def write_backup(io: StoreIO, run_id: str, keys: Iterable[str]) -> BackupSummary:
     """Copy the chunk ``keys`` into the run's backup, verified, with a manifest; the summary for the journal.
 
     Every copy is read back and compared with the original before the manifest (key → size
@@ -400,7 +420,7 @@ def write_backup(io: StoreIO, run_id: str, keys: Iterable[str]) -> dict[str, Any
         )
     manifest = json.dumps({"run_id": run_id, "files": files}, sort_keys=True).encode("utf-8")
     io.set(_manifest_key(run_id), manifest)
-    return {"files": len(files), "bytes": sum(f["size"] for f in files.values()), "manifest": _digest(manifest)}
+    return BackupSummary(files=len(files), bytes=sum(f["size"] for f in files.values()), manifest=_digest(manifest))
 
 
 def _bad_backup_files(io: StoreIO, root: str, files: Mapping[str, Mapping[str, Any]]) -> list[str]:
@@ -413,7 +433,7 @@ def _bad_backup_files(io: StoreIO, root: str, files: Mapping[str, Mapping[str, A
     return bad
 
 
-def _verified_manifest(io: StoreIO, journal: Mapping[str, Any]) -> dict[str, Any]:
+def _verified_manifest(io: StoreIO, journal: Journal) -> dict[str, Any]:
     """The backup manifest of a run at ``backed_up`` or later, checked against the journal and the files.
 
     Raises
@@ -421,27 +441,26 @@ def _verified_manifest(io: StoreIO, journal: Mapping[str, Any]) -> dict[str, Any
     CorruptDataError
         The manifest or a backed-up file is missing or altered: nothing may be deleted.
     """
-    raw = io.get(_manifest_key(journal["run_id"]))
-    summary = journal.get("backup") or {}
+    raw = io.get(_manifest_key(journal.run_id))
     problem = None
-    if raw is None or _digest(raw) != summary.get("manifest"):
+    if raw is None or journal.backup is None or _digest(raw) != journal.backup.manifest:
         problem = "its manifest is missing or altered"
     else:
         files = json.loads(raw)["files"]
-        arrays = tuple(a + "/" for img in journal["images"] for a in img["arrays"])
+        arrays = tuple(a + "/" for img in journal.images for a in img.arrays)
         outside = [k for k in files if not k.startswith(arrays)]
         bad = outside or _bad_backup_files(io, _backup_root(journal), files)
         if bad:
             problem = f"{len(bad)} backed-up file(s) are missing, altered or outside the channel ({bad[0]})"
     if problem:
         raise CorruptDataError(
-            f"Cannot roll back omeloc run {journal['run_id']} in {io.url}: the backup of channel {journal['name']!r} "
+            f"Cannot roll back omeloc run {journal.run_id} in {io.url}: the backup of channel {journal.name!r} "
             f"is not intact ({problem}), so nothing was deleted. Restore the plate from a copy."
         )
     return files
 
 
-def _restore_backup(io: StoreIO, journal: Mapping[str, Any], files: Mapping[str, Any]) -> None:
+def _restore_backup(io: StoreIO, journal: Journal, files: Mapping[str, Any]) -> None:
     root = _backup_root(journal)
     for key in files:
         data = io.get(join_path("", root, key))
@@ -449,11 +468,11 @@ def _restore_backup(io: StoreIO, journal: Mapping[str, Any], files: Mapping[str,
             io.set(key, data)
 
 
-def _drop_backup(io: StoreIO, journal: Mapping[str, Any]) -> None:
+def _drop_backup(io: StoreIO, journal: Journal) -> None:
     for key in io.list(_backup_root(journal)):
         io.delete(key)
-    if io.get(_manifest_key(journal["run_id"])) is not None:
-        io.delete(_manifest_key(journal["run_id"]))
+    if io.get(_manifest_key(journal.run_id)) is not None:
+        io.delete(_manifest_key(journal.run_id))
     prune_empty_dirs(io, BACKUP_PREFIX)
 
 
@@ -486,30 +505,29 @@ def prune_empty_dirs(io: StoreIO, prefix: str) -> None:
         top.rmdir()
 
 
-def _backs_up(journal: Mapping[str, Any]) -> bool:
+def _backs_up(journal: Journal) -> bool:
     """Whether the run keeps a backup: an overwrite always, an append that rewrites a unit of virtual channels."""
-    return journal["mode"] == "overwrite" or bool(journal.get("shared"))
+    return journal.mode == "overwrite" or journal.shared
 
 
-def _channel_touched(journal: Mapping[str, Any]) -> bool:
+def _channel_touched(journal: Journal) -> bool:
     """Whether the run may have changed chunks: one that keeps a backup only after the backup was verified."""
-    return not _backs_up(journal) or journal.get("phase", "started") != "started"
+    return not _backs_up(journal) or journal.phase != "started"
 
 
-def _undo_chunks(io: StoreIO, journal: dict[str, Any]) -> None:
+def _undo_chunks(io: StoreIO, journal: Journal) -> None:
     """Delete the run's chunks (and partial files) and put back the backed-up files; record it."""
     files = _verified_manifest(io, journal) if _backs_up(journal) else {}
     removed = _delete_new_chunks(io, journal)
     _restore_backup(io, journal, files)
     logger.info("rollback removed %d chunk/partial files", removed)
-    journal["chunks_restored"] = True
     try:
-        io.update_attrs("", {JOURNAL_KEY: journal})
+        io.update_attrs("", {JOURNAL_KEY: journal.replace(chunks_restored=True)})
     except OmelocError as err:  # e.g. a full disk: deleting and restoring again on the next try is harmless
         logger.warning("could not record the restored chunks in the journal (%s); continuing", err)
 
 
-def rollback(io: StoreIO, journal: Mapping[str, Any], *, quiet: bool = False) -> None:
+def rollback(io: StoreIO, journal: Journal | Mapping[str, Any], *, quiet: bool = False) -> None:
     """Undo a run described by ``journal``: the tree becomes byte-for-byte what it was.
 
     The phase tells what the run may have touched: an overwrite killed before its backup was
@@ -520,14 +538,13 @@ def rollback(io: StoreIO, journal: Mapping[str, Any], *, quiet: bool = False) ->
     """
     journal = validate_journal(io, journal)  # untrusted input: refused unless it names only this plate's keys
     logger.log(logging.INFO if quiet else logging.WARNING, "rolling back omeloc run %s (channel %r) in %s",
-               journal["run_id"], journal["name"], io.url)
-    journal = dict(journal)
-    if not journal.get("chunks_restored") and _channel_touched(journal):
+               journal.run_id, journal.name, io.url)
+    if not journal.chunks_restored and _channel_touched(journal):
         _undo_chunks(io, journal)
     _drop_backup(io, journal)
     fault_point("rollback_docs")
     root_docs = set(io.root_docs())
-    docs: Mapping[str, str | None] = journal["docs"]
+    docs = journal.docs
     for rel, text in docs.items():
         if rel in root_docs:
             continue
@@ -544,7 +561,7 @@ def _restore_doc(io: StoreIO, rel: str, text: str | None) -> None:
         io.set(rel, text.encode("utf-8"))
 
 
-def finish(io: StoreIO, journal: Mapping[str, Any]) -> None:
+def finish(io: StoreIO, journal: Journal | Mapping[str, Any]) -> None:
     """Complete a run whose pixels and metadata are all written (phase ``complete``).
 
     Every consolidated-metadata document that covers a changed image (its own group, its
@@ -556,18 +573,18 @@ def finish(io: StoreIO, journal: Mapping[str, Any]) -> None:
     """
     journal = validate_journal(io, journal)  # untrusted input: refused unless it names only this plate's keys
     _drop_backup(io, journal)
-    keys = consolidated_doc_keys([img["path"] for img in journal["images"]], io.zarr_format)
+    keys = consolidated_doc_keys([img.path for img in journal.images], io.zarr_format)
     root_attrs = io.attrs_doc("")
     for key in keys:
         if key not in io.root_docs():
             _refresh_doc(io, key)
-    separate = fmt.consolidated_doc_name(io.zarr_format)
+    separate = io.format.consolidated_doc
     if separate is not None:
         _refresh_doc(io, separate)
         io.update_attrs("", {}, remove=[JOURNAL_KEY])
         return
-    doc = io.read_json(root_attrs) or fmt.new_group_doc(io.zarr_format)
-    fmt.attributes_to_edit(doc, io.zarr_format).pop(JOURNAL_KEY, None)
+    doc = io.read_json(root_attrs) or io.format.new_group_doc()
+    io.format.attributes_to_edit(doc).pop(JOURNAL_KEY, None)
     fresh = refresh_consolidated(doc, io.zarr_format, lambda rel: _read_without_journal(io, rel, root_attrs))
     io.write_json(root_attrs, fresh if fresh is not None else doc)
 
@@ -576,7 +593,7 @@ def _read_without_journal(io: StoreIO, rel: str, root_attrs: str) -> dict[str, A
     """A document as it will be once the run is finished: the root attributes without the journal."""
     doc = io.read_json(rel)
     if doc is not None and rel == root_attrs:
-        fmt.attributes_to_edit(doc, io.zarr_format).pop(JOURNAL_KEY, None)
+        io.format.attributes_to_edit(doc).pop(JOURNAL_KEY, None)
     return doc
 
 

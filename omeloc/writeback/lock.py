@@ -10,10 +10,12 @@ writer; the journal in the root attributes stays the record of what a killed run
 Who may take a lock that exists:
 
 - nobody, while its writer is alive;
-- anybody, once the writer is *provably* dead: on the same host its pid is gone or belongs
-  to another process now (start time differs); on another host its heartbeat is older than
-  ``max(stale_after, 15 heartbeats)``, which a live writer (refreshing every
+- anybody, once the writer is *provably* dead, by the one rule the journal uses too
+  (:func:`omeloc.writeback.identity.writer_alive`): on the same host its pid is gone or
+  belongs to another process now (start time differs); on another host its heartbeat is
+  older than ``max(stale_after, 15 heartbeats)``, which a live writer (refreshing every
   ``HEARTBEAT_SECONDS``) never reaches (clocks of the hosts must agree to within that);
+- nobody but ``force`` takes a lock omeloc did not write (no valid writer identity);
 - ``force=True`` (``omeloc recover PLATE --force``) takes it regardless.
 
 Taking over a dead writer's lock is serialised by a second key (``.omeloc_lock.break``,
@@ -39,8 +41,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
-import socket
 import threading
 import time
 import uuid
@@ -55,8 +55,9 @@ from zarr.core.sync import sync
 
 from omeloc.errors import ConcurrentWriteError, ReadOnlyStoreError
 from omeloc.testing.faults import fault_point
+from omeloc.writeback import identity
+from omeloc.writeback.identity import HEARTBEAT_SECONDS, WriterIdentity, writer_alive
 from omeloc.writeback.journal import StoreIO
-from omeloc.writeback.journal import process_start_time as proc_start
 
 __all__ = ["BREAK_KEY", "HEARTBEAT_SECONDS", "LOCK_KEY", "PlateLock", "lock_holder", "lock_stale", "source_lock"]
 
@@ -64,15 +65,8 @@ logger = logging.getLogger(__name__)
 
 LOCK_KEY = ".omeloc_lock"
 BREAK_KEY = ".omeloc_lock.break"
-#: how often a holder refreshes its heartbeat
-HEARTBEAT_SECONDS = 2.0
-#: a lock on another host is stale only after this many heartbeats were missed (at least)
-MISSED_BEATS = 15
 #: on stores without an atomic create, wait this long and read the lock back once more
 SETTLE_SECONDS = 0.2
-
-#: run ids of the locks this process holds (a lock of our pid that is not here is dead)
-HELD: set[str] = set()
 
 
 def _atomic_create(io: StoreIO) -> bool:
@@ -136,30 +130,19 @@ def _create(io: StoreIO, key: str, payload: Mapping[str, Any]) -> bool:
 def lock_stale(holder: Mapping[str, Any], stale_after: float) -> bool:
     """Whether the writer that holds a lock is provably dead (see the module docstring).
 
-    A lock that omeloc did not write (no run id, fields of the wrong type: a plate is
-    untrusted input) is never stale: only ``force`` takes it.
+    A lock that omeloc did not write (no run id, no valid writer identity, fields of the
+    wrong type: a plate is untrusted input) is never stale: only ``force`` takes it.
     """
+    writer = WriterIdentity.from_json(holder)
+    run_id = holder.get("run_id") if isinstance(holder, Mapping) else None
     try:
-        run_id, pid, host = holder["run_id"], int(holder["pid"]), holder["host"]
         heartbeat = float(holder.get("heartbeat", 0))
         interval = float(holder.get("interval", HEARTBEAT_SECONDS))
-    except (KeyError, TypeError, ValueError):
+    except (AttributeError, TypeError, ValueError):
         return False
-    if not isinstance(run_id, str) or not run_id or pid <= 0:
+    if writer is None or not isinstance(run_id, str) or not run_id:
         return False
-    if host == socket.gethostname():
-        if pid == os.getpid():
-            return run_id not in HELD
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return True
-        except (PermissionError, OverflowError, ValueError):
-            return False
-        start = holder.get("pid_start")
-        return start is not None and start != proc_start(pid)
-    timeout = max(float(stale_after), MISSED_BEATS * interval)
-    return time.time() - heartbeat > timeout
+    return not writer_alive(writer, run_id, heartbeat, stale_after=stale_after, interval=interval)
 
 
 def lock_holder(io: StoreIO) -> dict[str, Any] | None:
@@ -228,20 +211,20 @@ class PlateLock:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._payload: dict[str, Any] = {}
+        self._registered = False
 
     def _new_payload(self) -> dict[str, Any]:
-        pid = os.getpid()
-        return {"run_id": self.run_id, "purpose": self.purpose, "pid": pid, "host": socket.gethostname(),
-                "pid_start": proc_start(pid), "started": datetime.now(UTC).isoformat(timespec="seconds"),
+        return {"run_id": self.run_id, "purpose": self.purpose, **WriterIdentity.current().to_json(),
+                "started": datetime.now(UTC).isoformat(timespec="seconds"),
                 "heartbeat": time.time(), "interval": self.interval}
 
     def __enter__(self) -> Self:
         self._payload = self._new_payload()
-        HELD.add(self.run_id)
+        self._register()  # a live run of this process from now on, until released
         try:
             self._acquire()
         except BaseException:
-            HELD.discard(self.run_id)
+            self._unregister()
             raise
         self._thread = threading.Thread(target=self._beat, name=f"omeloc-lock-{self.run_id[:8]}", daemon=True)
         self._thread.start()
@@ -273,8 +256,9 @@ class PlateLock:
 
     def _take_over(self, holder: dict[str, Any]) -> None:
         """Replace a dead (or, with ``force``, any) holder's lock with ours, serialised by the break key."""
-        breaker = {"run_id": self.run_id, "pid": self._payload["pid"], "host": self._payload["host"],
-                   "pid_start": self._payload["pid_start"], "heartbeat": time.time()}
+        writer = WriterIdentity.from_json(self._payload)
+        assert writer is not None
+        breaker = {"run_id": self.run_id, **writer.to_json(), "heartbeat": time.time()}
         if not _create(self.io, BREAK_KEY, breaker):
             other = _read(self.io, BREAK_KEY) or {}
             if not (self.force or lock_stale(other, self.stale_after)):
@@ -331,7 +315,17 @@ class PlateLock:
             if (lock_holder(self.io) or {}).get("run_id") == self.run_id:
                 self.io.delete(LOCK_KEY)
         finally:
-            HELD.discard(self.run_id)
+            self._unregister()
+
+    def _register(self) -> None:
+        if not self._registered:
+            identity.register(self.run_id)
+            self._registered = True
+
+    def _unregister(self) -> None:
+        if self._registered:
+            identity.unregister(self.run_id)
+            self._registered = False
 
 
 def peek(io: StoreIO, *, stale_after: float) -> None:

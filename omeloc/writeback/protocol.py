@@ -71,11 +71,10 @@ import numpy as np
 from omeloc.compute import compute as compute_graph
 from omeloc.compute import dask_client
 from omeloc.config import ComputeConfig
-from omeloc.errors import ConcurrentWriteError, InputError, OmelocError, ReadOnlyStoreError, SchedulerError
+from omeloc.errors import InputError, OmelocError, ReadOnlyStoreError, SchedulerError
 from omeloc.ngff.format import (
     chunk_coords,
     consolidated_doc_keys,
-    is_consolidated,
     parent_ngff_attrs,
     refresh_consolidated,
 )
@@ -85,8 +84,10 @@ from omeloc.testing.faults import fault_point
 from omeloc.writeback import journal as jr
 from omeloc.writeback import pixels as px
 from omeloc.writeback import resume as rs
+from omeloc.writeback.identity import WriterIdentity, running
 from omeloc.writeback.lock import PlateLock, peek
 from omeloc.writeback.plan import DataArg, ImagePlan, WritePlan, omero_note, preflight, without_axis
+from omeloc.writeback.record import ImageEntry, Journal
 
 __all__ = ["PENDING_KEY", "AddChannelResult", "ImagePlan", "Recovery", "WriteJob", "WritePlan", "add_channel",
            "recover", "recover_report"]
@@ -120,7 +121,7 @@ class WriteJob:
 
     io: jr.StoreIO
     plan: WritePlan
-    journal: dict[str, Any]
+    journal: jr.RunJournal
     """The run's journal (its ``docs`` are the original metadata documents); phases update it."""
     colors: tuple[str, ...]
     """One omero colour per channel written."""
@@ -139,7 +140,7 @@ class WriteJob:
     @property
     def store(self) -> px.RunStore:
         """How this run's tasks open the target's arrays."""
-        return px.RunStore.of(self.storage_options, self.io.zarr_format, self.journal["run_id"])
+        return px.RunStore.of(self.storage_options, self.io.zarr_format, self.journal.record.run_id)
 
 
 @dataclass(frozen=True)
@@ -265,7 +266,8 @@ def add_channel(
         _warn_single_field(plate, url, so, names[0])
         plan = preflight(plate, io, names, data, overwrite=overwrite, target=url)
         colors = _pick_colors(color, _channels_now(plate, plan), plan)
-        return _write(WriteJob(io=io, plan=plan, journal=_new_journal(io, plan, resume_key, lock.run_id),
+        journal = jr.RunJournal(io, _new_journal(io, plan, resume_key, lock.run_id))
+        return _write(WriteJob(io=io, plan=plan, journal=journal,
                                colors=colors, provenance=records, where=where, progress=progress, storage_options=so,
                                axes=plate.images[0].axes, started=t0, recovered=recovered, lock=lock))
 
@@ -353,20 +355,20 @@ def _target_plate(target: str | Path | Plate | Image, url: str, storage_options:
     return open_plate(url, storage_options)
 
 
-def _recover(io: jr.StoreIO, journal: Mapping[str, Any]) -> str:
-    if journal.get("phase") == "complete":
+def _recover(io: jr.StoreIO, journal: Journal) -> str:
+    if journal.complete:
         jr.finish(io, journal)
         return "finish"
     jr.rollback(io, journal)
     return "rollback"
 
 
-def _clear_stale(io: jr.StoreIO, stale: Mapping[str, Any] | None, name: str, resume_key: str | None) -> str | None:
+def _clear_stale(io: jr.StoreIO, stale: Journal | None, name: str, resume_key: str | None) -> str | None:
     """Recover a dead run (keeping its finished chunks when it is the same job); drop other stashes."""
     recovered = None
     if stale is not None:
-        same_job = bool(resume_key) and stale.get("resume_key") == resume_key and stale.get("name") == name
-        if same_job and stale.get("phase") != "complete":
+        same_job = bool(resume_key) and stale.resume_key == resume_key and stale.name == name
+        if same_job and not stale.complete:
             rs.stash_finished(io, stale)
         recovered = _recover(io, stale)
     rs.drop_stash(io, keep=resume_key)
@@ -374,13 +376,13 @@ def _clear_stale(io: jr.StoreIO, stale: Mapping[str, Any] | None, name: str, res
     return recovered
 
 
-def _pending(stale: Mapping[str, Any] | None, dry_run: bool) -> tuple[str | None, int | None]:
+def _pending(stale: Journal | None, dry_run: bool) -> tuple[str | None, int | None]:
     """For a dry run before a dead run's recovery: what the recovery will do, and the channel
     count a rollback restores (``None`` when the plan can be made against the store as it is)."""
     if stale is None or not dry_run:
         return None, None
-    pending = "finish" if stale.get("phase") == "complete" else "rollback"
-    rollback_n = int(stale["n_channels"]) if pending == "rollback" and stale.get("mode") == "append" else None
+    pending = "finish" if stale.complete else "rollback"
+    rollback_n = stale.n_channels if pending == "rollback" and stale.mode == "append" else None
     return pending, rollback_n
 
 
@@ -432,55 +434,35 @@ def _snapshot_docs(io: jr.StoreIO, plan: WritePlan) -> dict[str, str | None]:
 
 
 def _new_journal(io: jr.StoreIO, plan: WritePlan, resume_key: str | None, run_id: str | None = None
-                 ) -> dict[str, Any]:
-    """The journal of a new run (the format :mod:`omeloc.writeback.journal` reads back); ``run_id``: the lock's."""
+                 ) -> Journal:
+    """The journal of a new run (phase ``started``); ``run_id``: the lock's."""
     docs = _snapshot_docs(io, plan)
-    return {
-        "version": 1, "run_id": run_id or uuid.uuid4().hex, **jr.writer_identity(),
-        "started": datetime.now(UTC).isoformat(timespec="seconds"), "heartbeat": time.time(),
-        "phase": "started", "mode": plan.mode, "name": plan.name, "channel_index": plan.channel_index,
-        **({"names": list(plan.names)} if plan.k > 1 else {}),
-        "n_channels": plan.n_channels, "zarr_format": io.zarr_format,
-        "images": [{"path": i.path, "c_axis": i.c_axis, "arrays": [i.array_path(n) for n in range(len(i.level_paths))]}
-                   for i in plan.images],
-        "consolidated": is_consolidated(docs, io.zarr_format), "docs": docs, "resume_key": resume_key,
-        "shared": plan.shared,
-    }
+    return Journal(
+        run_id=run_id or uuid.uuid4().hex, writer=WriterIdentity.current(),
+        started=datetime.now(UTC).isoformat(timespec="seconds"), heartbeat=time.time(),
+        phase="started", mode=plan.mode, names=tuple(plan.names), channel_index=plan.channel_index,
+        n_channels=plan.n_channels, zarr_format=io.zarr_format,
+        images=tuple(ImageEntry(path=i.path, c_axis=i.c_axis,
+                                arrays=tuple(i.array_path(n) for n in range(len(i.level_paths))))
+                     for i in plan.images),
+        docs=docs, consolidated=io.format.is_consolidated(docs), resume_key=resume_key,
+        shared=plan.shared,
+    )
 
 
-def _hold_journal(io: jr.StoreIO, journal: Mapping[str, Any]) -> None:
-    """Write the journal into the root attributes, and check that it is ours that stayed there."""
-    io.update_attrs("", {jr.JOURNAL_KEY: journal})
-    held = io.read_attrs("").get(jr.JOURNAL_KEY) or {}
-    if held.get("run_id") != journal["run_id"]:
-        raise ConcurrentWriteError(
-            f"Another omeloc run ({held.get('run_id')}) took the journal of {io.url} at the same time. "
-            f"Wait for it to finish and retry."
-        )
-
-
-def _set_phase(job: WriteJob, phase: str) -> None:
+def _set_phase(job: WriteJob, phase: str, **changes: Any) -> None:
     """Record the phase reached in the journal (after checking that the lock is still ours)."""
-    io, journal = job.io, job.journal
     if job.lock is not None:
         job.lock.ensure()
-    journal["phase"] = phase
-    journal["heartbeat"] = time.time()
-    io.update_attrs("", {jr.JOURNAL_KEY: journal})
-    logger.debug("journal phase %s", phase)
+    job.journal.set_phase(phase, **changes)
 
 
 # -- the run ----------------------------------------------------------------------------
 def _write(job: WriteJob) -> AddChannelResult:
     """Take the journal and run the write phases, on the Dask client the job asks for."""
-    run_id = job.journal["run_id"]
-    with dask_client(job.where) as client:
-        jr.ACTIVE_RUNS.add(run_id)
-        try:
-            _hold_journal(job.io, job.journal)
-            return _run(job, _graph_runner(job.where, client, job.progress))
-        finally:
-            jr.ACTIVE_RUNS.discard(run_id)
+    with dask_client(job.where) as client, running(job.journal.record.run_id):
+        job.journal.hold()
+        return _run(job, _graph_runner(job.where, client, job.progress))
 
 
 def _graph_runner(where: ComputeConfig, client: Any, progress: bool) -> px.GraphRunner:
@@ -508,10 +490,10 @@ def _run(job: WriteJob, run_graph: px.GraphRunner) -> AddChannelResult:
         ours = isinstance(err, OmelocError) and not isinstance(err, SchedulerError)
         # a warning, not an error: the caller reports the error itself (the CLI in one line, also under -q)
         logger.log(logging.INFO if ours else logging.WARNING, "add_channel %r failed: rolling back", plan.name)
-        if not px.stop_writes(journal["run_id"]):
-            logger.warning("pixel writes of run %s are still running; rolling back anyway", journal["run_id"])
-        if journal.get("phase") != "complete" and not ours:
-            _try_stash(io, journal)
+        if not px.stop_writes(journal.record.run_id):
+            logger.warning("pixel writes of run %s are still running; rolling back anyway", journal.record.run_id)
+        if not journal.record.complete and not ours:
+            _try_stash(io, journal.record)
         _unskippable_rollback(job, err, quiet=ours)
         if _disk_full(err):
             raise ReadOnlyStoreError(
@@ -543,7 +525,7 @@ def _disk_full(err: BaseException | None) -> bool:
     return False
 
 
-def _try_stash(io: jr.StoreIO, journal: Mapping[str, Any]) -> None:
+def _try_stash(io: jr.StoreIO, journal: Journal) -> None:
     """Keep the finished chunks for a rerun; if that fails (a full disk), the rollback goes on without them."""
     try:
         rs.stash_finished(io, journal)
@@ -557,7 +539,7 @@ def _try_stash(io: jr.StoreIO, journal: Mapping[str, Any]) -> None:
 def _unskippable_rollback(job: WriteJob, err: BaseException, *, quiet: bool) -> None:
     """Roll back; when even that fails, say so in one line and how to finish it (the journal stays)."""
     try:
-        jr.rollback(job.io, job.journal, quiet=quiet)
+        jr.rollback(job.io, job.journal.record, quiet=quiet)
     except Exception as rb_err:
         full = _disk_full(err) or _disk_full(rb_err)
         fix = "Free space on its device" if full else "Make the store reachable and writable"
@@ -571,7 +553,7 @@ def _unskippable_rollback(job: WriteJob, err: BaseException, *, quiet: bool) -> 
 def _finish(job: WriteJob) -> None:
     """Complete the run (consolidate, drop backup, stash and journal); a failure says how to finish it."""
     try:
-        jr.finish(job.io, job.journal)
+        jr.finish(job.io, job.journal.record)
         rs.drop_stash(job.io)
     except Exception as err:
         raise ReadOnlyStoreError(
@@ -584,23 +566,23 @@ def _write_phases(job: WriteJob, run_graph: px.GraphRunner) -> int:
     """Back up (overwrite), resize and mark the omero entry, pixels, metadata: each phase journaled."""
     from omeloc import __version__
 
-    io, plan, journal = job.io, job.plan, job.journal
+    io, plan, journal = job.io, job.plan, job.journal.record
     fault_point("journal")
     if plan.mode == "overwrite" or plan.shared:
         # files holding the old channel (or other virtual channels) are touched only once their backup is
         # complete, verified and journaled
-        journal["backup"] = jr.write_backup(io, journal["run_id"], _channel_keys(io, plan, journal["docs"]))
-        _set_phase(job, "backed_up")
-    _resize_and_mark(io, plan, job.colors, journal["run_id"])
+        backup = jr.write_backup(io, journal.run_id, _channel_keys(io, plan, journal.docs))
+        _set_phase(job, "backed_up", backup=backup)
+    _resize_and_mark(io, plan, job.colors, journal.run_id)
     _set_phase(job, "resized")
     fault_point("resized")
-    done = _restore_finished(io, plan, journal.get("resume_key"))
+    done = _restore_finished(io, plan, journal.resume_key)
     nbytes = px.write_pixels(plan, job.store, job.axes, run_graph, done)
     _set_phase(job, "pixels")
     windows = px.sample_windows(plan, job.store)
     records = [{
         **job.provenance[j], "virtual": True, "index": index, "dtype": plan.dtype,
-        "omeloc_version": __version__, "run_id": journal["run_id"],
+        "omeloc_version": __version__, "run_id": journal.run_id,
         "created": datetime.now(UTC).isoformat(timespec="seconds"), "levels": plan.levels,
         **({"written_with": list(plan.names)} if plan.k > 1 else {}),
     } for j, index in enumerate(plan.indices)]

@@ -16,11 +16,12 @@ from __future__ import annotations
 import itertools
 import json
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
-from omeloc.ngff.format import array_doc_name, chunk_coords, join_path, storage_block
+from omeloc.ngff.format import chunk_coords, join_path, storage_block, store_format
 from omeloc.writeback import journal as jr
+from omeloc.writeback.record import Journal
 
 __all__ = ["RESUME_PREFIX", "done_blocks", "drop_stash", "restore_finished", "stash_finished"]
 
@@ -33,26 +34,26 @@ def _stash_root(resume_key: str) -> str:
     return f"{RESUME_PREFIX}/{resume_key}"
 
 
-def _level0_arrays(journal: Mapping[str, Any]) -> list[tuple[str, int]]:
-    return [(img["arrays"][0], int(img["c_axis"])) for img in journal["images"]]
+def _level0_arrays(journal: Journal) -> list[tuple[str, int]]:
+    return [(img.arrays[0], img.c_axis) for img in journal.images]
 
 
-def stash_finished(io: jr.StoreIO, journal: Mapping[str, Any]) -> int:
+def stash_finished(io: jr.StoreIO, journal: Journal) -> int:
     """Move the finished level-0 chunks of a dead run's new channel into the stash.
 
     Only for appends whose journal carries a ``resume_key``; returns the number moved.  Not
     when the new channel's files also hold other (virtual) channels (journal ``shared``): such
     a file existed before the run, so its presence does not say the new channel is in it.
     """
-    key = journal.get("resume_key")
-    if (not key or journal.get("mode") != "append" or journal.get("chunks_restored") or journal.get("shared")
-            or len(journal.get("names") or ()) > 1):  # several channels per run: no resume (rolled back whole)
+    key = journal.resume_key
+    if (not key or journal.mode != "append" or journal.chunks_restored or journal.shared
+            or len(journal.names) > 1):  # several channels per run: no resume (rolled back whole)
         return 0
-    doc_name = array_doc_name(journal["zarr_format"])
-    index = int(journal["channel_index"])
+    doc_name = store_format(journal.zarr_format).array_doc
+    index = journal.channel_index
     moved = 0
     for rel, c_axis in _level0_arrays(journal):
-        doc = json.loads(journal["docs"][join_path("", rel, doc_name)])
+        doc = json.loads(journal.docs[join_path("", rel, doc_name)] or "{}")
         unit = index // storage_block(doc)[c_axis]  # the storage unit (chunk or shard) holding the channel
         for full in io.list(rel):
             rel_key = full[len(rel) + 1:]

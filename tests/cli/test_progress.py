@@ -1,0 +1,82 @@
+"""One progress interface: a bar on a terminal, plain lines in a log, a ``(done, total)`` callable, or nothing."""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+
+from omeloc.progress import (
+    CallbackProgress,
+    ConsoleProgress,
+    LogProgress,
+    Progress,
+    ProgressReporter,
+    QuietProgress,
+    reporter,
+)
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_log_progress_writes_a_plain_line_every_few_seconds_with_rate_eta_and_loss():
+    out, clock = io.StringIO(), _Clock()
+    log = LogProgress(stream=out, every=5, clock=clock)
+    log.start(300, desc="train", unit="step")
+    for step in range(1, 121):
+        clock.now = 100.0 + step / 10  # 10 steps/s
+        log.update(step, l1=0.25)
+    log.close()
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 3, lines  # at 5 s and 10 s, and the last one
+    assert lines[0].startswith("train: step 50/300 (17%), 10 step/s, ETA 25 s, l1 0.25"), lines[0]
+    assert lines[-1].startswith("train: step 120/300 (40%)"), lines[-1]
+
+
+def test_a_short_run_prints_no_progress_lines():
+    out, clock = io.StringIO(), _Clock()
+    log = LogProgress(stream=out, every=5, clock=clock)
+    log.start(10, desc="evaluate", unit="field")
+    for n in range(1, 11):
+        clock.now += 0.1
+        log.update(n)
+    log.close()
+    assert out.getvalue() == ""
+
+
+def test_progress_argument_forms_pick_their_reporter(monkeypatch):
+    seen = []
+    assert isinstance(reporter(False), QuietProgress) and isinstance(reporter(None), QuietProgress)
+    assert isinstance(reporter(seen.append), CallbackProgress)  # any callable: (done, total)
+    mine = LogProgress(stream=io.StringIO())
+    assert reporter(mine) is mine and isinstance(mine, ProgressReporter)
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: False, raising=False)
+    assert isinstance(reporter(True), LogProgress)  # nohup, tee, SLURM, CI
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
+    assert isinstance(reporter(True), ConsoleProgress)
+
+
+def test_a_done_total_callable_keeps_working():
+    calls = []
+    with Progress(lambda done, total: calls.append((done, total)), total=3, desc="fields") as bar:
+        for _ in range(3):
+            bar.advance()
+    assert calls == [(1, 3), (2, 3), (3, 3)]
+
+
+def test_cli_progress_in_a_log_is_plain_lines(tmp_path):
+    env = {**os.environ, "OMELOC_PROGRESS_EVERY": "0"}
+    proc = subprocess.run([sys.executable, "-m", "omeloc.cli", "synth", str(tmp_path / "p.zarr"), "--rows", "1",
+                           "--cols", "2", "--fields", "1", "--size", "64"],
+                          env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("synth: img")]
+    assert lines and lines[-1].startswith("synth: img 2/2 (100%)"), proc.stderr
+    assert "\r" not in proc.stderr  # no bar redrawn in a log
