@@ -46,8 +46,8 @@ from omeloc.ngff.format import (
 from omeloc.ngff.stores import open_group, open_node, pick_series, wrapper_series, zip_location
 
 __all__ = [
-    "MAX_CHANNELS", "MAX_CHUNKS", "MAX_PLANE_PIXELS", "Image", "Plate", "Well", "image_plate", "iter_images",
-    "label_text", "open_image", "open_plate",
+    "INCOMPLETE_KEY", "MAX_CHANNELS", "MAX_CHUNKS", "MAX_PLANE_PIXELS", "Image", "Plate", "Well", "image_plate",
+    "iter_images", "label_text", "open_image", "open_plate", "refuse_incomplete",
 ]
 
 logger = logging.getLogger(__name__)
@@ -58,6 +58,27 @@ MAX_PLANE_PIXELS = 2**31
 MAX_CHANNELS = 65536
 MAX_CHUNKS = 2**24
 MAX_ELEMENTS = 2**40
+#: Root attribute of a copy that ``omeloc rechunk`` is still making (or was killed making): refused.
+INCOMPLETE_KEY = "omeloc_rechunk_incomplete"
+
+
+def refuse_incomplete(attrs: Mapping[str, Any], url: str) -> None:
+    """Refuse a store that an interrupted ``omeloc rechunk`` left half-copied (its root carries the marker).
+
+    Raises
+    ------
+    InputError
+        ``attrs`` (a root's attributes) hold :data:`INCOMPLETE_KEY`.
+    """
+    if INCOMPLETE_KEY not in attrs:
+        return
+    marker = attrs.get(INCOMPLETE_KEY)
+    source = marker.get("source") if isinstance(marker, Mapping) else None
+    src = source if isinstance(source, str) and source.isprintable() and len(source) < 500 else "SRC"
+    raise InputError(
+        f"{url} is an incomplete copy: an `omeloc rechunk` making it was interrupted, so some of its pixels "
+        f"were never copied. Run `omeloc recover {url}` (or `omeloc rechunk {src} {url}` again) to finish it."
+    )
 
 
 def label_text(label: str) -> str:
@@ -550,6 +571,8 @@ def _read_image(
     """One image and its levels, every path its metadata names confined to ``root`` (default: the image)."""
     _check_inside(root or url, url, f"Image {path or url}")
     group = _open_group(url, storage_options, "Image", zarr_format)
+    if root is None:  # a standalone image is its own root
+        refuse_incomplete(group.attrs, url)
     ome, zarr_format = group_ngff_attrs(group), group.metadata.zarr_format
     multiscales = ome.get("multiscales")
     if not multiscales:
@@ -646,6 +669,7 @@ def open_plate(path_or_url: str | Path, storage_options: Mapping[str, Any] | Non
     """
     url = str(path_or_url)
     root = _open_group(url, storage_options, "Path")
+    refuse_incomplete(root.attrs, url)
     ome, zarr_format = group_ngff_attrs(root), root.metadata.zarr_format
     if "plate" not in ome:
         return _open_not_plate(url, ome, storage_options, series)
