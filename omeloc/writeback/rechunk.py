@@ -190,7 +190,7 @@ class _Dest:
             kwargs["storage_options"] = self.storage_options
         try:
             return zarr.open_group(self.url if self.remote else self.path, **kwargs)
-        except PermissionError as err:
+        except OSError as err:  # permissions, a read-only file system, a folder that cannot be made
             raise ReadOnlyStoreError(f"Cannot write the copy into {self.url} ({err.strerror or err}). "
                                      f"Choose a destination you can write to.") from err
 
