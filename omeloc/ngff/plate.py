@@ -286,6 +286,11 @@ class Image:
                 f"Image {self.url} lists level {path!r} in its multiscales metadata but has no such array. "
                 f"Re-write the pyramid or fix multiscales[0].datasets."
             ) from err
+        except ValueError as err:  # zarr's refusal of an inconsistent array document
+            raise NotOmeZarrError(
+                f"Level {path!r} of image {self.url} has unreadable array metadata ({err}). "
+                f"Restore its zarr.json/.zarray from a backup."
+            ) from err
         if not isinstance(arr, zarr.Array):
             raise NotOmeZarrError(f"{self.url}/{path} is a group, not an array. Fix multiscales[0].datasets.")
         _check_declared_size(arr, self.axes, f"{self.url}/{path}")
