@@ -32,6 +32,7 @@ from omeloc.errors import (
     InputError,
     NotOmeZarrError,
     PathNotFoundError,
+    StoreAccessError,
     UnsafePathError,
 )
 from omeloc.ngff.axes import axis_keys, stored_axis_names
@@ -43,7 +44,14 @@ from omeloc.ngff.format import (
     ngff_attrs,
     safe_key,
 )
-from omeloc.ngff.stores import open_group, open_node, pick_series, wrapper_series, zip_location
+from omeloc.ngff.stores import (
+    missing_bucket,
+    open_group,
+    open_node,
+    pick_series,
+    wrapper_series,
+    zip_location,
+)
 
 __all__ = [
     "INCOMPLETE_KEY", "MAX_CHANNELS", "MAX_CHUNKS", "MAX_PLANE_PIXELS", "Image", "Plate", "Well", "image_plate",
@@ -159,6 +167,10 @@ def _open_group(url: str, storage_options: Mapping[str, Any] | None, what: str,
         node = None
     except (FileNotFoundError, zarr.errors.NodeTypeValidationError, zarr.errors.NodeNotFoundError,
             KeyError) as err:
+        bucket = missing_bucket(url, storage_options) if _is_url(url) else None
+        if bucket is not None:
+            raise StoreAccessError(f"{what} {url}: the bucket {bucket!r} does not exist. Check the URL's bucket "
+                                   f"name (and the endpoint: AWS_ENDPOINT_URL or storage_options).") from err
         raise NotOmeZarrError(
             f"{what} {url} is not a Zarr group. Point omeloc at an OME-Zarr plate or image "
             f"(a folder with zarr.json or .zattrs/.zgroup)."

@@ -37,11 +37,17 @@ from typing import Any
 import dask.array as da
 import zarr
 
-from omeloc.errors import InputError, NotOmeZarrError, PathNotFoundError, ReadOnlyStoreError
+from omeloc.errors import (
+    InputError,
+    NotOmeZarrError,
+    PathNotFoundError,
+    ReadOnlyStoreError,
+    StoreAccessError,
+)
 from omeloc.ngff.axes import axis_keys
 from omeloc.ngff.format import group_ngff_attrs, join_path
 from omeloc.ngff.plate import INCOMPLETE_KEY, refuse_incomplete
-from omeloc.ngff.stores import check_writable, open_group, zip_location
+from omeloc.ngff.stores import check_writable, missing_bucket, open_group, zip_location
 from omeloc.testing.faults import fault_point
 from omeloc.writeback.journal import JOURNAL_KEY
 from omeloc.writeback.lock import source_lock
@@ -255,6 +261,9 @@ def _open_source(src: str, storage_options: Mapping[str, Any] | None) -> zarr.Gr
     try:
         root = open_group(src, storage_options, use_consolidated=False)
     except (FileNotFoundError, ValueError) as err:
+        bucket = missing_bucket(src, storage_options)
+        if bucket is not None:
+            raise StoreAccessError(f"{src}: the bucket {bucket!r} does not exist. Check the URL's bucket name.") from err
         raise NotOmeZarrError(f"{src} is not a Zarr group. Point rechunk at an OME-Zarr plate or image.") from err
     refuse_incomplete(root.attrs, src)  # a copy of an incomplete copy would look complete
     return root
