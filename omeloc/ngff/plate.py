@@ -70,6 +70,38 @@ MAX_ELEMENTS = 2**40
 INCOMPLETE_KEY = "omeloc_rechunk_incomplete"
 
 
+#: the NGFF versions omeloc reads ("0.5-dev..." style suffixes are accepted with their base version)
+NGFF_VERSIONS = ("0.4", "0.5")
+
+
+def _checked_version(version: str, url: str) -> str:
+    """``version`` when omeloc reads it, else an InputError that names the versions it reads."""
+    base = ".".join(version.split("-", 1)[0].split(".")[:2])  # "0.4.0", "0.5-dev2" → "0.4", "0.5"
+    if base in NGFF_VERSIONS:
+        return version
+    shown = version if version.isprintable() and len(version) < 40 else repr(version[:40])
+    raise NotOmeZarrError(
+        f"{url} declares NGFF version {shown}, which omeloc does not read (it reads {', '.join(NGFF_VERSIONS)}). "
+        f"Convert it to NGFF 0.4 or 0.5, or fix its 'version' if the metadata is really 0.4/0.5."
+    )
+
+
+#: the root attribute of a write-back in progress (``omeloc.writeback.journal.JOURNAL_KEY``; ngff/ imports
+#: nothing from writeback/)
+_JOURNAL_KEY = "omeloc_journal"
+_WARNED: set[str] = set()
+
+
+def _warn_journal(attrs: Mapping[str, Any], url: str) -> None:
+    """One warning line (once per store and process) when a write-back journal is in the root attributes."""
+    if _JOURNAL_KEY not in attrs or url in _WARNED:
+        return
+    _WARNED.add(url)
+    logger.warning("%s holds the journal of a write-back that is running or was interrupted: channels it adds may "
+                   "be incomplete. If no omeloc run writes it, run `omeloc recover %s` (predict does so itself).",
+                   url, url)
+
+
 def refuse_incomplete(attrs: Mapping[str, Any], url: str) -> None:
     """Refuse a store that an interrupted ``omeloc rechunk`` left half-copied (its root carries the marker).
 
@@ -590,6 +622,7 @@ def _read_image(
     group = _open_group(url, storage_options, "Image", zarr_format)
     if root is None:  # a standalone image is its own root
         refuse_incomplete(group.attrs, url)
+        _warn_journal(group.attrs, url)
     ome, zarr_format = group_ngff_attrs(group), group.metadata.zarr_format
     multiscales = ome.get("multiscales")
     if not multiscales:
@@ -614,7 +647,8 @@ def _read_image(
             if t.get("type") == "scale" and "scale" in t:
                 scale = tuple(float(s) for s in t["scale"])
         scales.append(scale)
-    version = str(ome.get("version") or ms.get("version") or default_ngff_version(zarr_format))
+    version = _checked_version(str(ome.get("version") or ms.get("version") or default_ngff_version(zarr_format)),
+                               path or url)
     omero = ome.get("omero") or {}
     labels = [c.get("label") for c in omero.get("channels", []) if isinstance(c, Mapping)]
     # channel count comes from the array; labels missing or short get placeholder names
@@ -687,6 +721,7 @@ def open_plate(path_or_url: str | Path, storage_options: Mapping[str, Any] | Non
     url = str(path_or_url)
     root = _open_group(url, storage_options, "Path")
     refuse_incomplete(root.attrs, url)
+    _warn_journal(root.attrs, url)
     ome, zarr_format = group_ngff_attrs(root), root.metadata.zarr_format
     if "plate" not in ome:
         return _open_not_plate(url, ome, storage_options, series)
@@ -699,7 +734,8 @@ def open_plate(path_or_url: str | Path, storage_options: Mapping[str, Any] | Non
     if not images:
         raise NotOmeZarrError(f"Plate {url} lists no wells. Nothing to open.")
     logger.debug("opened plate %s: %d wells, %d images", url, len(wells), len(images))
-    version = str(ome.get("version") or ome["plate"].get("version") or default_ngff_version(zarr_format))
+    version = _checked_version(
+        str(ome.get("version") or ome["plate"].get("version") or default_ngff_version(zarr_format)), url)
     return Plate(
         path=url, ngff_version=version, zarr_format=zarr_format, is_plate=True, rows=rows, columns=cols,
         wells=wells, images=images, attrs=dict(root.attrs),

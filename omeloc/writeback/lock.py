@@ -53,7 +53,7 @@ from typing import Any, Self
 from zarr.core.buffer.cpu import Buffer
 from zarr.core.sync import sync
 
-from omeloc.errors import ConcurrentWriteError, ReadOnlyStoreError
+from omeloc.errors import ConcurrentWriteError, InputError, ReadOnlyStoreError
 from omeloc.testing.faults import fault_point
 from omeloc.writeback.journal import StoreIO
 from omeloc.writeback.journal import process_start_time as proc_start
@@ -258,6 +258,10 @@ class PlateLock:
             logger.warning("could not release the lock of %s: %s", self.io.url, err)
 
     def _acquire(self) -> None:
+        local = self.io.local_root
+        if local is not None and (local / LOCK_KEY).is_dir():  # not a lock: no create can ever succeed
+            raise InputError(f"{local / LOCK_KEY} is a folder, not omeloc's lock file. If no omeloc run writes "
+                             f"{self.io.url}, remove it (rm -r {local / LOCK_KEY}) and retry.")
         for _ in range(3):  # a holder that releases while we look: try again
             if _create(self.io, LOCK_KEY, self._payload):
                 return
