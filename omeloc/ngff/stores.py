@@ -28,8 +28,20 @@ import zarr
 
 from omeloc.errors import InputError, ReadOnlyStoreError, StoreAccessError
 
-__all__ = ["WRAPPER_KEY", "ZIP_SUFFIXES", "check_writable", "missing_bucket", "open_group", "open_node",
-           "pick_series", "shutdown_io_loops", "store_failure", "wrapper_series", "zip_location"]
+__all__ = [
+    "WRAPPER_KEY",
+    "ZIP_SUFFIXES",
+    "check_writable",
+    "missing_bucket",
+    "open_group",
+    "open_node",
+    "pick_series",
+    "shutdown_io_loops",
+    "store_failure",
+    "wrapper_series",
+    "write_refusal",
+    "zip_location",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -289,3 +301,27 @@ def shutdown_io_loops(timeout: float = 2.0) -> None:
 
 
 atexit.register(shutdown_io_loops)
+
+
+def write_refusal(err: BaseException, what: str, url: str) -> ReadOnlyStoreError | StoreAccessError:
+    """The one-line error for a write the store refused, worded by its cause (full disk, permissions, network).
+
+    Parameters
+    ----------
+    err : BaseException
+        What the store raised.
+    what : str
+        What was being written (``"Cannot write zarr.json in plate.zarr"``), for the message.
+    url : str
+        The store, for the message.
+    """
+    reason = f"{type(err).__name__}: {' '.join(str(err).split())[:120]}"
+    for one in _chain(err):
+        if isinstance(one, OSError) and one.errno in (errno.ENOSPC, errno.EDQUOT):
+            return ReadOnlyStoreError(f"{what} ({reason}): the disk is full. Free some space and retry; "
+                                      f"if a write was interrupted, `omeloc recover {url}` rolls it back.")
+    failure = store_failure(err)
+    if failure is not None:
+        return StoreAccessError(f"{what}: {failure}")
+    return ReadOnlyStoreError(f"{what} ({reason}). The store is read-only or unreachable: use a writable copy "
+                              f"of the plate or fix its permissions.")

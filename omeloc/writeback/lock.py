@@ -54,6 +54,7 @@ from zarr.core.buffer.cpu import Buffer
 from zarr.core.sync import sync
 
 from omeloc.errors import ConcurrentWriteError, InputError, ReadOnlyStoreError
+from omeloc.ngff.stores import write_refusal
 from omeloc.testing.faults import fault_point
 from omeloc.writeback.journal import StoreIO
 from omeloc.writeback.journal import process_start_time as proc_start
@@ -122,10 +123,7 @@ def _create(io: StoreIO, key: str, payload: Mapping[str, Any]) -> bool:
         if _s3_create(io, key, data) is None:
             sync(io.store.set_if_not_exists(io.key(key), Buffer.from_bytes(data)))
     except Exception as err:  # any backend's refusal (PermissionError, HTTP 4xx/5xx, ...) with context
-        raise ReadOnlyStoreError(
-            f"Cannot create the lock {key} in {io.url} ({type(err).__name__}: {' '.join(str(err).split())[:120]}). "
-            f"The store is read-only or unreachable: use a writable copy of the plate or fix its permissions."
-        ) from err
+        raise write_refusal(err, f"Cannot create the lock {key} in {io.url}", io.url) from err
     mine = (_read(io, key) or {}).get("run_id") == payload["run_id"]
     if mine and not _atomic_create(io):
         time.sleep(SETTLE_SECONDS)  # a racing check-then-put may have landed after ours

@@ -339,3 +339,31 @@ def test_malicious_checkpoint_in_a_real_process_prints_one_line(template, tmp_pa
     assert proc.returncode == 2
     assert len(proc.stderr.strip().splitlines()) == 1 and words in proc.stderr, proc.stderr
     assert tree_digest(plate) == before and not MARKER.exists()
+
+
+@pytest.mark.parametrize("free_kb", [24, 80])
+def test_a_nearly_full_disk_is_named_as_such_and_the_plate_kept(template, tmp_path, capsys, free_kb):
+    """A real small file system (tmpfs) with a few KB left: the lock or journal write fails; the line
+    says the disk is full (not that the store is read-only), and the plate is as before."""
+    import os
+    import subprocess
+
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mnt)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here (not root?)")
+    try:
+        plate = mnt / "plate.zarr"
+        shutil.copytree(template[0], plate)
+        st = os.statvfs(mnt)
+        used_kb = (st.f_blocks - st.f_bfree) * st.f_frsize // 1024
+        subprocess.run(["mount", "-o", f"remount,size={used_kb + free_kb}k", str(mnt)], check=True)
+        before = tree_digest(plate)
+        code = main(["predict", str(plate), "--model", str(template[1])])
+        err = capsys.readouterr().err.strip()
+        assert code == 2 and len(err.splitlines()) == 1 and "Traceback" not in err, err
+        assert "full" in err.lower() or "space" in err.lower(), err
+        assert "read-only" not in err, err
+        assert tree_digest(plate) == before
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
