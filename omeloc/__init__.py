@@ -7,7 +7,7 @@ Public API (imported lazily, so ``import omeloc`` and the CLI start fast):
 - :func:`make_plate` — synthetic plates with known protein relationships (``omeloc.data.synthetic``)
 - :func:`import_tiff` — TIFF folder to OME-Zarr HCS plate (``omeloc.data.tiff_import``)
 - :func:`add_channel`, :func:`recover`, :func:`rechunk` — write a new channel into every image
-  and level, safely (``omeloc.writeback.protocol``, ``omeloc.ngff.rechunk``)
+  and level, safely (``omeloc.writeback.protocol``, ``omeloc.writeback.rechunk``)
 - :func:`evaluate`, :func:`screen` — virtual vs real channel metrics, figures, screening z-scores
 - :func:`train`, :func:`load_checkpoint` — U-Net / pix2pix from Zarr crops, checkpoints (``omeloc.learn.training``)
 - :func:`predict`, :func:`predict_array` — tiled, blended lazy inference written back as a channel
@@ -45,7 +45,7 @@ _EXPORTS: dict[str, str] = {
     "recover": "omeloc.writeback.protocol",
     "WritePlan": "omeloc.writeback.protocol",
     "AddChannelResult": "omeloc.writeback.protocol",
-    "rechunk": "omeloc.ngff.rechunk",
+    "rechunk": "omeloc.writeback.rechunk",
     "evaluate": "omeloc.analysis.evaluate",
     "EvaluationResult": "omeloc.analysis.evaluate",
     "EvaluateConfig": "omeloc.analysis.evaluate",

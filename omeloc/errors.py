@@ -21,6 +21,7 @@ __all__ = [
     "CorruptDataError",
     "UnsafePathError",
     "JournalError",
+    "StoreAccessError",
 ]
 
 
@@ -74,3 +75,7 @@ class UnsafePathError(InputError):
 
 class JournalError(InputError):
     """A write-back journal found in a plate is malformed, tampered with or names foreign keys."""
+
+
+class StoreAccessError(OmelocError, OSError):
+    """An object store cannot be used: its endpoint is unreachable, a bucket is missing, access is denied."""

@@ -30,7 +30,7 @@ from omeloc.cli import (
     synth,
     train,
 )
-from omeloc.cli._common import EXIT_BAD_INPUT, EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, examples
+from omeloc.cli._common import EXIT_BAD_INPUT, EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, examples, known_failure
 from omeloc.errors import OmelocError
 
 __all__ = ["main", "build_parser", "COMMANDS", "EXIT_OK", "EXIT_FAILURE", "EXIT_BAD_INPUT", "EXIT_INTERRUPTED"]
@@ -104,6 +104,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"omeloc {args.command}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     except Exception as err:  # an unexpected failure: one line, the traceback with -v
+        known = known_failure(err)  # the environment (an unreachable store, ...): bad input, not a bug
+        if known is not None and not args.verbose:
+            print(f"omeloc {args.command}: error: {known}", file=sys.stderr)
+            return EXIT_BAD_INPUT
         if args.verbose:
             raise
         print(f"omeloc {args.command}: failed: {type(err).__name__}: {err} (run with -v for the traceback)",

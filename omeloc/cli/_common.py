@@ -9,8 +9,17 @@ from typing import Any
 
 from omeloc.config import csv_list
 
-__all__ = ["EXIT_OK", "EXIT_FAILURE", "EXIT_BAD_INPUT", "EXIT_INTERRUPTED", "csv_list", "examples",
-           "counting_bar", "add_overwrite"]
+__all__ = [
+    "EXIT_BAD_INPUT",
+    "EXIT_FAILURE",
+    "EXIT_INTERRUPTED",
+    "EXIT_OK",
+    "add_overwrite",
+    "counting_bar",
+    "csv_list",
+    "examples",
+    "known_failure",
+]
 
 EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -45,3 +54,15 @@ def counting_bar(desc: str, enabled: Any, total: int | None = None,
 def add_overwrite(parser: argparse.ArgumentParser | Any, help: str | None = None) -> None:
     """The ``--overwrite`` flag most commands have."""
     parser.add_argument("--overwrite", action="store_true", help=help)
+
+
+def known_failure(err: BaseException) -> str | None:
+    """The one-line message (exit 2) for a failure that is the user's environment, not a bug; else None.
+
+    An object store that cannot be reached, a missing bucket, denied access
+    (:func:`omeloc.ngff.stores.store_failure`).
+    """
+    from omeloc.ngff.stores import store_failure
+
+    failure = store_failure(err)
+    return None if failure is None else str(failure)

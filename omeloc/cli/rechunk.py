@@ -13,13 +13,13 @@ EXAMPLES = ("omeloc rechunk plate.zarr plate-c1.zarr",)
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the options of ``omeloc rechunk`` to ``parser``."""
     parser.add_argument("src", help="plate or image to copy (only read)")
-    parser.add_argument("dst", help="new local directory")
+    parser.add_argument("dst", help="new local directory or URL (an interrupted copy there is redone)")
     add_overwrite(parser, "replace DST if it exists")
 
 
 def run(args: argparse.Namespace) -> int:
     """Copy and say what the copy allows."""
-    from omeloc.ngff.rechunk import rechunk
+    from omeloc.writeback.rechunk import rechunk
 
     path = rechunk(args.src, args.dst, overwrite=args.overwrite)
     print(f"wrote {path} (one channel per chunk: new channels can now be appended in place)")

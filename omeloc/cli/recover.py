@@ -6,7 +6,7 @@ import argparse
 
 from omeloc.cli._common import EXIT_OK
 
-HELP = "Roll back (or finish) an interrupted write-back of a virtual channel."
+HELP = "Roll back (or finish) an interrupted write-back of a virtual channel, or an interrupted rechunk."
 EXAMPLES = ("omeloc recover plate.zarr", "omeloc recover plate.zarr --force")
 
 MESSAGES = {
@@ -26,7 +26,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Recover and say what was done."""
     from omeloc.writeback.protocol import recover_report
+    from omeloc.writeback.rechunk import finish_copy
 
+    source = finish_copy(args.plate)
+    if source is not None:
+        print(f"{args.plate}: finished the interrupted rechunk: copied {source} again (one channel per chunk)")
+        return EXIT_OK
     report = recover_report(args.plate, force=args.force)
     extra = f"; removed {report.leftovers} file(s) that interrupted runs left (resume stash, backups)" \
         if report.leftovers else ""

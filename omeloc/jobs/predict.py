@@ -46,6 +46,7 @@ from omeloc.errors import (
     SchedulerError,
 )
 from omeloc.jobs.regions import REGION_SIDE, RegionSettings, region_prediction, region_settings
+from omeloc.learn.checkpoint import check_level
 from omeloc.learn.stain import VirtualStain
 from omeloc.learn.tta import TTARef
 from omeloc.ngff.plate import Image, Plate, label_text, open_plate
@@ -251,6 +252,7 @@ def plan_prediction(plate: str | Path | Plate, model: str | Path | VirtualStain,
     stain = load_stain(model)
     opened = plate if isinstance(plate, Plate) else open_plate(plate, storage_options)
     _check_channels(opened, stain)
+    check_level(stain.checkpoint, min(len(img.level_paths) for img in opened.images), opened.path)
     if stain.checkpoint.level not in (LEVEL, None):
         logger.warning("the checkpoint was trained on pyramid level %s; predicting at full resolution (level 0)",
                        stain.checkpoint.level)

@@ -29,16 +29,19 @@ from typing import Any
 
 import torch
 
-from omeloc.errors import CheckpointError
+from omeloc.errors import CheckpointError, InputError
 
 FORMAT = "omeloc-checkpoint"
 FORMAT_VERSION = 1
+#: the deepest pyramid level a checkpoint may say it was trained on (2**16 downsampling)
+MAX_LEVEL = 16
 META_FILE = "checkpoint.json"
 WEIGHTS_FILE = "weights.pt"
 STATE_FILE = "last.pt"
 
 __all__ = [
     "ARCHITECTURE_LIMITS",
+    "MAX_LEVEL",
     "MAX_PARAMETERS",
     "Checkpoint",
     "CheckpointRef",
@@ -235,7 +238,11 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         raise CheckpointError(f"{meta_path} is not valid JSON ({err}). Restore it or retrain.") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise CheckpointError(f"{meta_path} is not an omeloc checkpoint (no \"format\": \"{FORMAT}\").")
-    if int(meta.get("format_version", 0)) > FORMAT_VERSION:
+    version = meta.get("format_version", 0)
+    if isinstance(version, bool) or not isinstance(version, int) or version < 0:
+        raise CheckpointError(f"{meta_path} has format_version {str(version)[:40]!r}, not a whole number "
+                              f"(this omeloc writes {FORMAT_VERSION}). Restore the file or retrain.")
+    if version > FORMAT_VERSION:
         raise CheckpointError(f"{meta_path} has format version {meta['format_version']}; this omeloc reads "
                               f"up to {FORMAT_VERSION}. Upgrade omeloc.")
     try:
@@ -247,6 +254,9 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         )
     except (KeyError, TypeError, ValueError) as err:
         raise CheckpointError(f"{meta_path} lacks or mangles a required field ({err}). Restore it or retrain.") from None
+    if not 0 <= ckpt.level <= MAX_LEVEL:
+        raise CheckpointError(f"{meta_path} says it was trained on pyramid level {ckpt.level}, not a level "
+                              f"between 0 and {MAX_LEVEL}. Restore the file or retrain.")
     check_architecture(ckpt.architecture, str(meta_path))
     for ch in ckpt.source + ckpt.target:
         if ch not in ckpt.normalization:
@@ -277,3 +287,19 @@ class CheckpointRef:
 
     def __repr__(self) -> str:
         return f"CheckpointRef({self.path!r}, key={self.key!r})"
+
+
+def check_level(ckpt: Checkpoint, levels: int, where: str) -> None:
+    """Refuse a checkpoint trained on a pyramid level that the images at ``where`` do not have.
+
+    Raises
+    ------
+    InputError
+        ``ckpt.level`` is not below ``levels`` (the plate's pyramid depth).
+    """
+    if ckpt.level >= levels:
+        raise InputError(
+            f"The checkpoint {ckpt.path} was trained on pyramid level {ckpt.level}, but {where} has "
+            f"{levels} level(s) (0 to {levels - 1}): its pixel size does not match any level there. "
+            f"Use a model trained on this plate's levels (omeloc train --level)."
+        )

@@ -32,6 +32,7 @@ from omeloc.errors import (
     InputError,
     NotOmeZarrError,
     PathNotFoundError,
+    StoreAccessError,
     UnsafePathError,
 )
 from omeloc.ngff.axes import axis_keys, stored_axis_names
@@ -44,11 +45,18 @@ from omeloc.ngff.format import (
     safe_key,
 )
 from omeloc.ngff.metadata import Multiscale, PlateMeta, WellMeta, channel_labels
-from omeloc.ngff.stores import open_group, open_node, pick_series, wrapper_series, zip_location
+from omeloc.ngff.stores import (
+    missing_bucket,
+    open_group,
+    open_node,
+    pick_series,
+    wrapper_series,
+    zip_location,
+)
 
 __all__ = [
-    "MAX_CHANNELS", "MAX_CHUNKS", "MAX_PLANE_PIXELS", "Image", "Plate", "Well", "image_plate",
-    "label_text", "open_image", "open_plate",
+    "INCOMPLETE_KEY", "MAX_CHANNELS", "MAX_CHUNKS", "MAX_PLANE_PIXELS", "Image", "Plate", "Well",
+    "image_plate", "label_text", "open_image", "open_plate", "refuse_incomplete",
 ]
 
 logger = logging.getLogger(__name__)
@@ -59,6 +67,59 @@ MAX_PLANE_PIXELS = 2**31
 MAX_CHANNELS = 65536
 MAX_CHUNKS = 2**24
 MAX_ELEMENTS = 2**40
+#: Root attribute of a copy that ``omeloc rechunk`` is still making (or was killed making): refused.
+INCOMPLETE_KEY = "omeloc_rechunk_incomplete"
+
+
+#: the NGFF versions omeloc reads ("0.5-dev..." style suffixes are accepted with their base version)
+NGFF_VERSIONS = ("0.4", "0.5")
+
+
+def _checked_version(version: str, url: str) -> str:
+    """``version`` when omeloc reads it, else an InputError that names the versions it reads."""
+    base = ".".join(version.split("-", 1)[0].split(".")[:2])  # "0.4.0", "0.5-dev2" → "0.4", "0.5"
+    if base in NGFF_VERSIONS:
+        return version
+    shown = version if version.isprintable() and len(version) < 40 else repr(version[:40])
+    raise NotOmeZarrError(
+        f"{url} declares NGFF version {shown}, which omeloc does not read (it reads {', '.join(NGFF_VERSIONS)}). "
+        f"Convert it to NGFF 0.4 or 0.5, or fix its 'version' if the metadata is really 0.4/0.5."
+    )
+
+
+#: the root attribute of a write-back in progress (``omeloc.writeback.journal.JOURNAL_KEY``; ngff/ imports
+#: nothing from writeback/)
+_JOURNAL_KEY = "omeloc_journal"
+_WARNED: set[str] = set()
+
+
+def _warn_journal(attrs: Mapping[str, Any], url: str) -> None:
+    """One warning line (once per store and process) when a write-back journal is in the root attributes."""
+    if _JOURNAL_KEY not in attrs or url in _WARNED:
+        return
+    _WARNED.add(url)
+    logger.warning("%s holds the journal of a write-back that is running or was interrupted: channels it adds may "
+                   "be incomplete. If no omeloc run writes it, run `omeloc recover %s` (predict does so itself).",
+                   url, url)
+
+
+def refuse_incomplete(attrs: Mapping[str, Any], url: str) -> None:
+    """Refuse a store that an interrupted ``omeloc rechunk`` left half-copied (its root carries the marker).
+
+    Raises
+    ------
+    InputError
+        ``attrs`` (a root's attributes) hold :data:`INCOMPLETE_KEY`.
+    """
+    if INCOMPLETE_KEY not in attrs:
+        return
+    marker = attrs.get(INCOMPLETE_KEY)
+    source = marker.get("source") if isinstance(marker, Mapping) else None
+    src = source if isinstance(source, str) and source.isprintable() and len(source) < 500 else "SRC"
+    raise InputError(
+        f"{url} is an incomplete copy: an `omeloc rechunk` making it was interrupted, so some of its pixels "
+        f"were never copied. Run `omeloc recover {url}` (or `omeloc rechunk {src} {url}` again) to finish it."
+    )
 
 
 def label_text(label: str) -> str:
@@ -139,6 +200,10 @@ def _open_group(url: str, storage_options: Mapping[str, Any] | None, what: str,
         node = None
     except (FileNotFoundError, zarr.errors.NodeTypeValidationError, zarr.errors.NodeNotFoundError,
             KeyError) as err:
+        bucket = missing_bucket(url, storage_options) if _is_url(url) else None
+        if bucket is not None:
+            raise StoreAccessError(f"{what} {url}: the bucket {bucket!r} does not exist. Check the URL's bucket "
+                                   f"name (and the endpoint: AWS_ENDPOINT_URL or storage_options).") from err
         raise NotOmeZarrError(
             f"{what} {url} is not a Zarr group. Point omeloc at an OME-Zarr plate or image "
             f"(a folder with zarr.json or .zattrs/.zgroup)."
@@ -265,6 +330,11 @@ class Image:
             raise PathNotFoundError(
                 f"Image {self.url} lists level {path!r} in its multiscales metadata but has no such array. "
                 f"Re-write the pyramid or fix multiscales[0].datasets."
+            ) from err
+        except ValueError as err:  # zarr's refusal of an inconsistent array document
+            raise NotOmeZarrError(
+                f"Level {path!r} of image {self.url} has unreadable array metadata ({err}). "
+                f"Restore its zarr.json/.zarray from a backup."
             ) from err
         if not isinstance(arr, zarr.Array):
             raise NotOmeZarrError(f"{self.url}/{path} is a group, not an array. Fix multiscales[0].datasets.")
@@ -546,6 +616,9 @@ def _read_image(
     """One image and its levels, every path its metadata names confined to ``root`` (default: the image)."""
     _check_inside(root or url, url, f"Image {path or url}")
     group = _open_group(url, storage_options, "Image", zarr_format)
+    if root is None:  # a standalone image is its own root
+        refuse_incomplete(group.attrs, url)
+        _warn_journal(group.attrs, url)
     ome, zarr_format = group_ngff_attrs(group), group.metadata.zarr_format
     ms = Multiscale.from_json(ome, url, path or url)
     axes = axis_keys(ms.axes, url)
@@ -553,7 +626,8 @@ def _read_image(
     for level in level_paths:
         _check_inside(root or url, join_path(url, level), f"Level {level!r} of image {path or url}")
     scales = [d.scale if d.scale is not None else (1.0,) * len(axes) for d in ms.datasets]
-    version = str(ome.get("version") or ms.version or default_ngff_version(zarr_format))
+    version = _checked_version(str(ome.get("version") or ms.version or default_ngff_version(zarr_format)),
+                               path or url)
     labels = channel_labels(ome)
     # channel count comes from the array; labels missing or short get placeholder names
     img = Image(
@@ -624,6 +698,8 @@ def open_plate(path_or_url: str | Path, storage_options: Mapping[str, Any] | Non
     """
     url = str(path_or_url)
     root = _open_group(url, storage_options, "Path")
+    refuse_incomplete(root.attrs, url)
+    _warn_journal(root.attrs, url)
     ome, zarr_format = group_ngff_attrs(root), root.metadata.zarr_format
     if "plate" not in ome:
         return _open_not_plate(url, ome, storage_options, series)
@@ -637,7 +713,8 @@ def open_plate(path_or_url: str | Path, storage_options: Mapping[str, Any] | Non
     if not images:
         raise NotOmeZarrError(f"Plate {url} lists no wells. Nothing to open.")
     logger.debug("opened plate %s: %d wells, %d images", url, len(wells), len(images))
-    version = str(ome.get("version") or layout.version or default_ngff_version(zarr_format))
+    version = _checked_version(
+        str(ome.get("version") or layout.version or default_ngff_version(zarr_format)), url)
     return Plate(
         path=url, ngff_version=version, zarr_format=zarr_format, is_plate=True, rows=rows, columns=cols,
         wells=wells, images=images, attrs=dict(root.attrs),

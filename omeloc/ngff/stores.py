@@ -12,7 +12,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import atexit
+import contextlib
+import errno
+import logging
 import os
+import socket
 from collections.abc import Callable, Mapping, Sequence
 from functools import lru_cache
 from pathlib import Path
@@ -20,10 +26,24 @@ from typing import Any
 
 import zarr
 
-from omeloc.errors import InputError, ReadOnlyStoreError
+from omeloc.errors import InputError, ReadOnlyStoreError, StoreAccessError
 
-__all__ = ["WRAPPER_KEY", "ZIP_SUFFIXES", "check_writable", "open_group", "open_node", "pick_series",
-           "wrapper_series", "zip_location"]
+__all__ = [
+    "WRAPPER_KEY",
+    "ZIP_SUFFIXES",
+    "check_writable",
+    "missing_bucket",
+    "open_group",
+    "open_node",
+    "pick_series",
+    "shutdown_io_loops",
+    "store_failure",
+    "wrapper_series",
+    "write_refusal",
+    "zip_location",
+]
+
+logger = logging.getLogger(__name__)
 
 #: The attribute that marks a bioformats2raw wrapper (NGFF "bioformats2raw.layout" transitional layout).
 WRAPPER_KEY = "bioformats2raw.layout"
@@ -163,3 +183,145 @@ def pick_series(url: str, series: Sequence[str], wanted: str | int | None) -> st
     if str(wanted) not in series:
         raise InputError(f"{url} has no series {str(wanted)!r}. Series: {shown}.")
     return str(wanted)
+
+
+# -- object-store failures ------------------------------------------------------------------
+#: exception type names (botocore, aiohttp, urllib3, google-auth) that mean "the endpoint cannot be reached"
+_UNREACHABLE = frozenset({
+    "EndpointConnectionError", "ConnectTimeoutError", "ConnectTimeout", "ReadTimeoutError", "ClientConnectorError",
+    "ClientConnectorDNSError", "ServerDisconnectedError", "ConnectionClosedError", "ClientOSError",
+    "NewConnectionError", "MaxRetryError", "ServerTimeoutError", "ProxyConnectionError",
+})
+#: error codes and type names that mean "the credentials may not do this"
+_DENIED = frozenset({"AccessDenied", "Forbidden", "InvalidAccessKeyId", "SignatureDoesNotMatch", "AllAccessDisabled",
+                     "NoCredentialsError", "PartialCredentialsError", "ExpiredToken", "InvalidToken", "403"})
+_CONNECTION_ERRNOS = {errno.ECONNREFUSED, errno.ECONNRESET, errno.EHOSTUNREACH, errno.ENETUNREACH, errno.ETIMEDOUT}
+_FIX_ENDPOINT = "Check the endpoint URL (AWS_ENDPOINT_URL or storage_options), the network, and that the server runs."
+_FIX_CREDENTIALS = "Check the credentials (AWS_ACCESS_KEY_ID / AWS_PROFILE or storage_options) and the bucket's policy."
+
+
+def _chain(err: BaseException) -> list[BaseException]:
+    """``err`` and its causes and contexts (each once, at most 16)."""
+    seen: list[BaseException] = []
+    todo: list[BaseException | None] = [err]
+    while todo and len(seen) < 16:
+        one = todo.pop(0)
+        if one is None or any(one is s for s in seen):
+            continue
+        seen.append(one)
+        todo += [one.__cause__, one.__context__, *(getattr(one, "exceptions", None) or ())]
+    return seen
+
+
+def _short(err: BaseException) -> str:
+    text = " ".join(str(err).split())
+    return text if len(text) <= 160 else text[:157] + "..."
+
+
+def store_failure(err: BaseException) -> StoreAccessError | None:
+    """The one-line :class:`StoreAccessError` for an object-store failure anywhere in ``err``'s chain, else None.
+
+    Recognised: an unreachable endpoint (connection refused, DNS, time-out: botocore, aiohttp, urllib3 and
+    builtin errors), a missing bucket (``NoSuchBucket``), denied access (``AccessDenied``, bad or missing
+    credentials).  Anything else (a bug, a corrupt chunk) is left to the caller.
+    """
+    if isinstance(err, StoreAccessError):
+        return err
+    for one in _chain(err):
+        name = type(one).__name__
+        code = str(((getattr(one, "response", None) or {}).get("Error") or {}).get("Code") or "")
+        if name in _UNREACHABLE or isinstance(one, socket.gaierror) or (
+                isinstance(one, ConnectionError) and not isinstance(one, PermissionError)) or (
+                isinstance(one, OSError) and one.errno in _CONNECTION_ERRNOS):
+            return StoreAccessError(f"Cannot reach the object store ({_short(one)}). {_FIX_ENDPOINT}")
+        if code == "NoSuchBucket" or name == "NoSuchBucket":
+            return StoreAccessError(f"The bucket does not exist ({_short(one)}). Check the URL's bucket name.")
+        if code in _DENIED or name in _DENIED or (isinstance(one, PermissionError) and any(
+                d.lower() in str(one).lower() for d in ("Access Denied", "AccessDenied", "Forbidden"))):
+            return StoreAccessError(f"Access to the object store was denied ({_short(one)}). {_FIX_CREDENTIALS}")
+    return None
+
+
+#: fsspec protocols whose first path component is a bucket (container)
+_BUCKET_PROTOCOLS = ("s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "adl", "oss", "r2")
+
+
+def missing_bucket(url: str, storage_options: Mapping[str, Any] | None = None) -> str | None:
+    """The bucket of object-store ``url`` when that bucket does not exist (else None; never raises).
+
+    A key that is absent and a bucket that is absent look alike to zarr (both "not found"); this
+    one extra request tells the user which it is.
+    """
+    protocol, _, rest = url.partition("://")
+    if protocol.lower() not in _BUCKET_PROTOCOLS or not rest:
+        return None
+    bucket = rest.split("/", 1)[0]
+    try:
+        import fsspec
+
+        fs, _ = fsspec.core.url_to_fs(url, **dict(storage_options or {}))
+        return None if fs.exists(bucket) else bucket
+    except Exception:  # noqa: BLE001 - unknown: say nothing rather than guess
+        return None
+
+
+def shutdown_io_loops(timeout: float = 2.0) -> None:
+    """Cancel what is still pending on zarr's and fsspec's I/O loops, inside those loops.
+
+    When a request fails, its siblings (other metadata documents read concurrently, retries
+    sleeping) are still suspended on the loop; left there, they are closed at exit by garbage
+    collection in another thread and context, and aiobotocore prints ~60 lines of "Exception
+    ignored in: <coroutine ...> was created in a different Context".  Cancelling them in their
+    own loop lets them unwind cleanly.  Registered with :mod:`atexit` (it runs before zarr's
+    own clean-up, which only stops the loop) and safe to call at any time.
+    """
+    loops = []
+    with contextlib.suppress(Exception):
+        from zarr.core import sync as zsync
+
+        loops.append(zsync.loop[0])
+    with contextlib.suppress(Exception):
+        import fsspec.asyn
+
+        loops.append(fsspec.asyn.loop[0])
+    for loop in loops:
+        if loop is None or loop.is_closed() or not loop.is_running():
+            continue
+
+        async def cancel_pending() -> None:
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+        try:
+            asyncio.run_coroutine_threadsafe(cancel_pending(), loop).result(timeout)
+        except Exception as err:  # noqa: BLE001 - a clean-up must not raise
+            logger.debug("could not cancel the pending I/O of %r: %s", loop, err)
+
+
+atexit.register(shutdown_io_loops)
+
+
+def write_refusal(err: BaseException, what: str, url: str) -> ReadOnlyStoreError | StoreAccessError:
+    """The one-line error for a write the store refused, worded by its cause (full disk, permissions, network).
+
+    Parameters
+    ----------
+    err : BaseException
+        What the store raised.
+    what : str
+        What was being written (``"Cannot write zarr.json in plate.zarr"``), for the message.
+    url : str
+        The store, for the message.
+    """
+    reason = f"{type(err).__name__}: {' '.join(str(err).split())[:120]}"
+    for one in _chain(err):
+        if isinstance(one, OSError) and one.errno in (errno.ENOSPC, errno.EDQUOT):
+            return ReadOnlyStoreError(f"{what} ({reason}): the disk is full. Free some space and retry; "
+                                      f"if a write was interrupted, `omeloc recover {url}` rolls it back.")
+    failure = store_failure(err)
+    if failure is not None:
+        return StoreAccessError(f"{what}: {failure}")
+    return ReadOnlyStoreError(f"{what} ({reason}). The store is read-only or unreachable: use a writable copy "
+                              f"of the plate or fix its permissions.")

@@ -50,7 +50,7 @@ from omeloc.ngff.format import (
     refresh_consolidated,
     safe_key,
 )
-from omeloc.ngff.stores import check_writable
+from omeloc.ngff.stores import check_writable, write_refusal
 from omeloc.testing.faults import fault_point
 from omeloc.writeback.identity import WriterIdentity, process_start_time, writer_alive
 from omeloc.writeback.record import JOURNAL_KEY, BackupSummary, Journal
@@ -135,10 +135,7 @@ class StoreIO:
         try:
             sync(self.store.set(key, Buffer.from_bytes(data)))
         except Exception as err:  # any backend's refusal (OSError, HTTP 4xx/5xx, ...) re-raised with context
-            raise ReadOnlyStoreError(
-                f"Cannot write {key} in {self.url} ({type(err).__name__}: {str(err)[:120]}). "
-                f"The store is read-only or unreachable: use a writable copy of the plate or fix its permissions."
-            ) from err
+            raise write_refusal(err, f"Cannot write {key} in {self.url}", self.url) from err
 
     def delete(self, rel: str) -> None:
         """Delete the key ``rel``."""

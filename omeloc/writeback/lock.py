@@ -53,7 +53,8 @@ from typing import Any, Self
 from zarr.core.buffer.cpu import Buffer
 from zarr.core.sync import sync
 
-from omeloc.errors import ConcurrentWriteError, ReadOnlyStoreError
+from omeloc.errors import ConcurrentWriteError, InputError, ReadOnlyStoreError
+from omeloc.ngff.stores import write_refusal
 from omeloc.testing.faults import fault_point
 from omeloc.writeback import identity
 from omeloc.writeback.identity import HEARTBEAT_SECONDS, WriterIdentity, writer_alive
@@ -116,10 +117,7 @@ def _create(io: StoreIO, key: str, payload: Mapping[str, Any]) -> bool:
         if _s3_create(io, key, data) is None:
             sync(io.store.set_if_not_exists(io.key(key), Buffer.from_bytes(data)))
     except Exception as err:  # any backend's refusal (PermissionError, HTTP 4xx/5xx, ...) with context
-        raise ReadOnlyStoreError(
-            f"Cannot create the lock {key} in {io.url} ({type(err).__name__}: {' '.join(str(err).split())[:120]}). "
-            f"The store is read-only or unreachable: use a writable copy of the plate or fix its permissions."
-        ) from err
+        raise write_refusal(err, f"Cannot create the lock {key} in {io.url}", io.url) from err
     mine = (_read(io, key) or {}).get("run_id") == payload["run_id"]
     if mine and not _atomic_create(io):
         time.sleep(SETTLE_SECONDS)  # a racing check-then-put may have landed after ours
@@ -241,6 +239,10 @@ class PlateLock:
             logger.warning("could not release the lock of %s: %s", self.io.url, err)
 
     def _acquire(self) -> None:
+        local = self.io.local_root
+        if local is not None and (local / LOCK_KEY).is_dir():  # not a lock: no create can ever succeed
+            raise InputError(f"{local / LOCK_KEY} is a folder, not omeloc's lock file. If no omeloc run writes "
+                             f"{self.io.url}, remove it (rm -r {local / LOCK_KEY}) and retry.")
         for _ in range(3):  # a holder that releases while we look: try again
             if _create(self.io, LOCK_KEY, self._payload):
                 return

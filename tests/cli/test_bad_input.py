@@ -211,7 +211,35 @@ def _evaluate_out_inside_plate(tmp, plate, ckpt):
         "inside", plate
 
 
+def _info_unknown_ngff_version(tmp, plate, ckpt):
+    _edit_json(plate / "zarr.json", lambda d: d["attributes"]["ome"].update(version="0.9"))
+    return ["info", str(plate)], "version 0.9", plate
+
+
+def _predict_lock_is_a_folder(tmp, plate, ckpt):
+    (plate / ".omeloc_lock").mkdir()
+    return ["predict", str(plate), "--model", str(ckpt)], "is a folder, not omeloc's lock", plate
+
+
+def _predict_checkpoint_format_version_text(tmp, plate, ckpt):
+    _edit_json(ckpt / "checkpoint.json", lambda d: d.update(format_version="x"))
+    return ["predict", str(plate), "--model", str(ckpt)], "format_version 'x'", plate
+
+
+def _predict_checkpoint_level_deeper_than_plate(tmp, plate, ckpt):
+    _edit_json(ckpt / "checkpoint.json", lambda d: d.update(level=9))
+    return ["predict", str(plate), "--model", str(ckpt)], "pyramid level 9", plate
+
+
+def _predict_level_channels_disagree(tmp, plate, ckpt):
+    level1 = plate / "B" / "2" / "0" / "1" / "zarr.json"
+    _edit_json(level1, lambda d: d.update(shape=[d["shape"][0] - 1, *d["shape"][1:]]))
+    return ["predict", str(plate), "--model", str(ckpt)], "has 1 channels, level '0' 2", plate
+
+
 CASES = {f.__name__.lstrip("_"): f for f in [
+    _info_unknown_ngff_version, _predict_lock_is_a_folder, _predict_checkpoint_format_version_text,
+    _predict_checkpoint_level_deeper_than_plate, _predict_level_channels_disagree,
     _info_missing, _info_not_zarr, _info_zarr_not_ome, _info_invalid_json, _info_missing_well,
     _train_unknown_channel, _train_same_channel, _train_too_small, _train_duplicate_names,
     _train_all_wells_held_out, _predict_omero_disagrees, _predict_wells_disagree, _predict_corrupt_chunk,
@@ -311,3 +339,31 @@ def test_malicious_checkpoint_in_a_real_process_prints_one_line(template, tmp_pa
     assert proc.returncode == 2
     assert len(proc.stderr.strip().splitlines()) == 1 and words in proc.stderr, proc.stderr
     assert tree_digest(plate) == before and not MARKER.exists()
+
+
+@pytest.mark.parametrize("free_kb", [24, 80])
+def test_a_nearly_full_disk_is_named_as_such_and_the_plate_kept(template, tmp_path, capsys, free_kb):
+    """A real small file system (tmpfs) with a few KB left: the lock or journal write fails; the line
+    says the disk is full (not that the store is read-only), and the plate is as before."""
+    import os
+    import subprocess
+
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mnt)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here (not root?)")
+    try:
+        plate = mnt / "plate.zarr"
+        shutil.copytree(template[0], plate)
+        st = os.statvfs(mnt)
+        used_kb = (st.f_blocks - st.f_bfree) * st.f_frsize // 1024
+        subprocess.run(["mount", "-o", f"remount,size={used_kb + free_kb}k", str(mnt)], check=True)
+        before = tree_digest(plate)
+        code = main(["predict", str(plate), "--model", str(template[1])])
+        err = capsys.readouterr().err.strip()
+        assert code == 2 and len(err.splitlines()) == 1 and "Traceback" not in err, err
+        assert "full" in err.lower() or "space" in err.lower(), err
+        assert "read-only" not in err, err
+        assert tree_digest(plate) == before
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)

@@ -206,7 +206,7 @@ def test_dead_writers_lock_is_taken_over_live_or_foreign_ones_refused(tiny, tmp_
 
 
 def test_rechunk_holds_the_source_lock(tiny, tmp_path):
-    from omeloc.ngff.rechunk import rechunk
+    from omeloc.writeback.rechunk import rechunk
 
     src = _copy(tiny["0.5"][0], tmp_path)
     before = tree_digest(src)
