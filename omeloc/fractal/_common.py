@@ -181,19 +181,18 @@ def predict_one_image(zarr_url: str, model: str, *, source_channel: ChannelInput
     The write addresses the image group alone (its own lock and journal, see
     :mod:`omeloc.fractal`), so parallel calls on different images of one plate do not collide.
     """
-    from omeloc.config import ComputeConfig, TilingConfig
+    image = image_at(zarr_url)
+    label = None if source_channel is None else channel_label(image, source_channel)
+    check_plate_unlocked(zarr_url)
+    from omeloc.config import ComputeConfig, TilingConfig  # torch comes with these: after the cheap checks
     from omeloc.jobs.predict import load_stain, predict
 
-    image = image_at(zarr_url)
     stain = load_stain(model)
-    if source_channel is not None:
-        label = channel_label(image, source_channel)
-        if label not in stain.source:
-            raise ChannelNotFoundError(
-                f"The model {model} reads channel(s) {', '.join(map(repr, stain.source))}; the channel chosen by "
-                f"{source_channel.model_dump(exclude_none=True)} in {zarr_url} is {label!r}. Choose the channel "
-                f"the model was trained on, or a model trained on {label!r}.")
-    check_plate_unlocked(zarr_url)
+    if label is not None and label not in stain.source:
+        raise ChannelNotFoundError(
+            f"The model {model} reads channel(s) {', '.join(map(repr, stain.source))}; the channel chosen by "
+            f"{source_channel.model_dump(exclude_none=True)} in {zarr_url} is {label!r}. Choose the channel "
+            f"the model was trained on, or a model trained on {label!r}.")
     res = predict(zarr_url, stain, name=target_name, overwrite=overwrite,
                   tiling=TilingConfig(tile=tile, tta=tta or uncertainty, uncertainty=uncertainty),
                   compute=ComputeConfig(), progress=False)

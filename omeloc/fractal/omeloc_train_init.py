@@ -23,6 +23,10 @@ def omeloc_train_init(
     steps: int = Field(default=500, ge=1),
     minutes: float | None = Field(default=None, gt=0),
     val_wells: list[str] | None = None,
+    crop: int | None = Field(default=None, ge=8),
+    batch_size: int | None = Field(default=None, ge=1),
+    depth: int | None = Field(default=None, ge=1, le=6),
+    base_channels: int | None = Field(default=None, ge=1),
     overwrite: bool = False,
 ) -> dict[str, Any]:
     """Train a virtual-stain model on chosen wells, then hand every image of the list to the prediction.
@@ -41,6 +45,10 @@ def omeloc_train_init(
         steps: Optimizer steps (with `minutes`: at most this many).
         minutes: Train for this many minutes instead of a fixed number of steps.
         val_wells: Wells held out for validation (default: every fourth training well).
+        crop: Crop side in pixels, a multiple of 2**depth (default by device: 128 CPU, 256 GPU).
+        batch_size: Crops per step (default by device).
+        depth: U-Net depth (default by device: 3 CPU, 4 GPU).
+        base_channels: U-Net width (default by device: 16 CPU, 32 GPU).
         overwrite: Replace an existing checkpoint folder.
     """
     from omeloc.learn.training import train
@@ -49,8 +57,10 @@ def omeloc_train_init(
     first = plate.images[0]
     source, target = channel_label(first, source_channel), channel_label(first, target_channel)
     out = model_dir or str(Path(zarr_dir) / "omeloc_models" / f"{source}-{target}".replace("/", "_"))
+    sizes = {k: v for k, v in {"crop": crop, "batch_size": batch_size, "depth": depth,
+                                "base_channels": base_channels}.items() if v is not None}
     res = train(plate, source, target, out=out, steps=steps, minutes=minutes, val_wells=val_wells,
-                overwrite=overwrite, progress=False)
+                overwrite=overwrite, progress=False, **sizes)
     return {"parallelization_list": [{"zarr_url": u, "init_args": {"model": str(res.checkpoint)}}
                                      for u in zarr_urls]}
 
