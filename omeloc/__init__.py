@@ -69,6 +69,8 @@ _EXPORTS: dict[str, str] = {
     "ComputeConfig": "omeloc.config",
     "normalize": "omeloc.learn.normalization",
     "denormalize": "omeloc.learn.normalization",
+    "write_tables": "omeloc.writeback.tables",
+    "TableData": "omeloc.writeback.tables",
 }
 
 __all__ = ["__version__", *_EXPORTS]

@@ -43,8 +43,10 @@ def image_at(zarr_url: str) -> Any:
     try:
         return open_image(zarr_url)
     except OmelocError as err:
-        raise NotOmeZarrError(f"zarr_url {zarr_url} is not an OME-Zarr image ({err}) Pass the URL of one "
-                              f"image (e.g. plate.zarr/B/03/0), not of a plate or a well.") from err
+        raise NotOmeZarrError(
+            f"zarr_url {zarr_url} is not an OME-Zarr image ({err}) Pass the URL of one "
+            f"image (e.g. plate.zarr/B/03/0), not of a plate or a well."
+        ) from err
 
 
 def channel_label(image: Any, channel: ChannelInput) -> str:
@@ -59,15 +61,21 @@ def channel_label(image: Any, channel: ChannelInput) -> str:
     if channel.label is not None:
         if channel.label in image.channel_names:
             return channel.label
-        raise ChannelNotFoundError(f"Image {image.url} has no channel labelled {channel.label!r} (labels: "
-                                   f"{', '.join(map(repr, image.channel_names))}).")
-    ids = [str(e.get("wavelength_id")) if isinstance(e, dict) and e.get("wavelength_id") else None
-           for e in entries]
+        raise ChannelNotFoundError(
+            f"Image {image.url} has no channel labelled {channel.label!r} (labels: "
+            f"{', '.join(map(repr, image.channel_names))})."
+        )
+    ids = [
+        str(e.get("wavelength_id")) if isinstance(e, dict) and e.get("wavelength_id") else None
+        for e in entries
+    ]
     if channel.wavelength_id in ids:
         return image.channel_names[ids.index(channel.wavelength_id)]
     known = ", ".join(repr(i) for i in ids if i) or "none"
-    raise ChannelNotFoundError(f"Image {image.url} has no channel with wavelength_id {channel.wavelength_id!r} "
-                               f"(wavelength ids: {known}).")
+    raise ChannelNotFoundError(
+        f"Image {image.url} has no channel with wavelength_id {channel.wavelength_id!r} "
+        f"(wavelength ids: {known})."
+    )
 
 
 def _plate_root(image_url: str) -> str:
@@ -76,7 +84,7 @@ def _plate_root(image_url: str) -> str:
 
 
 def plate_of(zarr_urls: Sequence[str], wells: Sequence[str] | None = None) -> Any:
-    """The one plate the images of ``zarr_urls`` belong to, restricted to those images (and ``wells``).
+    """The plate of the images of ``zarr_urls``, restricted to those images (and ``wells``).
 
     Raises
     ------
@@ -92,25 +100,35 @@ def plate_of(zarr_urls: Sequence[str], wells: Sequence[str] | None = None) -> An
         raise InputError("Expected at least one image in zarr_urls. Got none instead.")
     roots = sorted({_plate_root(u) for u in zarr_urls})
     if len(roots) != 1:
-        raise InputError(f"Expected images of one plate in zarr_urls. Got images of {len(roots)} plates instead "
-                         f"({', '.join(roots[:3])}).")
+        raise InputError(
+            f"Expected images of one plate in zarr_urls. Got images of {len(roots)} plates instead "
+            f"({', '.join(roots[:3])})."
+        )
     plate = open_plate(roots[0])
     if not plate.is_plate:
-        raise InputError(f"Expected the images of zarr_urls to be fields of an HCS plate. {roots[0]} is not a plate.")
-    rel = {u.rstrip("/")[len(roots[0]) + 1:] for u in zarr_urls}
+        raise InputError(
+            f"Expected the images of zarr_urls to be fields of an HCS plate. "
+            f"{roots[0]} is not a plate."
+        )
+    rel = {u.rstrip("/")[len(roots[0]) + 1 :] for u in zarr_urls}
     unknown = sorted(rel - {img.path for img in plate.images})
     if unknown:
-        raise InputError(f"Expected zarr_urls to be images of plate {roots[0]}. Got {unknown[0]!r}, which its "
-                         f"wells do not list, instead.")
+        raise InputError(
+            f"Expected zarr_urls to be images of plate {roots[0]}. Got {unknown[0]!r}, which its "
+            f"wells do not list, instead."
+        )
     if wells is not None:
         chosen = {plate.well(str(w)).path for w in wells}
         rel = {p for p in rel if p.rsplit("/", 1)[0] in chosen}
         if not rel:
-            raise InputError(f"Expected images in wells {', '.join(map(str, wells))} among zarr_urls. Got none.")
+            raise InputError(
+                f"Expected images in wells {', '.join(map(str, wells))} among zarr_urls. Got none."
+            )
     images = tuple(img for img in plate.images if img.path in rel)
     kept = {img.well for img in images}
-    return dataclasses.replace(plate, images=images,
-                               wells={k: w for k, w in plate.wells.items() if w.path in kept})
+    return dataclasses.replace(
+        plate, images=images, wells={k: w for k, w in plate.wells.items() if w.path in kept}
+    )
 
 
 def check_plate_unlocked(image_url: str) -> None:
@@ -131,11 +149,13 @@ def check_plate_unlocked(image_url: str) -> None:
     try:
         peek(io, stale_after=3600.0)
     except ConcurrentWriteError as err:
-        raise ConcurrentWriteError(f"The plate of {image_url} is locked by a plate-wide omeloc run: {err}") from err
+        raise ConcurrentWriteError(
+            f"The plate of {image_url} is locked by a plate-wide omeloc run: {err}"
+        ) from err
 
 
 def run_task(task: Callable[..., Any]) -> None:
-    """Fractal's command-line contract (``--args-json``, ``--out-json``) for ``task``, via fractal-task-tools.
+    """Fractal's command line (``--args-json``, ``--out-json``) for ``task``, by fractal-task-tools.
 
     Bad input (arguments failing validation, an unknown channel, a ``zarr_url`` that is not an
     image, ...) ends the task with one line on stderr and exit status 2; the plate is unchanged
@@ -174,8 +194,17 @@ def _fail(name: str, message: str) -> None:
     raise SystemExit(EXIT_BAD_INPUT)
 
 
-def predict_one_image(zarr_url: str, model: str, *, source_channel: ChannelInput | None, target_name: str | None,
-                      tta: bool, uncertainty: bool, overwrite: bool, tile: int | None) -> dict[str, Any]:
+def predict_one_image(
+    zarr_url: str,
+    model: str,
+    *,
+    source_channel: ChannelInput | None,
+    target_name: str | None,
+    tta: bool,
+    uncertainty: bool,
+    overwrite: bool,
+    tile: int | None,
+) -> dict[str, Any]:
     """:func:`omeloc.predict` into the one image at ``zarr_url``; the image-list update for Fractal.
 
     The write addresses the image group alone (its own lock and journal, see
@@ -184,17 +213,28 @@ def predict_one_image(zarr_url: str, model: str, *, source_channel: ChannelInput
     image = image_at(zarr_url)
     label = None if source_channel is None else channel_label(image, source_channel)
     check_plate_unlocked(zarr_url)
-    from omeloc.config import ComputeConfig, TilingConfig  # torch comes with these: after the cheap checks
+    from omeloc.config import (  # torch comes with these: after the cheap checks
+        ComputeConfig,
+        TilingConfig,
+    )
     from omeloc.jobs.predict import load_stain, predict
 
     stain = load_stain(model)
     if label is not None and label not in stain.source:
         raise ChannelNotFoundError(
-            f"The model {model} reads channel(s) {', '.join(map(repr, stain.source))}; the channel chosen by "
-            f"{source_channel.model_dump(exclude_none=True)} in {zarr_url} is {label!r}. Choose the channel "
-            f"the model was trained on, or a model trained on {label!r}.")
-    res = predict(zarr_url, stain, name=target_name, overwrite=overwrite,
-                  tiling=TilingConfig(tile=tile, tta=tta or uncertainty, uncertainty=uncertainty),
-                  compute=ComputeConfig(), progress=False)
+            f"The model {model} reads channel(s) {', '.join(map(repr, stain.source))}; the "
+            f"channel chosen by {source_channel.model_dump(exclude_none=True)} in {zarr_url} is "
+            f"{label!r}. Choose the channel "
+            f"the model was trained on, or a model trained on {label!r}."
+        )
+    res = predict(
+        zarr_url,
+        stain,
+        name=target_name,
+        overwrite=overwrite,
+        tiling=TilingConfig(tile=tile, tta=tta or uncertainty, uncertainty=uncertainty),
+        compute=ComputeConfig(),
+        progress=False,
+    )
     logger.info("%s", res.summary())
     return {"image_list_updates": [{"zarr_url": zarr_url}]}

@@ -1,4 +1,4 @@
-"""Fractal task ``omeloc_evaluate`` (non-parallel): score a virtual channel; results as tables in the plate."""
+"""Fractal task ``omeloc_evaluate`` (non-parallel): score a virtual channel, tables in the plate."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ def omeloc_evaluate(
     metric: str = "pearson_r",
     z_threshold: float = Field(default=3.0, gt=0),
 ) -> dict[str, Any]:
-    """Score a virtual channel against the real one per field and well; write the results into the plate.
+    """Score a virtual channel against the real one per field and well; results into the plate.
 
     Runs `omeloc evaluate` on the images of the list (the fields of one plate): Pearson r,
     SSIM, PSNR, NRMSE, MAE, the noise ceiling, and per well the robust z-score screening
@@ -49,8 +49,18 @@ def omeloc_evaluate(
     safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", pred).strip("_.-") or "virtual"
     folder = out or f"{zarr_dir.rstrip('/')}/omeloc_evaluation/{safe}"
     wells = sorted({img.well for img in plate.images if img.well})
-    evaluate(plate, pred, truth, out=folder, tables=True, level=level, control_wells=control_wells, metric=metric,
-             z_threshold=z_threshold, wells=wells)
+    evaluate(
+        plate,
+        pred,
+        truth,
+        out=folder,
+        tables=True,
+        level=level,
+        control_wells=control_wells,
+        metric=metric,
+        z_threshold=z_threshold,
+        wells=wells,
+    )
     return {}
 
 

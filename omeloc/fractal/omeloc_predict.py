@@ -35,12 +35,21 @@ def omeloc_predict(
             model's own source channel (default: the model's source channel by label).
         target_name: Label of the new channel (default: `<target> (virtual)`).
         tta: Test-time augmentation: average the 8 flips/rotations of every tile (8x compute).
-        uncertainty: Also write the spread of the 8 variants as `<target> (uncertainty)` (implies tta).
+        uncertainty: Also write the spread of the 8 variants as `<target> (uncertainty)`
+            (implies tta).
         overwrite: Replace a virtual channel of that name written by omeloc before.
         tile: Tile size in pixels (default: the checkpoint's advice).
     """
-    return predict_one_image(zarr_url, model, source_channel=source_channel, target_name=target_name, tta=tta,
-                             uncertainty=uncertainty, overwrite=overwrite, tile=tile)
+    return predict_one_image(
+        zarr_url,
+        model,
+        source_channel=source_channel,
+        target_name=target_name,
+        tta=tta,
+        uncertainty=uncertainty,
+        overwrite=overwrite,
+        tile=tile,
+    )
 
 
 if __name__ == "__main__":

@@ -28,12 +28,21 @@ def omeloc_predict_trained(
         init_args: Set by the init task: the checkpoint folder it trained.
         target_name: Label of the new channel (default: `<target> (virtual)`).
         tta: Test-time augmentation: average the 8 flips/rotations of every tile (8x compute).
-        uncertainty: Also write the spread of the 8 variants as `<target> (uncertainty)` (implies tta).
+        uncertainty: Also write the spread of the 8 variants as `<target> (uncertainty)`
+            (implies tta).
         overwrite: Replace a virtual channel of that name written by omeloc before.
         tile: Tile size in pixels (default: the checkpoint's advice).
     """
-    return predict_one_image(zarr_url, init_args.model, source_channel=None, target_name=target_name, tta=tta,
-                             uncertainty=uncertainty, overwrite=overwrite, tile=tile)
+    return predict_one_image(
+        zarr_url,
+        init_args.model,
+        source_channel=None,
+        target_name=target_name,
+        tta=tta,
+        uncertainty=uncertainty,
+        overwrite=overwrite,
+        tile=tile,
+    )
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Fractal task ``omeloc_train_init``: the init part of ``omeloc_train_and_predict`` (trains once)."""
+"""Fractal task ``omeloc_train_init``: the init part of the train-and-predict compound task."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ def omeloc_train_init(
     base_channels: int | None = Field(default=None, ge=1),
     overwrite: bool = False,
 ) -> dict[str, Any]:
-    """Train a virtual-stain model on chosen wells, then hand every image of the list to the prediction.
+    """Train a virtual-stain model on chosen wells; hand every image of the list to the prediction.
 
     Runs `omeloc train` once on the fields of the chosen wells (crops read straight from the
     plate, validation split by well), saves a checkpoint folder, and returns one parallel
@@ -56,13 +56,36 @@ def omeloc_train_init(
     plate = plate_of(zarr_urls, wells)
     first = plate.images[0]
     source, target = channel_label(first, source_channel), channel_label(first, target_channel)
-    out = model_dir or str(Path(zarr_dir) / "omeloc_models" / f"{source}-{target}".replace("/", "_"))
-    sizes = {k: v for k, v in {"crop": crop, "batch_size": batch_size, "depth": depth,
-                                "base_channels": base_channels}.items() if v is not None}
-    res = train(plate, source, target, out=out, steps=steps, minutes=minutes, val_wells=val_wells,
-                overwrite=overwrite, progress=False, **sizes)
-    return {"parallelization_list": [{"zarr_url": u, "init_args": {"model": str(res.checkpoint)}}
-                                     for u in zarr_urls]}
+    out = model_dir or str(
+        Path(zarr_dir) / "omeloc_models" / f"{source}-{target}".replace("/", "_")
+    )
+    sizes = {
+        k: v
+        for k, v in {
+            "crop": crop,
+            "batch_size": batch_size,
+            "depth": depth,
+            "base_channels": base_channels,
+        }.items()
+        if v is not None
+    }
+    res = train(
+        plate,
+        source,
+        target,
+        out=out,
+        steps=steps,
+        minutes=minutes,
+        val_wells=val_wells,
+        overwrite=overwrite,
+        progress=False,
+        **sizes,
+    )
+    return {
+        "parallelization_list": [
+            {"zarr_url": u, "init_args": {"model": str(res.checkpoint)}} for u in zarr_urls
+        ]
+    }
 
 
 if __name__ == "__main__":

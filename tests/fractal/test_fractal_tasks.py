@@ -1,5 +1,6 @@
 """omeloc's Fractal tasks run as Fractal runs them: each task module as its command-line entry point
-(``--args-json`` / ``--out-json``), on a plate written by ngio, predict per image in parallel processes,
+(``--args-json`` / ``--out-json``), on a plate written by ngio, predict per image in parallel
+processes,
 evaluate writing tables, ngio reading the new channels and the tables back; bad input fails in one
 line and leaves the plate unchanged; the committed manifest is what fractal-task-tools generates."""
 
@@ -16,7 +17,9 @@ import numpy as np
 import pytest
 from conftest import tree_digest
 
-ngio = pytest.importorskip("ngio", reason="Fractal tests need the fractal extra: pip install 'omeloc[fractal]'")
+ngio = pytest.importorskip(
+    "ngio", reason="Fractal tests need the fractal extra: pip install 'omeloc[fractal]'"
+)
 pytest.importorskip("fractal_task_tools")
 
 REPO = Path(__file__).resolve().parents[2]
@@ -26,7 +29,7 @@ IDS = {"actin": "A01_C01", "WAVE2": "A02_C02"}
 
 
 def _ngio_plate(path: Path) -> Path:
-    """A 1x2-well plate, one field per well, written by ngio (zero-padded columns, wavelength ids, c chunk 1)."""
+    """A 1x2-well plate, one field per well, written by ngio (columns 03/04, wavelength ids)."""
     from ngio import Channel, ImageInWellPath
 
     images = [ImageInWellPath(row="B", column=c, path=f) for c in WELLS for f in FIELDS]
@@ -35,15 +38,26 @@ def _ngio_plate(path: Path) -> Path:
     yy, xx = np.mgrid[0:64, 0:64]
     for c in WELLS:
         for f in FIELDS:
-            blobs = sum(np.exp(-((yy - y) ** 2 + (xx - x) ** 2) / 30.0) for y, x in rng.integers(4, 60, (12, 2)))
+            blobs = sum(
+                np.exp(-((yy - y) ** 2 + (xx - x) ** 2) / 30.0)
+                for y, x in rng.integers(4, 60, (12, 2))
+            )
             actin = 300 + 2500 * blobs + rng.normal(0, 30, blobs.shape)
             wave2 = 200 + 1800 * blobs + rng.normal(0, 30, blobs.shape)
             arr = np.clip(np.stack([actin, wave2]), 0, 65535).astype("uint16")
             channels = [Channel.default_init(label=k, wavelength_id=v) for k, v in IDS.items()]
-            ngio.create_ome_zarr_from_array(str(path / "B" / c / f), arr, pixelsize=0.65, axes_names="cyx",
-                                            levels=2, channels_meta=channels, chunks=(1, 32, 32),
-                                            ngff_version="0.5", overwrite=True,
-                                            consolidation_mode="auto")
+            ngio.create_ome_zarr_from_array(
+                str(path / "B" / c / f),
+                arr,
+                pixelsize=0.65,
+                axes_names="cyx",
+                levels=2,
+                channels_meta=channels,
+                chunks=(1, 32, 32),
+                ngff_version="0.5",
+                overwrite=True,
+                consolidation_mode="auto",
+            )
     return path
 
 
@@ -57,9 +71,21 @@ def _start(task: str, args: dict, workdir: Path) -> tuple[subprocess.Popen, Path
     args_json, out_json = workdir / "args.json", workdir / "out.json"
     args_json.write_text(json.dumps(args))
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", f"omeloc.fractal.{task}", "--args-json", str(args_json),
-                             "--out-json", str(out_json)], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            f"omeloc.fractal.{task}",
+            "--args-json",
+            str(args_json),
+            "--out-json",
+            str(out_json),
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     return proc, out_json
 
 
@@ -83,26 +109,61 @@ def _parallel(task: str, per_image: list[dict], workdir: Path) -> list[object]:
 
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory):
-    """train (init) on well B03 → predict every image in parallel (standalone task, and the compound's
+    """train (init) on well B03 → predict every image in parallel (standalone task, and the
+    compound's
     parallel part) → evaluate; all through the task entry points on an ngio-written plate."""
     root = tmp_path_factory.mktemp("fractal")
     plate = _ngio_plate(root / "plate.zarr")
     urls = _urls(plate)
-    rc, err, init = _run("omeloc_train_init", {
-        "zarr_urls": urls, "zarr_dir": str(root), "source_channel": {"wavelength_id": IDS["actin"]},
-        "target_channel": {"label": "WAVE2"}, "wells": ["B03"], "steps": 2, "crop": 32, "batch_size": 2,
-        "depth": 2, "base_channels": 4}, root / "train")
+    rc, err, init = _run(
+        "omeloc_train_init",
+        {
+            "zarr_urls": urls,
+            "zarr_dir": str(root),
+            "source_channel": {"wavelength_id": IDS["actin"]},
+            "target_channel": {"label": "WAVE2"},
+            "wells": ["B03"],
+            "steps": 2,
+            "crop": 32,
+            "batch_size": 2,
+            "depth": 2,
+            "base_channels": 4,
+        },
+        root / "train",
+    )
     assert rc == 0, err[-3000:]
-    predicted = _parallel("omeloc_predict", [
-        {"zarr_url": u, "model": item["init_args"]["model"], "source_channel": {"wavelength_id": IDS["actin"]}}
-        for u, item in zip(urls, init["parallelization_list"])], root / "predict")
-    compound = _parallel("omeloc_predict_trained", [
-        {**item, "target_name": "WAVE2 (compound)"} for item in init["parallelization_list"]], root / "compound")
-    rc, err, evaluated = _run("omeloc_evaluate", {"zarr_urls": urls, "zarr_dir": str(root),
-                                                  "pred": "WAVE2 (virtual)", "truth": "WAVE2"}, root / "evaluate")
+    predicted = _parallel(
+        "omeloc_predict",
+        [
+            {
+                "zarr_url": u,
+                "model": item["init_args"]["model"],
+                "source_channel": {"wavelength_id": IDS["actin"]},
+            }
+            for u, item in zip(urls, init["parallelization_list"])
+        ],
+        root / "predict",
+    )
+    compound = _parallel(
+        "omeloc_predict_trained",
+        [{**item, "target_name": "WAVE2 (compound)"} for item in init["parallelization_list"]],
+        root / "compound",
+    )
+    rc, err, evaluated = _run(
+        "omeloc_evaluate",
+        {"zarr_urls": urls, "zarr_dir": str(root), "pred": "WAVE2 (virtual)", "truth": "WAVE2"},
+        root / "evaluate",
+    )
     assert rc == 0, err[-3000:]
-    return {"root": root, "plate": plate, "urls": urls, "init": init, "predicted": predicted,
-            "compound": compound, "evaluated": evaluated}
+    return {
+        "root": root,
+        "plate": plate,
+        "urls": urls,
+        "init": init,
+        "predicted": predicted,
+        "compound": compound,
+        "evaluated": evaluated,
+    }
 
 
 def test_train_init_trains_once_and_hands_every_image_to_the_prediction(pipeline):
@@ -127,7 +188,9 @@ def test_parallel_predict_returns_image_list_updates_and_ngio_reads_the_new_chan
         assert not (Path(url) / ".omeloc_lock").exists()
     import omeloc
 
-    assert omeloc.describe(pipeline["plate"])["inconsistent_images"] == []  # every image got both channels
+    assert (
+        omeloc.describe(pipeline["plate"])["inconsistent_images"] == []
+    )  # every image got both channels
 
 
 def test_evaluate_task_writes_tables_that_ngio_reads(pipeline):
@@ -149,8 +212,10 @@ def test_manifest_is_what_fractal_task_tools_generates():
 
     fresh = create_manifest(raw_package_name="omeloc", task_list_path="fractal.task_list")
     committed = json.loads((REPO / "omeloc" / "__FRACTAL_MANIFEST__.json").read_text())
-    assert fresh == committed, ("omeloc/__FRACTAL_MANIFEST__.json is stale: run `fractal-manifest create "
-                                "--package omeloc --task-list-path fractal.task_list`")
+    assert fresh == committed, (
+        "omeloc/__FRACTAL_MANIFEST__.json is stale: run `fractal-manifest create "
+        "--package omeloc --task-list-path fractal.task_list`"
+    )
     by_name = {t["name"]: t for t in committed["task_list"]}
     assert by_name["omeloc predict virtual stain"]["type"] == "parallel"
     assert by_name["omeloc predict virtual stain"]["meta_parallel"]["needs_gpu"] is True
@@ -163,24 +228,58 @@ def clean_plate(tmp_path_factory):
     return _ngio_plate(tmp_path_factory.mktemp("bad") / "plate.zarr")
 
 
-@pytest.mark.parametrize("case", ["unknown_wavelength_id", "not_an_image", "both_label_and_wavelength",
-                                  "unknown_argument", "evaluate_unknown_channel"])
-def test_bad_input_fails_in_one_line_and_leaves_the_plate_unchanged(case, clean_plate, tmp_path, pipeline):
+@pytest.mark.parametrize(
+    "case",
+    [
+        "unknown_wavelength_id",
+        "not_an_image",
+        "both_label_and_wavelength",
+        "unknown_argument",
+        "evaluate_unknown_channel",
+    ],
+)
+def test_bad_input_fails_in_one_line_and_leaves_the_plate_unchanged(
+    case, clean_plate, tmp_path, pipeline
+):
     plate = tmp_path / "plate.zarr"
     shutil.copytree(clean_plate, plate)
     url = str(plate / "B" / "03" / "0")
     model = pipeline["init"]["parallelization_list"][0]["init_args"]["model"]
     task, args, expect = {
-        "unknown_wavelength_id": ("omeloc_predict", {"zarr_url": url, "model": model,
-                                                     "source_channel": {"wavelength_id": "A09_C09"}},
-                                  "no channel with wavelength_id 'A09_C09'"),
-        "not_an_image": ("omeloc_predict", {"zarr_url": str(plate / "B" / "03"), "model": model},
-                         "is not an OME-Zarr image"),
-        "both_label_and_wavelength": ("omeloc_predict", {"zarr_url": url, "model": model, "source_channel": {
-            "label": "actin", "wavelength_id": IDS["actin"]}}, "exactly one of label and wavelength_id"),
-        "unknown_argument": ("omeloc_predict", {"zarr_url": url, "model": model, "tiles": 64}, "tiles"),
-        "evaluate_unknown_channel": ("omeloc_evaluate", {"zarr_urls": _urls(plate), "zarr_dir": str(tmp_path),
-                                                         "pred": "nope", "truth": "WAVE2"}, "nope"),
+        "unknown_wavelength_id": (
+            "omeloc_predict",
+            {"zarr_url": url, "model": model, "source_channel": {"wavelength_id": "A09_C09"}},
+            "no channel with wavelength_id 'A09_C09'",
+        ),
+        "not_an_image": (
+            "omeloc_predict",
+            {"zarr_url": str(plate / "B" / "03"), "model": model},
+            "is not an OME-Zarr image",
+        ),
+        "both_label_and_wavelength": (
+            "omeloc_predict",
+            {
+                "zarr_url": url,
+                "model": model,
+                "source_channel": {"label": "actin", "wavelength_id": IDS["actin"]},
+            },
+            "exactly one of label and wavelength_id",
+        ),
+        "unknown_argument": (
+            "omeloc_predict",
+            {"zarr_url": url, "model": model, "tiles": 64},
+            "tiles",
+        ),
+        "evaluate_unknown_channel": (
+            "omeloc_evaluate",
+            {
+                "zarr_urls": _urls(plate),
+                "zarr_dir": str(tmp_path),
+                "pred": "nope",
+                "truth": "WAVE2",
+            },
+            "nope",
+        ),
     }[case]
     before = tree_digest(plate)
     rc, err, out = _run(task, args, tmp_path / "task")
