@@ -26,6 +26,12 @@ while a plate-wide omeloc run holds the plate root's lock.  The reverse is only 
 guarded: a plate-wide run started while per-image tasks run is refused by its preflight once
 one image has grown a channel (images that differ in channels), but not before that, since
 plate-wide writers do not look for image locks.  Do not run both on one plate at once.
+
+Consolidated metadata.  A per-image write refreshes the image's own consolidated metadata, not
+the plate root's (that would need the plate lock, which parallel tasks would queue on).  On a
+plate whose root holds consolidated metadata (ngio does not write it by default), readers that
+trust it see the old channel count until the next plate-level write: ``omeloc_evaluate``'s
+table write re-consolidates the root.  omeloc and ngio read the image documents themselves.
 """
 
 __all__ = ["TASKS"]

@@ -10,7 +10,7 @@ from omeloc.ngff.layout import append_problems, channels_per_file
 from omeloc.ngff.plate import Plate, label_text, open_plate
 from omeloc.ngff.stores import zip_location
 from omeloc.writeback.journal import JOURNAL_KEY
-from omeloc.writeback.tables import list_tables
+from omeloc.writeback.tables import TABLES_JOURNAL_KEY, list_tables
 
 __all__ = ["describe", "format_description"]
 
@@ -74,6 +74,7 @@ def describe(path_or_url: str | Path, storage_options: Mapping[str, Any] | None 
         "inconsistent_images": inconsistent,
         "pending_write": _pending_write(plate.attrs.get(JOURNAL_KEY), list(first.channel_names)),
         "tables": list_tables(plate.path, plate.storage_options, plate.zarr_format),
+        "pending_tables": bool(plate.attrs.get(TABLES_JOURNAL_KEY)),
     }
 
 
@@ -148,4 +149,7 @@ def format_description(d: Mapping[str, Any]) -> str:
             f"{pending['mode']}, phase {pending['phase']!r}) is unfinished (interrupted, or still running); "
             f"run `omeloc recover {d['path']}`" + (" (channels marked [pending] belong to it)" if added else "")
         )
+    if d.get("pending_tables"):
+        lines.append("  WARNING  a table write is unfinished (interrupted, or still running); the next table "
+                     "write (omeloc evaluate) rolls it back")
     return "\n".join(lines)
