@@ -75,6 +75,8 @@ _EXPORTS: dict[str, str] = {
     "LogProgress": "omeloc.progress",
     "ConsoleProgress": "omeloc.progress",
     "QuietProgress": "omeloc.progress",
+    "write_tables": "omeloc.writeback.tables",
+    "TableData": "omeloc.writeback.tables",
 }
 
 __all__ = ["__version__", *_EXPORTS]

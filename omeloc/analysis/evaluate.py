@@ -2,7 +2,7 @@
 
 :func:`evaluate` reads one field at a time (both channels at one pyramid level), scores
 it with :func:`omeloc.analysis.metrics.field_metrics`, and writes, into an output folder outside
-the plate (the plate is only read):
+the plate (and, with ``tables=``, as tables into the plate):
 
 - ``metrics.csv`` — one row per field: ``well``, ``row``, ``column``, ``field``, ``path``
   and every metric of :data:`omeloc.analysis.metrics.METRIC_NAMES`.  ``pearson_r``, ``ssim``,
@@ -44,6 +44,7 @@ from omeloc.config import Config, csv_list, option, resolve
 from omeloc.errors import InputError
 from omeloc.ngff.plate import Image, Plate, open_plate
 from omeloc.progress import Progress, ProgressArg
+from omeloc.writeback.tables import write_result_tables
 
 __all__ = ["evaluate", "EvaluateConfig", "EvaluationResult", "parse_foreground", "source_channel_from_provenance"]
 
@@ -426,7 +427,8 @@ def _write_outputs(job: _Job, rows: list[dict[str, Any]],
 
 def evaluate(
     plate: str | Path | Plate, pred: str, truth: str, *, out: str | Path, config: EvaluateConfig | None = None,
-    storage_options: Mapping[str, Any] | None = None, progress: ProgressArg = None, **overrides: Any,
+    storage_options: Mapping[str, Any] | None = None, progress: ProgressArg = None, tables: bool | None = False,
+    **overrides: Any,
 ) -> EvaluationResult:
     """Score a virtual channel against the real one per field and per well; write tables and figures.
 
@@ -450,6 +452,12 @@ def evaluate(
     progress : bool or callable, optional
         ``True``: a progress bar; a callable is called as ``progress(done, total)`` after
         each field (:data:`omeloc.progress.ProgressArg`).
+    tables : bool, optional
+        Also write the per-field and per-well rows as tables into the plate
+        (``tables/<pred>_fields``, ``tables/<pred>_wells``; the Fractal/ngio convention, through
+        ngio, crash-safe: :func:`omeloc.writeback.tables.write_result_tables`).  ``None``: when
+        ngio is installed and the plate writable (``omeloc evaluate``'s default); ``False``
+        (default): the plate is only read.
     **overrides
         Any :class:`EvaluateConfig` field, e.g. ``level=1, metric="ssim"``.
 
@@ -478,6 +486,7 @@ def evaluate(
     rows = _score_fields(job, progress)
     well_rows = _aggregate_wells(job, rows)
     summary, files = _write_outputs(job, rows, well_rows)
+    files.update(write_result_tables(plate, pred, rows, well_rows, tables, storage_options=storage_options))
     logger.info("evaluated %d field(s) in %d well(s): mean %s %.4f", len(rows), len(well_rows), cfg.metric,
                 summary["fields_mean"][cfg.metric])
     return EvaluationResult(fields=rows, wells=well_rows, summary=summary, files=files)

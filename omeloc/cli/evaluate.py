@@ -18,11 +18,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the options of ``omeloc evaluate`` to ``parser`` (the scoring options from ``EvaluateConfig``)."""
     from omeloc.analysis.evaluate import EvaluateConfig
 
-    parser.add_argument("plate", help="plate holding both channels (only read)")
+    parser.add_argument("plate", help="plate holding both channels (only read, but for the result tables)")
     parser.add_argument("--pred", required=True, help="virtual channel name")
     parser.add_argument("--truth", required=True, help="real channel name")
     parser.add_argument("--out", default="evaluation", help="output folder (default: evaluation)")
     EvaluateConfig.add_arguments(parser)
+    parser.add_argument("--no-tables", dest="tables", action="store_false", default=None,
+                        help="do not write the results as tables into the plate (default: write them when "
+                             "ngio is installed; see omeloc info)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -31,7 +34,8 @@ def run(args: argparse.Namespace) -> int:
 
     config = EvaluateConfig.from_args(args)
     with counting_bar("evaluate", args.progress) as report:
-        res = evaluate(args.plate, args.pred, args.truth, out=args.out, config=config, progress=report)
+        res = evaluate(args.plate, args.pred, args.truth, out=args.out, config=config, progress=report,
+                       tables=args.tables)
     mean = res.summary.get("fields_mean", {})
     stats = ", ".join(f"{k} {mean[k]:.3f}" for k in SHOWN if isinstance(mean.get(k), (int, float)))
     print(f"{len(res.fields)} field(s) in {len(res.wells)} well(s): mean {stats}")

@@ -10,6 +10,7 @@ from omeloc.ngff.layout import append_problems, channels_per_file
 from omeloc.ngff.plate import Plate, label_text, open_plate
 from omeloc.ngff.stores import zip_location
 from omeloc.writeback.journal import JOURNAL_KEY
+from omeloc.writeback.tables import TABLES_JOURNAL_KEY, list_tables
 
 __all__ = ["describe", "format_description"]
 
@@ -31,7 +32,8 @@ def describe(path_or_url: str | Path, storage_options: Mapping[str, Any] | None 
         shards per level), ``append_friendly`` and ``append_problems``, ``channels_per_file``
         (channels per chunk or shard file along c, level 0), ``read_only`` (why omeloc will
         not write there, e.g. a zipped OME-Zarr; ``None`` when it may), ``consistent``, and
-        ``pending_write`` (``None``, or what the journal of an unfinished write says).
+        ``pending_write`` (``None``, or what the journal of an unfinished write says), ``tables``
+        (``name``, ``type``, ``backend`` of each table under ``tables/``, the Fractal/ngio convention).
     """
     plate: Plate = open_plate(path_or_url, storage_options=storage_options, series=series)
     first = plate.images[0]
@@ -71,6 +73,8 @@ def describe(path_or_url: str | Path, storage_options: Mapping[str, Any] | None 
         "append_problems": problems,
         "inconsistent_images": inconsistent,
         "pending_write": _pending_write(plate.attrs.get(JOURNAL_KEY), list(first.channel_names)),
+        "tables": list_tables(plate.path, plate.storage_options, plate.zarr_format),
+        "pending_tables": bool(plate.attrs.get(TABLES_JOURNAL_KEY)),
     }
 
 
@@ -128,6 +132,9 @@ def format_description(d: Mapping[str, Any]) -> str:
             + (f" (+{len(d['append_problems']) - 1} more)" if len(d["append_problems"]) > 1 else "")
             + ". Copy the plate with one channel per chunk (omeloc rechunk) before predicting into it."
         )
+    if d.get("tables"):
+        lines.append("  tables   " + ", ".join(f"{t['name']} ({t['type'] or '?'}, {t['backend'] or '?'})"
+                                             for t in d["tables"]))
     if d.get("read_only"):
         lines.append(f"  store    {d['read_only']}: omeloc reads it but does not write into it; unzip it into a "
                      f"folder (or `omeloc rechunk` it) before predicting")
@@ -142,4 +149,7 @@ def format_description(d: Mapping[str, Any]) -> str:
             f"{pending['mode']}, phase {pending['phase']!r}) is unfinished (interrupted, or still running); "
             f"run `omeloc recover {d['path']}`" + (" (channels marked [pending] belong to it)" if added else "")
         )
+    if d.get("pending_tables"):
+        lines.append("  WARNING  a table write is unfinished (interrupted, or still running); the next table "
+                     "write (omeloc evaluate) rolls it back")
     return "\n".join(lines)
