@@ -50,10 +50,12 @@ from omeloc.analysis.relate import heldout_scores
 from omeloc.data.tiff_import import NF1_PATTERN
 
 HERE = Path(__file__).resolve().parent
-DATA = HERE.parent.parent / "shared" / "data"
+DATA = Path(os.environ.get("OMELOC_SHARED_DATA", HERE.parent.parent / "shared" / "data"))
 NF1 = DATA / "nf1_plate2"
 BPAE = DATA / "bpae"
 BPAE_CHANNELS = ("actin", "mito", "nuclei")
+PCA = DATA / "pca_brightfield"
+PCA_CHANNELS = {"ch1": "brightfield", "ch2": "ER", "ch3": "AGP", "ch4": "Mito", "ch5": "DNA", "ch6": "RNA"}
 BPAE_SPLIT = 0.75
 """The BPAE field's columns left of this fraction of its width are trained on; the rest is held out."""
 RECIPES = {
@@ -84,6 +86,18 @@ def bpae_plate(folder: Path, work: Path) -> Path:
     return omeloc.write_plate(work / "bpae.zarr", images, channel_names=list(BPAE_CHANNELS), levels=2)
 
 
+def pca_plate(folder: Path, work: Path) -> Path:
+    """The brightfield Cell Painting half-field (540 × 1080) as a plate of four 270 × 540 quarters:
+    A1, A2 (top left, top right), B1, B2 (bottom left, bottom right: held out)."""
+    import tifffile
+
+    field = np.stack([tifffile.imread(folder / f"r03c03f03p01-{c}sk1fk1fl1.tiff") for c in PCA_CHANNELS])
+    h, w = field.shape[-2] // 2, field.shape[-1] // 2
+    images = {(r, c, "0"): field[..., i * h:(i + 1) * h, j * w:(j + 1) * w]
+              for i, r in enumerate("AB") for j, c in enumerate("12")}
+    return omeloc.write_plate(work / "pca.zarr", images, channel_names=list(PCA_CHANNELS.values()), levels=2)
+
+
 @dataclass(frozen=True)
 class TaskSet:
     """One data set: how to build its plate, the well held out, the (source, target) pairs."""
@@ -100,6 +114,9 @@ TASK_SETS = {
                    "trained on wells B7, D6, D7, F7, scored on well H12"),
     "bpae": TaskSet(bpae_plate, BPAE, "A2", (("actin", "mito"), ("nuclei", "actin")),
                     f"trained on the left {BPAE_SPLIT:.0%} of the field (A1), scored on the right-most quarter (A2)"),
+    "pca": TaskSet(pca_plate, PCA, "B2", (("brightfield", "DNA"),),
+                   "the brightfield half-field cut in four 270 x 540 quarters: trained on A1, A2, B1, "
+                   "scored on B2"),
 }
 
 

@@ -22,7 +22,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the options of ``omeloc predict`` to ``parser``."""
     parser.add_argument("plate", help="plate (or image) path or URL; must take a new channel in place (see omeloc info)")
     parser.add_argument("--model", required=True, help="checkpoint folder written by omeloc train")
-    parser.add_argument("--name", default=None, help="label of the new channel (default: '<target> (virtual)')")
+    parser.add_argument("--name", default=None,
+                        help="label of the new channel; for a model of several targets one per target, "
+                             "comma-separated (default: '<target> (virtual)')")
     parser.add_argument("--wells", type=csv_list, default=None, metavar="B2,B3", help="wells to predict (default: all)")
     parser.add_argument("--acquisition", default=None, metavar="ID",
                         help="predict only the fields of this plate acquisition (id or name; see omeloc info)")

@@ -92,13 +92,16 @@ class PredictResult:
     """Lines the write-back had to tell (e.g. an omero block added to images without one)."""
     uncertainty: str | None = None
     """Label of the uncertainty channel written beside the prediction (``uncertainty=True``)."""
+    channels: tuple[str, ...] = ()
+    """Labels of every channel written (one per target of the model, then their uncertainties)."""
 
     @classmethod
     def of(cls, job: PredictionJob, outcome: Any, seconds: float, dry_run: bool = False) -> PredictResult:
         """The result of ``job``: ``outcome`` is the write plan (``dry_run``) or what the write-back returned."""
         common: dict[str, Any] = {"plate": job.plate.path, "name": job.name, "channel_index": outcome.channel_index,
                                   "predicted": tuple(sorted(job.chosen)), "megapixels": job.megapixels(),
-                                  "seconds": seconds, "uncertainty": job.names[1] if len(job.names) > 1 else None}
+                                  "seconds": seconds, "channels": job.names,
+                                  "uncertainty": job.spread_names[0] if job.spread_names else None}
         if dry_run:
             return cls(images=len(outcome.images), dry_run=True, plan=outcome, **common)
         return cls(images=outcome.images, recovered=outcome.recovered, notes=tuple(getattr(outcome, "notes", ())), **common)
@@ -108,15 +111,20 @@ class PredictResult:
         """Throughput of the run, end to end."""
         return self.megapixels / self.seconds if self.seconds > 0 else float("nan")
 
+    def _what(self) -> str:
+        if len(self.channels) > 2 or (len(self.channels) == 2 and not self.uncertainty):
+            return "channels " + ", ".join(map(repr, self.channels))
+        return f"channel {self.name!r}" + (f" and {self.uncertainty!r}" if self.uncertainty else "")
+
     def summary(self) -> str:
         """The lines the CLI prints."""
         if self.dry_run:
-            what = f"channel {self.name!r}" + (f" and {self.uncertainty!r}" if self.uncertainty else "")
+            what = self._what()
             return (f"dry run: would write {what} (index {self.channel_index}) into {self.images} "
                     f"image(s) of {self.plate}, predicting {len(self.predicted)} image(s), "
                     f"{self.megapixels:.1f} megapixels; nothing was written\n{self.plan.describe()}")
         extra = f" (first: {self.recovered} of an interrupted run)" if self.recovered else ""
-        what = f"channel {self.name!r}" + (f" and {self.uncertainty!r}" if self.uncertainty else "")
+        what = self._what()
         return (f"wrote {what} (index {self.channel_index}) into {self.images} image(s) of "
                 f"{self.plate}{extra}\npredicted {len(self.predicted)} image(s), {self.megapixels:.1f} megapixels "
                 f"in {self.seconds:.1f} s ({self.megapixels_per_second:.2f} megapixels/s)"
@@ -134,7 +142,7 @@ class PredictionJob:
     stain
         The checkpoint, applied as a :class:`~omeloc.learn.stain.VirtualStain`.
     name
-        Label of the virtual channel.
+        Label of the (first) virtual channel.
     chosen
         Paths of the images to predict.
     tiling
@@ -154,27 +162,41 @@ class PredictionJob:
     region_cache: dict = field(default_factory=dict, repr=False, compare=False)
     model_given: str | None = None
     """The checkpoint path as the user gave it (never resolved: provenance must not leak local paths)."""
+    virtual_names: tuple[str, ...] = ()
+    """Labels of the virtual channels, one per target of the model (default: ``(name,)``)."""
 
     @property
     def target(self) -> str:
-        """The one channel the model predicts."""
+        """The (first) channel the model predicts."""
         return self.stain.target[0]
 
     @property
+    def predicted_names(self) -> tuple[str, ...]:
+        """Labels of the virtual channels, one per target of the model, in the model's order."""
+        return self.virtual_names or (self.name,)
+
+    @property
+    def spread_names(self) -> tuple[str, ...]:
+        """With ``uncertainty``: the labels of the uncertainty channels, one per virtual channel."""
+        return tuple(uncertainty_channel_name(n) for n in self.predicted_names) if self.tiling.uncertainty else ()
+
+    @property
     def names(self) -> tuple[str, ...]:
-        """The channels written: the prediction, and with ``uncertainty`` its spread."""
-        return (self.name, uncertainty_channel_name(self.name)) if self.tiling.uncertainty else (self.name,)
+        """The channels written: the predictions, then with ``uncertainty`` their spreads."""
+        return self.predicted_names + self.spread_names
 
     @property
     def existing(self) -> bool:
-        """Whether the plate has a channel of that name already."""
-        return self.name in self.plate.channel_names
+        """Whether the plate has a channel of one of these names already."""
+        return any(n in self.plate.channel_names for n in self.predicted_names)
 
     def settings(self) -> dict[str, Any]:
         """What a rerun must match to resume a killed run (see :func:`resume_key`)."""
         t = self.tiling
         return {"name": self.name, "wells": sorted(self.chosen), "tile": t.tile, "overlap": t.overlap,
-                "blend": t.blend, "precision": t.precision, "source": self.stain.source, "target": self.target,
+                "blend": t.blend, "precision": t.precision, "source": self.stain.source,
+                "target": self.target if len(self.stain.target) == 1 else self.stain.target,
+                **({"names": list(self.predicted_names)} if len(self.predicted_names) > 1 else {}),
                 "overwrite": self.overwrite, **({"tta": True} if t.tta or t.uncertainty else {}),
                 **({"uncertainty": True} if t.uncertainty else {})}
 
@@ -190,12 +212,16 @@ class PredictionJob:
         }
 
     def provenances(self) -> list[dict[str, Any]]:
-        """One provenance record per channel written (the uncertainty channel says what it measures)."""
-        base = self.provenance()
-        if len(self.names) == 1:
-            return [base]
-        return [{**base, "uncertainty_channel": self.names[1]},
-                {**base, "uncertainty_of": self.name, "measure": "standard deviation of the 8 test-time variants"}]
+        """One provenance record per channel written (each names its target; an uncertainty channel says
+        what it measures)."""
+        base, targets = self.provenance(), self.stain.target
+        many = {"target_channels": list(targets), "channels": list(self.predicted_names)} if len(targets) > 1 else {}
+        records = [{**base, **many, "target_channel": t} for t in targets]
+        if not self.spread_names:
+            return records
+        return ([{**r, "uncertainty_channel": u} for r, u in zip(records, self.spread_names)]
+                + [{**r, "uncertainty_of": n, "measure": "standard deviation of the 8 test-time variants"}
+                   for r, n in zip(records, self.predicted_names)])
 
     def megapixels(self) -> float:
         """Level-0 megapixels of the chosen images."""
@@ -220,15 +246,35 @@ def resume_key(ckpt_key: str, settings: Mapping[str, Any]) -> str:
 
 # -- step 1: plan ------------------------------------------------------------------------------
 def load_stain(model: str | Path | VirtualStain) -> VirtualStain:
-    """The checkpoint as a :class:`VirtualStain`, refused unless it predicts exactly one channel."""
+    """The checkpoint as a :class:`VirtualStain` (refused unless it predicts at least one channel)."""
     stain = model if isinstance(model, VirtualStain) else VirtualStain(model)
-    if len(stain.target) != 1:
-        raise CheckpointError(
-            f"The checkpoint {stain.checkpoint.path} predicts {len(stain.target)} channels "
-            f"({', '.join(stain.target)}); omeloc predict writes one channel per run. "
-            f"Train one model per target channel."
-        )
+    if not stain.target:
+        raise CheckpointError(f"The checkpoint {stain.checkpoint.path} predicts no channel. Retrain it.")
     return stain
+
+
+def virtual_names(name: str | Sequence[str] | None, targets: Sequence[str]) -> tuple[str, ...]:
+    """The labels of the virtual channels: ``name`` (one label, or one per target, comma-separated or
+    a sequence), by default ``"<target> (virtual)"`` for each target.
+
+    Raises
+    ------
+    InputError
+        An empty label, or a number of labels other than the model's number of targets.
+    """
+    if name is None:
+        return tuple(default_channel_name(t) for t in targets)
+    if isinstance(name, str):
+        parts = [name] if len(targets) == 1 else [p.strip() for p in name.split(",")]
+    else:
+        parts = list(name)
+    if not all(isinstance(p, str) and p.strip() for p in parts):
+        raise InputError(f"Expected a non-empty channel name (--name). Got {name!r} instead. "
+                         f"Omit --name for the default '<target> (virtual)'.")
+    if len(parts) != len(targets) or len(set(parts)) != len(parts):
+        raise InputError(f"Expected {len(targets)} distinct channel names (--name A,B), one per target of the model "
+                         f"({', '.join(targets)}). Got {name!r} instead. Omit --name for '<target> (virtual)'.")
+    return tuple(parts)
 
 
 def plan_prediction(plate: str | Path | Plate, model: str | Path | VirtualStain, *, name: str | None = None,
@@ -245,16 +291,14 @@ def plan_prediction(plate: str | Path | Plate, model: str | Path | VirtualStain,
     CheckpointError, ChannelNotFoundError, InputError
         See :func:`predict`.
     """
-    if name is not None and (not isinstance(name, str) or not name.strip()):
-        raise InputError(f"Expected a non-empty channel name (--name). Got {name!r} instead. "
-                         f"Omit --name for the default '<target> (virtual)'.")
     stain = load_stain(model)
+    labels = virtual_names(name, stain.target)
     opened = plate if isinstance(plate, Plate) else open_plate(plate, storage_options)
     _check_channels(opened, stain)
     if stain.checkpoint.level not in (LEVEL, None):
         logger.warning("the checkpoint was trained on pyramid level %s; predicting at full resolution (level 0)",
                        stain.checkpoint.level)
-    job = PredictionJob(plate=opened, stain=stain, name=name or default_channel_name(stain.target[0]),
+    job = PredictionJob(plate=opened, stain=stain, name=labels[0], virtual_names=labels,
                         chosen=frozenset(_select(opened, wells, acquisition)), tiling=stain.tiling(tiling), overwrite=overwrite,
                         model_given=None if isinstance(model, VirtualStain) else str(model))
     _check_plane_sizes(job)
@@ -266,16 +310,17 @@ def _check_companion(job: PredictionJob) -> None:
     """An overwrite rewrites a prediction and its uncertainty channel together, never one of them alone."""
     if not (job.existing and job.overwrite):
         return
-    record = (job.plate.images[0].attrs.get("omeloc") or {}).get("channels", {}).get(job.name) or {}
-    companion = record.get("uncertainty_channel") if isinstance(record, Mapping) else None
-    if companion and not job.tiling.uncertainty:
-        raise InputError(f"Channel {job.name!r} of {job.plate.path} has its uncertainty channel {companion!r} "
-                         f"beside it: replacing the prediction alone would leave a stale uncertainty. Pass "
-                         f"--uncertainty to replace both, or choose another --name.")
-    if job.tiling.uncertainty and not companion:
-        raise InputError(f"Channel {job.name!r} of {job.plate.path} was written without an uncertainty channel: "
-                         f"--overwrite --uncertainty cannot add one beside it. Omit --uncertainty, or choose "
-                         f"another --name.")
+    for name in job.predicted_names:
+        record = (job.plate.images[0].attrs.get("omeloc") or {}).get("channels", {}).get(name) or {}
+        companion = record.get("uncertainty_channel") if isinstance(record, Mapping) else None
+        if companion and not job.tiling.uncertainty:
+            raise InputError(f"Channel {name!r} of {job.plate.path} has its uncertainty channel {companion!r} "
+                             f"beside it: replacing the prediction alone would leave a stale uncertainty. Pass "
+                             f"--uncertainty to replace both, or choose another --name.")
+        if job.tiling.uncertainty and not companion:
+            raise InputError(f"Channel {name!r} of {job.plate.path} was written without an uncertainty channel: "
+                             f"--overwrite --uncertainty cannot add one beside it. Omit --uncertainty, or choose "
+                             f"another --name.")
 
 
 def _check_channels(plate: Plate, stain: VirtualStain) -> None:
@@ -326,7 +371,7 @@ def _select(plate: Plate, wells: Sequence[str] | None, acquisition: str | int | 
 def lazy_prediction(job: PredictionJob, img: Image, annotate: Callable[[], Any] = contextlib.nullcontext
                     ) -> da.Array:
     """The virtual channel of one image at level 0, lazily: ``img``'s axes without ``c``, float32
-    (with ``uncertainty``: a leading axis of 2, the prediction and its uncertainty).
+    (with several targets or ``uncertainty``: a leading axis, one plane per name of ``job.names``).
 
     Predicted for a chosen image; for the others, the channel's previous values when it is
     being overwritten, else zeros.  ``annotate`` makes a fresh context manager for the model's

@@ -88,6 +88,12 @@ class RegionSettings:
     """A content hash of the fields above (set by :func:`region_settings`), for graph key names."""
 
     @property
+    def outputs(self) -> int:
+        """Planes per region: one per target channel, twice that with :attr:`spread` (the predictions, then
+        their spreads); a leading axis of that length when it is more than one."""
+        return len(self.target_stats) * (2 if self.spread else 1)
+
+    @property
     def spread(self) -> bool:
         """Whether ``ref`` returns the mean and the spread of its test-time variants
         (:class:`~omeloc.learn.tta.TTARef` with ``spread=True``): the regions then hold two planes,
@@ -136,13 +142,12 @@ def infer_region(x: np.ndarray, settings: RegionSettings, block_info: dict | Non
                       blend=settings.blend, batch_size=settings.batch_size, device=dev,
                       precision=settings.precision, out_channels=2 * n if settings.spread else n, core=core,
                       trim=check_trim(None, settings.overlap))
-    mean = np.asarray(denormalize_channels(y[..., :n, :, :], list(settings.target_stats))[..., 0, :, :],
-                      dtype=np.float32)
-    if not settings.spread:
-        return mean
-    stats = settings.target_stats[0]
-    spread = y[..., n, :, :] * np.float32(float(stats["high"]) - float(stats["low"]))  # normalized → target units
-    return np.stack([mean, spread.astype(np.float32)])
+    mean = np.asarray(denormalize_channels(y[..., :n, :, :], list(settings.target_stats)), dtype=np.float32)
+    planes = [mean[..., k, :, :] for k in range(n)]
+    for k, stats in enumerate(settings.target_stats if settings.spread else ()):
+        scale = np.float32(float(stats["high"]) - float(stats["low"]))  # normalized → target units
+        planes.append((y[..., n + k, :, :] * scale).astype(np.float32))
+    return planes[0] if len(planes) == 1 else np.stack(planes)
 
 
 def region_prediction(array: Any, axes: Sequence[str], blocks: Sequence[int], settings: RegionSettings,
@@ -155,7 +160,8 @@ def region_prediction(array: Any, axes: Sequence[str], blocks: Sequence[int], se
     px per side, else multiples of the write block along y and x; the write block along the
     other axes).  ``annotate`` makes the context the inference layer is built in (a GPU
     resource on a cluster); the read layer is not annotated, so reads overlap inference.
-    With ``settings.spread`` the result has a leading axis of 2: the prediction and its spread.
+    With several target channels or ``settings.spread`` the result has a leading axis of
+    :attr:`RegionSettings.outputs`: the predictions, then (``spread``) their spreads.
 
     The two layers are plain task mappings, not ``map_blocks``: a plate holds thousands of
     these arrays at once: two ``map_blocks`` layers cost ~10 kB per image, these two ~3 kB
@@ -172,7 +178,7 @@ def region_prediction(array: Any, axes: Sequence[str], blocks: Sequence[int], se
     read = functools.partial(_read_at, array, settings)
     infer = functools.partial(_infer_at, settings)
     shape = tuple(sum(c) for c in chunks)
-    lead = (0,) if settings.spread else ()  # with spread, a leading axis of 2: the prediction and its spread
+    lead = (0,) if settings.outputs > 1 else ()  # several planes: a leading axis (predictions, then spreads)
     read_layer, infer_layer = {}, {}
     for index, loc in _region_locations(chunks):
         read_layer[(read_name, *index)] = (read, loc, shape)
@@ -181,7 +187,7 @@ def region_prediction(array: Any, axes: Sequence[str], blocks: Sequence[int], se
     with annotate():
         layers[name] = MaterializedLayer(infer_layer)
     graph = HighLevelGraph(layers, {read_name: set(), name: {read_name}})
-    out_chunks = ((2,), *chunks) if settings.spread else tuple(chunks)
+    out_chunks = ((settings.outputs,), *chunks) if settings.outputs > 1 else tuple(chunks)
     return da.Array(graph, name, chunks=out_chunks, meta=_meta(len(out_chunks)))
 
 

@@ -45,7 +45,7 @@ from omeloc.learn.log import CURVES_FILE, LOG_FILE, TrainLog, write_curves
 from omeloc.learn.objectives import Objective, build_objective
 from omeloc.learn.sampling import CropSampler, channel_statistics
 from omeloc.learn.split import Split, split_by_well
-from omeloc.learn.trainer import LoopResult, Trainer
+from omeloc.learn.trainer import LoopResult, Trainer, score_crops
 from omeloc.ngff.plate import Plate, open_plate
 
 __all__ = ["MODELS", "TrainResult", "train"]
@@ -332,6 +332,8 @@ def _finish(run: _Run, trainer: Trainer, loop: LoopResult, baseline_r: float, t_
         "val_crops": len(trainer.val_x), "train_seconds": loop.seconds, "steps_per_second": loop.steps_per_second,
         "crops_rejected": run.sampler.rejected, "crops_drawn": run.sampler.drawn,
     }
+    if len(run.targets) > 1:
+        metrics["per_target"] = _per_target(run, trainer)
     if run.timing is not None:
         metrics.update(budget_minutes=run.cfg.minutes, measured_step_seconds=run.timing.step,
                        measured_validation_seconds=run.timing.validation, measuring_seconds=run.timing.spent)
@@ -344,6 +346,20 @@ def _finish(run: _Run, trainer: Trainer, loop: LoopResult, baseline_r: float, t_
                 loop.val_pearson_r, baseline_r)
     return TrainResult(checkpoint=run.out, metrics=metrics, steps=loop.step, seconds=total, log=trainer.log.path,
                        curves=curves, history=rows)
+
+
+def _per_target(run: _Run, trainer: Trainer) -> dict[str, dict[str, float]]:
+    """Validation ``pearson_r``, ``structure_r`` and ``l1`` of the final weights, for each target channel."""
+    import copy
+
+    net = copy.deepcopy(trainer.objective.net)
+    net.load_state_dict(trainer.final_weights())
+    out = {}
+    for k, name in enumerate(run.targets):
+        m = score_crops(net, trainer.val_x, trainer.val_y[:, k:k + 1], run.device, trainer.objective.precision,
+                        run.cfg.batch_size, channel=k)
+        out[name] = {f"val_{key}": value for key, value in m.items()}
+    return out
 
 
 def _save(run: _Run, objective: Objective, trainer: Trainer, loop: LoopResult, metrics: dict[str, Any]) -> Path:
