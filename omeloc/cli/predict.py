@@ -31,6 +31,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_overwrite(parser, "replace a virtual channel of that name")
     TilingConfig.add_arguments(parser)
     ComputeConfig.add_arguments(parser.add_mutually_exclusive_group())
+    parser.add_argument("--rescale", action="store_true",
+                        help="resample images whose pixel size differs from the model's by more than 10%% to it "
+                             "(and the prediction back); without it they are refused")
     parser.add_argument("--dry-run", action="store_true",
                         help="check everything, say what would be written, write nothing")
 
@@ -42,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
     res = predict(
         args.plate, args.model, name=args.name, wells=args.wells, overwrite=args.overwrite,
         tiling=TilingConfig.from_args(args), compute=ComputeConfig.from_args(args), dry_run=args.dry_run,
-        progress=args.progress, acquisition=args.acquisition,
+        progress=args.progress, acquisition=args.acquisition, rescale=args.rescale,
     )
     print(res.summary())
     if not res.dry_run:

@@ -48,6 +48,7 @@ from omeloc.errors import (
 from omeloc.jobs.regions import REGION_SIDE, RegionSettings, region_prediction, region_settings
 from omeloc.learn.stain import VirtualStain
 from omeloc.learn.tta import TTARef
+from omeloc.learn.units import check_pixel_size, pixel_size_of
 from omeloc.ngff.plate import Image, Plate, label_text, open_plate
 
 __all__ = [
@@ -164,6 +165,8 @@ class PredictionJob:
     """The checkpoint path as the user gave it (never resolved: provenance must not leak local paths)."""
     virtual_names: tuple[str, ...] = ()
     """Labels of the virtual channels, one per target of the model (default: ``(name,)``)."""
+    rescale: bool = False
+    """Resample images whose pixel size differs from the model's (and the prediction back)."""
 
     @property
     def target(self) -> str:
@@ -197,6 +200,7 @@ class PredictionJob:
                 "blend": t.blend, "precision": t.precision, "source": self.stain.source,
                 "target": self.target if len(self.stain.target) == 1 else self.stain.target,
                 **({"names": list(self.predicted_names)} if len(self.predicted_names) > 1 else {}),
+                **({"rescale": True} if self.rescale else {}),
                 "overwrite": self.overwrite, **({"tta": True} if t.tta or t.uncertainty else {}),
                 **({"uncertainty": True} if t.uncertainty else {})}
 
@@ -209,6 +213,8 @@ class PredictionJob:
             "architecture": ckpt.architecture.get("architecture"),
             "predicted_images": sorted(self.chosen), "tile": t.tile, "overlap": t.overlap, "blend": t.blend,
             "precision": t.precision, "tta": t.tta or t.uncertainty,
+            **({"model_pixel_size": ckpt.pixel_size} if ckpt.pixel_size else {}),
+            **({"rescaled": True} if self.rescale else {}),
         }
 
     def provenances(self) -> list[dict[str, Any]]:
@@ -281,7 +287,7 @@ def plan_prediction(plate: str | Path | Plate, model: str | Path | VirtualStain,
                     wells: Sequence[str] | None = None, overwrite: bool = False,
                     tiling: TilingConfig | None = None,
                     storage_options: Mapping[str, Any] | None = None,
-                    acquisition: str | int | None = None) -> PredictionJob:
+                    acquisition: str | int | None = None, rescale: bool = False) -> PredictionJob:
     """Read the checkpoint and the plate's metadata, check them against each other, choose the images.
 
     Reads no pixels and writes nothing.  Parameters as in :func:`predict`.
@@ -300,10 +306,19 @@ def plan_prediction(plate: str | Path | Plate, model: str | Path | VirtualStain,
                        stain.checkpoint.level)
     job = PredictionJob(plate=opened, stain=stain, name=labels[0], virtual_names=labels,
                         chosen=frozenset(_select(opened, wells, acquisition)), tiling=stain.tiling(tiling), overwrite=overwrite,
-                        model_given=None if isinstance(model, VirtualStain) else str(model))
+                        model_given=None if isinstance(model, VirtualStain) else str(model), rescale=rescale)
+    for note in sorted({n for img in opened.images if img.path in job.chosen for n in image_zoom(job, img)[1]}):
+        (logger.warning if note.startswith("resampling") else logger.info)("%s", note)
     _check_plane_sizes(job)
     _check_companion(job)
     return job
+
+
+def image_zoom(job: PredictionJob, img: Image) -> tuple[tuple[float, float], list[str]]:
+    """The (y, x) resampling of ``img`` to the model's pixel size, and the notes to tell (see
+    :func:`omeloc.learn.units.check_pixel_size`: refused when they differ and ``job.rescale`` is off)."""
+    where = f"plate {job.plate.path}" if len(job.plate.images) == 1 else f"image {img.path} of {job.plate.path}"
+    return check_pixel_size(job.stain.checkpoint.pixel, pixel_size_of(img, LEVEL), where, rescale=job.rescale)
 
 
 def _check_companion(job: PredictionJob) -> None:
@@ -399,14 +414,15 @@ def _check_yx_last(img: Image) -> None:
 def _region_settings(job: PredictionJob, img: Image) -> RegionSettings:
     """What the region tasks of ``img`` share; computed once per distinct channel order (the model is checked then)."""
     index = tuple(img.channel_index(s) for s in job.stain.source)
-    key = (index, img.axes.index("c"))
+    zoom = image_zoom(job, img)[0]
+    key = (index, img.axes.index("c"), zoom)
     cache = job.region_cache
     if key not in cache:
         stain, norm = job.stain, job.stain.checkpoint.normalization
         spread = job.tiling.uncertainty
         ref = TTARef(stain.ref, spread=spread) if job.tiling.tta or spread else stain.ref
         cache[key] = region_settings(ref, index, key[1], [norm[c] for c in stain.source],
-                                     [norm[c] for c in stain.target], job.tiling)
+                                     [norm[c] for c in stain.target], job.tiling, zoom=zoom)
     return cache[key]
 
 
@@ -497,7 +513,7 @@ def predict(plate: str | Path | Plate, model: str | Path | VirtualStain, *, name
             compute: ComputeConfig | None = None, dry_run: bool = False, progress: bool = False,
             color: str | None = None, storage_options: Mapping[str, Any] | None = None,
             on_plan: Callable[[Any], None] | None = None, acquisition: str | int | None = None,
-            **overrides: Any) -> PredictResult:
+            rescale: bool = False, **overrides: Any) -> PredictResult:
     """Predict a virtual channel with a trained checkpoint and write it into the plate.
 
     Parameters
@@ -523,6 +539,9 @@ def predict(plate: str | Path | Plate, model: str | Path | VirtualStain, *, name
         test-time variants as ``"<target> (uncertainty)"`` in the same crash-safe write) and where the graph runs (:class:`~omeloc.config.ComputeConfig`;
         on a cluster every worker must read the checkpoint folder, checked before any write; when
         every worker advertises a ``GPU`` resource, inference tasks ask for one).
+    rescale
+        Resample images whose pixel size differs from the model's by more than 10 % to the
+        model's (and the prediction back to the image's grid); without it such images are refused.
     dry_run, on_plan
         Check everything and say what would be written, without writing anything; a function
         called with the write plan before pixels are computed (for logs and tests).
@@ -546,7 +565,7 @@ def predict(plate: str | Path | Plate, model: str | Path | VirtualStain, *, name
     t0 = time.perf_counter()
     tiling, compute = split_overrides(tiling, compute, overrides)
     job = plan_prediction(plate, model, name=name, wells=wells, overwrite=overwrite, tiling=tiling,
-                          storage_options=storage_options, acquisition=acquisition)
+                          storage_options=storage_options, acquisition=acquisition, rescale=rescale)
     with dask_client(compute) as client:
         annotate = gpu_annotation(client)
         data = {img.path: lazy_prediction(job, img, annotate) for img in job.plate.images}

@@ -84,6 +84,8 @@ class RegionSettings:
     batch_size: int | str
     device: str
     precision: str
+    zoom: tuple[float, float] = (1.0, 1.0)
+    """Resampling of the image to the model's pixel size (y, x); the prediction is resampled back."""
     token: str = ""
     """A content hash of the fields above (set by :func:`region_settings`), for graph key names."""
 
@@ -138,16 +140,31 @@ def infer_region(x: np.ndarray, settings: RegionSettings, block_info: dict | Non
     _, core = _halo(loc, block_info[None]["shape"], settings.overlap)
     dev = torch.device(settings.device)
     n = len(settings.target_stats)
+    size = x.shape[-2:]
+    if settings.zoom != (1.0, 1.0):  # to the model's pixel size; the whole region, cropped once back
+        x = resample(x, tuple(max(1, round(s * z)) for s, z in zip(size, settings.zoom)))
     y = predict_numpy(get_model(settings.ref, dev), x, tile=settings.tile, overlap=settings.overlap,
                       blend=settings.blend, batch_size=settings.batch_size, device=dev,
-                      precision=settings.precision, out_channels=2 * n if settings.spread else n, core=core,
-                      trim=check_trim(None, settings.overlap))
+                      precision=settings.precision, out_channels=2 * n if settings.spread else n,
+                      core=core if settings.zoom == (1.0, 1.0) else None, trim=check_trim(None, settings.overlap))
+    if settings.zoom != (1.0, 1.0):
+        y = resample(y, size)[..., core[0], core[1]]
     mean = np.asarray(denormalize_channels(y[..., :n, :, :], list(settings.target_stats)), dtype=np.float32)
     planes = [mean[..., k, :, :] for k in range(n)]
     for k, stats in enumerate(settings.target_stats if settings.spread else ()):
         scale = np.float32(float(stats["high"]) - float(stats["low"]))  # normalized → target units
         planes.append((y[..., n + k, :, :] * scale).astype(np.float32))
     return planes[0] if len(planes) == 1 else np.stack(planes)
+
+
+def resample(x: np.ndarray, size: Sequence[int]) -> np.ndarray:
+    """``(..., H, W)`` float32 resized to ``size`` (bilinear, antialiased when shrinking)."""
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).reshape(-1, 1, *x.shape[-2:])
+    out = torch.nn.functional.interpolate(t, size=tuple(int(s) for s in size), mode="bilinear", align_corners=False,
+                                          antialias=any(s < n for s, n in zip(size, x.shape[-2:])))
+    return out.reshape(*x.shape[:-2], *out.shape[-2:]).numpy()
 
 
 def region_prediction(array: Any, axes: Sequence[str], blocks: Sequence[int], settings: RegionSettings,
@@ -222,14 +239,16 @@ def _infer_at(settings: RegionSettings, x: np.ndarray, loc: tuple[tuple[int, int
 
 
 def region_settings(ref: Any, source_index: Sequence[int], c_axis: int, source_stats: Sequence[Mapping[str, Any]],
-                    target_stats: Sequence[Mapping[str, Any]], tiling: Any) -> RegionSettings:
+                    target_stats: Sequence[Mapping[str, Any]], tiling: Any,
+                    zoom: tuple[float, float] = (1.0, 1.0)) -> RegionSettings:
     """:class:`RegionSettings` from a :class:`~omeloc.config.TilingConfig`, device and precision resolved."""
     tile, overlap = check_tiling(int(tiling.tile), int(tiling.overlap))
     dev = resolve_device(tiling.device)
     settings = RegionSettings(ref=ref, source_index=tuple(int(i) for i in source_index), c_axis=c_axis,
                               source_stats=tuple(source_stats), target_stats=tuple(target_stats), tile=tile,
                               overlap=overlap, blend=tiling.blend, batch_size=tiling.batch_size,
-                              device=str(dev), precision=resolve_precision(tiling.precision, dev))
+                              device=str(dev), precision=resolve_precision(tiling.precision, dev),
+                              zoom=(float(zoom[0]), float(zoom[1])))
     key = (getattr(ref, "key", repr(ref)), settings.source_index, c_axis, repr(source_stats), repr(target_stats),
-           tile, overlap, settings.blend, settings.batch_size, settings.device, settings.precision)
+           tile, overlap, settings.blend, settings.batch_size, settings.device, settings.precision, settings.zoom)
     return dataclasses.replace(settings, token=tokenize(key))

@@ -46,6 +46,7 @@ from omeloc.learn.objectives import Objective, build_objective
 from omeloc.learn.sampling import CropSampler, channel_statistics
 from omeloc.learn.split import Split, split_by_well
 from omeloc.learn.trainer import LoopResult, Trainer, score_crops
+from omeloc.learn.units import PixelSize, pixel_size_of
 from omeloc.ngff.plate import Plate, open_plate
 
 __all__ = ["MODELS", "TrainResult", "train"]
@@ -109,6 +110,8 @@ class _Run:
     """The options set by device because none was given (:meth:`TrainConfig.with_device_defaults`)."""
     timing: StepTiming | None = None
     """With ``minutes``: what the budget was fitted to."""
+    pixel: PixelSize | None = None
+    """The pixel size of the training images at the training level (recorded in the checkpoint)."""
 
 
 def train(plate: Any, source: str | Sequence[str], target: str | Sequence[str], config: TrainConfig | None = None,
@@ -159,6 +162,9 @@ def train(plate: Any, source: str | Sequence[str], target: str | Sequence[str], 
     t_start = time.perf_counter()
     tell = _teller(report)
     run = _prepare(plate, source, target, resolve(TrainConfig, config, overrides), out, resume, overwrite)
+    if not run.pixel.known:
+        tell(f"note: {run.plates[0].path} has no physical pixel size (no unit on its y/x axes): recorded as 1 "
+             f"per pixel (omeloc import-tiff --pixel-size writes one)")
     if run.device_defaults:
         tell(f"device defaults ({run.device.type}): "
              + ", ".join(f"{k} {v}" for k, v in run.device_defaults.items()) + " (options given explicitly win)")
@@ -224,6 +230,8 @@ def _prepare(plate: Any, source: str | Sequence[str], target: str | Sequence[str
                               seed=cfg.seed + 1, augment=False, min_foreground=cfg.min_foreground)
     run = _Run(cfg, sources, targets, out, plates, split, dev, amp, sampler, val_sampler, state=state,
                device_defaults=chosen)
+    run.pixel = pixel_size_of(split.train_images[0], cfg.level) if split.train_images else PixelSize(1.0, 1.0,
+                                                                                                     known=False)
     run.normalization = _normalization(run, overwrite)
     sampler.normalization = val_sampler.normalization = run.normalization
     out.mkdir(parents=True, exist_ok=True)
@@ -369,7 +377,8 @@ def _save(run: _Run, objective: Objective, trainer: Trainer, loop: LoopResult, m
     net = objective.net.to(memory_format=torch.contiguous_format)
     ckpt = Checkpoint(path=run.out, architecture=dict(net.config), model=cfg.model, source=run.sources,
                       target=run.targets, normalization=run.normalization, tile=tile, overlap=overlap,
-                      level=cfg.level, provenance=_provenance(run, objective, trainer, loop.step), metrics=metrics)
+                      level=cfg.level, provenance=_provenance(run, objective, trainer, loop.step), metrics=metrics,
+                      pixel_size=run.pixel.to_json() if run.pixel is not None else None)
     weights = {k: v.contiguous() for k, v in trainer.final_weights().items()}
     return save_checkpoint(ckpt, weights)
 

@@ -4,6 +4,10 @@
 returns a :class:`WritePlan`, or raises the one error that tells the user what to fix:
 
 - every image shares its channel count, dtype and axes with the first one;
+- every level of every image agrees with its level 0 (:func:`level_problems`): the same
+  number of dimensions, channels and dtype, other non-spatial axes of the same length, and
+  spatial sizes that the scale transforms explain to within a pixel of rounding (a level 0 that
+  declares 40000² over a level 1 of 32² is refused before anything is written or computed);
 - the name is new, or (with ``overwrite``) a virtual channel omeloc wrote into every image;
   several names (a prediction and its uncertainty) are written as one job: all new, or all
   omeloc's virtual channels side by side;
@@ -35,7 +39,8 @@ from omeloc.ngff.layout import shared_channels, write_problems
 from omeloc.ngff.plate import Image, Plate
 from omeloc.writeback.journal import StoreIO
 
-__all__ = ["RECHUNK_HINT", "ArrayLike", "DataArg", "ImagePlan", "WritePlan", "omero_note", "preflight", "without_axis"]
+__all__ = ["RECHUNK_HINT", "SIZE_SLACK", "ArrayLike", "DataArg", "ImagePlan", "WritePlan", "level_problems",
+           "omero_note", "preflight", "without_axis"]
 
 ArrayLike = Any  # numpy array, dask array, or anything np.asarray accepts
 DataArg = ArrayLike | Mapping[str, ArrayLike | Callable[[], ArrayLike]] | Callable[[Image], ArrayLike]
@@ -187,6 +192,7 @@ def preflight(
         See the module docstring.
     """
     names = (name,) if isinstance(name, str) else tuple(name)
+    _check_levels(plate, target, rollback_n)
     n_c, dtype = _shared_layout(plate, rollback_n)
     mode, index = _mode(plate, names, overwrite, target, n_c)
     _check_chunk_layout(plate, names, mode, target, n_c, rollback_n, index)
@@ -229,6 +235,83 @@ def _shared_layout(plate: Plate, rollback_n: int | None) -> tuple[int, np.dtype]
                 f"Make every image share channels, dtype and axes before adding a channel."
             )
     return n_c, dtype
+
+
+#: how far (in pixels) a level's size may be from what its scale transform says (tools round differently)
+SIZE_SLACK = 1
+
+
+def level_problems(img: Image, rollback_n: int | None = None) -> list[str]:
+    """Why the levels of ``img`` disagree with its level 0 (empty: they agree).
+
+    Level ``i`` must have level 0's number of dimensions, channel count (``rollback_n`` caps
+    both when a pending rollback will remove the channels a killed run added), dtype and the
+    sizes of the other non-spatial axes; along ``y``, ``x`` (and ``z``) its size must be the
+    level above's times ``scale_above / scale_i``, to within :data:`SIZE_SLACK` pixels (so the
+    rounding of deep pyramids does not add up).  When the scale
+    transforms do not differ between two levels (missing, or all 1), only "not larger than the
+    level above" is required.
+    """
+    shapes = img.shapes
+    base, c_axis = shapes[0], img.axes.index("c")
+    dtypes = [np.dtype(img.zarr_array(i).dtype) for i in range(len(shapes))]
+    problems = []
+    for i in range(1, len(shapes)):
+        where = f"level {img.level_paths[i]!r}"
+        shape = shapes[i]
+        if len(shape) != len(base):
+            problems.append(f"{where} has {len(shape)} dimensions, level {img.level_paths[0]!r} {len(base)}")
+            continue
+        c0, ci = base[c_axis], shape[c_axis]
+        if rollback_n is not None:
+            c0, ci = min(c0, rollback_n), min(ci, rollback_n)
+        if ci != c0:
+            problems.append(f"{where} has {ci} channels, level {img.level_paths[0]!r} {c0}")
+        if dtypes[i] != dtypes[0]:
+            problems.append(f"{where} has dtype {dtypes[i]}, level {img.level_paths[0]!r} {dtypes[0]}")
+        problems += _size_problems(img, i, where)
+    return problems
+
+
+def _size_problems(img: Image, i: int, where: str) -> list[str]:
+    """The spatial and other non-channel sizes of level ``i`` against level 0 and the scales."""
+    base, shape, above = img.shapes[0], img.shapes[i], img.shapes[i - 1]
+    # the scale transforms as NGFF gives them: one per level, one entry per axis
+    scales = img.scales
+    problems = []
+    for ax, name in enumerate(img.axes):
+        if name == "c":
+            continue
+        if name not in ("y", "x", "z"):
+            if shape[ax] != base[ax]:
+                problems.append(f"{where} has {shape[ax]} along {name}, level {img.level_paths[0]!r} {base[ax]}")
+            continue
+        s0 = scales[i - 1][ax] if ax < len(scales[i - 1]) else 1.0
+        si = scales[i][ax] if i < len(scales) and ax < len(scales[i]) else 1.0
+        if not (math.isfinite(s0) and math.isfinite(si) and s0 > 0 and si > 0):
+            problems.append(f"{where} has scale {si} along {name} (the level above: {s0}); scales must be positive")
+            continue
+        if math.isclose(s0, si):
+            if shape[ax] > above[ax]:
+                problems.append(f"{where} is larger along {name} ({shape[ax]}) than the level above ({above[ax]})")
+            continue
+        expected = above[ax] * s0 / si
+        if abs(shape[ax] - expected) > SIZE_SLACK:
+            problems.append(f"{where} has {shape[ax]} px along {name} where the level above ({above[ax]} px) "
+                            f"and the scales ({s0} vs {si}) say {expected:g}")
+    return problems
+
+
+def _check_levels(plate: Plate, target: str, rollback_n: int | None) -> None:
+    """Every level of every image agrees with its level 0 (:func:`level_problems`), else an InputError."""
+    for img in plate.images:
+        problems = level_problems(img, rollback_n)
+        if problems:
+            raise InputError(
+                f"Image {img.path or target} has pyramid levels that disagree with its level 0 "
+                f"({'; '.join(problems[:3])}). Rebuild its pyramid (or fix the arrays' metadata) "
+                f"before adding a channel."
+            )
 
 
 def _virtual_index(img: Image, name: str) -> int | None:
