@@ -35,6 +35,7 @@ score the choice on its own data.)
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import tempfile
 import time
@@ -153,10 +154,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--tasks", default="nf1", help=f"comma-separated task sets: {', '.join(TASK_SETS)} (default nf1)")
     parser.add_argument("--recipe", choices=sorted(RECIPES), default="default")
     parser.add_argument("--tta", action="store_true", help="score with test-time augmentation")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a TrainConfig option over the recipe's (e.g. lr=0.01, crop=96); repeatable")
     parser.add_argument("--out", type=Path, default=None,
                         help="results JSON (default benchmarks/results/real_cells_<tasks>_<minutes>min.json)")
     args = parser.parse_args(argv)
     args.tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    args.options = dict(RECIPES[args.recipe])
+    for item in args.set:
+        key, _, value = item.partition("=")
+        args.options[key] = json.loads(value) if value[:1] in "0123456789-[{tf" or value == "null" else value
     for name in args.tasks:
         if name not in TASK_SETS:
             parser.error(f"unknown task set {name!r}: use {', '.join(TASK_SETS)}")
@@ -181,12 +188,11 @@ def main(argv: list[str] | None = None) -> dict:
         plate = ts.build(ts.folder, work)
         print(f"{name}: {ts.split}", flush=True)
         for source, target in ts.pairs:
-            rows.append(run_task(plate, ts.held_out, source, target, args.minutes, RECIPES[args.recipe], args.tta,
-                                 work))
+            rows.append(run_task(plate, ts.held_out, source, target, args.minutes, args.options, args.tta, work))
             print(table(rows[-1:]).splitlines()[-1], flush=True)
     results = {"minutes_per_task": args.minutes, "tasks": args.tasks,
                "splits": {n: TASK_SETS[n].split for n in args.tasks}, "recipe": args.recipe,
-               "recipe_options": RECIPES[args.recipe], "tta": args.tta, "rows": rows, "machine": machine(load_before)}
+               "recipe_options": args.options, "tta": args.tta, "rows": rows, "machine": machine(load_before)}
     return report(results, table(rows), args.out)
 
 
