@@ -310,6 +310,7 @@ def plan_prediction(plate: str | Path | Plate, model: str | Path | VirtualStain,
     for note in sorted({n for img in opened.images if img.path in job.chosen for n in image_zoom(job, img)[1]}):
         (logger.warning if note.startswith("resampling") else logger.info)("%s", note)
     _check_plane_sizes(job)
+    _check_z(job)
     _check_companion(job)
     return job
 
@@ -319,6 +320,20 @@ def image_zoom(job: PredictionJob, img: Image) -> tuple[tuple[float, float], lis
     :func:`omeloc.learn.units.check_pixel_size`: refused when they differ and ``job.rescale`` is off)."""
     where = f"plate {job.plate.path}" if len(job.plate.images) == 1 else f"image {img.path} of {job.plate.path}"
     return check_pixel_size(job.stain.checkpoint.pixel, pixel_size_of(img, LEVEL), where, rescale=job.rescale)
+
+
+def _check_z(job: PredictionJob) -> None:
+    """A 2.5D model (``z_window`` > 1) needs z-stacks: every chosen image has a z axis of more than one plane."""
+    k = job.stain.checkpoint.z_window
+    if k == 1:
+        return
+    for img in job.plate.images:
+        n_z = dict(zip(img.axes, img.shapes[LEVEL])).get("z", 1)
+        if img.path in job.chosen and n_z < 2:
+            raise InputError(f"The checkpoint {job.stain.checkpoint.path} is a 2.5D model reading {k} z planes "
+                             f"around each output plane, but image {img.path or img.url} has "
+                             f"{'no z axis' if 'z' not in img.axes else 'one z plane'}. Predict z-stacks with it, "
+                             f"or use a 2D model (trained with --z-window 1).")
 
 
 def _check_companion(job: PredictionJob) -> None:
@@ -421,8 +436,11 @@ def _region_settings(job: PredictionJob, img: Image) -> RegionSettings:
         stain, norm = job.stain, job.stain.checkpoint.normalization
         spread = job.tiling.uncertainty
         ref = TTARef(stain.ref, spread=spread) if job.tiling.tta or spread else stain.ref
+        plane_axes = [a for a in img.axes if a != "c"]
         cache[key] = region_settings(ref, index, key[1], [norm[c] for c in stain.source],
-                                     [norm[c] for c in stain.target], job.tiling, zoom=zoom)
+                                     [norm[c] for c in stain.target], job.tiling, zoom=zoom,
+                                     z_window=stain.checkpoint.z_window,
+                                     z_axis=plane_axes.index("z") if "z" in plane_axes else -1)
     return cache[key]
 
 

@@ -84,6 +84,10 @@ class RegionSettings:
     batch_size: int | str
     device: str
     precision: str
+    z_window: int = 1
+    """Planes the model reads around each output plane (a 2.5D model); beyond the stack the first or last repeats."""
+    z_axis: int = -1
+    """Position of z among the image's axes without ``c`` (with ``z_window`` > 1)."""
     zoom: tuple[float, float] = (1.0, 1.0)
     """Resampling of the image to the model's pixel size (y, x); the prediction is resampled back."""
     token: str = ""
@@ -123,13 +127,27 @@ def read_region(array: Any, settings: RegionSettings, block_info: dict | None = 
     only :func:`infer_region` consumes it.
     """
     loc = [tuple(r) for r in block_info[None]["array-location"]]
-    read, _ = _halo(loc, block_info[None]["shape"], settings.overlap)
+    shape = block_info[None]["shape"]
+    read, _ = _halo(loc, shape, settings.overlap)
+    zs = None
+    if settings.z_window > 1:  # the planes around each of the region's planes, the stack's ends repeated
+        a, b = loc[settings.z_axis]
+        h, n_z = settings.z_window // 2, shape[settings.z_axis]
+        lo, hi = max(0, a - h), min(n_z, b + h)
+        read[settings.z_axis] = slice(lo, hi)
+        zs = np.clip(np.arange(a, b)[:, None] + np.arange(-h, h + 1)[None, :], 0, n_z - 1) - lo  # (planes, K)
     planes = []
     for k in settings.source_index:
         index = list(read)
         index.insert(settings.c_axis, k)
-        planes.append(np.asarray(array[tuple(index)]))
-    return np.ascontiguousarray(normalize_channels(planes, list(settings.source_stats)), dtype=np.float32)
+        plane = np.asarray(array[tuple(index)])
+        if zs is not None:  # (..., planes, K, ..., y, x) → (..., planes, ..., K, y, x)
+            plane = np.moveaxis(np.take(plane, zs, axis=settings.z_axis), settings.z_axis + 1, -3)
+        planes.append(plane)
+    x = normalize_channels(planes, list(settings.source_stats))
+    if zs is not None:  # (..., K, C, y, x) → (..., C * K, y, x): each channel's planes together
+        x = np.swapaxes(x, -3, -4).reshape(*x.shape[:-4], -1, *x.shape[-2:])
+    return np.ascontiguousarray(x, dtype=np.float32)
 
 
 def infer_region(x: np.ndarray, settings: RegionSettings, block_info: dict | None = None) -> np.ndarray:
@@ -240,7 +258,7 @@ def _infer_at(settings: RegionSettings, x: np.ndarray, loc: tuple[tuple[int, int
 
 def region_settings(ref: Any, source_index: Sequence[int], c_axis: int, source_stats: Sequence[Mapping[str, Any]],
                     target_stats: Sequence[Mapping[str, Any]], tiling: Any,
-                    zoom: tuple[float, float] = (1.0, 1.0)) -> RegionSettings:
+                    zoom: tuple[float, float] = (1.0, 1.0), z_window: int = 1, z_axis: int = -1) -> RegionSettings:
     """:class:`RegionSettings` from a :class:`~omeloc.config.TilingConfig`, device and precision resolved."""
     tile, overlap = check_tiling(int(tiling.tile), int(tiling.overlap))
     dev = resolve_device(tiling.device)
@@ -248,7 +266,8 @@ def region_settings(ref: Any, source_index: Sequence[int], c_axis: int, source_s
                               source_stats=tuple(source_stats), target_stats=tuple(target_stats), tile=tile,
                               overlap=overlap, blend=tiling.blend, batch_size=tiling.batch_size,
                               device=str(dev), precision=resolve_precision(tiling.precision, dev),
-                              zoom=(float(zoom[0]), float(zoom[1])))
+                              zoom=(float(zoom[0]), float(zoom[1])), z_window=int(z_window), z_axis=int(z_axis))
     key = (getattr(ref, "key", repr(ref)), settings.source_index, c_axis, repr(source_stats), repr(target_stats),
-           tile, overlap, settings.blend, settings.batch_size, settings.device, settings.precision, settings.zoom)
+           tile, overlap, settings.blend, settings.batch_size, settings.device, settings.precision, settings.zoom,
+           settings.z_window, settings.z_axis)
     return dataclasses.replace(settings, token=tokenize(key))

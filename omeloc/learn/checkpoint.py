@@ -54,7 +54,8 @@ __all__ = [
 
 #: the largest U-Net a checkpoint may describe: integer settings from 1 to these, and at most
 #: MAX_PARAMETERS weights (a checkpoint is untrusted input: depth 10**6 must not exhaust memory)
-ARCHITECTURE_LIMITS = {"depth": 10, "base_channels": 1024, "in_channels": 1024, "out_channels": 1024}
+ARCHITECTURE_LIMITS = {"depth": 10, "base_channels": 1024, "in_channels": 1024, "out_channels": 1024,
+                       "z_window": 63}
 MAX_PARAMETERS = 2**30
 
 

@@ -225,9 +225,11 @@ def _prepare(plate: Any, source: str | Sequence[str], target: str | Sequence[str
     # samplers first: they check crop size, levels and channels from metadata alone
     sampler = CropSampler(split.train_images, sources, targets, normalization={}, crop=cfg.crop, level=cfg.level,
                           seed=cfg.seed, augment=cfg.augment, min_foreground=cfg.min_foreground,
-                          foreground_weight=cfg.foreground_weight, intensity_augment=cfg.intensity_augment)
+                          foreground_weight=cfg.foreground_weight, intensity_augment=cfg.intensity_augment,
+                          z_window=cfg.z_window)
     val_sampler = CropSampler(split.val_images, sources, targets, normalization={}, crop=cfg.crop, level=cfg.level,
-                              seed=cfg.seed + 1, augment=False, min_foreground=cfg.min_foreground)
+                              seed=cfg.seed + 1, augment=False, min_foreground=cfg.min_foreground,
+                              z_window=cfg.z_window)
     run = _Run(cfg, sources, targets, out, plates, split, dev, amp, sampler, val_sampler, state=state,
                device_defaults=chosen)
     run.pixel = pixel_size_of(split.train_images[0], cfg.level) if split.train_images else PixelSize(1.0, 1.0,
@@ -314,7 +316,8 @@ def _open_all(plates: Any) -> list[Plate]:
 def _trainer(run: _Run) -> tuple[Trainer, float]:
     """The loop of ``run`` (networks seeded, resumed state loaded), and the no-learning baseline r."""
     val_x, val_y = run.val_sampler.fixed(run.cfg.val_crops)
-    baseline_r = pearson_r(val_x[:, :1], val_y[:, :1])
+    mid = run.cfg.z_window // 2  # the first source's own plane
+    baseline_r = pearson_r(val_x[:, mid:mid + 1], val_y[:, :1])
     objective = build_objective(run.cfg, len(run.sources), len(run.targets), run.device, run.precision)
     start, seconds_before, log = 0, 0.0, TrainLog(run.out / LOG_FILE)
     if run.state is not None:

@@ -60,6 +60,11 @@ def test_empty_and_full_cases_are_defined():
     assert s.f1 == 0.0 and s.recall == 0.0 and s.count_error == 1.0
 
 
+def _rows(path):
+    with open(path, newline="") as fh:
+        return {r["well"]: r for r in csv.DictReader(fh)}
+
+
 @pytest.fixture(scope="module")
 def nuclei_plate(tmp_path_factory):
     images = {}
@@ -76,10 +81,10 @@ def test_evaluate_segment_nuclei_columns_wells_and_heatmap(nuclei_plate, tmp_pat
     assert main(["-q", "evaluate", str(nuclei_plate), "--pred", "DNA (virtual)", "--truth", "DNA", "--out", str(out),
                  "--segment", "nuclei", "--no-noise-ceiling"]) == 0, capsys.readouterr().err
     assert "nuclei_f1" in capsys.readouterr().out
-    fields = {r["well"]: r for r in csv.DictReader(open(out / "metrics.csv"))}
+    fields = _rows(out / "metrics.csv")
     assert float(fields["A1"]["nuclei_f1"]) == 1.0 and float(fields["A1"]["nuclei_dice"]) == 1.0
     assert float(fields["A2"]["nuclei_f1"]) < 1.0
-    wells = {r["well"]: r for r in csv.DictReader(open(out / "wells.csv"))}
+    wells = _rows(out / "wells.csv")
     assert float(wells["A1"]["nuclei_true"]) == 14 and float(wells["A2"]["nuclei_dice"]) < 1.0
     assert (out / "heatmap_nuclei_f1.png").stat().st_size > 0
     # the screening table can rank wells by a segmentation score
