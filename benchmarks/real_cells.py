@@ -121,6 +121,24 @@ TASK_SETS = {
 }
 
 
+#: targets that are nuclear stains: scored by segmentation too (omeloc.analysis.segmentation)
+NUCLEAR = ("DNA", "nuclei")
+
+
+def nuclei_heldout(plate, well: str, ckpt: Path, source: str, target: str, tta: bool) -> dict:
+    """Nuclei segmented alike on the virtual and the real stain of the held-out well's fields (mean over fields)."""
+    from omeloc.analysis.segmentation import nuclei_scores
+
+    stain = omeloc.VirtualStain(ckpt)
+    rows = []
+    for img in plate.well(well).images:
+        src = img.channel(source, 0).compute().astype(np.float32)
+        pred = stain(src[None], device="cpu", tta=tta)[0]
+        rows.append(nuclei_scores(pred, img.channel(target, 0).compute()))
+    return {k: float(np.nanmean([r[k] for r in rows])) for k in ("nuclei_f1", "nuclei_dice", "nuclei_count_error",
+                                                                   "nuclei_true", "nuclei_pred")}
+
+
 def run_task(plate: Path, held_out: str, source: str, target: str, minutes: float, recipe: dict, tta: bool,
              work: Path) -> dict:
     """Train ``source → target`` for ``minutes``, score the held-out well's field; one result row."""
@@ -130,6 +148,8 @@ def run_task(plate: Path, held_out: str, source: str, target: str, minutes: floa
                        report=lambda line: print(f"  {line}", flush=True), **recipe)
     t_train = time.perf_counter() - t0
     scores = heldout_scores(omeloc.open_plate(plate), [held_out], res.checkpoint, tta=tta)[target]
+    if target in NUCLEAR:
+        scores.update(nuclei_heldout(omeloc.open_plate(plate), held_out, res.checkpoint, source, target, tta))
     prov = omeloc.load_checkpoint(res.checkpoint).provenance
     return {"task": f"{source} → {target}", "data": plate.stem, "held_out": held_out, **scores, "steps": res.steps,
             "train_minutes": t_train / 60, "minutes": (time.perf_counter() - t0) / 60,
@@ -143,7 +163,8 @@ def table(rows: list[dict]) -> str:
     lines = [head, "|" + "---|" * (len(COLUMNS) + 4)]
     for r in rows:
         cells = " | ".join(f"{r[k]:.3f} ({r[b]:.3f})" for k, b, _ in COLUMNS)
-        lines.append(f"| {r['data']} | {r['task']} | {cells} | {r['steps']} | {r['minutes']:.1f} |")
+        nuclei = f" nuclei F1 {r['nuclei_f1']:.3f}, Dice {r['nuclei_dice']:.3f}" if "nuclei_f1" in r else ""
+        lines.append(f"| {r['data']} | {r['task']}{nuclei} | {cells} | {r['steps']} | {r['minutes']:.1f} |")
     return "\n".join(lines)
 
 
