@@ -69,6 +69,13 @@ _EXPORTS: dict[str, str] = {
     "ComputeConfig": "omeloc.config",
     "normalize": "omeloc.learn.normalization",
     "denormalize": "omeloc.learn.normalization",
+    # issue 28: z-stacks, physical units, segmentation-based scores
+    "make_z_plate": "omeloc.data.synthetic_z",
+    "PixelSize": "omeloc.learn.units",
+    "pixel_size_of": "omeloc.learn.units",
+    "segment_nuclei": "omeloc.analysis.segmentation",
+    "match_objects": "omeloc.analysis.segmentation",
+    "nuclei_scores": "omeloc.analysis.segmentation",
 }
 
 __all__ = ["__version__", *_EXPORTS]
