@@ -35,6 +35,7 @@ score the choice on its own data.)
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import tempfile
 import time
@@ -50,10 +51,12 @@ from omeloc.analysis.relate import heldout_scores
 from omeloc.data.tiff_import import NF1_PATTERN
 
 HERE = Path(__file__).resolve().parent
-DATA = HERE.parent.parent / "shared" / "data"
+DATA = Path(os.environ.get("OMELOC_SHARED_DATA", HERE.parent.parent / "shared" / "data"))
 NF1 = DATA / "nf1_plate2"
 BPAE = DATA / "bpae"
 BPAE_CHANNELS = ("actin", "mito", "nuclei")
+PCA = DATA / "pca_brightfield"
+PCA_CHANNELS = {"ch1": "brightfield", "ch2": "ER", "ch3": "AGP", "ch4": "Mito", "ch5": "DNA", "ch6": "RNA"}
 BPAE_SPLIT = 0.75
 """The BPAE field's columns left of this fraction of its width are trained on; the rest is held out."""
 RECIPES = {
@@ -84,6 +87,18 @@ def bpae_plate(folder: Path, work: Path) -> Path:
     return omeloc.write_plate(work / "bpae.zarr", images, channel_names=list(BPAE_CHANNELS), levels=2)
 
 
+def pca_plate(folder: Path, work: Path) -> Path:
+    """The brightfield Cell Painting half-field (540 × 1080) as a plate of four 270 × 540 quarters:
+    A1, A2 (top left, top right), B1, B2 (bottom left, bottom right: held out)."""
+    import tifffile
+
+    field = np.stack([tifffile.imread(folder / f"r03c03f03p01-{c}sk1fk1fl1.tiff") for c in PCA_CHANNELS])
+    h, w = field.shape[-2] // 2, field.shape[-1] // 2
+    images = {(r, c, "0"): field[..., i * h:(i + 1) * h, j * w:(j + 1) * w]
+              for i, r in enumerate("AB") for j, c in enumerate("12")}
+    return omeloc.write_plate(work / "pca.zarr", images, channel_names=list(PCA_CHANNELS.values()), levels=2)
+
+
 @dataclass(frozen=True)
 class TaskSet:
     """One data set: how to build its plate, the well held out, the (source, target) pairs."""
@@ -100,7 +115,28 @@ TASK_SETS = {
                    "trained on wells B7, D6, D7, F7, scored on well H12"),
     "bpae": TaskSet(bpae_plate, BPAE, "A2", (("actin", "mito"), ("nuclei", "actin")),
                     f"trained on the left {BPAE_SPLIT:.0%} of the field (A1), scored on the right-most quarter (A2)"),
+    "pca": TaskSet(pca_plate, PCA, "B2", (("brightfield", "DNA"),),
+                   "the brightfield half-field cut in four 270 x 540 quarters: trained on A1, A2, B1, "
+                   "scored on B2"),
 }
+
+
+#: targets that are nuclear stains: scored by segmentation too (omeloc.analysis.segmentation)
+NUCLEAR = ("DNA", "nuclei")
+
+
+def nuclei_heldout(plate, well: str, ckpt: Path, source: str, target: str, tta: bool) -> dict:
+    """Nuclei segmented alike on the virtual and the real stain of the held-out well's fields (mean over fields)."""
+    from omeloc.analysis.segmentation import nuclei_scores
+
+    stain = omeloc.VirtualStain(ckpt)
+    rows = []
+    for img in plate.well(well).images:
+        src = img.channel(source, 0).compute().astype(np.float32)
+        pred = stain(src[None], device="cpu", tta=tta)[0]
+        rows.append(nuclei_scores(pred, img.channel(target, 0).compute()))
+    return {k: float(np.nanmean([r[k] for r in rows])) for k in ("nuclei_f1", "nuclei_dice", "nuclei_count_error",
+                                                                   "nuclei_true", "nuclei_pred")}
 
 
 def run_task(plate: Path, held_out: str, source: str, target: str, minutes: float, recipe: dict, tta: bool,
@@ -112,6 +148,8 @@ def run_task(plate: Path, held_out: str, source: str, target: str, minutes: floa
                        report=lambda line: print(f"  {line}", flush=True), **recipe)
     t_train = time.perf_counter() - t0
     scores = heldout_scores(omeloc.open_plate(plate), [held_out], res.checkpoint, tta=tta)[target]
+    if target in NUCLEAR:
+        scores.update(nuclei_heldout(omeloc.open_plate(plate), held_out, res.checkpoint, source, target, tta))
     prov = omeloc.load_checkpoint(res.checkpoint).provenance
     return {"task": f"{source} → {target}", "data": plate.stem, "held_out": held_out, **scores, "steps": res.steps,
             "train_minutes": t_train / 60, "minutes": (time.perf_counter() - t0) / 60,
@@ -125,7 +163,8 @@ def table(rows: list[dict]) -> str:
     lines = [head, "|" + "---|" * (len(COLUMNS) + 4)]
     for r in rows:
         cells = " | ".join(f"{r[k]:.3f} ({r[b]:.3f})" for k, b, _ in COLUMNS)
-        lines.append(f"| {r['data']} | {r['task']} | {cells} | {r['steps']} | {r['minutes']:.1f} |")
+        nuclei = f" nuclei F1 {r['nuclei_f1']:.3f}, Dice {r['nuclei_dice']:.3f}" if "nuclei_f1" in r else ""
+        lines.append(f"| {r['data']} | {r['task']}{nuclei} | {cells} | {r['steps']} | {r['minutes']:.1f} |")
     return "\n".join(lines)
 
 
@@ -136,10 +175,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--tasks", default="nf1", help=f"comma-separated task sets: {', '.join(TASK_SETS)} (default nf1)")
     parser.add_argument("--recipe", choices=sorted(RECIPES), default="default")
     parser.add_argument("--tta", action="store_true", help="score with test-time augmentation")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a TrainConfig option over the recipe's (e.g. lr=0.01, crop=96); repeatable")
     parser.add_argument("--out", type=Path, default=None,
                         help="results JSON (default benchmarks/results/real_cells_<tasks>_<minutes>min.json)")
     args = parser.parse_args(argv)
     args.tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    args.options = dict(RECIPES[args.recipe])
+    for item in args.set:
+        key, _, value = item.partition("=")
+        args.options[key] = json.loads(value) if value[:1] in "0123456789-[{tf" or value == "null" else value
     for name in args.tasks:
         if name not in TASK_SETS:
             parser.error(f"unknown task set {name!r}: use {', '.join(TASK_SETS)}")
@@ -164,12 +209,11 @@ def main(argv: list[str] | None = None) -> dict:
         plate = ts.build(ts.folder, work)
         print(f"{name}: {ts.split}", flush=True)
         for source, target in ts.pairs:
-            rows.append(run_task(plate, ts.held_out, source, target, args.minutes, RECIPES[args.recipe], args.tta,
-                                 work))
+            rows.append(run_task(plate, ts.held_out, source, target, args.minutes, args.options, args.tta, work))
             print(table(rows[-1:]).splitlines()[-1], flush=True)
     results = {"minutes_per_task": args.minutes, "tasks": args.tasks,
                "splits": {n: TASK_SETS[n].split for n in args.tasks}, "recipe": args.recipe,
-               "recipe_options": RECIPES[args.recipe], "tta": args.tta, "rows": rows, "machine": machine(load_before)}
+               "recipe_options": args.options, "tta": args.tta, "rows": rows, "machine": machine(load_before)}
     return report(results, table(rows), args.out)
 
 

@@ -77,6 +77,13 @@ _EXPORTS: dict[str, str] = {
     "QuietProgress": "omeloc.progress",
     "write_tables": "omeloc.writeback.tables",
     "TableData": "omeloc.writeback.tables",
+    # issue 28: z-stacks, physical units, segmentation-based scores
+    "make_z_plate": "omeloc.data.synthetic_z",
+    "PixelSize": "omeloc.learn.units",
+    "pixel_size_of": "omeloc.learn.units",
+    "segment_nuclei": "omeloc.analysis.segmentation",
+    "match_objects": "omeloc.analysis.segmentation",
+    "nuclei_scores": "omeloc.analysis.segmentation",
 }
 
 __all__ = ["__version__", *_EXPORTS]

@@ -287,6 +287,8 @@ class TrainConfig(Config):
     warmup: float = option(0.5, "pix2pix: fraction of the steps trained on L1 alone before the adversarial loss")
     spectral_norm: bool = option(True, "pix2pix: spectral-normalized discriminator")
     prefetch: int = option(2, "batches read ahead in a background thread")
+    z_window: int = option(1, "planes the model sees around each output plane (odd; 1: per-plane 2D; >1: a 2.5D "
+                              "model, a 3D convolution collapsing z before the 2D U-Net)", parse=int, metavar="K")
 
     def validate(self) -> None:
         # the messages are those omeloc.train has always given (tests and users match on them)
@@ -313,6 +315,9 @@ class TrainConfig(Config):
                              f"{self.crop} instead: pass --crop {lo} or {lo + multiple}.")
         if self.level < 0:
             raise InputError(f"level must be 0 or more (got {self.level})")
+        if self.z_window < 1 or self.z_window % 2 == 0:
+            raise InputError(f"Expected an odd --z-window (1, 3, 5, ...: the output plane and as many planes above "
+                             f"as below). Got {self.z_window} instead.")
         if self.lr is not None and not self.lr > 0:
             raise InputError(f"lr must be positive (got {self.lr})")
         if self.val_every is not None and self.val_every < 1:

@@ -40,6 +40,7 @@ import numpy as np
 from omeloc.analysis.figures import montage, plate_heatmap
 from omeloc.analysis.metrics import METRIC_NAMES, field_metrics, summarize
 from omeloc.analysis.screening import screen
+from omeloc.analysis.segmentation import SEGMENT_METRICS
 from omeloc.config import Config, csv_list, option, resolve
 from omeloc.errors import InputError
 from omeloc.ngff.plate import Image, Plate, open_plate
@@ -118,9 +119,9 @@ def parse_foreground(value: str) -> str | float:
 
 
 def _check_metric(metric: str) -> str:
-    if metric in METRIC_NAMES:
+    if metric in METRIC_NAMES + SEGMENT_METRICS:
         return metric
-    close = difflib.get_close_matches(metric, METRIC_NAMES, n=1)
+    close = difflib.get_close_matches(metric, METRIC_NAMES + SEGMENT_METRICS, n=1)
     hint = f" Did you mean {close[0]!r}?" if close else ""
     raise InputError(f"Expected a metric among {', '.join(METRIC_NAMES)}. Got {metric!r} instead.{hint}")
 
@@ -152,12 +153,16 @@ class EvaluateConfig(Config):
         Estimate the Pearson r noise ceiling of each truth field.
     z_threshold : float
         Flag wells with ``|z| > z_threshold``.
+    segment : {None, "nuclei"}
+        Also segment nuclei on both channels (:mod:`omeloc.analysis.segmentation`) and score
+        them: the ``nuclei_*`` columns (count error, Dice, F1 at IoU 0.5), a heat map of
+        ``nuclei_f1``; needs ``omeloc[segment]``.
     """
 
     level: int = option(0, "pyramid level")
     wells: tuple[str, ...] | None = option(None, "wells to evaluate (default: all)", parse=csv_list, metavar="B2,B3")
     source: str | None = option(None, "input channel shown in montages (default: from provenance)")
-    metric: str = option("pearson_r", "metric for heat map and z-scores", choices=METRIC_NAMES)
+    metric: str = option("pearson_r", "metric for heat map and z-scores", choices=METRIC_NAMES + SEGMENT_METRICS)
     montage_wells: tuple[str, ...] | None = option(None, "wells shown in the montage (default: worst, median, best)",
                                                    parse=csv_list, metavar="B2,C3")
     control_wells: tuple[str, ...] | None = option(None, "reference wells for the screening z-score (default: all wells)",
@@ -165,10 +170,16 @@ class EvaluateConfig(Config):
     foreground: str | float = option("otsu", "'otsu' or an intensity threshold", parse=parse_foreground)
     noise_ceiling: bool = option(True, "estimate the Pearson r noise ceiling")
     z_threshold: float = option(3.0, "flag wells whose |z| passes this")
+    segment: str | None = option(None, "segment objects on both channels and score them (count error, Dice, "
+                                 "F1 at IoU 0.5)", choices=("nuclei",))
 
     def validate(self) -> None:
         # not super().validate(): an unknown metric gets its "did you mean" message here
         _check_metric(self.metric)
+        if self.segment not in (None, "nuclei"):
+            raise InputError(f"Expected --segment nuclei. Got {self.segment!r} instead.")
+        if self.metric in SEGMENT_METRICS and self.segment is None:
+            raise InputError(f"Metric {self.metric!r} needs segmentation scores: add --segment nuclei.")
 
 
 def _check_out(plate: Plate, out: str | Path) -> Path:
@@ -260,7 +271,7 @@ def _prepare(plate: Plate, pred: str, truth: str, out: str | Path, cfg: Evaluate
 
 # -- 2. score each field --------------------------------------------------------------------------
 def _score_field(image: Image, pred: str, truth: str, level: int, foreground: str | float,
-                 noise_ceiling: bool) -> dict[str, Any]:
+                 noise_ceiling: bool, segment: str | None = None) -> dict[str, Any]:
     p, t = _read(image, (pred, truth), level)
     row: dict[str, Any] = {
         "well": image.well.replace("/", "") if image.well else "",
@@ -270,6 +281,10 @@ def _score_field(image: Image, pred: str, truth: str, level: int, foreground: st
         "path": image.path,
     }
     row.update(field_metrics(p, t, foreground=foreground, with_noise_ceiling=noise_ceiling))
+    if segment == "nuclei":
+        from omeloc.analysis.segmentation import nuclei_scores
+
+        row.update(nuclei_scores(p, t))
     return row
 
 
@@ -279,7 +294,8 @@ def _score_fields(job: _Job, progress: ProgressArg) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     with Progress(progress, total=len(job.images), desc="evaluate", unit="field") as bar:
         for img in job.images:
-            rows.append(_score_field(img, job.pred, job.truth, cfg.level, cfg.foreground, cfg.noise_ceiling))
+            rows.append(_score_field(img, job.pred, job.truth, cfg.level, cfg.foreground, cfg.noise_ceiling,
+                                     cfg.segment))
             logger.debug("scored %s: %s=%.4f", img.path or img.url, cfg.metric, rows[-1][cfg.metric])
             bar.advance()
     return rows
@@ -295,7 +311,7 @@ def _aggregate_wells(job: _Job, rows: list[dict[str, Any]]) -> list[dict[str, An
     for wpath, frows in by_well.items():
         row_name, _, col_name = wpath.partition("/")
         well_rows.append({"well": wpath.replace("/", ""), "row": row_name, "column": col_name, "path": wpath,
-                          "n_fields": len(frows), **summarize(frows)})
+                          "n_fields": len(frows), **summarize(frows), **_segment_means(job, frows)})
     if job.plate.is_plate:
         metric = job.config.metric
         readout = screen({w["path"]: w[metric] for w in well_rows}, job.controls, threshold=job.config.z_threshold,
@@ -303,6 +319,17 @@ def _aggregate_wells(job: _Job, rows: list[dict[str, Any]]) -> list[dict[str, An
         for w, s in zip(well_rows, readout):
             w.update({"z": s["z"], "flag": s["flag"], "control": s["control"]})
     return well_rows
+
+
+def _segment_means(job: _Job, rows: list[dict[str, Any]]) -> dict[str, float]:
+    """With ``segment``: the well's nuclei scores (counts summed, the count error of the sums, the rest means)."""
+    if job.config.segment is None:
+        return {}
+    means = summarize(rows, SEGMENT_METRICS)
+    true, pred = sum(r["nuclei_true"] for r in rows), sum(r["nuclei_pred"] for r in rows)
+    means.update(nuclei_true=float(true), nuclei_pred=float(pred),
+                 nuclei_count_error=abs(pred - true) / true if true else math.nan)
+    return means
 
 
 # -- 4. write tables, figures, summary ------------------------------------------------------------
@@ -349,8 +376,8 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
-def _draw_heatmap(job: _Job, well_rows: list[dict[str, Any]], flagged: list[str]) -> Path:
-    metric, plate = job.config.metric, job.plate
+def _draw_heatmap(job: _Job, well_rows: list[dict[str, Any]], flagged: list[str], metric: str | None = None) -> Path:
+    metric, plate = metric or job.config.metric, job.plate
     return plate_heatmap(
         {w["path"]: w[metric] for w in well_rows}, plate.rows, plate.columns,
         job.out_dir / f"heatmap_{metric}.png", title=f"{job.pred} vs {job.truth}: {metric} (level {job.config.level})",
@@ -386,6 +413,9 @@ def _definitions(foreground: str | float) -> dict[str, str]:
         "noise_ceiling": "1/sqrt(1 + var_noise/(var_truth - var_noise)), var_noise by Immerkaer (1996)",
         "wells": "mean over the well's fields",
         "z": "(x - median(controls)) / (1.4826 MAD(controls)) of the well metric",
+        "nuclei": "both channels segmented alike (Gaussian sigma 2, Otsu, holes filled, distance-transform "
+                  "watershed, objects >= 30 px); count error |pred - true| / true, Dice of the foregrounds, F1 of "
+                  "objects matched one to one (Hungarian) at IoU >= 0.5",
     }
 
 
@@ -395,7 +425,9 @@ def _summary(job: _Job, rows: list[dict[str, Any]], well_rows: list[dict[str, An
     return {
         "plate": job.plate.path, "pred": job.pred, "truth": job.truth, "source": job.source, "level": cfg.level,
         "metric": cfg.metric, "foreground": cfg.foreground, "n_fields": len(rows), "n_wells": len(well_rows),
-        "fields_mean": summarize(rows), "wells_mean": summarize(well_rows),
+        "fields_mean": {**summarize(rows), **(summarize(rows, SEGMENT_METRICS) if cfg.segment else {})},
+        "wells_mean": {**summarize(well_rows), **(summarize(well_rows, SEGMENT_METRICS) if cfg.segment else {})},
+        **({"segment": cfg.segment} if cfg.segment else {}),
         "control_wells": job.controls if job.controls is not None else "all", "z_threshold": cfg.z_threshold,
         "flagged_wells": flagged, "definitions": _definitions(cfg.foreground),
         "files": {k: str(v) for k, v in files.items()},
@@ -413,6 +445,8 @@ def _write_outputs(job: _Job, rows: list[dict[str, Any]],
     flagged = [w["path"] for w in well_rows if w.get("flag")]
     if job.plate.is_plate:
         files["heatmap"] = _draw_heatmap(job, well_rows, flagged)
+        if job.config.segment and job.config.metric != "nuclei_f1":
+            files["heatmap_nuclei_f1"] = _draw_heatmap(job, well_rows, flagged, "nuclei_f1")
     picks = job.montage_wells if job.montage_wells is not None else (
         _pick_montage_wells(well_rows, job.config.metric) if job.plate.is_plate else [""])
     if picks:

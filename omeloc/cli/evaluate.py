@@ -8,10 +8,12 @@ from omeloc.cli._common import EXIT_OK, counting_bar
 
 HELP = "Score a virtual channel against the real one per field and well; tables, heat map, montage."
 EXAMPLES = ("omeloc evaluate plate.zarr --pred 'WAVE2 (virtual)' --truth WAVE2",
-            "omeloc evaluate plate.zarr --pred 'WAVE2 (virtual)' --truth WAVE2 --control-wells B2,B3 --out eval")
+            "omeloc evaluate plate.zarr --pred 'WAVE2 (virtual)' --truth WAVE2 --control-wells B2,B3 --out eval",
+            "omeloc evaluate plate.zarr --pred 'DNA (virtual)' --truth DNA --segment nuclei --metric nuclei_f1")
 
 #: metrics shown in the one-line summary, in this order
-SHOWN = ("pearson_r", "pearson_r_fg", "ssim", "psnr", "nrmse", "mae", "noise_ceiling")
+SHOWN = ("pearson_r", "pearson_r_fg", "ssim", "psnr", "nrmse", "mae", "noise_ceiling", "nuclei_f1", "nuclei_dice",
+         "nuclei_count_error")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

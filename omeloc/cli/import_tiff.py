@@ -36,6 +36,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ngff", choices=["0.4", "0.5"], default="0.5")
     parser.add_argument("--chunk", type=int, default=256)
     parser.add_argument("--levels", type=int, default=None)
+    parser.add_argument("--pixel-size", type=csv_list, default=None, metavar="UM[,UM[,UM]]",
+                        help="micrometers per pixel: y=x, or y,x, or z,y,x (default: from the OME-XML or the "
+                             "TIFF resolution tags, else none)")
     add_overwrite(parser)
 
 
@@ -50,6 +53,17 @@ def parse_renames(items: list[str] | None) -> dict[str, str]:
     return rename
 
 
+def _pixel_size(items: list[str] | None) -> list[float] | None:
+    """``["0.65"]`` → ``[0.65]``; a value that is not a number is an error (the range is checked by the writer)."""
+    if items is None:
+        return None
+    try:
+        return [float(v) for v in items]
+    except ValueError:
+        raise OmelocError(f"--pixel-size expects micrometers per pixel (0.65, or y,x, or z,y,x). "
+                          f"Got {','.join(items)!r} instead.") from None
+
+
 def run(args: argparse.Namespace) -> int:
     """Import the folder and say where the plate is."""
     from omeloc.data.tiff_import import import_tiff
@@ -60,6 +74,7 @@ def run(args: argparse.Namespace) -> int:
             args.folder, args.out, pattern=args.pattern, preset=args.preset, channel_names=rename,
             file_axes=args.file_axes, ngff_version=args.ngff,
             chunks=(args.chunk, args.chunk), levels=args.levels, overwrite=args.overwrite, progress=report,
+            pixel_size=_pixel_size(args.pixel_size),
         )
     print(f"wrote plate {path}")
     return EXIT_OK

@@ -22,13 +22,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the options of ``omeloc predict`` to ``parser``."""
     parser.add_argument("plate", help="plate (or image) path or URL; must take a new channel in place (see omeloc info)")
     parser.add_argument("--model", required=True, help="checkpoint folder written by omeloc train")
-    parser.add_argument("--name", default=None, help="label of the new channel (default: '<target> (virtual)')")
+    parser.add_argument("--name", default=None,
+                        help="label of the new channel; for a model of several targets one per target, "
+                             "comma-separated (default: '<target> (virtual)')")
     parser.add_argument("--wells", type=csv_list, default=None, metavar="B2,B3", help="wells to predict (default: all)")
     parser.add_argument("--acquisition", default=None, metavar="ID",
                         help="predict only the fields of this plate acquisition (id or name; see omeloc info)")
     add_overwrite(parser, "replace a virtual channel of that name")
     TilingConfig.add_arguments(parser)
     ComputeConfig.add_arguments(parser.add_mutually_exclusive_group())
+    parser.add_argument("--rescale", action="store_true",
+                        help="resample images whose pixel size differs from the model's by more than 10%% to it "
+                             "(and the prediction back); without it they are refused")
     parser.add_argument("--dry-run", action="store_true",
                         help="check everything, say what would be written, write nothing")
 
@@ -40,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
     res = predict(
         args.plate, args.model, name=args.name, wells=args.wells, overwrite=args.overwrite,
         tiling=TilingConfig.from_args(args), compute=ComputeConfig.from_args(args), dry_run=args.dry_run,
-        progress=args.progress, acquisition=args.acquisition,
+        progress=args.progress, acquisition=args.acquisition, rescale=args.rescale,
     )
     print(res.summary())
     if not res.dry_run:

@@ -16,12 +16,13 @@ EXAMPLES = ("omeloc train plate.zarr --source actin --target WAVE2 --out models/
             "omeloc train plate.zarr --source actin --target vinculin --model pix2pix --steps 5000 --val-wells B2,C3",
             ("omeloc train plate.zarr --source actin --target WAVE2 --minutes 10 --norm group --block residual "
              "--loss l1+ssim --detail 1 --keep-best structure_r"),
-            "omeloc train plate.zarr --source actin --target WAVE2 --out models/actin-wave2 --resume")
+            "omeloc train plate.zarr --source actin --target WAVE2 --out models/actin-wave2 --resume",
+            "omeloc train zstack.zarr --source phase --target nuclei,membrane --z-window 5 --minutes 10")
 
 #: the TrainConfig fields offered on the command line
 OPTIONS = ("model", "steps", "minutes", "val_wells", "crop", "batch_size", "level", "lr", "depth", "base_channels",
            "norm", "block", "loss", "detail", "foreground_weight", "intensity_augment", "keep_best", "warmup",
-           "spectral_norm", "val_every", "seed", "device")
+           "spectral_norm", "val_every", "seed", "device", "z_window")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -226,6 +226,7 @@ def make_plate(
     seed: int = 0, ngff: str = "0.5", chunks: tuple[int, int] | None = (256, 256), levels: int = 3,
     perturbed_wells: Iterable[str | tuple[str, str]] = (), perturbation: str = "wave2_cytoplasmic",
     channels: Sequence[str] = CHANNELS, overwrite: bool = False, progress: Callable[[int], None] | None = None,
+    pixel_size: float | Sequence[float] | None = None,
 ) -> Path:
     """Write a synthetic OME-Zarr HCS plate whose protein relationships are known.
 
@@ -256,6 +257,9 @@ def make_plate(
         Replace an existing ``path``.
     progress
         Called with the number of fields written so far.
+    pixel_size
+        Micrometers per pixel written into the multiscales (``y = x``, ``(y, x)`` or
+        ``(z, y, x)``); default none (scale 1, no unit).
 
     Returns
     -------
@@ -276,7 +280,7 @@ def make_plate(
     out = write_plate(path, spec.loaders(), channel_names=spec.channels, ngff_version=ngff, axes="cyx",
                       chunks=spec.chunks, levels=spec.levels, colors=[_COLORS[c] for c in spec.channels],
                       plate_name=Path(path).stem, extra_attrs={ATTRS_KEY: truth}, overwrite=overwrite,
-                      progress=progress, rows=spec.row_names, columns=spec.col_names)
+                      progress=progress, rows=spec.row_names, columns=spec.col_names, pixel_size=pixel_size)
     logger.info("synthetic plate %s: %dx%d wells, %d fields, perturbed %s", out, rows, cols, fields,
                 truth["perturbed_wells"])
     return out

@@ -13,6 +13,7 @@ import xml.etree.ElementTree as ET
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import tifffile
@@ -36,6 +37,8 @@ class FileInfo:
     shape: tuple[int, ...]
     channel_names: tuple[str, ...]
     compression: int
+    pixel_size: tuple[float, float, float] | None = None
+    """``(z, y, x)`` micrometers per pixel from the OME-XML or the resolution tags (z 1.0 when not said)."""
 
     @property
     def sizes(self) -> dict[str, int]:
@@ -80,6 +83,66 @@ def _ome_channel_names(tf: tifffile.TiffFile) -> list[str]:
     return [el.get("Name") or "" for el in pixels if el.tag.endswith("Channel")]
 
 
+_MICROMETERS = {"µm": 1.0, "um": 1.0, "micron": 1.0, "micrometer": 1.0, "nm": 1e-3, "nanometer": 1e-3,
+                "mm": 1e3, "millimeter": 1e3, "cm": 1e4, "centimeter": 1e4}
+#: micrometers per TIFF ResolutionUnit (2 inch, 3 centimeter; 1 none: no physical size)
+_PER_RESOLUTION_UNIT = {2: 25400.0, 3: 10000.0}
+
+
+def _ome_pixel_size(tf: tifffile.TiffFile) -> tuple[float, float, float] | None:
+    """``(z, y, x)`` micrometers from the first OME image's ``PhysicalSize*`` (None without them)."""
+    if not tf.is_ome or not tf.ome_metadata:
+        return None
+    try:
+        root = ET.fromstring(tf.ome_metadata)
+    except ET.ParseError:
+        return None
+    image = next((el for el in root if el.tag.endswith("Image")), None)
+    pixels = next((el for el in image if el.tag.endswith("Pixels")), None) if image is not None else None
+    if pixels is None or pixels.get("PhysicalSizeX") is None:
+        return None
+    sizes = []
+    for axis in "ZYX":
+        value, unit = pixels.get(f"PhysicalSize{axis}"), pixels.get(f"PhysicalSize{axis}Unit", "µm")
+        if value is None:
+            value = pixels.get("PhysicalSizeX") if axis == "Y" else "1"
+            unit = pixels.get("PhysicalSizeXUnit", "µm") if axis == "Y" else "µm"
+        sizes.append(_positive_um(value, unit))
+    return None if None in sizes else tuple(sizes)  # type: ignore[return-value]
+
+
+def _positive_um(value: Any, unit: Any) -> float | None:
+    try:
+        v = float(value) * _MICROMETERS[str(unit)]
+    except (KeyError, TypeError, ValueError):
+        return None
+    return v if np.isfinite(v) and v > 0 else None
+
+
+def _tag_pixel_size(tf: tifffile.TiffFile) -> tuple[float, float, float] | None:
+    """``(z, y, x)`` micrometers from the resolution tags (inch or cm units), or ImageJ's ``unit``/``spacing``."""
+    page = tf.pages[0]
+    tags = page.tags
+    res_x, res_y, unit = tags.get("XResolution"), tags.get("YResolution"), tags.get("ResolutionUnit")
+    if res_x is None or res_y is None:
+        return None
+    per = _PER_RESOLUTION_UNIT.get(int(unit.value) if unit is not None else 2)
+    z = 1.0
+    ij = tf.imagej_metadata or {}
+    if per is None and str(ij.get("unit", "")).lower() in ("micron", "um", "µm", "micrometer"):
+        per = 1.0
+        z = _positive_um(ij.get("spacing", 1.0), "um") or 1.0
+    if per is None:
+        return None
+    sizes = []
+    for tag in (res_y, res_x):
+        num, den = tag.value if isinstance(tag.value, tuple) else (tag.value, 1)
+        sizes.append(per * float(den) / float(num) if num else None)
+    if None in sizes or (per != 1.0 and sizes == [per, per]):  # 1 px per inch/cm: a writer's placeholder
+        return None
+    return (z, *sizes)  # type: ignore[return-value]
+
+
 def file_info(path: Path, file_axes: str | None = None) -> FileInfo:
     """Read ``path``'s header (no pixels): an :class:`InputError` when it is not a readable TIFF."""
     try:
@@ -89,6 +152,7 @@ def file_info(path: Path, file_axes: str | None = None) -> FileInfo:
             series_axes = series.axes
             names = _ome_channel_names(tf)
             compression = int(tf.pages[0].compression)
+            pixel_size = _ome_pixel_size(tf) or _tag_pixel_size(tf)
     except (tifffile.TiffFileError, OSError, IndexError) as err:
         raise InputError(f"{path.name} is not a readable TIFF ({err}). Replace or remove it.") from err
     axes, shape = _file_axes(series_axes, raw_shape, path.name, file_axes)
@@ -96,7 +160,7 @@ def file_info(path: Path, file_axes: str | None = None) -> FileInfo:
     if len([n for n in names if n]) != n_c or len(set(names)) != n_c:
         names = [f"c{i}" for i in range(n_c)]
     return FileInfo(yx=(shape[-2], shape[-1]), dtype=dtype, axes=axes, shape=shape, channel_names=tuple(names),
-                    compression=compression)
+                    compression=compression, pixel_size=pixel_size)
 
 
 def read_planes(path: Path, info: FileInfo) -> np.ndarray:

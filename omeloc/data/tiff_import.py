@@ -291,7 +291,7 @@ def import_tiff(
     folder: str | os.PathLike, out: str | os.PathLike, *, pattern: str | None = None, preset: str | None = None,
     channel_names: Mapping[str, str] | None = None, file_axes: str | None = None, ngff_version: str = "0.5",
     chunks: tuple[int, int] = (256, 256), levels: int | None = None, overwrite: bool = False,
-    progress: Callable[[int, int], None] | None = None,
+    progress: Callable[[int, int], None] | None = None, pixel_size: float | Sequence[float] | None = None,
 ) -> Path:
     """Build an OME-Zarr HCS plate from a folder of TIFFs (vendor exports, OME-TIFFs).
 
@@ -324,6 +324,9 @@ def import_tiff(
         Replace ``out`` if it exists.
     progress
         Called with ``(images written, images in all)``.
+    pixel_size
+        Micrometers per pixel (``y = x``, ``(y, x)`` or ``(z, y, x)``), written as the images'
+        ``scale``; default the first file's (OME-XML ``PhysicalSize*`` or resolution tags), else none.
 
     Returns
     -------
@@ -348,6 +351,7 @@ def import_tiff(
     _write_then_rename(
         out, plan, infos, infos[entries[0].path].dtype, progress, channel_names=plan.labels,
         ngff_version=ngff_version, chunks=chunks, levels=levels or _auto_levels(plan.yx), rows=rows, columns=columns,
+        pixel_size=pixel_size if pixel_size is not None else infos[entries[0].path].pixel_size,
         extra_attrs={"omeloc_import": {"source_folder": str(folder.resolve()), "pattern": pattern_text,
                                         "preset": preset, "files": len(entries)}},
     )

@@ -49,6 +49,7 @@ from omeloc.jobs.regions import REGION_SIDE, RegionSettings, region_prediction, 
 from omeloc.learn.checkpoint import check_level
 from omeloc.learn.stain import VirtualStain
 from omeloc.learn.tta import TTARef
+from omeloc.learn.units import check_pixel_size, pixel_size_of
 from omeloc.ngff.plate import Image, Plate, label_text, open_plate
 
 __all__ = [
@@ -93,13 +94,16 @@ class PredictResult:
     """Lines the write-back had to tell (e.g. an omero block added to images without one)."""
     uncertainty: str | None = None
     """Label of the uncertainty channel written beside the prediction (``uncertainty=True``)."""
+    channels: tuple[str, ...] = ()
+    """Labels of every channel written (one per target of the model, then their uncertainties)."""
 
     @classmethod
     def of(cls, job: PredictionJob, outcome: Any, seconds: float, dry_run: bool = False) -> PredictResult:
         """The result of ``job``: ``outcome`` is the write plan (``dry_run``) or what the write-back returned."""
         common: dict[str, Any] = {"plate": job.plate.path, "name": job.name, "channel_index": outcome.channel_index,
                                   "predicted": tuple(sorted(job.chosen)), "megapixels": job.megapixels(),
-                                  "seconds": seconds, "uncertainty": job.names[1] if len(job.names) > 1 else None}
+                                  "seconds": seconds, "channels": job.names,
+                                  "uncertainty": job.spread_names[0] if job.spread_names else None}
         if dry_run:
             return cls(images=len(outcome.images), dry_run=True, plan=outcome, **common)
         return cls(images=outcome.images, recovered=outcome.recovered, notes=tuple(getattr(outcome, "notes", ())), **common)
@@ -109,15 +113,20 @@ class PredictResult:
         """Throughput of the run, end to end."""
         return self.megapixels / self.seconds if self.seconds > 0 else float("nan")
 
+    def _what(self) -> str:
+        if len(self.channels) > 2 or (len(self.channels) == 2 and not self.uncertainty):
+            return "channels " + ", ".join(map(repr, self.channels))
+        return f"channel {self.name!r}" + (f" and {self.uncertainty!r}" if self.uncertainty else "")
+
     def summary(self) -> str:
         """The lines the CLI prints."""
         if self.dry_run:
-            what = f"channel {self.name!r}" + (f" and {self.uncertainty!r}" if self.uncertainty else "")
+            what = self._what()
             return (f"dry run: would write {what} (index {self.channel_index}) into {self.images} "
                     f"image(s) of {self.plate}, predicting {len(self.predicted)} image(s), "
                     f"{self.megapixels:.1f} megapixels; nothing was written\n{self.plan.describe()}")
         extra = f" (first: {self.recovered} of an interrupted run)" if self.recovered else ""
-        what = f"channel {self.name!r}" + (f" and {self.uncertainty!r}" if self.uncertainty else "")
+        what = self._what()
         return (f"wrote {what} (index {self.channel_index}) into {self.images} image(s) of "
                 f"{self.plate}{extra}\npredicted {len(self.predicted)} image(s), {self.megapixels:.1f} megapixels "
                 f"in {self.seconds:.1f} s ({self.megapixels_per_second:.2f} megapixels/s)"
@@ -135,7 +144,7 @@ class PredictionJob:
     stain
         The checkpoint, applied as a :class:`~omeloc.learn.stain.VirtualStain`.
     name
-        Label of the virtual channel.
+        Label of the (first) virtual channel.
     chosen
         Paths of the images to predict.
     tiling
@@ -155,27 +164,44 @@ class PredictionJob:
     region_cache: dict = field(default_factory=dict, repr=False, compare=False)
     model_given: str | None = None
     """The checkpoint path as the user gave it (never resolved: provenance must not leak local paths)."""
+    virtual_names: tuple[str, ...] = ()
+    """Labels of the virtual channels, one per target of the model (default: ``(name,)``)."""
+    rescale: bool = False
+    """Resample images whose pixel size differs from the model's (and the prediction back)."""
 
     @property
     def target(self) -> str:
-        """The one channel the model predicts."""
+        """The (first) channel the model predicts."""
         return self.stain.target[0]
 
     @property
+    def predicted_names(self) -> tuple[str, ...]:
+        """Labels of the virtual channels, one per target of the model, in the model's order."""
+        return self.virtual_names or (self.name,)
+
+    @property
+    def spread_names(self) -> tuple[str, ...]:
+        """With ``uncertainty``: the labels of the uncertainty channels, one per virtual channel."""
+        return tuple(uncertainty_channel_name(n) for n in self.predicted_names) if self.tiling.uncertainty else ()
+
+    @property
     def names(self) -> tuple[str, ...]:
-        """The channels written: the prediction, and with ``uncertainty`` its spread."""
-        return (self.name, uncertainty_channel_name(self.name)) if self.tiling.uncertainty else (self.name,)
+        """The channels written: the predictions, then with ``uncertainty`` their spreads."""
+        return self.predicted_names + self.spread_names
 
     @property
     def existing(self) -> bool:
-        """Whether the plate has a channel of that name already."""
-        return self.name in self.plate.channel_names
+        """Whether the plate has a channel of one of these names already."""
+        return any(n in self.plate.channel_names for n in self.predicted_names)
 
     def settings(self) -> dict[str, Any]:
         """What a rerun must match to resume a killed run (see :func:`resume_key`)."""
         t = self.tiling
         return {"name": self.name, "wells": sorted(self.chosen), "tile": t.tile, "overlap": t.overlap,
-                "blend": t.blend, "precision": t.precision, "source": self.stain.source, "target": self.target,
+                "blend": t.blend, "precision": t.precision, "source": self.stain.source,
+                "target": self.target if len(self.stain.target) == 1 else self.stain.target,
+                **({"names": list(self.predicted_names)} if len(self.predicted_names) > 1 else {}),
+                **({"rescale": True} if self.rescale else {}),
                 "overwrite": self.overwrite, **({"tta": True} if t.tta or t.uncertainty else {}),
                 **({"uncertainty": True} if t.uncertainty else {})}
 
@@ -188,15 +214,21 @@ class PredictionJob:
             "architecture": ckpt.architecture.get("architecture"),
             "predicted_images": sorted(self.chosen), "tile": t.tile, "overlap": t.overlap, "blend": t.blend,
             "precision": t.precision, "tta": t.tta or t.uncertainty,
+            **({"model_pixel_size": ckpt.pixel_size} if ckpt.pixel_size else {}),
+            **({"rescaled": True} if self.rescale else {}),
         }
 
     def provenances(self) -> list[dict[str, Any]]:
-        """One provenance record per channel written (the uncertainty channel says what it measures)."""
-        base = self.provenance()
-        if len(self.names) == 1:
-            return [base]
-        return [{**base, "uncertainty_channel": self.names[1]},
-                {**base, "uncertainty_of": self.name, "measure": "standard deviation of the 8 test-time variants"}]
+        """One provenance record per channel written (each names its target; an uncertainty channel says
+        what it measures)."""
+        base, targets = self.provenance(), self.stain.target
+        many = {"target_channels": list(targets), "channels": list(self.predicted_names)} if len(targets) > 1 else {}
+        records = [{**base, **many, "target_channel": t} for t in targets]
+        if not self.spread_names:
+            return records
+        return ([{**r, "uncertainty_channel": u} for r, u in zip(records, self.spread_names)]
+                + [{**r, "uncertainty_of": n, "measure": "standard deviation of the 8 test-time variants"}
+                   for r, n in zip(records, self.predicted_names)])
 
     def megapixels(self) -> float:
         """Level-0 megapixels of the chosen images."""
@@ -221,22 +253,42 @@ def resume_key(ckpt_key: str, settings: Mapping[str, Any]) -> str:
 
 # -- step 1: plan ------------------------------------------------------------------------------
 def load_stain(model: str | Path | VirtualStain) -> VirtualStain:
-    """The checkpoint as a :class:`VirtualStain`, refused unless it predicts exactly one channel."""
+    """The checkpoint as a :class:`VirtualStain` (refused unless it predicts at least one channel)."""
     stain = model if isinstance(model, VirtualStain) else VirtualStain(model)
-    if len(stain.target) != 1:
-        raise CheckpointError(
-            f"The checkpoint {stain.checkpoint.path} predicts {len(stain.target)} channels "
-            f"({', '.join(stain.target)}); omeloc predict writes one channel per run. "
-            f"Train one model per target channel."
-        )
+    if not stain.target:
+        raise CheckpointError(f"The checkpoint {stain.checkpoint.path} predicts no channel. Retrain it.")
     return stain
+
+
+def virtual_names(name: str | Sequence[str] | None, targets: Sequence[str]) -> tuple[str, ...]:
+    """The labels of the virtual channels: ``name`` (one label, or one per target, comma-separated or
+    a sequence), by default ``"<target> (virtual)"`` for each target.
+
+    Raises
+    ------
+    InputError
+        An empty label, or a number of labels other than the model's number of targets.
+    """
+    if name is None:
+        return tuple(default_channel_name(t) for t in targets)
+    if isinstance(name, str):
+        parts = [name] if len(targets) == 1 else [p.strip() for p in name.split(",")]
+    else:
+        parts = list(name)
+    if not all(isinstance(p, str) and p.strip() for p in parts):
+        raise InputError(f"Expected a non-empty channel name (--name). Got {name!r} instead. "
+                         f"Omit --name for the default '<target> (virtual)'.")
+    if len(parts) != len(targets) or len(set(parts)) != len(parts):
+        raise InputError(f"Expected {len(targets)} distinct channel names (--name A,B), one per target of the model "
+                         f"({', '.join(targets)}). Got {name!r} instead. Omit --name for '<target> (virtual)'.")
+    return tuple(parts)
 
 
 def plan_prediction(plate: str | Path | Plate, model: str | Path | VirtualStain, *, name: str | None = None,
                     wells: Sequence[str] | None = None, overwrite: bool = False,
                     tiling: TilingConfig | None = None,
                     storage_options: Mapping[str, Any] | None = None,
-                    acquisition: str | int | None = None) -> PredictionJob:
+                    acquisition: str | int | None = None, rescale: bool = False) -> PredictionJob:
     """Read the checkpoint and the plate's metadata, check them against each other, choose the images.
 
     Reads no pixels and writes nothing.  Parameters as in :func:`predict`.
@@ -246,38 +298,61 @@ def plan_prediction(plate: str | Path | Plate, model: str | Path | VirtualStain,
     CheckpointError, ChannelNotFoundError, InputError
         See :func:`predict`.
     """
-    if name is not None and (not isinstance(name, str) or not name.strip()):
-        raise InputError(f"Expected a non-empty channel name (--name). Got {name!r} instead. "
-                         f"Omit --name for the default '<target> (virtual)'.")
     stain = load_stain(model)
+    labels = virtual_names(name, stain.target)
     opened = plate if isinstance(plate, Plate) else open_plate(plate, storage_options)
     _check_channels(opened, stain)
     check_level(stain.checkpoint, min(len(img.level_paths) for img in opened.images), opened.path)
     if stain.checkpoint.level not in (LEVEL, None):
         logger.warning("the checkpoint was trained on pyramid level %s; predicting at full resolution (level 0)",
                        stain.checkpoint.level)
-    job = PredictionJob(plate=opened, stain=stain, name=name or default_channel_name(stain.target[0]),
+    job = PredictionJob(plate=opened, stain=stain, name=labels[0], virtual_names=labels,
                         chosen=frozenset(_select(opened, wells, acquisition)), tiling=stain.tiling(tiling), overwrite=overwrite,
-                        model_given=None if isinstance(model, VirtualStain) else str(model))
+                        model_given=None if isinstance(model, VirtualStain) else str(model), rescale=rescale)
+    for note in sorted({n for img in opened.images if img.path in job.chosen for n in image_zoom(job, img)[1]}):
+        (logger.warning if note.startswith("resampling") else logger.info)("%s", note)
     _check_plane_sizes(job)
+    _check_z(job)
     _check_companion(job)
     return job
+
+
+def image_zoom(job: PredictionJob, img: Image) -> tuple[tuple[float, float], list[str]]:
+    """The (y, x) resampling of ``img`` to the model's pixel size, and the notes to tell (see
+    :func:`omeloc.learn.units.check_pixel_size`: refused when they differ and ``job.rescale`` is off)."""
+    where = f"plate {job.plate.path}" if len(job.plate.images) == 1 else f"image {img.path} of {job.plate.path}"
+    return check_pixel_size(job.stain.checkpoint.pixel, pixel_size_of(img, LEVEL), where, rescale=job.rescale)
+
+
+def _check_z(job: PredictionJob) -> None:
+    """A 2.5D model (``z_window`` > 1) needs z-stacks: every chosen image has a z axis of more than one plane."""
+    k = job.stain.checkpoint.z_window
+    if k == 1:
+        return
+    for img in job.plate.images:
+        n_z = dict(zip(img.axes, img.shapes[LEVEL])).get("z", 1)
+        if img.path in job.chosen and n_z < 2:
+            raise InputError(f"The checkpoint {job.stain.checkpoint.path} is a 2.5D model reading {k} z planes "
+                             f"around each output plane, but image {img.path or img.url} has "
+                             f"{'no z axis' if 'z' not in img.axes else 'one z plane'}. Predict z-stacks with it, "
+                             f"or use a 2D model (trained with --z-window 1).")
 
 
 def _check_companion(job: PredictionJob) -> None:
     """An overwrite rewrites a prediction and its uncertainty channel together, never one of them alone."""
     if not (job.existing and job.overwrite):
         return
-    record = (job.plate.images[0].attrs.get("omeloc") or {}).get("channels", {}).get(job.name) or {}
-    companion = record.get("uncertainty_channel") if isinstance(record, Mapping) else None
-    if companion and not job.tiling.uncertainty:
-        raise InputError(f"Channel {job.name!r} of {job.plate.path} has its uncertainty channel {companion!r} "
-                         f"beside it: replacing the prediction alone would leave a stale uncertainty. Pass "
-                         f"--uncertainty to replace both, or choose another --name.")
-    if job.tiling.uncertainty and not companion:
-        raise InputError(f"Channel {job.name!r} of {job.plate.path} was written without an uncertainty channel: "
-                         f"--overwrite --uncertainty cannot add one beside it. Omit --uncertainty, or choose "
-                         f"another --name.")
+    for name in job.predicted_names:
+        record = (job.plate.images[0].attrs.get("omeloc") or {}).get("channels", {}).get(name) or {}
+        companion = record.get("uncertainty_channel") if isinstance(record, Mapping) else None
+        if companion and not job.tiling.uncertainty:
+            raise InputError(f"Channel {name!r} of {job.plate.path} has its uncertainty channel {companion!r} "
+                             f"beside it: replacing the prediction alone would leave a stale uncertainty. Pass "
+                             f"--uncertainty to replace both, or choose another --name.")
+        if job.tiling.uncertainty and not companion:
+            raise InputError(f"Channel {name!r} of {job.plate.path} was written without an uncertainty channel: "
+                             f"--overwrite --uncertainty cannot add one beside it. Omit --uncertainty, or choose "
+                             f"another --name.")
 
 
 def _check_channels(plate: Plate, stain: VirtualStain) -> None:
@@ -328,7 +403,7 @@ def _select(plate: Plate, wells: Sequence[str] | None, acquisition: str | int | 
 def lazy_prediction(job: PredictionJob, img: Image, annotate: Callable[[], Any] = contextlib.nullcontext
                     ) -> da.Array:
     """The virtual channel of one image at level 0, lazily: ``img``'s axes without ``c``, float32
-    (with ``uncertainty``: a leading axis of 2, the prediction and its uncertainty).
+    (with several targets or ``uncertainty``: a leading axis, one plane per name of ``job.names``).
 
     Predicted for a chosen image; for the others, the channel's previous values when it is
     being overwritten, else zeros.  ``annotate`` makes a fresh context manager for the model's
@@ -356,14 +431,18 @@ def _check_yx_last(img: Image) -> None:
 def _region_settings(job: PredictionJob, img: Image) -> RegionSettings:
     """What the region tasks of ``img`` share; computed once per distinct channel order (the model is checked then)."""
     index = tuple(img.channel_index(s) for s in job.stain.source)
-    key = (index, img.axes.index("c"))
+    zoom = image_zoom(job, img)[0]
+    key = (index, img.axes.index("c"), zoom)
     cache = job.region_cache
     if key not in cache:
         stain, norm = job.stain, job.stain.checkpoint.normalization
         spread = job.tiling.uncertainty
         ref = TTARef(stain.ref, spread=spread) if job.tiling.tta or spread else stain.ref
+        plane_axes = [a for a in img.axes if a != "c"]
         cache[key] = region_settings(ref, index, key[1], [norm[c] for c in stain.source],
-                                     [norm[c] for c in stain.target], job.tiling)
+                                     [norm[c] for c in stain.target], job.tiling, zoom=zoom,
+                                     z_window=stain.checkpoint.z_window,
+                                     z_axis=plane_axes.index("z") if "z" in plane_axes else -1)
     return cache[key]
 
 
@@ -454,7 +533,7 @@ def predict(plate: str | Path | Plate, model: str | Path | VirtualStain, *, name
             compute: ComputeConfig | None = None, dry_run: bool = False, progress: bool = False,
             color: str | None = None, storage_options: Mapping[str, Any] | None = None,
             on_plan: Callable[[Any], None] | None = None, acquisition: str | int | None = None,
-            **overrides: Any) -> PredictResult:
+            rescale: bool = False, **overrides: Any) -> PredictResult:
     """Predict a virtual channel with a trained checkpoint and write it into the plate.
 
     Parameters
@@ -480,6 +559,9 @@ def predict(plate: str | Path | Plate, model: str | Path | VirtualStain, *, name
         test-time variants as ``"<target> (uncertainty)"`` in the same crash-safe write) and where the graph runs (:class:`~omeloc.config.ComputeConfig`;
         on a cluster every worker must read the checkpoint folder, checked before any write; when
         every worker advertises a ``GPU`` resource, inference tasks ask for one).
+    rescale
+        Resample images whose pixel size differs from the model's by more than 10 % to the
+        model's (and the prediction back to the image's grid); without it such images are refused.
     dry_run, on_plan
         Check everything and say what would be written, without writing anything; a function
         called with the write plan before pixels are computed (for logs and tests).
@@ -503,7 +585,7 @@ def predict(plate: str | Path | Plate, model: str | Path | VirtualStain, *, name
     t0 = time.perf_counter()
     tiling, compute = split_overrides(tiling, compute, overrides)
     job = plan_prediction(plate, model, name=name, wells=wells, overwrite=overwrite, tiling=tiling,
-                          storage_options=storage_options, acquisition=acquisition)
+                          storage_options=storage_options, acquisition=acquisition, rescale=rescale)
     with dask_client(compute) as client:
         annotate = gpu_annotation(client)
         data = {img.path: lazy_prediction(job, img, annotate) for img in job.plate.images}

@@ -84,8 +84,20 @@ class RegionSettings:
     batch_size: int | str
     device: str
     precision: str
+    z_window: int = 1
+    """Planes the model reads around each output plane (a 2.5D model); beyond the stack the first or last repeats."""
+    z_axis: int = -1
+    """Position of z among the image's axes without ``c`` (with ``z_window`` > 1)."""
+    zoom: tuple[float, float] = (1.0, 1.0)
+    """Resampling of the image to the model's pixel size (y, x); the prediction is resampled back."""
     token: str = ""
     """A content hash of the fields above (set by :func:`region_settings`), for graph key names."""
+
+    @property
+    def outputs(self) -> int:
+        """Planes per region: one per target channel, twice that with :attr:`spread` (the predictions, then
+        their spreads); a leading axis of that length when it is more than one."""
+        return len(self.target_stats) * (2 if self.spread else 1)
 
     @property
     def spread(self) -> bool:
@@ -115,13 +127,27 @@ def read_region(array: Any, settings: RegionSettings, block_info: dict | None = 
     only :func:`infer_region` consumes it.
     """
     loc = [tuple(r) for r in block_info[None]["array-location"]]
-    read, _ = _halo(loc, block_info[None]["shape"], settings.overlap)
+    shape = block_info[None]["shape"]
+    read, _ = _halo(loc, shape, settings.overlap)
+    zs = None
+    if settings.z_window > 1:  # the planes around each of the region's planes, the stack's ends repeated
+        a, b = loc[settings.z_axis]
+        h, n_z = settings.z_window // 2, shape[settings.z_axis]
+        lo, hi = max(0, a - h), min(n_z, b + h)
+        read[settings.z_axis] = slice(lo, hi)
+        zs = np.clip(np.arange(a, b)[:, None] + np.arange(-h, h + 1)[None, :], 0, n_z - 1) - lo  # (planes, K)
     planes = []
     for k in settings.source_index:
         index = list(read)
         index.insert(settings.c_axis, k)
-        planes.append(np.asarray(array[tuple(index)]))
-    return np.ascontiguousarray(normalize_channels(planes, list(settings.source_stats)), dtype=np.float32)
+        plane = np.asarray(array[tuple(index)])
+        if zs is not None:  # (..., planes, K, ..., y, x) → (..., planes, ..., K, y, x)
+            plane = np.moveaxis(np.take(plane, zs, axis=settings.z_axis), settings.z_axis + 1, -3)
+        planes.append(plane)
+    x = normalize_channels(planes, list(settings.source_stats))
+    if zs is not None:  # (..., K, C, y, x) → (..., C * K, y, x): each channel's planes together
+        x = np.swapaxes(x, -3, -4).reshape(*x.shape[:-4], -1, *x.shape[-2:])
+    return np.ascontiguousarray(x, dtype=np.float32)
 
 
 def infer_region(x: np.ndarray, settings: RegionSettings, block_info: dict | None = None) -> np.ndarray:
@@ -132,17 +158,31 @@ def infer_region(x: np.ndarray, settings: RegionSettings, block_info: dict | Non
     _, core = _halo(loc, block_info[None]["shape"], settings.overlap)
     dev = torch.device(settings.device)
     n = len(settings.target_stats)
+    size = x.shape[-2:]
+    if settings.zoom != (1.0, 1.0):  # to the model's pixel size; the whole region, cropped once back
+        x = resample(x, tuple(max(1, round(s * z)) for s, z in zip(size, settings.zoom)))
     y = predict_numpy(get_model(settings.ref, dev), x, tile=settings.tile, overlap=settings.overlap,
                       blend=settings.blend, batch_size=settings.batch_size, device=dev,
-                      precision=settings.precision, out_channels=2 * n if settings.spread else n, core=core,
-                      trim=check_trim(None, settings.overlap))
-    mean = np.asarray(denormalize_channels(y[..., :n, :, :], list(settings.target_stats))[..., 0, :, :],
-                      dtype=np.float32)
-    if not settings.spread:
-        return mean
-    stats = settings.target_stats[0]
-    spread = y[..., n, :, :] * np.float32(float(stats["high"]) - float(stats["low"]))  # normalized → target units
-    return np.stack([mean, spread.astype(np.float32)])
+                      precision=settings.precision, out_channels=2 * n if settings.spread else n,
+                      core=core if settings.zoom == (1.0, 1.0) else None, trim=check_trim(None, settings.overlap))
+    if settings.zoom != (1.0, 1.0):
+        y = resample(y, size)[..., core[0], core[1]]
+    mean = np.asarray(denormalize_channels(y[..., :n, :, :], list(settings.target_stats)), dtype=np.float32)
+    planes = [mean[..., k, :, :] for k in range(n)]
+    for k, stats in enumerate(settings.target_stats if settings.spread else ()):
+        scale = np.float32(float(stats["high"]) - float(stats["low"]))  # normalized → target units
+        planes.append((y[..., n + k, :, :] * scale).astype(np.float32))
+    return planes[0] if len(planes) == 1 else np.stack(planes)
+
+
+def resample(x: np.ndarray, size: Sequence[int]) -> np.ndarray:
+    """``(..., H, W)`` float32 resized to ``size`` (bilinear, antialiased when shrinking)."""
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).reshape(-1, 1, *x.shape[-2:])
+    out = torch.nn.functional.interpolate(t, size=tuple(int(s) for s in size), mode="bilinear", align_corners=False,
+                                          antialias=any(s < n for s, n in zip(size, x.shape[-2:])))
+    return out.reshape(*x.shape[:-2], *out.shape[-2:]).numpy()
 
 
 def region_prediction(array: Any, axes: Sequence[str], blocks: Sequence[int], settings: RegionSettings,
@@ -155,7 +195,8 @@ def region_prediction(array: Any, axes: Sequence[str], blocks: Sequence[int], se
     px per side, else multiples of the write block along y and x; the write block along the
     other axes).  ``annotate`` makes the context the inference layer is built in (a GPU
     resource on a cluster); the read layer is not annotated, so reads overlap inference.
-    With ``settings.spread`` the result has a leading axis of 2: the prediction and its spread.
+    With several target channels or ``settings.spread`` the result has a leading axis of
+    :attr:`RegionSettings.outputs`: the predictions, then (``spread``) their spreads.
 
     The two layers are plain task mappings, not ``map_blocks``: a plate holds thousands of
     these arrays at once: two ``map_blocks`` layers cost ~10 kB per image, these two ~3 kB
@@ -172,7 +213,7 @@ def region_prediction(array: Any, axes: Sequence[str], blocks: Sequence[int], se
     read = functools.partial(_read_at, array, settings)
     infer = functools.partial(_infer_at, settings)
     shape = tuple(sum(c) for c in chunks)
-    lead = (0,) if settings.spread else ()  # with spread, a leading axis of 2: the prediction and its spread
+    lead = (0,) if settings.outputs > 1 else ()  # several planes: a leading axis (predictions, then spreads)
     read_layer, infer_layer = {}, {}
     for index, loc in _region_locations(chunks):
         read_layer[(read_name, *index)] = (read, loc, shape)
@@ -181,7 +222,7 @@ def region_prediction(array: Any, axes: Sequence[str], blocks: Sequence[int], se
     with annotate():
         layers[name] = MaterializedLayer(infer_layer)
     graph = HighLevelGraph(layers, {read_name: set(), name: {read_name}})
-    out_chunks = ((2,), *chunks) if settings.spread else tuple(chunks)
+    out_chunks = ((settings.outputs,), *chunks) if settings.outputs > 1 else tuple(chunks)
     return da.Array(graph, name, chunks=out_chunks, meta=_meta(len(out_chunks)))
 
 
@@ -216,14 +257,17 @@ def _infer_at(settings: RegionSettings, x: np.ndarray, loc: tuple[tuple[int, int
 
 
 def region_settings(ref: Any, source_index: Sequence[int], c_axis: int, source_stats: Sequence[Mapping[str, Any]],
-                    target_stats: Sequence[Mapping[str, Any]], tiling: Any) -> RegionSettings:
+                    target_stats: Sequence[Mapping[str, Any]], tiling: Any,
+                    zoom: tuple[float, float] = (1.0, 1.0), z_window: int = 1, z_axis: int = -1) -> RegionSettings:
     """:class:`RegionSettings` from a :class:`~omeloc.config.TilingConfig`, device and precision resolved."""
     tile, overlap = check_tiling(int(tiling.tile), int(tiling.overlap))
     dev = resolve_device(tiling.device)
     settings = RegionSettings(ref=ref, source_index=tuple(int(i) for i in source_index), c_axis=c_axis,
                               source_stats=tuple(source_stats), target_stats=tuple(target_stats), tile=tile,
                               overlap=overlap, blend=tiling.blend, batch_size=tiling.batch_size,
-                              device=str(dev), precision=resolve_precision(tiling.precision, dev))
+                              device=str(dev), precision=resolve_precision(tiling.precision, dev),
+                              zoom=(float(zoom[0]), float(zoom[1])), z_window=int(z_window), z_axis=int(z_axis))
     key = (getattr(ref, "key", repr(ref)), settings.source_index, c_axis, repr(source_stats), repr(target_stats),
-           tile, overlap, settings.blend, settings.batch_size, settings.device, settings.precision)
+           tile, overlap, settings.blend, settings.batch_size, settings.device, settings.precision, settings.zoom,
+           settings.z_window, settings.z_axis)
     return dataclasses.replace(settings, token=tokenize(key))

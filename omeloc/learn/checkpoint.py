@@ -57,7 +57,8 @@ __all__ = [
 
 #: the largest U-Net a checkpoint may describe: integer settings from 1 to these, and at most
 #: MAX_PARAMETERS weights (a checkpoint is untrusted input: depth 10**6 must not exhaust memory)
-ARCHITECTURE_LIMITS = {"depth": 10, "base_channels": 1024, "in_channels": 1024, "out_channels": 1024}
+ARCHITECTURE_LIMITS = {"depth": 10, "base_channels": 1024, "in_channels": 1024, "out_channels": 1024,
+                       "z_window": 63}
 MAX_PARAMETERS = 2**30
 
 
@@ -122,6 +123,10 @@ class Checkpoint:
         Plates, wells, steps, seed, versions, settings.
     metrics
         Validation metrics (``val_pearson_r``, ``baseline_pearson_r``, ...).
+    pixel_size
+        The training level's pixel size (``{"y", "x", "z", "unit"}``, unit ``"micrometer"`` or
+        ``None`` when the plate had none; :class:`~omeloc.learn.units.PixelSize`); ``None`` for
+        checkpoints written before omeloc recorded it.
     """
 
     path: Path
@@ -135,6 +140,19 @@ class Checkpoint:
     level: int = 0
     provenance: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
+    pixel_size: dict[str, Any] | None = None
+
+    @property
+    def pixel(self) -> Any:
+        """:attr:`pixel_size` as a :class:`~omeloc.learn.units.PixelSize` (``None`` when not recorded)."""
+        from omeloc.learn.units import PixelSize
+
+        return PixelSize.from_json(self.pixel_size)
+
+    @property
+    def z_window(self) -> int:
+        """Planes the model reads around each output plane (1: a 2D model)."""
+        return int(self.architecture.get("z_window", 1))
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
@@ -251,6 +269,7 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
             source=list(meta["source"]), target=list(meta["target"]), normalization=dict(meta["normalization"]),
             tile=int(meta.get("tile", 512)), overlap=int(meta.get("overlap", 32)), level=int(meta.get("level", 0)),
             provenance=dict(meta.get("provenance", {})), metrics=dict(meta.get("metrics", {})),
+            pixel_size=meta.get("pixel_size"),
         )
     except (KeyError, TypeError, ValueError) as err:
         raise CheckpointError(f"{meta_path} lacks or mangles a required field ({err}). Restore it or retrain.") from None
@@ -258,6 +277,7 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         raise CheckpointError(f"{meta_path} says it was trained on pyramid level {ckpt.level}, not a level "
                               f"between 0 and {MAX_LEVEL}. Restore the file or retrain.")
     check_architecture(ckpt.architecture, str(meta_path))
+    _ = ckpt.pixel  # refuses a mangled pixel size
     for ch in ckpt.source + ckpt.target:
         if ch not in ckpt.normalization:
             raise CheckpointError(f"{meta_path} has no normalization statistics for channel {ch!r}. Retrain.")

@@ -215,9 +215,9 @@ def build_objective(cfg: TrainConfig, in_channels: int, out_channels: int, devic
     """The networks of ``cfg.model`` (seeded with ``cfg.seed``) on ``device``, in their objective."""
     torch.manual_seed(cfg.seed)
     net = UNet(in_channels, out_channels, depth=cfg.depth, base_channels=cfg.base_channels, norm=cfg.norm,
-               block=cfg.block).to(device)
+               block=cfg.block, z_window=cfg.z_window).to(device)
     lr = default_lr(cfg.model) if cfg.lr is None else cfg.lr
     if cfg.model == "pix2pix":
-        disc = PatchGAN(in_channels + out_channels, spectral_norm=cfg.spectral_norm).to(device)
+        disc = PatchGAN(in_channels * cfg.z_window + out_channels, spectral_norm=cfg.spectral_norm).to(device)
         return Pix2PixObjective(net, disc, lr, device, precision, cfg.lambda_l1, cfg.warmup)
     return UNetObjective(net, lr, device, precision, cfg.loss, cfg.detail)

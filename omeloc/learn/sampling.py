@@ -23,7 +23,7 @@ from omeloc.errors import InputError
 from omeloc.learn.normalization import normalize_channels, percentile_stats
 from omeloc.ngff.plate import Image
 
-__all__ = ["CropSampler", "channel_statistics"]
+__all__ = ["CropSampler", "channel_statistics", "check_z_window"]
 
 
 @dataclass(frozen=True)
@@ -40,6 +40,22 @@ def _plane_key(axes: Sequence[str], c: int, t: int, z: int, ys: slice, xs: slice
     for ax in axes:
         key.append({"c": c, "t": t, "z": z, "y": ys, "x": xs}.get(ax, 0))
     return tuple(key)
+
+
+def check_z_window(img: Image, n_z: int | None, z_window: int) -> None:
+    """Refuse a z-window on an image without z planes, or wider than its stack.
+
+    Raises
+    ------
+    InputError
+        One line naming the image, its planes and the fix.
+    """
+    if n_z is None or n_z < 2:
+        raise InputError(f"A --z-window of {z_window} needs z-stacks, but image {img.url} has "
+                         f"{'no z axis' if n_z is None else 'one z plane'}. Train a 2D model (--z-window 1).")
+    if z_window > n_z:
+        raise InputError(f"Expected a --z-window of at most the {n_z} planes of image {img.url}. Got {z_window} "
+                         f"instead: pass --z-window {n_z - 1 + n_z % 2} or less.")
 
 
 def channel_statistics(images: Sequence[Image], channels: Sequence[str], *, level: int = 0,
@@ -110,12 +126,17 @@ class CropSampler:
     intensity_augment
         Jitter the source of each crop: gain 0.8–1.25, offset ±0.05, a Gaussian blur of σ up
         to 1 px on a third of the crops, Gaussian noise of std up to 0.03 (normalized units).
+    z_window
+        Odd number of source planes around the crop's plane (1: that plane only).  The source
+        crop is then ``(C * z_window, crop, crop)``, each channel's planes together, lowest z
+        first; planes beyond the stack repeat its first or last (as prediction pads them).
     """
 
     def __init__(self, images: Sequence[Image], source: Sequence[str], target: Sequence[str], *,
                  normalization: Mapping[str, Mapping[str, Any]], crop: int = 256, level: int = 0, seed: int = 0,
                  augment: bool = True, min_foreground: float = 0.02, foreground_level: float = 0.15,
-                 max_tries: int = 10, foreground_weight: float = 0.0, intensity_augment: bool = False) -> None:
+                 max_tries: int = 10, foreground_weight: float = 0.0, intensity_augment: bool = False,
+                 z_window: int = 1) -> None:
         if not images:
             raise InputError("Expected at least one image to sample crops from. Got none.")
         if crop < 8:
@@ -126,6 +147,7 @@ class CropSampler:
         self.augment, self.min_foreground = bool(augment), float(min_foreground)
         self.foreground_level, self.max_tries = float(foreground_level), int(max_tries)
         self.foreground_weight, self.intensity_augment = float(foreground_weight), bool(intensity_augment)
+        self.z_window = int(z_window)
         self.rejected = 0
         self.drawn = 0
         self._sources: list[_Source] = []
@@ -135,6 +157,8 @@ class CropSampler:
                                  f"Got level {level} instead: pass a smaller --level.")
             shape = tuple(img.shapes[level])
             sizes = dict(zip(img.axes, shape))
+            if self.z_window > 1:
+                check_z_window(img, sizes.get("z"), self.z_window)
             if sizes["y"] < crop or sizes["x"] < crop:
                 raise InputError(
                     f"Image {img.name} is {sizes['y']}x{sizes['x']} pixels at level {level}, smaller than the "
@@ -157,11 +181,17 @@ class CropSampler:
         arr = s.image.zarr_array(self.level)
         ys, xs = slice(y, y + self.crop), slice(x, x + self.crop)
 
-        def planes(indices: Sequence[int], names: Sequence[str]) -> np.ndarray:
-            raw = [np.asarray(arr[_plane_key(s.axes, c, t, z, ys, xs)]) for c in indices]
+        def planes(indices: Sequence[int], names: Sequence[str], zk: int) -> np.ndarray:
+            raw = [np.asarray(arr[_plane_key(s.axes, c, t, zk, ys, xs)]) for c in indices]
             return normalize_channels(raw, [self.normalization[n] for n in names]).astype(np.float32, copy=False)
 
-        return planes(s.source_idx, self.source), planes(s.target_idx, self.target)
+        target = planes(s.target_idx, self.target, z)
+        if self.z_window == 1:
+            return planes(s.source_idx, self.source, z), target
+        n_z, h = dict(zip(s.axes, s.shape))["z"], self.z_window // 2
+        zs = np.clip(np.arange(z - h, z + h + 1), 0, n_z - 1)  # beyond the stack: its first or last plane
+        src = np.stack([planes(s.source_idx, self.source, int(k)) for k in zs], axis=1)  # (C, K, crop, crop)
+        return src.reshape(-1, *src.shape[-2:]), target
 
     def _draw(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         for attempt in range(self.max_tries + 1):

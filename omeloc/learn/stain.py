@@ -86,6 +86,9 @@ class VirtualStain:
 
     def normalize(self, x: Any) -> Any:
         """Source intensities ``(..., C_source, Y, X)`` → the model's input (float32, finite)."""
+        if self.checkpoint.z_window > 1:
+            raise InputError(f"The checkpoint {self.checkpoint.path} is a 2.5D model (z-window "
+                             f"{self.checkpoint.z_window}): apply it to a plate's z-stacks with omeloc.predict.")
         if x.shape[-3] != len(self.source):
             raise InputError(f"Expected {len(self.source)} source channel(s) ({', '.join(self.source)}) along "
                              f"axis -3. Got shape {tuple(x.shape)} instead.")

@@ -45,9 +45,10 @@ METRICS = {"l1": False, "pearson_r": True, "structure_r": True}
 
 
 def score_crops(net: torch.nn.Module, x: np.ndarray, y: np.ndarray, device: torch.device, precision: str,
-                batch_size: int) -> dict[str, float]:
+                batch_size: int, channel: int | None = None) -> dict[str, float]:
     """``l1``, pooled ``pearson_r`` and ``structure_r`` of ``net`` on crops ``x`` → ``y`` (first target).
 
+    ``channel``: score only that output channel of ``net`` against ``y`` (one target's crops).
     The network runs in eval mode (its mode is restored afterwards).
     """
     was_training = net.training
@@ -58,6 +59,8 @@ def score_crops(net: torch.nn.Module, x: np.ndarray, y: np.ndarray, device: torc
             preds.append(net(torch.from_numpy(x[i:i + batch_size]).to(device)).float().cpu().numpy())
     net.train(was_training)
     pred = np.concatenate(preds)
+    if channel is not None:
+        pred = pred[:, channel:channel + 1]
     return {"l1": float(np.abs(pred - y).mean()), "pearson_r": pearson_r(pred, y),
             "structure_r": structure_r(pred[:, 0], y[:, 0])}
 

@@ -45,7 +45,8 @@ from omeloc.learn.log import CURVES_FILE, LOG_FILE, TrainLog, write_curves
 from omeloc.learn.objectives import Objective, build_objective
 from omeloc.learn.sampling import CropSampler, channel_statistics
 from omeloc.learn.split import Split, split_by_well
-from omeloc.learn.trainer import LoopResult, Trainer
+from omeloc.learn.trainer import LoopResult, Trainer, score_crops
+from omeloc.learn.units import PixelSize, pixel_size_of
 from omeloc.ngff.plate import Plate, open_plate
 
 __all__ = ["MODELS", "TrainResult", "train"]
@@ -109,6 +110,8 @@ class _Run:
     """The options set by device because none was given (:meth:`TrainConfig.with_device_defaults`)."""
     timing: StepTiming | None = None
     """With ``minutes``: what the budget was fitted to."""
+    pixel: PixelSize | None = None
+    """The pixel size of the training images at the training level (recorded in the checkpoint)."""
 
 
 def train(plate: Any, source: str | Sequence[str], target: str | Sequence[str], config: TrainConfig | None = None,
@@ -159,6 +162,9 @@ def train(plate: Any, source: str | Sequence[str], target: str | Sequence[str], 
     t_start = time.perf_counter()
     tell = _teller(report)
     run = _prepare(plate, source, target, resolve(TrainConfig, config, overrides), out, resume, overwrite)
+    if not run.pixel.known:
+        tell(f"note: {run.plates[0].path} has no physical pixel size (no unit on its y/x axes): recorded as 1 "
+             f"per pixel (omeloc import-tiff --pixel-size writes one)")
     if run.device_defaults:
         tell(f"device defaults ({run.device.type}): "
              + ", ".join(f"{k} {v}" for k, v in run.device_defaults.items()) + " (options given explicitly win)")
@@ -219,11 +225,15 @@ def _prepare(plate: Any, source: str | Sequence[str], target: str | Sequence[str
     # samplers first: they check crop size, levels and channels from metadata alone
     sampler = CropSampler(split.train_images, sources, targets, normalization={}, crop=cfg.crop, level=cfg.level,
                           seed=cfg.seed, augment=cfg.augment, min_foreground=cfg.min_foreground,
-                          foreground_weight=cfg.foreground_weight, intensity_augment=cfg.intensity_augment)
+                          foreground_weight=cfg.foreground_weight, intensity_augment=cfg.intensity_augment,
+                          z_window=cfg.z_window)
     val_sampler = CropSampler(split.val_images, sources, targets, normalization={}, crop=cfg.crop, level=cfg.level,
-                              seed=cfg.seed + 1, augment=False, min_foreground=cfg.min_foreground)
+                              seed=cfg.seed + 1, augment=False, min_foreground=cfg.min_foreground,
+                              z_window=cfg.z_window)
     run = _Run(cfg, sources, targets, out, plates, split, dev, amp, sampler, val_sampler, state=state,
                device_defaults=chosen)
+    run.pixel = pixel_size_of(split.train_images[0], cfg.level) if split.train_images else PixelSize(1.0, 1.0,
+                                                                                                     known=False)
     run.normalization = _normalization(run, overwrite)
     sampler.normalization = val_sampler.normalization = run.normalization
     out.mkdir(parents=True, exist_ok=True)
@@ -306,7 +316,8 @@ def _open_all(plates: Any) -> list[Plate]:
 def _trainer(run: _Run) -> tuple[Trainer, float]:
     """The loop of ``run`` (networks seeded, resumed state loaded), and the no-learning baseline r."""
     val_x, val_y = run.val_sampler.fixed(run.cfg.val_crops)
-    baseline_r = pearson_r(val_x[:, :1], val_y[:, :1])
+    mid = run.cfg.z_window // 2  # the first source's own plane
+    baseline_r = pearson_r(val_x[:, mid:mid + 1], val_y[:, :1])
     objective = build_objective(run.cfg, len(run.sources), len(run.targets), run.device, run.precision)
     start, seconds_before, log = 0, 0.0, TrainLog(run.out / LOG_FILE)
     if run.state is not None:
@@ -332,6 +343,8 @@ def _finish(run: _Run, trainer: Trainer, loop: LoopResult, baseline_r: float, t_
         "val_crops": len(trainer.val_x), "train_seconds": loop.seconds, "steps_per_second": loop.steps_per_second,
         "crops_rejected": run.sampler.rejected, "crops_drawn": run.sampler.drawn,
     }
+    if len(run.targets) > 1:
+        metrics["per_target"] = _per_target(run, trainer)
     if run.timing is not None:
         metrics.update(budget_minutes=run.cfg.minutes, measured_step_seconds=run.timing.step,
                        measured_validation_seconds=run.timing.validation, measuring_seconds=run.timing.spent)
@@ -346,6 +359,20 @@ def _finish(run: _Run, trainer: Trainer, loop: LoopResult, baseline_r: float, t_
                        curves=curves, history=rows)
 
 
+def _per_target(run: _Run, trainer: Trainer) -> dict[str, dict[str, float]]:
+    """Validation ``pearson_r``, ``structure_r`` and ``l1`` of the final weights, for each target channel."""
+    import copy
+
+    net = copy.deepcopy(trainer.objective.net)
+    net.load_state_dict(trainer.final_weights())
+    out = {}
+    for k, name in enumerate(run.targets):
+        m = score_crops(net, trainer.val_x, trainer.val_y[:, k:k + 1], run.device, trainer.objective.precision,
+                        run.cfg.batch_size, channel=k)
+        out[name] = {f"val_{key}": value for key, value in m.items()}
+    return out
+
+
 def _save(run: _Run, objective: Objective, trainer: Trainer, loop: LoopResult, metrics: dict[str, Any]) -> Path:
     """Write the checkpoint (weights + JSON with provenance and metrics) into ``run.out``."""
     cfg = run.cfg
@@ -353,7 +380,8 @@ def _save(run: _Run, objective: Objective, trainer: Trainer, loop: LoopResult, m
     net = objective.net.to(memory_format=torch.contiguous_format)
     ckpt = Checkpoint(path=run.out, architecture=dict(net.config), model=cfg.model, source=run.sources,
                       target=run.targets, normalization=run.normalization, tile=tile, overlap=overlap,
-                      level=cfg.level, provenance=_provenance(run, objective, trainer, loop.step), metrics=metrics)
+                      level=cfg.level, provenance=_provenance(run, objective, trainer, loop.step), metrics=metrics,
+                      pixel_size=run.pixel.to_json() if run.pixel is not None else None)
     weights = {k: v.contiguous() for k, v in trainer.final_weights().items()}
     return save_checkpoint(ckpt, weights)
 

@@ -111,6 +111,7 @@ def _write_multiscale(
     levels: int,
     colors: Sequence[str] | None,
     name: str,
+    pixel_size: Sequence[float] | None = None,
 ) -> None:
     if data.ndim != len(axes):
         raise InputError(
@@ -138,8 +139,11 @@ def _write_multiscale(
         )
         arr[...] = level
         scale = [float(2**i) if a in ("y", "x") else 1.0 for a in axes]
+        if pixel_size is not None:  # (z, y, x) in micrometers
+            size = dict(zip("zyx", pixel_size))
+            scale = [s * float(size[a]) if a in size else s for a, s in zip(axes, scale)]
         datasets.append({"path": str(i), "coordinateTransformations": [{"type": "scale", "scale": scale}]})
-    _write_multiscales(group, datasets, fmt, axes, name)
+    _write_multiscales(group, datasets, fmt, _unit_axes(axes) if pixel_size is not None else axes, name)
     palette = colors or DEFAULT_COLORS
     channels = []
     for k, label in enumerate(channel_names):
@@ -159,8 +163,37 @@ def _write_multiscale(
     set_ome_attr(group, "omero", omero, fmt.zarr_format)
 
 
+def _unit_axes(axes: Sequence[str]) -> list[dict[str, str]]:
+    """NGFF axes with their type, the space axes in micrometers."""
+    kinds = {"t": "time", "c": "channel", "z": "space", "y": "space", "x": "space"}
+    return [{"name": a, "type": kinds[a], **({"unit": "micrometer"} if kinds[a] == "space" else {})} for a in axes]
+
+
+def pixel_size_zyx(pixel_size: float | Sequence[float] | None) -> tuple[float, float, float] | None:
+    """``0.65`` → ``(1.0, 0.65, 0.65)``; ``(y, x)`` → ``(1.0, y, x)``; ``(z, y, x)`` as given (micrometers).
+
+    Raises
+    ------
+    InputError
+        Not one, two or three positive finite numbers.
+    """
+    if pixel_size is None:
+        return None
+    values = [pixel_size] if isinstance(pixel_size, (int, float)) else list(pixel_size)
+    try:
+        floats = [float(v) for v in values]
+    except (TypeError, ValueError):
+        floats = []
+    if not 1 <= len(floats) <= 3 or not all(np.isfinite(v) and v > 0 for v in floats):
+        raise InputError(f"Expected a pixel size in micrometers: one positive number (y = x), or y,x, or z,y,x. "
+                         f"Got {pixel_size!r} instead.")
+    if len(floats) == 1:
+        floats = floats * 2
+    return tuple([1.0] * (3 - len(floats)) + floats)  # type: ignore[return-value]
+
+
 def _write_multiscales(group: zarr.Group, datasets: list[dict[str, Any]], fmt: FormatV04 | FormatV05,
-                       axes: Sequence[str], name: str) -> None:
+                       axes: Sequence[Any], name: str) -> None:
     """The ``multiscales`` metadata, with the downsampling ``type`` and ``metadata`` strict schemas ask for."""
     write_multiscales_metadata(
         group, datasets, fmt=fmt, axes=list(axes), name=name,
@@ -196,6 +229,7 @@ def write_image(
     colors: Sequence[str] | None = None,
     name: str | None = None,
     overwrite: bool = False,
+    pixel_size: float | Sequence[float] | None = None,
 ) -> Path:
     """Write a single multiscale OME-Zarr image (not in a plate).
 
@@ -221,6 +255,9 @@ def write_image(
         Image name in the metadata.
     overwrite
         Replace an existing path.
+    pixel_size
+        Micrometers per pixel at level 0 (``y = x``, or ``(y, x)``, or ``(z, y, x)``), written as
+        the levels' ``scale`` with the space axes in micrometers; default none (scale 1, no unit).
 
     Returns
     -------
@@ -233,7 +270,7 @@ def write_image(
     group = zarr.open_group(str(path), mode="w", zarr_format=fmt.zarr_format)
     _write_multiscale(
         group, np.asarray(data), axes=axes_t, channel_names=channel_names, fmt=fmt,
-        chunks=chunks, levels=levels, colors=colors, name=name or path.stem,
+        chunks=chunks, levels=levels, colors=colors, name=name or path.stem, pixel_size=pixel_size_zyx(pixel_size),
     )
     return path
 
@@ -245,6 +282,7 @@ def write_plate(
     extra_attrs: Mapping[str, Any] | None = None, overwrite: bool = False,
     progress: Callable[[int], None] | None = None,
     rows: Sequence[str] | None = None, columns: Sequence[str] | None = None,
+    pixel_size: float | Sequence[float] | None = None,
 ) -> Path:
     """Write an OME-Zarr HCS plate.
 
@@ -266,6 +304,8 @@ def write_plate(
     rows, columns
         The plate layout (e.g. ``A``–``H`` and ``1``–``12``); default only the rows and
         columns that hold images.
+    pixel_size
+        As in :func:`write_image`, shared by every image.
 
     Returns
     -------
@@ -293,7 +333,7 @@ def write_plate(
     )
     _set_extra_attrs(root, extra_attrs, fmt.zarr_format)
     pyramid = {"axes": axes_t, "channel_names": channel_names, "fmt": fmt, "chunks": chunks, "levels": levels,
-               "colors": colors}
+               "colors": colors, "pixel_size": pixel_size_zyx(pixel_size)}
     done = _write_wells(root, images, wells, sorted(wells, key=lambda rc: (rows.index(rc[0]), cols.index(rc[1]))),
                         pyramid, progress)
     logger.info("wrote plate %s: %d wells, %d images", path, len(wells), done)

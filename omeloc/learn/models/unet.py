@@ -94,6 +94,11 @@ class UNet(nn.Module):
     block : {"conv", "residual", "convnext"}
         The block of each level: two 3×3 convolutions, the same with a residual connection, or
         a ConvNeXt block (7×7 depthwise, norm, 4× pointwise expansion, GELU).
+    z_window : int
+        Odd number of planes seen around each output plane (1: a 2D U-Net).  Above 1 the input
+        is ``N x (in_channels * z_window) x H x W`` (the planes of each channel together, lowest
+        z first) and a 2.5D stem (a ``z_window x 3 x 3`` 3D convolution, as in Cytoland's
+        VSCyto2D/2.5D U-Nets) collapses z before the 2D U-Net.
 
     Notes
     -----
@@ -101,7 +106,7 @@ class UNet(nn.Module):
     """
 
     def __init__(self, in_channels: int = 1, out_channels: int = 1, depth: int = 4,
-                 base_channels: int = 32, norm: str = "batch", block: str = "conv") -> None:
+                 base_channels: int = 32, norm: str = "batch", block: str = "conv", z_window: int = 1) -> None:
         super().__init__()
         if norm not in NORMS:
             raise ValueError(f"unknown norm {norm!r}; use one of {', '.join(NORMS)}")
@@ -109,16 +114,29 @@ class UNet(nn.Module):
             raise ValueError(f"unknown block {block!r}; use one of {', '.join(BLOCKS)}")
         if depth < 1 or base_channels < 1 or in_channels < 1 or out_channels < 1:
             raise ValueError("depth, base_channels, in_channels and out_channels must be >= 1")
+        if z_window < 1 or z_window % 2 == 0:
+            raise ValueError(f"z_window must be odd and >= 1 (got {z_window})")
         self.config: dict[str, Any] = {
             "architecture": "unet", "in_channels": in_channels, "out_channels": out_channels,
             "depth": depth, "base_channels": base_channels, "norm": norm,
         }
         if block != "conv":  # checkpoints of the plain U-Net stay readable by earlier omeloc versions
             self.config["block"] = block
+        self.z_window = int(z_window)
+        cin = in_channels
+        self.stem: nn.Module | None = None
+        if z_window > 1:
+            # Cytoland's 2.5D stem: a K x 3 x 3 3D convolution over the K planes without z padding, which
+            # collapses z to one plane.  On the (N, C*K, H, W) input (each channel's K planes together) that
+            # is exactly a 3 x 3 2D convolution with C*K input channels (weights (F, C, K, 3, 3) viewed as
+            # (F, C*K, 3, 3)): written so, it runs in channels_last like the rest of the network
+            self.config["z_window"] = z_window
+            self.stem = nn.Sequential(nn.Conv2d(in_channels * z_window, base_channels, 3, padding=1),
+                                      nn.ReLU(inplace=True))
+            cin = base_channels
         make = _BLOCK_TYPES[block]
         widths = [base_channels * 2**i for i in range(depth + 1)]
         self.down = nn.ModuleList()
-        cin = in_channels
         for w in widths[:-1]:
             self.down.append(make(cin, w, norm))
             cin = w
@@ -137,6 +155,8 @@ class UNet(nn.Module):
         return 2 ** self.config["depth"]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.stem is not None:  # (N, C*K, H, W), the K planes of each channel together → (N, F, H, W)
+            x = self.stem(x)
         skips = []
         for block in self.down:
             x = block(x)
