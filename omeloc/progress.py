@@ -6,7 +6,7 @@ Every long-running call of omeloc (train, predict, import, rechunk, relate, eval
 - ``False`` / ``None``: :class:`QuietProgress`, nothing is shown;
 - ``True``: :class:`ConsoleProgress` (a tqdm bar with rate and ETA) when stderr is a
   terminal, else :class:`LogProgress`: a plain line every few seconds (step, rate, ETA,
-  loss; ``OMELOC_PROGRESS_EVERY`` seconds, default 5), for ``nohup``, ``tee``, SLURM and CI
+  loss; ``OMELOC_PROGRESS_EVERY`` seconds, default 10), for ``nohup``, ``tee``, SLURM and CI
   logs, where a bar would print nothing useful;
 - a callable ``(done, total)`` (what a napari widget passes): :class:`CallbackProgress`;
 - any object with the protocol's methods: used as it is.
@@ -132,7 +132,7 @@ class LogProgress:
     stream : file, optional
         Where the lines go (default ``sys.stderr`` at the time of writing).
     every : float, optional
-        Seconds between lines (default: ``OMELOC_PROGRESS_EVERY`` from the environment, else 5).
+        Seconds between lines (default: ``OMELOC_PROGRESS_EVERY`` from the environment, else 10).
     clock : callable
         The time source (tests pass their own).
     """
@@ -140,7 +140,7 @@ class LogProgress:
     def __init__(self, stream: IO[str] | None = None, every: float | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         if every is None:
-            every = float(os.environ.get("OMELOC_PROGRESS_EVERY", "5"))
+            every = float(os.environ.get("OMELOC_PROGRESS_EVERY", "10"))
         self.stream, self.every, self.clock = stream, float(every), clock
         self.desc, self.unit, self.total = "", "it", None
         self.done = self.initial = 0

@@ -52,11 +52,13 @@ from omeloc.ngff.format import (
 )
 from omeloc.ngff.stores import check_writable, write_refusal
 from omeloc.testing.faults import fault_point
-from omeloc.writeback.identity import WriterIdentity, process_start_time, writer_alive
+from omeloc.writeback import identity
+from omeloc.writeback.identity import WriterIdentity, is_running_here, process_start_time, register, unregister
 from omeloc.writeback.record import JOURNAL_KEY, BackupSummary, Journal
 from omeloc.writeback.validate import journal_doc, validate_journal
 
 __all__ = [
+    "ACTIVE_RUNS",
     "BACKUP_PREFIX",
     "JOURNAL_KEY",
     "Journal",
@@ -70,6 +72,7 @@ __all__ = [
     "prune_empty_dirs",
     "rollback",
     "write_backup",
+    "writer_alive",
     "writer_identity",
 ]
 
@@ -245,6 +248,31 @@ def is_partial(key: str) -> bool:
     return key.endswith(".partial")
 
 
+class _ActiveRuns:
+    """The live runs of this process, as the set it once was (``add``, ``discard``, ``in``): kept for
+    code written against it; it is the registry of :mod:`omeloc.writeback.identity`."""
+
+    def add(self, run_id: str) -> None:
+        register(run_id)
+
+    def discard(self, run_id: str) -> None:
+        if is_running_here(run_id):
+            unregister(run_id)
+
+    def __contains__(self, run_id: object) -> bool:
+        return isinstance(run_id, str) and is_running_here(run_id)
+
+
+#: run ids of write-backs running in this process (a journal of ours is not "dead")
+ACTIVE_RUNS = _ActiveRuns()
+
+
+def writer_alive(journal: Mapping[str, Any], stale_after: float) -> bool:
+    """Whether the writer a journal's JSON names may still run: the one rule of
+    :func:`omeloc.writeback.identity.writer_alive` (a garbled identity: no, its validation decides)."""
+    return _raw_writer_alive(journal, stale_after)
+
+
 def writer_identity() -> dict[str, Any]:
     """This process, as a journal records its writer (the JSON of :class:`WriterIdentity`)."""
     return WriterIdentity.current().to_json()
@@ -320,7 +348,7 @@ def _raw_writer_alive(journal: Mapping[str, Any], stale_after: float) -> bool:
         beat = float(heartbeat)
     except (TypeError, ValueError):
         return False
-    return writer_alive(writer, run_id, beat, stale_after=stale_after)
+    return identity.writer_alive(writer, run_id, beat, stale_after=stale_after)
 
 
 # -- recovery ---------------------------------------------------------------------------

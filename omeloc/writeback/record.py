@@ -191,6 +191,18 @@ class Journal:
         """Whether the run's writer may still be running (the rule the lock uses too)."""
         return writer_alive(self.writer, self.run_id, self.heartbeat, stale_after=stale_after)
 
+    # -- read access by JSON key (transitional, for code written against the dict journal) --
+    def keys(self) -> list[str]:
+        """The JSON keys (so ``journal["images"]``, ``journal.get("names")`` and ``{**journal}`` keep working)."""
+        return list(self.to_json())
+
+    def __getitem__(self, key: str) -> Any:
+        return self.to_json()[key]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """The JSON value of ``key`` (``default`` when absent)."""
+        return self.to_json().get(key, default)
+
     # -- JSON -----------------------------------------------------------------------------
     def to_json(self) -> dict[str, Any]:
         """The sealed JSON object (version 1, digest set) stored under ``omeloc_journal``."""

@@ -85,5 +85,6 @@ def test_journal_record_round_trips_through_its_json():
     doc = journal.to_json()
     assert doc["version"] == 1 and doc["phase"] == "backed_up" and "names" not in doc
     assert Journal.from_json(doc, zarr_format=3) == journal
+    assert journal["backup"] == {"files": 3, "bytes": 300, "manifest": "f" * 64} and {**journal} == doc  # JSON keys
     several = journal.replace(names=("x", "x 1"), chunks_restored=True).to_json()
     assert several["names"] == ["x", "x 1"] and several["chunks_restored"] is True
