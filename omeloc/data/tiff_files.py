@@ -85,6 +85,8 @@ def _ome_channel_names(tf: tifffile.TiffFile) -> list[str]:
 
 _MICROMETERS = {"µm": 1.0, "um": 1.0, "micron": 1.0, "micrometer": 1.0, "nm": 1e-3, "nanometer": 1e-3,
                 "mm": 1e3, "millimeter": 1e3, "cm": 1e4, "centimeter": 1e4}
+#: larger pixel sizes in the resolution tags are placeholders (72 dpi is 353 um), ignored
+_MAX_TAG_UM = 100.0
 #: micrometers per TIFF ResolutionUnit (2 inch, 3 centimeter; 1 none: no physical size)
 _PER_RESOLUTION_UNIT = {2: 25400.0, 3: 10000.0}
 
@@ -138,7 +140,8 @@ def _tag_pixel_size(tf: tifffile.TiffFile) -> tuple[float, float, float] | None:
     for tag in (res_y, res_x):
         num, den = tag.value if isinstance(tag.value, tuple) else (tag.value, 1)
         sizes.append(per * float(den) / float(num) if num else None)
-    if None in sizes or (per != 1.0 and sizes == [per, per]):  # 1 px per inch/cm: a writer's placeholder
+    # 1 px per inch/cm, or a screen's 72/96 dpi (350/265 um): a writer's placeholder, not a microscope's size
+    if None in sizes or any(v > _MAX_TAG_UM for v in sizes):
         return None
     return (z, *sizes)  # type: ignore[return-value]
 

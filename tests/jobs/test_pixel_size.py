@@ -118,6 +118,9 @@ def test_import_tiff_pixel_size_option_tags_and_ome_xml(tmp_path):
     tagged = _tiffs(tmp_path / "tagged", resolution=(1e4 / 0.4, 1e4 / 0.4), resolutionunit="CENTIMETER")
     omeloc.import_tiff(tagged, tmp_path / "c.zarr", preset="phenix")
     assert pixel_size_of(omeloc.open_plate(tmp_path / "c.zarr").images[0]).y == pytest.approx(0.4)
+    screen = _tiffs(tmp_path / "dpi", resolution=(72, 72), resolutionunit="INCH")  # a writer's placeholder
+    omeloc.import_tiff(screen, tmp_path / "f.zarr", preset="phenix")
+    assert not pixel_size_of(omeloc.open_plate(tmp_path / "f.zarr").images[0]).known
     ome = _tiffs(tmp_path / "ome", ome=True, metadata={"axes": "YX", "PhysicalSizeX": 0.3, "PhysicalSizeY": 0.3,
                                             "PhysicalSizeXUnit": "µm", "PhysicalSizeYUnit": "µm"})
     omeloc.import_tiff(ome, tmp_path / "d.zarr", preset="phenix")
