@@ -223,9 +223,9 @@ def storm_evaluate_reads(f: dict[str, Path], work: Path, kills: int, rng: random
             pred.kill()
             s.kills += 1
         pred.communicate()
-        ev.communicate(timeout=900)
+        _, ev_err = ev.communicate(timeout=900)
         print(f"  predict {pred.returncode}, evaluate {ev.returncode}", flush=True)
-        s.check(ev.returncode in (0, 2), f"evaluate exit {ev.returncode}: {ev.stderr.strip()[-300:]}")
+        s.check(ev.returncode in (0, 2), f"evaluate exit {ev.returncode}: {(ev_err or '').strip()[-300:]}")
         s.check(not intact(plate, before), "an original chunk changed")
     s.check(run("recover", str(plate), "--force").returncode == 0, "recover failed")
     s.check(run("predict", str(plate), "--model", str(f["model_a"]), "--overwrite").returncode == 0, "rerun")
