@@ -76,11 +76,13 @@ def kill_after(procs: list[subprocess.Popen], delay: float, rng: random.Random) 
     codes = []
     for p in procs:
         try:
-            p.communicate(timeout=900)
+            _, err = p.communicate(timeout=900)
         except subprocess.TimeoutExpired:
             p.kill()
-            p.communicate()
+            _, err = p.communicate()
+        p.last_stderr = (err or "").strip()[-300:]
         codes.append(p.returncode)
+    print(f"  exit codes {codes}", flush=True)
     return codes
 
 
@@ -162,7 +164,7 @@ def storm_two_writers(f: dict[str, Path], work: Path, kills: int, rng: random.Ra
         procs = [start("predict", str(plate), "--model", str(f[m]), "--overwrite") for m in ("model_a", "model_b")]
         codes = kill_after(procs, rng.uniform(0.1, 1.2) * t, rng)
         s.kills += sum(c == -9 for c in codes)
-        s.check(all(c in (0, 2, -9) for c in codes), f"exit codes {codes}")
+        s.check(all(c in (0, 2, -9) for c in codes), f"exit codes {codes}: {[p.last_stderr for p in procs]}")
         s.check(not intact(plate, before), "an original chunk changed")
     res = run("recover", str(plate), "--force")
     s.check(res.returncode == 0, f"recover: {res.stderr.strip()}")
@@ -188,7 +190,7 @@ def storm_rechunk_reads(f: dict[str, Path], work: Path, kills: int, rng: random.
                  start("predict", str(src), "--model", str(f["model_a"]), "--overwrite")]
         codes = kill_after(procs, rng.uniform(0.1, 1.5) * t, rng)
         s.kills += sum(c == -9 for c in codes)
-        s.check(all(c in (0, 2, -9) for c in codes), f"exit codes {codes}")
+        s.check(all(c in (0, 2, -9) for c in codes), f"exit codes {codes}: {[p.last_stderr for p in procs]}")
         s.check(not intact(src, before), "an original chunk of SRC changed")
         if dst.exists():
             res = run("info", str(dst))
@@ -221,8 +223,9 @@ def storm_evaluate_reads(f: dict[str, Path], work: Path, kills: int, rng: random
             pred.kill()
             s.kills += 1
         pred.communicate()
-        ev.communicate(timeout=900)
-        s.check(ev.returncode in (0, 2), f"evaluate exit {ev.returncode}: {ev.stderr.strip()[-300:]}")
+        _, ev_err = ev.communicate(timeout=900)
+        print(f"  predict {pred.returncode}, evaluate {ev.returncode}", flush=True)
+        s.check(ev.returncode in (0, 2), f"evaluate exit {ev.returncode}: {(ev_err or '').strip()[-300:]}")
         s.check(not intact(plate, before), "an original chunk changed")
     s.check(run("recover", str(plate), "--force").returncode == 0, "recover failed")
     s.check(run("predict", str(plate), "--model", str(f["model_a"]), "--overwrite").returncode == 0, "rerun")
@@ -252,7 +255,7 @@ def storm_train(f: dict[str, Path], work: Path, kills: int, rng: random.Random) 
         proc = start(*common, *_again(out))
         codes = kill_after([proc], rng.uniform(0.1, 1.0) * t, rng)
         s.kills += codes[0] == -9
-        s.check(codes[0] in (0, -9), f"train exit {codes[0]}: {(proc.stderr.read() if proc.stderr else '')[-300:]}")
+        s.check(codes[0] in (0, -9), f"train exit {codes[0]}: {proc.last_stderr}")
         if (out / "checkpoint.json").exists():
             why = ""
             try:
@@ -294,7 +297,7 @@ def storm_import(f: dict[str, Path], work: Path, kills: int, rng: random.Random)
         proc = start("import-tiff", str(tiffs), str(out), "--pattern", NF1_PATTERN, "--chunk", "64")
         codes = kill_after([proc], rng.uniform(0.1, 1.0) * t, rng)
         s.kills += codes[0] == -9
-        s.check(codes[0] in (0, -9), f"import exit {codes[0]}")
+        s.check(codes[0] in (0, -9), f"import exit {codes[0]}: {proc.last_stderr}")
         if out.exists():
             p = omeloc.open_plate(out)
             s.check(all(same_channel(out, ref, n) for n in p.channel_names), "an import that exists differs")

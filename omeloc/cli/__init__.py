@@ -30,7 +30,14 @@ from omeloc.cli import (
     synth,
     train,
 )
-from omeloc.cli._common import EXIT_BAD_INPUT, EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, examples, known_failure
+from omeloc.cli._common import (
+    EXIT_BAD_INPUT,
+    EXIT_FAILURE,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    examples,
+    known_failure,
+)
 from omeloc.errors import OmelocError
 
 __all__ = ["main", "build_parser", "COMMANDS", "EXIT_OK", "EXIT_FAILURE", "EXIT_BAD_INPUT", "EXIT_INTERRUPTED"]
