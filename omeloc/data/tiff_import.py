@@ -39,7 +39,10 @@ from omeloc.errors import InputError, PathNotFoundError
 from omeloc.ngff.writer import write_plate
 from omeloc.testing.faults import fault_point
 
-__all__ = ["DEFAULT_PATTERN", "NF1_PATTERN", "PRESETS", "import_tiff"]
+__all__ = ["DEFAULT_PATTERN", "NF1_PATTERN", "PRESETS", "SITE_KEY", "import_tiff"]
+
+#: Attribute of each imported field's image group: the site (field number) its file names gave.
+SITE_KEY = "omeloc_site"
 
 logger = logging.getLogger(__name__)
 
@@ -57,13 +60,18 @@ class _Entry:
 
 @dataclass(frozen=True)
 class _Plan:
-    """What the plate will hold: channel labels, T and Z sizes, and the planes of each image."""
+    """What the plate will hold: channel labels, T and Z sizes, the planes and site of each image.
+
+    Images are keyed by ``(row, column, field path)``, field paths ``0..n-1`` in every well;
+    ``sites`` gives the site (field number of the file names) each one was imported from.
+    """
 
     labels: list[str]
     n_t: int
     n_z: int
     yx: tuple[int, int]
     images: dict[tuple[str, str, str], _Planes]
+    sites: dict[tuple[str, str, str], str]
 
 
 def _layout(rows: set[str], columns: set[str]) -> tuple[list[str], list[str]]:
@@ -249,7 +257,28 @@ def _plan(entries: list[_Entry], infos: Mapping[Path, FileInfo], channel_names: 
                            f"well {p.row}{p.column} field {p.field}", labels)
     n_t, n_z = len(times) * n_t_in, len(planes_named) * n_z_in
     _check_complete(images, labels, n_t, n_z)
-    return _Plan(labels=labels, n_t=n_t, n_z=n_z, yx=yx, images=images)
+    fields, sites = _field_paths(images)
+    return _Plan(labels=labels, n_t=n_t, n_z=n_z, yx=yx, images=fields, sites=sites)
+
+
+def _field_paths(images: dict[tuple[str, str, str], _Planes]
+                 ) -> tuple[dict[tuple[str, str, str], _Planes], dict[tuple[str, str, str], str]]:
+    """Images keyed by field paths ``0..n-1`` in every well (sites in order), and the site of each.
+
+    NGFF readers (ome-zarr-py, napari-ome-zarr) take the first well's field paths for every
+    well, so a field folder named after the instrument's site number (``B/7/3`` beside
+    ``D/6/2``) shows only the first well; the site number is kept as an attribute instead.
+    """
+    by_well: dict[tuple[str, str], list[str]] = {}
+    for r, c, site in images:
+        by_well.setdefault((r, c), []).append(site)
+    fields: dict[tuple[str, str, str], _Planes] = {}
+    sites: dict[tuple[str, str, str], str] = {}
+    for (r, c), well_sites in by_well.items():
+        for i, site in enumerate(_sorted_keys(set(well_sites))):
+            fields[(r, c, str(i))] = images[(r, c, site)]
+            sites[(r, c, str(i))] = site
+    return fields, sites
 
 
 def _axes(plan: _Plan) -> str:
@@ -281,7 +310,8 @@ def _write_then_rename(out: Path, plan: _Plan, infos: Mapping[Path, FileInfo], d
     if tmp.exists():
         shutil.rmtree(tmp)  # a previous import was interrupted; it never reached `out`
     write_plate(tmp, {key: _loader(plan, planes, infos, dtype) for key, planes in plan.images.items()},
-                plate_name=out.stem, progress=_reporter(progress, len(plan.images)), axes=_axes(plan), **plate)
+                plate_name=out.stem, progress=_reporter(progress, len(plan.images)), axes=_axes(plan),
+                field_attrs={key: {SITE_KEY: site} for key, site in plan.sites.items()}, **plate)
     if out.exists():
         shutil.rmtree(out)
     tmp.rename(out)
@@ -329,7 +359,9 @@ def import_tiff(
     -------
     pathlib.Path
         The plate path; its axes are ``cyx``, with ``z`` and ``t`` when the files have several
-        planes or time points.
+        planes or time points.  Every well's fields are ``0..n-1`` (sites in numeric order),
+        so every NGFF viewer shows every well; each field's site is its ``omeloc_site``
+        attribute.
 
     Raises
     ------

@@ -249,6 +249,7 @@ def write_plate(
     extra_attrs: Mapping[str, Any] | None = None, overwrite: bool = False,
     progress: Callable[[int], None] | None = None,
     rows: Sequence[str] | None = None, columns: Sequence[str] | None = None,
+    field_attrs: Mapping[tuple[str, str, str], Mapping[str, Any]] | None = None,
 ) -> Path:
     """Write an OME-Zarr HCS plate.
 
@@ -270,6 +271,9 @@ def write_plate(
     rows, columns
         The plate layout (e.g. ``A``–``H`` and ``1``–``12``); default only the rows and
         columns that hold images.
+    field_attrs
+        Attributes stored on a field's image group (outside the NGFF metadata), by image key,
+        e.g. the instrument's site number of an imported field.
 
     Returns
     -------
@@ -298,8 +302,8 @@ def write_plate(
     _set_extra_attrs(root, extra_attrs, fmt.zarr_format)
     pyramid = {"axes": axes_t, "channel_names": channel_names, "fmt": fmt, "chunks": chunks, "levels": levels,
                "colors": colors}
-    done = _write_wells(root, images, wells, sorted(wells, key=lambda rc: (rows.index(rc[0]), cols.index(rc[1]))),
-                        pyramid, progress)
+    order = sorted(wells, key=lambda rc: (rows.index(rc[0]), cols.index(rc[1])))
+    done = _write_wells(root, images, wells, order, pyramid, progress, field_attrs or {})
     logger.info("wrote plate %s: %d wells, %d images", path, len(wells), done)
     return path
 
@@ -307,6 +311,7 @@ def write_plate(
 def _write_wells(
     root: zarr.Group, images: Mapping[tuple[str, str, str], ArrayOrFactory], wells: Mapping[tuple[str, str], list[str]],
     order: Sequence[tuple[str, str]], pyramid: Mapping[str, Any], progress: Callable[[int], None] | None,
+    field_attrs: Mapping[tuple[str, str, str], Mapping[str, Any]],
 ) -> int:
     """Write each well's metadata and its fields' pyramids, in ``order``; the number of images written."""
     done = 0
@@ -315,7 +320,9 @@ def _write_wells(
         wgroup = root.require_group(r).require_group(c)
         write_well_metadata(wgroup, [{"path": f, "acquisition": 0} for f in fields], fmt=pyramid["fmt"])
         for f in fields:
-            _write_multiscale(wgroup.require_group(f), _materialize(images[(r, c, f)]), name=f"{r}{c}/{f}", **pyramid)
+            fgroup = wgroup.require_group(f)
+            _write_multiscale(fgroup, _materialize(images[(r, c, f)]), name=f"{r}{c}/{f}", **pyramid)
+            _set_extra_attrs(fgroup, field_attrs.get((r, c, f)), pyramid["fmt"].zarr_format)
             done += 1
             if progress is not None:
                 progress(done)
