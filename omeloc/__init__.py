@@ -41,6 +41,7 @@ _EXPORTS: dict[str, str] = {
     "CHANNELS": "omeloc.data.synthetic_cells",
     "add_channel": "omeloc.writeback.protocol",
     "recover": "omeloc.writeback.protocol",
+    "remove_channel": "omeloc.writeback.remove",
     "WritePlan": "omeloc.writeback.protocol",
     "AddChannelResult": "omeloc.writeback.protocol",
     "rechunk": "omeloc.ngff.rechunk",

@@ -27,6 +27,7 @@ from omeloc.cli import (
     rechunk,
     recover,
     relate,
+    remove,
     synth,
     train,
 )
@@ -42,6 +43,7 @@ COMMANDS: dict[str, ModuleType] = {
     "demo": demo, "info": info, "synth": synth, "import-tiff": import_tiff, "rechunk": rechunk,
     "recover": recover, "evaluate": evaluate, "predict": predict, "train": train, "relate": relate,
 }
+COMMANDS["remove"] = remove
 
 
 def _verbosity(*, keep_earlier: bool) -> argparse.ArgumentParser:

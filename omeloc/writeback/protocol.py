@@ -354,6 +354,11 @@ def _target_plate(target: str | Path | Plate | Image, url: str, storage_options:
 
 
 def _recover(io: jr.StoreIO, journal: Mapping[str, Any]) -> str:
+    if journal.get("mode") == "remove":  # a removal is always finished (omeloc.writeback.remove)
+        from omeloc.writeback.remove import finish_remove
+
+        finish_remove(io, journal)
+        return "finish"
     if journal.get("phase") == "complete":
         jr.finish(io, journal)
         return "finish"
