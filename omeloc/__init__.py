@@ -34,6 +34,7 @@ _EXPORTS: dict[str, str] = {
     "write_image": "omeloc.ngff.writer",
     "make_plate": "omeloc.data.synthetic",
     "import_tiff": "omeloc.data.tiff_import",
+    "import_tiff_files": "omeloc.data.tiff_import",
     "describe": "omeloc.ngff.info",
     "OmelocError": "omeloc.errors",
     "render_field": "omeloc.data.synthetic_cells",
