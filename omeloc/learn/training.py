@@ -409,7 +409,7 @@ def _provenance(run: _Run, objective: Objective, trainer: Trainer, steps_done: i
     cfg = run.cfg
     settings = {k: v for k, v in cfg.to_dict().items() if k != "val_wells"}  # val_wells: the wells chosen
     return {
-        "plates": [p.path for p in run.plates], "train_wells": run.split.train_wells,
+        "plates": [_absolute(p.path) for p in run.plates], "train_wells": run.split.train_wells,
         "val_wells": run.split.val_wells, "val_heldout": bool(run.split.val_wells), **settings,
         "lr": objective.lr, "loss": objective.loss_name, "betas": list(objective.betas),
         "lambda_l1": cfg.lambda_l1 if cfg.model == "pix2pix" else None, "val_every": trainer.val_every,
@@ -417,6 +417,11 @@ def _provenance(run: _Run, objective: Objective, trainer: Trainer, steps_done: i
         "python": platform.python_version(), "omeloc": __version__, "host": platform.node(),
         "steps_done": steps_done, "device_defaults": run.device_defaults,
     }
+
+
+def _absolute(path: str) -> str:
+    """A local plate path made absolute (``evaluate`` finds the training plate from any folder); URLs as they are."""
+    return path if "://" in path else str(Path(path).expanduser().resolve())
 
 
 def _tile_advice(depth: int, multiple: int) -> tuple[int, int]:

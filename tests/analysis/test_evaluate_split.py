@@ -109,3 +109,12 @@ def test_noise_ceiling_not_estimable_on_real_cells(shared_data, tmp_path, capsys
     rows = _csv(tmp_path / "e" / "metrics.csv")
     assert all(math.isnan(float(r["noise_ceiling"])) for r in rows)
     assert all(r["split"] == "unknown" for r in rows)
+
+
+def test_checkpoint_records_the_training_plate_as_an_absolute_path(trained, tmp_path, monkeypatch):
+    plate, _ = trained
+    shutil.copytree(plate, tmp_path / "rel.zarr")
+    monkeypatch.chdir(tmp_path)
+    res = omeloc.train("rel.zarr", "actin", "WAVE2", out="m", steps=1, crop=32, batch_size=2, depth=2,
+                       base_channels=4, val_wells=["A2"], progress=False)
+    assert omeloc.load_checkpoint(res.checkpoint).provenance["plates"] == [str(tmp_path / "rel.zarr")]
