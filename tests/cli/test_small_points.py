@@ -65,3 +65,11 @@ def test_import_tiff_files_refuses_a_pattern_and_files_that_disagree(tmp_path, c
     assert main(["import-tiff", str(tmp_path / "a.tif"), str(tmp_path / "b.tif"), str(tmp_path / "o.zarr")]) == 2
     assert "must agree" in capsys.readouterr().err and not (tmp_path / "o.zarr").exists()
     assert main(["import-tiff", str(tmp_path / "a.tif"), str(tmp_path / "o.zarr"), "--preset", "nf1"]) == 2
+
+
+def test_readme_and_demo_help_state_the_same_measured_time():
+    figure = re.compile(r"(\d+(?:[–-]\d+)?) minutes? on 2 free CPU cores")
+    text = README.read_text()
+    readme = figure.findall(text[text.index("## The two commands"):text.index("## A tour")])
+    helps = figure.findall(" ".join(_help("demo").split()))
+    assert readme and helps and set(readme) == set(helps), (readme, helps)
