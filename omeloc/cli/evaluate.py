@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import textwrap
 
 from omeloc.cli._common import EXIT_OK, counting_bar
@@ -45,12 +46,12 @@ def _stats(mean: dict) -> str:
         v = mean.get(k)
         if not isinstance(v, (int, float)):
             continue
-        if v != v:  # NaN
+        if math.isnan(v):
             if k == "noise_ceiling":
                 parts.append("noise_ceiling not estimable")
             continue
         base = mean.get(f"baseline_{k}")
-        parts.append(f"{k} {v:.3f}" + (f" (baseline {base:.3f})" if isinstance(base, float) and base == base else ""))
+        parts.append(f"{k} {v:.3f}" + (f" (baseline {base:.3f})" if isinstance(base, float) and not math.isnan(base) else ""))
     return ", ".join(parts)
 
 

@@ -55,11 +55,9 @@ def parse_renames(items: list[str] | None) -> dict[str, str]:
 
 def run(args: argparse.Namespace) -> int:
     """Import the folder and say where the plate is."""
-    from omeloc.data.tiff_import import import_tiff
-
     from pathlib import Path
 
-    from omeloc.data.tiff_import import import_tiff_files
+    from omeloc.data.tiff_import import import_tiff, import_tiff_files
 
     rename = parse_renames(args.channel_names)
     inputs = [Path(p) for p in args.folder]

@@ -86,7 +86,7 @@ def test_heatmap_prints_values_and_outlines_held_out_wells(tmp_path):
     png = imread(fig.path)
     for well, outlined in (("A/2", True), ("A/1", False)):
         x0, y0, x1, y1 = fig.boxes[well]
-        x, y = int(round((x0 + x1) / 2)), int(round(y0 + 0.08 * (y1 - y0)))  # on the outline's top edge
+        x, y = round((x0 + x1) / 2), round(y0 + 0.08 * (y1 - y0))  # on the outline's top edge
         band = png[y - 2:y + 3, x, :3]
         is_black = np.any(np.all(np.abs(band - np.array(HELD_OUT_COLOR[:3])) < 0.1, axis=1))
         assert is_black == outlined

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import numpy as np
-from matplotlib.image import imread
 from matplotlib import colors
+from matplotlib.image import imread
 from scipy import ndimage
 
 from omeloc.cli import main

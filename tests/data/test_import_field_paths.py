@@ -9,8 +9,8 @@ import pytest
 import tifffile
 import zarr
 from ome_zarr.io import parse_url
-from ome_zarr.reader import Reader
 from ome_zarr.reader import Plate as OmeZarrPlate
+from ome_zarr.reader import Reader
 
 import omeloc
 from omeloc.cli import main

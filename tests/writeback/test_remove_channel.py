@@ -72,12 +72,12 @@ def _check_removed_to_the_original(path, before):
         assert set((img.attrs.get("omeloc") or {}).get("channels", {})) == set()
     assert _chunks(tree_digest(path)) == _chunks(before)  # the added channels' files are gone, the rest as before
     assert JOURNAL_KEY not in zarr.open_group(str(path), mode="r").attrs
-    node = list(Reader(parse_url(str(path / "A/1/0")))())[0]
+    node = next(iter(Reader(parse_url(str(path / "A/1/0")))()))
     assert node.data[0].shape[0] == 2 and len(node.metadata["channel_names"]) == 2
 
 
 def test_remove_takes_both_virtual_channels_out_of_every_level(any_version, tmp_path, capsys):
-    plate, before, written = any_version
+    _plate, before, written = any_version
     path = _copy(written, tmp_path)
     assert main(["remove", str(path), "--channel", "pred (uncertainty)", "--channel", "pred"]) == 0
     assert "removed channel(s)" in capsys.readouterr().out
@@ -119,7 +119,7 @@ def _run_killed(path, point):
 
 @pytest.mark.parametrize("point", ["remove_journal", "remove_chunks"])
 def test_remove_killed_is_finished_by_recover(template, tmp_path, capsys, point):
-    plate, before, written = template
+    _plate, before, written = template
     path = _copy(written, tmp_path)
     _run_killed(path, point)
     assert JOURNAL_KEY in zarr.open_group(str(path), mode="r").attrs
@@ -129,7 +129,7 @@ def test_remove_killed_is_finished_by_recover(template, tmp_path, capsys, point)
 
 
 def test_remove_killed_is_finished_by_the_next_write(template, tmp_path):
-    _, before, written = template
+    _, _before, written = template
     path = _copy(written, tmp_path)
     _run_killed(path, "remove_metadata")
     add_channel(path, "next", _data(path, 3), scheduler="synchronous")
