@@ -441,7 +441,9 @@ def _draw_montage(job: _Job, well_rows: list[dict[str, Any]], picks: list[str]) 
         arrays = _read(img, names, job.config.level)
         src = arrays[0] if source else None
         value = by_path[wpath][metric] if wpath in by_path else math.nan
-        label = f"{img.name}  well {metric}={value:.3f}" if math.isfinite(value) else img.name
+        split = by_path[wpath]["split"] if wpath in by_path else ""
+        name = f"{img.name} ({split})" if split and split != "unknown" else img.name
+        label = f"{name}  well {metric}={value:.3f}" if math.isfinite(value) else name
         mrows.append((label, src, arrays[-2], arrays[-1]))
     titles = (f"input ({source})" if source else "input", f"virtual ({job.pred})", f"real ({job.truth})",
               "virtual − real")
