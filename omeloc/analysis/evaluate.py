@@ -423,7 +423,7 @@ def _draw_heatmap(job: _Job, well_rows: list[dict[str, Any]], flagged: list[str]
     held = [w["path"] for w in well_rows if w["split"] == "validation"]
     title = f"{job.pred} vs {job.truth}: {metric} (level {job.config.level})"
     if held:
-        title += "\nheld-out (validation) wells outlined in black"
+        title += "\nheld-out (validation) wells outlined black and white"
     return plate_heatmap(
         {w["path"]: w[metric] for w in well_rows}, plate.rows, plate.columns, job.out_dir / f"heatmap_{metric}.png",
         title=title, label=metric, flagged=flagged, held_out=held, annotate=True,

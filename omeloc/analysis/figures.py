@@ -280,7 +280,9 @@ def plate_heatmap(
                       interpolation="nearest", aspect="auto", extent=(-0.5, n_c - 0.5, n_r - 0.5, -0.5))
     rows_l, cols_l = [str(r) for r in rows], [str(c) for c in columns]
     _label_wells(ax, rows_l, cols_l, flagged)
+    held_out = list(held_out)
     _outline(ax, rows_l, cols_l, held_out, HELD_OUT_COLOR, 0.08, 2.5)
+    _outline(ax, rows_l, cols_l, held_out, "white", 0.15, 1.5)  # seen on dark cells too
     texts = _annotate(ax, grid, rows_l, cols_l, colormap, lo, hi) if annotate else {}
     cax = fig.add_axes(((left + n_c * cell + 0.15) / width, bottom / height, 0.18 / width, n_r * cell / height))
     fig.colorbar(image, cax=cax, label=label)
