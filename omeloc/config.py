@@ -124,7 +124,7 @@ def _add_argument(parser: Any, f: dataclasses.Field, default: Any, flag: str | N
     if isinstance(default, bool):
         if default:
             parser.add_argument("--no-" + flag[2:], dest=f.name, action="store_false",
-                                help=f"{help_text} (on unless this flag is given)")
+                                help=f"{help_text} (on by default; this flag turns it off)")
         else:
             parser.add_argument(flag, dest=f.name, action="store_true", help=help_text)
         return

@@ -4,16 +4,25 @@
 it with :func:`omeloc.analysis.metrics.field_metrics`, and writes, into an output folder outside
 the plate (and, with ``tables=``, as tables into the plate):
 
-- ``metrics.csv`` — one row per field: ``well``, ``row``, ``column``, ``field``, ``path``
-  and every metric of :data:`omeloc.analysis.metrics.METRIC_NAMES`.  ``pearson_r``, ``ssim``,
+- ``metrics.csv`` — one row per field: ``well``, ``row``, ``column``, ``field``, ``path``,
+  ``split`` (``train``, ``validation`` or ``unseen`` by the checkpoint's split, see
+  :mod:`omeloc.analysis.training_split`; ``unknown`` without a checkpoint), every metric of
+  :data:`omeloc.analysis.metrics.METRIC_NAMES`, and ``baseline_<metric>``: the same metric for
+  the no-learning baseline (the source channel itself, rescaled to the truth's mean and
+  standard deviation in each field).  ``pearson_r``, ``ssim``,
   ``psnr``, ``nrmse``, ``mae`` are on the whole field; the ``*_fg`` columns on the
   foreground (truth above Otsu's threshold, by default); ``noise_ceiling`` is the Pearson
-  r ceiling of the truth field (Ounkomol et al. 2018) and ``pearson_r_rel`` r divided by it.
+  r ceiling of the truth field (Ounkomol et al. 2018) and ``pearson_r_rel`` r divided by it;
+  both are NaN ("not estimable") when the estimated pixel noise is under
+  :data:`CEILING_MIN_NOISE` of the field's variance: the ceiling would read 1.000 and says
+  nothing (real images' errors are focus, illumination and biology, not pixel noise).
 - ``wells.csv`` — one row per well: the mean of each metric over the well's fields,
   ``n_fields``, and the screening readout of the chosen metric (``z``, ``flag``,
   ``control``; see :mod:`omeloc.analysis.screening`).
-- ``summary.json`` — settings, plate-wide means, flagged wells, the files written.
-- ``heatmap_<metric>.png`` — the chosen metric per well, laid out as the plate.
+- ``summary.json`` — settings, means per split (held-out wells first) and plate-wide,
+  flagged wells, the files written.
+- ``heatmap_<metric>.png`` — the chosen metric per well, laid out as the plate, with each
+  well's value printed and the held-out (validation) wells outlined.
 - ``montage.png`` — input | virtual | real | difference for selected wells (their first
   field).
 
@@ -41,6 +50,7 @@ from omeloc.analysis.figures import montage, plate_heatmap
 from omeloc.analysis.metrics import METRIC_NAMES, field_metrics, summarize
 from omeloc.analysis.screening import screen
 from omeloc.analysis.segmentation import SEGMENT_METRICS
+from omeloc.analysis.training_split import SPLITS, TrainingSplit, read_training_split
 from omeloc.config import Config, csv_list, option, resolve
 from omeloc.errors import InputError
 from omeloc.ngff.plate import Image, Plate, open_plate
@@ -51,7 +61,21 @@ __all__ = ["evaluate", "EvaluateConfig", "EvaluationResult", "parse_foreground",
 
 logger = logging.getLogger(__name__)
 
-_FIELD_KEYS = ("well", "row", "column", "field", "path")
+_FIELD_KEYS = ("well", "row", "column", "field", "path", "split")
+
+#: Metrics scored for the no-learning baseline too (as ``baseline_<metric>``).
+BASELINE_METRICS = ("pearson_r", "ssim", "psnr", "nrmse", "mae", "pearson_r_fg", "ssim_fg", "nrmse_fg", "mae_fg",
+                    "structure_r")
+
+#: Below this fraction of the truth's variance, the estimated pixel noise makes no ceiling:
+#: it would be above 0.995 and read as 1.000 (see the module docstring).
+CEILING_MIN_NOISE = 0.01
+
+NOISE_CEILING_HELP = (
+    "the highest Pearson r a perfect prediction could reach given the truth's pixel noise, "
+    "1/sqrt(1 + var_noise/(var_truth - var_noise)) (Ounkomol et al. 2018), var_noise by Immerkaer's "
+    "estimator; 'not estimable' where that noise is under 1%% of the field's variance (real images: "
+    "their errors are not pixel noise)")
 
 
 @dataclass(frozen=True)
@@ -150,7 +174,10 @@ class EvaluateConfig(Config):
         Foreground of the truth for the ``*_fg`` metrics (see
         :func:`omeloc.analysis.metrics.foreground_mask`).
     noise_ceiling : bool
-        Estimate the Pearson r noise ceiling of each truth field.
+        Estimate the Pearson r noise ceiling of each truth field (:data:`NOISE_CEILING_HELP`).
+    model : str, optional
+        The checkpoint whose train / validation wells label the ``split`` column; default the
+        one the virtual channel's provenance names (``model_path``), when it can be found.
     z_threshold : float
         Flag wells with ``|z| > z_threshold``.
     segment : {None, "nuclei"}
@@ -161,17 +188,20 @@ class EvaluateConfig(Config):
 
     level: int = option(0, "pyramid level")
     wells: tuple[str, ...] | None = option(None, "wells to evaluate (default: all)", parse=csv_list, metavar="B2,B3")
-    source: str | None = option(None, "input channel shown in montages (default: from provenance)")
+    source: str | None = option(None, "input channel: shown in montages, and scored as the no-learning "
+                                        "baseline (default: from provenance)")
     metric: str = option("pearson_r", "metric for heat map and z-scores", choices=METRIC_NAMES + SEGMENT_METRICS)
     montage_wells: tuple[str, ...] | None = option(None, "wells shown in the montage (default: worst, median, best)",
                                                    parse=csv_list, metavar="B2,C3")
     control_wells: tuple[str, ...] | None = option(None, "reference wells for the screening z-score (default: all wells)",
                                                    parse=csv_list, metavar="B2,B3")
     foreground: str | float = option("otsu", "'otsu' or an intensity threshold", parse=parse_foreground)
-    noise_ceiling: bool = option(True, "estimate the Pearson r noise ceiling")
+    noise_ceiling: bool = option(True, "estimate the noise ceiling: " + NOISE_CEILING_HELP)
     z_threshold: float = option(3.0, "flag wells whose |z| passes this")
     segment: str | None = option(None, "segment objects on both channels and score them (count error, Dice, "
                                  "F1 at IoU 0.5)", choices=("nuclei",))
+    model: str | None = option(None, "checkpoint whose train/validation wells mark the split column "
+                                     "(default: the one the virtual channel's provenance names)")
 
     def validate(self) -> None:
         # not super().validate(): an unknown metric gets its "did you mean" message here
@@ -229,6 +259,7 @@ class _Job:
     controls: list[str] | None  # well paths; None: all wells
     montage_wells: list[str] | None  # well paths; None: pick worst, median, best
     config: EvaluateConfig
+    split: TrainingSplit
 
 
 def _source_channel(first: Image, pred: str, source: str | None) -> str | None:
@@ -266,22 +297,61 @@ def _prepare(plate: Plate, pred: str, truth: str, out: str | Path, cfg: Evaluate
     for img in images[1:]:
         _check_channels(img, pred, truth, source)
     controls = _check_controls(plate, images, cfg.control_wells)
-    return _Job(plate, pred, truth, out_dir, images, source, controls, _well_paths(plate, cfg.montage_wells), cfg)
+    return _Job(plate, pred, truth, out_dir, images, source, controls, _well_paths(plate, cfg.montage_wells), cfg,
+                _training_split(images[0], pred, cfg.model))
+
+
+def _training_split(first: Image, pred: str, model: str | None) -> TrainingSplit:
+    """The split of ``model``, else of the checkpoint the channel's provenance names (if it is here)."""
+    if model is not None:
+        return read_training_split(model)
+    record = (first.attrs.get("omeloc") or {}).get("channels", {}).get(pred) or {}
+    given = record.get("model_path") if isinstance(record, Mapping) else None
+    if isinstance(given, str) and given and "://" not in given and (Path(given).expanduser() / "checkpoint.json"
+                                                                    ).is_file():
+        return read_training_split(given)
+    logger.warning("no checkpoint found for %r: the split column reads 'unknown' (pass --model to mark the "
+                   "training and held-out wells)", pred)
+    return TrainingSplit.unknown()
 
 
 # -- 2. score each field --------------------------------------------------------------------------
-def _score_field(image: Image, pred: str, truth: str, level: int, foreground: str | float,
-                 noise_ceiling: bool, segment: str | None = None) -> dict[str, Any]:
-    p, t = _read(image, (pred, truth), level)
+def _baseline_image(source: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    """The no-learning baseline: the source rescaled to the truth's mean and standard deviation."""
+    s = source.astype(np.float64)
+    sd = float(s.std())
+    scaled = (s - s.mean()) / sd if sd > 0 else np.zeros_like(s)
+    return scaled * float(truth.std()) + float(truth.mean())
+
+
+def _estimable_ceiling(metrics: dict[str, Any]) -> dict[str, Any]:
+    """NaN noise ceiling (and relative r) where the pixel noise is too small to make one."""
+    ceiling = metrics.get("noise_ceiling")
+    if isinstance(ceiling, float) and math.isfinite(ceiling) and ceiling > 1 / math.sqrt(1 + CEILING_MIN_NOISE):
+        metrics = {**metrics, "noise_ceiling": math.nan, "pearson_r_rel": math.nan}
+    return metrics
+
+
+def _score_field(image: Image, job: _Job) -> dict[str, Any]:
+    cfg = job.config
+    names = (job.pred, job.truth) + ((job.source,) if job.source else ())
+    arrays = _read(image, names, cfg.level)
+    p, t = arrays[0], arrays[1]
+    well = image.well.replace("/", "") if image.well else ""
     row: dict[str, Any] = {
-        "well": image.well.replace("/", "") if image.well else "",
+        "well": well,
         "row": image.well.split("/")[0] if image.well else "",
         "column": image.well.split("/")[1] if image.well else "",
         "field": image.field or "",
         "path": image.path,
+        "split": job.split.split_of(well, job.plate.path),
     }
-    row.update(field_metrics(p, t, foreground=foreground, with_noise_ceiling=noise_ceiling))
-    if segment == "nuclei":
+    row.update(_estimable_ceiling(field_metrics(p, t, foreground=cfg.foreground,
+                                                with_noise_ceiling=cfg.noise_ceiling)))
+    if job.source:
+        base = field_metrics(_baseline_image(arrays[2], t), t, foreground=cfg.foreground, with_noise_ceiling=False)
+        row.update({f"baseline_{k}": base[k] for k in BASELINE_METRICS})
+    if cfg.segment == "nuclei":
         from omeloc.analysis.segmentation import nuclei_scores
 
         row.update(nuclei_scores(p, t))
@@ -294,8 +364,7 @@ def _score_fields(job: _Job, progress: ProgressArg) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     with Progress(progress, total=len(job.images), desc="evaluate", unit="field") as bar:
         for img in job.images:
-            rows.append(_score_field(img, job.pred, job.truth, cfg.level, cfg.foreground, cfg.noise_ceiling,
-                                     cfg.segment))
+            rows.append(_score_field(img, job))
             logger.debug("scored %s: %s=%.4f", img.path or img.url, cfg.metric, rows[-1][cfg.metric])
             bar.advance()
     return rows
@@ -311,7 +380,8 @@ def _aggregate_wells(job: _Job, rows: list[dict[str, Any]]) -> list[dict[str, An
     for wpath, frows in by_well.items():
         row_name, _, col_name = wpath.partition("/")
         well_rows.append({"well": wpath.replace("/", ""), "row": row_name, "column": col_name, "path": wpath,
-                          "n_fields": len(frows), **summarize(frows), **_segment_means(job, frows)})
+                          "split": frows[0]["split"], "n_fields": len(frows), **summarize(frows, _SCORED),
+                          **_segment_means(job, frows)})
     if job.plate.is_plate:
         metric = job.config.metric
         readout = screen({w["path"]: w[metric] for w in well_rows}, job.controls, threshold=job.config.z_threshold,
@@ -378,10 +448,13 @@ def _json_safe(value: Any) -> Any:
 
 def _draw_heatmap(job: _Job, well_rows: list[dict[str, Any]], flagged: list[str], metric: str | None = None) -> Path:
     metric, plate = metric or job.config.metric, job.plate
+    held = [w["path"] for w in well_rows if w["split"] == "validation"]
+    title = f"{job.pred} vs {job.truth}: {metric} (level {job.config.level})"
+    if held:
+        title += "\nheld-out (validation) wells outlined black and white"
     return plate_heatmap(
-        {w["path"]: w[metric] for w in well_rows}, plate.rows, plate.columns,
-        job.out_dir / f"heatmap_{metric}.png", title=f"{job.pred} vs {job.truth}: {metric} (level {job.config.level})",
-        label=metric, flagged=flagged,
+        {w["path"]: w[metric] for w in well_rows}, plate.rows, plate.columns, job.out_dir / f"heatmap_{metric}.png",
+        title=title, label=metric, flagged=flagged, held_out=held, annotate=True,
     ).path
 
 
@@ -396,7 +469,9 @@ def _draw_montage(job: _Job, well_rows: list[dict[str, Any]], picks: list[str]) 
         arrays = _read(img, names, job.config.level)
         src = arrays[0] if source else None
         value = by_path[wpath][metric] if wpath in by_path else math.nan
-        label = f"{img.name}  well {metric}={value:.3f}" if math.isfinite(value) else img.name
+        split = by_path[wpath]["split"] if wpath in by_path else ""
+        name = f"{img.name} ({split})" if split and split != "unknown" else img.name
+        label = f"{name}  well {metric}={value:.3f}" if math.isfinite(value) else name
         mrows.append((label, src, arrays[-2], arrays[-1]))
     titles = (f"input ({source})" if source else "input", f"virtual ({job.pred})", f"real ({job.truth})",
               "virtual − real")
@@ -410,7 +485,11 @@ def _definitions(foreground: str | float) -> dict[str, str]:
         "ssim": "Gaussian window sigma 1.5 (11 taps), sample covariance, K1 0.01, K2 0.03",
         "data_range": "truth max - min of each field (SSIM and PSNR)",
         "nrmse": "RMSE / sqrt(mean(truth^2))",
-        "noise_ceiling": "1/sqrt(1 + var_noise/(var_truth - var_noise)), var_noise by Immerkaer (1996)",
+        "noise_ceiling": "1/sqrt(1 + var_noise/(var_truth - var_noise)), var_noise by Immerkaer (1996); "
+                         f"not estimable (NaN) where var_noise < {CEILING_MIN_NOISE:g} var_truth",
+        "baseline": "baseline_<metric>: the source channel rescaled to the truth's mean and standard deviation "
+                    "per field (no learning)",
+        "split": "train / validation: the checkpoint's wells; unseen: wells (or plates) it never saw",
         "wells": "mean over the well's fields",
         "z": "(x - median(controls)) / (1.4826 MAD(controls)) of the well metric",
         "nuclei": "both channels segmented alike (Gaussian sigma 2, Otsu, holes filled, distance-transform "
@@ -419,15 +498,33 @@ def _definitions(foreground: str | float) -> dict[str, str]:
     }
 
 
+_SCORED = METRIC_NAMES + tuple(f"baseline_{k}" for k in BASELINE_METRICS)
+
+
+def _split_summaries(rows: list[dict[str, Any]], well_rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Means per split, held-out wells first (:data:`SPLITS` order); splits without wells left out."""
+    out = []
+    for split in SPLITS:
+        wells = [w for w in well_rows if w["split"] == split]
+        if wells:
+            out.append({"split": split, "wells": [w["well"] for w in wells], "n_wells": len(wells),
+                        "n_fields": sum(1 for r in rows if r["split"] == split),
+                        "fields_mean": summarize([r for r in rows if r["split"] == split], _SCORED)})
+    return out
+
+
 def _summary(job: _Job, rows: list[dict[str, Any]], well_rows: list[dict[str, Any]], flagged: list[str],
              files: dict[str, Path]) -> dict[str, Any]:
     cfg = job.config
     return {
         "plate": job.plate.path, "pred": job.pred, "truth": job.truth, "source": job.source, "level": cfg.level,
         "metric": cfg.metric, "foreground": cfg.foreground, "n_fields": len(rows), "n_wells": len(well_rows),
-        "fields_mean": {**summarize(rows), **(summarize(rows, SEGMENT_METRICS) if cfg.segment else {})},
-        "wells_mean": {**summarize(well_rows), **(summarize(well_rows, SEGMENT_METRICS) if cfg.segment else {})},
+        "fields_mean": {**summarize(rows, _SCORED), **(summarize(rows, SEGMENT_METRICS) if cfg.segment else {})},
+        "wells_mean": {**summarize(well_rows, _SCORED),
+                       **(summarize(well_rows, SEGMENT_METRICS) if cfg.segment else {})},
         **({"segment": cfg.segment} if cfg.segment else {}),
+        "splits": _split_summaries(rows, well_rows), "checkpoint": job.split.checkpoint or None,
+        "training_baseline_r": job.split.baseline_r, "training_val_r": job.split.val_r,
         "control_wells": job.controls if job.controls is not None else "all", "z_threshold": cfg.z_threshold,
         "flagged_wells": flagged, "definitions": _definitions(cfg.foreground),
         "files": {k: str(v) for k, v in files.items()},

@@ -27,6 +27,7 @@ __all__ = [
     "plate_heatmap",
     "display_range",
     "montage",
+    "HELD_OUT_COLOR",
     "MISSING_COLOR",
     "new_figure",
     "save_figure",
@@ -36,6 +37,9 @@ logger = logging.getLogger(__name__)
 
 #: Colour of wells without a value (not in the plate, or metric undefined): mid grey.
 MISSING_COLOR = (0.6, 0.6, 0.6, 1.0)
+
+#: Outline of held-out (validation) wells in a heat map.
+HELD_OUT_COLOR = (0.0, 0.0, 0.0, 1.0)
 
 
 @dataclass(frozen=True)
@@ -52,11 +56,14 @@ class FigureResult:
         Pixel boxes ``(x0, y0, x1, y1)`` (origin top-left, x to the right, y down) of the
         figure's cells: plate heat maps key them by well path (``"B/3"``), montages by
         ``(row label, column title)``.
+    texts : dict
+        The text printed in a cell, by the same keys (heat maps with ``annotate``).
     """
 
     path: Path
     size_px: tuple[int, int]
     boxes: dict[Any, tuple[float, float, float, float]] = field(default_factory=dict)
+    texts: dict[Any, str] = field(default_factory=dict)
 
     def center(self, key: Any) -> tuple[int, int]:
         """``(x, y)`` pixel at the centre of a box (round to index the PNG as ``png[y, x]``)."""
@@ -172,6 +179,34 @@ def _color_scale(grid: np.ndarray, cmap: str, vmin: float | None, vmax: float | 
     return colormap, lo, hi
 
 
+def _outline(ax: Any, rows: list[str], columns: list[str], wells: Iterable[str], color: Any, inset: float,
+             linewidth: float) -> None:
+    from matplotlib.patches import Rectangle
+
+    for key in wells:
+        r, _, c = str(key).partition("/")
+        if r in rows and c in columns:
+            ax.add_patch(Rectangle((columns.index(c) - 0.5 + inset, rows.index(r) - 0.5 + inset), 1 - 2 * inset,
+                                   1 - 2 * inset, fill=False, edgecolor=color, linewidth=linewidth))
+
+
+def _annotate(ax: Any, grid: np.ndarray, rows: list[str], columns: list[str], colormap: Any, lo: float,
+              hi: float) -> dict[str, str]:
+    """Print each well's value in its cell (dark text on light colours); the texts by well path."""
+    texts = {}
+    for i, r in enumerate(rows):
+        for j, c in enumerate(columns):
+            if not np.isfinite(grid[i, j]):
+                continue
+            rgba = colormap((grid[i, j] - lo) / (hi - lo))
+            light = 0.299 * rgba[0] + 0.587 * rgba[1] + 0.114 * rgba[2] > 0.5
+            text = f"{grid[i, j]:.2f}"
+            ax.text(j, i, text, ha="center", va="center", fontsize=6 if len(columns) > 12 else 7,
+                    color="black" if light else "white")
+            texts[f"{r}/{c}"] = text
+    return texts
+
+
 def _label_wells(ax: Any, rows: list[str], columns: list[str], flagged: Iterable[str]) -> None:
     """Row names down the side, column names along the top, white well borders, red outlines on ``flagged``."""
     from matplotlib.patches import Rectangle
@@ -196,6 +231,7 @@ def plate_heatmap(
     values: Mapping[str, float], rows: Sequence[str], columns: Sequence[str], path: str | Path, *,
     title: str = "", label: str = "", cmap: str = "viridis", vmin: float | None = None,
     vmax: float | None = None, flagged: Iterable[str] = (), dpi: int = 100,
+    held_out: Iterable[str] = (), annotate: bool = False,
 ) -> FigureResult:
     """Write a PNG heat map of per-well values laid out as the plate.
 
@@ -220,6 +256,10 @@ def plate_heatmap(
     flagged : iterable of str
         Well paths to outline (e.g. screening hits).
     dpi : int
+    held_out : iterable of str
+        Well paths outlined in :data:`HELD_OUT_COLOR` (the wells a model never trained on).
+    annotate : bool
+        Print each well's value (2 decimals) in its cell.
 
     Returns
     -------
@@ -240,6 +280,10 @@ def plate_heatmap(
                       interpolation="nearest", aspect="auto", extent=(-0.5, n_c - 0.5, n_r - 0.5, -0.5))
     rows_l, cols_l = [str(r) for r in rows], [str(c) for c in columns]
     _label_wells(ax, rows_l, cols_l, flagged)
+    held_out = list(held_out)
+    _outline(ax, rows_l, cols_l, held_out, HELD_OUT_COLOR, 0.08, 2.5)
+    _outline(ax, rows_l, cols_l, held_out, "white", 0.15, 1.5)  # seen on dark cells too
+    texts = _annotate(ax, grid, rows_l, cols_l, colormap, lo, hi) if annotate else {}
     cax = fig.add_axes(((left + n_c * cell + 0.15) / width, bottom / height, 0.18 / width, n_r * cell / height))
     fig.colorbar(image, cax=cax, label=label)
     if title:
@@ -250,7 +294,7 @@ def plate_heatmap(
         for i, r in enumerate(rows_l) for j, c in enumerate(cols_l)
     }
     out, size = save_figure(fig, path, dpi)
-    return FigureResult(out, size, boxes)
+    return FigureResult(out, size, boxes, texts)
 
 
 # -- montage --------------------------------------------------------------------------------------

@@ -27,6 +27,7 @@ from omeloc.cli import (
     rechunk,
     recover,
     relate,
+    remove,
     synth,
     train,
 )
@@ -49,6 +50,7 @@ COMMANDS: dict[str, ModuleType] = {
     "demo": demo, "info": info, "synth": synth, "import-tiff": import_tiff, "rechunk": rechunk,
     "recover": recover, "evaluate": evaluate, "predict": predict, "train": train, "relate": relate,
 }
+COMMANDS["remove"] = remove
 
 
 def _verbosity(*, keep_earlier: bool) -> argparse.ArgumentParser:

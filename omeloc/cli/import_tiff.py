@@ -7,12 +7,14 @@ import argparse
 from omeloc.cli._common import EXIT_OK, add_overwrite, counting_bar, csv_list
 from omeloc.errors import OmelocError
 
-HELP = "Import a folder of HCS TIFFs (Opera Phenix, ImageXpress, CellVoyager exports, OME-TIFFs) into an OME-Zarr plate."
+HELP = ("Import a folder of HCS TIFFs (Opera Phenix, ImageXpress, CellVoyager exports, OME-TIFFs) into an OME-Zarr "
+        "plate, or the TIFF files of one field (a channel per file) into a single OME-Zarr image.")
 EXAMPLES = (
     "omeloc import-tiff phenix_export/ plate.zarr --preset phenix --channel-names 5=DNA,2=ER,3=AGP",
     (r"omeloc import-tiff nf1_plate2/ nf1.zarr --pattern '(?P<well>[A-P]\d{1,2})_01_(?P<channel>[1-3])_(?P<site>\d)"
      r"_(?P<stain>DAPI|GFP|RFP)_001\.tif'"),
     "omeloc import-tiff tiffs/ plate.zarr --ngff 0.4 --channel-names RFP=actin,GFP=ER",
+    "omeloc import-tiff BPAE_actin.tif BPAE_mito.tif BPAE_nuclei.tif bpae.zarr   # one field: channels actin, mito, nuclei",
 )
 
 
@@ -20,8 +22,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the options of ``omeloc import-tiff`` to ``parser``."""
     from omeloc.data.tiff_import import DEFAULT_PATTERN, PRESETS
 
-    parser.add_argument("folder")
-    parser.add_argument("out")
+    parser.add_argument("folder", nargs="+", metavar="FOLDER | FILE...",
+                        help="a folder of a plate's TIFFs, or the TIFF files of one field (a channel per file)")
+    parser.add_argument("out", help="the OME-Zarr plate (or, from files, image) to write")
     names = parser.add_mutually_exclusive_group()
     names.add_argument("--pattern", default=None,
                        help="regex with named groups well (or row+column; letter or numeric rows), channel (optional: "
@@ -66,12 +69,23 @@ def _pixel_size(items: list[str] | None) -> list[float] | None:
 
 def run(args: argparse.Namespace) -> int:
     """Import the folder and say where the plate is."""
-    from omeloc.data.tiff_import import import_tiff
+    from pathlib import Path
+
+    from omeloc.data.tiff_import import import_tiff, import_tiff_files
 
     rename = parse_renames(args.channel_names)
+    inputs = [Path(p) for p in args.folder]
+    if len(inputs) > 1 or inputs[0].is_file():
+        if args.pattern or args.preset:
+            raise OmelocError("--pattern and --preset name a folder's files; pass a folder, or drop them.")
+        path = import_tiff_files(inputs, args.out, channel_names=rename, file_axes=args.file_axes,
+                                 ngff_version=args.ngff, chunks=(args.chunk, args.chunk), levels=args.levels,
+                                 overwrite=args.overwrite)
+        print(f"wrote image {path} (channels from the file names; omeloc info {path})")
+        return EXIT_OK
     with counting_bar("import", args.progress) as report:
         path = import_tiff(
-            args.folder, args.out, pattern=args.pattern, preset=args.preset, channel_names=rename,
+            inputs[0], args.out, pattern=args.pattern, preset=args.preset, channel_names=rename,
             file_axes=args.file_axes, ngff_version=args.ngff,
             chunks=(args.chunk, args.chunk), levels=args.levels, overwrite=args.overwrite, progress=report,
             pixel_size=_pixel_size(args.pixel_size),

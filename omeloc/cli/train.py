@@ -45,5 +45,9 @@ def run(args: argparse.Namespace) -> int:
     res = train(args.plates, args.source, args.target, config=config, out=args.out, resume=args.resume,
                 overwrite=args.overwrite, progress=args.progress, report=None if args.quiet else print)
     print(res.summary())
-    print(f"next: omeloc predict PLATE --model {res.checkpoint}")
+    if res.warnings:
+        print(f"next: retrain as the warning says (omeloc predict PLATE --model {res.checkpoint} would write a "
+              f"prediction worse than the source channel)")
+    else:
+        print(f"next: omeloc predict PLATE --model {res.checkpoint}")
     return EXIT_OK

@@ -75,9 +75,9 @@ CHANNEL_DESCRIPTIONS: dict[str, str] = {
     "nuclei": "one textured ellipse per cell (DNA stain)",
 }
 
-# Hex colours per channel for viewers.
-_COLORS = {"actin": "00FF00", "WAVE2": "FF0000", "IRSp53": "FF00FF", "vinculin": "00FFFF",
-           "tubulin": "FFFF00", "nuclei": "0000FF"}
+# Hex colours per channel for viewers: by stain (omeloc.ngff.writer.STAIN_COLORS), then the palette.
+_COLORS = {"actin": "FF0000", "WAVE2": "00FF00", "IRSp53": "FF00FF", "vinculin": "FFFF00",
+           "tubulin": "00FFFF", "nuclei": "0000FF"}
 
 
 def row_name(i: int) -> str:

@@ -36,10 +36,13 @@ from omeloc.data.tiff_names import (
     name_parts,
 )
 from omeloc.errors import InputError, PathNotFoundError
-from omeloc.ngff.writer import write_plate
+from omeloc.ngff.writer import write_image, write_plate
 from omeloc.testing.faults import fault_point
 
-__all__ = ["DEFAULT_PATTERN", "NF1_PATTERN", "PRESETS", "import_tiff"]
+__all__ = ["DEFAULT_PATTERN", "NF1_PATTERN", "PRESETS", "SITE_KEY", "import_tiff", "import_tiff_files"]
+
+#: Attribute of each imported field's image group: the site (field number) its file names gave.
+SITE_KEY = "omeloc_site"
 
 logger = logging.getLogger(__name__)
 
@@ -57,13 +60,18 @@ class _Entry:
 
 @dataclass(frozen=True)
 class _Plan:
-    """What the plate will hold: channel labels, T and Z sizes, and the planes of each image."""
+    """What the plate will hold: channel labels, T and Z sizes, the planes and site of each image.
+
+    Images are keyed by ``(row, column, field path)``, field paths ``0..n-1`` in every well;
+    ``sites`` gives the site (field number of the file names) each one was imported from.
+    """
 
     labels: list[str]
     n_t: int
     n_z: int
     yx: tuple[int, int]
     images: dict[tuple[str, str, str], _Planes]
+    sites: dict[tuple[str, str, str], str]
 
 
 def _layout(rows: set[str], columns: set[str]) -> tuple[list[str], list[str]]:
@@ -249,7 +257,28 @@ def _plan(entries: list[_Entry], infos: Mapping[Path, FileInfo], channel_names: 
                            f"well {p.row}{p.column} field {p.field}", labels)
     n_t, n_z = len(times) * n_t_in, len(planes_named) * n_z_in
     _check_complete(images, labels, n_t, n_z)
-    return _Plan(labels=labels, n_t=n_t, n_z=n_z, yx=yx, images=images)
+    fields, sites = _field_paths(images)
+    return _Plan(labels=labels, n_t=n_t, n_z=n_z, yx=yx, images=fields, sites=sites)
+
+
+def _field_paths(images: dict[tuple[str, str, str], _Planes]
+                 ) -> tuple[dict[tuple[str, str, str], _Planes], dict[tuple[str, str, str], str]]:
+    """Images keyed by field paths ``0..n-1`` in every well (sites in order), and the site of each.
+
+    NGFF readers (ome-zarr-py, napari-ome-zarr) take the first well's field paths for every
+    well, so a field folder named after the instrument's site number (``B/7/3`` beside
+    ``D/6/2``) shows only the first well; the site number is kept as an attribute instead.
+    """
+    by_well: dict[tuple[str, str], list[str]] = {}
+    for r, c, site in images:
+        by_well.setdefault((r, c), []).append(site)
+    fields: dict[tuple[str, str, str], _Planes] = {}
+    sites: dict[tuple[str, str, str], str] = {}
+    for (r, c), well_sites in by_well.items():
+        for i, site in enumerate(_sorted_keys(set(well_sites))):
+            fields[(r, c, str(i))] = images[(r, c, site)]
+            sites[(r, c, str(i))] = site
+    return fields, sites
 
 
 def _axes(plan: _Plan) -> str:
@@ -281,7 +310,8 @@ def _write_then_rename(out: Path, plan: _Plan, infos: Mapping[Path, FileInfo], d
     if tmp.exists():
         shutil.rmtree(tmp)  # a previous import was interrupted; it never reached `out`
     write_plate(tmp, {key: _loader(plan, planes, infos, dtype) for key, planes in plan.images.items()},
-                plate_name=out.stem, progress=_reporter(progress, len(plan.images)), axes=_axes(plan), **plate)
+                plate_name=out.stem, progress=_reporter(progress, len(plan.images)), axes=_axes(plan),
+                field_attrs={key: {SITE_KEY: site} for key, site in plan.sites.items()}, **plate)
     if out.exists():
         shutil.rmtree(out)
     tmp.rename(out)
@@ -332,7 +362,9 @@ def import_tiff(
     -------
     pathlib.Path
         The plate path; its axes are ``cyx``, with ``z`` and ``t`` when the files have several
-        planes or time points.
+        planes or time points.  Every well's fields are ``0..n-1`` (sites in numeric order),
+        so every NGFF viewer shows every well; each field's site is its ``omeloc_site``
+        attribute.
 
     Raises
     ------
@@ -356,4 +388,76 @@ def import_tiff(
                                         "preset": preset, "files": len(entries)}},
     )
     logger.info("imported %d TIFFs from %s into %s", len(entries), folder, out)
+    return out
+
+
+def _field_labels(paths: Sequence[Path], infos: Mapping[Path, FileInfo]) -> list[str]:
+    """Channel labels of a single field's files: the file names without their shared prefix
+    (``BPAE_actin.tif``, ``BPAE_mito.tif`` → ``actin``, ``mito``); a file's own channel names when it holds several."""
+    stems = [p.name.split(".")[0] for p in paths]
+    prefix = os.path.commonprefix(stems) if len(stems) > 1 else ""
+    prefix = prefix[: max(prefix.rfind("_"), prefix.rfind("-"), prefix.rfind(" ")) + 1]
+    labels: list[str] = []
+    for path, stem in zip(paths, stems):
+        info = infos[path]
+        short = stem[len(prefix):] or stem
+        if info.sizes["channel"] == 1:
+            labels.append(short)
+        else:
+            own = [n for n in info.channel_names]
+            labels += own if not all(n == f"c{i}" for i, n in enumerate(own)) else [f"{short} {n}" for n in own]
+    return labels
+
+
+def import_tiff_files(
+    files: Sequence[str | os.PathLike], out: str | os.PathLike, *, channel_names: Mapping[str, str] | None = None,
+    file_axes: str | None = None, ngff_version: str = "0.5", chunks: tuple[int, int] = (256, 256),
+    levels: int | None = None, overwrite: bool = False,
+) -> Path:
+    """Build a single OME-Zarr image (not a plate) from the TIFFs of one field, a channel (or several) per file.
+
+    Channel labels are the file names without their shared prefix (``BPAE_actin.tif`` →
+    ``actin``), renamed by ``channel_names``; other parameters as in :func:`import_tiff`.
+    Every file is checked (same plane shape, dtype, time points and planes) before anything
+    is written; the image is written under a temporary name and renamed at the end.
+
+    Raises
+    ------
+    InputError
+        A missing or unreadable file, files that do not agree, labels that are not unique.
+    """
+    paths = [Path(f) for f in files]
+    out = Path(out)
+    missing = [p for p in paths if not p.is_file()]
+    if not paths or missing:
+        raise PathNotFoundError(f"TIFF file {missing[0] if missing else '(none)'} does not exist. Check the path.")
+    if out.exists() and not overwrite:
+        raise InputError(f"{out} already exists. Choose another output path or pass --overwrite.")
+    infos = {p: file_info(p, file_axes) for p in paths}
+    ref = infos[paths[0]]
+    for p in paths[1:]:
+        i = infos[p]
+        if (i.yx, i.dtype, i.sizes["time"], i.sizes["plane"]) != (ref.yx, ref.dtype, ref.sizes["time"],
+                                                                    ref.sizes["plane"]):
+            raise InputError(f"{p.name} is {i.yx} {i.dtype} ({i.sizes['plane']} plane(s), {i.sizes['time']} time "
+                             f"point(s)) unlike {paths[0].name} ({ref.yx} {ref.dtype}, {ref.sizes['plane']}, "
+                             f"{ref.sizes['time']}). The files of one field must agree.")
+    check_decodable(infos.items())
+    rename = dict(channel_names or {})
+    labels = [rename.get(n, n) for n in _field_labels(paths, infos)]
+    if len(set(labels)) != len(labels):
+        raise InputError(f"Channel labels {labels} are not unique. Name the channels with --channel-names.")
+    data = np.concatenate([read_planes(p, infos[p]) for p in paths], axis=1)  # (T, C, Z, Y, X)
+    n_t, n_z = ref.sizes["time"], ref.sizes["plane"]
+    squeeze = tuple(ax for ax, n in ((0, n_t), (2, n_z)) if n == 1)
+    axes = ("t" if n_t > 1 else "") + "c" + ("z" if n_z > 1 else "") + "yx"
+    tmp = out.with_name(out.name + ".importing")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    write_image(tmp, data.squeeze(axis=squeeze) if squeeze else data, channel_names=labels, ngff_version=ngff_version,
+                axes=axes, chunks=chunks, levels=levels or _auto_levels(ref.yx), name=out.stem)
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
+    logger.info("imported %d TIFF(s) as one image into %s", len(paths), out)
     return out

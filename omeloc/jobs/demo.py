@@ -78,7 +78,7 @@ def run_demo(out: str | Path = "omeloc-demo", *, rows: int = 2, cols: int = 3, f
     rows, cols, fields, size
         Synthetic plate geometry (wells and fields of ``size`` × ``size`` pixels).
     steps, crop, base_channels, depth
-        Training length, crop side and U-Net size; the defaults take ~3 minutes on 2 CPU cores.
+        Training length, crop side and U-Net size; with the defaults the whole demo takes 4–5 minutes on 2 free CPU cores.
     seed
         Seed for the plate and the training.
     overwrite

@@ -339,20 +339,41 @@ def _check_z(job: PredictionJob) -> None:
 
 
 def _check_companion(job: PredictionJob) -> None:
-    """An overwrite rewrites a prediction and its uncertainty channel together, never one of them alone."""
-    if not (job.existing and job.overwrite):
+    """An overwrite that adds or drops the uncertainty channel: the companion must be removable first.
+
+    The channel(s) :func:`companion_removals` names are taken out (:func:`omeloc.remove_channel`)
+    before the write; they must be the plate's last channels, which is checked here.
+    """
+    removals = companion_removals(job)
+    if not removals:
         return
+    labels = list(job.plate.channel_names)
+    if set(labels[len(labels) - len(removals):]) != set(removals):
+        raise InputError(f"Channel(s) {', '.join(map(repr, removals))} of {job.plate.path} must go before this "
+                         f"--overwrite, but other channels follow them: omeloc removes only the last channels. "
+                         f"Choose another --name.")
+
+
+def companion_removals(job: PredictionJob) -> tuple[str, ...]:
+    """Channels an overwrite removes before writing, so it may add or drop the uncertainty channel.
+
+    For each predicted channel: replacing a prediction that has an uncertainty channel without
+    ``uncertainty`` removes that channel (it would be stale); replacing one without, with
+    ``uncertainty``, removes the prediction itself, so the two are appended side by side as one
+    write.
+    """
+    if not (job.existing and job.overwrite):
+        return ()
+    records = (job.plate.images[0].attrs.get("omeloc") or {}).get("channels", {})
+    removals: list[str] = []
     for name in job.predicted_names:
-        record = (job.plate.images[0].attrs.get("omeloc") or {}).get("channels", {}).get(name) or {}
+        record = records.get(name) if isinstance(records, Mapping) else None
         companion = record.get("uncertainty_channel") if isinstance(record, Mapping) else None
         if companion and not job.tiling.uncertainty:
-            raise InputError(f"Channel {name!r} of {job.plate.path} has its uncertainty channel {companion!r} "
-                             f"beside it: replacing the prediction alone would leave a stale uncertainty. Pass "
-                             f"--uncertainty to replace both, or choose another --name.")
-        if job.tiling.uncertainty and not companion:
-            raise InputError(f"Channel {name!r} of {job.plate.path} was written without an uncertainty channel: "
-                             f"--overwrite --uncertainty cannot add one beside it. Omit --uncertainty, or choose "
-                             f"another --name.")
+            removals.append(str(companion))
+        elif job.tiling.uncertainty and not companion and name in job.plate.channel_names:
+            removals.append(name)
+    return tuple(removals)
 
 
 def _check_channels(plate: Plate, stain: VirtualStain) -> None:
@@ -587,6 +608,7 @@ def predict(plate: str | Path | Plate, model: str | Path | VirtualStain, *, name
     job = plan_prediction(plate, model, name=name, wells=wells, overwrite=overwrite, tiling=tiling,
                           storage_options=storage_options, acquisition=acquisition, rescale=rescale)
     with dask_client(compute) as client:
+        job = _remove_companions(job, client, dry_run, storage_options)
         annotate = gpu_annotation(client)
         data = {img.path: lazy_prediction(job, img, annotate) for img in job.plate.images}
         write = functools.partial(write_prediction, job, data, compute=compute.connected(client), color=color,
@@ -604,6 +626,25 @@ def predict(plate: str | Path | Plate, model: str | Path | VirtualStain, *, name
     if not dry_run:
         logger.info("predicted %.1f megapixels into %r in %.1f s", result.megapixels, job.name, result.seconds)
     return result
+
+
+def _remove_companions(job: PredictionJob, client: Any, dry_run: bool,
+                       storage_options: Mapping[str, Any] | None) -> PredictionJob:
+    """Take out what :func:`companion_removals` names (once the model checks pass); the job on the plate after."""
+    removals = companion_removals(job)
+    if not removals:
+        return job
+    if dry_run:
+        if job.tiling.uncertainty:
+            raise InputError(f"--dry-run cannot plan adding an uncertainty channel beside {job.name!r} (the "
+                             f"prediction is removed, then written again with it). Run without --dry-run.")
+        return job
+    _check_model(job, client)  # everything checked before the plate changes
+    from omeloc.writeback.remove import remove_channel
+
+    remove_channel(job.plate.path, removals, storage_options=storage_options)
+    logger.info("removed channel(s) %s before the overwrite", list(removals))
+    return dataclasses.replace(job, plate=open_plate(job.plate.path, storage_options))
 
 
 def _check_model(job: PredictionJob, client: Any) -> None:

@@ -8,6 +8,7 @@ to the step it resumes from (:meth:`TrainLog.resume`) and appends after them.
 from __future__ import annotations
 
 import csv
+import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -64,8 +65,12 @@ class TrainLog:
         return self.path
 
 
-def write_curves(rows: list[dict[str, Any]], path: str | Path, title: str) -> Path | None:
-    """Learning curves (train and validation L1, validation Pearson r) as a PNG; ``None`` without matplotlib."""
+def write_curves(rows: list[dict[str, Any]], path: str | Path, title: str,
+                 baseline: float | None = None) -> Path | None:
+    """Learning curves (train and validation L1, validation Pearson r) as a PNG; ``None`` without matplotlib.
+
+    ``baseline``: the no-learning baseline's validation Pearson r, drawn as a dashed line.
+    """
     try:
         from omeloc.analysis.figures import new_figure, save_figure
     except ImportError:  # pragma: no cover - matplotlib is a dependency
@@ -78,12 +83,15 @@ def write_curves(rows: list[dict[str, Any]], path: str | Path, title: str) -> Pa
     if val:
         ax1.plot([v[0] for v in val], [v[1] for v in val], "o-", ms=3, label="validation L1")
         ax2.plot([v[0] for v in val], [v[2] for v in val], "o-", ms=3, color="C2")
+    if baseline is not None and math.isfinite(baseline):
+        ax2.axhline(baseline, color="C3", ls="--", lw=1.2, label=f"no-learning baseline {baseline:.3f}")
+        ax2.legend(frameon=False, loc="lower right")
     ax1.set_xlabel("step")
     ax1.set_ylabel("L1 (normalized units)")
     ax1.legend(frameon=False)
     ax2.set_xlabel("step")
     ax2.set_ylabel("validation Pearson r")
-    ax2.set_ylim(-0.1, 1.0)
+    ax2.set_ylim(-0.1, 1.03)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return save_figure(fig, path, 110)[0]

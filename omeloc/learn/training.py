@@ -18,6 +18,7 @@ The result is a checkpoint folder (:mod:`omeloc.learn.checkpoint`) that :func:`o
 from __future__ import annotations
 
 import logging
+import math
 import platform
 import time
 from collections.abc import Callable, Sequence
@@ -69,6 +70,11 @@ class TrainResult:
         Steps trained in total (including those before a resume).
     log, curves
         The CSV log and the PNG of the learning curves.
+    warnings
+        Lines the user must read: the model does not beat the no-learning baseline (with the
+        fix); empty when all is well.
+    budget
+        With ``minutes``: how many steps the budget fitted and why (``None`` without a budget).
     """
 
     checkpoint: Path
@@ -78,6 +84,8 @@ class TrainResult:
     log: Path
     curves: Path | None
     history: list[dict[str, Any]] = field(default_factory=list, repr=False)
+    warnings: list[str] = field(default_factory=list)
+    budget: str | None = None
 
     def summary(self) -> str:
         m = self.metrics
@@ -87,7 +95,9 @@ class TrainResult:
                 f"structure r {m.get('val_structure_r', float('nan')):.3f}, "
                 f"L1 {m.get('val_l1', float('nan')):.4f}"
                 + (f" (best validation, step {m['best_step']})" if m.get("best_step") is not None else "") + "\n"
-                f"  log {self.log}" + (f", curves {self.curves}" if self.curves else ""))
+                f"  log {self.log}" + (f", curves {self.curves}" if self.curves else "")
+                + (f"\n  {self.budget}" if self.budget else "")
+                + "".join(f"\n{w}" for w in self.warnings))
 
 
 @dataclass
@@ -112,6 +122,10 @@ class _Run:
     """With ``minutes``: what the budget was fitted to."""
     pixel: PixelSize | None = None
     """The pixel size of the training images at the training level (recorded in the checkpoint)."""
+    fitted_steps: int | None = None
+    """With ``minutes``: the steps first fitted to the measured pace."""
+    budget_cap: int | None = None
+    """With ``minutes``: the most steps the user allowed (``steps`` beside ``minutes``)."""
 
 
 def train(plate: Any, source: str | Sequence[str], target: str | Sequence[str], config: TrainConfig | None = None,
@@ -197,6 +211,7 @@ def _fit_budget(run: _Run, trainer: Trainer, t_start: float, tell: Callable[[str
     trainer.set_steps(steps)
     trainer.deadline, trainer.cap = deadline, cfg.steps
     run.cfg = trainer.cfg
+    run.fitted_steps, run.budget_cap = steps, cfg.steps
     capped = f", capped by --steps {cfg.steps}" if cfg.steps == steps else ""
     tell(f"budget {cfg.minutes:g} min: {steps} steps ({run.timing.describe()}; {left:.1f} s left after "
          f"preparation; re-fitted to the pace as it runs){capped}")
@@ -351,12 +366,43 @@ def _finish(run: _Run, trainer: Trainer, loop: LoopResult, baseline_r: float, t_
     _save(run, trainer.objective, trainer, loop, metrics)
     rows = trainer.log.rows
     curves = write_curves(rows, run.out / CURVES_FILE, f"{run.cfg.model}: {'+'.join(run.sources)} → "
-                          f"{'+'.join(run.targets)} ({loop.step} steps)") if rows else None
+                          f"{'+'.join(run.targets)} ({loop.step} steps)", baseline=baseline_r) if rows else None
     total = time.perf_counter() - t_start
     logger.info("trained %s → %s in %.1f s (val r %.3f, baseline %.3f)", run.sources, run.targets, total,
                 loop.val_pearson_r, baseline_r)
+    warnings = [w for w in (_baseline_warning(run.cfg, loop.val_pearson_r, baseline_r),) if w]
+    for w in warnings:
+        logger.warning("%s", w)
     return TrainResult(checkpoint=run.out, metrics=metrics, steps=loop.step, seconds=total, log=trainer.log.path,
-                       curves=curves, history=rows)
+                       curves=curves, history=rows, warnings=warnings, budget=_budget_note(run, loop.step))
+
+
+def _budget_note(run: _Run, steps: int) -> str | None:
+    """With ``minutes``: how many steps the budget fitted, and what set that number."""
+    cfg, timing = run.cfg, run.timing
+    if timing is None or cfg.minutes is None:
+        return None
+    first = f"first fitted {run.fitted_steps}, " if run.fitted_steps not in (None, steps) else ""
+    if run.budget_cap is not None and steps >= run.budget_cap:
+        why = f"capped by --steps {run.budget_cap}"
+    else:
+        why = "what fits the minutes left at the pace measured, re-fitted as the run went"
+    return (f"budget {cfg.minutes:g} min: {steps} steps fitted ({first}{why}; {timing.step:.2f} s/step and "
+            f"{timing.validation:.2f} s/validation measured). More steps: a larger --minutes or a smaller model")
+
+
+def _baseline_warning(cfg: TrainConfig, val_r: float, baseline_r: float) -> str | None:
+    """A warning when the model does not beat the source channel itself (the no-learning baseline)."""
+    if not (math.isfinite(val_r) and math.isfinite(baseline_r)) or val_r > baseline_r:
+        return None
+    longer = f"--minutes {max(10, 3 * int(cfg.minutes or 0))}" if cfg.minutes else f"--steps {3 * (cfg.steps or 1)}"
+    depth, base = cfg.depth or 3, cfg.base_channels or 16
+    small = (max(2, depth - 1), max(4, base // 2))
+    smaller = (f" or a smaller model that learns in fewer steps (--depth {small[0]} --base-channels {small[1]})"
+               if small != (depth, base) else "")
+    return (f"WARNING: validation Pearson r {val_r:.3f} is not above the no-learning baseline {baseline_r:.3f} "
+            f"(the source channel itself): this model is worse than doing nothing. Fix: train longer "
+            f"({longer}){smaller}; do not predict with it yet.")
 
 
 def _per_target(run: _Run, trainer: Trainer) -> dict[str, dict[str, float]]:
@@ -391,7 +437,7 @@ def _provenance(run: _Run, objective: Objective, trainer: Trainer, steps_done: i
     cfg = run.cfg
     settings = {k: v for k, v in cfg.to_dict().items() if k != "val_wells"}  # val_wells: the wells chosen
     return {
-        "plates": [p.path for p in run.plates], "train_wells": run.split.train_wells,
+        "plates": [_absolute(p.path) for p in run.plates], "train_wells": run.split.train_wells,
         "val_wells": run.split.val_wells, "val_heldout": bool(run.split.val_wells), **settings,
         "lr": objective.lr, "loss": objective.loss_name, "betas": list(objective.betas),
         "lambda_l1": cfg.lambda_l1 if cfg.model == "pix2pix" else None, "val_every": trainer.val_every,
@@ -399,6 +445,11 @@ def _provenance(run: _Run, objective: Objective, trainer: Trainer, steps_done: i
         "python": platform.python_version(), "omeloc": __version__, "host": platform.node(),
         "steps_done": steps_done, "device_defaults": run.device_defaults,
     }
+
+
+def _absolute(path: str) -> str:
+    """A local plate path made absolute (``evaluate`` finds the training plate from any folder); URLs as they are."""
+    return path if "://" in path else str(Path(path).expanduser().resolve())
 
 
 def _tile_advice(depth: int, multiple: int) -> tuple[int, int]:

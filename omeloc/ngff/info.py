@@ -31,9 +31,11 @@ def describe(path_or_url: str | Path, storage_options: Mapping[str, Any] | None 
         plate acquisition), ``channels``, ``dtype``, ``axes``, ``levels`` (path, shape, chunks,
         shards per level), ``append_friendly`` and ``append_problems``, ``channels_per_file``
         (channels per chunk or shard file along c, level 0), ``read_only`` (why omeloc will
-        not write there, e.g. a zipped OME-Zarr; ``None`` when it may), ``consistent``, and
-        ``pending_write`` (``None``, or what the journal of an unfinished write says), ``tables``
-        (``name``, ``type``, ``backend`` of each table under ``tables/``, the Fractal/ngio convention).
+        not write there, e.g. a zipped OME-Zarr; ``None`` when it may), ``inconsistent_images``,
+        ``field_paths_differ`` (wells whose field paths differ from the first well's: NGFF
+        viewers show them black), ``pending_write`` (``None``, or what the journal of an
+        unfinished write says), and ``tables`` (``name``, ``type``, ``backend`` of each table
+        under ``tables/``, the Fractal/ngio convention).
     """
     plate: Plate = open_plate(path_or_url, storage_options=storage_options, series=series)
     first = plate.images[0]
@@ -72,10 +74,24 @@ def describe(path_or_url: str | Path, storage_options: Mapping[str, Any] | None 
         "append_friendly": not problems,
         "append_problems": problems,
         "inconsistent_images": inconsistent,
+        "field_paths_differ": _wells_with_other_field_paths(plate),
         "pending_write": _pending_write(plate.attrs.get(JOURNAL_KEY), list(first.channel_names)),
         "tables": list_tables(plate.path, plate.storage_options, plate.zarr_format),
         "pending_tables": bool(plate.attrs.get(TABLES_JOURNAL_KEY)),
     }
+
+
+def _wells_with_other_field_paths(plate: Plate) -> list[str]:
+    """Wells whose field paths differ from the first well's (viewers then show those wells black).
+
+    ome-zarr-py and napari-ome-zarr draw a plate from the first well's field paths in every
+    well; a well without that path is not shown.
+    """
+    wells = list(plate.wells.values())
+    if not wells:
+        return []
+    first = [i.field for i in wells[0].images]
+    return [w.name for w in wells[1:] if [i.field for i in w.images][: len(first)] != first[: len(w.images)]]
 
 
 def _pending_write(journal: Any, channels: list[str]) -> dict[str, Any] | None:
@@ -142,6 +158,15 @@ def format_description(d: Mapping[str, Any]) -> str:
         lines.append(
             f"  WARNING  {len(d['inconsistent_images'])} image(s) differ from the first in channels, dtype, "
             f"axes or levels (e.g. {d['inconsistent_images'][0]})"
+        )
+    differ = d.get("field_paths_differ") or []
+    if differ:
+        first = next(iter(d["wells"]))
+        lines.append(
+            f"  WARNING  {len(differ)} well(s) use other field paths than the first well {first} "
+            f"({', '.join(d['wells'][first])}), e.g. {differ[0]} ({', '.join(d['wells'][differ[0]])}): "
+            f"ome-zarr-py and napari-ome-zarr show only the wells that have the first well's field paths. "
+            f"omeloc reads every well; re-import the plate (omeloc import-tiff writes fields 0..n-1) to fix viewers"
         )
     if pending:
         lines.append(

@@ -122,6 +122,12 @@ def refuse_incomplete(attrs: Mapping[str, Any], url: str) -> None:
     )
 
 
+def _short_list(items: Sequence[str], most: int = 6) -> str:
+    """``a, b, c`` or ``a, b, ... (+4)`` for a repr."""
+    items = [str(i) for i in items]
+    return ", ".join(items[:most]) + (f", ... (+{len(items) - most})" if len(items) > most else "")
+
+
 def label_text(label: str) -> str:
     """A channel label as messages show it: itself, or its ``repr`` when it holds newlines or control characters.
 
@@ -283,6 +289,11 @@ class Image:
     _attrs: Any = field(repr=False, compare=False)
     """The attributes packed by :func:`_pack_attrs` (what :attr:`attrs` unpacks)."""
     _group: zarr.Group = field(repr=False, compare=False)
+
+    def __repr__(self) -> str:
+        shape = "x".join(map(str, self.shapes[0])) if self.level_paths else "?"
+        return (f"<omeloc Image {self.path or self.url!r}: {''.join(self.axes)} {shape}, channels "
+                f"{_short_list(self.channel_names)}, {len(self.level_paths)} level(s)>")
 
     # -- metadata -------------------------------------------------------------------------
     @property
@@ -452,6 +463,9 @@ class Well:
         """Well name as users write it, e.g. ``B3``."""
         return f"{self.row}{self.column}"
 
+    def __repr__(self) -> str:
+        return f"<omeloc Well {self.name}: {len(self.images)} field(s)>"
+
 
 @dataclass(frozen=True)
 class Plate:
@@ -470,6 +484,13 @@ class Plate:
     images: tuple[Image, ...]
     attrs: dict[str, Any] = field(repr=False, compare=False)
     storage_options: dict[str, Any] | None = field(default=None, repr=False, compare=False)
+
+    def __repr__(self) -> str:
+        kind = "plate" if self.is_plate else "image"
+        wells = f"{len(self.wells)} well(s) ({_short_list([w.name for w in self.wells.values()])}), " \
+            if self.is_plate else ""
+        return (f"<omeloc {kind} {self.path!r}: NGFF {self.ngff_version}, {wells}{len(self.images)} image(s), "
+                f"channels {_short_list(self.channel_names)}>")
 
     @property
     def channel_names(self) -> tuple[str, ...]:

@@ -29,11 +29,75 @@ from omeloc.errors import InputError
 from omeloc.ngff.format import ngff_attrs, reserved_attr_keys, set_ome_attr, store_format
 from omeloc.ngff.pyramid import downsample_mean, level_shapes
 
-__all__ = ["DEFAULT_COLORS", "channel_window", "write_image", "write_plate"]
+__all__ = ["DEFAULT_COLORS", "STAIN_COLORS", "channel_colors", "channel_window", "contrasting_color", "stain_color",
+           "write_image", "write_plate"]
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_COLORS = ("00FF00", "FF00FF", "00FFFF", "FFFF00", "FF0000", "0000FF", "FFFFFF")
+
+#: Colours by stain name, checked before the position palette: (word prefixes of the label, colour).
+#: A label matches when one of its words (split at anything but letters and digits, lower case)
+#: starts with a prefix of four letters or more, or equals a shorter one.
+STAIN_COLORS: tuple[tuple[tuple[str, ...], str], ...] = (
+    (("dapi", "hoechst", "nuclei", "nucleus", "nuclear", "dna", "draq5", "h2b"), "0000FF"),
+    (("actin", "phalloidin", "agp", "rfp", "mcherry", "tritc"), "FF0000"),
+    (("er", "endoplasmic", "calnexin", "concanavalin", "cona", "gfp", "fitc"), "00FF00"),
+    (("tubulin", "microtubule", "microtubules"), "00FFFF"),
+    (("mito", "mitotracker", "mitochondria", "tom20"), "FF00FF"),
+    (("rna", "syto", "nucleoli", "golgi"), "FFFF00"),
+    (("brightfield", "bf", "phase", "dic", "transmitted", "tl"), "FFFFFF"),
+)
+
+
+def stain_color(label: str) -> str | None:
+    """The colour of a stain by its name (:data:`STAIN_COLORS`), or ``None`` when the name says none.
+
+    Examples
+    --------
+    >>> stain_color("DAPI"), stain_color("F-actin"), stain_color("ER"), stain_color("WAVE2")
+    ('0000FF', 'FF0000', '00FF00', None)
+    """
+    words = [w for w in "".join(ch if ch.isalnum() else " " for ch in str(label).lower()).split()]
+    for prefixes, color in STAIN_COLORS:
+        for word in words:
+            if any(word == p or (len(p) >= 4 and word.startswith(p)) for p in prefixes):
+                return color
+    return None
+
+
+def channel_colors(labels: Sequence[str]) -> list[str]:
+    """One omero colour per channel: by stain name first (:func:`stain_color`), then the unused
+    colours of :data:`DEFAULT_COLORS` by position.
+
+    Examples
+    --------
+    >>> channel_colors(["DAPI", "ER", "actin"]), channel_colors(["a", "b"])
+    (['0000FF', '00FF00', 'FF0000'], ['00FF00', 'FF00FF'])
+    """
+    named = [stain_color(label) for label in labels]
+    free = [c for c in DEFAULT_COLORS if c not in named]
+    out = []
+    for color in named:
+        if color is None:
+            color = free.pop(0) if free else DEFAULT_COLORS[len(out) % len(DEFAULT_COLORS)]
+        out.append(color)
+    return out
+
+
+def contrasting_color(color: str) -> str:
+    """A colour that stands out beside ``color`` (its complement; magenta beside grey or white).
+
+    Examples
+    --------
+    >>> contrasting_color("FF0000"), contrasting_color("FFFFFF")
+    ('00FFFF', 'FF00FF')
+    """
+    value = int(color, 16) if len(color) == 6 else 0xFFFFFF
+    r, g, b = value >> 16, (value >> 8) & 255, value & 255
+    if max(r, g, b) - min(r, g, b) < 64:  # grey: its complement is grey too
+        return "FF00FF"
+    return f"{0xFFFFFF - value:06X}"
 
 ArrayOrFactory = np.ndarray | Callable[[], np.ndarray]
 
@@ -144,7 +208,7 @@ def _write_multiscale(
             scale = [s * float(size[a]) if a in size else s for a, s in zip(axes, scale)]
         datasets.append({"path": str(i), "coordinateTransformations": [{"type": "scale", "scale": scale}]})
     _write_multiscales(group, datasets, fmt, _unit_axes(axes) if pixel_size is not None else axes, name)
-    palette = colors or DEFAULT_COLORS
+    palette = list(colors) if colors else channel_colors([str(n) for n in channel_names])
     channels = []
     for k, label in enumerate(channel_names):
         plane = np.take(data, k, axis=c_axis)
@@ -250,7 +314,8 @@ def write_image(
     levels
         Number of pyramid levels (2× mean downsampling in y and x).
     colors
-        Hex colours per channel; default a fixed palette.
+        Hex colours per channel; default by stain name, then by position
+        (:func:`channel_colors`: DAPI/Hoechst blue, actin red, ER green, ...).
     name
         Image name in the metadata.
     overwrite
@@ -283,6 +348,7 @@ def write_plate(
     progress: Callable[[int], None] | None = None,
     rows: Sequence[str] | None = None, columns: Sequence[str] | None = None,
     pixel_size: float | Sequence[float] | None = None,
+    field_attrs: Mapping[tuple[str, str, str], Mapping[str, Any]] | None = None,
 ) -> Path:
     """Write an OME-Zarr HCS plate.
 
@@ -306,6 +372,9 @@ def write_plate(
         columns that hold images.
     pixel_size
         As in :func:`write_image`, shared by every image.
+    field_attrs
+        Attributes stored on a field's image group (outside the NGFF metadata), by image key,
+        e.g. the instrument's site number of an imported field.
 
     Returns
     -------
@@ -334,8 +403,8 @@ def write_plate(
     _set_extra_attrs(root, extra_attrs, fmt.zarr_format)
     pyramid = {"axes": axes_t, "channel_names": channel_names, "fmt": fmt, "chunks": chunks, "levels": levels,
                "colors": colors, "pixel_size": pixel_size_zyx(pixel_size)}
-    done = _write_wells(root, images, wells, sorted(wells, key=lambda rc: (rows.index(rc[0]), cols.index(rc[1]))),
-                        pyramid, progress)
+    order = sorted(wells, key=lambda rc: (rows.index(rc[0]), cols.index(rc[1])))
+    done = _write_wells(root, images, wells, order, pyramid, progress, field_attrs or {})
     logger.info("wrote plate %s: %d wells, %d images", path, len(wells), done)
     return path
 
@@ -343,6 +412,7 @@ def write_plate(
 def _write_wells(
     root: zarr.Group, images: Mapping[tuple[str, str, str], ArrayOrFactory], wells: Mapping[tuple[str, str], list[str]],
     order: Sequence[tuple[str, str]], pyramid: Mapping[str, Any], progress: Callable[[int], None] | None,
+    field_attrs: Mapping[tuple[str, str, str], Mapping[str, Any]],
 ) -> int:
     """Write each well's metadata and its fields' pyramids, in ``order``; the number of images written."""
     done = 0
@@ -351,7 +421,9 @@ def _write_wells(
         wgroup = root.require_group(r).require_group(c)
         write_well_metadata(wgroup, [{"path": f, "acquisition": 0} for f in fields], fmt=pyramid["fmt"])
         for f in fields:
-            _write_multiscale(wgroup.require_group(f), _materialize(images[(r, c, f)]), name=f"{r}{c}/{f}", **pyramid)
+            fgroup = wgroup.require_group(f)
+            _write_multiscale(fgroup, _materialize(images[(r, c, f)]), name=f"{r}{c}/{f}", **pyramid)
+            _set_extra_attrs(fgroup, field_attrs.get((r, c, f)), pyramid["fmt"].zarr_format)
             done += 1
             if progress is not None:
                 progress(done)

@@ -79,7 +79,7 @@ from omeloc.ngff.format import (
     refresh_consolidated,
 )
 from omeloc.ngff.plate import Image, Plate, image_plate, open_plate
-from omeloc.ngff.writer import DEFAULT_COLORS
+from omeloc.ngff.writer import DEFAULT_COLORS, channel_colors, contrasting_color
 from omeloc.testing.faults import fault_point
 from omeloc.writeback import journal as jr
 from omeloc.writeback import pixels as px
@@ -265,7 +265,7 @@ def add_channel(
         plate = _target_plate(target, url, so, reuse=False)
         _warn_single_field(plate, url, so, names[0])
         plan = preflight(plate, io, names, data, overwrite=overwrite, target=url)
-        colors = _pick_colors(color, _channels_now(plate, plan), plan)
+        colors = _pick_colors(color, _channels_now(plate, plan), plan, records)
         journal = jr.RunJournal(io, _new_journal(io, plan, resume_key, lock.run_id))
         return _write(WriteJob(io=io, plan=plan, journal=journal,
                                colors=colors, provenance=records, where=where, progress=progress, storage_options=so,
@@ -282,7 +282,7 @@ def _dry_run(target: str | Path | Plate | Image, io: jr.StoreIO, so: Mapping[str
     _warn_single_field(plate, io.url, so, name[0])
     plan = preflight(plate, io, name, data, overwrite=overwrite, target=io.url, pending=pending,
                      rollback_n=rollback_n)
-    _pick_colors(color, _channels_now(plate, plan), plan)
+    _pick_colors(color, _channels_now(plate, plan), plan, ())
     return plan
 
 
@@ -356,6 +356,11 @@ def _target_plate(target: str | Path | Plate | Image, url: str, storage_options:
 
 
 def _recover(io: jr.StoreIO, journal: Journal) -> str:
+    if journal.mode == "remove":  # a removal is always finished (omeloc.writeback.remove)
+        from omeloc.writeback.remove import finish_remove
+
+        finish_remove(io, journal)
+        return "finish"
     if journal.complete:
         jr.finish(io, journal)
         return "finish"
@@ -391,9 +396,22 @@ def _channels_now(plate: Plate, plan: WritePlan) -> list[dict[str, Any]]:
     return list(plate.images[0].omero.get("channels") or []) or base_channels(plan.images[0].labels, plan.dtype)
 
 
-def _pick_colors(color: str | None, channels: list[dict[str, Any]], plan: WritePlan) -> tuple[str, ...]:
+def _target_color(channels: list[dict[str, Any]], record: Mapping[str, Any]) -> str:
+    """The omero colour of the channel a prediction stands for (its provenance's ``target_channel``)."""
+    target = record.get("target_channel")
+    for ch in channels:
+        own = str(ch.get("color", "")).upper()
+        if target and ch.get("label") == target and re.fullmatch(r"[0-9A-F]{6}", own):
+            return own
+    return ""
+
+
+def _pick_colors(color: str | None, channels: list[dict[str, Any]], plan: WritePlan,
+                 records: Sequence[Mapping[str, Any]] = ()) -> tuple[str, ...]:
     """One colour per channel written: the colour asked for (the first channel); else an overwritten
-    channel's own (so rerunning an overwrite changes nothing); else the first default colour unused."""
+    channel's own (so rerunning an overwrite changes nothing); else the colour of the channel it
+    predicts (provenance ``target_channel``); an uncertainty channel (``uncertainty_of``) the
+    contrast of its prediction's; else the first default colour unused."""
     if color is not None:
         asked = color.lstrip("#").upper()
         if not re.fullmatch(r"[0-9A-F]{6}", asked):
@@ -403,10 +421,15 @@ def _pick_colors(color: str | None, channels: list[dict[str, Any]], plan: WriteP
     for j, index in enumerate(plan.indices):
         replaced = plan.mode == "overwrite" and index < len(channels)
         own = str(channels[index].get("color", "")).upper() if replaced else ""
+        record = records[j] if j < len(records) else {}
         if j == 0 and color is not None:
             pick = asked
         elif re.fullmatch(r"[0-9A-F]{6}", own):
             pick = own
+        elif record.get("uncertainty_of") and out:
+            pick = contrasting_color(out[0])
+        elif _target_color(channels, record):
+            pick = _target_color(channels, record)
         else:
             pick = next((c for c in DEFAULT_COLORS if c not in used), "FFFFFF")
         used.add(pick)
@@ -623,8 +646,8 @@ def _pending_entries(channels: list[dict[str, Any]], plan: WritePlan, colors: tu
 
 def base_channels(labels: tuple[str, ...], dtype: str) -> list[dict[str, Any]]:
     """The omero entries of an image that has none: ``labels`` (as omeloc reads them), palette colours."""
-    return [{"label": label, "color": DEFAULT_COLORS[i % len(DEFAULT_COLORS)], "window": _full_window(dtype),
-             "active": True} for i, label in enumerate(labels)]
+    return [{"label": label, "color": c, "window": _full_window(dtype), "active": True}
+            for label, c in zip(labels, channel_colors(labels))]
 
 
 def _full_window(dtype: str) -> dict[str, float]:
@@ -691,9 +714,11 @@ def _write_metadata(
         attrs, ome = io.read_ngff(img.path)
         omero = dict(ome.get("omero") or {})
         channels = [dict(c) for c in omero.get("channels") or []]
-        for name, index, color, window in zip(plan.names, plan.indices, colors, windows):
+        for name, index, color, window, record in zip(plan.names, plan.indices, colors, windows, provenance):
             pending = {k: v for k, v in channels[index].items() if k != PENDING_KEY}
-            channels[index] = {**pending, "label": name, "color": color, "window": window, "active": True}
+            # an uncertainty channel starts hidden: added to its prediction it makes an unreadable mixture
+            active = not record.get("uncertainty_of")
+            channels[index] = {**pending, "label": name, "color": color, "window": window, "active": active}
         omero["channels"] = channels
         ours = dict(attrs.get("omeloc") or {})
         ours["channels"] = {**dict(ours.get("channels") or {}), **dict(zip(plan.names, provenance))}

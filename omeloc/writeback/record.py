@@ -43,7 +43,7 @@ __all__ = [
 JOURNAL_KEY = "omeloc_journal"
 JOURNAL_VERSION = 1
 #: what a run does to the channels it names (``mode`` in the JSON)
-OPERATIONS = ("append", "overwrite")
+OPERATIONS = ("append", "overwrite", "remove")  # remove: omeloc.writeback.remove, always finished
 #: the most channels one run writes
 MAX_NAMES = 16
 _RUN_ID = re.compile(r"[0-9a-f]{8,64}")
@@ -302,6 +302,7 @@ def _problems_v1(j: Mapping[str, Any], zarr_format: int) -> list[str]:
     if not (_is_int(n) and 1 <= n <= MAX_CHANNELS):
         p.append(f"n_channels {_r(n)} is not between 1 and {MAX_CHANNELS}")
     elif not (_is_int(k) and (k == n if j.get("mode") == "append"
+                              else k + len(names) == n if j.get("mode") == "remove"
                               else 0 <= k and k + len(names) <= n)):
         p.append(f"channel_index {_r(k)} does not fit n_channels {n} in mode {_r(j.get('mode'))}")
     for name in ("consolidated", "chunks_restored", "shared"):

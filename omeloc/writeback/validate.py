@@ -243,16 +243,40 @@ def _check_array_shape(io: StoreIO, journal: Journal, arr: str, c_axis: int, whe
     if before[c_axis] != n or before[:c_axis] + before[c_axis + 1:] != now[:c_axis] + now[c_axis + 1:]:
         raise _refuse(where, f"says array {_r(arr)} had shape {before} with {n} channels, unlike its shape {now} now")
     added = len(journal.names)
-    if now[c_axis] not in ((n, n + added) if journal.mode == "append" else (n,)):
+    allowed = {"append": (n, n + added), "remove": (n, n - added)}.get(journal.mode, (n,))
+    if now[c_axis] not in allowed:
         raise _refuse(where, f"cannot explain the {now[c_axis]} channels of array {_r(arr)} (it had {n})")
 
 
 def _check_overwrite(io: StoreIO, journal: Journal, images: Mapping[str, Any], where: str) -> None:
     """An overwrite replaces the chunks of one channel: that channel must be omeloc's virtual one."""
+    if journal.mode == "remove":
+        _check_removed(io, journal, images, where)
     if journal.mode != "overwrite":
         return
     for j, name in enumerate(journal.names):
         _check_overwritten(io, name, journal.channel_index + j, images, where)
+
+
+def _check_removed(io: StoreIO, journal: Journal, images: Mapping[str, Any], where: str) -> None:
+    """A removal takes the last channels, each omeloc's virtual one (or one it already took out of the image)."""
+    names = journal.names
+    if journal.channel_index + len(names) != journal.n_channels:
+        raise _refuse(where, "removes channels that are not the last ones")
+    for path in images:
+        attrs = io.read_attrs(path)
+        ours = attrs.get("omeloc")
+        channels = ours.get("channels") if isinstance(ours, Mapping) else None
+        omero = fmt.ngff_attrs(attrs, io.zarr_format).get("omero")
+        listed = omero.get("channels") if isinstance(omero, Mapping) else None
+        taken_out = isinstance(listed, list) and len(listed) <= journal.channel_index
+        for name in names:
+            entry = channels.get(name) if isinstance(channels, Mapping) else None
+            if entry is None and taken_out:
+                continue  # already taken out of this image by this removal (omero entry and provenance together)
+            if not (isinstance(entry, Mapping) and entry.get("virtual") is True):
+                raise _refuse(where, f"removes channel {_r(name)} of image {_r(path)}, which is not a virtual "
+                                     f"channel omeloc wrote")
 
 
 def _check_overwritten(io: StoreIO, name: str, index: int, images: Mapping[str, Any], where: str) -> None:

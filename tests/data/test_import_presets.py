@@ -42,12 +42,12 @@ def test_phenix_lzw_folder_imports_pixel_exact(tmp_path):
     plate = omeloc.open_plate(out)
     assert [w.name for w in plate.wells.values()] == ["B3", "C3"]  # numeric rows 02, 03 → B, C
     assert plate.channel_names == ("actin", "2")
-    img = plate.image("B/3/1")
+    img = plate.image("B/3/0")  # fields 1, 2 of the names are field paths 0, 1
     assert img.axes == ("c", "z", "y", "x") and img.shape == (2, 2, 40, 48)
     regex = re.compile(PRESETS["phenix"].pattern)
     for name, data in files.items():
         m = regex.fullmatch(name)
-        image = plate.image(f"{'ABC'[int(m['row']) - 1]}/3/{int(m['field'])}")
+        image = plate.image(f"{'ABC'[int(m['row']) - 1]}/3/{int(m['field']) - 1}")
         plane = image.level(0)[int(m["channel"]) - 1, int(m["plane"]) - 1].compute()
         np.testing.assert_array_equal(plane, data)
 
@@ -85,7 +85,7 @@ def test_imagexpress_names_with_guid_and_thumbnails(tmp_path):
     _write(tmp_path / "ix", {"My_Plate_B02_s1_w1_thumb.tif": np.zeros((8, 8), "uint16")})
     plate = omeloc.open_plate(import_tiff(tmp_path / "ix", tmp_path / "p.zarr", preset="imagexpress", levels=1))
     assert [w.name for w in plate.wells.values()] == ["B2", "C11"] and plate.channel_names == ("1", "2")
-    np.testing.assert_array_equal(plate.image("C/11/2").channel("2").compute(), files[f"My_Plate_C11_s2_w2{guid}.tif"])
+    np.testing.assert_array_equal(plate.image("C/11/1").channel("2").compute(), files[f"My_Plate_C11_s2_w2{guid}.tif"])
 
 
 def test_cellvoyager_names(tmp_path):
@@ -94,7 +94,7 @@ def test_cellvoyager_names(tmp_path):
              for f in (1, 2) for z in (1, 2, 3) for c in (1, 2)}
     _write(tmp_path / "cv", files)
     plate = omeloc.open_plate(import_tiff(tmp_path / "cv", tmp_path / "p.zarr", preset="cellvoyager", levels=1))
-    img = plate.image("D/4/2")
+    img = plate.image("D/4/1")
     assert img.axes == ("c", "z", "y", "x") and img.shape == (2, 3, 24, 24)
     np.testing.assert_array_equal(img.level(0)[1, 2].compute(), files["W1_D04_T0001F002L01A01Z03C02.tif"])
 

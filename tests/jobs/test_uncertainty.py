@@ -65,23 +65,29 @@ def test_uncertainty_channel_at_every_level_beside_the_tta_prediction(plate, tra
         assert prov[PRED]["tta"] is True
 
 
-def test_overwrite_replaces_both_or_refuses(plate, trained, capsys):
+def test_overwrite_drops_or_adds_the_uncertainty_channel(plate, trained, capsys):
     ckpt = trained[1]
-    assert _predict(plate, ckpt, "--uncertainty") == 0
-    before = tree_digest(plate)
-    assert _predict(plate, ckpt, "--overwrite") == 2  # the prediction alone would leave a stale uncertainty
-    err = capsys.readouterr().err.strip()
-    assert "--uncertainty to replace both" in err and len(err.splitlines()) == 1, err
-    assert tree_digest(plate) == before
-    assert _predict(plate, ckpt, "--overwrite", "--uncertainty") == 0
-    assert omeloc.open_plate(plate).channel_names == ("actin", "WAVE2", PRED, SPREAD)
+    originals = {k: v for k, v in tree_digest(plate).items() if not k.endswith(("zarr.json", ".zattrs", ".zarray"))}
     plain = plate.parent / "plain.zarr"
     shutil.copytree(trained[0], plain)
     assert _predict(plain, ckpt) == 0
-    before = tree_digest(plain)
-    assert _predict(plain, ckpt, "--overwrite", "--uncertainty") == 2
-    assert "without an uncertainty channel" in capsys.readouterr().err
-    assert tree_digest(plain) == before
+    assert _predict(plate, ckpt, "--uncertainty") == 0
+    # --overwrite without --uncertainty: the uncertainty goes, the prediction is the plain one
+    assert _predict(plate, ckpt, "--overwrite") == 0, capsys.readouterr().err
+    dropped = omeloc.open_plate(plate)
+    assert dropped.channel_names == ("actin", "WAVE2", PRED)
+    for img, ref in zip(dropped.images, omeloc.open_plate(plain).images):
+        assert all(s[0] == 3 for s in img.shapes) and len(img.omero["channels"]) == 3
+        np.testing.assert_array_equal(img.channel(PRED).compute(), ref.channel(PRED).compute())
+        assert "uncertainty_channel" not in img.attrs["omeloc"]["channels"][PRED]
+    # --overwrite --uncertainty on a plain prediction: both are written side by side
+    assert _predict(plate, ckpt, "--overwrite", "--uncertainty") == 0, capsys.readouterr().err
+    added = omeloc.open_plate(plate)
+    assert added.channel_names == ("actin", "WAVE2", PRED, SPREAD)
+    prov = added.images[0].attrs["omeloc"]["channels"]
+    assert prov[PRED]["uncertainty_channel"] == SPREAD and prov[PRED]["tta"] is True
+    after = tree_digest(plate)
+    assert all(after[k] == v for k, v in originals.items())  # original chunk files never rewritten
 
 
 @pytest.mark.parametrize("point", ["level0_mid", "metadata"])
