@@ -21,12 +21,14 @@ from omeloc import __version__
 from omeloc.cli import (
     demo,
     evaluate,
+    export,
     import_tiff,
     info,
     predict,
     rechunk,
     recover,
     relate,
+    show,
     synth,
     train,
 )
@@ -42,6 +44,7 @@ COMMANDS: dict[str, ModuleType] = {
     "demo": demo, "info": info, "synth": synth, "import-tiff": import_tiff, "rechunk": rechunk,
     "recover": recover, "evaluate": evaluate, "predict": predict, "train": train, "relate": relate,
 }
+COMMANDS.update({"export": export, "show": show})  # models in and out (omeloc.modelio)
 
 
 def _verbosity(*, keep_earlier: bool) -> argparse.ArgumentParser:
