@@ -144,7 +144,9 @@ def _readme(ckpt: Checkpoint, onnx: bool) -> str:
             f"postprocessing maps the output back to the target's units ({_stats(ckpt, ckpt.target)}).\n\n"
             f"Weights: pytorch_state_dict (architecture `unet.py`, torch only), torchscript"
             f"{', onnx (opset %d)' % OPSET if onnx else ''}.\n\n"
-            f"Run it over a plate: `omeloc predict PLATE --model THIS.zip`.\n\n"
+            f"Tiling: the network is fully convolutional (sizes multiples of "
+            f"{2 ** int(ckpt.architecture.get('depth', 4))} px); tile with an overlap of at least "
+            f"{ckpt.overlap} px (omeloc's advice). Run it over a plate: `omeloc predict PLATE --model THIS.zip`.\n\n"
             f"## Training record\n\n```json\n{record}\n```\n\n## Validation metrics\n\n```json\n{metrics}\n```\n\n"
             f"## Method\n\n{CITATION}. doi:{CITATION_DOI}\n")
 
@@ -156,12 +158,10 @@ def _stats(ckpt: Checkpoint, names: Sequence[str]) -> str:
 def _descr(ckpt: Checkpoint, work: Path, x: np.ndarray, onnx: bool, authors: Sequence[str],
            license: str, name: str | None) -> Any:
     import bioimageio.spec.model.v0_5 as b
-    from bioimageio.spec import __version__ as spec_version  # noqa: F401
 
     arch = dict(ckpt.architecture)
     arch.pop("architecture", None)
     m = 2 ** int(arch.get("depth", 4))
-    halo = max(1, ckpt.overlap // 4)
     norm = ckpt.normalization
 
     def scale_linear(names: Sequence[str], inverse: bool) -> Any:
@@ -174,10 +174,12 @@ def _descr(ckpt: Checkpoint, work: Path, x: np.ndarray, onnx: bool, authors: Seq
         return b.ScaleLinearDescr(kwargs=b.ScaleLinearAlongAxisKwargs(axis=b.AxisId("channel"), gain=gain,
                                                                       offset=offset))
 
-    low = m * -(-(2 * halo + 1) // m)  # the smallest size that leaves a core inside the halo
-    space_in = [b.SpaceInputAxis(id=b.AxisId(a), size=b.ParameterizedSize(min=low, step=m)) for a in "yx"]
-    space_out = [b.SpaceOutputAxisWithHalo(id=b.AxisId(a), halo=halo,
-                                           size=b.SizeReference(tensor_id=b.TensorId("input"), axis_id=b.AxisId(a)))
+    # no halo declared: bioimageio.core would pad the input by it and crop it off the output,
+    # which changes every pixel within the U-Net's receptive field of the border (the tiling
+    # advice is in the README instead)
+    space_in = [b.SpaceInputAxis(id=b.AxisId(a), size=b.ParameterizedSize(min=m, step=m)) for a in "yx"]
+    space_out = [b.SpaceOutputAxis(id=b.AxisId(a), size=b.SizeReference(tensor_id=b.TensorId("input"),
+                                                                         axis_id=b.AxisId(a)))
                  for a in "yx"]
     inp = b.InputTensorDescr(
         id=b.TensorId("input"), description=f"{', '.join(ckpt.source)} in their own intensity units",
