@@ -15,6 +15,8 @@ Public API (imported lazily, so ``import omeloc`` and the CLI start fast):
 - :class:`VirtualStain` — a checkpoint applied to numpy or dask arrays (normalize → model → target units)
 - :class:`TrainConfig`, :class:`TilingConfig`, :class:`ComputeConfig` — options of train / predict / where work runs
 - :func:`dask_client` — run on a local cluster or a scheduler address (``omeloc.compute``)
+- :func:`export_bmz`, :func:`show_model`, :class:`ModelDescription` — models in and out (BMZ, ONNX;
+  ``omeloc.modelio``)
 """
 
 from __future__ import annotations
@@ -69,6 +71,9 @@ _EXPORTS: dict[str, str] = {
     "ComputeConfig": "omeloc.config",
     "normalize": "omeloc.learn.normalization",
     "denormalize": "omeloc.learn.normalization",
+    "ModelDescription": "omeloc.modelio.describe",
+    "export_bmz": "omeloc.modelio.export_bmz",
+    "show_model": "omeloc.modelio.show",
 }
 
 __all__ = ["__version__", *_EXPORTS]

@@ -27,7 +27,7 @@ from omeloc.errors import CheckpointError
 from omeloc.modelio.describe import AxisSpec, ModelDescription, Step, TensorSpec
 from omeloc.modelio.processing import SUPPORTED_STEPS
 
-__all__ = ["MAX_UNPACKED", "Package", "RUNNABLE_WEIGHTS", "is_package", "open_package", "sha256_of"]
+__all__ = ["MAX_UNPACKED", "RUNNABLE_WEIGHTS", "Package", "is_package", "open_package", "sha256_of"]
 
 logger = logging.getLogger(__name__)
 
@@ -137,7 +137,7 @@ def _load_descr(rdf: Path) -> Any:
                            f"omeloc[bmz].") from None
     try:
         descr = load_description(rdf, format_version="latest", perform_io_checks=False)
-    except Exception as err:  # bioimageio.spec raises many kinds on broken YAML
+    except Exception as err:  # noqa: BLE001 - bioimageio.spec raises many kinds on broken YAML
         raise PackageError(f"{rdf} is not a valid model description ({type(err).__name__}: "
                            f"{str(err).splitlines()[0][:200]}). Fix or re-export the package.") from None
     if isinstance(descr, InvalidDescr) or not isinstance(descr, v0_5.ModelDescr):
@@ -152,7 +152,7 @@ def _load_descr(rdf: Path) -> Any:
                 break
         raise PackageError(f"{rdf} is not a valid model description (type {kind!r}"
                            + (f"; {first[:200]}" if first else "") + "). Omeloc reads BMZ model spec 0.5 "
-                           f"(and 0.4, converted). Fix or re-export the package.")
+                           "(and 0.4, converted). Fix or re-export the package.")
     return descr
 
 

@@ -72,7 +72,7 @@ def test_crop(ckpt: Checkpoint, plate: str | Path | None = None, side: int = TES
         raise InputError("The checkpoint names no training plate; pass --plate to cut the test tensors from.")
     try:
         opened = open_plate(where, storage_options)
-    except Exception as err:
+    except Exception as err:  # noqa: BLE001 - any unreadable plate: one line naming --plate
         raise InputError(f"Cannot open the training plate {where} ({str(err)[:160]}); pass --plate with a plate "
                          f"that has channels {', '.join(ckpt.source + ckpt.target)}.") from None
     wells = list(ckpt.provenance.get("val_wells") or []) + list(ckpt.provenance.get("train_wells") or [])
@@ -101,7 +101,7 @@ def test_crop(ckpt: Checkpoint, plate: str | Path | None = None, side: int = TES
 def _well_images(plate: Any, well: str) -> list[Any]:
     try:
         return list(plate.well(str(well)).images)
-    except Exception:
+    except Exception:  # noqa: BLE001 - a well the plate no longer has: skipped
         return []
 
 
@@ -143,7 +143,7 @@ def _readme(ckpt: Checkpoint, onnx: bool) -> str:
             f"`scale_linear` maps the training percentiles ({_stats(ckpt, ckpt.source)}) to 0 and 1, and the "
             f"postprocessing maps the output back to the target's units ({_stats(ckpt, ckpt.target)}).\n\n"
             f"Weights: pytorch_state_dict (architecture `unet.py`, torch only), torchscript"
-            f"{', onnx (opset %d)' % OPSET if onnx else ''}.\n\n"
+            f"{f', onnx (opset {OPSET})' if onnx else ''}.\n\n"
             f"Tiling: the network is fully convolutional (sizes multiples of "
             f"{2 ** int(ckpt.architecture.get('depth', 4))} px); tile with an overlap of at least "
             f"{ckpt.overlap} px (omeloc's advice). Run it over a plate: `omeloc predict PLATE --model THIS.zip`.\n\n"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
+
 import numpy as np
 import torch
 
@@ -34,7 +35,7 @@ class OnnxRunner:
             providers.insert(0, "CUDAExecutionProvider")
         try:
             self.session = ort.InferenceSession(str(path), sess_options=opts, providers=providers)
-        except Exception as err:  # onnxruntime raises its own exception types
+        except Exception as err:  # noqa: BLE001 - onnxruntime raises its own exception types
             raise CheckpointError(f"onnxruntime cannot load {Path(path).name} ({str(err).splitlines()[0][:160]}). "
                                   f"Re-export the ONNX weights.") from None
         self.input_name = self.session.get_inputs()[0].name

@@ -30,7 +30,7 @@ from omeloc.modelio.bmz_import import Package, PackageError, open_package
 from omeloc.modelio.describe import ModelDescription, TensorSpec
 from omeloc.modelio.processing import compile_steps
 
-__all__ = ["PackageModel", "PackageRef", "check_test_output", "to_model_layout", "from_model_layout"]
+__all__ = ["PackageModel", "PackageRef", "check_test_output", "from_model_layout", "to_model_layout"]
 
 logger = logging.getLogger(__name__)
 
@@ -71,7 +71,7 @@ def _import_architecture(source: Path, name: str) -> Any:
     sys.modules[mod_name] = module
     try:
         spec.loader.exec_module(module)
-    except Exception as err:
+    except Exception as err:  # noqa: BLE001 - untrusted code fails in any way
         raise PackageError(f"The package's architecture file {source.name} fails to import "
                            f"({type(err).__name__}: {err}).") from None
     if not hasattr(module, name):
@@ -84,7 +84,7 @@ def _load_weights(pkg: Package, device: torch.device) -> Any:
     if fmt == "torchscript":
         try:
             net = torch.jit.load(str(wfile), map_location=device)
-        except Exception as err:
+        except Exception as err:  # noqa: BLE001 - torch.jit raises many kinds
             raise PackageError(f"Cannot load the TorchScript weights {wfile.name} "
                                f"({str(err).splitlines()[0][:160]}). Re-download the package.") from None
         return net.eval()
@@ -99,7 +99,7 @@ def _load_weights(pkg: Package, device: torch.device) -> Any:
             warnings.simplefilter("ignore")
             state = torch.load(wfile, map_location="cpu", weights_only=True)
         net.load_state_dict(state)
-    except Exception as err:
+    except Exception as err:  # noqa: BLE001 - a foreign module fails in any way
         raise PackageError(f"The state dict {wfile.name} does not load into {name} "
                            f"({str(err).splitlines()[0][:160]}).") from None
     for p in net.parameters():

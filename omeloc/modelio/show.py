@@ -26,7 +26,8 @@ def show_model(model: str | Path) -> tuple[ModelDescription, tuple[Path, ...]]:
     if is_package(model):
         folder, rdf, digest = _locate(model)
         descr = _load_descr(rdf)
-        covers = tuple(folder / Path(str(getattr(c, "path", c))).name for c in (descr.covers or ()))
+        sources = (getattr(c, "source", c) for c in (descr.covers or ()))
+        covers = tuple(folder / Path(str(getattr(s, "path", s))).name for s in sources)
         return describe_package(descr, digest), tuple(c for c in covers if c.is_file())
     ckpt = load_checkpoint(model)
     figures = tuple(p for p in (ckpt.path / "curves.png",) if p.is_file())

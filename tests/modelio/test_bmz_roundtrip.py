@@ -1,3 +1,4 @@
+# ruff: noqa: F811  (the exported fixture is imported from bmz_fixtures, then requested by name)
 """omeloc models out to the BioImage Model Zoo and back in: export, show, predict with the package.
 
 The package is exported from a tiny trained checkpoint (once per session) and checked with the
@@ -7,7 +8,6 @@ real bioimageio.core (``test_model``, ``predict``); ONNX exports run in the real
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -18,26 +18,10 @@ import torch
 pytest.importorskip("bioimageio.core", reason="needs the bmz extra (bioimageio.core)")
 pytest.importorskip("onnxruntime", reason="needs the bmz extra (onnxruntime)")
 
-import omeloc  # noqa: E402
-from omeloc.cli import main  # noqa: E402
+from bmz_fixtures import exported  # noqa: F401  (the session's exported package)
 
-
-@pytest.fixture(scope="session")
-def exported(tmp_path_factory):
-    """(plate, checkpoint, package zip): a small U-Net trained for 40 steps on a 1x2-well plate of
-    256 px fields (enough for an output that varies: ~20 intensity units of std), exported with
-    torch, TorchScript and ONNX weights."""
-    root = tmp_path_factory.mktemp("bmz")
-    os.environ["OMELOC_CACHE"] = str(root / "cache")
-    plate = omeloc.make_plate(root / "plate.zarr", rows=1, cols=2, fields=1, size=256, chunks=(128, 128),
-                              levels=2, channels=("actin", "WAVE2"))
-    ckpt = omeloc.train(plate, "actin", "WAVE2", out=root / "model", steps=40, crop=32, batch_size=4, depth=2,
-                        base_channels=8, val_wells=["A2"], progress=False).checkpoint
-    from omeloc.modelio.export_bmz import export_bmz
-
-    res = export_bmz(ckpt, root / "model.zip", onnx=True, authors=["Test Author"])
-    assert res.test_status == "passed"
-    return plate, ckpt, res.path
+import omeloc
+from omeloc.cli import main
 
 
 def _field(plate, channel: str) -> np.ndarray:
