@@ -6,13 +6,19 @@ import argparse
 
 from omeloc.cli._common import EXIT_OK
 
-HELP = "Show a model (checkpoint folder or BMZ package): inputs, outputs, axes, normalization, training."
-EXAMPLES = ("omeloc show models/actin-wave2", "omeloc show vs-model.zip", "omeloc show vs-model.zip --json")
+HELP = "Show a model (checkpoint or BMZ package): inputs, outputs, axes, normalization, training."
+EXAMPLES = (
+    "omeloc show models/actin-wave2",
+    "omeloc show vs-model.zip",
+    "omeloc show vs-model.zip --json",
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the options of ``omeloc show`` to ``parser``."""
-    parser.add_argument("model", help="checkpoint folder, or a BMZ package (.zip, folder or rdf.yaml)")
+    parser.add_argument(
+        "model", help="checkpoint folder, or a BMZ package (.zip, folder or rdf.yaml)"
+    )
     parser.add_argument("--json", action="store_true", help="print the model description as JSON")
 
 

@@ -68,25 +68,42 @@ class PackageStain:
         See :func:`omeloc.modelio.bmz_import.open_package`.
     """
 
-    def __init__(self, path: str | Path, source: Sequence[str] | None = None, trust_code: bool = False,
-                 weights: str | None = None) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        source: Sequence[str] | None = None,
+        trust_code: bool = False,
+        weights: str | None = None,
+    ) -> None:
         pkg = open_package(path, trust_code=trust_code, weights=weights)
         d = pkg.description
         names = list(d.inputs[0].channel_names)
         if source is not None:
             source = [str(s) for s in source]
             if len(source) != len(names):
-                raise InputError(f"The package reads {len(names)} channel(s) ({', '.join(names)}); --source names "
-                                 f"{len(source)} ({', '.join(source)}). Give one plate channel per input channel.")
+                raise InputError(
+                    f"The package reads {len(names)} channel(s) ({', '.join(names)}); --source "
+                    "names "
+                    f"{len(source)} ({', '.join(source)}). Give one plate channel per input "
+                    "channel."
+                )
             names = source
         self.package, self.description = pkg, d
         self.source_names, self.target_names = names, list(d.outputs[0].channel_names)
         self.ref = PackageRef(pkg, trust_code)
         stats = {n: dict(_IDENTITY) for n in [*self.source_names, *self.target_names]}
-        self.checkpoint = _PackageRecord(path=pkg.path, normalization=stats, package=pkg, trust_code=trust_code,
-                                         architecture={"architecture": f"bmz:{pkg.weights_format}"})
-        self.channel_hint = ("Map the package's inputs to plate channels with --source, e.g. --source "
-                             + ",".join(["CHANNEL"] * len(names)) + ".")
+        self.checkpoint = _PackageRecord(
+            path=pkg.path,
+            normalization=stats,
+            package=pkg,
+            trust_code=trust_code,
+            architecture={"architecture": f"bmz:{pkg.weights_format}"},
+        )
+        self.channel_hint = (
+            "Map the package's inputs to plate channels with --source, e.g. --source "
+            + ",".join(["CHANNEL"] * len(names))
+            + "."
+        )
 
     def __repr__(self) -> str:
         return f"PackageStain({self.description.name!r}, {self.package.weights_format})"
@@ -104,9 +121,12 @@ class PackageStain:
 
     @property
     def sample_statistics(self) -> bool:
-        """Whether a preprocessing step measures statistics on the data (then a tile covers a whole field)."""
-        return any(s.name in SAMPLE_STATISTICS or (s.name == "clip" and any("percentile" in k for k, _ in s.kwargs))
-                   for s in self.description.inputs[0].processing)
+        """Whether a preprocessing step measures statistics on the data (a tile then covers a field)."""
+        return any(
+            s.name in SAMPLE_STATISTICS
+            or (s.name == "clip" and any("percentile" in k for k, _ in s.kwargs))
+            for s in self.description.inputs[0].processing
+        )
 
     def tiling(self, tiling: TilingConfig | None = None, **overrides: Any) -> TilingConfig:
         """Tile and overlap that the package's size rules and halo allow (the user's where they do).
@@ -123,18 +143,27 @@ class PackageStain:
         need = 4 * halo  # the engine gives a quarter of the overlap zero weight: at least the halo
         overlap = int(cfg.overlap) if cfg.overlap is not None else max(DEFAULT_OVERLAP, need)
         if overlap < need:
-            logger.warning("overlap %d px raised to %d px: the package spoils %d px at each tile edge",
-                           overlap, need, halo)
+            logger.warning(
+                "overlap %d px raised to %d px: the package spoils %d px at each tile edge",
+                overlap,
+                need,
+                halo,
+            )
             overlap = need
         want = int(cfg.tile) if cfg.tile else (MAX_TILE if self.sample_statistics else DEFAULT_TILE)
         tile = self._valid_tile(want, ya, xa)
         if tile is None or tile <= overlap:
             rules = f"y {_rule(ya)}, x {_rule(xa)}"
-            raise InputError(f"No tile satisfies the package's input size rules ({rules}) with an overlap of "
-                             f"{overlap} px (4 x its halo of {halo} px): a tile must be larger than the overlap. "
-                             f"The package cannot be tiled; fix its size rules or halo.")
+            raise InputError(
+                f"No tile satisfies the package's input size rules ({rules}) with an overlap of "
+                f"{overlap} px (4 x its halo of {halo} px): a tile must be larger than the "
+                "overlap. "
+                f"The package cannot be tiled; fix its size rules or halo."
+            )
         if cfg.tile and tile != int(cfg.tile):
-            logger.warning("tile %d px changed to %d px, the next size the package accepts", cfg.tile, tile)
+            logger.warning(
+                "tile %d px changed to %d px, the next size the package accepts", cfg.tile, tile
+            )
         return cfg.replace(tile=tile, overlap=overlap)
 
     @staticmethod
@@ -157,24 +186,37 @@ class PackageStain:
     def provenance(self) -> dict[str, Any]:
         """What the written channel records of the package."""
         d, pkg = self.description, self.package
-        return {"package_id": d.ident("id") or None, "package_version": d.ident("version") or None,
-                "package_sha256": pkg.sha256, "package_name": d.name, "weights_format": pkg.weights_format,
-                "weights_sha256": pkg.weights_sha256, "package_source_map": dict(zip(
-                    d.inputs[0].channel_names, self.source_names))}
+        return {
+            "package_id": d.ident("id") or None,
+            "package_version": d.ident("version") or None,
+            "package_sha256": pkg.sha256,
+            "package_name": d.name,
+            "weights_format": pkg.weights_format,
+            "weights_sha256": pkg.weights_sha256,
+            "package_source_map": dict(zip(d.inputs[0].channel_names, self.source_names)),
+        }
 
     def check_workers(self, client: Any) -> None:
-        """Refuse, before any write, a package that a worker of ``client`` cannot open (or opens differently)."""
+        """Refuse, before any write, a package that a worker of ``client`` cannot open."""
         if client is None:
             return
         from omeloc.compute import run_on_workers
 
-        seen = run_on_workers(client, worker_package_problem, self.ref.path, self.ref.trust_code,
-                              self.ref.weights, self.ref.key)
+        seen = run_on_workers(
+            client,
+            worker_package_problem,
+            self.ref.path,
+            self.ref.trust_code,
+            self.ref.weights,
+            self.ref.key,
+        )
         bad = {w: r for w, r in sorted(seen.items()) if r is not None}
         if bad:
-            raise InputError(f"{len(bad)} of {len(seen)} Dask worker(s) cannot open the package "
-                             f"{self.ref.path} ({next(iter(bad.values()))}); nothing was written. Put it on a "
-                             f"file system every worker mounts at the same path.")
+            raise InputError(
+                f"{len(bad)} of {len(seen)} Dask worker(s) cannot open the package "
+                f"{self.ref.path} ({next(iter(bad.values()))}); nothing was written. Put it on a "
+                f"file system every worker mounts at the same path."
+            )
 
 
 def worker_package_problem(path: str, trust_code: bool, weights: str, key: str) -> str | None:
@@ -190,8 +232,13 @@ def _rule(a: Any) -> str:
     return f"{a.size} px" if a.size is not None else f"{a.min} + k*{a.step} px"
 
 
-def open_model(model: Any, *, source: Sequence[str] | None = None, trust_code: bool = False,
-               weights: str | None = None) -> Any:
+def open_model(
+    model: Any,
+    *,
+    source: Sequence[str] | None = None,
+    trust_code: bool = False,
+    weights: str | None = None,
+) -> Any:
     """The model plate prediction runs: a :class:`PackageStain` for a BMZ package, else a
     :class:`~omeloc.learn.stain.VirtualStain` of the checkpoint folder (``source`` then renames
     nothing: a checkpoint knows its channels)."""
@@ -202,6 +249,8 @@ def open_model(model: Any, *, source: Sequence[str] | None = None, trust_code: b
     if is_package(model):
         return PackageStain(model, source=source, trust_code=trust_code, weights=weights)
     if source is not None:
-        raise InputError("--source maps plate channels to a BMZ package's inputs; an omeloc checkpoint reads "
-                         "the channels it was trained on. Omit --source.")
+        raise InputError(
+            "--source maps plate channels to a BMZ package's inputs; an omeloc checkpoint reads "
+            "the channels it was trained on. Omit --source."
+        )
     return VirtualStain(model)

@@ -207,7 +207,11 @@ class ModelDescription:
         return dict(self.identity).get(key)
 
     def to_json(self) -> dict[str, Any]:
-        return {"format": FORMAT, "format_version": FORMAT_VERSION, **json.loads(json.dumps(asdict(self)))}
+        return {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            **json.loads(json.dumps(asdict(self))),
+        }
 
     @classmethod
     def from_json(cls, doc: Mapping[str, Any]) -> ModelDescription:
@@ -215,23 +219,35 @@ class ModelDescription:
         if not isinstance(doc, Mapping) or doc.get("format") != FORMAT:
             raise InputError(f"Expected a {FORMAT} document. Got {str(doc)[:60]!r} instead.")
         if int(doc.get("format_version", 0)) > FORMAT_VERSION:
-            raise InputError(f"Model description version {doc['format_version']} is newer than this "
-                             f"omeloc reads ({FORMAT_VERSION}). Upgrade omeloc.")
+            raise InputError(
+                f"Model description version {doc['format_version']} is newer than this "
+                f"omeloc reads ({FORMAT_VERSION}). Upgrade omeloc."
+            )
         try:
+
             def tensor(t: Mapping[str, Any]) -> TensorSpec:
-                axes = tuple(AxisSpec(**{**a, "channel_names": tuple(a.get("channel_names", ()))})
-                             for a in t["axes"])
-                steps = tuple(Step(s["name"], _frozen(s.get("kwargs", ()))) for s in t.get("processing", ()))
+                axes = tuple(
+                    AxisSpec(**{**a, "channel_names": tuple(a.get("channel_names", ()))})
+                    for a in t["axes"]
+                )
+                steps = tuple(
+                    Step(s["name"], _frozen(s.get("kwargs", ()))) for s in t.get("processing", ())
+                )
                 return TensorSpec(str(t["id"]), axes, steps, str(t.get("description", "")))
 
             pairs = ("identity", "training", "metrics")
             return cls(
-                name=str(doc["name"]), kind=str(doc["kind"]),
-                inputs=tuple(tensor(t) for t in doc["inputs"]), outputs=tuple(tensor(t) for t in doc["outputs"]),
+                name=str(doc["name"]),
+                kind=str(doc["kind"]),
+                inputs=tuple(tensor(t) for t in doc["inputs"]),
+                outputs=tuple(tensor(t) for t in doc["outputs"]),
                 weights=tuple(doc.get("weights", ())),
                 pixel_size=tuple(doc["pixel_size"]) if doc.get("pixel_size") else None,
-                unit=doc.get("unit"), authors=tuple(doc.get("authors", ())), license=doc.get("license"),
-                citations=tuple(doc.get("citations", ())), documentation=str(doc.get("documentation", "")),
+                unit=doc.get("unit"),
+                authors=tuple(doc.get("authors", ())),
+                license=doc.get("license"),
+                citations=tuple(doc.get("citations", ())),
+                documentation=str(doc.get("documentation", "")),
                 **{k: tuple((str(a), _frozen(b)) for a, b in doc.get(k, ())) for k in pairs},
             )
         except (KeyError, TypeError, ValueError) as err:
@@ -252,7 +268,10 @@ class ModelDescription:
         if self.weights:
             lines.append(f"  weights: {', '.join(self.weights)}")
         if self.pixel_size:
-            lines.append(f"  pixel size: {self.pixel_size[0]:g} x {self.pixel_size[1]:g} {self.unit or ''}".rstrip())
+            lines.append(
+                f"  pixel size: {self.pixel_size[0]:g} x {self.pixel_size[1]:g} "
+                f"{self.unit or ''}".rstrip()
+            )
         else:
             lines.append("  pixel size: not declared")
         if self.halo:
@@ -272,7 +291,9 @@ class ModelDescription:
         return replace(self, **changes)
 
 
-def _spatial(tensor: str, multiple: int, halo: int = 0, out: bool = False) -> tuple[AxisSpec, AxisSpec]:
+def _spatial(
+    tensor: str, multiple: int, halo: int = 0, out: bool = False
+) -> tuple[AxisSpec, AxisSpec]:
     if out:
         return tuple(AxisSpec(a, "space", same_as=f"{tensor}.{a}", halo=halo) for a in ("y", "x"))  # type: ignore
     return tuple(AxisSpec(a, "space", min=multiple, step=multiple) for a in ("y", "x"))  # type: ignore
@@ -298,25 +319,58 @@ def describe_checkpoint(ckpt: Any) -> ModelDescription:
     arch = ckpt.architecture
     multiple = 2 ** int(arch.get("depth", 4))
     norm = ckpt.normalization
-    src = TensorSpec("input", (AxisSpec("batch", "batch"), AxisSpec("channel", "channel",
-                                                                   channel_names=tuple(ckpt.source)),
-                               *_spatial("input", multiple)),
-                     (scale_linear_for([norm[c] for c in ckpt.source]),))
-    dst = TensorSpec("output", (AxisSpec("batch", "batch"), AxisSpec("channel", "channel",
-                                                                    channel_names=tuple(ckpt.target)),
-                                *_spatial("input", multiple, out=True)),
-                     (scale_linear_for([norm[c] for c in ckpt.target], inverse=True),))
+    src = TensorSpec(
+        "input",
+        (
+            AxisSpec("batch", "batch"),
+            AxisSpec("channel", "channel", channel_names=tuple(ckpt.source)),
+            *_spatial("input", multiple),
+        ),
+        (scale_linear_for([norm[c] for c in ckpt.source]),),
+    )
+    dst = TensorSpec(
+        "output",
+        (
+            AxisSpec("batch", "batch"),
+            AxisSpec("channel", "channel", channel_names=tuple(ckpt.target)),
+            *_spatial("input", multiple, out=True),
+        ),
+        (scale_linear_for([norm[c] for c in ckpt.target], inverse=True),),
+    )
     prov = ckpt.provenance or {}
     pixel = prov.get("pixel_size")
-    training = {k: prov[k] for k in ("plates", "train_wells", "val_wells", "steps", "seed", "crop",
-                                    "batch_size", "level", "versions") if k in prov}
-    training = {"model": ckpt.model, "architecture": json.dumps(arch, sort_keys=True), **training,
-                "tile advice": ckpt.tile, "overlap advice": ckpt.overlap}
+    training = {
+        k: prov[k]
+        for k in (
+            "plates",
+            "train_wells",
+            "val_wells",
+            "steps",
+            "seed",
+            "crop",
+            "batch_size",
+            "level",
+            "versions",
+        )
+        if k in prov
+    }
+    training = {
+        "model": ckpt.model,
+        "architecture": json.dumps(arch, sort_keys=True),
+        **training,
+        "tile advice": ckpt.tile,
+        "overlap advice": ckpt.overlap,
+    }
     metrics = {k: v for k, v in (ckpt.metrics or {}).items() if isinstance(v, (int, float, str))}
     return ModelDescription(
-        name=f"{'+'.join(ckpt.source)} -> {'+'.join(ckpt.target)}", kind="omeloc-checkpoint",
-        inputs=(src,), outputs=(dst,), weights=("omeloc weights.pt",),
-        pixel_size=tuple(float(p) for p in pixel[-2:]) if isinstance(pixel, (list, tuple)) else None,
+        name=f"{'+'.join(ckpt.source)} -> {'+'.join(ckpt.target)}",
+        kind="omeloc-checkpoint",
+        inputs=(src,),
+        outputs=(dst,),
+        weights=("omeloc weights.pt",),
+        pixel_size=tuple(float(p) for p in pixel[-2:])
+        if isinstance(pixel, (list, tuple))
+        else None,
         unit=prov.get("pixel_unit"),
         identity=(("path", str(ckpt.path)),),
         training=tuple((k, _frozen(v)) for k, v in training.items()),

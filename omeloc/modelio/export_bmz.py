@@ -1,4 +1,4 @@
-"""An omeloc checkpoint as a BioImage Model Zoo package (model spec 0.5), tested before it is written.
+"""An omeloc checkpoint as a BioImage Model Zoo package (model spec 0.5), tested before writing.
 
 :func:`export_bmz` builds the package in a temporary folder: ``pytorch_state_dict`` weights with
 the U-Net's source file (``unet.py``, torch only), TorchScript weights (and ONNX with
@@ -34,8 +34,10 @@ __all__ = ["CITATION", "ExportResult", "export_bmz", "test_crop"]
 
 logger = logging.getLogger(__name__)
 
-CITATION = ("Shigene K, Hiasa Y, Otake Y, et al. Translation of Cellular Protein Localization Using "
-            "Convolutional Networks. Front. Cell Dev. Biol. 9:635231 (2021)")
+CITATION = (
+    "Shigene K, Hiasa Y, Otake Y, et al. Translation of Cellular Protein Localization Using "
+    "Convolutional Networks. Front. Cell Dev. Biol. 9:635231 (2021)"
+)
 CITATION_DOI = "10.3389/fcell.2021.635231"
 #: side of the test tensors cut from the training plate
 TEST_SIDE = 128
@@ -51,12 +53,18 @@ class ExportResult:
     test_input_shape: tuple[int, ...]
 
     def summary(self) -> str:
-        return (f"wrote BMZ package {self.path} (model spec 0.5; weights {', '.join(self.weights)}; "
-                f"bioimageio.core test_model: {self.test_status}, test input {self.test_input_shape})")
+        return (
+            f"wrote BMZ package {self.path} (model spec 0.5; weights {', '.join(self.weights)}; "
+            f"bioimageio.core test_model: {self.test_status}, test input {self.test_input_shape})"
+        )
 
 
-def test_crop(ckpt: Checkpoint, plate: str | Path | None = None, side: int = TEST_SIDE,
-              storage_options: Any = None) -> tuple[np.ndarray, np.ndarray]:
+def test_crop(
+    ckpt: Checkpoint,
+    plate: str | Path | None = None,
+    side: int = TEST_SIDE,
+    storage_options: Any = None,
+) -> tuple[np.ndarray, np.ndarray]:
     """A centred ``(1, C, side, side)`` crop of the sources and targets of the first validation
     field of the training plate (``plate`` overrides the plate named in the checkpoint), raw units.
 
@@ -69,20 +77,28 @@ def test_crop(ckpt: Checkpoint, plate: str | Path | None = None, side: int = TES
 
     where = plate or (ckpt.provenance.get("plates") or [None])[0]
     if where is None:
-        raise InputError("The checkpoint names no training plate; pass --plate to cut the test tensors from.")
+        raise InputError(
+            "The checkpoint names no training plate; pass --plate to cut the test tensors from."
+        )
     try:
         opened = open_plate(where, storage_options)
     except Exception as err:  # noqa: BLE001 - any unreadable plate: one line naming --plate
-        raise InputError(f"Cannot open the training plate {where} ({str(err)[:160]}); pass --plate with a plate "
-                         f"that has channels {', '.join(ckpt.source + ckpt.target)}.") from None
-    wells = list(ckpt.provenance.get("val_wells") or []) + list(ckpt.provenance.get("train_wells") or [])
+        raise InputError(
+            f"Cannot open the training plate {where} ({str(err)[:160]}); pass --plate with a plate "
+            f"that has channels {', '.join(ckpt.source + ckpt.target)}."
+        ) from None
+    wells = list(ckpt.provenance.get("val_wells") or []) + list(
+        ckpt.provenance.get("train_wells") or []
+    )
     images = [img for w in wells for img in _well_images(opened, w)] or list(opened.images)
     img = images[0]
     m = 2 ** int(ckpt.architecture.get("depth", 4))
     h, w = img.shape[img.axes.index("y")], img.shape[img.axes.index("x")]
     s = max(m, min(side, h, w) // m * m)
     if s > min(h, w):
-        raise InputError(f"The field {img.path} is {h} x {w} px, smaller than the model's {m} px size step.")
+        raise InputError(
+            f"The field {img.path} is {h} x {w} px, smaller than the model's {m} px size step."
+        )
     y0, x0 = (h - s) // 2, (w - s) // 2
 
     def planes(names: Sequence[str]) -> np.ndarray:
@@ -111,18 +127,25 @@ def _predict_raw(net: torch.nn.Module, ckpt: Checkpoint, x: np.ndarray) -> np.nd
     xn = normalize_channels([x[:, k] for k in range(x.shape[1])], stats)
     with torch.no_grad():
         y = net(torch.from_numpy(np.ascontiguousarray(xn, dtype=np.float32))).numpy()
-    return np.asarray(denormalize_channels(y, [ckpt.normalization[c] for c in ckpt.target]), dtype=np.float32)
+    return np.asarray(
+        denormalize_channels(y, [ckpt.normalization[c] for c in ckpt.target]), dtype=np.float32
+    )
 
 
-def _cover(path: Path, x: np.ndarray, y: np.ndarray, truth: np.ndarray, names: tuple[str, str]) -> Path:
+def _cover(
+    path: Path, x: np.ndarray, y: np.ndarray, truth: np.ndarray, names: tuple[str, str]
+) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 3, figsize=(9, 4.5))
-    for ax, img, title in zip(axes, (x[0, 0], y[0, 0], truth[0, 0]),
-                              (f"source: {names[0]}", f"prediction: {names[1]}", f"truth: {names[1]}")):
+    for ax, img, title in zip(
+        axes,
+        (x[0, 0], y[0, 0], truth[0, 0]),
+        (f"source: {names[0]}", f"prediction: {names[1]}", f"truth: {names[1]}"),
+    ):
         lo, hi = np.percentile(img, [1, 99.8])
         ax.imshow(img, cmap="gray", vmin=lo, vmax=hi if hi > lo else lo + 1)
         ax.set_title(title, fontsize=10)
@@ -137,26 +160,43 @@ def _readme(ckpt: Checkpoint, onnx: bool) -> str:
     d = describe_checkpoint(ckpt)
     record = json.dumps(ckpt.provenance, indent=2, sort_keys=True, default=str)
     metrics = json.dumps(ckpt.metrics, indent=2, sort_keys=True, default=str)
-    return (f"# {d.name}: an omeloc virtual stain\n\n"
-            f"Predicts {', '.join(ckpt.target)} from {', '.join(ckpt.source)} (a {ckpt.model} U-Net trained "
-            f"with omeloc). Inputs are in the source channels' own intensity units: the preprocessing "
-            f"`scale_linear` maps the training percentiles ({_stats(ckpt, ckpt.source)}) to 0 and 1, and the "
-            f"postprocessing maps the output back to the target's units ({_stats(ckpt, ckpt.target)}).\n\n"
-            f"Weights: pytorch_state_dict (architecture `unet.py`, torch only), torchscript"
-            f"{f', onnx (opset {OPSET})' if onnx else ''}.\n\n"
-            f"Tiling: the network is fully convolutional (sizes multiples of "
-            f"{2 ** int(ckpt.architecture.get('depth', 4))} px); tile with an overlap of at least "
-            f"{ckpt.overlap} px (omeloc's advice). Run it over a plate: `omeloc predict PLATE --model THIS.zip`.\n\n"
-            f"## Training record\n\n```json\n{record}\n```\n\n## Validation metrics\n\n```json\n{metrics}\n```\n\n"
-            f"## Method\n\n{CITATION}. doi:{CITATION_DOI}\n")
+    return (
+        f"# {d.name}: an omeloc virtual stain\n\n"
+        f"Predicts {', '.join(ckpt.target)} from {', '.join(ckpt.source)} (a {ckpt.model} "
+        "U-Net trained "
+        f"with omeloc). Inputs are in the source channels' own intensity units: the preprocessing "
+        f"`scale_linear` maps the training percentiles ({_stats(ckpt, ckpt.source)}) to 0 and "
+        "1, and the "
+        "postprocessing maps the output back to the target's units "
+        f"({_stats(ckpt, ckpt.target)}).\n\n"
+        f"Weights: pytorch_state_dict (architecture `unet.py`, torch only), torchscript"
+        f"{f', onnx (opset {OPSET})' if onnx else ''}.\n\n"
+        f"Tiling: the network is fully convolutional (sizes multiples of "
+        f"{2 ** int(ckpt.architecture.get('depth', 4))} px); tile with an overlap of at least "
+        f"{ckpt.overlap} px (omeloc's advice). Run it over a plate: `omeloc predict PLATE "
+        "--model THIS.zip`.\n\n"
+        f"## Training record\n\n```json\n{record}\n```\n\n## Validation "
+        f"metrics\n\n```json\n{metrics}\n```\n\n"
+        f"## Method\n\n{CITATION}. doi:{CITATION_DOI}\n"
+    )
 
 
 def _stats(ckpt: Checkpoint, names: Sequence[str]) -> str:
-    return "; ".join(f"{n}: {ckpt.normalization[n]['low']:.4g} .. {ckpt.normalization[n]['high']:.4g}" for n in names)
+    return "; ".join(
+        f"{n}: {ckpt.normalization[n]['low']:.4g} .. {ckpt.normalization[n]['high']:.4g}"
+        for n in names
+    )
 
 
-def _descr(ckpt: Checkpoint, work: Path, x: np.ndarray, onnx: bool, authors: Sequence[str],
-           license: str, name: str | None) -> Any:
+def _descr(
+    ckpt: Checkpoint,
+    work: Path,
+    x: np.ndarray,
+    onnx: bool,
+    authors: Sequence[str],
+    license: str,
+    name: str | None,
+) -> Any:
     import bioimageio.spec.model.v0_5 as b
 
     arch = dict(ckpt.architecture)
@@ -171,52 +211,77 @@ def _descr(ckpt: Checkpoint, work: Path, x: np.ndarray, onnx: bool, authors: Seq
         offset = low if inverse else [-lo / s for lo, s in zip(low, span)]
         if len(names) == 1:
             return b.ScaleLinearDescr(kwargs=b.ScaleLinearKwargs(gain=gain[0], offset=offset[0]))
-        return b.ScaleLinearDescr(kwargs=b.ScaleLinearAlongAxisKwargs(axis=b.AxisId("channel"), gain=gain,
-                                                                      offset=offset))
+        return b.ScaleLinearDescr(
+            kwargs=b.ScaleLinearAlongAxisKwargs(axis=b.AxisId("channel"), gain=gain, offset=offset)
+        )
 
     # no halo declared: bioimageio.core would pad the input by it and crop it off the output,
     # which changes every pixel within the U-Net's receptive field of the border (the tiling
     # advice is in the README instead)
-    space_in = [b.SpaceInputAxis(id=b.AxisId(a), size=b.ParameterizedSize(min=m, step=m)) for a in "yx"]
-    space_out = [b.SpaceOutputAxis(id=b.AxisId(a), size=b.SizeReference(tensor_id=b.TensorId("input"),
-                                                                         axis_id=b.AxisId(a)))
-                 for a in "yx"]
+    space_in = [
+        b.SpaceInputAxis(id=b.AxisId(a), size=b.ParameterizedSize(min=m, step=m)) for a in "yx"
+    ]
+    space_out = [
+        b.SpaceOutputAxis(
+            id=b.AxisId(a), size=b.SizeReference(tensor_id=b.TensorId("input"), axis_id=b.AxisId(a))
+        )
+        for a in "yx"
+    ]
     inp = b.InputTensorDescr(
-        id=b.TensorId("input"), description=f"{', '.join(ckpt.source)} in their own intensity units",
-        axes=[b.BatchAxis(), b.ChannelAxis(channel_names=[b.Identifier(_ident(c)) for c in ckpt.source]), *space_in],
+        id=b.TensorId("input"),
+        description=f"{', '.join(ckpt.source)} in their own intensity units",
+        axes=[
+            b.BatchAxis(),
+            b.ChannelAxis(channel_names=[b.Identifier(_ident(c)) for c in ckpt.source]),
+            *space_in,
+        ],
         test_tensor=b.FileDescr(source=work / "test_input.npy"),
         preprocessing=[scale_linear(ckpt.source, False)],
     )
     out = b.OutputTensorDescr(
-        id=b.TensorId("output"), description=f"virtual {', '.join(ckpt.target)} in its intensity units",
-        axes=[b.BatchAxis(), b.ChannelAxis(channel_names=[b.Identifier(_ident(c)) for c in ckpt.target]),
-              *space_out],
+        id=b.TensorId("output"),
+        description=f"virtual {', '.join(ckpt.target)} in its intensity units",
+        axes=[
+            b.BatchAxis(),
+            b.ChannelAxis(channel_names=[b.Identifier(_ident(c)) for c in ckpt.target]),
+            *space_out,
+        ],
         test_tensor=b.FileDescr(source=work / "test_output.npy"),
         postprocessing=[scale_linear(ckpt.target, True)],
     )
     tv = b.Version(torch.__version__.split("+")[0])
     weights = b.WeightsDescr(
         pytorch_state_dict=b.PytorchStateDictWeightsDescr(
-            source=work / "weights.pt", pytorch_version=tv,
-            architecture=b.ArchitectureFromFileDescr(source=work / "unet.py", callable=b.Identifier("UNet"),
-                                                     kwargs=arch)),
-        torchscript=b.TorchscriptWeightsDescr(source=work / "weights_torchscript.pt", pytorch_version=tv,
-                                              parent="pytorch_state_dict"),
-        onnx=b.OnnxWeightsDescr(source=work / "weights.onnx", opset_version=OPSET, parent="pytorch_state_dict")
-        if onnx else None,
+            source=work / "weights.pt",
+            pytorch_version=tv,
+            architecture=b.ArchitectureFromFileDescr(
+                source=work / "unet.py", callable=b.Identifier("UNet"), kwargs=arch
+            ),
+        ),
+        torchscript=b.TorchscriptWeightsDescr(
+            source=work / "weights_torchscript.pt", pytorch_version=tv, parent="pytorch_state_dict"
+        ),
+        onnx=b.OnnxWeightsDescr(
+            source=work / "weights.onnx", opset_version=OPSET, parent="pytorch_state_dict"
+        )
+        if onnx
+        else None,
     )
     title = name or f"omeloc {'+'.join(ckpt.source)} to {'+'.join(ckpt.target)}"
     return b.ModelDescr(
         name=title[:128],
-        description=f"Virtual stain: {', '.join(ckpt.target)} predicted from {', '.join(ckpt.source)} "
-                    f"(omeloc {ckpt.model} U-Net).",
+        description=f"Virtual stain: {', '.join(ckpt.target)} predicted from "
+                    f"{', '.join(ckpt.source)} "
+        f"(omeloc {ckpt.model} U-Net).",
         authors=[b.Author(name=a) for a in authors],
         cite=[b.CiteEntry(text=CITATION, doi=b.Doi(CITATION_DOI))],
         license=b.LicenseId(license),
         documentation=b.FileDescr(source=work / "README.md"),
         covers=[b.FileDescr(source=work / "cover.png")],
         tags=["virtual-staining", "image-to-image", "omeloc", "2d", "fluorescence"],
-        inputs=[inp], outputs=[out], weights=weights,
+        inputs=[inp],
+        outputs=[out],
+        weights=weights,
         version="0.1.0",
         training_data=None,
     )
@@ -229,7 +294,7 @@ def _ident(name: str) -> str:
 
 
 def run_test_model(descr: Any) -> None:
-    """bioimageio.core's ``test_model`` on ``descr``; raises :class:`CheckpointError` saying why it failed."""
+    """bioimageio.core's ``test_model`` on ``descr``; raises :class:`CheckpointError` saying why."""
     from bioimageio.core import test_model
 
     summary = test_model(descr)
@@ -237,16 +302,33 @@ def run_test_model(descr: Any) -> None:
         return
     for d in summary.details:
         if d.status != "passed":
-            why = "; ".join(f"{'.'.join(map(str, e.loc))}: {e.msg}" for e in (d.errors or [])[:2]) or d.name
-            raise CheckpointError(f"The exported package fails bioimageio.core's test_model ({d.name}: "
-                                  f"{why[:240]}); nothing was written.")
-    raise CheckpointError("The exported package fails bioimageio.core's test_model; nothing was written.")
+            why = (
+                "; ".join(f"{'.'.join(map(str, e.loc))}: {e.msg}" for e in (d.errors or [])[:2])
+                or d.name
+            )
+            raise CheckpointError(
+                f"The exported package fails bioimageio.core's test_model ({d.name}: "
+                f"{why[:240]}); nothing was written."
+            )
+    raise CheckpointError(
+        "The exported package fails bioimageio.core's test_model; nothing was written."
+    )
 
 
-def export_bmz(model: str | Path, out: str | Path, *, plate: str | Path | None = None, onnx: bool = False,
-               authors: Sequence[str] = ("omeloc user",), license: str = "CC-BY-4.0", name: str | None = None,
-               overwrite: bool = False, storage_options: Any = None, test: bool = True) -> ExportResult:
-    """Write the checkpoint ``model`` as a BMZ package (spec 0.5) at ``out`` (``.zip``: a zip, else a folder).
+def export_bmz(
+    model: str | Path,
+    out: str | Path,
+    *,
+    plate: str | Path | None = None,
+    onnx: bool = False,
+    authors: Sequence[str] = ("omeloc user",),
+    license: str = "CC-BY-4.0",
+    name: str | None = None,
+    overwrite: bool = False,
+    storage_options: Any = None,
+    test: bool = True,
+) -> ExportResult:
+    """Write checkpoint ``model`` as a BMZ package (spec 0.5) at ``out`` (a zip, else a folder).
 
     Parameters
     ----------
@@ -262,7 +344,8 @@ def export_bmz(model: str | Path, out: str | Path, *, plate: str | Path | None =
     authors, license, name
         Package metadata (authors as names only: validation stays offline).
     test
-        Run bioimageio.core's ``test_model`` before writing (default); a failing package is not written.
+        Run bioimageio.core's ``test_model`` before writing (default); a failing package is not
+        written.
 
     Raises
     ------
@@ -280,8 +363,13 @@ def export_bmz(model: str | Path, out: str | Path, *, plate: str | Path | None =
         work = Path(tmp)
         np.save(work / "test_input.npy", x)
         np.save(work / "test_output.npy", y)
-        torch.save({k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}, work / "weights.pt")
-        shutil.copyfile(Path(__file__).resolve().parents[1] / "learn" / "models" / "unet.py", work / "unet.py")
+        torch.save(
+            {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()},
+            work / "weights.pt",
+        )
+        shutil.copyfile(
+            Path(__file__).resolve().parents[1] / "learn" / "models" / "unet.py", work / "unet.py"
+        )
         export_torchscript(net, work / "weights_torchscript.pt", size=x.shape[-1])
         if onnx:
             export_onnx(net, work / "weights.onnx", size=x.shape[-1])
@@ -295,7 +383,9 @@ def export_bmz(model: str | Path, out: str | Path, *, plate: str | Path | None =
         _write(descr, dest, overwrite)
     weights = ("pytorch_state_dict", "torchscript") + (("onnx",) if onnx else ())
     logger.info("exported %s to %s", ckpt.path, dest)
-    return ExportResult(path=dest, weights=weights, test_status=status, test_input_shape=tuple(x.shape))
+    return ExportResult(
+        path=dest, weights=weights, test_status=status, test_input_shape=tuple(x.shape)
+    )
 
 
 def _write(descr: Any, dest: Path, overwrite: bool) -> None:

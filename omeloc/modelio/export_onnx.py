@@ -49,9 +49,19 @@ def export_onnx(net: torch.nn.Module, path: str | Path, size: int = 64) -> Path:
     try:
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            torch.onnx.export(net, (_example(net, size),), str(path), input_names=["input"],
-                              output_names=["output"], dynamic_axes=dyn, opset_version=OPSET, dynamo=False)
+            torch.onnx.export(
+                net,
+                (_example(net, size),),
+                str(path),
+                input_names=["input"],
+                output_names=["output"],
+                dynamic_axes=dyn,
+                opset_version=OPSET,
+                dynamo=False,
+            )
     except Exception as err:  # noqa: BLE001 - the exporter raises many kinds
-        raise CheckpointError(f"ONNX export failed ({type(err).__name__}: {str(err).splitlines()[0][:160]}). "
-                              f"Install omeloc[bmz] (onnx) or export --format torchscript.") from None
+        raise CheckpointError(
+            f"ONNX export failed ({type(err).__name__}: {str(err).splitlines()[0][:160]}). "
+            f"Install omeloc[bmz] (onnx) or export --format torchscript."
+        ) from None
     return Path(path)

@@ -22,14 +22,24 @@ __all__ = ["SAMPLE_STATISTICS", "SUPPORTED_STEPS", "compile_steps"]
 
 #: steps whose statistics are measured on the data (per sample), not stored in the package
 SAMPLE_STATISTICS = ("zero_mean_unit_variance", "scale_range")
-SUPPORTED_STEPS = ("scale_linear", "fixed_zero_mean_unit_variance", "zero_mean_unit_variance",
-                   "scale_range", "clip", "sigmoid", "softmax", "binarize", "ensure_dtype")
+SUPPORTED_STEPS = (
+    "scale_linear",
+    "fixed_zero_mean_unit_variance",
+    "zero_mean_unit_variance",
+    "scale_range",
+    "clip",
+    "sigmoid",
+    "softmax",
+    "binarize",
+    "ensure_dtype",
+)
 
 Op = Callable[[torch.Tensor], torch.Tensor]
 
 
-def _along(values: float | Sequence[float], axis: str | None, axes: Sequence[str], x: torch.Tensor
-           ) -> torch.Tensor:
+def _along(
+    values: float | Sequence[float], axis: str | None, axes: Sequence[str], x: torch.Tensor
+) -> torch.Tensor:
     """``values`` broadcast along ``axis`` of ``x`` (axes named by ``axes``)."""
     v = torch.as_tensor(values, dtype=torch.float32, device=x.device)
     if v.ndim == 0 or axis is None:
@@ -45,8 +55,10 @@ def _reduce_dims(kwargs: dict, axes: Sequence[str]) -> list[int]:
         return [i for i, a in enumerate(axes) if a not in ("batch", "b")]
     missing = [a for a in named if a not in axes]
     if missing:
-        raise InputError(f"A processing step reduces over axes {missing} that its tensor "
-                         f"({', '.join(axes)}) does not have. Fix the package's rdf.yaml.")
+        raise InputError(
+            f"A processing step reduces over axes {missing} that its tensor "
+            f"({', '.join(axes)}) does not have. Fix the package's rdf.yaml."
+        )
     return [list(axes).index(a) for a in named]
 
 
@@ -55,19 +67,26 @@ def _step(step: Step, axes: Sequence[str]) -> Op:
     name = step.name
     eps = float(k.get("eps", 1e-6))
     if name == "scale_linear":
-        return lambda x: x * _along(k.get("gain", 1.0), k.get("axis"), axes, x) + _along(
-            k.get("offset", 0.0), k.get("axis"), axes, x)
+        return lambda x: (
+            x * _along(k.get("gain", 1.0), k.get("axis"), axes, x)
+            + _along(k.get("offset", 0.0), k.get("axis"), axes, x)
+        )
     if name == "fixed_zero_mean_unit_variance":
-        return lambda x: (x - _along(k["mean"], k.get("axis"), axes, x)) / (
-            _along(k["std"], k.get("axis"), axes, x) + eps)
+        return lambda x: (
+            (x - _along(k["mean"], k.get("axis"), axes, x))
+            / (_along(k["std"], k.get("axis"), axes, x) + eps)
+        )
     if name == "zero_mean_unit_variance":
+
         def zmuv(x: torch.Tensor) -> torch.Tensor:
             dims = _reduce_dims(k, axes)
             mean = x.mean(dim=dims, keepdim=True)
             std = x.std(dim=dims, keepdim=True, unbiased=False)
             return (x - mean) / (std + eps)
+
         return zmuv
     if name in ("scale_range", "clip"):
+
         def percentile(x: torch.Tensor, q: float) -> torch.Tensor:
             dims = _reduce_dims(k, axes)
             keep = [i for i in range(x.ndim) if i not in dims]
@@ -79,22 +98,34 @@ def _step(step: Step, axes: Sequence[str]) -> Op:
         if name == "scale_range":
             lo_q, hi_q = float(k.get("min_percentile", 0.0)), float(k.get("max_percentile", 100.0))
             if k.get("reference_tensor"):
-                raise InputError("scale_range with a reference_tensor is not supported by omeloc; "
-                                 "use a package whose steps refer to their own tensor.")
+                raise InputError(
+                    "scale_range with a reference_tensor is not supported by omeloc; "
+                    "use a package whose steps refer to their own tensor."
+                )
 
             def scale_range(x: torch.Tensor) -> torch.Tensor:
                 lo, hi = percentile(x, lo_q), percentile(x, hi_q)
                 return (x - lo) / (hi - lo + eps)
+
             return scale_range
 
         def clip(x: torch.Tensor) -> torch.Tensor:
             lo = k.get("min")
             hi = k.get("max")
-            lo = percentile(x, float(k["min_percentile"])) if k.get("min_percentile") is not None else lo
-            hi = percentile(x, float(k["max_percentile"])) if k.get("max_percentile") is not None else hi
+            lo = (
+                percentile(x, float(k["min_percentile"]))
+                if k.get("min_percentile") is not None
+                else lo
+            )
+            hi = (
+                percentile(x, float(k["max_percentile"]))
+                if k.get("max_percentile") is not None
+                else hi
+            )
             lo_t = torch.as_tensor(lo, dtype=x.dtype, device=x.device) if lo is not None else None
             hi_t = torch.as_tensor(hi, dtype=x.dtype, device=x.device) if hi is not None else None
             return torch.clamp(x, min=lo_t, max=hi_t)
+
         return clip
     if name == "sigmoid":
         return torch.sigmoid
@@ -104,8 +135,12 @@ def _step(step: Step, axes: Sequence[str]) -> Op:
     if name == "binarize":
         return lambda x: (x > _along(k["threshold"], k.get("axis"), axes, x)).float()
     if name == "ensure_dtype":
-        return lambda x: x.float()  # omeloc computes in float32; the write-back casts to the plate's dtype
-    raise InputError(f"Unsupported processing step {name!r}; omeloc supports {', '.join(SUPPORTED_STEPS)}.")
+        return lambda x: (
+            x.float()
+        )  # omeloc computes in float32; the write-back casts to the plate's dtype
+    raise InputError(
+        f"Unsupported processing step {name!r}; omeloc supports {', '.join(SUPPORTED_STEPS)}."
+    )
 
 
 def compile_steps(steps: Sequence[Step], axes: Sequence[str]) -> Op:
@@ -122,4 +157,5 @@ def compile_steps(steps: Sequence[Step], axes: Sequence[str]) -> Op:
         for op in ops:
             x = op(x)
         return x
+
     return run

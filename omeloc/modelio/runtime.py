@@ -30,13 +30,19 @@ from omeloc.modelio.bmz_import import Package, PackageError, open_package
 from omeloc.modelio.describe import ModelDescription, TensorSpec
 from omeloc.modelio.processing import compile_steps
 
-__all__ = ["PackageModel", "PackageRef", "check_test_output", "from_model_layout", "to_model_layout"]
+__all__ = [
+    "PackageModel",
+    "PackageRef",
+    "check_test_output",
+    "from_model_layout",
+    "to_model_layout",
+]
 
 logger = logging.getLogger(__name__)
 
 
 def to_model_layout(x: torch.Tensor, spec: TensorSpec) -> torch.Tensor:
-    """``N x C x H x W`` → the tensor's own axes (no channel axis: C must be 1; ``z``: of size 1)."""
+    """``N x C x H x W`` → the tensor's own axes (no channel axis: C is 1; ``z``: of size 1)."""
     lay = spec.layout
     if "c" not in lay:
         x = x[:, 0]
@@ -72,8 +78,10 @@ def _import_architecture(source: Path, name: str) -> Any:
     try:
         spec.loader.exec_module(module)
     except Exception as err:  # noqa: BLE001 - untrusted code fails in any way
-        raise PackageError(f"The package's architecture file {source.name} fails to import "
-                           f"({type(err).__name__}: {err}).") from None
+        raise PackageError(
+            f"The package's architecture file {source.name} fails to import "
+            f"({type(err).__name__}: {err})."
+        ) from None
     if not hasattr(module, name):
         raise PackageError(f"The package's architecture file {source.name} has no {name!r}.")
     return getattr(module, name)
@@ -85,8 +93,10 @@ def _load_weights(pkg: Package, device: torch.device) -> Any:
         try:
             net = torch.jit.load(str(wfile), map_location=device)
         except Exception as err:  # noqa: BLE001 - torch.jit raises many kinds
-            raise PackageError(f"Cannot load the TorchScript weights {wfile.name} "
-                               f"({str(err).splitlines()[0][:160]}). Re-download the package.") from None
+            raise PackageError(
+                f"Cannot load the TorchScript weights {wfile.name} "
+                f"({str(err).splitlines()[0][:160]}). Re-download the package."
+            ) from None
         return net.eval()
     if fmt == "onnx":
         from omeloc.modelio.onnx_runtime import OnnxRunner
@@ -100,8 +110,10 @@ def _load_weights(pkg: Package, device: torch.device) -> Any:
             state = torch.load(wfile, map_location="cpu", weights_only=True)
         net.load_state_dict(state)
     except Exception as err:  # noqa: BLE001 - a foreign module fails in any way
-        raise PackageError(f"The state dict {wfile.name} does not load into {name} "
-                           f"({str(err).splitlines()[0][:160]}).") from None
+        raise PackageError(
+            f"The state dict {wfile.name} does not load into {name} "
+            f"({str(err).splitlines()[0][:160]})."
+        ) from None
     for p in net.parameters():
         p.requires_grad_(False)
     return net.to(device).eval()
@@ -139,7 +151,7 @@ class PackageModel:
         x = self.pre(x.float())
         with torch.inference_mode():
             if self.batch_one and x.shape[0] > 1:
-                y = torch.cat([torch.as_tensor(self.net(x[i:i + 1])) for i in range(x.shape[0])])
+                y = torch.cat([torch.as_tensor(self.net(x[i : i + 1])) for i in range(x.shape[0])])
             else:
                 y = self.net(x)
         y = y[0] if isinstance(y, (tuple, list)) else y
@@ -153,7 +165,9 @@ class PackageModel:
         if (ph, pw) != (h, w):
             mode = "reflect" if ph - h < h and pw - w < w else "replicate"
             batch = F.pad(batch, (0, pw - w, 0, ph - h), mode=mode)
-        y = from_model_layout(self.run_model_layout(to_model_layout(batch, self.input)), self.output)
+        y = from_model_layout(
+            self.run_model_layout(to_model_layout(batch, self.input)), self.output
+        )
         return y[..., :h, :w]
 
     def __repr__(self) -> str:
@@ -164,14 +178,20 @@ class PackageRef:
     """A package by path, small enough for a Dask graph; loaded (and checked) once per process."""
 
     def __init__(self, pkg: Package, trust_code: bool = False) -> None:
-        self.path, self.trust_code, self.weights = str(pkg.path), bool(trust_code), pkg.weights_format
+        self.path, self.trust_code, self.weights = (
+            str(pkg.path),
+            bool(trust_code),
+            pkg.weights_format,
+        )
         self.key = pkg.key
 
     def open(self) -> Package:
         pkg = open_package(self.path, trust_code=self.trust_code, weights=self.weights)
         if pkg.key != self.key:
-            raise PackageError(f"The package at {self.path} changed since the run was planned "
-                               f"(content key {pkg.key} vs {self.key}); rerun.")
+            raise PackageError(
+                f"The package at {self.path} changed since the run was planned "
+                f"(content key {pkg.key} vs {self.key}); rerun."
+            )
         return pkg
 
     def load(self, device: torch.device | str) -> PackageModel:
@@ -186,13 +206,17 @@ def _test_tensor(pkg: Package, tensor: Any, what: str) -> np.ndarray:
 
     src = getattr(getattr(tensor, "test_tensor", None), "source", None)
     if src is None:
-        raise PackageError(f"The package has no test {what} tensor; omeloc checks a package against its "
-                           f"test output before it runs. Re-export it with test tensors.")
+        raise PackageError(
+            f"The package has no test {what} tensor; omeloc checks a package against its "
+            f"test output before it runs. Re-export it with test tensors."
+        )
     path = _inside(pkg.folder, src, f"test {what}")
     try:
         return np.load(path, allow_pickle=False)
     except (ValueError, OSError) as err:
-        raise PackageError(f"The test {what} {path.name} is not a readable .npy file ({err}).") from None
+        raise PackageError(
+            f"The test {what} {path.name} is not a readable .npy file ({err})."
+        ) from None
 
 
 def check_test_output(model: PackageModel) -> float:
@@ -204,10 +228,16 @@ def check_test_output(model: PackageModel) -> float:
     pkg = model.pkg
     x = _test_tensor(pkg, pkg.descr.inputs[0], "input")
     expected = _test_tensor(pkg, pkg.descr.outputs[0], "output").astype(np.float64)
-    got = model.run_model_layout(torch.from_numpy(x.astype(np.float32)).to(model.device)).cpu().numpy()
+    got = (
+        model.run_model_layout(torch.from_numpy(x.astype(np.float32)).to(model.device))
+        .cpu()
+        .numpy()
+    )
     if got.shape != expected.shape:
-        raise PackageError(f"The package's test input gives an output of shape {got.shape}, not its test "
-                           f"output's {expected.shape}: the package does not reproduce; omeloc refuses it.")
+        raise PackageError(
+            f"The package's test input gives an output of shape {got.shape}, not its test "
+            f"output's {expected.shape}: the package does not reproduce; omeloc refuses it."
+        )
     rtol, atol, per_million = 1e-3, 1e-3, 100
     cfg = getattr(getattr(pkg.descr, "config", None), "bioimageio", None)
     for tol in getattr(cfg, "reproducibility_tolerance", ()) or ():
@@ -218,7 +248,9 @@ def check_test_output(model: PackageModel) -> float:
     diff = np.abs(got - expected)
     bad = int(np.count_nonzero(diff > atol + rtol * np.abs(expected)))
     if bad > per_million * expected.size / 1e6:
-        raise PackageError(f"The package's {pkg.weights_format} weights do not reproduce its test output "
-                           f"({bad} of {expected.size} values differ, max |diff| {float(diff.max()):.3g} > "
-                           f"atol {atol:g} + rtol {rtol:g}); omeloc refuses to run it.")
+        raise PackageError(
+            f"The package's {pkg.weights_format} weights do not reproduce its test output "
+            f"({bad} of {expected.size} values differ, max |diff| {float(diff.max()):.3g} > "
+            f"atol {atol:g} + rtol {rtol:g}); omeloc refuses to run it."
+        )
     return float(diff.max()) if diff.size else 0.0

@@ -10,7 +10,7 @@ __all__ = ["show_model"]
 
 
 def show_model(model: str | Path) -> tuple[ModelDescription, tuple[Path, ...]]:
-    """The :class:`ModelDescription` of ``model`` and the figures beside it (learning curves, cover).
+    """The :class:`ModelDescription` of ``model`` and the figures beside it (curves, cover).
 
     Opens a package without loading its weights or running its code (no ``--trust-code`` needed
     to look at it).

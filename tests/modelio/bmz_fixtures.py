@@ -21,10 +21,29 @@ def exported(tmp_path_factory):
         return _BUILT[key]
     root = tmp_path_factory.mktemp("bmz")
     os.environ["OMELOC_CACHE"] = str(root / "cache")
-    plate = omeloc.make_plate(root / "plate.zarr", rows=1, cols=2, fields=1, size=256, chunks=(128, 128),
-                              levels=2, channels=("actin", "WAVE2"))
-    ckpt = omeloc.train(plate, "actin", "WAVE2", out=root / "model", steps=40, crop=32, batch_size=4, depth=2,
-                        base_channels=8, val_wells=["A2"], progress=False).checkpoint
+    plate = omeloc.make_plate(
+        root / "plate.zarr",
+        rows=1,
+        cols=2,
+        fields=1,
+        size=256,
+        chunks=(128, 128),
+        levels=2,
+        channels=("actin", "WAVE2"),
+    )
+    ckpt = omeloc.train(
+        plate,
+        "actin",
+        "WAVE2",
+        out=root / "model",
+        steps=40,
+        crop=32,
+        batch_size=4,
+        depth=2,
+        base_channels=8,
+        val_wells=["A2"],
+        progress=False,
+    ).checkpoint
     from omeloc.modelio.export_bmz import export_bmz
 
     res = export_bmz(ckpt, root / "model.zip", onnx=True, authors=["Test Author"])

@@ -69,12 +69,14 @@ def _sha_mismatch(tmp, pkg):
 def _unsupported_weights(tmp, pkg):
     def only_keras(doc):
         doc["weights"] = {"keras_hdf5": {"source": "weights.pt", "tensorflow_version": "2.15.0"}}
+
     return _edit_rdf(_folder(tmp, pkg), only_keras), "torchscript, onnx, pytorch_state_dict"
 
 
 def _unsupported_axes(tmp, pkg):
     def add_index(doc):
         doc["inputs"][0]["axes"].insert(2, {"type": "index", "id": "i", "size": 3})
+
     return _edit_rdf(_folder(tmp, pkg), add_index), "b, c, y, x"
 
 
@@ -82,6 +84,7 @@ def _impossible_sizes(tmp, pkg):
     def fixed(doc):
         axes = doc["inputs"][0]["axes"]
         axes[2]["size"], axes[3]["size"] = 64, 32
+
     return _edit_rdf(_folder(tmp, pkg), fixed), "No tile satisfies"
 
 
@@ -95,15 +98,27 @@ def _not_reproducing(tmp, pkg):
 def _state_dict_untrusted(tmp, pkg):
     def only_state_dict(doc):
         doc["weights"] = {"pytorch_state_dict": doc["weights"]["pytorch_state_dict"]}
+
     return _edit_rdf(_folder(tmp, pkg), only_state_dict), "unet.py"
 
 
-CASES = [_corrupted_zip, _zip_slip, _missing_weights, _sha_mismatch, _unsupported_weights,
-         _unsupported_axes, _impossible_sizes, _not_reproducing, _state_dict_untrusted]
+CASES = [
+    _corrupted_zip,
+    _zip_slip,
+    _missing_weights,
+    _sha_mismatch,
+    _unsupported_weights,
+    _unsupported_axes,
+    _impossible_sizes,
+    _not_reproducing,
+    _state_dict_untrusted,
+]
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.__name__.strip("_") for c in CASES])
-def test_bad_package_exits_2_with_one_line_and_leaves_the_plate_untouched(case, exported, tmp_path, capsys):
+def test_bad_package_exits_2_with_one_line_and_leaves_the_plate_untouched(
+    case, exported, tmp_path, capsys
+):
     plate, _, pkg = exported
     copy = tmp_path / "plate.zarr"
     shutil.copytree(plate, copy)
@@ -135,7 +150,9 @@ def test_source_maps_plate_channels_to_the_package_inputs(exported, tmp_path, ca
     plate, _, pkg = exported
     copy = tmp_path / "plate.zarr"
     shutil.copytree(plate, copy)
-    folder = _edit_rdf(_folder(tmp_path, pkg), lambda d: d["inputs"][0]["axes"][1].update(channel_names=["phase"]))
+    folder = _edit_rdf(
+        _folder(tmp_path, pkg), lambda d: d["inputs"][0]["axes"][1].update(channel_names=["phase"])
+    )
     before = tree_digest(copy)
     assert main(["predict", str(copy), "--model", str(folder)]) == 2
     err = capsys.readouterr().err

@@ -26,7 +26,10 @@ from omeloc.cli import main
 
 def _field(plate, channel: str) -> np.ndarray:
     img = omeloc.open_plate(plate).images[0]
-    index = tuple(img.channel_index(channel) if a == "c" else slice(None) if a in "yx" else 0 for a in img.axes)
+    index = tuple(
+        img.channel_index(channel) if a == "c" else slice(None) if a in "yx" else 0
+        for a in img.axes
+    )
     return np.asarray(img.level(0)[index]).astype(np.float32)
 
 
@@ -39,9 +42,13 @@ def test_exported_package_passes_bioimageio_core_test_model(exported):
     descr = load_model_description(pkg, perform_io_checks=False)
     assert str(descr.format_version).startswith("0.5")
     assert {"pytorch_state_dict", "torchscript", "onnx"} <= {
-        f for f in ("pytorch_state_dict", "torchscript", "onnx") if getattr(descr.weights, f) is not None}
+        f
+        for f in ("pytorch_state_dict", "torchscript", "onnx")
+        if getattr(descr.weights, f) is not None
+    }
     assert descr.inputs[0].preprocessing[-2].id == "scale_linear" or any(
-        p.id == "scale_linear" for p in descr.inputs[0].preprocessing)
+        p.id == "scale_linear" for p in descr.inputs[0].preprocessing
+    )
     assert any(p.id == "scale_linear" for p in descr.outputs[0].postprocessing)
     assert "Shigene" in descr.cite[0].text and descr.authors[0].github_user is None
 
@@ -55,9 +62,12 @@ def test_bioimageio_core_prediction_equals_omeloc_predict_with_the_package(expor
     actin = _field(copy, "actin")
     sample = core_predict(model=str(pkg), inputs=actin[None, None])
     want = np.asarray(next(iter(sample.members.values())).data, dtype=np.float64)[0, 0]
-    # 3 x 3 tiles of 160 px over a 256 px field, blended; the overlap's zero-weight margin (a quarter
-    # of it, 28 px) covers the depth-2 U-Net's receptive field (26 px), so no seam remains
-    assert main(["-q", "predict", str(copy), "--model", str(pkg), "--tile", "160", "--overlap", "112"]) == 0
+    # 3 x 3 tiles of 160 px over a 256 px field, blended; the overlap's zero-weight margin (a
+    # quarter of it, 28 px) covers the depth-2 U-Net's receptive field (26 px), so no seam remains
+    assert (
+        main(["-q", "predict", str(copy), "--model", str(pkg), "--tile", "160", "--overlap", "112"])
+        == 0
+    )
     got = _field(copy, "WAVE2 (virtual)").astype(np.float64)
     want = np.clip(np.rint(want), 0, 65535)  # the plate holds uint16: the same rounding
     std = float(_field(copy, "WAVE2").std())
@@ -99,8 +109,16 @@ def test_onnx_and_torchscript_exports_equal_the_torch_model(exported, tmp_path):
 
     _, ckpt, _ = exported
     net = omeloc.load_checkpoint(ckpt).build_model("cpu")
-    assert main(["-q", "export", str(ckpt), "--format", "onnx", "--out", str(tmp_path / "m.onnx")]) == 0
-    assert main(["-q", "export", str(ckpt), "--format", "torchscript", "--out", str(tmp_path / "m.pt")]) == 0
+    assert (
+        main(["-q", "export", str(ckpt), "--format", "onnx", "--out", str(tmp_path / "m.onnx")])
+        == 0
+    )
+    assert (
+        main(
+            ["-q", "export", str(ckpt), "--format", "torchscript", "--out", str(tmp_path / "m.pt")]
+        )
+        == 0
+    )
     x = torch.rand(3, 1, 80, 64)
     with torch.no_grad():
         want = net(x).numpy()
