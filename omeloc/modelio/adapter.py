@@ -121,7 +121,7 @@ class PackageStain:
 
     @property
     def sample_statistics(self) -> bool:
-        """Whether a preprocessing step measures statistics on the data (a tile then covers a field)."""
+        """Whether a preprocessing step measures statistics on the data (whole-field tiles)."""
         return any(
             s.name in SAMPLE_STATISTICS
             or (s.name == "clip" and any("percentile" in k for k, _ in s.kwargs))
