@@ -16,9 +16,10 @@ import torch
 
 pytest.importorskip("bioimageio.core", reason="needs the bmz extra (bioimageio.core)")
 
-import omeloc  # noqa: E402
-from bmz_fixtures import exported  # noqa: E402,F401  (the session's exported package)
-from omeloc.cli import main  # noqa: E402
+from bmz_fixtures import exported  # noqa: F401  (the session's exported package)
+
+import omeloc
+from omeloc.cli import main
 
 
 class _PlaneNet(torch.nn.Module):
@@ -28,7 +29,8 @@ class _PlaneNet(torch.nn.Module):
         super().__init__()
         self.conv = torch.nn.Conv2d(1, 1, 3, padding=1)
         with torch.no_grad():
-            self.conv.weight.copy_(torch.tensor([[0.0, 1, 0], [1, 2, 1], [0, 1, 0]]).reshape(1, 1, 3, 3) / 6)
+            kernel = torch.tensor([[0.0, 1, 0], [1, 2, 1], [0, 1, 0]]).reshape(1, 1, 3, 3)
+            self.conv.weight.copy_(kernel / 6)
             self.conv.bias.fill_(0.5)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -56,7 +58,7 @@ def _foreign_package(root, x: np.ndarray):
         id=b.TensorId("raw"),
         axes=[b.BatchAxis(), b.ChannelAxis(channel_names=[b.Identifier("phase")]),
               b.SpaceInputAxis(id=b.AxisId("z"), size=1),
-              b.SpaceInputAxis(id=b.AxisId("y"), size=size), b.SpaceInputAxis(id=b.AxisId("x"), size=size)],
+              *[b.SpaceInputAxis(id=b.AxisId(a), size=size) for a in "yx"]],
         test_tensor=b.FileDescr(source=root / "in.npy"),
         preprocessing=[b.ZeroMeanUnitVarianceDescr()],
     )
@@ -68,7 +70,8 @@ def _foreign_package(root, x: np.ndarray):
         postprocessing=[b.ScaleLinearDescr(kwargs=b.ScaleLinearKwargs(gain=100.0, offset=1000.0))],
     )
     descr = b.ModelDescr(
-        name="plane net", description="a foreign test package", authors=[b.Author(name="Someone Else")],
+        name="plane net", description="a foreign test package",
+        authors=[b.Author(name="Someone Else")],
         cite=[b.CiteEntry(text="none", doi=b.Doi("10.1000/182"))], license=b.LicenseId("MIT"),
         documentation=b.FileDescr(source=root / "README.md"), inputs=[inp], outputs=[out],
         weights=b.WeightsDescr(torchscript=b.TorchscriptWeightsDescr(
@@ -103,4 +106,5 @@ def test_foreign_bczyx_package_with_sample_statistics_equals_bioimageio_core(exp
     r = np.corrcoef(got.ravel(), want.ravel())[0, 1]
     assert r >= 0.999 and np.abs(got - want).mean() <= 1e-3 * want.std(), r
     record = omeloc.open_plate(copy).images[0].attrs["omeloc"]["channels"]["nuclei (virtual)"]
-    assert record["package_version"] == "1.2.0" and record["package_source_map"] == {"phase": "actin"}
+    assert record["package_version"] == "1.2.0"
+    assert record["package_source_map"] == {"phase": "actin"}
