@@ -17,6 +17,8 @@ Public API (imported lazily, so ``import omeloc`` and the CLI start fast):
 - :func:`dask_client` — run on a local cluster or a scheduler address (``omeloc.compute``)
 - :class:`ProgressReporter` (:class:`LogProgress`, :class:`ConsoleProgress`, :class:`QuietProgress`) — what a
   ``progress`` argument may be besides ``True``/``False`` and a ``(done, total)`` callable (``omeloc.progress``)
+- :func:`export_bmz`, :func:`show_model`, :class:`ModelDescription` — models in and out (BMZ, ONNX;
+  ``omeloc.modelio``)
 """
 
 from __future__ import annotations
@@ -86,6 +88,9 @@ _EXPORTS: dict[str, str] = {
     "segment_nuclei": "omeloc.analysis.segmentation",
     "match_objects": "omeloc.analysis.segmentation",
     "nuclei_scores": "omeloc.analysis.segmentation",
+    "ModelDescription": "omeloc.modelio.describe",
+    "export_bmz": "omeloc.modelio.export_bmz",
+    "show_model": "omeloc.modelio.show",
 }
 
 __all__ = ["__version__", *_EXPORTS]

@@ -21,6 +21,7 @@ from omeloc import __version__
 from omeloc.cli import (
     demo,
     evaluate,
+    export,
     import_tiff,
     info,
     predict,
@@ -28,6 +29,7 @@ from omeloc.cli import (
     recover,
     relate,
     remove,
+    show,
     synth,
     train,
 )
@@ -41,7 +43,7 @@ from omeloc.cli._common import (
 )
 from omeloc.errors import OmelocError
 
-__all__ = ["main", "build_parser", "COMMANDS", "EXIT_OK", "EXIT_FAILURE", "EXIT_BAD_INPUT", "EXIT_INTERRUPTED"]
+__all__ = ["COMMANDS", "EXIT_BAD_INPUT", "EXIT_FAILURE", "EXIT_INTERRUPTED", "EXIT_OK", "build_parser", "main"]
 
 logger = logging.getLogger("omeloc")
 
@@ -51,6 +53,7 @@ COMMANDS: dict[str, ModuleType] = {
     "recover": recover, "evaluate": evaluate, "predict": predict, "train": train, "relate": relate,
 }
 COMMANDS["remove"] = remove
+COMMANDS.update({"export": export, "show": show})  # models in and out (omeloc.modelio)
 
 
 def _verbosity(*, keep_earlier: bool) -> argparse.ArgumentParser:

@@ -216,6 +216,7 @@ class PredictionJob:
             "precision": t.precision, "tta": t.tta or t.uncertainty,
             **({"model_pixel_size": ckpt.pixel_size} if ckpt.pixel_size else {}),
             **({"rescaled": True} if self.rescale else {}),
+            **getattr(self.stain, "provenance", {}),  # a BMZ package: its id, version, sha256
         }
 
     def provenances(self) -> list[dict[str, Any]]:
@@ -252,9 +253,16 @@ def resume_key(ckpt_key: str, settings: Mapping[str, Any]) -> str:
 
 
 # -- step 1: plan ------------------------------------------------------------------------------
-def load_stain(model: str | Path | VirtualStain) -> VirtualStain:
-    """The checkpoint as a :class:`VirtualStain` (refused unless it predicts at least one channel)."""
-    stain = model if isinstance(model, VirtualStain) else VirtualStain(model)
+def load_stain(model: str | Path | VirtualStain, source: Sequence[str] | None = None,
+               trust_code: bool = False) -> VirtualStain:
+    """The checkpoint as a :class:`VirtualStain` (a BMZ package as a
+    :class:`~omeloc.modelio.adapter.PackageStain`), refused unless it predicts at least one channel."""
+    if isinstance(model, VirtualStain):
+        stain = model
+    else:  # the model-loading seam: a checkpoint folder, or a BMZ package (omeloc.modelio)
+        from omeloc.modelio.adapter import open_model
+
+        stain = open_model(model, source=source, trust_code=trust_code)
     if not stain.target:
         raise CheckpointError(f"The checkpoint {stain.checkpoint.path} predicts no channel. Retrain it.")
     return stain
@@ -288,7 +296,8 @@ def plan_prediction(plate: str | Path | Plate, model: str | Path | VirtualStain,
                     wells: Sequence[str] | None = None, overwrite: bool = False,
                     tiling: TilingConfig | None = None,
                     storage_options: Mapping[str, Any] | None = None,
-                    acquisition: str | int | None = None, rescale: bool = False) -> PredictionJob:
+                    acquisition: str | int | None = None, rescale: bool = False,
+                    source: Sequence[str] | None = None, trust_code: bool = False) -> PredictionJob:
     """Read the checkpoint and the plate's metadata, check them against each other, choose the images.
 
     Reads no pixels and writes nothing.  Parameters as in :func:`predict`.
@@ -298,7 +307,7 @@ def plan_prediction(plate: str | Path | Plate, model: str | Path | VirtualStain,
     CheckpointError, ChannelNotFoundError, InputError
         See :func:`predict`.
     """
-    stain = load_stain(model)
+    stain = load_stain(model, source, trust_code)
     labels = virtual_names(name, stain.target)
     opened = plate if isinstance(plate, Plate) else open_plate(plate, storage_options)
     _check_channels(opened, stain)
@@ -384,7 +393,9 @@ def _check_channels(plate: Plate, stain: VirtualStain) -> None:
             f"The checkpoint {stain.checkpoint.path} predicts from channel(s) {', '.join(map(repr, missing))}, "
             f"which plate {plate.path} does not have (channels: {', '.join(map(label_text, names))}). Use a model "
             f"trained on these "
-            f"channel names, or rename the plate's channels."
+            f"channel names, or rename the plate's channels." if not hasattr(stain, "channel_hint")
+            else f"{stain.checkpoint.path} reads channel(s) {', '.join(map(repr, missing))}, which plate "
+            f"{plate.path} does not have (channels: {', '.join(map(label_text, names))}). {stain.channel_hint}"
         )
 
 
@@ -554,7 +565,8 @@ def predict(plate: str | Path | Plate, model: str | Path | VirtualStain, *, name
             compute: ComputeConfig | None = None, dry_run: bool = False, progress: bool = False,
             color: str | None = None, storage_options: Mapping[str, Any] | None = None,
             on_plan: Callable[[Any], None] | None = None, acquisition: str | int | None = None,
-            rescale: bool = False, **overrides: Any) -> PredictResult:
+            rescale: bool = False, source: Sequence[str] | None = None, trust_code: bool = False,
+            **overrides: Any) -> PredictResult:
     """Predict a virtual channel with a trained checkpoint and write it into the plate.
 
     Parameters
@@ -563,7 +575,11 @@ def predict(plate: str | Path | Plate, model: str | Path | VirtualStain, *, name
         Path or URL of an OME-Zarr HCS plate (or a single multiscale image), NGFF 0.4 or 0.5,
         in an append-friendly layout (one channel per chunk; see ``omeloc info``).
     model
-        A checkpoint folder written by :func:`omeloc.train`.
+        A checkpoint folder written by :func:`omeloc.train`, or a BioImage Model Zoo package
+        (``.zip``, folder or ``rdf.yaml``; :mod:`omeloc.modelio`).
+    source, trust_code
+        For a package: the plate channels its input channels read (default: its own channel
+        names); allow ``pytorch_state_dict`` weights, whose architecture is Python code.
     name, overwrite
         Label of the new channel (default ``"<target> (virtual)"``); replace a virtual channel
         of that name written by omeloc before (with its uncertainty channel, if it has one).
@@ -606,7 +622,8 @@ def predict(plate: str | Path | Plate, model: str | Path | VirtualStain, *, name
     t0 = time.perf_counter()
     tiling, compute = split_overrides(tiling, compute, overrides)
     job = plan_prediction(plate, model, name=name, wells=wells, overwrite=overwrite, tiling=tiling,
-                          storage_options=storage_options, acquisition=acquisition, rescale=rescale)
+                          storage_options=storage_options, acquisition=acquisition, rescale=rescale,
+                          source=source, trust_code=trust_code)
     with dask_client(compute) as client:
         job = _remove_companions(job, client, dry_run, storage_options)
         annotate = gpu_annotation(client)
@@ -650,7 +667,8 @@ def _remove_companions(job: PredictionJob, client: Any, dry_run: bool,
 def _check_model(job: PredictionJob, client: Any) -> None:
     """Before any write: the weights load (safely) and fit the architecture, and every worker reads them."""
     job.stain.checkpoint.build_model("cpu")
-    check_workers_read_checkpoint(client, job.stain)
+    check = getattr(job.stain, "check_workers", None)  # a BMZ package checks its own readability
+    check(client) if check is not None else check_workers_read_checkpoint(client, job.stain)
 
 
 def _written(write: Callable[[], Any], job: PredictionJob) -> Any:
