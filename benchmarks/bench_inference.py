@@ -13,9 +13,9 @@ gaussian blending, fp32, on the CPU:
   (256 px, 32 px overlap, batch "auto" = 4 on a CPU).
 
 Both sides get the field in memory and return it in memory (plate predict runs whole fields up
-to 4096² as one region the same way).  Each kind first runs once on a 512² field (warm-up:
-oneDNN primitives, model preparation), then ``--rounds`` rounds time every kind once, the order
-reversed every other round; the figures are MONAI's seconds over omeloc's (per round and the
+to 4096² as one region the same way).  Each kind first runs once on a 256 x 1024 strip
+(warm-up: oneDNN primitives, model preparation), then ``--rounds`` rounds time every kind once,
+the order reversed every other round; the figures are MONAI's seconds over omeloc's (per round and the
 median), wall clock and process CPU time, with the load average beside each run.  ``--profile``
 adds torch.profiler's operator table of one batch of 4 tiles for the module as MONAI runs it and
 as omeloc prepares it.  Results: ``benchmarks/results/inference.json``.
@@ -93,11 +93,13 @@ def run_seams(size: int = 300, tile: int = 128, overlap: int = 24) -> dict:
             whole["bf16"] = model(x)[0].float().numpy()
     std = float(whole["fp32"].std())
     res: dict = {"size": size, "tile": tile, "overlap": overlap, "output_std": std,
-                 "bf16_vs_fp32_whole_max_over_std": float(np.abs(whole["bf16"] - whole["fp32"]).max() / std)}
+                 "bf16_vs_fp32_whole_max_over_std":
+                     float(np.abs(whole["bf16"] - whole["fp32"]).max() / std)}
     for prec, ref in whole.items():
         for blend in ("gaussian", "cosine"):
             for label, trim in (("before_trim0", 0), ("after_default_trim", None)):
-                tiled = predict_array(model, image, tile=tile, overlap=overlap, blend=blend, trim=trim,
+                tiled = predict_array(model, image, tile=tile, overlap=overlap, blend=blend,
+                                      trim=trim,
                                       device="cpu", precision=prec, out_channels=1).compute()[0]
                 res[f"{prec}_{blend}_{label}_max_over_std"] = float(np.abs(tiled - ref).max() / std)
     return res
@@ -214,7 +216,7 @@ def main(argv: list[str] | None = None) -> None:
     }
     if args.profile:
         results["profile_self_cpu_s"] = profile_ops(net)
-    warm = make_image(512, seed=1)[:, :512, :512]
+    warm = make_image(1024, seed=1)[:, :256, :]  # 5 tiles: a batch of 4 and one of 1
     for kind in KINDS:
         t, _ = timed(run[kind], warm)
         print(f"warm-up {kind}: {t['wall_s']:.1f} s", flush=True)

@@ -108,7 +108,7 @@ def fold_batchnorm(module: torch.nn.Module) -> torch.nn.Module:
 
 
 class InstanceNormAsGroupNorm(torch.nn.Module):
-    """An ``InstanceNorm2d`` without running statistics, computed as a GroupNorm of one channel per group.
+    """An ``InstanceNorm2d`` without running statistics, as a GroupNorm of one channel per group.
 
     The two are the same normalization (mean and variance of each channel of each sample over
     y and x, then the channel's affine map), equal up to float rounding (~1e-5 of the output's

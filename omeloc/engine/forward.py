@@ -76,7 +76,8 @@ def tile_rules(model: Any) -> TileRules:
     ``min_tile``, ``halo``); a plain callable gets the defaults."""
     step = getattr(model, "multiple", None) or getattr(model, "tile_step", None)
     halo = getattr(model, "halo", None)
-    return TileRules(step=_positive(step, 1), min_size=_positive(getattr(model, "min_tile", None), 1),
+    return TileRules(step=_positive(step, 1),
+                     min_size=_positive(getattr(model, "min_tile", None), 1),
                      halo=int(halo) if isinstance(halo, (int, np.integer)) and halo >= 0 else None)
 
 
@@ -92,7 +93,8 @@ def _forward_executor(device: torch.device) -> ThreadPoolExecutor:
     with _executors_lock:
         ex = _executors.get(key)
         if ex is None:
-            ex = _executors[key] = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"omeloc-{key}")
+            ex = _executors[key] = ThreadPoolExecutor(max_workers=1,
+                                                      thread_name_prefix=f"omeloc-{key}")
         return ex
 
 

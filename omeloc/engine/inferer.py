@@ -108,7 +108,8 @@ def predict_tiles(model: Any, region: np.ndarray, tiles: TileSettings, device: t
     for batch_jobs in iter_batches(jobs, batch_size):
         batch = np.stack([region[(*idx, slice(None), *win)] for idx, win in batch_jobs])
         th, tw = batch.shape[-2:]
-        batch, _ = pad_to_shape(batch.astype(np.float32, copy=False), (rules.padded(th), rules.padded(tw)))
+        padded = (rules.padded(th), rules.padded(tw))
+        batch, _ = pad_to_shape(batch.astype(np.float32, copy=False), padded)
         pred = forward(model, np.ascontiguousarray(batch), device, precision)[..., :th, :tw]
         if pred.shape[1] != out_channels:
             raise InputError(f"Expected the model to return {out_channels} channels "
@@ -142,7 +143,7 @@ class RegionInferer:
     normalize: Callable[[np.ndarray], np.ndarray] | None = None
     """Raw ``(..., C, H, W)`` region → float32 model input; ``None``: used as it is."""
     finish: Callable[[np.ndarray], np.ndarray] | None = None
-    """Blended ``(..., k, h, w)`` prediction of the core → the output; ``None``: returned as it is."""
+    """Blended ``(..., k, h, w)`` prediction of the core → the output; ``None``: as it is."""
 
     def __call__(self, region: np.ndarray, core: Core | None = None) -> np.ndarray:
         """Predict ``core`` (default: all) of a ``(..., C, H, W)`` region read with its halo."""

@@ -76,7 +76,8 @@ def region_chunks(length: int, block: int, side: int = REGION_SIDE) -> tuple[int
 @dataclass(frozen=True)
 class Normalize:
     """The engine's ``normalize`` hook: a raw ``(..., C, H, W)`` region → float32, each source
-    channel with its training statistics (:func:`~omeloc.learn.normalization.normalize_channels`)."""
+    channel with its training statistics
+    (:func:`~omeloc.learn.normalization.normalize_channels`)."""
 
     stats: tuple[Mapping[str, Any], ...]
 
@@ -138,7 +139,8 @@ class RegionSettings:
     def inferer(self) -> RegionInferer:
         """The engine entry with this run's model, tiling and hooks (built once per process)."""
         n = len(self.target_stats)
-        return RegionInferer(self.ref, TileSettings.of(self.tile, self.overlap, self.blend, None, self.batch_size),
+        tiles = TileSettings.of(self.tile, self.overlap, self.blend, None, self.batch_size)
+        return RegionInferer(self.ref, tiles,
                              self.device, self.precision, out_channels=2 * n if self.spread else n,
                              normalize=Normalize(self.source_stats),
                              finish=ToTargetUnits(self.target_stats, self.spread))

@@ -12,7 +12,6 @@ import pytest
 import torch
 from torch import nn
 
-from omeloc.errors import InputError
 from omeloc.engine.inference import (
     InMemoryModel,
     ModelRef,
@@ -23,8 +22,9 @@ from omeloc.engine.inference import (
     resolve_device,
     resolve_precision,
 )
-from omeloc.learn.models import UNet
 from omeloc.engine.tiling import BLEND_MODES
+from omeloc.errors import InputError
+from omeloc.learn.models import UNet
 
 
 class Doubler(nn.Module):
