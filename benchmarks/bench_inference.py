@@ -15,10 +15,10 @@ gaussian blending, fp32, on the CPU:
 Both sides get the field in memory and return it in memory (plate predict runs whole fields up
 to 4096² as one region the same way).  Each kind first runs once on a 256 x 1024 strip
 (warm-up: oneDNN primitives, model preparation), then ``--rounds`` rounds time every kind once,
-the order reversed every other round; the figures are MONAI's seconds over omeloc's (per round and the
-median), wall clock and process CPU time, with the load average beside each run.  ``--profile``
-adds torch.profiler's operator table of one batch of 4 tiles for the module as MONAI runs it and
-as omeloc prepares it.  Results: ``benchmarks/results/inference.json``.
+the order reversed every other round; the figures are MONAI's seconds over omeloc's (per round
+and the median), wall clock and process CPU time, with the load average beside each run.
+``--profile`` adds torch.profiler's operator table of one batch of 4 tiles for the module as
+MONAI runs it and as omeloc prepares it.  Results: ``benchmarks/results/inference.json``.
 
 Run: ``python benchmarks/bench_inference.py --size 2048`` (needs ``pip install -e '.[bench]'``);
 ``--size 1024`` for a quicker look; ``--seams-only`` for the seam step (seconds, saved to
