@@ -31,6 +31,7 @@ import torch
 from omeloc.engine.cache import ModelRef, get_model
 from omeloc.engine.forward import forward, resolve_batch_size, tile_rules
 from omeloc.engine.tiling import (
+    BLEND_MODES,
     Accumulator,
     check_tiling,
     check_trim,
@@ -65,8 +66,11 @@ class TileSettings:
         Raises
         ------
         InputError
-            Bad tile, overlap or trim (:func:`~omeloc.engine.tiling.check_tiling`).
+            Bad tile, overlap or trim (:func:`~omeloc.engine.tiling.check_tiling`), or an
+            unknown blend.
         """
+        if blend not in BLEND_MODES:
+            raise InputError(f"Unknown blend {blend!r}. Use one of {', '.join(BLEND_MODES)}.")
         tile_yx, overlap_yx = check_tiling(tile, overlap)
         return cls(tile_yx, overlap_yx, blend, check_trim(trim, overlap_yx), batch_size)
 

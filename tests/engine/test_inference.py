@@ -415,7 +415,8 @@ def test_cpu_instance_norms_run_as_group_norms_with_the_same_output():
     loaded = get_model(InMemoryModel(net), "cpu")
     kinds = [type(m) for m in loaded.modules()]
     assert kinds.count(InstanceNormAsGroupNorm) == 2 and kinds.count(nn.InstanceNorm2d) == 1
-    assert sum(isinstance(m, nn.InstanceNorm2d) for m in net.modules()) == 3  # caller's net unchanged
+    # the caller's net is unchanged
+    assert sum(isinstance(m, nn.InstanceNorm2d) for m in net.modules()) == 3
     x = torch.rand(3, 1, 40, 56)
     with torch.no_grad():
         torch.testing.assert_close(loaded(x.contiguous(memory_format=torch.channels_last)), net(x),
@@ -443,7 +444,7 @@ class Shifted:
 def test_region_inferer_is_the_entry_predict_array_calls_with_hooks_around_it():
     """One engine entry: predict_array's blocks equal RegionInferer's output on the same region,
     and the normalize / finish hooks run before the tiles and after the blend."""
-    from omeloc.engine.inferer import RegionInferer, TileSettings
+    from omeloc import RegionInferer, TileSettings
 
     raw = (np.random.default_rng(3).random((1, 70, 90)) * 1000).astype(np.uint16)
     ref = InMemoryModel(Doubler())
