@@ -69,6 +69,8 @@ _EXPORTS: dict[str, str] = {
     "CheckpointRef": "omeloc.learn.checkpoint",
     "CropSampler": "omeloc.learn.sampling",
     "predict_array": "omeloc.engine.inference",
+    "RegionInferer": "omeloc.engine.inferer",
+    "TileSettings": "omeloc.engine.inferer",
     "VirtualStain": "omeloc.learn.stain",
     "TrainConfig": "omeloc.config",
     "TilingConfig": "omeloc.config",

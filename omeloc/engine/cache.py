@@ -16,18 +16,21 @@ from collections import OrderedDict
 from typing import Any, Protocol, runtime_checkable
 
 import torch
+import torch.nn.functional as F
 
 from omeloc.engine.device import to_channels_last
 from omeloc.errors import InputError
 
 __all__ = [
     "InMemoryModel",
+    "InstanceNormAsGroupNorm",
     "ModelRef",
     "clear_model_cache",
-    "model_loads",
     "fold_batchnorm",
     "get_model",
+    "model_loads",
     "prepare_model",
+    "swap_instance_norms",
 ]
 
 logger = logging.getLogger(__name__)
@@ -104,15 +107,50 @@ def fold_batchnorm(module: torch.nn.Module) -> torch.nn.Module:
     return module
 
 
+class InstanceNormAsGroupNorm(torch.nn.Module):
+    """An ``InstanceNorm2d`` without running statistics, as a GroupNorm of one channel per group.
+
+    The two are the same normalization (mean and variance of each channel of each sample over
+    y and x, then the channel's affine map), equal up to float rounding (~1e-5 of the output's
+    scale).  On CPU, ``instance_norm`` reshapes a channels_last input to ``(1, N*C, H, W)``
+    and copies it back and forth around a batch norm; ``group_norm`` has a channels_last
+    kernel.  On MONAI's BasicUNet (instance norm after every convolution) that copy made
+    channels_last slower than the plain layout (``benchmarks/README.md``, inference).
+    """
+
+    def __init__(self, norm: torch.nn.modules.instancenorm._InstanceNorm) -> None:
+        super().__init__()
+        self.weight, self.bias, self.eps = norm.weight, norm.bias, float(norm.eps)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 4:  # unbatched (C, H, W): what InstanceNorm2d itself does
+            return F.instance_norm(x[None], weight=self.weight, bias=self.bias, eps=self.eps)[0]
+        return F.group_norm(x, x.shape[1], self.weight, self.bias, self.eps)
+
+
+def swap_instance_norms(module: torch.nn.Module) -> torch.nn.Module:
+    """Replace every ``InstanceNorm2d`` that uses no running statistics by
+    :class:`InstanceNormAsGroupNorm` (in place; call it on a copy), and return ``module``."""
+    for name, child in module.named_children():
+        if (type(child) is torch.nn.InstanceNorm2d and not child.track_running_stats):
+            setattr(module, name, InstanceNormAsGroupNorm(child))
+        else:
+            swap_instance_norms(child)
+    return module
+
+
 def prepare_model(model: Any, device: torch.device) -> Any:
     """Make a loaded model ready for inference on ``device`` (in place for modules).
 
     Modules: moved to ``device``, eval mode, no gradients, BatchNorm folded into the
     preceding convolutions (:func:`fold_batchnorm`) and, on CPU/CUDA, channels_last memory
-    format.  Plain callables are returned as they are.
+    format; on CPU, instance norms computed by the channels_last group-norm kernel
+    (:func:`swap_instance_norms`).  Plain callables are returned as they are.
     """
     if isinstance(model, torch.nn.Module):
         model = fold_batchnorm(model.to(device).eval())
+        if torch.device(device).type == "cpu":
+            model = swap_instance_norms(model)
         for p in model.parameters():
             p.requires_grad_(False)
         model = to_channels_last(model, device)

@@ -4,8 +4,10 @@
 ``(..., C', Y, X)`` prediction.  The unit of work is an output block: it is read with a
 halo of ``overlap`` pixels (clipped at the image border), cut into tiles that overlap by
 ``overlap`` pixels, run through the model in batches under ``torch.inference_mode``,
-blended (:mod:`omeloc.engine.tiling`), cropped to the block and returned.  Each output block is
-produced once; peak memory depends on block, tile and batch size, never on the image size.
+blended (:mod:`omeloc.engine.tiling`), cropped to the block and returned: each block task is
+one call of the engine entry, :class:`~omeloc.engine.inferer.RegionInferer`, the same one
+plate predict's region tasks call.  Each output block is produced once; peak memory depends
+on block, tile and batch size, never on the image size.
 
 Seams.  A margin of ``trim`` pixels on every inner side of a tile gets zero blending weight:
 there the network computed from its zero padding.  For a network whose receptive field
@@ -30,10 +32,8 @@ r = 0.9987, RMSE 5.2 % and max abs error 32 % of the fp32 output's std
 
 from __future__ import annotations
 
-import logging
 import threading
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import dask
@@ -49,30 +49,28 @@ from omeloc.engine.cache import (
     get_model,
     prepare_model,
 )
-from omeloc.engine.device import (
-    PRECISIONS,
-    autocast,
-    resolve_device,
-    resolve_precision,
-    to_channels_last,
+from omeloc.engine.device import PRECISIONS, resolve_device, resolve_precision
+from omeloc.engine.forward import (
+    CPU_BATCH,
+    MAX_AUTO_BATCH,
+    batch_from_memory,
+    forward,
+    resolve_batch_size,
+    tile_rules,
 )
-from omeloc.engine.tiling import (
-    BLEND_MODES,
-    Accumulator,
-    check_tiling,
-    check_trim,
-    iter_batches,
-    pad_to_multiple,
-    tile_grid,
-)
+from omeloc.engine.inferer import RegionInferer, TileSettings, predict_tiles
+from omeloc.engine.tiling import BLEND_MODES, check_tiling, check_trim
 from omeloc.errors import InputError
 from omeloc.testing.faults import fault_point
 
 __all__ = [
     "CPU_BATCH",
+    "MAX_AUTO_BATCH",
     "PRECISIONS",
     "InMemoryModel",
     "ModelRef",
+    "RegionInferer",
+    "TileSettings",
     "batch_from_memory",
     "clear_model_cache",
     "fold_batchnorm",
@@ -86,10 +84,6 @@ __all__ = [
     "skipped_blocks",
 ]
 
-logger = logging.getLogger(__name__)
-
-_executors: dict[str, ThreadPoolExecutor] = {}
-_executors_lock = threading.Lock()
 _skipped = 0
 _skipped_lock = threading.Lock()
 
@@ -115,130 +109,24 @@ def _count_skipped() -> None:
         _skipped += 1
 
 
-def _forward_executor(device: torch.device) -> ThreadPoolExecutor:
-    """One dedicated thread per device and process runs every forward pass.
-
-    This serialises forwards (torch intra-op threads x concurrent forwards never exceed
-    the cores) and keeps them on a single OS thread: torch's OpenMP pool belongs to the
-    calling thread, and switching callers leaves the previous pool spinning (measured: ~20 %
-    slower end to end with Dask's threads calling torch directly).
-    """
-    key = str(device)
-    with _executors_lock:
-        ex = _executors.get(key)
-        if ex is None:
-            ex = _executors[key] = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"omeloc-{key}")
-        return ex
-
-
-def _run_model(model: Any, batch: np.ndarray, device: torch.device, precision: str) -> np.ndarray:
-    is_module = isinstance(model, torch.nn.Module)
-    with torch.inference_mode():
-        x = torch.from_numpy(batch)
-        # on CUDA the batch goes through page-locked memory, copied without blocking the thread
-        x = x.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else x.to(device)
-        if is_module:
-            x = to_channels_last(x, device)
-        with autocast(device, precision, enabled=is_module):
-            y = model(x)
-        return torch.as_tensor(y).float().cpu().contiguous().numpy()
-
-
-def _forward(model: Any, batch: np.ndarray, device: torch.device, precision: str) -> np.ndarray:
-    """Run ``model`` on an ``N x C x H x W`` float32 batch on the device's forward thread."""
-    y = _forward_executor(device).submit(_run_model, model, batch, device, precision).result()
-    if y.ndim != 4 or y.shape[0] != batch.shape[0] or y.shape[-2:] != batch.shape[-2:]:
-        raise InputError(f"Expected the model to map N x C x H x W to N x C' x H x W. "
-                         f"Got {tuple(batch.shape)} -> {tuple(y.shape)} instead.")
-    return y
-
-
-def _windows_touching(shape: tuple[int, int], tile: tuple[int, int], overlap: tuple[int, int],
-                      core: tuple[slice, slice]) -> list[tuple[slice, slice]]:
-    """The tiles of a region of ``shape`` that overlap its ``core``."""
-    cy, cx = range(shape[0])[core[0]], range(shape[1])[core[1]]
-    return [win for win in tile_grid(shape, tile, overlap)
-            if win[0].start < cy.stop and win[0].stop > cy.start
-            and win[1].start < cx.stop and win[1].stop > cx.start]
-
-
-#: tiles per forward pass when ``batch_size="auto"`` off CUDA (CPU throughput is flat beyond ~4)
-CPU_BATCH = 4
-#: at most this many tiles per forward pass with ``batch_size="auto"`` on CUDA
-MAX_AUTO_BATCH = 64
-_auto_batches: dict[tuple, int] = {}
-
-
-def batch_from_memory(free_bytes: int, per_tile_bytes: int, fraction: float = 0.5, cap: int = MAX_AUTO_BATCH) -> int:
-    """Tiles per forward pass that fit ``fraction`` of ``free_bytes`` at ``per_tile_bytes`` each (1 to ``cap``)."""
-    return max(1, min(cap, int(free_bytes * fraction) // max(1, int(per_tile_bytes))))
-
-
-def resolve_batch_size(batch_size: int | str, model: Any, device: torch.device, tile: tuple[int, int],
-                       in_channels: int, precision: str) -> int:
-    """``batch_size`` itself, or for ``"auto"``: :data:`CPU_BATCH` off CUDA; on CUDA as many tiles as fit half
-    the free memory, measured with one tile's forward pass (once per model, device, tile and precision)."""
-    if batch_size != "auto":
-        return int(batch_size)
-    if device.type != "cuda":
-        return CPU_BATCH
-    m = int(getattr(model, "multiple", 1) or 1)
-    shape = (1, in_channels, *(-(-t // m) * m for t in tile))
-    key = (id(model), str(device), shape, precision)
-    if key not in _auto_batches:
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        base = torch.cuda.memory_allocated(device)
-        _forward(model, np.zeros(shape, np.float32), device, precision)
-        per_tile = torch.cuda.max_memory_allocated(device) - base
-        free, _ = torch.cuda.mem_get_info(device)
-        _auto_batches[key] = batch_from_memory(free, per_tile)
-        logger.info("batch size %d on %s (%.0f MB per tile, %.0f MB free)", _auto_batches[key], device,
-                    per_tile / 1e6, free / 1e6)
-    return _auto_batches[key]
-
-
 def predict_numpy(model: Any, region: np.ndarray, *, tile: tuple[int, int], overlap: tuple[int, int],
                   blend: str, batch_size: int | str, device: torch.device, precision: str,
                   out_channels: int, core: tuple[slice, slice] | None = None,
                   trim: int | tuple[int, int] | None = None) -> np.ndarray:
-    """Tile, predict and blend one in-memory region ``(..., C, H, W)``; return ``core`` of it.
+    """Tile, predict and blend one in-memory region ``(..., C, H, W)`` with a loaded model.
 
-    ``core`` (default: all of it) is the part of the region whose prediction is returned;
-    tiles that do not touch it are skipped.  ``trim`` (default ``overlap // 4``) is the
-    margin of zero blending weight on the inner sides of every tile
-    (:class:`~omeloc.engine.tiling.Accumulator`).  ``batch_size`` may be ``"auto"``
-    (:func:`resolve_batch_size`).  The result is float32 ``(..., C', h, w)``.
+    :func:`~omeloc.engine.inferer.predict_tiles` with the settings as keywords; ``trim``
+    defaults to ``overlap // 4`` and ``batch_size`` may be ``"auto"``.  The result is float32
+    ``(..., C', h, w)``, the prediction of ``core`` (default: the whole region).
     """
-    batch_size = resolve_batch_size(batch_size, model, device, tile, region.shape[-3], precision)
-    lead, (h, w) = region.shape[:-3], region.shape[-2:]
-    core = core or (slice(0, h), slice(0, w))
-    windows = _windows_touching((h, w), tile, overlap, core)
-    jobs = [(idx, win) for idx in np.ndindex(*lead) for win in windows]
-    multiple = int(getattr(model, "multiple", 1) or 1)
-    trim_yx = check_trim(trim, overlap)
-    ramp = tuple(o - 2 * t for o, t in zip(overlap, trim_yx))
-    acc = Accumulator((*lead, out_channels, h, w), blend, ramp, trim_yx) if len(windows) > 1 else None
-    out = np.empty((*lead, out_channels, h, w), dtype=np.float32) if acc is None else None
-    for batch_jobs in iter_batches(jobs, batch_size):
-        tiles = np.stack([region[(*idx, slice(None), *win)] for idx, win in batch_jobs])
-        tiles, (th, tw) = pad_to_multiple(tiles.astype(np.float32, copy=False), multiple)
-        pred = _forward(model, np.ascontiguousarray(tiles), device, precision)[..., :th, :tw]
-        if pred.shape[1] != out_channels:
-            raise InputError(f"Expected the model to return {out_channels} channels "
-                             f"(out_channels). Got {pred.shape[1]} instead.")
-        for (idx, win), p in zip(batch_jobs, pred):
-            if acc is None:
-                out[(*idx, slice(None), *win)] = p
-            else:
-                acc.add(idx, win, p)
-    return out[..., core[0], core[1]] if acc is None else acc.finalize(core)
+    tiles = TileSettings.of(tile, overlap, blend, trim, batch_size)
+    return predict_tiles(model, region, tiles, device, precision, out_channels, core)
 
 
 def _predict_block(block: np.ndarray, ref: ModelRef, *, depth: tuple[int, int],
                    nblocks: tuple[int, int], block_id: tuple[int, ...] | None = None,
-                   device: str, skip_below: float | None = None, fill: float = 0.0,
-                   **kwargs: Any) -> np.ndarray:
+                   tiles: TileSettings, device: str, precision: str, out_channels: int,
+                   skip_below: float | None = None, fill: float = 0.0) -> np.ndarray:
     """One output block from its input block with halo (a ``map_blocks`` task)."""
     fault_point("predict_block")
     iy, ix = block_id[-2:]
@@ -249,11 +137,10 @@ def _predict_block(block: np.ndarray, ref: ModelRef, *, depth: tuple[int, int],
     right = w - (depth[1] if ix < nblocks[1] - 1 else 0)
     if skip_below is not None and np.all(block < skip_below):
         _count_skipped()
-        shape = (*block.shape[:-3], kwargs["out_channels"], bottom - top, right - left)
+        shape = (*block.shape[:-3], out_channels, bottom - top, right - left)
         return np.full(shape, fill, dtype=np.float32)
-    dev = torch.device(device)
-    return predict_numpy(get_model(ref, dev), block, device=dev,
-                         core=(slice(top, bottom), slice(left, right)), **kwargs)
+    inferer = RegionInferer(ref, tiles, device, precision, out_channels)
+    return inferer(block, (slice(top, bottom), slice(left, right)))
 
 
 def _merge_chunks(chunks: Sequence[int], minimum: int) -> tuple[int, ...]:
@@ -298,9 +185,9 @@ def _infer_out_channels(ref: ModelRef, in_channels: int, device: torch.device, p
     if declared is not None:
         return declared
     loaded = get_model(ref, device)
-    m = int(getattr(loaded, "multiple", 1) or 1)
-    py, px = (-(-s // m) * m for s in size)
-    y = _forward(loaded, np.zeros((1, in_channels, py, px), np.float32), device, precision)
+    rules = tile_rules(loaded)
+    py, px = (rules.padded(s) for s in size)
+    y = forward(loaded, np.zeros((1, in_channels, py, px), np.float32), device, precision)
     return int(y.shape[1])
 
 
@@ -342,13 +229,14 @@ def _rechunk_to_blocks(arr: da.Array, tile: tuple[int, int], overlap: tuple[int,
     return arr.rechunk(tuple(blocks))
 
 
-def _map_blocks(arr: da.Array, ref_arg: Any, c_out: int, overlap: tuple[int, int],
+def _map_blocks(arr: da.Array, ref_arg: Any, c_out: int, tiles: TileSettings,
                 **settings: Any) -> da.Array:
     """The lazy prediction of ``arr`` (already in blocks): halo, ``_predict_block`` per block."""
+    overlap = tiles.overlap
     ghost = da.overlap.overlap(arr, depth={arr.ndim - 2: overlap[0], arr.ndim - 1: overlap[1]},
                                boundary="none")
     return da.map_blocks(
-        _predict_block, ghost, ref_arg, depth=overlap, overlap=overlap, out_channels=c_out,
+        _predict_block, ghost, ref_arg, depth=overlap, tiles=tiles, out_channels=c_out,
         nblocks=(len(arr.chunks[-2]), len(arr.chunks[-1])),
         chunks=(*arr.chunks[:-3], (c_out,), *arr.chunks[-2:]), dtype=np.float32, meta=np.empty((0,) * arr.ndim, dtype=np.float32), **settings,
     )
@@ -413,8 +301,8 @@ def predict_array(model: Any, array: Any, *, tile: int | tuple[int, int] = 256,
     ref, ref_arg = _as_ref(model)
     probe = (min(tile_yx[0], arr.shape[-2]), min(tile_yx[1], arr.shape[-1]))
     c_out = out_channels or _infer_out_channels(ref, arr.shape[-3], dev, prec, probe)
-    out = _map_blocks(_rechunk_to_blocks(arr, tile_yx, overlap_yx), ref_arg, c_out, overlap_yx,
-                      device=str(dev), tile=tile_yx, blend=blend, batch_size=batch_size,
-                      precision=prec, trim=trim_yx, skip_below=skip_below, fill=float(fill))
+    tiles = TileSettings(tile_yx, overlap_yx, blend, trim_yx, batch_size)
+    out = _map_blocks(_rechunk_to_blocks(arr, tile_yx, overlap_yx), ref_arg, c_out, tiles,
+                      device=str(dev), precision=prec, skip_below=skip_below, fill=float(fill))
     target = (*arr.chunks[:-3], (c_out,), *arr.chunks[-2:])
     return out if out.chunks == target else out.rechunk(target)

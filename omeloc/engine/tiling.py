@@ -29,6 +29,7 @@ __all__ = [
     "check_trim",
     "iter_batches",
     "pad_to_multiple",
+    "pad_to_shape",
     "tile_grid",
     "tile_starts",
     "weight_map",
@@ -218,7 +219,17 @@ def pad_to_multiple(array: np.ndarray, multiple: int) -> tuple[np.ndarray, tuple
     image repeats the reflection (numpy's ``reflect`` mode), so tiny images work too.
     """
     h, w = array.shape[-2:]
-    ph, pw = (-h) % multiple, (-w) % multiple
+    return pad_to_shape(array, (h + (-h) % multiple, w + (-w) % multiple))
+
+
+def pad_to_shape(array: np.ndarray, shape: tuple[int, int]) -> tuple[np.ndarray, tuple[int, int]]:
+    """Reflect-pad the last two axes at their ends up to ``shape``; return it and the old (h, w).
+
+    As :func:`pad_to_multiple`: no copy when nothing is padded, ``edge`` mode for images of
+    one pixel along an axis.
+    """
+    h, w = array.shape[-2:]
+    ph, pw = max(0, shape[0] - h), max(0, shape[1] - w)
     if ph == 0 and pw == 0:
         return array, (h, w)
     mode = "reflect" if min(h, w) > 1 else "edge"

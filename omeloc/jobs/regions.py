@@ -2,12 +2,15 @@
 
 The unit of inference is a *region*: the whole field when it fits :data:`REGION_SIDE` pixels
 per side, else the field cut into regions that are multiples of the image's write block (so
-each output chunk belongs to exactly one region).  Each region task reads its pixels straight
-from zarr (one read, with a halo of ``overlap`` pixels only on sides where regions split),
-normalizes them, runs the tiled model (:func:`omeloc.engine.inference.predict_numpy`, whose
-forward passes run on the engine's single forward thread) and maps the output back to the
-target's units.  While one region's forward pass runs, Dask's other threads read and normalize
-the next regions; the write tasks (:mod:`omeloc.writeback.pixels`) run behind.
+each output chunk belongs to exactly one region).  Each region's read task reads its source
+channels straight from zarr (one read, with a halo of ``overlap`` pixels only on sides where
+regions split); its inference task calls the engine entry
+(:class:`omeloc.engine.inferer.RegionInferer`, the one :func:`omeloc.predict_array` calls too)
+with this module's hooks: :class:`Normalize` (the checkpoint's per-channel normalization) before
+the tiles, :class:`ToTargetUnits` (back to the target's units, the TTA spread scaled with them)
+after the blend.  The forward passes run on the engine's single forward thread: while one
+region's runs, Dask's other threads read and normalize the next regions; the write tasks
+(:mod:`omeloc.writeback.pixels`) run behind.
 
 Per image the graph holds two small layers (read+normalize, inference; plain task mappings,
 not ``map_blocks``), and the region tasks share the image's already opened zarr array: no
@@ -21,6 +24,7 @@ import dataclasses
 import functools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import dask.array as da
@@ -29,14 +33,17 @@ import torch
 from dask.base import tokenize
 from dask.highlevelgraph import HighLevelGraph, MaterializedLayer
 
-from omeloc.engine.inference import get_model, predict_numpy, resolve_device, resolve_precision
-from omeloc.engine.tiling import check_tiling, check_trim
+from omeloc.engine.device import resolve_device, resolve_precision
+from omeloc.engine.inferer import RegionInferer, TileSettings
+from omeloc.engine.tiling import check_tiling
 from omeloc.learn.normalization import denormalize_channels, normalize_channels
 from omeloc.testing.faults import fault_point
 
 __all__ = [
     "REGION_SIDE",
+    "Normalize",
     "RegionSettings",
+    "ToTargetUnits",
     "infer_region",
     "read_region",
     "region_chunks",
@@ -65,6 +72,41 @@ def region_chunks(length: int, block: int, side: int = REGION_SIDE) -> tuple[int
     if length % per:
         sizes.append(length % per)
     return tuple(sizes)
+
+
+@dataclass(frozen=True)
+class Normalize:
+    """The engine's ``normalize`` hook: a raw ``(..., C, H, W)`` region → float32, each source
+    channel with its training statistics
+    (:func:`~omeloc.learn.normalization.normalize_channels`)."""
+
+    stats: tuple[Mapping[str, Any], ...]
+
+    def __call__(self, raw: np.ndarray) -> np.ndarray:
+        planes = [raw[..., k, :, :] for k in range(raw.shape[-3])]
+        return np.ascontiguousarray(normalize_channels(planes, list(self.stats)), dtype=np.float32)
+
+
+@dataclass(frozen=True)
+class ToTargetUnits:
+    """The engine's ``finish`` hook: the blended prediction (normalized units) → the target's units.
+
+    Without ``spread`` the first target channel, ``(..., h, w)``; with it ``(2, ..., h, w)``:
+    the prediction and the spread of the test-time variants (the model's channel ``n``),
+    scaled by the target's ``high - low``.
+    """
+
+    stats: tuple[Mapping[str, Any], ...]
+    spread: bool = False
+
+    def __call__(self, y: np.ndarray) -> np.ndarray:
+        n = len(self.stats)
+        mean = np.asarray(denormalize_channels(y[..., :n, :, :], list(self.stats)), dtype=np.float32)
+        planes = [mean[..., k, :, :] for k in range(n)]
+        for k, stats in enumerate(self.stats if self.spread else ()):
+            scale = np.float32(float(stats["high"]) - float(stats["low"]))  # normalized → target units
+            planes.append((y[..., n + k, :, :] * scale).astype(np.float32))
+        return planes[0] if len(planes) == 1 else np.stack(planes)
 
 
 @dataclass(frozen=True)
@@ -106,6 +148,17 @@ class RegionSettings:
         the prediction and its uncertainty."""
         return bool(getattr(self.ref, "spread", False))
 
+    @cached_property
+    def inferer(self) -> RegionInferer:
+        """The engine entry with this run's model, tiling and hooks (built once per process)."""
+        n = len(self.target_stats)
+        tiles = TileSettings.of(self.tile, self.overlap, self.blend, None, self.batch_size)
+        return RegionInferer(self.ref, tiles,
+                             self.device, self.precision, out_channels=2 * n if self.spread else n,
+                             normalize=Normalize(tuple(st for st in self.source_stats
+                                                       for _ in range(max(1, self.z_window)))),
+                             finish=ToTargetUnits(self.target_stats, self.spread))
+
 
 def _halo(loc: Sequence[tuple[int, int]], shape: Sequence[int], overlap: tuple[int, int]
           ) -> tuple[list[slice], tuple[slice, slice]]:
@@ -121,7 +174,8 @@ def _halo(loc: Sequence[tuple[int, int]], shape: Sequence[int], overlap: tuple[i
 
 
 def read_region(array: Any, settings: RegionSettings, block_info: dict | None = None) -> np.ndarray:
-    """Dask task: one region's source channels with their halo, read at once and normalized (float32).
+    """Dask task: one region's source channels with their halo, read at once, in the source's
+    dtype, stacked along axis -3 (the engine's ``normalize`` hook normalizes them).
 
     The block returned is larger than the declared chunk (the halo, and a channel axis at -3):
     only :func:`infer_region` consumes it.
@@ -144,10 +198,12 @@ def read_region(array: Any, settings: RegionSettings, block_info: dict | None = 
         if zs is not None:  # (..., planes, K, ..., y, x) → (..., planes, ..., K, y, x)
             plane = np.moveaxis(np.take(plane, zs, axis=settings.z_axis), settings.z_axis + 1, -3)
         planes.append(plane)
-    x = normalize_channels(planes, list(settings.source_stats))
-    if zs is not None:  # (..., K, C, y, x) → (..., C * K, y, x): each channel's planes together
-        x = np.swapaxes(x, -3, -4).reshape(*x.shape[:-4], -1, *x.shape[-2:])
-    return np.ascontiguousarray(x, dtype=np.float32)
+    if zs is None:
+        return np.stack(planes, axis=-3)
+    # (..., C, K, y, x) → (..., C * K, y, x): each channel's planes together (the normalize hook
+    # repeats each channel's statistics K times)
+    x = np.stack(planes, axis=-4)
+    return x.reshape(*x.shape[:-4], -1, *x.shape[-2:])
 
 
 def infer_region(x: np.ndarray, settings: RegionSettings, block_info: dict | None = None) -> np.ndarray:
@@ -156,23 +212,13 @@ def infer_region(x: np.ndarray, settings: RegionSettings, block_info: dict | Non
     fault_point("predict_block")
     loc = [tuple(r) for r in block_info[None]["array-location"]]
     _, core = _halo(loc, block_info[None]["shape"], settings.overlap)
-    dev = torch.device(settings.device)
-    n = len(settings.target_stats)
+    if settings.zoom == (1.0, 1.0):
+        return settings.inferer(x, core)
+    # to the model's pixel size: the whole region predicted, resampled back, cropped once
     size = x.shape[-2:]
-    if settings.zoom != (1.0, 1.0):  # to the model's pixel size; the whole region, cropped once back
-        x = resample(x, tuple(max(1, round(s * z)) for s, z in zip(size, settings.zoom)))
-    y = predict_numpy(get_model(settings.ref, dev), x, tile=settings.tile, overlap=settings.overlap,
-                      blend=settings.blend, batch_size=settings.batch_size, device=dev,
-                      precision=settings.precision, out_channels=2 * n if settings.spread else n,
-                      core=core if settings.zoom == (1.0, 1.0) else None, trim=check_trim(None, settings.overlap))
-    if settings.zoom != (1.0, 1.0):
-        y = resample(y, size)[..., core[0], core[1]]
-    mean = np.asarray(denormalize_channels(y[..., :n, :, :], list(settings.target_stats)), dtype=np.float32)
-    planes = [mean[..., k, :, :] for k in range(n)]
-    for k, stats in enumerate(settings.target_stats if settings.spread else ()):
-        scale = np.float32(float(stats["high"]) - float(stats["low"]))  # normalized → target units
-        planes.append((y[..., n + k, :, :] * scale).astype(np.float32))
-    return planes[0] if len(planes) == 1 else np.stack(planes)
+    zoomed = resample(x.astype(np.float32), tuple(max(1, round(s * z)) for s, z in zip(size, settings.zoom)))
+    y = settings.inferer(zoomed, None)
+    return np.ascontiguousarray(resample(y, size)[..., core[0], core[1]])
 
 
 def resample(x: np.ndarray, size: Sequence[int]) -> np.ndarray:

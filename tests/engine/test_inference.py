@@ -12,7 +12,6 @@ import pytest
 import torch
 from torch import nn
 
-from omeloc.errors import InputError
 from omeloc.engine.inference import (
     InMemoryModel,
     ModelRef,
@@ -23,8 +22,9 @@ from omeloc.engine.inference import (
     resolve_device,
     resolve_precision,
 )
-from omeloc.learn.models import UNet
 from omeloc.engine.tiling import BLEND_MODES
+from omeloc.errors import InputError
+from omeloc.learn.models import UNet
 
 
 class Doubler(nn.Module):
@@ -397,3 +397,86 @@ def test_batch_size_auto():
         predict_array(model, x, batch_size="many")
     with pytest.raises(InputError, match="'auto'"):
         TilingConfig(batch_size=0).validate()
+
+
+def test_cpu_instance_norms_run_as_group_norms_with_the_same_output():
+    """On CPU the prepared model computes InstanceNorm2d with the channels_last group-norm kernel
+    (the instance-norm kernel copies channels_last inputs back and forth); the output is the same
+    to float rounding, and norms that use running statistics are left alone."""
+    from omeloc.engine.cache import InstanceNormAsGroupNorm
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 6, 3, padding=1), nn.InstanceNorm2d(6, affine=True),
+                        nn.LeakyReLU(), nn.Conv2d(6, 4, 3, padding=1), nn.InstanceNorm2d(4),
+                        nn.Conv2d(4, 2, 1), nn.InstanceNorm2d(2, track_running_stats=True)).eval()
+    with torch.no_grad():
+        net[1].weight.uniform_(0.5, 2.0)
+        net[1].bias.uniform_(-1.0, 1.0)
+    loaded = get_model(InMemoryModel(net), "cpu")
+    kinds = [type(m) for m in loaded.modules()]
+    assert kinds.count(InstanceNormAsGroupNorm) == 2 and kinds.count(nn.InstanceNorm2d) == 1
+    # the caller's net is unchanged
+    assert sum(isinstance(m, nn.InstanceNorm2d) for m in net.modules()) == 3
+    x = torch.rand(3, 1, 40, 56)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x.contiguous(memory_format=torch.channels_last)), net(x),
+                                   rtol=1e-4, atol=1e-4)
+    y = predict_array(net, x[:, 0:1].numpy()[0], tile=32, overlap=8, device="cpu", precision="fp32",
+                      blend="constant", trim=0).compute()
+    assert y.shape == (2, 40, 56) and np.isfinite(y).all()
+    clear_model_cache()
+
+
+class Normalized:
+    """A picklable normalize hook: (x - 100) / 10."""
+
+    def __call__(self, raw):
+        return ((raw.astype(np.float32) - 100) / 10).astype(np.float32)
+
+
+class Shifted:
+    """A picklable finish hook: y + 1."""
+
+    def __call__(self, y):
+        return y + 1
+
+
+def test_region_inferer_is_the_entry_predict_array_calls_with_hooks_around_it():
+    """One engine entry: predict_array's blocks equal RegionInferer's output on the same region,
+    and the normalize / finish hooks run before the tiles and after the blend."""
+    from omeloc import RegionInferer, TileSettings
+
+    raw = (np.random.default_rng(3).random((1, 70, 90)) * 1000).astype(np.uint16)
+    ref = InMemoryModel(Doubler())
+    tiles = TileSettings.of(32, 8, "cosine")
+    plain = RegionInferer(ref, tiles, "cpu", "fp32", out_channels=1)
+    np.testing.assert_array_equal(
+        plain(raw), predict_array(ref, raw, tile=32, overlap=8, blend="cosine", device="cpu",
+                                  precision="fp32", out_channels=1).compute())
+    hooked = pickle.loads(pickle.dumps(RegionInferer(ref, tiles, "cpu", "fp32", 1,
+                                                     normalize=Normalized(), finish=Shifted())))
+    core = (slice(8, 60), slice(0, 90))
+    expected = 2 * Normalized()(raw) + 1
+    np.testing.assert_allclose(hooked(raw, core), expected[:, 8:60], rtol=1e-6, atol=1e-5)
+
+
+class MinTile(nn.Module):
+    """2 * x; refuses tiles below 48 px (declared as ``min_tile``) or off its step of 8."""
+
+    min_tile = 48
+    tile_step = 8
+
+    def forward(self, x):
+        assert min(x.shape[-2:]) >= 48 and x.shape[-1] % 8 == 0 and x.shape[-2] % 8 == 0
+        return 2 * x
+
+
+def test_tiles_are_padded_to_the_models_declared_minimum_and_step():
+    from omeloc.engine.forward import TileRules, tile_rules
+
+    assert tile_rules(MinTile()) == TileRules(step=8, min_size=48)
+    assert tile_rules(Doubler()).step == 16 and tile_rules(lambda x: x) == TileRules()
+    x = np.random.default_rng(0).random((1, 21, 30)).astype(np.float32)
+    y = predict_array(MinTile(), x, tile=64, overlap=8, device="cpu", precision="fp32",
+                      out_channels=1).compute()
+    np.testing.assert_allclose(y, 2 * x, rtol=1e-6)
