@@ -166,6 +166,10 @@ def recover_report(target: str | Path, *, force: bool = False, storage_options: 
         fault_point("recover_locked")
         journal = jr.check_journal(io, stale_after=stale_after, force=force)
         outcome = None if journal is None else _recover(io, journal)
+        from omeloc.writeback.tables import recover_stale_tables  # tables import this module's layer
+
+        if recover_stale_tables(io, stale_after, force=force) and outcome is None:
+            outcome = "rollback"
         leftovers = rs.drop_stash(io) + jr.drop_backups(io)
     if leftovers:
         logger.warning("removed %d file(s) that interrupted runs left in %s (resume stash, backups)", leftovers, io.url)

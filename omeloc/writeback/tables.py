@@ -372,6 +372,11 @@ def recover_tables(
         return _recover_stale(io, stale_after, force=force)
 
 
+def recover_stale_tables(io: jr.StoreIO, stale_after: float, *, force: bool = False) -> bool:
+    """Under the caller's plate lock: roll back a dead table write (``omeloc recover`` calls it)."""
+    return _recover_stale(io, stale_after, force=force)
+
+
 def _recover_stale(io: jr.StoreIO, stale_after: float, *, force: bool = False) -> bool:
     journal = io.read_attrs("").get(TABLES_JOURNAL_KEY)
     if not journal:
