@@ -53,7 +53,7 @@ class PredictWidget(Container):
         self.plate = LineEdit(label="plate", tooltip="path or URL; empty: the plate open in the viewer")
         self.model = FileEdit(label="model", mode="d",
                               tooltip="checkpoint folder written by omeloc train (or a model package)")
-        self.name = LineEdit(label="name", tooltip="label of the new channel; empty: '<target> (virtual)'")
+        self.channel_name = LineEdit(label="name", tooltip="label of the new channel; empty: '<target> (virtual)'")
         self.wells = LineEdit(label="wells", tooltip="e.g. B2,B3; empty: all wells")
         self.tta = CheckBox(text="test-time augmentation (8x compute)")
         self.uncertainty = CheckBox(text="uncertainty channel (implies TTA)")
@@ -66,13 +66,14 @@ class PredictWidget(Container):
         self.message = Label(value="")
         self.message.native.setWordWrap(True)
         self.status.native.setWordWrap(True)
-        super().__init__(widgets=[self.plate, self.model, self.name, self.wells, self.tta, self.uncertainty,
+        super().__init__(widgets=[self.plate, self.model, self.channel_name, self.wells, self.tta, self.uncertainty,
                                   self.overwrite,
                                   Container(widgets=[self.dry_run_button, self.run_button, self.cancel_button],
                                             layout="horizontal", labels=False),
                                   self.progress, self.status, self.message])
         self.job: Job | None = None
         self.result: Any = None
+        self.last_progress: Snapshot | None = None
         self.dry_run_button.changed.connect(lambda: self.start(dry_run=True))
         self.run_button.changed.connect(lambda: self.start(dry_run=False))
         self.cancel_button.changed.connect(self.cancel)
@@ -108,10 +109,10 @@ class PredictWidget(Container):
             self.message.value = "error: no model: choose the checkpoint folder written by omeloc train."
             return
         wells = csv_list(self.wells.value) if self.wells.value.strip() else None
-        kwargs = {"name": self.name.value.strip() or None, "wells": wells, "tta": self.tta.value,
+        kwargs = {"name": self.channel_name.value.strip() or None, "wells": wells, "tta": self.tta.value,
                   "uncertainty": self.uncertainty.value, "overwrite": self.overwrite.value, "dry_run": dry_run}
         self.message.value = f"{'planning' if dry_run else 'predicting'} {plate} …"
-        self.progress.value = 0
+        self.progress.value, self.last_progress, self.result = 0, None, None
         self._busy(True)
         self.job = Job(lambda tracker, note: run_predict(plate, model, tracker=tracker, **kwargs),
                        on_progress=self._progressed, on_done=self._done, on_error=self._failed,
@@ -128,6 +129,7 @@ class PredictWidget(Container):
         self.cancel_button.enabled = busy
 
     def _progressed(self, snap: Snapshot) -> None:
+        self.last_progress = snap
         self.progress.value = snap.percent
         self.status.value = snap.text()
 

@@ -64,7 +64,13 @@ class Job:
         self.worker.errored.connect(on_error)
         if on_finish is not None:
             self.worker.finished.connect(on_finish)
+        self.finished = False
+        """Whether the job has ended and its outcome was handed to ``on_done`` or ``on_error``."""
+        self.worker.finished.connect(self._mark_finished)
         self.worker.start()
+
+    def _mark_finished(self) -> None:
+        self.finished = True
 
     def cancel(self) -> None:
         """Stop the job at its next step (it raises :class:`Cancelled` there)."""
@@ -72,5 +78,5 @@ class Job:
 
     @property
     def running(self) -> bool:
-        """Whether the worker has not finished yet."""
-        return bool(self.worker.is_running)
+        """Whether the job has not ended yet."""
+        return not self.finished
