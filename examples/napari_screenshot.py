@@ -30,7 +30,8 @@ def main(argv: list[str] | None = None) -> Path:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out", type=Path)
     parser.add_argument("--png", type=Path, default=None, help="where to save the screenshot (default OUT/napari.png)")
-    parser.add_argument("--steps", type=int, default=300, help="training steps")
+    parser.add_argument("--steps", type=int, default=150, help="training steps")
+    parser.add_argument("--crop", type=int, default=64, help="training crop side in pixels")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     png = args.png or args.out / "napari.png"
@@ -51,7 +52,7 @@ def main(argv: list[str] | None = None) -> Path:
     train, predict = TrainWidget(viewer), PredictWidget(viewer)
     viewer.window.add_dock_widget(train, name="omeloc: train", area="right")
     viewer.window.add_dock_widget(predict, name="omeloc: predict", area="right")
-    train.val_wells.value, train.minutes.value, train.steps.value = "B3", 0, args.steps
+    train.val_wells.value, train.minutes.value, train.steps.value, train.crop.value = "B3", 0, args.steps, args.crop
     train.out.value, train.overwrite.value = args.out / "model", True
     train.train_button.clicked.emit()
     wait(app, train)

@@ -59,7 +59,7 @@ def channel_layers(plate: str, labels: Sequence[str], channel_names: Sequence[st
     channel_names
         All channel labels of the plate, in order (:attr:`omeloc.Plate.channel_names`).
     """
-    from napari_ome_zarr._reader import napari_get_reader
+    from napari_ome_zarr import napari_get_reader
 
     reader = napari_get_reader(str(plate))
     if reader is None:

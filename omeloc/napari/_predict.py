@@ -74,6 +74,8 @@ class PredictWidget(Container):
         self.job: Job | None = None
         self.result: Any = None
         self.last_progress: Snapshot | None = None
+        self.rate: float | None = None
+        """Megapixels per second of the last run in this widget (for the dry run's time estimate)."""
         self.dry_run_button.changed.connect(lambda: self.start(dry_run=True))
         self.run_button.changed.connect(lambda: self.start(dry_run=False))
         self.cancel_button.changed.connect(self.cancel)
@@ -138,12 +140,19 @@ class PredictWidget(Container):
         self.result = res
         self.message.value = res.summary()
         if res.dry_run:
+            self.message.value += "\n" + self._estimate(res.megapixels)
             return
+        self.rate = res.megapixels_per_second
         self.progress.value = 100
         for data, kwargs, _ in layers:
             if kwargs["name"] in self.viewer.layers:
                 self.viewer.layers.remove(kwargs["name"])
             self.viewer.add_image(data, **kwargs)
+
+    def _estimate(self, megapixels: float) -> str:
+        if not self.rate or self.rate != self.rate:
+            return "time: not known before a first run here (a run reports its megapixels per second)"
+        return f"time: about {megapixels / self.rate:.0f} s at the last run's {self.rate:.2f} megapixels/s"
 
     def _failed(self, err: BaseException) -> None:
         self.result = None

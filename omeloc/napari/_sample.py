@@ -18,7 +18,7 @@ def synthetic_plate(folder: str | Path | None = None) -> list[tuple[Any, dict[st
     napari-ome-zarr, as opening it would; each layer's metadata names the plate, so the
     predict, train and evaluate widgets find it.
     """
-    from napari_ome_zarr._reader import napari_get_reader
+    from napari_ome_zarr import napari_get_reader
 
     from omeloc.data.synthetic import make_plate
 

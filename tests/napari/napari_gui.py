@@ -4,6 +4,9 @@ GUI tests need napari's pytest plugin (``make_napari_viewer``) and a real X serv
 ``.ci/run`` does: ``xvfb-run -a python -m pytest -p napari tests/napari`` (``-p napari`` lifts
 the ``-p no:napari`` of pyproject's ``addopts``).  Under the plain test command they skip,
 saying so.
+
+(A plain helper module, imported by the GUI tests and named in their ``pytest_plugins`` for its
+fixtures; PYTEST_DONT_REWRITE: it holds no assertions.)
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ TIMEOUT_MS = 180_000
 
 
 @pytest.fixture(scope="session")
-def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
+def gui_trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
     """``(plate, checkpoint, reference)``: a pristine 1 x 2-well plate (actin, WAVE2), a tiny
     actin → WAVE2 model, and a copy of the plate with the model's prediction written by the API."""
     from conftest import tiny_trained_plate
@@ -36,9 +39,9 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]
 
 
 @pytest.fixture
-def plate(trained: tuple[Path, Path, Path], tmp_path: Path) -> Path:
+def gui_plate(gui_trained: tuple[Path, Path, Path], tmp_path: Path) -> Path:
     """A fresh copy of the pristine plate, for a test to write into."""
-    return Path(shutil.copytree(trained[0], tmp_path / "plate.zarr"))
+    return Path(shutil.copytree(gui_trained[0], tmp_path / "plate.zarr"))
 
 
 def wait_for(qtbot, widget) -> None:

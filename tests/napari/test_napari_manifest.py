@@ -11,13 +11,14 @@ import pytest
 
 npe2 = pytest.importorskip("npe2")
 
-from napari_gui import GUI  # noqa: E402
+from napari_gui import GUI
 
 MANIFEST = Path(__file__).resolve().parents[2] / "omeloc" / "napari" / "napari.yaml"
 
 
 def test_npe2_validates_the_manifest():
-    run = subprocess.run([sys.executable, "-m", "npe2", "validate", str(MANIFEST)], capture_output=True, text=True)
+    run = subprocess.run([sys.executable, "-m", "npe2", "validate", str(MANIFEST)], capture_output=True, text=True,
+                         check=False)
     assert run.returncode == 0, run.stdout + run.stderr
     assert "valid" in run.stdout
 

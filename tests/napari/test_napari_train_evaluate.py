@@ -11,19 +11,20 @@ import pytest
 pytest.importorskip("napari")
 pytest.importorskip("pytestqt")
 
-from napari_gui import GUI, plate, trained, wait_for  # noqa: E402, F401
+from napari_gui import GUI, wait_for
 
-from omeloc.napari._evaluate import EvaluateWidget  # noqa: E402
-from omeloc.napari._predict import PredictWidget  # noqa: E402
-from omeloc.napari._train import TrainWidget  # noqa: E402
+from omeloc.napari._evaluate import EvaluateWidget
+from omeloc.napari._predict import PredictWidget
+from omeloc.napari._train import TrainWidget
 
 pytestmark = GUI
+pytest_plugins = ("napari_gui",)  # its fixtures: gui_trained, gui_plate
 
 
 def test_train_widget_draws_the_curve_and_hands_the_checkpoint_to_the_predict_widget(
-        make_napari_viewer, qtbot, plate, tmp_path):
+        make_napari_viewer, qtbot, gui_plate, tmp_path):
     viewer = make_napari_viewer()
-    viewer.open(str(plate), plugin="napari-ome-zarr")
+    viewer.open(str(gui_plate), plugin="napari-ome-zarr")
     predict, train = PredictWidget(viewer), TrainWidget(viewer)
     viewer.window.add_dock_widget(predict)
     viewer.window.add_dock_widget(train)
@@ -47,9 +48,9 @@ def test_train_widget_draws_the_curve_and_hands_the_checkpoint_to_the_predict_wi
     assert train.progress.value == 100
 
 
-def test_train_widget_says_a_missing_channel_and_writes_nothing(make_napari_viewer, qtbot, plate, tmp_path):
+def test_train_widget_says_a_missing_channel_and_writes_nothing(make_napari_viewer, qtbot, gui_plate, tmp_path):
     viewer = make_napari_viewer()
-    viewer.open(str(plate), plugin="napari-ome-zarr")
+    viewer.open(str(gui_plate), plugin="napari-ome-zarr")
     train = TrainWidget(viewer)
     viewer.window.add_dock_widget(train)
     train.target.value = "tubulin"
@@ -61,11 +62,11 @@ def test_train_widget_says_a_missing_channel_and_writes_nothing(make_napari_view
 
 
 def test_evaluate_widget_fills_a_sortable_table_and_a_click_on_a_well_moves_the_viewer_there(
-        make_napari_viewer, qtbot, trained, tmp_path):
+        make_napari_viewer, qtbot, gui_trained, tmp_path):
     from matplotlib.backend_bases import MouseEvent
     from qtpy.QtCore import Qt
 
-    reference = trained[2]
+    reference = gui_trained[2]
     viewer = make_napari_viewer()
     viewer.open(str(reference), plugin="napari-ome-zarr")
     widget = EvaluateWidget(viewer)
