@@ -5,7 +5,7 @@ A synthetic plate (actin, WAVE2), a small actin → WAVE2 U-Net trained through 
 (layers in a grid: actin | WAVE2 | WAVE2 (virtual) | WAVE2 (uncertainty)) saved as a PNG.
 Needs ``pip install 'omeloc[napari]'`` and a display; on a server run it under Xvfb:
 
-    xvfb-run -a -s "-screen 0 1600x1000x24" python examples/napari_screenshot.py OUT_DIR [--png docs/napari.png]
+    xvfb-run -a -s "-screen 0 1920x1080x24" python examples/napari_screenshot.py OUT_DIR [--png docs/napari.png]
 """
 
 from __future__ import annotations
@@ -26,6 +26,16 @@ def wait(app, widget, timeout: float = 1800.0) -> None:
     app.processEvents()
 
 
+def _save_small(rgba, png: Path, width: int = 1400) -> None:
+    """The screenshot as an 8-bit palette PNG at most ``width`` pixels wide (small enough to commit)."""
+    from PIL import Image
+
+    img = Image.fromarray(rgba[..., :3])
+    if img.width > width:
+        img = img.resize((width, round(img.height * width / img.width)), Image.LANCZOS)
+    img.quantize(colors=256, method=Image.Quantize.MEDIANCUT).save(png, optimize=True)
+
+
 def main(argv: list[str] | None = None) -> Path:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out", type=Path)
@@ -36,6 +46,9 @@ def main(argv: list[str] | None = None) -> Path:
     args.out.mkdir(parents=True, exist_ok=True)
     png = args.png or args.out / "napari.png"
 
+    import warnings
+
+    warnings.filterwarnings("ignore", message=".*PyQt5 backend is deprecated")  # not a notification in the picture
     import napari
     from qtpy.QtWidgets import QApplication
 
@@ -46,7 +59,7 @@ def main(argv: list[str] | None = None) -> Path:
     plate = omeloc.make_plate(args.out / "plate.zarr", rows=2, cols=3, fields=1, size=256, seed=1,
                               channels=("actin", "WAVE2"), overwrite=True)
     viewer = napari.Viewer(title="omeloc in napari")
-    viewer.window.resize(1600, 1000)
+    viewer.window.resize(1800, 1000)
     viewer.open(str(plate), plugin="napari-ome-zarr")
     app = QApplication.instance()
     train, predict = TrainWidget(viewer), PredictWidget(viewer)
@@ -63,12 +76,14 @@ def main(argv: list[str] | None = None) -> Path:
     wait(app, predict)
     if predict.result is None:
         raise SystemExit(predict.message.value)
-    viewer.grid.enabled = True
-    viewer.grid.stride = -1  # the first layer top left
+    grid = viewer.canvas.grid if hasattr(viewer, "canvas") else viewer.grid
+    grid.enabled = True
+    grid.shape = (1, -1)  # one row: actin | WAVE2 | WAVE2 (virtual) | WAVE2 (uncertainty)
     viewer.reset_view()
     app.processEvents()
     png.parent.mkdir(parents=True, exist_ok=True)
-    viewer.screenshot(str(png), canvas_only=False)
+    shot = viewer.screenshot(canvas_only=False)
+    _save_small(shot, png)
     print(predict.message.value)
     print(f"screenshot: {png}")
     viewer.close()
