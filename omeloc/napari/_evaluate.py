@@ -14,10 +14,7 @@ from typing import Any
 
 import numpy as np
 from magicgui.widgets import ComboBox, Container, FileEdit, Label, LineEdit, ProgressBar, PushButton
-from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
 from matplotlib.figure import Figure
-from qtpy.QtCore import Qt
-from qtpy.QtWidgets import QAbstractItemView, QTableWidget, QTableWidgetItem
 
 from omeloc.analysis.metrics import METRIC_NAMES
 from omeloc.napari._plate import plate_of_layer, plate_of_layers, well_box
@@ -44,6 +41,10 @@ class EvaluateWidget(Container):
     """Score a virtual channel against the real one; judge the result well by well."""
 
     def __init__(self, napari_viewer: Any) -> None:
+        # Qt only when a widget is built
+        from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
+        from qtpy.QtWidgets import QAbstractItemView, QTableWidget
+
         self.viewer = napari_viewer
         self.plate = LineEdit(label="plate", tooltip="path or URL; empty: the plate open in the viewer")
         self.pred = LineEdit(label="virtual", value="WAVE2 (virtual)", tooltip="the virtual channel")
@@ -120,6 +121,9 @@ class EvaluateWidget(Container):
     # -- table and heat map -------------------------------------------------------------
     def fill_table(self, wells: list[dict[str, Any]]) -> None:
         """One sortable row per well (numbers sort as numbers)."""
+        from qtpy.QtCore import Qt
+        from qtpy.QtWidgets import QTableWidgetItem
+
         columns = ["well"] + [c for c in COLUMNS if wells and c in wells[0]]
         self.table.setSortingEnabled(False)
         self.table.clear()
@@ -157,6 +161,8 @@ class EvaluateWidget(Container):
         self.canvas.draw_idle()
 
     def _table_clicked(self, row: int, _column: int) -> None:
+        from qtpy.QtCore import Qt
+
         item = self.table.item(row, 0)
         if item is not None:
             self.go_to_well(str(item.data(Qt.UserRole + 1)))

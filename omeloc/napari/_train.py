@@ -24,7 +24,6 @@ from magicgui.widgets import (
     PushButton,
     SpinBox,
 )
-from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
 from matplotlib.figure import Figure
 
 from omeloc.config import MODELS, csv_list
@@ -66,6 +65,9 @@ class TrainWidget(Container):
     """Train a model on the plate open in the viewer; watch its learning curve."""
 
     def __init__(self, napari_viewer: Any) -> None:
+        # Qt only when a widget is built
+        from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
+
         self.viewer = napari_viewer
         self.plate = LineEdit(label="plate", tooltip="path or URL; empty: the plate open in the viewer")
         self.source = LineEdit(label="source", value="actin", tooltip="input channel(s), e.g. actin")

@@ -1,12 +1,15 @@
-"""Run a job on a napari thread worker with progress, cancel and one-line outcomes (Qt)."""
+"""Run a job on a napari thread worker with progress, cancel and one-line outcomes (Qt).
+
+Qt is imported when a job starts, not with the module: every module of omeloc imports in an
+environment without a Qt binding (the widgets need one only when they are built).
+"""
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Callable
 from typing import Any
-
-from qtpy.QtCore import QObject, Signal
 
 from omeloc.errors import OmelocError
 from omeloc.napari._progress import Cancelled, Snapshot, Tracker
@@ -14,11 +17,16 @@ from omeloc.napari._progress import Cancelled, Snapshot, Tracker
 __all__ = ["Job", "describe_error"]
 
 
-class _Relay(QObject):
-    """Carries what the worker thread reports to the main thread (queued signals)."""
+@functools.cache
+def _relay_class() -> type:
+    """A QObject class whose signals carry what the worker thread reports to the main thread (queued)."""
+    from qtpy.QtCore import QObject, Signal
 
-    progressed = Signal(object)
-    noted = Signal(object)
+    class Relay(QObject):
+        progressed = Signal(object)
+        noted = Signal(object)
+
+    return Relay
 
 
 def describe_error(err: BaseException) -> str:
@@ -54,7 +62,7 @@ class Job:
         from napari.qt.threading import create_worker
 
         self.cancel_event = threading.Event()
-        self._relay = _Relay()
+        self._relay = _relay_class()()
         self._relay.progressed.connect(on_progress)
         if on_note is not None:
             self._relay.noted.connect(on_note)
