@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> Path:
 
     warnings.filterwarnings("ignore", message=".*PyQt5 backend is deprecated")  # not a notification in the picture
     import napari
-    from qtpy.QtWidgets import QApplication
+    from qtpy.QtWidgets import QApplication, QWidget
 
     import omeloc
     from omeloc.napari._predict import PredictWidget
@@ -78,8 +78,11 @@ def main(argv: list[str] | None = None) -> Path:
         raise SystemExit(predict.message.value)
     grid = viewer.canvas.grid if hasattr(viewer, "canvas") else viewer.grid
     grid.enabled = True
-    grid.shape = (1, -1)  # one row: actin | WAVE2 | WAVE2 (virtual) | WAVE2 (uncertainty)
+    grid.shape = (2, 2)  # actin | WAVE2 over WAVE2 (virtual) | WAVE2 (uncertainty)
     viewer.reset_view()
+    for toast in viewer.window._qt_window.findChildren(QWidget):  # notices of this run, not of omeloc
+        if type(toast).__name__ == "NapariQtNotification":
+            toast.close()
     app.processEvents()
     png.parent.mkdir(parents=True, exist_ok=True)
     shot = viewer.screenshot(canvas_only=False)
