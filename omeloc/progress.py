@@ -27,8 +27,16 @@ from typing import IO, Any, Protocol, Self, runtime_checkable
 from dask.callbacks import Callback
 
 __all__ = [
-    "CallbackProgress", "ConsoleProgress", "DaskProgress", "LogProgress", "Progress", "ProgressArg",
-    "ProgressReporter", "QuietProgress", "TqdmCallback", "reporter",
+    "CallbackProgress",
+    "ConsoleProgress",
+    "DaskProgress",
+    "LogProgress",
+    "Progress",
+    "ProgressArg",
+    "ProgressReporter",
+    "QuietProgress",
+    "TqdmCallback",
+    "reporter",
 ]
 
 
@@ -40,7 +48,7 @@ class ProgressReporter(Protocol):
         """A run of ``total`` steps (``None``: unknown yet) begins, ``initial`` of them done."""
 
     def update(self, done: int, total: int | None = None, **info: float) -> None:
-        """``done`` steps are done (``total`` when it changed); ``info``: figures to show (``loss=...``)."""
+        """``done`` steps are done (``total``: when it changed); ``info``: figures (``l1=...``)."""
 
     def close(self) -> None:
         """The run is over (finished or failed)."""
@@ -85,7 +93,9 @@ class CallbackProgress:
 
 
 def _figures(info: dict[str, float]) -> str:
-    return ", ".join(f"{k} {v:.4g}" for k, v in info.items() if isinstance(v, int | float) and math.isfinite(v))
+    return ", ".join(
+        f"{k} {v:.4g}" for k, v in info.items() if isinstance(v, int | float) and math.isfinite(v)
+    )
 
 
 class ConsoleProgress:
@@ -99,8 +109,9 @@ class ConsoleProgress:
         """Open the bar."""
         from tqdm.auto import tqdm
 
-        self._bar = tqdm(total=total, initial=initial, desc=desc, unit=unit, leave=self.leave,
-                         dynamic_ncols=True)
+        self._bar = tqdm(
+            total=total, initial=initial, desc=desc, unit=unit, leave=self.leave, dynamic_ncols=True
+        )
 
     def update(self, done: int, total: int | None = None, **info: float) -> None:
         """Move the bar to ``done``."""
@@ -121,7 +132,7 @@ class ConsoleProgress:
 
 
 class LogProgress:
-    """A plain line every ``every`` seconds: ``train: step 120/300 (40%), 3.1 step/s, ETA 58 s, l1 0.12``.
+    """A plain line every ``every`` seconds (``train: step 120/300 (40%), 3.1 step/s, ETA 58 s``).
 
     For logs that are not a terminal (``nohup``, ``tee``, SLURM, CI).  The first line comes
     after ``every`` seconds (a short run prints nothing), a last one when a run that printed
@@ -137,8 +148,12 @@ class LogProgress:
         The time source (tests pass their own).
     """
 
-    def __init__(self, stream: IO[str] | None = None, every: float | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        stream: IO[str] | None = None,
+        every: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         if every is None:
             every = float(os.environ.get("OMELOC_PROGRESS_EVERY", "10"))
         self.stream, self.every, self.clock = stream, float(every), clock
@@ -169,14 +184,20 @@ class LogProgress:
     def close(self) -> None:
         """Write the last line (when the run printed any)."""
         if self.printed:
-            self._write(self.line(self.clock()) + " (done)" if self.done == self.total else self.line(self.clock()))
+            self._write(
+                self.line(self.clock()) + " (done)"
+                if self.done == self.total
+                else self.line(self.clock())
+            )
 
     def line(self, now: float) -> str:
         """The line that says where the run stands at time ``now``."""
         elapsed = max(now - self._t0, 1e-9)
         rate = (self.done - self.initial) / elapsed
         head = f"{self.desc or 'progress'}: {self.unit} {self.done}"
-        parts = [head + (f"/{self.total} ({100 * self.done / self.total:.0f}%)" if self.total else "")]
+        parts = [
+            head + (f"/{self.total} ({100 * self.done / self.total:.0f}%)" if self.total else "")
+        ]
         parts.append(f"{rate:.3g} {self.unit}/s")
         if self.total and rate > 0 and self.done < self.total:
             parts.append(f"ETA {_duration((self.total - self.done) / rate)}")
@@ -215,11 +236,13 @@ def reporter(progress: ProgressArg) -> ProgressReporter:
         return progress
     if callable(progress):
         return CallbackProgress(progress)
-    raise TypeError(f"Expected progress True, False, a callable (done, total) or a reporter. Got {progress!r}.")
+    raise TypeError(
+        f"Expected progress True, False, a callable (done, total) or a reporter. Got {progress!r}."
+    )
 
 
 class DaskProgress(Callback):
-    """Report the finished Dask tasks of a local compute to a reporter (default: ``reporter(True)``)."""
+    """Report the finished Dask tasks of a local compute (default reporter: ``reporter(True)``)."""
 
     def __init__(self, desc: str = "", progress: ProgressArg = True, **_: Any) -> None:
         super().__init__()

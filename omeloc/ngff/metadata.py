@@ -37,7 +37,7 @@ class Dataset:
 
 @dataclass(frozen=True)
 class Multiscale:
-    """``multiscales[0]`` of an image: its axes (as stored), levels and NGFF version (if it names one)."""
+    """``multiscales[0]`` of an image: its axes (as stored), levels and NGFF version (if named)."""
 
     axes: tuple[Any, ...]
     datasets: tuple[Dataset, ...]
@@ -55,7 +55,11 @@ class Multiscale:
             A dataset path that leaves the image.
         """
         multiscales = ome.get("multiscales")
-        if not multiscales or not isinstance(multiscales, Sequence) or not isinstance(multiscales[0], Mapping):
+        if (
+            not multiscales
+            or not isinstance(multiscales, Sequence)
+            or not isinstance(multiscales[0], Mapping)
+        ):
             raise NotOmeZarrError(
                 f"{url} has no 'multiscales' metadata, so it is not an OME-Zarr image. "
                 f"Point omeloc at an image group."
@@ -63,19 +67,29 @@ class Multiscale:
         ms = multiscales[0]
         axes = ms.get("axes")
         if not axes or not isinstance(axes, Sequence) or isinstance(axes, str):
-            raise NotOmeZarrError(f"Image {url} has no multiscales axes (NGFF < 0.4?). "
-                                  f"Convert it to NGFF 0.4 or 0.5.")
+            raise NotOmeZarrError(
+                f"Image {url} has no multiscales axes (NGFF < 0.4?). Convert it to NGFF 0.4 or 0.5."
+            )
         datasets = ms.get("datasets") or []
         if not datasets or not all(isinstance(d, Mapping) and "path" in d for d in datasets):
-            raise NotOmeZarrError(f"Image {url} has no datasets with a 'path' in multiscales[0]. "
-                                  f"Fix its metadata.")
+            raise NotOmeZarrError(
+                f"Image {url} has no datasets with a 'path' in multiscales[0]. Fix its metadata."
+            )
         levels = tuple(
-            Dataset(path=safe_key(str(d["path"]), f"Image {what} lists dataset path",
-                                  "Fix its multiscales metadata."), scale=_scale(d))
+            Dataset(
+                path=safe_key(
+                    str(d["path"]),
+                    f"Image {what} lists dataset path",
+                    "Fix its multiscales metadata.",
+                ),
+                scale=_scale(d),
+            )
             for d in datasets
         )
         version = ms.get("version")
-        return cls(axes=tuple(axes), datasets=levels, version=None if version is None else str(version))
+        return cls(
+            axes=tuple(axes), datasets=levels, version=None if version is None else str(version)
+        )
 
 
 def _scale(dataset: Mapping[str, Any]) -> tuple[float, ...] | None:
@@ -88,7 +102,7 @@ def _scale(dataset: Mapping[str, Any]) -> tuple[float, ...] | None:
 
 
 def channel_labels(ome: Mapping[str, Any]) -> list[Any]:
-    """``omero.channels[].label`` of an image's NGFF metadata (``None`` where a channel has none)."""
+    """``omero.channels[].label`` of an image's NGFF metadata (``None``: a channel without)."""
     omero = ome.get("omero") or {}
     channels = omero.get("channels", []) if isinstance(omero, Mapping) else []
     return [c.get("label") for c in channels if isinstance(c, Mapping)]
@@ -112,12 +126,22 @@ class WellMeta:
     def from_json(cls, ome: Mapping[str, Any], wpath: str) -> WellMeta:
         """The ``well`` metadata of well ``wpath`` (entries without a path are skipped)."""
         well = ome.get("well") or {}
-        listed = [i for i in (well.get("images", []) if isinstance(well, Mapping) else [])
-                  if isinstance(i, Mapping) and "path" in i]
-        return cls(images=tuple(
-            WellImage(path=safe_key(str(i["path"]), f"Well {wpath} lists image path", "Fix the well's metadata."),
-                      acquisition=None if i.get("acquisition") is None else str(i["acquisition"]))
-            for i in listed))
+        listed = [
+            i
+            for i in (well.get("images", []) if isinstance(well, Mapping) else [])
+            if isinstance(i, Mapping) and "path" in i
+        ]
+        return cls(
+            images=tuple(
+                WellImage(
+                    path=safe_key(
+                        str(i["path"]), f"Well {wpath} lists image path", "Fix the well's metadata."
+                    ),
+                    acquisition=None if i.get("acquisition") is None else str(i["acquisition"]),
+                )
+                for i in listed
+            )
+        )
 
 
 @dataclass(frozen=True)
@@ -157,9 +181,17 @@ class PlateMeta:
                 f"Plate {url} has incomplete 'plate' metadata (missing {err}). "
                 f"It needs rows, columns and wells with paths."
             ) from err
-        acqs = tuple(Acquisition(id=str(a["id"]), name=None if a.get("name") is None else str(a["name"]))
-                     for a in plate.get("acquisitions") or []
-                     if isinstance(a, Mapping) and a.get("id") is not None)
+        acqs = tuple(
+            Acquisition(id=str(a["id"]), name=None if a.get("name") is None else str(a["name"]))
+            for a in plate.get("acquisitions") or []
+            if isinstance(a, Mapping) and a.get("id") is not None
+        )
         name, version = plate.get("name"), plate.get("version")
-        return cls(rows=rows, columns=cols, wells=wells, name=None if not name else str(name),
-                   acquisitions=acqs, version=None if version is None else str(version))
+        return cls(
+            rows=rows,
+            columns=cols,
+            wells=wells,
+            name=None if not name else str(name),
+            acquisitions=acqs,
+            version=None if version is None else str(version),
+        )

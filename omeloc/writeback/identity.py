@@ -34,8 +34,15 @@ from dataclasses import dataclass
 from typing import Any
 
 __all__ = [
-    "HEARTBEAT_SECONDS", "MISSED_BEATS", "WriterIdentity", "is_running_here", "process_start_time",
-    "register", "running", "unregister", "writer_alive",
+    "HEARTBEAT_SECONDS",
+    "MISSED_BEATS",
+    "WriterIdentity",
+    "is_running_here",
+    "process_start_time",
+    "register",
+    "running",
+    "unregister",
+    "writer_alive",
 ]
 
 #: how often a lock holder refreshes its heartbeat (seconds)
@@ -95,8 +102,12 @@ class WriterIdentity:
     def current(cls) -> WriterIdentity:
         """This process."""
         pid = os.getpid()
-        return cls(host=socket.gethostname(), pid=pid, pid_start=process_start_time(pid),
-                   boot_id=_boot_id())
+        return cls(
+            host=socket.gethostname(),
+            pid=pid,
+            pid_start=process_start_time(pid),
+            boot_id=_boot_id(),
+        )
 
     def to_json(self) -> dict[str, Any]:
         """The flat fields a lock or journal document holds (``boot_id`` only when known)."""
@@ -155,8 +166,14 @@ def is_running_here(run_id: str) -> bool:
         return _LIVE[run_id] > 0
 
 
-def writer_alive(writer: WriterIdentity, run_id: str, heartbeat: float, *, stale_after: float,
-                 interval: float = HEARTBEAT_SECONDS) -> bool:
+def writer_alive(
+    writer: WriterIdentity,
+    run_id: str,
+    heartbeat: float,
+    *,
+    stale_after: float,
+    interval: float = HEARTBEAT_SECONDS,
+) -> bool:
     """Whether the writer of run ``run_id`` may still be running (see the module docstring).
 
     Parameters

@@ -36,8 +36,15 @@ from omeloc.ngff.plate import MAX_CHANNELS
 from omeloc.writeback.identity import WriterIdentity, writer_alive
 
 __all__ = [
-    "JOURNAL_KEY", "JOURNAL_VERSION", "OPERATIONS", "BackupSummary", "ImageEntry", "Journal",
-    "journal_digest", "journal_doc", "refusal",
+    "JOURNAL_KEY",
+    "JOURNAL_VERSION",
+    "OPERATIONS",
+    "BackupSummary",
+    "ImageEntry",
+    "Journal",
+    "journal_digest",
+    "journal_doc",
+    "refusal",
 ]
 
 JOURNAL_KEY = "omeloc_journal"
@@ -61,8 +68,9 @@ def journal_digest(journal: Mapping[str, Any]) -> str:
     True
     """
     body = {k: v for k, v in journal.items() if k != "digest"}
-    text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True,
-                      allow_nan=False)
+    text = json.dumps(
+        body, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False
+    )
     return hashlib.sha256(text.encode("ascii")).hexdigest()
 
 
@@ -97,7 +105,7 @@ class ImageEntry:
 
 @dataclass(frozen=True)
 class BackupSummary:
-    """The verified backup of the files a run rewrites: how many, their bytes, the manifest's sha256."""
+    """The verified backup of the files a run rewrites: count, bytes, the manifest's sha256."""
 
     files: int
     bytes: int
@@ -193,7 +201,7 @@ class Journal:
 
     # -- read access by JSON key (transitional, for code written against the dict journal) --
     def keys(self) -> list[str]:
-        """The JSON keys (so ``journal["images"]``, ``journal.get("names")`` and ``{**journal}`` keep working)."""
+        """The JSON keys (so ``journal["images"]``, ``journal.get``, ``{**journal}`` work)."""
         return list(self.to_json())
 
     def __getitem__(self, key: str) -> Any:
@@ -207,17 +215,29 @@ class Journal:
     def to_json(self) -> dict[str, Any]:
         """The sealed JSON object (version 1, digest set) stored under ``omeloc_journal``."""
         out: dict[str, Any] = {
-            "version": JOURNAL_VERSION, "run_id": self.run_id, **self.writer.to_json(),
-            "started": self.started, "heartbeat": self.heartbeat, "phase": self.phase,
-            "mode": self.mode, "name": self.name, "channel_index": self.channel_index,
+            "version": JOURNAL_VERSION,
+            "run_id": self.run_id,
+            **self.writer.to_json(),
+            "started": self.started,
+            "heartbeat": self.heartbeat,
+            "phase": self.phase,
+            "mode": self.mode,
+            "name": self.name,
+            "channel_index": self.channel_index,
         }
         if len(self.names) > 1:
             out["names"] = list(self.names)
-        out.update({
-            "n_channels": self.n_channels, "zarr_format": self.zarr_format,
-            "images": [img.to_json() for img in self.images], "consolidated": self.consolidated,
-            "docs": dict(self.docs), "resume_key": self.resume_key, "shared": self.shared,
-        })
+        out.update(
+            {
+                "n_channels": self.n_channels,
+                "zarr_format": self.zarr_format,
+                "images": [img.to_json() for img in self.images],
+                "consolidated": self.consolidated,
+                "docs": dict(self.docs),
+                "resume_key": self.resume_key,
+                "shared": self.shared,
+            }
+        )
         if self.backup is not None:
             out["backup"] = self.backup.to_json()
         if self.chunks_restored:
@@ -225,8 +245,9 @@ class Journal:
         return journal_doc(out)
 
     @classmethod
-    def from_json(cls, doc: Any, *, zarr_format: int, where: str = "The write-back journal"
-                  ) -> Journal:
+    def from_json(
+        cls, doc: Any, *, zarr_format: int, where: str = "The write-back journal"
+    ) -> Journal:
         """The journal held by ``doc`` (the root attribute as read), checked.
 
         Parameters
@@ -248,14 +269,17 @@ class Journal:
             raise refusal(where, f"is a {type(doc).__name__}, not a JSON object")
         digest = doc.get("digest")
         if not isinstance(digest, str):
-            raise refusal(where, "has no integrity digest (it was written by hand or by an older "
-                                 "omeloc)")
+            raise refusal(
+                where, "has no integrity digest (it was written by hand or by an older omeloc)"
+            )
         if digest != journal_digest(doc):
             raise refusal(where, "was modified after it was written (its digest does not match)")
         reader = _READERS.get(doc.get("version"))  # type: ignore[arg-type]
         if reader is None:
-            raise refusal(where, f"is malformed (version {_r(doc.get('version'))}, expected "
-                                 f"{JOURNAL_VERSION})")
+            raise refusal(
+                where,
+                f"is malformed (version {_r(doc.get('version'))}, expected {JOURNAL_VERSION})",
+            )
         return reader(doc, zarr_format, where)
 
 
@@ -295,15 +319,21 @@ def _problems_v1(j: Mapping[str, Any], zarr_format: int) -> list[str]:
         if not isinstance(j.get(name), kind):
             p.append(f"{name} is missing or not a {kind.__name__}")
     n, k, names = j.get("n_channels"), j.get("channel_index"), _names(j)
-    if not (isinstance(names, list) and 1 <= len(names) <= MAX_NAMES
-            and all(isinstance(x, str) for x in names) and names[0] == j.get("name")):
+    if not (
+        isinstance(names, list)
+        and 1 <= len(names) <= MAX_NAMES
+        and all(isinstance(x, str) for x in names)
+        and names[0] == j.get("name")
+    ):
         p.append(f"names {_r(names)} is not a list of 1 to {MAX_NAMES} names starting with name")
         names = [j.get("name")]
     if not (_is_int(n) and 1 <= n <= MAX_CHANNELS):
         p.append(f"n_channels {_r(n)} is not between 1 and {MAX_CHANNELS}")
-    elif not (_is_int(k) and (k == n if j.get("mode") == "append"
-                              else k + len(names) == n if j.get("mode") == "remove"
-                              else 0 <= k and k + len(names) <= n)):
+    elif not (_is_int(k) and (
+        k == n if j.get("mode") == "append"
+        else k + len(names) == n if j.get("mode") == "remove"
+        else 0 <= k and k + len(names) <= n
+    )):
         p.append(f"channel_index {_r(k)} does not fit n_channels {n} in mode {_r(j.get('mode'))}")
     for name in ("consolidated", "chunks_restored", "shared"):
         if name in j and not isinstance(j[name], bool):
@@ -330,7 +360,9 @@ def _more_problems_v1(j: Mapping[str, Any]) -> list[str]:
         p.append(f"started {_r(j.get('started'))} is not a text")
     backup = j.get("backup")
     if backup is not None and not (
-        isinstance(backup, Mapping) and _is_int(backup.get("files")) and _is_int(backup.get("bytes"))
+        isinstance(backup, Mapping)
+        and _is_int(backup.get("files"))
+        and _is_int(backup.get("bytes"))
         and isinstance(backup.get("manifest"), str)
     ):
         p.append(f"backup {_r(backup)} is not a summary of files, bytes and manifest")
@@ -338,12 +370,19 @@ def _more_problems_v1(j: Mapping[str, Any]) -> list[str]:
 
 
 def _image_v1(entry: Any, where: str) -> ImageEntry:
-    if not (isinstance(entry, Mapping) and isinstance(entry.get("path"), str)
-            and _is_int(entry.get("c_axis")) and entry["c_axis"] >= 0
-            and isinstance(entry.get("arrays"), list) and entry["arrays"]
-            and all(isinstance(a, str) for a in entry["arrays"])):
+    if not (
+        isinstance(entry, Mapping)
+        and isinstance(entry.get("path"), str)
+        and _is_int(entry.get("c_axis"))
+        and entry["c_axis"] >= 0
+        and isinstance(entry.get("arrays"), list)
+        and entry["arrays"]
+        and all(isinstance(a, str) for a in entry["arrays"])
+    ):
         raise refusal(where, f"has a malformed image entry {str(entry)[:80]!r}")
-    return ImageEntry(path=entry["path"], c_axis=int(entry["c_axis"]), arrays=tuple(entry["arrays"]))
+    return ImageEntry(
+        path=entry["path"], c_axis=int(entry["c_axis"]), arrays=tuple(entry["arrays"])
+    )
 
 
 def _read_v1(j: Mapping[str, Any], zarr_format: int, where: str) -> Journal:
@@ -354,14 +393,26 @@ def _read_v1(j: Mapping[str, Any], zarr_format: int, where: str) -> Journal:
     assert writer is not None  # checked above
     backup = j.get("backup")
     return Journal(
-        run_id=j["run_id"], writer=writer, started=j.get("started", ""),
-        heartbeat=float(j.get("heartbeat", 0.0)), phase=j["phase"], mode=j["mode"],
-        names=tuple(_names(j)), channel_index=j["channel_index"], n_channels=j["n_channels"],
-        zarr_format=j["zarr_format"], images=tuple(_image_v1(e, where) for e in j["images"]),
-        docs=dict(j["docs"]), consolidated=bool(j.get("consolidated", False)),
-        resume_key=j.get("resume_key"), shared=bool(j.get("shared", False)),
-        backup=None if backup is None else BackupSummary(
-            files=backup["files"], bytes=backup["bytes"], manifest=backup["manifest"]),
+        run_id=j["run_id"],
+        writer=writer,
+        started=j.get("started", ""),
+        heartbeat=float(j.get("heartbeat", 0.0)),
+        phase=j["phase"],
+        mode=j["mode"],
+        names=tuple(_names(j)),
+        channel_index=j["channel_index"],
+        n_channels=j["n_channels"],
+        zarr_format=j["zarr_format"],
+        images=tuple(_image_v1(e, where) for e in j["images"]),
+        docs=dict(j["docs"]),
+        consolidated=bool(j.get("consolidated", False)),
+        resume_key=j.get("resume_key"),
+        shared=bool(j.get("shared", False)),
+        backup=None
+        if backup is None
+        else BackupSummary(
+            files=backup["files"], bytes=backup["bytes"], manifest=backup["manifest"]
+        ),
         chunks_restored=bool(j.get("chunks_restored", False)),
     )
 

@@ -1,4 +1,4 @@
-"""One progress interface: a bar on a terminal, plain lines in a log, a ``(done, total)`` callable, or nothing."""
+"""One progress interface: a bar on a terminal, plain lines in a log, a callable, or nothing."""
 
 from __future__ import annotations
 
@@ -73,9 +73,28 @@ def test_a_done_total_callable_keeps_working():
 
 def test_cli_progress_in_a_log_is_plain_lines(tmp_path):
     env = {**os.environ, "OMELOC_PROGRESS_EVERY": "0"}
-    proc = subprocess.run([sys.executable, "-m", "omeloc.cli", "synth", str(tmp_path / "p.zarr"), "--rows", "1",
-                           "--cols", "2", "--fields", "1", "--size", "64"],
-                          env=env, capture_output=True, text=True, timeout=300, check=False)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "omeloc.cli",
+            "synth",
+            str(tmp_path / "p.zarr"),
+            "--rows",
+            "1",
+            "--cols",
+            "2",
+            "--fields",
+            "1",
+            "--size",
+            "64",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stderr
     lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("synth: img")]
     assert lines and lines[-1].startswith("synth: img 2/2 (100%)"), proc.stderr

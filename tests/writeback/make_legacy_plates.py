@@ -28,7 +28,7 @@ def legacy_data(path: str) -> dict[str, np.ndarray]:
 
     out = {}
     for k, img in enumerate(omeloc.open_plate(path).images):
-        y, x = np.mgrid[0:img.shape[-2], 0:img.shape[-1]]
+        y, x = np.mgrid[0 : img.shape[-2], 0 : img.shape[-1]]
         out[img.path] = (100.0 * (k + 1) + 3.0 * y + x).astype(np.float64)
     return out
 
@@ -37,9 +37,18 @@ def _plate(path: Path, version: str) -> None:
     from omeloc.ngff.writer import write_plate
 
     y, x = np.mgrid[0:64, 0:48]
-    images = {w: np.stack([(y + x + 10 * i).astype("uint16"), (2 * y).astype("uint16")])
-              for i, w in enumerate(WELLS)}
-    write_plate(path, images, channel_names=["phase", "actin"], ngff_version=version, chunks=(32, 32), levels=2)
+    images = {
+        w: np.stack([(y + x + 10 * i).astype("uint16"), (2 * y).astype("uint16")])
+        for i, w in enumerate(WELLS)
+    }
+    write_plate(
+        path,
+        images,
+        channel_names=["phase", "actin"],
+        ngff_version=version,
+        chunks=(32, 32),
+        levels=2,
+    )
 
 
 if __name__ == "__main__":
@@ -56,5 +65,7 @@ if __name__ == "__main__":
             killed = out / version / point
             shutil.copytree(before, killed)
             env = {**os.environ, "OMELOC_TEST_KILL_AT": point}
-            proc = subprocess.run([sys.executable, __file__, "--write", str(killed)], env=env, check=False)
+            proc = subprocess.run(
+                [sys.executable, __file__, "--write", str(killed)], env=env, check=False
+            )
             assert proc.returncode == -9, proc.returncode

@@ -1,4 +1,4 @@
-"""Plates killed mid-write by omeloc *before* the journal became a record are recovered and appended to.
+"""Plates killed mid-write by the omeloc before the journal record are recovered and appended to.
 
 ``data/legacy_plates.tar.gz`` was made once by ``make_legacy_plates.py`` with the omeloc of commit
 aeb0a83 (the journal a ``Mapping[str, Any]``): for NGFF 0.4 and 0.5, a small plate (``before``) and
@@ -65,9 +65,13 @@ def test_legacy_journal_reads_as_a_record_and_writes_back_the_same_json(legacy, 
 
 
 @pytest.mark.parametrize("version", VERSIONS)
-def test_plate_killed_mid_pixels_by_earlier_omeloc_rolls_back_byte_for_byte(legacy, version, tmp_path):
+def test_plate_killed_mid_pixels_by_earlier_omeloc_rolls_back_byte_for_byte(
+    legacy, version, tmp_path
+):
     plate = _copy(legacy, version, "level0_mid", tmp_path)
-    assert recover(plate, stale_after=1) == "rollback"  # the writer (maybe "on another host") is long dead
+    assert (
+        recover(plate, stale_after=1) == "rollback"
+    )  # the writer (maybe "on another host") is long dead
     assert tree_digest(plate) == tree_digest(legacy / version / "before")
     result = add_channel(plate, "pred", legacy_data(str(plate)))  # and it is appended to again
     assert result.channel_index == 2
@@ -83,7 +87,9 @@ def test_plate_killed_after_its_last_write_by_earlier_omeloc_is_finished(legacy,
     assert JOURNAL_KEY not in opened.attrs
     for img in opened.images:
         assert img.channel_names == ("phase", "actin", "pred")
-        np.testing.assert_array_equal(img.channel("pred").compute(), legacy_data(str(plate))[img.path])
+        np.testing.assert_array_equal(
+            img.channel("pred").compute(), legacy_data(str(plate))[img.path]
+        )
     add_channel(plate, "more", legacy_data(str(plate)))
     assert omeloc.open_plate(plate).images[0].channel_names[-1] == "more"
     assert recover(plate) is None
@@ -97,5 +103,10 @@ def test_legacy_journal_with_an_edited_field_is_refused(legacy, tmp_path):
     (plate / "zarr.json").write_text(json.dumps(doc))
     with pytest.raises(JournalError, match="modified after it was written"):
         recover(plate, stale_after=1)
-    after = tree_digest(plate)  # the dead writer's lock was taken over and released; nothing else changed
-    assert after == {**{k: v for k, v in before.items() if k != ".omeloc_lock"}, "zarr.json": after["zarr.json"]}
+    after = tree_digest(
+        plate
+    )  # the dead writer's lock was taken over and released; nothing else changed
+    assert after == {
+        **{k: v for k, v in before.items() if k != ".omeloc_lock"},
+        "zarr.json": after["zarr.json"],
+    }
