@@ -165,7 +165,7 @@ def recover_report(target: str | Path, *, force: bool = False, storage_options: 
     with PlateLock(io, purpose="recover", stale_after=stale_after, force=force) as lock:
         fault_point("recover_locked")
         journal = jr.check_journal(io, stale_after=stale_after, force=force)
-        outcome = None if journal is None else _recover(io, journal)
+        outcome = None if journal is None else recover_journal(io, journal)
         from omeloc.writeback.tables import recover_stale_tables  # tables import this module's layer
 
         if recover_stale_tables(io, stale_after, force=force) and outcome is None:
@@ -359,7 +359,8 @@ def _target_plate(target: str | Path | Plate | Image, url: str, storage_options:
     return open_plate(url, storage_options)
 
 
-def _recover(io: jr.StoreIO, journal: Journal) -> str:
+def recover_journal(io: jr.StoreIO, journal: Journal) -> str:
+    """Act on a dead run's (validated) journal: finish a removal or a completed write, roll back the rest."""
     if journal.mode == "remove":  # a removal is always finished (omeloc.writeback.remove)
         from omeloc.writeback.remove import finish_remove
 
@@ -379,7 +380,7 @@ def _clear_stale(io: jr.StoreIO, stale: Journal | None, name: str, resume_key: s
         same_job = bool(resume_key) and stale.resume_key == resume_key and stale.name == name
         if same_job and not stale.complete:
             rs.stash_finished(io, stale)
-        recovered = _recover(io, stale)
+        recovered = recover_journal(io, stale)
     rs.drop_stash(io, keep=resume_key)
     jr.drop_backups(io)  # under the lock, with the journal dealt with: any backup left is an orphan
     return recovered

@@ -187,16 +187,9 @@ def _delete_chunks(io: jr.StoreIO, journal: Journal, keep: int) -> int:
 
 
 def _recover_stale(io: jr.StoreIO, stale: Journal | None) -> str | None:
-    if stale is None:
-        return None
-    if stale.mode == MODE:
-        finish_remove(io, stale)
-        return "finish"
-    if stale.complete:
-        jr.finish(io, stale)
-        return "finish"
-    jr.rollback(io, stale)
-    return "rollback"
+    from omeloc.writeback.protocol import recover_journal  # protocol imports this module lazily too
+
+    return None if stale is None else recover_journal(io, stale)
 
 
 def remove_channel(target: str | Path | Plate, name: str | Sequence[str], *,
