@@ -45,6 +45,18 @@ class _PackageRecord:
     trust_code: bool = False
     level: int = 0
     reproduced: float | None = None
+    pixel_size: dict[str, Any] | None = None
+    """Not compared with the plate's yet (a package's declared pixel size is only shown)."""
+
+    @property
+    def pixel(self) -> Any:
+        """No training pixel size to check against (see :attr:`pixel_size`)."""
+        return None
+
+    @property
+    def z_window(self) -> int:
+        """Packages run plane by plane (one z plane in, one out)."""
+        return 1
 
     def build_model(self, device: str = "cpu") -> PackageModel:
         """Load the weights and check that the package reproduces its test output (once)."""
