@@ -314,20 +314,18 @@ def open_package(
     )
 
 
+#: every weights format of the BMZ model spec 0.5, in omeloc's order of preference
+WEIGHT_FORMATS = ("torchscript", "onnx", "pytorch_state_dict", "keras_hdf5", "keras_v3",
+                  "tensorflow_js", "tensorflow_saved_model_bundle")
+
+
+def _declared_weights(descr: Any) -> tuple[str, ...]:
+    """The weights formats the package declares, in :data:`WEIGHT_FORMATS` order."""
+    return tuple(f for f in WEIGHT_FORMATS if getattr(descr.weights, f, None) is not None)
+
+
 def _choose_weights(descr: Any, trust_code: bool, wanted: str | None, folder: Path) -> str:
-    have = [
-        f
-        for f in (
-            "torchscript",
-            "onnx",
-            "pytorch_state_dict",
-            "keras_hdf5",
-            "keras_v3",
-            "tensorflow_js",
-            "tensorflow_saved_model_bundle",
-        )
-        if getattr(descr.weights, f, None) is not None
-    ]
+    have = _declared_weights(descr)
     runnable = [f for f in RUNNABLE_WEIGHTS if f in have]
     if wanted is not None:
         if wanted not in have:
@@ -440,19 +438,7 @@ def describe_package(descr: Any, digest: str = "") -> ModelDescription:
         )
     y = inputs[0].axis("y")
     pixel = (y.scale, inputs[0].axis("x").scale) if y is not None and y.unit else None
-    weights = tuple(
-        f
-        for f in (
-            "torchscript",
-            "onnx",
-            "pytorch_state_dict",
-            "keras_hdf5",
-            "keras_v3",
-            "tensorflow_js",
-            "tensorflow_saved_model_bundle",
-        )
-        if getattr(descr.weights, f, None) is not None
-    )
+    weights = _declared_weights(descr)
     ident = (
         ("id", str(descr.id or "")),
         ("version", str(getattr(descr, "version", None) or "")),
