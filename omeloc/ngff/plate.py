@@ -8,6 +8,8 @@ exposed as dask arrays and xarray views over the zarr arrays.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
 import logging
 import marshal
@@ -31,6 +33,7 @@ from omeloc.errors import (
     CorruptDataError,
     InputError,
     NotOmeZarrError,
+    OmelocError,
     PathNotFoundError,
     StoreAccessError,
     UnsafePathError,
@@ -44,6 +47,7 @@ from omeloc.ngff.format import (
     ngff_attrs,
     safe_key,
 )
+from omeloc.ngff.documents import DocumentCache
 from omeloc.ngff.metadata import Multiscale, PlateMeta, WellMeta, channel_labels
 from omeloc.ngff.stores import (
     missing_bucket,
@@ -187,7 +191,7 @@ def _is_url(path: str) -> bool:
 
 
 def _open_group(url: str, storage_options: Mapping[str, Any] | None, what: str,
-                zarr_format: int | None = None) -> zarr.Group:
+                zarr_format: int | None = None, documents: DocumentCache | None = None) -> zarr.Group:
     """Open a zarr group read-only, translating zarr's errors into one-line omeloc errors.
 
     A local ``.ozx``/``.zip`` file, or a path inside one, opens through a read-only zip store.
@@ -198,14 +202,30 @@ def _open_group(url: str, storage_options: Mapping[str, Any] | None, what: str,
     if not _is_url(url) and zip_location(url) is None and not Path(url).exists():
         raise PathNotFoundError(f"{what} {url} does not exist. Check the path.")
     try:
-        if zarr_format is None:
+        # one concurrent round of the documents of both formats (zarr.open would probe for an array first)
+        node = open_group(url, storage_options, use_consolidated=False, zarr_format=zarr_format,
+                          documents=documents)
+    except Exception as err:  # noqa: BLE001 - translated (or re-raised) by _group_error
+        try:  # only when it failed: what is there (an array is refused with its own message)
             node = open_node(url, storage_options)
-        else:
-            node = open_group(url, storage_options, use_consolidated=False, zarr_format=zarr_format)
-    except zarr.errors.ContainsArrayError:
-        node = None
-    except (FileNotFoundError, zarr.errors.NodeTypeValidationError, zarr.errors.NodeNotFoundError,
-            KeyError) as err:
+        except Exception:  # noqa: BLE001 - the group's error says it
+            node = _group_error(err, url, what, storage_options)
+    if not isinstance(node, zarr.Group):
+        raise NotOmeZarrError(
+            f"{what} {url} is a Zarr array, not a group. Point omeloc at the plate root or an image group."
+        )
+    return node
+
+
+def _group_error(err: BaseException, url: str, what: str, storage_options: Mapping[str, Any] | None) -> None:
+    """Raise the one-line omeloc error for zarr's refusal to open the group at ``url``.
+
+    Returns ``None`` (no group) when the node there is an array: the caller says so.
+    """
+    if isinstance(err, zarr.errors.ContainsArrayError):
+        return None
+    if isinstance(err, (FileNotFoundError, zarr.errors.NodeTypeValidationError, zarr.errors.NodeNotFoundError,
+                        KeyError)):
         bucket = missing_bucket(url, storage_options) if _is_url(url) else None
         if bucket is not None:
             raise StoreAccessError(f"{what} {url}: the bucket {bucket!r} does not exist. Check the URL's bucket "
@@ -214,15 +234,48 @@ def _open_group(url: str, storage_options: Mapping[str, Any] | None, what: str,
             f"{what} {url} is not a Zarr group. Point omeloc at an OME-Zarr plate or image "
             f"(a folder with zarr.json or .zattrs/.zgroup)."
         ) from err
-    except ValueError as err:  # zarr raises ValueError for unparsable metadata documents
+    if isinstance(err, ValueError):  # zarr raises ValueError for unparsable metadata documents
         raise NotOmeZarrError(
             f"{what} {url} has unreadable Zarr metadata ({err}). Restore its zarr.json/.zattrs from a backup."
         ) from err
-    if not isinstance(node, zarr.Group):
-        raise NotOmeZarrError(
-            f"{what} {url} is a Zarr array, not a group. Point omeloc at the plate root or an image group."
-        )
-    return node
+    raise err
+
+
+#: metadata documents in flight at once while a plate opens (on object storage each is a round trip;
+#: ``OMELOC_IO_CONCURRENCY`` changes it)
+IO_CONCURRENCY = 64
+
+
+def _concurrency() -> int:
+    try:
+        return max(1, int(os.environ.get("OMELOC_IO_CONCURRENCY", IO_CONCURRENCY)))
+    except ValueError:
+        return IO_CONCURRENCY
+
+
+def _open_many(root: zarr.Group, rels: Sequence[str], *, arrays: bool, zarr_format: int
+               ) -> list[zarr.Group | zarr.Array | BaseException]:
+    """The groups (or arrays) at ``rels`` below ``root``, opened concurrently (each document read once).
+
+    Each entry is the opened node, or the exception zarr raised for it (the caller translates
+    it, in plate order, so a broken plate gives the same message as a serial open).
+    """
+    from zarr.core.array import AsyncArray
+    from zarr.core.group import AsyncGroup
+    from zarr.core.sync import sync
+
+    async def one(rel: str, gate: asyncio.Semaphore) -> zarr.Group | zarr.Array:
+        async with gate:
+            where = root.store_path / rel
+            if arrays:
+                return zarr.Array(await AsyncArray.open(where, zarr_format=zarr_format))
+            return zarr.Group(await AsyncGroup.open(where, zarr_format=zarr_format, use_consolidated=False))
+
+    async def every() -> list[Any]:
+        gate = asyncio.Semaphore(_concurrency())
+        return await asyncio.gather(*(one(rel, gate) for rel in rels), return_exceptions=True)
+
+    return sync(every()) if rels else []
 
 
 class _CheckedReader:
@@ -640,6 +693,15 @@ def _read_image(
     if root is None:  # a standalone image is its own root
         refuse_incomplete(group.attrs, url)
         _warn_journal(group.attrs, url)
+    img = _image_record(group, url, path, well, field_name, root)
+    levels = _open_many(group, img.level_paths, arrays=True, zarr_format=img.zarr_format)
+    return _with_levels(img, levels)
+
+
+def _image_record(group: zarr.Group, url: str, path: str, well: str | None, field_name: str | None,
+                  root: str | None) -> Image:
+    """An Image from its opened group, its level paths confined to ``root``; no array is opened yet
+    (:func:`_with_levels` adds them and the channel names)."""
     ome, zarr_format = group_ngff_attrs(group), group.metadata.zarr_format
     ms = Multiscale.from_json(ome, url, path or url)
     axes = axis_keys(ms.axes, url)
@@ -649,14 +711,45 @@ def _read_image(
     scales = [d.scale if d.scale is not None else (1.0,) * len(axes) for d in ms.datasets]
     version = _checked_version(str(ome.get("version") or ms.version or default_ngff_version(zarr_format)),
                                path or url)
-    labels = channel_labels(ome)
-    # channel count comes from the array; labels missing or short get placeholder names
-    img = Image(
-        path=path, url=url, well=well, field=field_name, axes=axes, channel_names=(),
+    return Image(
+        path=path, url=url, well=well, field=field_name, axes=axes, channel_names=tuple(channel_labels(ome)),
         level_paths=level_paths, scales=tuple(scales), ngff_version=version,
         zarr_format=zarr_format, _attrs=_pack_attrs(dict(group.attrs)), _group=_without_attributes(group),
     )
-    n_c = img.zarr_array(0).shape[axes.index("c")]
+
+
+def _level_error(err: BaseException, img: Image, path: str) -> OmelocError:
+    """The one-line error for a level array that cannot be opened."""
+    if isinstance(err, (FileNotFoundError, KeyError, zarr.errors.ArrayNotFoundError)):
+        with contextlib.suppress(Exception):  # a (v2) group where an array should be: say so
+            if isinstance(img._group.get(path), zarr.Group):
+                return NotOmeZarrError(f"{img.url}/{path} is a group, not an array. Fix multiscales[0].datasets.")
+        return PathNotFoundError(
+            f"Image {img.url} lists level {path!r} in its multiscales metadata but has no such array. "
+            f"Re-write the pyramid or fix multiscales[0].datasets."
+        )
+    if isinstance(err, zarr.errors.NodeTypeValidationError):
+        return NotOmeZarrError(f"{img.url}/{path} is a group, not an array. Fix multiscales[0].datasets.")
+    if isinstance(err, ValueError):  # zarr's refusal of an inconsistent array document
+        return NotOmeZarrError(
+            f"Level {path!r} of image {img.url} has unreadable array metadata ({err}). "
+            f"Restore its zarr.json/.zarray from a backup."
+        )
+    raise err
+
+
+def _with_levels(img: Image, levels: Sequence[zarr.Array | BaseException]) -> Image:
+    """``img`` with its level arrays (opened once, by :func:`_open_many`) and its channel names."""
+    for path, arr in zip(img.level_paths, levels):
+        if isinstance(arr, BaseException):
+            raise _level_error(arr, img, path) from arr
+        if not isinstance(arr, zarr.Array):
+            raise NotOmeZarrError(f"{img.url}/{path} is a group, not an array. Fix multiscales[0].datasets.")
+        _check_declared_size(arr, img.axes, f"{img.url}/{path}")
+        img._arrays[path] = arr
+    labels = img.channel_names  # as the omero metadata gives them (see _image_record)
+    # channel count comes from the array; labels missing or short get placeholder names
+    n_c = img.zarr_array(0).shape[img.axes.index("c")]
     names = tuple(
         str(labels[i]) if i < len(labels) and labels[i] not in (None, "") else f"c{i}" for i in range(n_c)
     )
@@ -683,7 +776,7 @@ def open_image(path_or_url: str | Path, storage_options: Mapping[str, Any] | Non
 
 
 def open_plate(path_or_url: str | Path, storage_options: Mapping[str, Any] | None = None, *,
-               series: str | int | None = None) -> Plate:
+               series: str | int | None = None, documents: DocumentCache | None = None) -> Plate:
     """Open an OME-Zarr HCS plate (or a single multiscale image) lazily, from its metadata.
 
     Parameters
@@ -698,6 +791,10 @@ def open_plate(path_or_url: str | Path, storage_options: Mapping[str, Any] | Non
     series
         For a bioformats2raw wrapper: which series (``"0"``, ``"1"``, ...); default the only
         one (several series and no choice is an error that lists them).
+    documents
+        A cache of the store's metadata documents (:class:`~omeloc.ngff.documents.DocumentCache`)
+        shared with later readers and writers of the same plate (the write-back does so, under
+        its lock); by default each open reads every document once, concurrently.
 
     Returns
     -------
@@ -718,17 +815,17 @@ def open_plate(path_or_url: str | Path, storage_options: Mapping[str, Any] | Non
     >>> plate.sel(c="actin")               # doctest: +SKIP
     """
     url = str(path_or_url)
-    root = _open_group(url, storage_options, "Path")
+    root = _open_group(url, storage_options, "Path", documents=documents if zip_location(url) is None else None)
     refuse_incomplete(root.attrs, url)
     _warn_journal(root.attrs, url)
     ome, zarr_format = group_ngff_attrs(root), root.metadata.zarr_format
     if "plate" not in ome:
-        return _open_not_plate(url, ome, storage_options, series)
+        return _open_not_plate(url, root, ome, storage_options, series)
     if series is not None:
         raise InputError(f"series={series!r} applies to bioformats2raw wrappers; {url} is a plate. Leave it out.")
     layout = PlateMeta.from_json(ome["plate"], url)
     rows, cols = layout.rows, layout.columns
-    read = [_read_well(url, wpath, storage_options, zarr_format) for wpath in layout.wells]
+    read = _read_wells(url, root, layout.wells, storage_options, zarr_format)
     wells = {well.path: well for well in read}
     images = tuple(img for well in read for img in well.images)
     if not images:
@@ -743,7 +840,7 @@ def open_plate(path_or_url: str | Path, storage_options: Mapping[str, Any] | Non
     )
 
 
-def _open_not_plate(url: str, ome: Mapping[str, Any], storage_options: Mapping[str, Any] | None,
+def _open_not_plate(url: str, root: zarr.Group, ome: Mapping[str, Any], storage_options: Mapping[str, Any] | None,
                     series: str | int | None) -> Plate:
     """A single image, or the chosen series of a bioformats2raw wrapper, as a one-image (or the series') plate."""
     found = wrapper_series(ome, lambda rel: group_ngff_attrs(_open_group(join_path(url, rel), storage_options, "Path")))
@@ -752,8 +849,10 @@ def _open_not_plate(url: str, ome: Mapping[str, Any], storage_options: Mapping[s
         return open_plate(join_path(url, chosen), storage_options)
     if series is not None:
         raise InputError(f"series={series!r} applies to bioformats2raw wrappers; {url} is not one. Leave it out.")
-    if "multiscales" in ome:
-        return image_plate(_read_image(url, "", None, None, storage_options), storage_options)
+    if "multiscales" in ome:  # the root read once: its levels opened from it
+        img = _image_record(root, url, "", None, None, None)
+        levels = _open_many(root, img.level_paths, arrays=True, zarr_format=img.zarr_format)
+        return image_plate(_with_levels(img, levels), storage_options)
     hint = " (it has a 'well' key: open its plate root, or one field image inside it)" if "well" in ome else ""
     raise NotOmeZarrError(
         f"{url} is a Zarr group without OME-Zarr 'plate' or 'multiscales' metadata{hint}. "
@@ -776,35 +875,74 @@ def image_plate(image: Image, storage_options: Mapping[str, Any] | None = None) 
     )
 
 
-def _read_well(url: str, wpath: str, storage_options: Mapping[str, Any] | None,
-               zarr_format: int | None = None) -> Well:
-    """One well of the plate at ``url`` and its field images, as its ``well`` metadata lists them."""
+def _well_path(url: str, wpath: str) -> str:
+    """The checked well path ``ROW/COLUMN`` that the plate at ``url`` lists (confined to the plate)."""
     wpath = safe_key(wpath, f"Plate {url} lists well path", "Fix the plate's metadata.")
-    parts = wpath.split("/")
-    if len(parts) != 2:
+    if len(wpath.split("/")) != 2:
         raise NotOmeZarrError(f"Plate {url} lists well path {wpath!r}; expected 'ROW/COLUMN'. Fix the plate metadata.")
-    wurl = join_path(url, wpath)
-    _check_inside(url, wurl, f"Well {wpath}")
-    try:
-        wgroup = _open_group(wurl, storage_options, "Well", zarr_format)
-    except (PathNotFoundError, NotOmeZarrError) as err:
-        raise PathNotFoundError(
-            f"Plate {url} lists well {wpath!r} but it is missing. Restore the well or remove it from the plate metadata."
-        ) from err
-    listed = WellMeta.from_json(group_ngff_attrs(wgroup), wpath).images
-    fields = [i.path for i in listed]
-    acquisitions = {i.path: i.acquisition for i in listed if i.acquisition is not None}
-    if not fields:
-        raise NotOmeZarrError(f"Well {wurl} has no 'well.images' metadata. Fix the well metadata.")
-    images = []
-    for f in fields:
-        iurl = join_path(wurl, f)
-        try:
-            images.append(_read_image(iurl, f"{wpath}/{f}", wpath, f, storage_options, root=url,
-                                      zarr_format=zarr_format))
-        except PathNotFoundError as err:
-            raise PathNotFoundError(
-                f"Well {wpath!r} lists field {f!r} but {iurl} is missing. Restore it or fix the well metadata."
-            ) from err
-    return Well(path=wpath, row=parts[0], column=parts[1], images=tuple(images), acquisitions=acquisitions)
+    _check_inside(url, join_path(url, wpath), f"Well {wpath}")
+    return wpath
 
+
+def _opened(node: zarr.Group | BaseException, url: str, what: str,
+            storage_options: Mapping[str, Any] | None) -> zarr.Group:
+    """The group :func:`_open_many` opened at ``url``, or the error a serial open would have raised."""
+    if isinstance(node, BaseException):
+        if not _is_url(url) and zip_location(url) is None and not Path(url).exists():
+            raise PathNotFoundError(f"{what} {url} does not exist. Check the path.") from node
+        node = _group_error(node, url, what, storage_options)
+    if not isinstance(node, zarr.Group):
+        raise NotOmeZarrError(
+            f"{what} {url} is a Zarr array, not a group. Point omeloc at the plate root or an image group."
+        )
+    return node
+
+
+def _read_wells(url: str, root: zarr.Group, listed: Sequence[str], storage_options: Mapping[str, Any] | None,
+                zarr_format: int) -> list[Well]:
+    """The wells the plate at ``url`` lists, with their fields and levels: every metadata document read
+    once, in three concurrent rounds (wells, then their images, then the images' level arrays)."""
+    paths = [_well_path(url, w) for w in listed]
+    groups = _open_many(root, paths, arrays=False, zarr_format=zarr_format)
+    fields: list[tuple[str, list[str], dict[str, str]]] = []
+    for wpath, node in zip(paths, groups):
+        try:
+            wgroup = _opened(node, join_path(url, wpath), "Well", storage_options)
+        except (PathNotFoundError, NotOmeZarrError) as err:
+            raise PathNotFoundError(f"Plate {url} lists well {wpath!r} but it is missing. Restore the well or "
+                                    f"remove it from the plate metadata.") from err
+        images = WellMeta.from_json(group_ngff_attrs(wgroup), wpath).images
+        if not images:
+            raise NotOmeZarrError(f"Well {join_path(url, wpath)} has no 'well.images' metadata. Fix the well metadata.")
+        fields.append((wpath, [i.path for i in images],
+                       {i.path: i.acquisition for i in images if i.acquisition is not None}))
+    rels = [join_path("", wpath, f) for wpath, names, _ in fields for f in names]
+    for rel in rels:
+        _check_inside(url, join_path(url, rel), f"Image {rel}")
+    images = iter(_image_records(url, root, rels, storage_options, zarr_format))
+    return [Well(path=wpath, row=wpath.split("/")[0], column=wpath.split("/")[1],
+                 images=tuple(next(images) for _ in names), acquisitions=acq) for wpath, names, acq in fields]
+
+
+def _image_records(url: str, root: zarr.Group, rels: Sequence[str], storage_options: Mapping[str, Any] | None,
+                   zarr_format: int) -> list[Image]:
+    """The field images at ``rels`` (``"B/3/0"``) below the plate root, opened concurrently, then every
+    level array of all of them concurrently."""
+    records = []
+    for rel, node in zip(rels, _open_many(root, rels, arrays=False, zarr_format=zarr_format)):
+        wpath, field_name = rel.rsplit("/", 1)
+        iurl = join_path(url, rel)
+        try:
+            group = _opened(node, iurl, "Image", storage_options)
+        except PathNotFoundError as err:
+            raise PathNotFoundError(f"Well {wpath!r} lists field {field_name!r} but {iurl} is missing. Restore it "
+                                    f"or fix the well metadata.") from err
+        records.append(_image_record(group, iurl, rel, wpath, field_name, url))
+    levels = _open_many(root, [join_path("", img.path, lv) for img in records for lv in img.level_paths],
+                        arrays=True, zarr_format=zarr_format)
+    out, at = [], 0
+    for img in records:
+        n = len(img.level_paths)
+        out.append(_with_levels(img, levels[at:at + n]))
+        at += n
+    return out

@@ -27,10 +27,12 @@ from typing import Any
 import zarr
 
 from omeloc.errors import InputError, ReadOnlyStoreError, StoreAccessError
+from omeloc.ngff.documents import CachedStore, DocumentCache
 
 __all__ = [
     "WRAPPER_KEY",
     "ZIP_SUFFIXES",
+    "cached_store",
     "check_writable",
     "missing_bucket",
     "open_group",
@@ -78,14 +80,32 @@ def _zip_store(path: str, mtime_ns: int, size: int) -> zarr.storage.ZipStore:
     return zarr.storage.ZipStore(path, mode="r", read_only=True)
 
 
-def _where(url: str, storage_options: Mapping[str, Any] | None) -> dict[str, Any]:
-    """The ``store``/``path``/``storage_options`` arguments that open ``url`` with zarr, read-only."""
+def _where(url: str, storage_options: Mapping[str, Any] | None,
+           documents: DocumentCache | None = None, mode: str = "r") -> dict[str, Any]:
+    """The ``store``/``path``/``storage_options`` arguments that open ``url`` with zarr (read-only by default).
+
+    With ``documents`` the store's metadata reads go through that cache (:mod:`omeloc.ngff.documents`).
+    """
     located = zip_location(url)
     if located is not None:
         zpath, inner = located
         stat = zpath.stat()
         return {"store": _zip_store(str(zpath.resolve()), stat.st_mtime_ns, stat.st_size), "path": inner or None}
-    return {"store": url, **({"storage_options": dict(storage_options)} if storage_options else {})}
+    if documents is None:
+        return {"store": url, **({"storage_options": dict(storage_options)} if storage_options else {})}
+    return {"store": cached_store(url, storage_options, documents, mode=mode)}
+
+
+def cached_store(url: str, storage_options: Mapping[str, Any] | None, documents: DocumentCache, *,
+                 mode: str = "r") -> CachedStore:
+    """The store of ``url`` (a folder or fsspec URL), its metadata reads shared through ``documents``."""
+    from zarr.core.sync import sync
+    from zarr.storage._common import make_store_path
+
+    where = sync(make_store_path(url, mode=mode, storage_options=dict(storage_options) if storage_options else None))
+    if where.path:  # zarr roots a folder or URL store at the node itself
+        raise InputError(f"Cannot open {url} as a store root. Pass the plate's folder or URL.")
+    return CachedStore(where.store, documents)
 
 
 def open_node(url: str, storage_options: Mapping[str, Any] | None = None) -> zarr.Group | zarr.Array:
@@ -97,14 +117,16 @@ def open_node(url: str, storage_options: Mapping[str, Any] | None = None) -> zar
 
 
 def open_group(url: str, storage_options: Mapping[str, Any] | None = None, *,
-               use_consolidated: bool | None = None, zarr_format: int | None = None) -> zarr.Group:
+               use_consolidated: bool | None = None, zarr_format: int | None = None,
+               documents: DocumentCache | None = None) -> zarr.Group:
     """Open the Zarr group at ``url`` read-only, like :func:`open_node` (zips included).
 
     With ``zarr_format`` known (and ``use_consolidated=False``) zarr reads one metadata
     document (v3 ``zarr.json``; v2 ``.zgroup`` and ``.zattrs``) instead of probing every kind.
+    With ``documents``, every metadata document read through the group is read once.
     """
     return zarr.open_group(mode="r", use_consolidated=use_consolidated, zarr_format=zarr_format,
-                           **_where(url, storage_options))
+                           **_where(url, storage_options, documents))
 
 
 def check_writable(url: str | os.PathLike[str]) -> None:
