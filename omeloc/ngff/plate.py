@@ -50,6 +50,7 @@ from omeloc.ngff.format import (
 from omeloc.ngff.documents import DocumentCache
 from omeloc.ngff.metadata import Multiscale, PlateMeta, WellMeta, channel_labels
 from omeloc.ngff.stores import (
+    io_concurrency,
     missing_bucket,
     open_group,
     open_node,
@@ -241,18 +242,6 @@ def _group_error(err: BaseException, url: str, what: str, storage_options: Mappi
     raise err
 
 
-#: metadata documents in flight at once while a plate opens (on object storage each is a round trip;
-#: ``OMELOC_IO_CONCURRENCY`` changes it)
-IO_CONCURRENCY = 64
-
-
-def _concurrency() -> int:
-    try:
-        return max(1, int(os.environ.get("OMELOC_IO_CONCURRENCY", IO_CONCURRENCY)))
-    except ValueError:
-        return IO_CONCURRENCY
-
-
 def _open_many(root: zarr.Group, rels: Sequence[str], *, arrays: bool, zarr_format: int
                ) -> list[zarr.Group | zarr.Array | BaseException]:
     """The groups (or arrays) at ``rels`` below ``root``, opened concurrently (each document read once).
@@ -272,7 +261,7 @@ def _open_many(root: zarr.Group, rels: Sequence[str], *, arrays: bool, zarr_form
             return zarr.Group(await AsyncGroup.open(where, zarr_format=zarr_format, use_consolidated=False))
 
     async def every() -> list[Any]:
-        gate = asyncio.Semaphore(_concurrency())
+        gate = asyncio.Semaphore(io_concurrency())
         return await asyncio.gather(*(one(rel, gate) for rel in rels), return_exceptions=True)
 
     return sync(every()) if rels else []

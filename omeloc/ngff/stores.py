@@ -32,8 +32,10 @@ from omeloc.ngff.documents import CachedStore, DocumentCache
 __all__ = [
     "WRAPPER_KEY",
     "ZIP_SUFFIXES",
+    "IO_CONCURRENCY",
     "cached_store",
     "check_writable",
+    "io_concurrency",
     "missing_bucket",
     "open_group",
     "open_node",
@@ -78,6 +80,19 @@ def zip_location(url: str | os.PathLike[str]) -> tuple[Path, str] | None:
 def _zip_store(path: str, mtime_ns: int, size: int) -> zarr.storage.ZipStore:
     """One read-only ZipStore per zip file version (its modification time and size are in the key)."""
     return zarr.storage.ZipStore(path, mode="r", read_only=True)
+
+
+#: requests in flight at once in a concurrent round of metadata reads or writes (on object storage
+#: each is a round trip); ``OMELOC_IO_CONCURRENCY`` changes it
+IO_CONCURRENCY = 64
+
+
+def io_concurrency() -> int:
+    """How many store requests a concurrent round keeps in flight (``OMELOC_IO_CONCURRENCY``, default 64)."""
+    try:
+        return max(1, int(os.environ.get("OMELOC_IO_CONCURRENCY", IO_CONCURRENCY)))
+    except ValueError:
+        return IO_CONCURRENCY
 
 
 def _where(url: str, storage_options: Mapping[str, Any] | None,

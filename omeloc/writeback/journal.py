@@ -18,6 +18,7 @@ API, so nothing else in a document (consolidated metadata, unknown keys) is drop
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import json
@@ -50,7 +51,8 @@ from omeloc.ngff.format import (
     refresh_consolidated,
     safe_key,
 )
-from omeloc.ngff.stores import check_writable, write_refusal
+from omeloc.ngff.documents import DocumentCache
+from omeloc.ngff.stores import cached_store, check_writable, io_concurrency, write_refusal
 from omeloc.testing.faults import fault_point
 from omeloc.writeback import identity
 from omeloc.writeback.identity import WriterIdentity, is_running_here, process_start_time, register, unregister
@@ -93,11 +95,12 @@ class StoreIO:
 
     def __init__(self, url: str, storage_options: Mapping[str, Any] | None = None) -> None:
         check_writable(url)  # a zipped OME-Zarr is read-only: refused with the fix, before zarr opens it
-        kwargs: dict[str, Any] = {"mode": "r+", "use_consolidated": False}
-        if storage_options:
-            kwargs["storage_options"] = dict(storage_options)
+        #: the raw metadata documents read and written through this object, each read once (cleared when
+        #: the plate's lock is taken; see :mod:`omeloc.ngff.documents`)
+        self.documents = DocumentCache()
         try:
-            group = zarr.open_group(url, **kwargs)
+            store = cached_store(url, storage_options, self.documents, mode="r+")
+            group = zarr.open_group(store=store, mode="r+", use_consolidated=False)
         except (PermissionError, ValueError, NotImplementedError) as err:
             raise ReadOnlyStoreError(
                 f"Cannot open {url} for writing ({type(err).__name__}: {err}). "
@@ -105,6 +108,7 @@ class StoreIO:
             ) from err
         self.url = url
         self.store = group.store
+        self.storage_options = dict(storage_options) if storage_options else None
         self.prefix = group.store_path.path.strip("/")
         self.zarr_format = group.metadata.zarr_format
         #: what differs between the store's format and the other (NGFF 0.4 / 0.5)
@@ -112,8 +116,10 @@ class StoreIO:
         if getattr(self.store, "read_only", False):
             raise ReadOnlyStoreError(f"Store {url} is read-only. Use a writable copy of the plate.")
         #: the group's folder on a local store (``None`` on other stores)
+        #: the store itself, under the cache (its kind: local folder, fsspec, ...)
+        self.backend = getattr(self.store, "_store", self.store)
         self.local_root: Path | None = (
-            Path(self.store.root, self.prefix) if isinstance(self.store, LocalStore) else None
+            Path(self.backend.root, self.prefix) if isinstance(self.backend, LocalStore) else None
         )
 
     # -- bytes --------------------------------------------------------------------------
@@ -127,10 +133,54 @@ class StoreIO:
             )
         return join_path("", self.prefix, rel)
 
-    def get(self, rel: str) -> bytes | None:
-        """The bytes stored at ``rel``, ``None`` when there are none."""
-        buf = sync(self.store.get(self.key(rel), prototype=default_buffer_prototype()))
+    def get(self, rel: str, *, fresh: bool = False) -> bytes | None:
+        """The bytes stored at ``rel``, ``None`` when there are none.
+
+        A metadata document is read from the store once, then from :attr:`documents`;
+        ``fresh`` reads it from the store again (a check of what another writer may have done).
+        """
+        key = self.key(rel)
+        if fresh:
+            self.documents.drop(key)
+        buf = sync(self.store.get(key, prototype=default_buffer_prototype()))
         return None if buf is None else buf.to_bytes()
+
+    def get_many(self, rels: Iterable[str]) -> dict[str, bytes | None]:
+        """The bytes at every key of ``rels`` (``None``: absent), read concurrently, each once."""
+        rels = list(dict.fromkeys(rels))
+        keys = [self.key(rel) for rel in rels]
+
+        async def every() -> list[Any]:
+            gate = asyncio.Semaphore(io_concurrency())
+
+            async def one(key: str) -> Any:
+                async with gate:
+                    return await self.store.get(key, prototype=default_buffer_prototype())
+            return await asyncio.gather(*(one(k) for k in keys))
+
+        return {rel: (None if buf is None else buf.to_bytes()) for rel, buf in zip(rels, sync(every()))}
+
+    def set_many(self, items: Mapping[str, bytes]) -> None:
+        """Store every ``rel → bytes`` of ``items``, concurrently; a refusal raises as :meth:`set` does."""
+        keys = {self.key(rel): data for rel, data in items.items()}
+
+        async def every() -> None:
+            gate = asyncio.Semaphore(io_concurrency())
+
+            async def one(key: str, data: bytes) -> None:
+                async with gate:
+                    try:
+                        await self.store.set(key, Buffer.from_bytes(data))
+                    except Exception as err:  # any backend's refusal, re-raised with context
+                        raise write_refusal(err, f"Cannot write {key} in {self.url}", self.url) from err
+            await asyncio.gather(*(one(k, d) for k, d in keys.items()))
+
+        if keys:
+            sync(every())
+
+    def write_json_many(self, docs: Mapping[str, Mapping[str, Any]]) -> None:
+        """Write JSON documents (indented like zarr's own), concurrently."""
+        self.set_many({rel: _json_bytes(doc) for rel, doc in docs.items()})
 
     def set(self, rel: str, data: bytes) -> None:
         """Store ``data`` at ``rel``; a refusal of the store becomes a :class:`ReadOnlyStoreError`."""
@@ -195,18 +245,18 @@ class StoreIO:
         """Key of the document describing an array."""
         return join_path("", array_rel, self.format.array_doc)
 
-    def read_json(self, rel: str) -> dict[str, Any] | None:
-        """The JSON document at ``rel``, ``None`` when there is none."""
-        raw = self.get(rel)
+    def read_json(self, rel: str, *, fresh: bool = False) -> dict[str, Any] | None:
+        """The JSON document at ``rel``, ``None`` when there is none (``fresh``: see :meth:`get`)."""
+        raw = self.get(rel, fresh=fresh)
         return None if raw is None else json.loads(raw)
 
     def write_json(self, rel: str, doc: Mapping[str, Any]) -> None:
         """Write a JSON document (indented like zarr's own)."""
-        self.set(rel, json.dumps(doc, indent=2, allow_nan=False).encode("utf-8"))
+        self.set(rel, _json_bytes(doc))
 
-    def read_attrs(self, group_rel: str) -> dict[str, Any]:
-        """All attributes of a group, read from its raw document."""
-        return self.format.attributes_in(self.read_json(self.attrs_doc(group_rel)) or {})
+    def read_attrs(self, group_rel: str, *, fresh: bool = False) -> dict[str, Any]:
+        """All attributes of a group, read from its raw document (``fresh``: see :meth:`get`)."""
+        return self.format.attributes_in(self.read_json(self.attrs_doc(group_rel), fresh=fresh) or {})
 
     def read_ngff(self, group_rel: str) -> tuple[dict[str, Any], dict[str, Any]]:
         """A group's attributes and, within them, its NGFF metadata (see :mod:`omeloc.ngff.format`)."""
@@ -228,6 +278,22 @@ class StoreIO:
             attrs.pop(name, None)
         self.write_json(key, doc)
 
+    def edited_attrs(self, group_rel: str, updates: Mapping[str, Any], remove: Iterable[str] = ()
+                     ) -> dict[str, dict[str, Any]]:
+        """``{key: document}``: a group's document with top-level attributes set (and removed), not written."""
+        key = self.attrs_doc(group_rel)
+        doc = self.read_json(key) or self.format.new_group_doc()
+        attrs = self.format.attributes_to_edit(doc)
+        attrs.update(updates)
+        for name in remove:
+            attrs.pop(name, None)
+        return {key: doc}
+
+    def ngff_edit(self, group_rel: str, attrs: Mapping[str, Any], changes: Mapping[str, Any],
+                  **other: Any) -> dict[str, dict[str, Any]]:
+        """What :meth:`update_ngff` would write, as ``{key: document}`` (for :meth:`write_json_many`)."""
+        return self.edited_attrs(group_rel, {**self.format.ngff_updates(attrs, changes), **other})
+
     def update_ngff(self, group_rel: str, attrs: Mapping[str, Any], changes: Mapping[str, Any],
                     **other: Any) -> None:
         """Set NGFF keys ``changes`` (and other top-level attributes) of a group whose attributes are ``attrs``."""
@@ -241,6 +307,10 @@ class StoreIO:
         """The root's metadata document keys, the separate consolidated metadata included."""
         extra = self.format.consolidated_doc
         return self.metadata_docs("") + ([extra] if extra else [])
+
+
+def _json_bytes(doc: Mapping[str, Any]) -> bytes:
+    return json.dumps(doc, indent=2, allow_nan=False).encode("utf-8")
 
 
 def is_partial(key: str) -> bool:
@@ -301,7 +371,7 @@ class RunJournal:
     def hold(self) -> None:
         """Write the journal into the root attributes, and check that it is ours that stayed there."""
         write_journal(self.io, self.record)
-        held = self.io.read_attrs("").get(JOURNAL_KEY) or {}
+        held = self.io.read_attrs("", fresh=True).get(JOURNAL_KEY) or {}  # what the store holds, not our cache
         if not isinstance(held, Mapping) or held.get("run_id") != self.record.run_id:
             other = held.get("run_id") if isinstance(held, Mapping) else None
             raise ConcurrentWriteError(
@@ -517,9 +587,9 @@ def prune_empty_dirs(io: StoreIO, prefix: str) -> None:
     every unknown directory when it lists the root's members.  Object stores have no
     directories: nothing to do there.
     """
-    if not isinstance(io.store, LocalStore) or not prefix.startswith(".omeloc"):
+    if not isinstance(io.backend, LocalStore) or not prefix.startswith(".omeloc"):
         return
-    top = Path(io.store.root) / io.key(prefix)
+    top = Path(io.backend.root) / io.key(prefix)
     if not top.is_dir() or top.is_symlink():
         return
     for folder in sorted((p for p in top.rglob("*") if p.is_dir() and not p.is_symlink()),

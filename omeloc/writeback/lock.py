@@ -74,7 +74,7 @@ def _atomic_create(io: StoreIO) -> bool:
     """Whether the store's create-if-absent is atomic (zarr's LocalStore: exclusive hard link)."""
     from zarr.storage import LocalStore
 
-    return isinstance(io.store, LocalStore)
+    return isinstance(io.backend, LocalStore)
 
 
 def _s3_create(io: StoreIO, key: str, data: bytes) -> bool | None:
@@ -84,7 +84,7 @@ def _s3_create(io: StoreIO, key: str, data: bytes) -> bool | None:
     """
     from zarr.storage import FsspecStore
 
-    store = io.store
+    store = io.backend
     fs = getattr(store, "fs", None)
     protocol = getattr(fs, "protocol", ())
     protocols = (protocol,) if isinstance(protocol, str) else tuple(protocol)
@@ -224,6 +224,9 @@ class PlateLock:
         except BaseException:
             self._unregister()
             raise
+        # the only writer from now on: what the documents cache held before may be stale, what it holds
+        # from now on is what the store holds (our own writes go through it)
+        self.io.documents.clear()
         self._thread = threading.Thread(target=self._beat, name=f"omeloc-lock-{self.run_id[:8]}", daemon=True)
         self._thread.start()
         fault_point("lock_taken")

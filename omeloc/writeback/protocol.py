@@ -78,6 +78,7 @@ from omeloc.ngff.format import (
     parent_ngff_attrs,
     refresh_consolidated,
 )
+from omeloc.ngff.documents import DocumentCache
 from omeloc.ngff.plate import Image, Plate, image_plate, open_plate
 from omeloc.ngff.writer import DEFAULT_COLORS, channel_colors, contrasting_color
 from omeloc.testing.faults import fault_point
@@ -266,7 +267,7 @@ def add_channel(
     with PlateLock(io, purpose="add_channel", stale_after=stale_after) as lock:
         stale = jr.check_journal(io, stale_after=stale_after)
         recovered = _clear_stale(io, stale, names[0], resume_key)
-        plate = _target_plate(target, url, so, reuse=False)
+        plate = _target_plate(target, url, so, reuse=False, documents=io.documents)
         _warn_single_field(plate, url, so, names[0])
         plan = preflight(plate, io, names, data, overwrite=overwrite, target=url)
         colors = _pick_colors(color, _channels_now(plate, plan), plan, records)
@@ -282,7 +283,7 @@ def _dry_run(target: str | Path | Plate | Image, io: jr.StoreIO, so: Mapping[str
     peek(io, stale_after=stale_after)
     stale = jr.check_journal(io, stale_after=stale_after)
     pending, rollback_n = _pending(stale, True)
-    plate = _target_plate(target, io.url, so, reuse=True)
+    plate = _target_plate(target, io.url, so, reuse=True, documents=io.documents)
     _warn_single_field(plate, io.url, so, name[0])
     plan = preflight(plate, io, name, data, overwrite=overwrite, target=io.url, pending=pending,
                      rollback_n=rollback_n)
@@ -350,13 +351,14 @@ def _target_url(target: str | Path | Plate | Image, storage_options: Mapping[str
 
 
 def _target_plate(target: str | Path | Plate | Image, url: str, storage_options: Mapping[str, Any] | None,
-                  *, reuse: bool) -> Plate:
-    """The target as a Plate: the caller's view when ``reuse``, else opened (again) from the store."""
+                  *, reuse: bool, documents: DocumentCache | None = None) -> Plate:
+    """The target as a Plate: the caller's view when ``reuse``, else opened (again) from the store, its
+    documents read into ``documents`` (the write-back's own reads then need no request)."""
     if reuse and isinstance(target, Plate):
         return target
     if reuse and isinstance(target, Image):
         return image_plate(target, storage_options)
-    return open_plate(url, storage_options)
+    return open_plate(url, storage_options, documents=documents)
 
 
 def recover_journal(io: jr.StoreIO, journal: Journal) -> str:
@@ -450,10 +452,7 @@ def _snapshot_docs(io: jr.StoreIO, plan: WritePlan) -> dict[str, str | None]:
         keys += io.metadata_docs(img.path)
         for level in range(len(img.level_paths)):
             keys += io.metadata_docs(img.array_path(level))
-    docs: dict[str, str | None] = {}
-    for key in dict.fromkeys(keys):
-        raw = io.get(key)
-        docs[key] = None if raw is None else raw.decode("utf-8")
+    docs = {key: None if raw is None else raw.decode("utf-8") for key, raw in io.get_many(keys).items()}
     for key in consolidated_doc_keys([img.path for img in plan.images], io.zarr_format):
         raw = io.get(key) if key not in docs else None
         if raw is not None and refresh_consolidated(json.loads(raw), io.zarr_format, lambda _: None) is not None:
@@ -668,6 +667,7 @@ def _resize_and_mark(io: jr.StoreIO, plan: WritePlan, colors: tuple[str, ...], r
     Readers so see a channel count without its omero entry only between two document
     writes of one image, never for a whole phase (two documents cannot change atomically).
     """
+    docs: dict[str, dict[str, Any]] = {}
     for img in plan.images:
         attrs, ome = io.read_ngff(img.path)
         omero = dict(ome.get("omero") or {})
@@ -679,14 +679,15 @@ def _resize_and_mark(io: jr.StoreIO, plan: WritePlan, colors: tuple[str, ...], r
             channels[plan.channel_index:plan.channel_index + plan.k] = entries
         else:
             channels.extend(entries)
-        io.update_ngff(img.path, attrs, {"omero": {**omero, "channels": channels}})
+        docs.update(io.ngff_edit(img.path, attrs, {"omero": {**omero, "channels": channels}}))
         if plan.mode == "overwrite":
             continue
         for level, shape in enumerate(img.shapes):
             key = io.array_doc(img.array_path(level))
             doc = io.read_json(key)
             doc["shape"] = list(shape)
-            io.write_json(key, doc)
+            docs[key] = doc
+    io.write_json_many(docs)  # one concurrent round (the journal already names every document)
 
 
 def _restore_finished(io: jr.StoreIO, plan: WritePlan, resume_key: str | None
@@ -714,7 +715,9 @@ def _write_metadata(
     io: jr.StoreIO, plan: WritePlan, colors: tuple[str, ...], windows: list[dict[str, float]],
     provenance: list[dict[str, Any]],
 ) -> None:
-    """The omero entries of the new channels, and their provenance under ``omeloc``, in every image."""
+    """The omero entries of the new channels, and their provenance under ``omeloc``, in every image
+    (after the first, in one concurrent round)."""
+    docs: dict[str, dict[str, Any]] = {}
     for n, img in enumerate(plan.images):
         attrs, ome = io.read_ngff(img.path)
         omero = dict(ome.get("omero") or {})
@@ -727,6 +730,9 @@ def _write_metadata(
         omero["channels"] = channels
         ours = dict(attrs.get("omeloc") or {})
         ours["channels"] = {**dict(ours.get("channels") or {}), **dict(zip(plan.names, provenance))}
-        io.update_ngff(img.path, attrs, {"omero": omero}, omeloc=ours)
-        if n == 0:
+        if n == 0:  # the first image alone, as before: a kill after it leaves the others to the recovery
+            io.update_ngff(img.path, attrs, {"omero": omero}, omeloc=ours)
             fault_point("metadata")
+        else:
+            docs.update(io.ngff_edit(img.path, attrs, {"omero": omero}, omeloc=ours))
+    io.write_json_many(docs)
