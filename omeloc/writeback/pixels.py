@@ -13,6 +13,7 @@ return the bytes they wrote; metadata is written by the driver (:mod:`omeloc.wri
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import functools
@@ -66,14 +67,17 @@ class RunStore:
         """The RunStore for a run with these storage options."""
         return cls(json.dumps(dict(storage_options or {}), sort_keys=True, default=str), zarr_format, run_id)
 
-    def array(self, url: str) -> zarr.Array:
-        """The writable array at ``url`` (cached per process and run)."""
+    def array(self, url: str, meta: Any = None) -> zarr.Array:
+        """The writable array at ``url`` (cached per process and run); with ``meta`` (its zarr metadata
+        after the resize, sent with the task) opened without reading its document."""
+        if meta is not None:
+            return _from_metadata(url, self.so_json, self.run_id, meta)
         return open_level(url, self.so_json, self.zarr_format, self.run_id)
 
-    def write(self, url: str, region: tuple[slice, ...], values: np.ndarray) -> None:
+    def write(self, url: str, region: tuple[slice, ...], values: np.ndarray, meta: Any = None) -> None:
         """Write ``values`` into ``region`` of the array at ``url``, unless the run was stopped."""
         with _in_flight(self.run_id):
-            self.array(url)[region] = values
+            self.array(url, meta)[region] = values
 
 
 #: in this process: writes running per run id, and the runs stopped (their tasks must not write)
@@ -119,10 +123,36 @@ def open_level(url: str, so_json: str, zarr_format: int, run_id: str) -> zarr.Ar
     return zarr.open_array(url, **kwargs)
 
 
+#: arrays opened from the metadata their tasks carry, per process: (url, options, run id) → array
+_FROM_METADATA: collections.OrderedDict[tuple[str, str, str], zarr.Array] = collections.OrderedDict()
+_FROM_METADATA_LOCK = threading.Lock()
+
+
+def _from_metadata(url: str, so_json: str, run_id: str, meta: Any) -> zarr.Array:
+    """The writable array at ``url`` built from ``meta`` (no metadata read: one request less per array)."""
+    key = (url, so_json, run_id)
+    with _FROM_METADATA_LOCK:
+        if key in _FROM_METADATA:
+            _FROM_METADATA.move_to_end(key)
+            return _FROM_METADATA[key]
+    from zarr.core.array import AsyncArray
+    from zarr.core.sync import sync
+    from zarr.storage._common import make_store_path
+
+    so = json.loads(so_json) or None
+    where = sync(make_store_path(url, mode="r+", storage_options=so))
+    arr = zarr.Array(AsyncArray(metadata=meta, store_path=where))
+    with _FROM_METADATA_LOCK:
+        _FROM_METADATA[key] = arr
+        while len(_FROM_METADATA) > 512:
+            _FROM_METADATA.popitem(last=False)
+    return arr
+
+
 def write_level0_block(
     block: np.ndarray, *, store: RunStore, url: str, c_axis: int, index: int, out_dtype: str, where: str,
-    lower: tuple[tuple[str, tuple[int, ...]], ...] = (), plane_axes: tuple[str, ...] = (),
-    block_info: dict | None = None,
+    lower: tuple[tuple[str, tuple[int, ...], Any], ...] = (), plane_axes: tuple[str, ...] = (),
+    meta: Any = None, block_info: dict | None = None,
 ) -> np.ndarray:
     """Dask task: cast one block of the new channels ``(k, *plane block)`` and write it into its own zarr
     block(s) (channels ``index`` to ``index + k``); with ``lower`` (url and shape without ``c`` of each
@@ -138,15 +168,15 @@ def write_level0_block(
     values = np.moveaxis(cast, 0, c_axis)
     region = [slice(a, b) for a, b in loc]
     region.insert(c_axis, slice(index, index + block.shape[0]))
-    store.write(url, tuple(region), values)
+    store.write(url, tuple(region), values, meta)
     fault_point("level0_block")
     nbytes = values.nbytes
-    for dst_url, shape in lower:  # fused: each level from the one above, as write_lower_block computes it
+    for dst_url, shape, dst_meta in lower:  # fused: each level from the one above, as write_lower_block computes it
         target = [n if ax in ("y", "x") else b - a for ax, n, (a, b) in zip(plane_axes, shape, loc)]
         cast = np.stack([downsample_mean(plane, plane_axes, target) for plane in cast])
         region = [slice(0, n) if ax in ("y", "x") else slice(a, b) for ax, n, (a, b) in zip(plane_axes, shape, loc)]
         region.insert(c_axis, slice(index, index + block.shape[0]))
-        store.write(dst_url, tuple(region), np.moveaxis(cast, 0, c_axis))
+        store.write(dst_url, tuple(region), np.moveaxis(cast, 0, c_axis), dst_meta)
         nbytes += cast.nbytes
     return np.full((1,) * block.ndim, nbytes, dtype=np.int64)
 
@@ -186,7 +216,8 @@ def _source_region(loc: list[tuple[int, int]], src_plane: tuple[int, ...], plane
 
 def write_lower_block(
     dummy: np.ndarray, *, store: RunStore, src_url: str, dst_url: str, c_axis: int, index: int,
-    axes: tuple[str, ...], src_shape: tuple[int, ...], k: int = 1, block_info: dict | None = None,
+    axes: tuple[str, ...], src_shape: tuple[int, ...], k: int = 1, src_meta: Any = None, dst_meta: Any = None,
+    block_info: dict | None = None,
 ) -> np.ndarray:
     """Dask task: one block of a lower level (channels ``index`` to ``index + k``), the mean of the
     matching region of the level above."""
@@ -196,12 +227,12 @@ def write_lower_block(
                                 tuple(block_info[0]["shape"]))
     src_region = list(read)
     src_region.insert(c_axis, slice(index, index + k))
-    src = np.moveaxis(store.array(src_url)[tuple(src_region)], c_axis, 0)
+    src = np.moveaxis(store.array(src_url, src_meta)[tuple(src_region)], c_axis, 0)
     values = np.stack([downsample_mean(plane[np.ix_(*take)], plane_axes, tuple(dummy.shape)) for plane in src],
                       axis=c_axis)
     region = [slice(a, b) for a, b in loc]
     region.insert(c_axis, slice(index, index + k))
-    store.write(dst_url, tuple(region), values)
+    store.write(dst_url, tuple(region), values, dst_meta)
     return np.full((1,) * dummy.ndim, values.nbytes, dtype=np.int64)
 
 
@@ -216,14 +247,15 @@ def level0_graph(plan: WritePlan, store: RunStore, done: Mapping[str, set[tuple[
     """
     graphs, keys = [], []
     for img in plan.images:
-        lower = tuple((join_path(img.url, img.level_paths[n]), without_axis(img.shapes[n], img.c_axis))
-                      for n in range(1, len(img.level_paths))) if img.path in fused else ()
+        lower = tuple((join_path(img.url, img.level_paths[n]), without_axis(img.shapes[n], img.c_axis),
+                       img.level_metadata(n)) for n in range(1, len(img.level_paths))) if img.path in fused else ()
         # constants bound into the function: as map_blocks keywords Dask would walk them for
         # collections once per image (a cost that shows on plates of thousands of images)
         task = functools.partial(
             write_level0_block, store=store, url=join_path(img.url, img.level_paths[0]), c_axis=img.c_axis,
             index=plan.channel_index, out_dtype=plan.dtype, where=f"image {img.path or plan.target}",
             lower=lower, plane_axes=without_axis(tuple(axes), img.c_axis) if lower else (),
+            meta=img.level_metadata(0),
         )
         token = tokenize(img.url, img.data.name, store.run_id, plan.channel_index, bool(lower))
         # one task per write block holds all k channels (a block shared along c is written once)
@@ -254,7 +286,8 @@ def _lower_level_image(img: ImagePlan, level: int, index: int, store: RunStore, 
     task = functools.partial(
         write_lower_block, store=store, src_url=join_path(img.url, img.level_paths[level - 1]),
         dst_url=join_path(img.url, img.level_paths[level]), c_axis=img.c_axis, index=index, axes=axes,
-        src_shape=img.shapes[level - 1], k=k,
+        src_shape=img.shapes[level - 1], k=k, src_meta=img.level_metadata(level - 1),
+        dst_meta=img.level_metadata(level),
     )
     return dummy.map_blocks(
         task, chunks=tuple((1,) * len(c) for c in dummy.chunks), dtype=np.int64,
@@ -314,7 +347,7 @@ def sample_windows(plan: WritePlan, store: RunStore) -> list[dict[str, float]]:
     :data:`WINDOW_SAMPLES` pixels per image)."""
     samples: list[list[np.ndarray]] = [[] for _ in plan.names]
     for img in plan.images:
-        arr = store.array(join_path(img.url, img.level_paths[-1]))
+        arr = store.array(join_path(img.url, img.level_paths[-1]), img.level_metadata(-1))
         index: list[Any] = [slice(None)] * arr.ndim
         index[img.c_axis] = slice(plan.channel_index, plan.channel_index + plan.k)
         values = np.moveaxis(np.asarray(arr[tuple(index)]), img.c_axis, 0)

@@ -74,6 +74,13 @@ class ImagePlan:
     """The new channels' level-0 values: ``(k, *plane)``, one entry per name, chunked ``k`` on axis 0."""
     labels: tuple[str, ...] = ()
     """The labels of the omero block the write adds (the image has none); empty when it has one."""
+    metadata: tuple[Any, ...] = field(default=(), repr=False, compare=False)
+    """The zarr metadata of every level after the write (its new shape): the write tasks open the arrays
+    from it instead of reading their documents again."""
+
+    def level_metadata(self, level: int) -> Any:
+        """The zarr metadata of ``level`` after the write, ``None`` when not known."""
+        return self.metadata[level] if self.metadata else None
 
     def array_path(self, level: int) -> str:
         """Key of level ``level``'s array relative to the target (``"B/3/0/0"``)."""
@@ -381,24 +388,44 @@ def _check_chunk_layout(plate: Plate, names: tuple[str, ...], mode: str, target:
             )
 
 
-def _stray_chunks(io: StoreIO, img: Image, level: int, n_c: int) -> list[str]:
-    """Chunk keys of a level at or beyond channel ``n_c``."""
-    arr_rel = join_path("", img.path, img.level_paths[level])
-    doc = io.read_json(io.array_doc(arr_rel)) or {}
+def _stray_chunks(keys: list[str], arr_rel: str, img: Image, level: int, n_c: int) -> list[str]:
+    """The chunk keys among ``keys`` (those below the level's array ``arr_rel``) at or beyond channel ``n_c``."""
+    doc = img.zarr_array(level).metadata.to_dict()  # the document as opened: no second read
     c_axis = img.axes.index("c")
     block = img.write_chunks(level)[c_axis]
     stray = []
-    for key in io.list(arr_rel):
+    for key in keys:
         coords = chunk_coords(key[len(arr_rel) + 1:] if arr_rel else key, doc)
         if coords is not None and len(coords) > c_axis and coords[c_axis] * block >= n_c:
             stray.append(key)
     return stray
 
 
+def _level_keys(plate: Plate, io: StoreIO) -> dict[str, list[str]]:
+    """The keys below every level array of the plate: a walk of each level on a local store (a linked
+    folder that leaves the store is refused there), else one listing of the whole plate (on an object
+    store a listing page holds 1,000 keys: one request instead of one per array)."""
+    arrays = [join_path("", img.path, lv) for img in plate.images for lv in img.level_paths]
+    if io.local_root is not None:
+        return {rel: io.list(rel) for rel in arrays}
+    found: dict[str, list[str]] = {rel: [] for rel in arrays}
+    owners = set(arrays)
+    for key in io.list(""):
+        parts = key.split("/")
+        for n in range(len(parts) - 1, 0, -1):  # the deepest array the key lies below
+            head = "/".join(parts[:n])
+            if head in owners:
+                found[head].append(key)
+                break
+    return found
+
+
 def _check_no_stray_chunks(plate: Plate, io: StoreIO, target: str, n_c: int) -> None:
+    listed = _level_keys(plate, io)
     for img in plate.images:
         for level in range(len(img.level_paths)):
-            stray = _stray_chunks(io, img, level, n_c)
+            arr_rel = join_path("", img.path, img.level_paths[level])
+            stray = _stray_chunks(listed[arr_rel], arr_rel, img, level, n_c)
             if stray:
                 raise LayoutError(
                     f"Level {img.level_paths[level]!r} of {img.path or target} has chunk files beyond its "
@@ -475,7 +502,8 @@ def _image_plan(img: Image, value: Any, mode: str, n_c: int, target: str, k: int
     else:
         arr = _as_dask(value, f"image {img.path or target}", (k, *plane), (k, *plane_block))
     labels = () if img.omero.get("channels") else tuple(img.channel_names[:n_c])
+    metadata = tuple(img.zarr_array(n).metadata.update_shape(shape) for n, shape in enumerate(shapes))
     return ImagePlan(
         path=img.path, url=img.url, c_axis=c_axis, level_paths=img.level_paths,
-        shapes=tuple(shapes), write_blocks=blocks, data=arr, labels=labels,
+        shapes=tuple(shapes), write_blocks=blocks, data=arr, labels=labels, metadata=metadata,
     )
