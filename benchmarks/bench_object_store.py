@@ -42,6 +42,7 @@ METADATA = ("zarr.json", ".zarray", ".zattrs", ".zgroup", ".zmetadata")
 LAYOUTS = {24: (2, 6, 2), 96: (4, 6, 4), 192: (8, 12, 2), 384: (16, 24, 1)}
 COUNTS_PATH = "/__proxy_counts__"
 RESET_PATH = "/__proxy_reset__"
+REPEATED_PATH = "/__proxy_repeated__"
 
 
 def _free_port() -> int:
@@ -60,6 +61,7 @@ class _Counts:
     def reset(self) -> None:
         with self.lock:
             self.by = {}
+            self.paths: dict[str, int] = {}
 
     def add(self, method: str, path: str) -> None:
         name = path.split("?", 1)[0].rsplit("/", 1)[-1]
@@ -68,10 +70,18 @@ class _Counts:
         with self.lock:
             key = f"{method} {kind}"
             self.by[key] = self.by.get(key, 0) + 1
+            where = f"{method} {path}"
+            self.paths[where] = self.paths.get(where, 0) + 1
 
     def snapshot(self) -> dict:
         with self.lock:
             return {"total": sum(self.by.values()), **dict(sorted(self.by.items()))}
+
+    def repeated(self, most: int = 12) -> dict:
+        """The requests made more than once (method and path), most repeated first."""
+        with self.lock:
+            twice = sorted(((n, p) for p, n in self.paths.items() if n > 1), reverse=True)[:most]
+            return {p: n for n, p in twice}
 
 
 def serve_proxy(port: int, target_port: int, delay_ms: float) -> None:
@@ -85,8 +95,8 @@ def serve_proxy(port: int, target_port: int, delay_ms: float) -> None:
             pass
 
         def _forward(self) -> None:
-            if self.path == COUNTS_PATH or self.path == RESET_PATH:
-                body = json.dumps(counts.snapshot()).encode()
+            if self.path in (COUNTS_PATH, RESET_PATH, REPEATED_PATH):
+                body = json.dumps(counts.repeated() if self.path == REPEATED_PATH else counts.snapshot()).encode()
                 if self.path == RESET_PATH:
                     counts.reset()
                 self.send_response(200)
@@ -214,7 +224,8 @@ def _one_delay(images: int, delay: float, url: str, ckpt: str, moto_port: int) -
                 raise SystemExit(f"{what} at {delay} ms failed:\n{proc.stderr[-2000:]}")
             counts = _proxy_call(port, COUNTS_PATH)
             row[what] = {"seconds": round(seconds, 2), "requests": counts,
-                         "requests_per_image": round(counts["total"] / images, 1)}
+                         "requests_per_image": round(counts["total"] / images, 1),
+                         "repeated": _proxy_call(port, REPEATED_PATH)}
         return row
     finally:
         proxy.kill()

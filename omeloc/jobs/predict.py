@@ -50,6 +50,7 @@ from omeloc.learn.checkpoint import check_level
 from omeloc.learn.stain import VirtualStain
 from omeloc.learn.tta import TTARef
 from omeloc.learn.units import check_pixel_size, pixel_size_of
+from omeloc.ngff.iostats import IOSummary, measure_io
 from omeloc.ngff.plate import Image, Plate, label_text, open_plate
 
 __all__ = [
@@ -96,6 +97,8 @@ class PredictResult:
     """Label of the uncertainty channel written beside the prediction (``uncertainty=True``)."""
     channels: tuple[str, ...] = ()
     """Labels of every channel written (one per target of the model, then their uncertainties)."""
+    io: IOSummary | None = field(default=None, compare=False)
+    """The store requests the run made, the bytes they moved and the time they were in flight."""
 
     @classmethod
     def of(cls, job: PredictionJob, outcome: Any, seconds: float, dry_run: bool = False) -> PredictResult:
@@ -124,13 +127,15 @@ class PredictResult:
             what = self._what()
             return (f"dry run: would write {what} (index {self.channel_index}) into {self.images} "
                     f"image(s) of {self.plate}, predicting {len(self.predicted)} image(s), "
-                    f"{self.megapixels:.1f} megapixels; nothing was written\n{self.plan.describe()}")
+                    f"{self.megapixels:.1f} megapixels; nothing was written\n{self.plan.describe()}"
+                    + (f"\n{self.io.line(self.images)}" if self.io is not None else ""))
         extra = f" (first: {self.recovered} of an interrupted run)" if self.recovered else ""
         what = self._what()
         return (f"wrote {what} (index {self.channel_index}) into {self.images} image(s) of "
                 f"{self.plate}{extra}\npredicted {len(self.predicted)} image(s), {self.megapixels:.1f} megapixels "
                 f"in {self.seconds:.1f} s ({self.megapixels_per_second:.2f} megapixels/s)"
-                + "".join(f"\n{note}" for note in self.notes))
+                + "".join(f"\n{note}" for note in self.notes)
+                + (f"\n{self.io.line(self.images)}" if self.io is not None else ""))
 
 
 @dataclass(frozen=True)
@@ -619,6 +624,20 @@ def predict(plate: str | Path | Plate, model: str | Path | VirtualStain, *, name
     >>> omeloc.predict("plate.zarr", "models/actin-wave2", tile=512, workers=2)  # doctest: +SKIP
     """
     # Over 60 lines only through its parameter docs (the public API's reference); the body is ~25.
+    with measure_io() as meter:
+        result = _predict(plate, model, name=name, wells=wells, overwrite=overwrite, tiling=tiling,
+                          compute=compute, acquisition=acquisition, rescale=rescale, source=source,
+                          trust_code=trust_code, dry_run=dry_run, on_plan=on_plan, progress=progress, color=color,
+                          storage_options=storage_options, overrides=overrides)
+    return dataclasses.replace(result, io=meter.summary())
+
+
+def _predict(plate: str | Plate, model: Any, *, name: str | None, wells: Sequence[str] | None, overwrite: bool,
+             tiling: TilingConfig | None, compute: ComputeConfig | None, acquisition: str | int | None,
+             rescale: bool, source: Any, trust_code: bool, dry_run: bool, on_plan: Callable[[Any], None] | None,
+             progress: bool, color: str | None, storage_options: Mapping[str, Any] | None,
+             overrides: Mapping[str, Any]) -> PredictResult:
+    """The body of :func:`predict` (its I/O is measured around it)."""
     t0 = time.perf_counter()
     tiling, compute = split_overrides(tiling, compute, overrides)
     job = plan_prediction(plate, model, name=name, wells=wells, overwrite=overwrite, tiling=tiling,

@@ -35,6 +35,7 @@ __all__ = [
     "IO_CONCURRENCY",
     "cached_store",
     "check_writable",
+    "fsspec_options",
     "io_concurrency",
     "missing_bucket",
     "open_group",
@@ -95,6 +96,20 @@ def io_concurrency() -> int:
         return IO_CONCURRENCY
 
 
+def fsspec_options(url: str, storage_options: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """The fsspec options omeloc opens ``url`` with: the caller's, and on S3 one request per object read.
+
+    s3fs (2024.12 on) asks for an object's size with a ``HEAD`` before every whole-object read,
+    to split large ones over ``max_concurrency`` connections: two round trips for every metadata
+    document and chunk. omeloc's objects are small and many are in flight already, so on
+    ``s3://`` it sets ``max_concurrency=1`` (unless the caller set it): one ``GET`` per read.
+    """
+    options = dict(storage_options or {})
+    if url.split("://", 1)[0].lower() in ("s3", "s3a"):
+        options.setdefault("max_concurrency", 1)
+    return options or None
+
+
 def _where(url: str, storage_options: Mapping[str, Any] | None,
            documents: DocumentCache | None = None, mode: str = "r") -> dict[str, Any]:
     """The ``store``/``path``/``storage_options`` arguments that open ``url`` with zarr (read-only by default).
@@ -106,8 +121,9 @@ def _where(url: str, storage_options: Mapping[str, Any] | None,
         zpath, inner = located
         stat = zpath.stat()
         return {"store": _zip_store(str(zpath.resolve()), stat.st_mtime_ns, stat.st_size), "path": inner or None}
+    options = fsspec_options(url, storage_options)
     if documents is None:
-        return {"store": url, **({"storage_options": dict(storage_options)} if storage_options else {})}
+        return {"store": url, **({"storage_options": options} if options else {})}
     return {"store": cached_store(url, storage_options, documents, mode=mode)}
 
 
@@ -117,7 +133,7 @@ def cached_store(url: str, storage_options: Mapping[str, Any] | None, documents:
     from zarr.core.sync import sync
     from zarr.storage._common import make_store_path
 
-    where = sync(make_store_path(url, mode=mode, storage_options=dict(storage_options) if storage_options else None))
+    where = sync(make_store_path(url, mode=mode, storage_options=fsspec_options(url, storage_options)))
     if where.path:  # zarr roots a folder or URL store at the node itself
         raise InputError(f"Cannot open {url} as a store root. Pass the plate's folder or URL.")
     return CachedStore(where.store, documents)

@@ -32,6 +32,7 @@ from dask.highlevelgraph import HighLevelGraph
 from omeloc.errors import InputError
 from omeloc.ngff.format import join_path
 from omeloc.ngff.pyramid import cast_to_dtype, downsample_mean
+from omeloc.ngff.stores import fsspec_options
 from omeloc.ngff.writer import channel_window
 from omeloc.testing.faults import fault_point
 from omeloc.writeback.plan import ImagePlan, WritePlan, without_axis
@@ -116,7 +117,7 @@ def stop_writes(run_id: str, timeout: float = 120.0) -> bool:
 @functools.lru_cache(maxsize=512)
 def open_level(url: str, so_json: str, zarr_format: int, run_id: str) -> zarr.Array:
     """A writable zarr array, cached per process and run (the run id keys the fresh shape)."""
-    so = json.loads(so_json)
+    so = fsspec_options(url, json.loads(so_json))
     kwargs: dict[str, Any] = {"mode": "r+", "zarr_format": zarr_format}
     if so:
         kwargs["storage_options"] = so
@@ -139,8 +140,7 @@ def _from_metadata(url: str, so_json: str, run_id: str, meta: Any) -> zarr.Array
     from zarr.core.sync import sync
     from zarr.storage._common import make_store_path
 
-    so = json.loads(so_json) or None
-    where = sync(make_store_path(url, mode="r+", storage_options=so))
+    where = sync(make_store_path(url, mode="r+", storage_options=fsspec_options(url, json.loads(so_json))))
     arr = zarr.Array(AsyncArray(metadata=meta, store_path=where))
     with _FROM_METADATA_LOCK:
         _FROM_METADATA[key] = arr

@@ -90,9 +90,12 @@ def restore_finished(io: jr.StoreIO, resume_key: str, arrays: Sequence[tuple[str
     """
     root = _stash_root(resume_key)
     restored: dict[str, set[tuple[int, ...]]] = {}
+    stashed = io.list(root)  # one listing of the stash (not one per array: each is a request on S3)
+    if not stashed:
+        return restored
     for rel, doc in arrays:
         prefix = f"{root}/{rel}"
-        for full in io.list(prefix):
+        for full in (k for k in stashed if k.startswith(prefix + "/")):
             rel_key = full[len(prefix) + 1:]
             coords = chunk_coords(rel_key, doc)
             data = io.get(full)
