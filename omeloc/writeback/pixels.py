@@ -14,6 +14,7 @@ return the bytes they wrote; metadata is written by the driver (:mod:`omeloc.wri
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import contextlib
 import dataclasses
 import functools
@@ -32,7 +33,7 @@ from dask.highlevelgraph import HighLevelGraph
 from omeloc.errors import InputError
 from omeloc.ngff.format import join_path
 from omeloc.ngff.pyramid import cast_to_dtype, downsample_mean
-from omeloc.ngff.stores import fsspec_options
+from omeloc.ngff.stores import fsspec_options, io_concurrency
 from omeloc.ngff.writer import channel_window
 from omeloc.testing.faults import fault_point
 from omeloc.writeback.plan import ImagePlan, WritePlan, without_axis
@@ -344,17 +345,20 @@ def _batches(plan: WritePlan, desc: str) -> Iterator[tuple[WritePlan, str]]:
 
 def sample_windows(plan: WritePlan, store: RunStore) -> list[dict[str, float]]:
     """omero windows from the 0.1/99.9 percentiles of each new channel (its lowest levels, at most
-    :data:`WINDOW_SAMPLES` pixels per image)."""
-    samples: list[list[np.ndarray]] = [[] for _ in plan.names]
-    for img in plan.images:
+    :data:`WINDOW_SAMPLES` pixels per image), the images read concurrently (on object storage each
+    read is a round trip)."""
+    def sample(img: ImagePlan) -> list[np.ndarray]:
         arr = store.array(join_path(img.url, img.level_paths[-1]), img.level_metadata(-1))
         index: list[Any] = [slice(None)] * arr.ndim
         index[img.c_axis] = slice(plan.channel_index, plan.channel_index + plan.k)
         values = np.moveaxis(np.asarray(arr[tuple(index)]), img.c_axis, 0)
-        for j, plane in enumerate(values):
-            flat = plane.ravel()  # at most WINDOW_SAMPLES pixels per image: memory flat in the plate's size
-            samples[j].append(flat[::max(1, -(-flat.size // WINDOW_SAMPLES))].copy())
-    return [channel_window(np.concatenate(s), np.dtype(plan.dtype)) for s in samples]
+        # at most WINDOW_SAMPLES pixels per image: memory flat in the plate's size
+        return [plane.ravel()[::max(1, -(-plane.size // WINDOW_SAMPLES))].copy() for plane in values]
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=min(io_concurrency(), 32)) as pool:
+        per_image = list(pool.map(sample, plan.images))
+    return [channel_window(np.concatenate([s[j] for s in per_image]), np.dtype(plan.dtype))
+            for j in range(plan.k)]
 
 
 #: most pixels per image and channel that :func:`sample_windows` keeps (evenly strided)

@@ -56,6 +56,7 @@ import contextlib
 import errno
 import json
 import logging
+import os
 import re
 import time
 import uuid
@@ -65,6 +66,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import dask
 import dask.array as da
 import numpy as np
 
@@ -489,17 +491,39 @@ def _write(job: WriteJob) -> AddChannelResult:
     """Take the journal and run the write phases, on the Dask client the job asks for."""
     with dask_client(job.where) as client, running(job.journal.record.run_id):
         job.journal.hold()
-        return _run(job, _graph_runner(job.where, client, job.progress))
+        return _run(job, _graph_runner(job.where, client, job.progress, remote=job.io.local_root is None))
 
 
-def _graph_runner(where: ComputeConfig, client: Any, progress: bool) -> px.GraphRunner:
-    """How the pixel graphs run: on ``client``, on a named local scheduler, or on Dask's default."""
+#: Dask threads of a local run on object storage (``OMELOC_IO_THREADS``): reads and writes of regions
+#: wait on round trips, so more threads than cores keep them in flight while the model runs (forward
+#: passes have one thread of their own, :mod:`omeloc.engine.forward`; memory grows with the threads
+#: by one region each)
+REMOTE_THREADS = 8
+
+
+def _local_threads(remote: bool) -> int | None:
+    """How many threads Dask's local scheduler runs (``None``: Dask's default, one per core)."""
+    if not remote:
+        return None
+    try:
+        wanted = int(os.environ.get("OMELOC_IO_THREADS", REMOTE_THREADS))
+    except ValueError:
+        wanted = REMOTE_THREADS
+    return max(os.cpu_count() or 1, wanted)
+
+
+def _graph_runner(where: ComputeConfig, client: Any, progress: bool, remote: bool = False) -> px.GraphRunner:
+    """How the pixel graphs run: on ``client``, on a named local scheduler, or on Dask's default (with
+    more threads than cores on object storage: :data:`REMOTE_THREADS`)."""
+    threads = _local_threads(remote) if client is None else None
+
     def run(total: da.Array, desc: str) -> int:
         if client is None and where.local_scheduler is not None:
             # a named local scheduler runs without a progress bar, as it always has
             (value,) = compute_graph(total, scheduler=where.local_scheduler)
         else:
-            (value,) = compute_graph(total, client=client, progress=progress, desc=desc)
+            with dask.config.set(num_workers=threads) if threads else contextlib.nullcontext():
+                (value,) = compute_graph(total, client=client, progress=progress, desc=desc)
         return int(value)
 
     return run
