@@ -1,6 +1,6 @@
 """A plate on an S3-compatible object store: requests per image, and what latency costs.
 
-A moto S3 server (its own process, on 127.0.0.1) behind a small counting proxy (another process)
+A moto S3 server (its own process, on 127.0.0.1) behind a counting proxy (:mod:`omeloc.testing.s3proxy`, in this process)
 that adds ``D`` ms to every request and counts requests by method and kind (metadata document,
 chunk, other). A synthetic plate of N images (fields of 32², one level, channels actin and WAVE2)
 is uploaded, a tiny U-Net trained locally, then, through the proxy, at each delay:
@@ -22,112 +22,28 @@ Needs ``moto[server]``, ``s3fs`` and ``boto3`` (the test extra).
 from __future__ import annotations
 
 import argparse
-import http.client
-import http.server
 import json
 import os
 import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 from _report import machine, report
 
+from omeloc.testing.s3proxy import S3Proxy
+
 KEY, SECRET, REGION = "testing", "testing", "us-east-1"
-METADATA = ("zarr.json", ".zarray", ".zattrs", ".zgroup", ".zmetadata")
 #: images → (rows, columns, fields per well)
 LAYOUTS = {24: (2, 6, 2), 96: (4, 6, 4), 192: (8, 12, 2), 384: (16, 24, 1)}
-COUNTS_PATH = "/__proxy_counts__"
-RESET_PATH = "/__proxy_reset__"
-REPEATED_PATH = "/__proxy_repeated__"
 
 
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-class _Counts:
-    """Requests seen by the proxy, by method and kind (thread-safe)."""
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.reset()
-
-    def reset(self) -> None:
-        with self.lock:
-            self.by = {}
-            self.paths: dict[str, int] = {}
-
-    def add(self, method: str, path: str) -> None:
-        name = path.split("?", 1)[0].rsplit("/", 1)[-1]
-        kind = "metadata" if name in METADATA else ("list" if "list-type" in path or path.endswith("/")
-                                                    else "chunk_or_other")
-        with self.lock:
-            key = f"{method} {kind}"
-            self.by[key] = self.by.get(key, 0) + 1
-            where = f"{method} {path}"
-            self.paths[where] = self.paths.get(where, 0) + 1
-
-    def snapshot(self) -> dict:
-        with self.lock:
-            return {"total": sum(self.by.values()), **dict(sorted(self.by.items()))}
-
-    def repeated(self, most: int = 12) -> dict:
-        """The requests made more than once (method and path), most repeated first."""
-        with self.lock:
-            twice = sorted(((n, p) for p, n in self.paths.items() if n > 1), reverse=True)[:most]
-            return {p: n for n, p in twice}
-
-
-def serve_proxy(port: int, target_port: int, delay_ms: float) -> None:
-    """Forward every request to moto on ``target_port``, ``delay_ms`` later, counting it."""
-    counts = _Counts()
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def log_message(self, *args) -> None:  # quiet
-            pass
-
-        def _forward(self) -> None:
-            if self.path in (COUNTS_PATH, RESET_PATH, REPEATED_PATH):
-                body = json.dumps(counts.repeated() if self.path == REPEATED_PATH else counts.snapshot()).encode()
-                if self.path == RESET_PATH:
-                    counts.reset()
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-                return
-            counts.add(self.command, self.path)
-            length = int(self.headers.get("Content-Length") or 0)
-            body = self.rfile.read(length) if length else None
-            time.sleep(delay_ms / 1000)
-            conn = http.client.HTTPConnection("127.0.0.1", target_port, timeout=120)
-            headers = {k: v for k, v in self.headers.items() if k.lower() != "connection"}
-            conn.request(self.command, self.path, body=body, headers=headers)
-            resp = conn.getresponse()
-            data = resp.read()
-            self.send_response(resp.status, resp.reason)
-            for k, v in resp.getheaders():
-                if k.lower() not in ("transfer-encoding", "connection", "content-length"):
-                    self.send_header(k, v)
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            if self.command != "HEAD":
-                self.wfile.write(data)
-            conn.close()
-
-        do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _forward
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler)
-    server.daemon_threads = True
-    server.serve_forever()
 
 
 def serve_moto(port: int) -> None:
@@ -148,14 +64,6 @@ def _wait_for(port: int, timeout: float = 30) -> None:
                 return
         time.sleep(0.1)
     raise SystemExit(f"nothing listens on 127.0.0.1:{port} after {timeout} s")
-
-
-def _proxy_call(port: int, path: str) -> dict:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-    conn.request("GET", path)
-    out = json.loads(conn.getresponse().read())
-    conn.close()
-    return out
 
 
 def _spawn(*args: str) -> subprocess.Popen:
@@ -211,30 +119,21 @@ def measure(images: int, delays: list[float], work: Path) -> list[dict]:
 
 
 def _one_delay(images: int, delay: float, url: str, ckpt: str, moto_port: int) -> dict:
-    port = _free_port()
-    proxy = _spawn("--serve-proxy", str(port), str(moto_port), str(delay))
-    try:
-        _wait_for(port)
-        endpoint = f"http://127.0.0.1:{port}"
+    with S3Proxy(moto_port, delay_ms=delay) as proxy:  # in this process: omeloc runs in a CLI subprocess
         row: dict = {"images": images, "delay_ms": delay}
         for what, extra in (("dry_run", ["--dry-run"]), ("predict", [])):
-            _proxy_call(port, RESET_PATH)
-            seconds, proc = _cli(endpoint, "predict", url, "--model", ckpt, *extra)
+            proxy.reset()
+            seconds, proc = _cli(proxy.endpoint, "predict", url, "--model", ckpt, *extra)
             if proc.returncode != 0:
                 raise SystemExit(f"{what} at {delay} ms failed:\n{proc.stderr[-2000:]}")
-            counts = _proxy_call(port, COUNTS_PATH)
+            counts = proxy.counts()
             row[what] = {"seconds": round(seconds, 2), "requests": counts,
                          "requests_per_image": round(counts["total"] / images, 1),
-                         "repeated": _proxy_call(port, REPEATED_PATH)}
+                         "repeated": proxy.repeated()}
         return row
-    finally:
-        proxy.kill()
 
 
 def main() -> None:
-    if len(sys.argv) > 1 and sys.argv[1] == "--serve-proxy":
-        serve_proxy(int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4]))
-        return
     if len(sys.argv) > 1 and sys.argv[1] == "--serve-moto":
         serve_moto(int(sys.argv[2]))
         return

@@ -22,6 +22,7 @@ __all__ = [
     "UnsafePathError",
     "JournalError",
     "StoreAccessError",
+    "StoreFailedError",
 ]
 
 
@@ -79,3 +80,13 @@ class JournalError(InputError):
 
 class StoreAccessError(OmelocError, OSError):
     """An object store cannot be used: its endpoint is unreachable, a bucket is missing, access is denied."""
+
+
+class StoreFailedError(OmelocError, OSError):
+    """An object store kept failing (5xx answers, throttling, time-outs) after its client's retries.
+
+    Not the user's input: the command line exits 1 (:attr:`exit_code`); the plate was left as it
+    was before the run (rolled back), or the message says how to finish it.
+    """
+
+    exit_code = 1

@@ -111,7 +111,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         code = COMMANDS[args.command].run(args)
     except OmelocError as err:
         print(f"omeloc {args.command}: error: {err}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        return int(getattr(err, "exit_code", EXIT_BAD_INPUT))  # bad input: 2; a store that kept failing: 1
     except KeyboardInterrupt:
         print(f"omeloc {args.command}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED

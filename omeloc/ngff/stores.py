@@ -43,6 +43,7 @@ __all__ = [
     "pick_series",
     "shutdown_io_loops",
     "store_failure",
+    "store_outage",
     "wrapper_series",
     "write_refusal",
     "zip_location",
@@ -292,6 +293,29 @@ def store_failure(err: BaseException) -> StoreAccessError | None:
         if code in _DENIED or name in _DENIED or (isinstance(one, PermissionError) and any(
                 d.lower() in str(one).lower() for d in ("Access Denied", "AccessDenied", "Forbidden"))):
             return StoreAccessError(f"Access to the object store was denied ({_short(one)}). {_FIX_CREDENTIALS}")
+    return None
+
+
+#: S3 error codes of a store that is busy or failing (its client retried them, with backoff, and gave up)
+_OUTAGE_CODES = frozenset({"SlowDown", "Throttling", "ThrottlingException", "RequestLimitExceeded", "InternalError",
+                           "ServiceUnavailable", "RequestTimeout", "RequestTimeTooSkewed", "503", "500", "502", "504"})
+
+
+def store_outage(err: BaseException) -> str | None:
+    """What a store that kept failing said (5xx, throttling: ``"SlowDown: ..."``), else None.
+
+    botocore retries these itself (``AWS_MAX_ATTEMPTS``, default 5 attempts with exponential
+    backoff) and s3fs backs off further on ``SlowDown``; what reaches omeloc has outlived both.
+    """
+    for one in _chain(err):
+        response = getattr(one, "response", None) or {}
+        code = str((response.get("Error") or {}).get("Code") or "")
+        status = int((response.get("ResponseMetadata") or {}).get("HTTPStatusCode") or 0)
+        if code in _OUTAGE_CODES or status >= 500:
+            return _short(one)
+        if isinstance(one, OSError) and one.errno in (errno.EBUSY, errno.EAGAIN) and not isinstance(
+                one, PermissionError):  # s3fs's translation of SlowDown (EBUSY) and of 5xx answers
+            return _short(one)
     return None
 
 

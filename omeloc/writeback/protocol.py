@@ -73,7 +73,7 @@ import numpy as np
 from omeloc.compute import compute as compute_graph
 from omeloc.compute import dask_client
 from omeloc.config import ComputeConfig
-from omeloc.errors import InputError, OmelocError, ReadOnlyStoreError, SchedulerError
+from omeloc.errors import InputError, OmelocError, ReadOnlyStoreError, SchedulerError, StoreFailedError
 from omeloc.ngff.format import (
     chunk_coords,
     consolidated_doc_keys,
@@ -81,6 +81,7 @@ from omeloc.ngff.format import (
     refresh_consolidated,
 )
 from omeloc.ngff.documents import DocumentCache
+from omeloc.ngff.stores import store_outage
 from omeloc.ngff.plate import Image, Plate, image_plate, open_plate
 from omeloc.ngff.writer import DEFAULT_COLORS, channel_colors, contrasting_color
 from omeloc.testing.faults import fault_point
@@ -546,6 +547,13 @@ def _run(job: WriteJob, run_graph: px.GraphRunner) -> AddChannelResult:
         if not journal.record.complete and not ours:
             _try_stash(io, journal.record)
         _unskippable_rollback(job, err, quiet=ours)
+        outage = None if ours else store_outage(err)
+        if outage is not None:
+            raise StoreFailedError(
+                f"The object store of {io.url} kept failing while channel {plan.name!r} was written ({outage}), "
+                f"after its client's retries; the plate was rolled back as it was. Rerun when the store answers "
+                f"again (the chunks already written are kept for the rerun)."
+            ) from err
         if _disk_full(err):
             raise ReadOnlyStoreError(
                 f"No space left on the device of {io.url} while writing channel {plan.name!r}; the plate was "
