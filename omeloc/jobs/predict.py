@@ -46,7 +46,8 @@ from omeloc.errors import (
     SchedulerError,
 )
 from omeloc.jobs.regions import REGION_SIDE, RegionSettings, region_prediction, region_settings
-from omeloc.learn.checkpoint import check_level
+from omeloc.engine.cache import get_model
+from omeloc.learn.checkpoint import CheckpointRef, check_level
 from omeloc.learn.stain import VirtualStain
 from omeloc.learn.tta import TTARef
 from omeloc.learn.units import check_pixel_size, pixel_size_of
@@ -684,8 +685,15 @@ def _remove_companions(job: PredictionJob, client: Any, dry_run: bool,
 
 
 def _check_model(job: PredictionJob, client: Any) -> None:
-    """Before any write: the weights load (safely) and fit the architecture, and every worker reads them."""
-    job.stain.checkpoint.build_model("cpu")
+    """Before any write: the weights load (safely) and fit the architecture, and every worker reads them.
+
+    The check loads the model through the engine's per-process cache: a local run on the CPU then
+    predicts with that model instead of building a second one (~0.25 s for the default U-Net)."""
+    ref = getattr(job.stain, "ref", None)
+    if isinstance(ref, CheckpointRef):
+        get_model(ref, "cpu")
+    else:
+        job.stain.checkpoint.build_model("cpu")
     check = getattr(job.stain, "check_workers", None)  # a BMZ package checks its own readability
     check(client) if check is not None else check_workers_read_checkpoint(client, job.stain)
 

@@ -670,6 +670,21 @@ def inside_root(root: str | os.PathLike[str], path: str | os.PathLike[str]) -> b
     >>> inside_root("/tmp", "/tmp/a/b"), inside_root("/tmp/a", "/tmp/b")
     (True, False)
     """
+    root_s, path_s = os.fspath(root).rstrip(os.sep), os.fspath(path)
+    if root_s and path_s.startswith(root_s + os.sep):
+        # below the root by name: inside unless a link below the root leads away (one lstat per part,
+        # where realpath would resolve every part of both paths: ~7 ms per image on plates of 32² fields)
+        parts = path_s[len(root_s) + 1:].split(os.sep)
+        if ".." not in parts:
+            here = root_s
+            for part in parts:
+                if part in ("", "."):
+                    continue
+                here = here + os.sep + part
+                if os.path.islink(here):
+                    break
+            else:
+                return True
     real_root = os.path.realpath(root)
     real = os.path.realpath(path)
     return real == real_root or real.startswith(real_root.rstrip(os.sep) + os.sep)

@@ -192,7 +192,8 @@ def _is_url(path: str) -> bool:
 
 
 def _open_group(url: str, storage_options: Mapping[str, Any] | None, what: str,
-                zarr_format: int | None = None, documents: DocumentCache | None = None) -> zarr.Group:
+                zarr_format: int | None = None, documents: DocumentCache | None = None,
+                consolidated: bool = False) -> zarr.Group:
     """Open a zarr group read-only, translating zarr's errors into one-line omeloc errors.
 
     A local ``.ozx``/``.zip`` file, or a path inside one, opens through a read-only zip store.
@@ -204,8 +205,8 @@ def _open_group(url: str, storage_options: Mapping[str, Any] | None, what: str,
         raise PathNotFoundError(f"{what} {url} does not exist. Check the path.")
     try:
         # one concurrent round of the documents of both formats (zarr.open would probe for an array first)
-        node = open_group(url, storage_options, use_consolidated=False, zarr_format=zarr_format,
-                          documents=documents)
+        node = open_group(url, storage_options, use_consolidated=None if consolidated else False,
+                          zarr_format=zarr_format, documents=documents)
     except Exception as err:  # noqa: BLE001 - translated (or re-raised) by _group_error
         try:  # only when it failed: what is there (an array is refused with its own message)
             node = open_node(url, storage_options)
@@ -260,11 +261,32 @@ def _open_many(root: zarr.Group, rels: Sequence[str], *, arrays: bool, zarr_form
                 return zarr.Array(await AsyncArray.open(where, zarr_format=zarr_format))
             return zarr.Group(await AsyncGroup.open(where, zarr_format=zarr_format, use_consolidated=False))
 
-    async def every() -> list[Any]:
+    async def every(todo: Sequence[str]) -> list[Any]:
         gate = asyncio.Semaphore(io_concurrency())
-        return await asyncio.gather(*(one(rel, gate) for rel in rels), return_exceptions=True)
+        return await asyncio.gather(*(one(rel, gate) for rel in todo), return_exceptions=True)
 
-    return sync(every()) if rels else []
+    found = _from_consolidated(root, rels, arrays)
+    missing = [rel for rel in rels if rel not in found]
+    opened = dict(zip(missing, sync(every(missing)))) if missing else {}
+    return [found[rel] if rel in found else opened[rel] for rel in rels]
+
+
+def _from_consolidated(root: zarr.Group, rels: Sequence[str], arrays: bool) -> dict[str, Any]:
+    """The nodes at ``rels`` that the root's consolidated metadata holds (no request at all); a node it
+    lacks, or holds as the other kind, is read from its own document instead."""
+    meta = getattr(root.metadata, "consolidated_metadata", None)
+    if meta is None or not rels:
+        return {}
+    kind = zarr.Array if arrays else zarr.Group
+    found = {}
+    for rel in rels:
+        try:
+            node = root[rel]
+        except (KeyError, ValueError, zarr.errors.BaseZarrError):
+            continue
+        if isinstance(node, kind):
+            found[rel] = node
+    return found
 
 
 class _CheckedReader:
@@ -783,7 +805,9 @@ def open_plate(path_or_url: str | Path, storage_options: Mapping[str, Any] | Non
     documents
         A cache of the store's metadata documents (:class:`~omeloc.ngff.documents.DocumentCache`)
         shared with later readers and writers of the same plate (the write-back does so, under
-        its lock); by default each open reads every document once, concurrently.
+        its lock). Without it, each open reads every document once, concurrently, and a plate
+        with consolidated metadata (``.zmetadata``, or ``consolidated_metadata`` in the root's
+        ``zarr.json``) is opened from that alone; with it the documents themselves are read.
 
     Returns
     -------
@@ -804,7 +828,10 @@ def open_plate(path_or_url: str | Path, storage_options: Mapping[str, Any] | Non
     >>> plate.sel(c="actin")               # doctest: +SKIP
     """
     url = str(path_or_url)
-    root = _open_group(url, storage_options, "Path", documents=documents if zip_location(url) is None else None)
+    # consolidated metadata (where the plate has it) answers for every node in the root's round; not for
+    # the write-back (``documents``), which reads the documents themselves under its lock
+    root = _open_group(url, storage_options, "Path", documents=documents if zip_location(url) is None else None,
+                       consolidated=documents is None)
     refuse_incomplete(root.attrs, url)
     _warn_journal(root.attrs, url)
     ome, zarr_format = group_ngff_attrs(root), root.metadata.zarr_format

@@ -83,3 +83,24 @@ def test_predict_stays_within_its_request_budget_per_image(tmp_path, model, ngff
     assert result.io.bytes_written > 0 and result.io.bytes_read > 0
     pixels = omeloc.open_plate(path).images[3].channel("WAVE2 (virtual)").compute()
     assert pixels.any()  # the prediction is there
+
+
+@pytest.mark.parametrize("ngff", ["0.4", "0.5"])
+def test_a_consolidated_plate_opens_in_one_round_and_the_write_back_reads_the_documents(tmp_path, model, ngff):
+    import warnings
+
+    import zarr
+
+    path = _plate(tmp_path, ngff, levels=2)
+    plain = omeloc.open_plate(path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # zarr: consolidated metadata is not part of the v3 spec
+        zarr.consolidate_metadata(str(path))
+    with count_store_ops() as ops:
+        plate = omeloc.open_plate(path)
+    assert ops.total <= 4  # the root's documents of both formats, read concurrently: nothing per image
+    assert [(i.path, i.shapes, i.channel_names) for i in plate.images] == \
+        [(i.path, i.shapes, i.channel_names) for i in plain.images]
+    omeloc.predict(path, model, progress=False)  # under the lock the documents themselves are read
+    after = omeloc.open_plate(path)  # and the write-back refreshed the consolidated metadata
+    assert after.images[-1].shapes[1][0] == 3 and after.channel_names[-1] == "WAVE2 (virtual)"
