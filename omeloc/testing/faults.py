@@ -13,9 +13,10 @@ It does nothing unless one of these environment variables is set by a test:
     and SIGKILLs itself (the scheduler must move the task to another worker).
 
 Counted points: a point named ``"level0_block"`` (each level-0 block written) is also
-reported as ``"level0_mid"`` from its second call on in a process, and ``"backup_file"`` (each
-chunk copied into an overwrite's backup) as ``"backup_mid"``, so a test can kill a run
-half-way through its pixels or its backup.  ``OMELOC_TEST_AT_CALL=<n>`` moves that to the
+reported as ``"level0_mid"`` from its second call on in a process, ``"backup_file"`` (each
+chunk copied into an overwrite's backup) as ``"backup_mid"``, and ``"batch_document"`` (each
+document of a concurrent round of metadata writes) as ``"batch_mid"``, so a test can kill a run
+half-way through its pixels, its backup or a round of document writes.  ``OMELOC_TEST_AT_CALL=<n>`` moves that to the
 n-th call.
 """
 
@@ -34,7 +35,7 @@ logger = logging.getLogger(__name__)
 ENV_VARS = ("OMELOC_TEST_KILL_AT", "OMELOC_TEST_PAUSE_AT", "OMELOC_TEST_KILL_WORKER_ONCE")
 _COUNTS: dict[str, int] = {}
 #: counted point → the name it is also reported as from the n-th call on (n: OMELOC_TEST_AT_CALL, default 2)
-_COUNTED = {"level0_block": "level0_mid", "backup_file": "backup_mid"}
+_COUNTED = {"level0_block": "level0_mid", "backup_file": "backup_mid", "batch_document": "batch_mid"}
 _LOCK = threading.Lock()
 
 

@@ -173,6 +173,7 @@ class StoreIO:
                         await self.store.set(key, Buffer.from_bytes(data))
                     except Exception as err:  # any backend's refusal, re-raised with context
                         raise write_refusal(err, f"Cannot write {key} in {self.url}", self.url) from err
+                    fault_point("batch_document")  # a kill half-way through a round (tests)
             await asyncio.gather(*(one(k, d) for k, d in keys.items()))
 
         if keys:
@@ -640,12 +641,32 @@ def rollback(io: StoreIO, journal: Journal | Mapping[str, Any], *, quiet: bool =
     fault_point("rollback_docs")
     root_docs = set(io.root_docs())
     docs = journal.docs
-    for rel, text in docs.items():
-        if rel in root_docs:
-            continue
-        _restore_doc(io, rel, text)
+    delete_partial_documents(io, docs)
+    others = {rel: text for rel, text in docs.items() if rel not in root_docs}
+    # one concurrent round (on object storage each document is a round trip); every one is repeatable
+    io.set_many({rel: text.encode("utf-8") for rel, text in others.items() if text is not None})
+    for rel, text in others.items():
+        if text is None:
+            _restore_doc(io, rel, None)
     for rel in sorted(root_docs & set(docs), key=lambda r: r == io.attrs_doc("")):
         _restore_doc(io, rel, docs[rel])  # the attributes document last: it removes the journal
+
+
+def delete_partial_documents(io: StoreIO, docs: Iterable[str]) -> int:
+    """Delete the ``*.partial`` files beside the documents ``docs`` (a local store only): what a write of
+    a document killed half-way leaves (zarr's local store writes a partial file, then renames it)."""
+    if io.local_root is None:
+        return 0
+    removed = 0
+    for folder in sorted({rel.rsplit("/", 1)[0] if "/" in rel else "" for rel in docs}):
+        path = io.local_root / folder if folder else io.local_root
+        io.key(folder)  # the folder stays inside the store
+        with contextlib.suppress(OSError):
+            for entry in os.scandir(path):
+                if entry.name.endswith(".partial") and entry.is_file(follow_symlinks=False):
+                    io.delete(join_path("", folder, entry.name))
+                    removed += 1
+    return removed
 
 
 def _restore_doc(io: StoreIO, rel: str, text: str | None) -> None:
@@ -667,6 +688,7 @@ def finish(io: StoreIO, journal: Journal | Mapping[str, Any]) -> None:
     that is killed is finished again by the next :func:`omeloc.recover`.
     """
     journal = validate_journal(io, journal)  # untrusted input: refused unless it names only this plate's keys
+    delete_partial_documents(io, journal.docs)  # a round of document writes killed half-way
     _drop_backup(io, journal)
     keys = consolidated_doc_keys([img.path for img in journal.images], io.zarr_format)
     root_attrs = io.attrs_doc("")

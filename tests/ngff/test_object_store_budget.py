@@ -110,11 +110,15 @@ def test_throttled_requests_are_retried_and_the_result_is_the_same(moto, plates,
     assert_same_pixels(back, ref)
 
 
+def _cli_env(proxy: S3Proxy) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OMELOC_TEST_")}
+    return dict(env, AWS_ACCESS_KEY_ID=KEY, AWS_SECRET_ACCESS_KEY=SECRET, AWS_ENDPOINT_URL=proxy.endpoint,
+                AWS_DEFAULT_REGION=REGION, AWS_MAX_ATTEMPTS="2", OMP_NUM_THREADS="1")
+
+
 def _cli(proxy: S3Proxy, *args: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, AWS_ACCESS_KEY_ID=KEY, AWS_SECRET_ACCESS_KEY=SECRET, AWS_ENDPOINT_URL=proxy.endpoint,
-               AWS_DEFAULT_REGION=REGION, AWS_MAX_ATTEMPTS="2", OMP_NUM_THREADS="1")
-    return subprocess.run([sys.executable, "-m", "omeloc.cli", *args], env=env, capture_output=True, text=True,
-                          timeout=300, check=False)
+    return subprocess.run([sys.executable, "-m", "omeloc.cli", *args], env=_cli_env(proxy), capture_output=True,
+                          text=True, timeout=300, check=False)
 
 
 def test_a_store_that_keeps_failing_writes_is_rolled_back_in_one_line(moto, plates):
@@ -138,3 +142,21 @@ def test_a_store_that_keeps_failing_writes_is_rolled_back_in_one_line(moto, plat
         recovered = _cli(proxy, "recover", url)
     assert recovered.returncode == 0, recovered.stderr
     assert _objects(moto[1], "failing/plate.zarr") == before
+
+
+def test_a_kill_inside_a_round_of_document_writes_on_s3_is_rolled_back(moto, plates, tmp_path):
+    plate, ckpt, ref = plates
+    url = _upload(moto, plate, "batchkill")
+    before = _objects(moto[1], "batchkill/plate.zarr")
+    with S3Proxy(moto[0]) as proxy:
+        env = {"OMELOC_TEST_KILL_AT": "batch_mid", "OMELOC_TEST_AT_CALL": "9"}  # mid resize-and-mark round
+        killed = subprocess.run([sys.executable, "-m", "omeloc.cli", "-q", "predict", url, "--model", ckpt],
+                                env={**_cli_env(proxy), **env}, capture_output=True, text=True, timeout=300)
+        assert killed.returncode == -9, killed.stderr
+        assert _objects(moto[1], "batchkill/plate.zarr") != before
+        assert _cli(proxy, "recover", url).returncode == 0
+        assert _objects(moto[1], "batchkill/plate.zarr") == before  # byte for byte
+        assert _cli(proxy, "predict", url, "--model", ckpt).returncode == 0
+    back = tmp_path / "back.zarr"
+    moto[1].get(url, str(back), recursive=True)
+    assert_same_pixels(back, ref)
