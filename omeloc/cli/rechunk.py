@@ -21,6 +21,6 @@ def run(args: argparse.Namespace) -> int:
     """Copy and say what the copy allows."""
     from omeloc.writeback.rechunk import rechunk
 
-    path = rechunk(args.src, args.dst, overwrite=args.overwrite)
+    path = rechunk(args.src, args.dst, overwrite=args.overwrite, progress=args.progress)
     print(f"wrote {path} (one channel per chunk: new channels can now be appended in place)")
     return EXIT_OK

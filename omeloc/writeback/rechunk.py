@@ -78,6 +78,7 @@ def rechunk(
     client: Any = None,
     storage_options: Mapping[str, Any] | None = None,
     dst_storage_options: Mapping[str, Any] | None = None,
+    progress: Any = False,
 ) -> Path | str:
     """Copy ``src`` to ``dst`` with one channel per chunk, so channels can be appended in place.
 
@@ -94,6 +95,9 @@ def rechunk(
         A ``distributed.Client`` for the copy; None uses the default Dask scheduler.
     storage_options, dst_storage_options
         fsspec options for ``src`` and ``dst`` (``dst`` defaults to those of ``src``).
+    progress
+        Report the copy's tasks (the progress protocol of :mod:`omeloc.progress`: ``True`` for
+        a bar on a terminal and plain lines in a log, or a reporter).
 
     Returns
     -------
@@ -116,7 +120,7 @@ def rechunk(
     # no omeloc writer changes the source while it is copied (a zip is never written: no lock needed)
     lock = contextlib.nullcontext() if zip_location(src) else source_lock(src, storage_options)
     with lock:
-        _copy(src, target, overwrite=overwrite, client=client, storage_options=storage_options)
+        _copy(src, target, overwrite=overwrite, client=client, storage_options=storage_options, progress=progress)
     return Path(target.url) if not target.remote else target.url
 
 
@@ -201,7 +205,8 @@ class _Dest:
                                      f"Choose a destination you can write to.") from err
 
 
-def _copy(src: str, dst: _Dest, *, overwrite: bool, client: Any, storage_options: Mapping[str, Any] | None) -> None:
+def _copy(src: str, dst: _Dest, *, overwrite: bool, client: Any, storage_options: Mapping[str, Any] | None,
+          progress: Any = False) -> None:
     """The copy of :func:`rechunk`, made while the source's lock is held; marked incomplete until its end."""
     root = _open_source(src, storage_options)
     _clear_destination(dst, overwrite)
@@ -224,7 +229,7 @@ def _copy(src: str, dst: _Dest, *, overwrite: bool, client: Any, storage_options
             job = da.store(sources, targets, lock=False, compute=False)
             from omeloc.compute import compute
 
-            compute(job, client=client)
+            compute(job, client=client, progress=progress, desc="rechunk")
         fault_point("rechunk_copied")
         # the commit: one write of the root document replaces the marker with the source's attributes
         out.attrs.put({k: v for k, v in root.attrs.items() if k not in (JOURNAL_KEY, INCOMPLETE_KEY)})
