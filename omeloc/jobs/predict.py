@@ -211,14 +211,21 @@ class PredictionJob:
                 "overwrite": self.overwrite, **({"tta": True} if t.tta or t.uncertainty else {}),
                 **({"uncertainty": True} if t.uncertainty else {})}
 
+    def _predicted_images(self) -> str | list[str]:
+        """``"all"`` when every image of the plate was predicted, else their paths: the record is stored in
+        every image, so a list of all of them made the metadata grow with the square of the plate (33 kB
+        in each of 3,456 images)."""
+        return "all" if len(self.chosen) == len(self.plate.images) else sorted(self.chosen)
+
     def provenance(self) -> dict[str, Any]:
-        """The facts stored with the channel in the plate."""
+        """The facts stored with the channel in the plate (``predicted_images``: ``"all"``, or the paths
+        of the images whose pixels were predicted)."""
         ckpt, t = self.stain.checkpoint, self.tiling
         return {
             "source_channels": self.stain.source, "target_channel": self.target, "model": Path(ckpt.path).name,
             "model_key": self.stain.ref.key, **({"model_path": self.model_given} if self.model_given else {}),
             "architecture": ckpt.architecture.get("architecture"),
-            "predicted_images": sorted(self.chosen), "tile": t.tile, "overlap": t.overlap, "blend": t.blend,
+            "predicted_images": self._predicted_images(), "tile": t.tile, "overlap": t.overlap, "blend": t.blend,
             "precision": t.precision, "tta": t.tta or t.uncertainty,
             **({"model_pixel_size": ckpt.pixel_size} if ckpt.pixel_size else {}),
             **({"rescaled": True} if self.rescale else {}),

@@ -179,9 +179,19 @@ class StoreIO:
         if keys:
             sync(every())
 
-    def write_json_many(self, docs: Mapping[str, Mapping[str, Any]]) -> None:
-        """Write JSON documents (indented like zarr's own), concurrently."""
-        self.set_many({rel: _json_bytes(doc) for rel, doc in docs.items()})
+    def write_json_many(self, docs: Mapping[str, Mapping[str, Any]] | Iterable[tuple[str, Mapping[str, Any]]]
+                        ) -> None:
+        """Write JSON documents (indented like zarr's own), concurrently, in rounds of
+        :data:`WRITE_ROUND` documents: each is encoded when its round comes (a plate's edited
+        documents as dicts would take ~150 kB per image at once)."""
+        pairs = docs.items() if isinstance(docs, Mapping) else docs
+        batch: dict[str, bytes] = {}
+        for rel, doc in pairs:
+            batch[rel] = _json_bytes(doc)
+            if len(batch) >= WRITE_ROUND:
+                self.set_many(batch)
+                batch = {}
+        self.set_many(batch)
 
     def set(self, rel: str, data: bytes) -> None:
         """Store ``data`` at ``rel``; a refusal of the store becomes a :class:`ReadOnlyStoreError`."""
@@ -308,6 +318,10 @@ class StoreIO:
         """The root's metadata document keys, the separate consolidated metadata included."""
         extra = self.format.consolidated_doc
         return self.metadata_docs("") + ([extra] if extra else [])
+
+
+#: documents per concurrent round of :meth:`StoreIO.write_json_many` (memory bounded by the round, not the plate)
+WRITE_ROUND = 256
 
 
 def _json_bytes(doc: Mapping[str, Any]) -> bytes:

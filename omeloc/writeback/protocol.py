@@ -60,7 +60,7 @@ import os
 import re
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -694,12 +694,18 @@ def _full_window(dtype: str) -> dict[str, float]:
 
 
 def _resize_and_mark(io: jr.StoreIO, plan: WritePlan, colors: tuple[str, ...], run_id: str) -> None:
-    """Per image, back to back: the omero entry (marked as being written), then every level's new shape.
+    """Per image: the omero entry (marked as being written) and every level's new shape, in concurrent
+    rounds (the journal already names every document; a kill mid-round is rolled back like any other).
 
-    Readers so see a channel count without its omero entry only between two document
-    writes of one image, never for a whole phase (two documents cannot change atomically).
+    Readers so see a channel count without its omero entry only while a round runs, never for
+    a whole phase (two documents cannot change atomically).
     """
-    docs: dict[str, dict[str, Any]] = {}
+    io.write_json_many(_marked_docs(io, plan, colors, run_id))
+
+
+def _marked_docs(io: jr.StoreIO, plan: WritePlan, colors: tuple[str, ...], run_id: str
+                 ) -> Iterator[tuple[str, dict[str, Any]]]:
+    """The documents :func:`_resize_and_mark` writes, image by image (made as their round comes)."""
     for img in plan.images:
         attrs, ome = io.read_ngff(img.path)
         omero = dict(ome.get("omero") or {})
@@ -711,15 +717,14 @@ def _resize_and_mark(io: jr.StoreIO, plan: WritePlan, colors: tuple[str, ...], r
             channels[plan.channel_index:plan.channel_index + plan.k] = entries
         else:
             channels.extend(entries)
-        docs.update(io.ngff_edit(img.path, attrs, {"omero": {**omero, "channels": channels}}))
+        yield from io.ngff_edit(img.path, attrs, {"omero": {**omero, "channels": channels}}).items()
         if plan.mode == "overwrite":
             continue
         for level, shape in enumerate(img.shapes):
             key = io.array_doc(img.array_path(level))
             doc = io.read_json(key)
             doc["shape"] = list(shape)
-            docs[key] = doc
-    io.write_json_many(docs)  # one concurrent round (the journal already names every document)
+            yield key, doc
 
 
 def _restore_finished(io: jr.StoreIO, plan: WritePlan, resume_key: str | None
@@ -748,9 +753,19 @@ def _write_metadata(
     provenance: list[dict[str, Any]],
 ) -> None:
     """The omero entries of the new channels, and their provenance under ``omeloc``, in every image
-    (after the first, in one concurrent round)."""
-    docs: dict[str, dict[str, Any]] = {}
-    for n, img in enumerate(plan.images):
+    (the first alone, then the others in concurrent rounds)."""
+    docs = _finished_docs(io, plan, colors, windows, provenance)
+    first = next(docs, None)
+    if first is not None:  # a kill after the first image leaves the others to the recovery
+        io.write_json_many([first])
+        fault_point("metadata")
+    io.write_json_many(docs)
+
+
+def _finished_docs(io: jr.StoreIO, plan: WritePlan, colors: tuple[str, ...], windows: list[dict[str, float]],
+                   provenance: list[dict[str, Any]]) -> Iterator[tuple[str, dict[str, Any]]]:
+    """The documents :func:`_write_metadata` writes, image by image (made as their round comes)."""
+    for img in plan.images:
         attrs, ome = io.read_ngff(img.path)
         omero = dict(ome.get("omero") or {})
         channels = [dict(c) for c in omero.get("channels") or []]
@@ -762,9 +777,4 @@ def _write_metadata(
         omero["channels"] = channels
         ours = dict(attrs.get("omeloc") or {})
         ours["channels"] = {**dict(ours.get("channels") or {}), **dict(zip(plan.names, provenance))}
-        if n == 0:  # the first image alone, as before: a kill after it leaves the others to the recovery
-            io.update_ngff(img.path, attrs, {"omero": omero}, omeloc=ours)
-            fault_point("metadata")
-        else:
-            docs.update(io.ngff_edit(img.path, attrs, {"omero": omero}, omeloc=ours))
-    io.write_json_many(docs)
+        yield from io.ngff_edit(img.path, attrs, {"omero": omero}, omeloc=ours).items()
