@@ -34,7 +34,7 @@ from pathlib import Path
 from _report import run_child
 
 #: images → (rows, columns, fields per well)
-LAYOUTS = {96: (4, 6, 4), 384: (16, 24, 1), 3456: (16, 24, 9)}
+LAYOUTS = {96: (4, 6, 4), 384: (16, 24, 1), 3456: (16, 24, 9), 19968: (16, 24, 52)}
 
 CHILD = r"""
 import json, resource, shutil, sys, tempfile, time
@@ -48,6 +48,7 @@ from omeloc.ngff.info import describe
 from omeloc.testing.storecount import count_store_reads
 
 plate, ckpt, n = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+dry_only = len(sys.argv) > 4 and sys.argv[4] == "dry"
 row = {"images": n}
 
 def timed(name, fn):
@@ -61,6 +62,10 @@ def timed(name, fn):
 opened = timed("open_plate", lambda: omeloc.open_plate(plate))
 timed("info", lambda: describe(plate))
 timed("dry_run", lambda: omeloc.predict(plate, ckpt, dry_run=True, progress=False))
+if dry_only:  # the plates too large to predict here: open and dry run only
+    row["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps(row))
+    sys.exit(0)
 with tempfile.TemporaryDirectory() as tmp:
     copy = Path(tmp) / plate.name
     shutil.copytree(plate, copy)
@@ -123,7 +128,9 @@ def _model(cache: Path) -> Path:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--images", type=int, nargs="+", default=[96, 384, 3456])
+    parser.add_argument("--images", type=int, nargs="*", default=[96, 384, 3456])
+    parser.add_argument("--dry-run-only", type=int, nargs="*", default=[], metavar="N",
+                        help="plate sizes (e.g. 19968) timed for open and dry run only")
     parser.add_argument("--cache", type=Path, default=None, help="folder for the plates and the model (kept)")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "plate_scale.json")
     args = parser.parse_args()
@@ -132,6 +139,12 @@ def main() -> None:
         cache.mkdir(parents=True, exist_ok=True)
         ckpt = _model(cache)
         runs = []
+        for n in args.dry_run_only:
+            plate = _plate(cache, n)
+            row = run_child(CHILD, [str(plate), str(ckpt), str(n), "dry"], f"{n} images (dry run)")
+            runs.append(row)
+            print(f"{n:5d} images  open {row['open_plate_s']:6.2f} s ({row['open_plate_metadata_reads_per_image']:.2f} "
+                  f"reads/img)  dry-run {row['dry_run_s']:6.2f} s  peak RSS {row['peak_rss_mb']:6.0f} MB", flush=True)
         for n in args.images:
             plate = _plate(cache, n)
             row = run_child(CHILD, [str(plate), str(ckpt), str(n)], f"{n} images")
