@@ -80,3 +80,32 @@ def tiny_trained_plate(root: Path, *, fields: int = 1, size: int = 96, chunk: in
         shutil.copytree(plate, ref)
         omeloc.predict(ref, res.checkpoint, progress=False)
     return plate, Path(res.checkpoint), ref
+
+
+@pytest.fixture(scope="session")
+def tiny_trained(tmp_path_factory):
+    """:func:`tiny_trained_plate`, built once per test session and set of options, shared by the
+    modules that need a trained model only to have one: ``tiny_trained(size=64, ...)`` returns
+    ``(plate, checkpoint, reference_plate or None)``.  Shared and read-only: a test copies the
+    plate (or the reference) before it writes into it.
+    """
+    built: dict[tuple, tuple] = {}
+
+    def get(**options):
+        key = tuple(sorted(options.items()))
+        if key not in built:
+            built[key] = tiny_trained_plate(tmp_path_factory.mktemp("tiny-trained"), **options)
+        return built[key]
+
+    return get
+
+
+@pytest.fixture
+def short_scheduler_timeout(monkeypatch):
+    """A scheduler that cannot be reached is given up on after 2 s instead of the default 10 s
+    (the same connect call and error; tests of an unreachable scheduler wait less)."""
+    import omeloc.compute
+
+    connect = omeloc.compute.connect
+    monkeypatch.setattr(omeloc.compute, "connect",
+                        lambda address, timeout=10.0: connect(address, min(timeout, 2.0)))

@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 
 import omeloc
-from conftest import assert_same_pixels, tree_digest, tiny_trained_plate
+from conftest import assert_same_pixels, tree_digest
 from omeloc.writeback.journal import JOURNAL_KEY
 
 pytestmark = pytest.mark.slow
@@ -87,8 +87,8 @@ def _phase(plate: Path) -> str | None:
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    return tiny_trained_plate(tmp_path_factory.mktemp("cluster"), fields=2)
+def setup(tiny_trained):
+    return tiny_trained(fields=2)
 
 
 @pytest.mark.parametrize("resources", ["GPU=1", None], ids=["gpu-resources", "no-resources"])
