@@ -57,6 +57,18 @@ def _cli(*args: str, **env: str) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
+_DEFAULT_SIGINT = ("import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+                   "signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT}); sys.argv[0] = 'omeloc'; "
+                   "runpy.run_module('omeloc.cli', run_name='__main__', alter_sys=True)")
+
+
+def _interruptible_cli(*args: str, **env: str) -> subprocess.Popen:
+    """:func:`_cli`, taking Ctrl-C (SIGINT) as a terminal would deliver it, whatever this test
+    process ignores or blocks (both are inherited through exec)."""
+    return subprocess.Popen([sys.executable, "-c", _DEFAULT_SIGINT, "-q", *args], env=_env(**env),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
 def _root_attrs(plate: Path) -> dict:
     if (plate / "zarr.json").exists():
         return json.loads((plate / "zarr.json").read_text()).get("attributes", {})
@@ -457,8 +469,8 @@ def test_recover_removes_and_reports_what_ctrl_c_left(trained, tmp_path, capsys)
     template, ckpt, _ = trained
     plate = _copy(template, tmp_path)
     original = tree_digest(plate)
-    proc = _cli("predict", str(plate), "--model", ckpt, OMELOC_TEST_PAUSE_AT="level0_written",
-                OMELOC_TEST_PAUSE_SECONDS="60")
+    proc = _interruptible_cli("predict", str(plate), "--model", ckpt, OMELOC_TEST_PAUSE_AT="level0_written",
+                              OMELOC_TEST_PAUSE_SECONDS="60")
     _wait(lambda: (_journal(plate) or {}).get("phase") == "resized" and _new_chunks(plate, 2) == 8, proc,
           "level 0 to be written")
     proc.send_signal(signal.SIGINT)
