@@ -20,6 +20,31 @@ except ImportError:  # pragma: no cover
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
+#: The modules whose tests take longest (``--durations``, issue 25), slowest first.  They run
+#: first, so that under pytest-xdist (``-n 2``) no worker is left with one of them alone at the
+#: end while the other has nothing to do.  Every other module keeps its place after them.
+SLOW_MODULES = (
+    "analysis/test_science.py",
+    "writeback/test_races_kills_and_full_disks.py",
+    "jobs/test_cluster.py",
+    "ngff/test_object_store_failures.py",
+    "cli/test_examples.py",
+    "ngff/test_object_store.py",
+    "jobs/test_predict.py",
+    "cli/test_bad_input.py",
+    "writeback/test_concurrency.py",
+    "ngff/test_scale.py",
+    "writeback/test_rechunk_interrupted.py",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    """The modules of :data:`SLOW_MODULES` first, in that order (a stable sort: the order of the
+    tests within a module, and of the other modules, is kept)."""
+    here = Path(__file__).resolve().parent
+    rank = {here / name: i for i, name in enumerate(SLOW_MODULES)}
+    items.sort(key=lambda item: rank.get(Path(item.path).resolve(), len(rank)))
+
 
 def tree_digest(root: str | os.PathLike) -> dict[str, str]:
     """sha256 of every file below ``root`` (relative path → digest)."""
@@ -80,3 +105,32 @@ def tiny_trained_plate(root: Path, *, fields: int = 1, size: int = 96, chunk: in
         shutil.copytree(plate, ref)
         omeloc.predict(ref, res.checkpoint, progress=False)
     return plate, Path(res.checkpoint), ref
+
+
+@pytest.fixture(scope="session")
+def tiny_trained(tmp_path_factory):
+    """:func:`tiny_trained_plate`, built once per test session and set of options, shared by the
+    modules that need a trained model only to have one: ``tiny_trained(size=64, ...)`` returns
+    ``(plate, checkpoint, reference_plate or None)``.  Shared and read-only: a test copies the
+    plate (or the reference) before it writes into it.
+    """
+    built: dict[tuple, tuple] = {}
+
+    def get(**options):
+        key = tuple(sorted(options.items()))
+        if key not in built:
+            built[key] = tiny_trained_plate(tmp_path_factory.mktemp("tiny-trained"), **options)
+        return built[key]
+
+    return get
+
+
+@pytest.fixture
+def short_scheduler_timeout(monkeypatch):
+    """A scheduler that cannot be reached is given up on after 2 s instead of the default 10 s
+    (the same connect call and error; tests of an unreachable scheduler wait less)."""
+    import omeloc.compute
+
+    connect = omeloc.compute.connect
+    monkeypatch.setattr(omeloc.compute, "connect",
+                        lambda address, timeout=10.0: connect(address, min(timeout, 2.0)))

@@ -9,7 +9,6 @@ import shutil
 
 import numpy as np
 import pytest
-from conftest import tiny_trained_plate
 from matplotlib.image import imread
 from scipy import ndimage, stats
 
@@ -23,9 +22,10 @@ VIRTUAL = "WAVE2 (virtual)"
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    root = tmp_path_factory.mktemp("split")
-    plate, ckpt, _ = tiny_trained_plate(root, size=64, chunk=32, reference=False)
+def trained(tiny_trained, tmp_path_factory):
+    shared, ckpt, _ = tiny_trained(size=64, chunk=32, reference=False)
+    plate = tmp_path_factory.mktemp("split") / shared.name  # a copy of the training plate
+    shutil.copytree(shared, plate)
     assert main(["-q", "predict", str(plate), "--model", str(ckpt)]) == 0
     return plate, ckpt
 

@@ -251,7 +251,7 @@ CASES = {f.__name__.lstrip("_"): f for f in [
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_bad_input(case, template, tmp_path, capsys):
+def test_bad_input(case, template, tmp_path, capsys, short_scheduler_timeout):
     plate = tmp_path / "plate.zarr"
     ckpt = tmp_path / "ckpt"
     shutil.copytree(template[0], plate)

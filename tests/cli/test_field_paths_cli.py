@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import tiny_trained_plate
 
 import omeloc
 from omeloc.cli import main
@@ -12,8 +11,8 @@ from omeloc.ngff.writer import write_plate
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    _, ckpt, _ = tiny_trained_plate(tmp_path_factory.mktemp("fieldpaths"), size=64, chunk=32, reference=False)
+def checkpoint(tiny_trained):
+    _, ckpt, _ = tiny_trained(size=64, chunk=32, reference=False)
     return ckpt
 
 

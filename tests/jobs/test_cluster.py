@@ -25,7 +25,8 @@ from pathlib import Path
 import pytest
 
 import omeloc
-from conftest import assert_same_pixels, tree_digest, tiny_trained_plate
+from conftest import assert_same_pixels, tree_digest
+from omeloc.cli import main
 from omeloc.writeback.journal import JOURNAL_KEY
 
 pytestmark = pytest.mark.slow
@@ -87,18 +88,19 @@ def _phase(plate: Path) -> str | None:
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    return tiny_trained_plate(tmp_path_factory.mktemp("cluster"), fields=2)
+def setup(tiny_trained):
+    return tiny_trained(fields=2)
 
 
 @pytest.mark.parametrize("resources", ["GPU=1", None], ids=["gpu-resources", "no-resources"])
-def test_predict_through_a_scheduler_equals_a_local_run(setup, tmp_path, resources):
+def test_predict_through_a_scheduler_equals_a_local_run(setup, tmp_path, capsys, resources):
     plate0, ckpt, ref = setup
     plate = tmp_path / "plate.zarr"
     shutil.copytree(plate0, plate)
     with cluster(tmp_path, resources=resources) as (address, _):
-        proc = _omeloc("predict", str(plate), "--model", str(ckpt), "--scheduler", address)
-        assert proc.returncode == 0, proc.stderr
+        # the driver in this process (the scheduler and the workers are processes of their own)
+        code = main(["-q", "predict", str(plate), "--model", str(ckpt), "--scheduler", address])
+        assert code == 0, capsys.readouterr().err
         from distributed import Client
 
         from omeloc.engine.cache import model_loads
@@ -117,6 +119,7 @@ def test_a_worker_killed_mid_run_moves_its_task(setup, tmp_path):
     shutil.copytree(plate0, plate)
     marker = tmp_path / "killed-once"
     with cluster(tmp_path, worker_env={"OMELOC_TEST_KILL_WORKER_ONCE": str(marker)}) as (address, _):
+        # a driver process of its own (with the driver in the test process: 45 s instead of 11)
         proc = _omeloc("predict", str(plate), "--model", str(ckpt), "--scheduler", address)
     assert marker.exists(), "no worker was killed: the test did not test anything"
     assert proc.returncode == 0, proc.stderr

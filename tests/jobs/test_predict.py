@@ -96,7 +96,7 @@ def test_cli_predict_wells_and_dry_run(plate, trained, capsys):
 
 
 @pytest.mark.parametrize("case", ["missing_source", "not_append_friendly", "unreachable_scheduler", "bad_model"])
-def test_bad_input_leaves_plate_unchanged(case, trained, tmp_path, capsys):
+def test_bad_input_leaves_plate_unchanged(case, trained, tmp_path, capsys, short_scheduler_timeout):
     plates, ckpt = trained
     if case == "missing_source":
         path = omeloc.make_plate(tmp_path / "other.zarr", rows=1, cols=1, fields=1, size=64,
@@ -173,7 +173,7 @@ def test_resume_after_sigkill_equals_uninterrupted(trained, tmp_path):
     assert set(tree_digest(path)) == set(tree_digest(ref)), "journal or stash left behind"
 
 
-def test_python_api_errors_are_typed(trained, tmp_path):
+def test_python_api_errors_are_typed(trained, tmp_path, short_scheduler_timeout):
     plates, ckpt = trained
     other = omeloc.make_plate(tmp_path / "o.zarr", rows=1, cols=1, fields=1, size=64, channels=("WAVE2",))
     with pytest.raises(ChannelNotFoundError):

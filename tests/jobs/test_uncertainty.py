@@ -11,7 +11,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import tiny_trained_plate, tree_digest
+from conftest import tree_digest
 
 import omeloc
 from omeloc.cli import main
@@ -22,8 +22,8 @@ PRED, SPREAD = "WAVE2 (virtual)", "WAVE2 (uncertainty)"
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    plate, ckpt, _ = tiny_trained_plate(tmp_path_factory.mktemp("uncertainty"), size=64, chunk=32, reference=False)
+def trained(tiny_trained):
+    plate, ckpt, _ = tiny_trained(size=64, chunk=32, reference=False)
     return plate, str(ckpt)
 
 

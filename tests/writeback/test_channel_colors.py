@@ -3,10 +3,11 @@ the uncertainty channel hidden in a contrasting colour."""
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pytest
 import tifffile
-from conftest import tiny_trained_plate
 
 import omeloc
 from omeloc.cli import main
@@ -37,8 +38,10 @@ def test_imported_plate_colours_by_stain_name(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def predicted(tmp_path_factory):
-    plate, ckpt, _ = tiny_trained_plate(tmp_path_factory.mktemp("colors"), size=64, chunk=32, reference=False)
+def predicted(tiny_trained, tmp_path_factory):
+    shared, ckpt, _ = tiny_trained(size=64, chunk=32, reference=False)
+    plate = tmp_path_factory.mktemp("colors") / shared.name  # the shared plate stays as it is
+    shutil.copytree(shared, plate)
     assert main(["-q", "predict", str(plate), "--model", str(ckpt), "--uncertainty"]) == 0
     return plate
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import assert_same_pixels, random_plate_images, tree_digest, tiny_trained_plate
+from conftest import assert_same_pixels, random_plate_images, tree_digest
 
 import omeloc
 from omeloc.cli import main
@@ -54,6 +54,18 @@ def _writer(tmp_path: Path, plate: Path, seed: int = 1, overwrite: bool = False,
 
 def _cli(*args: str, **env: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "omeloc.cli", "-q", *args], env=_env(**env),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+_DEFAULT_SIGINT = ("import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+                   "signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT}); sys.argv[0] = 'omeloc'; "
+                   "runpy.run_module('omeloc.cli', run_name='__main__', alter_sys=True)")
+
+
+def _interruptible_cli(*args: str, **env: str) -> subprocess.Popen:
+    """:func:`_cli`, taking Ctrl-C (SIGINT) as a terminal would deliver it, whatever this test
+    process ignores or blocks (both are inherited through exec)."""
+    return subprocess.Popen([sys.executable, "-c", _DEFAULT_SIGINT, "-q", *args], env=_env(**env),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -139,9 +151,9 @@ def tiny(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+def trained(tiny_trained):
     """A plate, a tiny model for actin → WAVE2, and the plate with that model's prediction."""
-    plate, ckpt, ref = tiny_trained_plate(tmp_path_factory.mktemp("attacks"))
+    plate, ckpt, ref = tiny_trained()
     return plate, str(ckpt), ref
 
 
@@ -258,10 +270,15 @@ def test_predict_during_a_paused_recover_is_refused(trained, tmp_path, capsys):
     assert killed.returncode == -signal.SIGKILL
     assert _journal(plate) is not None
     # recover holds the lock, has deleted the new chunks and waits before restoring the documents
-    rec = _cli("recover", str(plate), OMELOC_TEST_PAUSE_AT="rollback_docs", OMELOC_TEST_PAUSE_SECONDS="6")
+    # (stopped there, SIGSTOP, while predict runs: a live holder however slow predict is under load)
+    rec = _cli("recover", str(plate), OMELOC_TEST_PAUSE_AT="rollback_docs", OMELOC_TEST_PAUSE_SECONDS="4")
     _wait(lambda: (_lock(plate) or {}).get("purpose") == "recover" and _new_chunks(plate, 2) == 0, rec,
           "recover to hold the lock")
-    code = main(["-q", "predict", str(plate), "--model", ckpt])
+    rec.send_signal(signal.SIGSTOP)
+    try:
+        code = main(["-q", "predict", str(plate), "--model", ckpt])
+    finally:
+        rec.send_signal(signal.SIGCONT)
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and "being written" in err, err
     out, rec_err = rec.communicate(timeout=120)
@@ -452,8 +469,8 @@ def test_recover_removes_and_reports_what_ctrl_c_left(trained, tmp_path, capsys)
     template, ckpt, _ = trained
     plate = _copy(template, tmp_path)
     original = tree_digest(plate)
-    proc = _cli("predict", str(plate), "--model", ckpt, OMELOC_TEST_PAUSE_AT="level0_written",
-                OMELOC_TEST_PAUSE_SECONDS="60")
+    proc = _interruptible_cli("predict", str(plate), "--model", ckpt, OMELOC_TEST_PAUSE_AT="level0_written",
+                              OMELOC_TEST_PAUSE_SECONDS="60")
     _wait(lambda: (_journal(plate) or {}).get("phase") == "resized" and _new_chunks(plate, 2) == 8, proc,
           "level 0 to be written")
     proc.send_signal(signal.SIGINT)

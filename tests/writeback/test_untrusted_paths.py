@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import tree_digest, tiny_trained_plate
+from conftest import tree_digest
 
 import omeloc
 from omeloc.cli import main
@@ -35,8 +35,8 @@ def _cli(*args: str, kill_at: str | None = None, **kwargs) -> subprocess.Complet
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    plate, ckpt, _ = tiny_trained_plate(tmp_path_factory.mktemp("attacks"), size=64, chunk=32, reference=False)
+def setup(tiny_trained):
+    plate, ckpt, _ = tiny_trained(size=64, chunk=32, reference=False)
     return plate, str(ckpt)
 
 
