@@ -13,25 +13,17 @@ import sys
 import pytest
 from conftest import assert_same_pixels, tree_digest
 
-import omeloc
 
 pytestmark = pytest.mark.slow
 
-#: 2 rows x 3 columns x 2 fields, two levels: the resize round writes 12 x (1 omero + 2 shapes) documents,
-#: the provenance round 11 (the first image's goes alone, before it)
+#: 1 row x 2 columns x 6 fields of 32², two levels: the resize round writes 12 x (1 omero + 2 shapes)
+#: documents, the provenance round 11 (the first image's goes alone, before it)
 IMAGES = 12
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    root = tmp_path_factory.mktemp("batches")
-    plate = omeloc.make_plate(root / "plate.zarr", rows=2, cols=3, fields=2, size=32, chunks=(32, 32), levels=2,
-                              channels=("actin", "WAVE2"))
-    ckpt = omeloc.train(plate, "actin", "WAVE2", out=root / "model", steps=1, crop=32, batch_size=2, depth=2,
-                        base_channels=4, val_wells=["B3"], progress=False).checkpoint
-    ref = root / "ref.zarr"
-    shutil.copytree(plate, ref)
-    omeloc.predict(ref, ckpt, progress=False)
+def setup(tiny_trained):
+    plate, ckpt, ref = tiny_trained(fields=6, size=32, chunk=32)
     return plate, str(ckpt), ref
 
 
