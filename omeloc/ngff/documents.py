@@ -64,11 +64,13 @@ class DocumentCache:
     def drop_prefix(self, prefix: str) -> None:
         """Forget every key below ``prefix`` (a deleted folder)."""
         with self._lock:
-            for key in [k for k in self._docs if not prefix or k == prefix or k.startswith(prefix + "/")]:
+            for key in [
+                k for k in self._docs if not prefix or k == prefix or k.startswith(prefix + "/")
+            ]:
                 del self._docs[key]
 
     def clear(self) -> None:
-        """Forget everything (done when the writer's lock is taken: what others wrote is read anew)."""
+        """Forget everything (when the writer's lock is taken: what others wrote is read anew)."""
         with self._lock:
             self._docs.clear()
 
@@ -103,8 +105,9 @@ class CachedStore(zarr.storage.WrapperStore[Store]):
     def _with_store(self, store: Store) -> CachedStore:
         return type(self)(store, self.cache)
 
-    async def get(self, key: str, prototype: BufferPrototype, byte_range: ByteRequest | None = None
-                  ) -> Buffer | None:
+    async def get(
+        self, key: str, prototype: BufferPrototype, byte_range: ByteRequest | None = None
+    ) -> Buffer | None:
         if byte_range is not None or not is_metadata_key(key):
             return await self._store.get(key, prototype, byte_range)
         if key in self.cache:

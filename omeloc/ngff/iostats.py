@@ -54,18 +54,30 @@ class IOSummary:
         """One line for the end of a run, e.g. ``I/O: 1,204 requests (6.3 per image) ...``."""
         per = f" ({self.requests / images:.1f} per image)" if images else ""
         share = 100 * self.io_seconds / self.seconds if self.seconds > 0 else 0.0
-        return (f"I/O: {self.requests:,} store requests{per}: {self.metadata_reads:,} metadata reads, "
-                f"{self.chunk_reads:,} chunk reads, {self.writes:,} writes, {self.listings:,} listings; "
-                f"{self.bytes_read / 1e6:.1f} MB read, {self.bytes_written / 1e6:.1f} MB written; "
-                f"requests in flight {self.io_seconds:.1f} s of the {self.seconds:.1f} s run ({share:.0f} %; "
-                f"this process's requests, not a cluster's workers')")
+        return (
+            f"I/O: {self.requests:,} store requests{per}: {self.metadata_reads:,} metadata reads, "
+            f"{self.chunk_reads:,} chunk reads, {self.writes:,} writes, "
+            f"{self.listings:,} listings; "
+            f"{self.bytes_read / 1e6:.1f} MB read, {self.bytes_written / 1e6:.1f} MB written; "
+            f"requests in flight {self.io_seconds:.1f} s of the {self.seconds:.1f} s run "
+            f"({share:.0f} %; "
+            f"this process's requests, not a cluster's workers')"
+        )
 
     def to_json(self) -> dict[str, Any]:
         """The summary as JSON (for benchmarks and logs)."""
-        return {"requests": self.requests, "metadata_reads": self.metadata_reads, "chunk_reads": self.chunk_reads,
-                "writes": self.writes, "listings": self.listings, "other": self.other,
-                "bytes_read": self.bytes_read, "bytes_written": self.bytes_written,
-                "io_seconds": round(self.io_seconds, 3), "seconds": round(self.seconds, 3)}
+        return {
+            "requests": self.requests,
+            "metadata_reads": self.metadata_reads,
+            "chunk_reads": self.chunk_reads,
+            "writes": self.writes,
+            "listings": self.listings,
+            "other": self.other,
+            "bytes_read": self.bytes_read,
+            "bytes_written": self.bytes_written,
+            "io_seconds": round(self.io_seconds, 3),
+            "seconds": round(self.seconds, 3),
+        }
 
 
 @dataclass
@@ -116,7 +128,9 @@ class IOMeter:
 
     def repeated_metadata_reads(self) -> dict[str, int]:
         """Metadata documents read more than once: key → number of reads."""
-        return {k: n for (op, k), n in self.keys.items() if op == "get" and is_metadata_key(k) and n > 1}
+        return {
+            k: n for (op, k), n in self.keys.items() if op == "get" and is_metadata_key(k) and n > 1
+        }
 
     def summary(self) -> IOSummary:
         """What was counted so far, as a record."""
@@ -124,10 +138,17 @@ class IOMeter:
             busy = self._busy + (time.perf_counter() - self._since if self._active else 0.0)
             ops = dict(self.ops)
             return IOSummary(
-                requests=sum(ops.values()), metadata_reads=self.metadata, chunk_reads=self.chunks,
-                writes=sum(ops.get(w, 0) for w in _WRITES), listings=sum(ops.get(x, 0) for x in _LISTS),
-                other=sum(ops.get(x, 0) for x in ("exists", "delete", "delete_dir", "get_partial_values")),
-                bytes_read=self.bytes_read, bytes_written=self.bytes_written, io_seconds=busy,
+                requests=sum(ops.values()),
+                metadata_reads=self.metadata,
+                chunk_reads=self.chunks,
+                writes=sum(ops.get(w, 0) for w in _WRITES),
+                listings=sum(ops.get(x, 0) for x in _LISTS),
+                other=sum(
+                    ops.get(x, 0) for x in ("exists", "delete", "delete_dir", "get_partial_values")
+                ),
+                bytes_read=self.bytes_read,
+                bytes_written=self.bytes_written,
+                io_seconds=busy,
                 seconds=time.perf_counter() - self.started,
             )
 
@@ -139,7 +160,7 @@ _INSTALLED: set[type] = set()
 
 
 def _full_key(store: Any, key: str) -> str:
-    """``key`` with the store's own root in front (stores opened at a well or an image have their own)."""
+    """``key`` with its store's root in front (a store opened at a well or an image has its own)."""
     root = getattr(store, "root", None) or getattr(store, "path", None) or ""
     root = str(getattr(root, "as_posix", lambda: root)()).rstrip("/")
     return f"{root}/{key}" if root and key else (key or root)
@@ -179,6 +200,7 @@ def _counted_call(original: Any, op: str) -> Any:
             read = _size(got) if op == "get" else 0
             for meter in meters:
                 meter.end(read)
+
     return call
 
 
@@ -195,6 +217,7 @@ def _counted_list(original: Any, op: str) -> Any:
         finally:
             for meter in meters:
                 meter.end()
+
     return listing
 
 
@@ -206,7 +229,7 @@ def _store_classes() -> list[type]:
 
 
 def _install() -> None:
-    """Wrap the methods of zarr's stores, once per process (a wrapped method looks at :data:`_METERS`)."""
+    """Wrap the methods of zarr's stores once per process (a wrapper looks at :data:`_METERS`)."""
     with _INSTALL:
         for cls in _store_classes():
             if cls in _INSTALLED:
@@ -214,7 +237,9 @@ def _install() -> None:
             for op in (*_CALLS, *_LISTS):
                 original = cls.__dict__.get(op)
                 if original is not None:
-                    setattr(cls, op, (_counted_list if op in _LISTS else _counted_call)(original, op))
+                    setattr(
+                        cls, op, (_counted_list if op in _LISTS else _counted_call)(original, op)
+                    )
             _INSTALLED.add(cls)
 
 

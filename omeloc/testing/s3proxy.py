@@ -1,4 +1,4 @@
-"""An HTTP proxy in front of an S3 endpoint that counts, delays and fails requests, for tests and benchmarks.
+"""An HTTP proxy in front of an S3 endpoint that counts, delays and fails requests.
 
 Object stores are slow (20–50 ms per request) and fail in their own ways (``503 SlowDown`` when
 throttled, ``500`` now and then, connections dropped). :class:`S3Proxy` forwards every request to
@@ -38,8 +38,10 @@ def request_kind(method: str, path: str) -> str:
     return f"{method} {kind}"
 
 
-_SLOW_DOWN = (b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>SlowDown</Code>'
-              b'<Message>Please reduce your request rate.</Message></Error>')
+_SLOW_DOWN = (
+    b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>SlowDown</Code>'
+    b"<Message>Please reduce your request rate.</Message></Error>"
+)
 
 
 class S3Proxy:
@@ -56,8 +58,12 @@ class S3Proxy:
         S3's ``SlowDown``), or ``None``; ``n`` counts the requests seen so far (from 1).
     """
 
-    def __init__(self, target_port: int, delay_ms: float = 0.0,
-                 fail: Callable[[str, str, int], int | None] | None = None) -> None:
+    def __init__(
+        self,
+        target_port: int,
+        delay_ms: float = 0.0,
+        fail: Callable[[str, str, int], int | None] | None = None,
+    ) -> None:
         self.target_port = target_port
         self.delay_ms = float(delay_ms)
         self.fail = fail
@@ -152,14 +158,22 @@ class S3Proxy:
                     conn.request(self.command, self.path, body=body, headers=headers)
                     resp = conn.getresponse()
                     data = resp.read()
-                    kept = [(k, v) for k, v in resp.getheaders()
-                            if k.lower() not in ("transfer-encoding", "connection", "content-length")]
+                    kept = [
+                        (k, v)
+                        for k, v in resp.getheaders()
+                        if k.lower() not in ("transfer-encoding", "connection", "content-length")
+                    ]
                     self._answer(resp.status, data, kept, reason=resp.reason)
                 finally:
                     conn.close()
 
-            def _answer(self, status: int, data: bytes, headers: list[tuple[str, str]],
-                        reason: str | None = None) -> None:
+            def _answer(
+                self,
+                status: int,
+                data: bytes,
+                headers: list[tuple[str, str]],
+                reason: str | None = None,
+            ) -> None:
                 self.send_response(status, reason)
                 for k, v in headers:
                     self.send_header(k, v)

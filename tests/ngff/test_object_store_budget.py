@@ -1,4 +1,5 @@
-"""A plate on S3 (moto's server on 127.0.0.1) behind a counting, failing proxy: requests per image within
+"""A plate on S3 (moto's server on 127.0.0.1) behind a counting, failing proxy: requests per image
+within
 budget, throttling retried, a store that keeps failing rolled back in one line (issue 24).
 """
 
@@ -34,20 +35,42 @@ def moto():
     server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
-    fs = s3fs.S3FileSystem(key=KEY, secret=SECRET,
-                           client_kwargs={"endpoint_url": f"http://{host}:{port}", "region_name": REGION})
+    fs = s3fs.S3FileSystem(
+        key=KEY,
+        secret=SECRET,
+        client_kwargs={"endpoint_url": f"http://{host}:{port}", "region_name": REGION},
+    )
     yield port, fs
     server.stop()
 
 
 @pytest.fixture(scope="module")
 def plates(tmp_path_factory):
-    """A 24-image plate, a tiny model, and the plate with that model's prediction written locally."""
+    """A 24-image plate, a tiny model, and the plate with its prediction written locally."""
     root = tmp_path_factory.mktemp("s3-budget")
-    plate = omeloc.make_plate(root / "plate.zarr", rows=2, cols=6, fields=2, size=32, chunks=(32, 32), levels=1,
-                              channels=("actin", "WAVE2"))
-    ckpt = omeloc.train(plate, "actin", "WAVE2", out=root / "model", steps=1, crop=32, batch_size=2, depth=2,
-                        base_channels=4, val_wells=["B6"], progress=False).checkpoint
+    plate = omeloc.make_plate(
+        root / "plate.zarr",
+        rows=2,
+        cols=6,
+        fields=2,
+        size=32,
+        chunks=(32, 32),
+        levels=1,
+        channels=("actin", "WAVE2"),
+    )
+    ckpt = omeloc.train(
+        plate,
+        "actin",
+        "WAVE2",
+        out=root / "model",
+        steps=1,
+        crop=32,
+        batch_size=2,
+        depth=2,
+        base_channels=4,
+        val_wells=["B6"],
+        progress=False,
+    ).checkpoint
     ref = root / "ref.zarr"
     shutil.copytree(plate, ref)
     omeloc.predict(ref, ckpt, progress=False)
@@ -56,34 +79,48 @@ def plates(tmp_path_factory):
 
 def _upload(moto, plate, bucket: str) -> str:
     port, fs = moto
-    boto3.client("s3", endpoint_url=f"http://127.0.0.1:{port}", aws_access_key_id=KEY,
-                 aws_secret_access_key=SECRET, region_name=REGION).create_bucket(Bucket=bucket)
+    boto3.client(
+        "s3",
+        endpoint_url=f"http://127.0.0.1:{port}",
+        aws_access_key_id=KEY,
+        aws_secret_access_key=SECRET,
+        region_name=REGION,
+    ).create_bucket(Bucket=bucket)
     fs.put(str(plate), f"{bucket}/plate.zarr", recursive=True)
     fs.invalidate_cache()
     return f"s3://{bucket}/plate.zarr"
 
 
 def _options(proxy: S3Proxy) -> dict:
-    return {"key": KEY, "secret": SECRET, "client_kwargs": {"endpoint_url": proxy.endpoint, "region_name": REGION}}
+    return {
+        "key": KEY,
+        "secret": SECRET,
+        "client_kwargs": {"endpoint_url": proxy.endpoint, "region_name": REGION},
+    }
 
 
 def _objects(fs, root: str) -> dict[str, str]:
     fs.invalidate_cache()
-    return {k[len(root) + 1:]: hashlib.sha256(fs.cat_file(k)).hexdigest() for k in fs.find(root)}
+    return {k[len(root) + 1 :]: hashlib.sha256(fs.cat_file(k)).hexdigest() for k in fs.find(root)}
 
 
 def test_dry_run_and_predict_on_s3_stay_within_their_request_budgets(moto, plates, tmp_path):
     plate, ckpt, ref = plates
     url = _upload(moto, plate, "budget")
     with S3Proxy(moto[0]) as proxy:
-        dry = omeloc.predict(url, ckpt, dry_run=True, storage_options=_options(proxy), progress=False)
+        dry = omeloc.predict(
+            url, ckpt, dry_run=True, storage_options=_options(proxy), progress=False
+        )
         dry_counts = proxy.counts()
         proxy.reset()
         wet = omeloc.predict(url, ckpt, storage_options=_options(proxy), progress=False)
         counts = proxy.counts()
-    # targets of issue 24: a dry run at most 3 requests per image, predict at most 12, plus what a run makes
-    # once whatever the plate's size (the root's documents, the lock, the journal's phases, listings of
-    # omeloc's own folders: ~40; on 192 images predict makes 11.3 per image in all, benchmarks/README.md)
+    # targets of issue 24: a dry run at most 3 requests per image, predict at most 12, plus what a
+    # run makes
+    # once whatever the plate's size (the root's documents, the lock, the journal's phases, listings
+    # of
+    # omeloc's own folders: ~40; on 192 images predict makes 11.3 per image in all,
+    # benchmarks/README.md)
     assert dry_counts["total"] <= 3 * IMAGES, dry_counts
     assert counts["total"] <= 12 * IMAGES + 40, counts
     assert dry_counts.get("GET list", 0) <= 2  # the stray-chunk check lists the plate once
@@ -112,13 +149,26 @@ def test_throttled_requests_are_retried_and_the_result_is_the_same(moto, plates,
 
 def _cli_env(proxy: S3Proxy) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("OMELOC_TEST_")}
-    return dict(env, AWS_ACCESS_KEY_ID=KEY, AWS_SECRET_ACCESS_KEY=SECRET, AWS_ENDPOINT_URL=proxy.endpoint,
-                AWS_DEFAULT_REGION=REGION, AWS_MAX_ATTEMPTS="2", OMP_NUM_THREADS="1")
+    return dict(
+        env,
+        AWS_ACCESS_KEY_ID=KEY,
+        AWS_SECRET_ACCESS_KEY=SECRET,
+        AWS_ENDPOINT_URL=proxy.endpoint,
+        AWS_DEFAULT_REGION=REGION,
+        AWS_MAX_ATTEMPTS="2",
+        OMP_NUM_THREADS="1",
+    )
 
 
 def _cli(proxy: S3Proxy, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "omeloc.cli", *args], env=_cli_env(proxy), capture_output=True,
-                          text=True, timeout=300, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "omeloc.cli", *args],
+        env=_cli_env(proxy),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
 
 
 def test_a_store_that_keeps_failing_writes_is_rolled_back_in_one_line(moto, plates):
@@ -128,7 +178,9 @@ def test_a_store_that_keeps_failing_writes_is_rolled_back_in_one_line(moto, plat
 
     def chunk_puts_fail(method: str, path: str, n: int) -> int | None:
         key = path.split("?", 1)[0]
-        return 500 if method == "PUT" and not is_metadata_key(key) and ".omeloc" not in key else None
+        return (
+            500 if method == "PUT" and not is_metadata_key(key) and ".omeloc" not in key else None
+        )
 
     with S3Proxy(moto[0], fail=chunk_puts_fail) as proxy:
         run = _cli(proxy, "predict", url, "--model", ckpt)
@@ -149,9 +201,17 @@ def test_a_kill_inside_a_round_of_document_writes_on_s3_is_rolled_back(moto, pla
     url = _upload(moto, plate, "batchkill")
     before = _objects(moto[1], "batchkill/plate.zarr")
     with S3Proxy(moto[0]) as proxy:
-        env = {"OMELOC_TEST_KILL_AT": "batch_mid", "OMELOC_TEST_AT_CALL": "9"}  # mid resize-and-mark round
-        killed = subprocess.run([sys.executable, "-m", "omeloc.cli", "-q", "predict", url, "--model", ckpt],
-                                env={**_cli_env(proxy), **env}, capture_output=True, text=True, timeout=300)
+        env = {
+            "OMELOC_TEST_KILL_AT": "batch_mid",
+            "OMELOC_TEST_AT_CALL": "9",
+        }  # mid resize-and-mark round
+        killed = subprocess.run(
+            [sys.executable, "-m", "omeloc.cli", "-q", "predict", url, "--model", ckpt],
+            env={**_cli_env(proxy), **env},
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert killed.returncode == -9, killed.stderr
         assert _objects(moto[1], "batchkill/plate.zarr") != before
         assert _cli(proxy, "recover", url).returncode == 0

@@ -1,4 +1,5 @@
-"""Request budgets: every metadata document read once per open and dry run, a bounded number of requests
+"""Request budgets: every metadata document read once per open and dry run, a bounded number of
+requests
 per image for predict, on NGFF 0.4 (zarr v2) and 0.5 (zarr v3) plates.
 
 Counted on a local folder with :func:`omeloc.testing.storecount.count_store_ops` (every operation of
@@ -20,23 +21,52 @@ IMAGES = 24
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
     root = tmp_path_factory.mktemp("budget-model")
-    seed = omeloc.make_plate(root / "seed.zarr", rows=1, cols=2, fields=1, size=64, chunks=None, levels=1,
-                             channels=("actin", "WAVE2"))
-    return omeloc.train(seed, "actin", "WAVE2", out=root / "model", steps=1, crop=32, batch_size=2, depth=2,
-                        base_channels=4, val_wells=["A2"], progress=False).checkpoint
+    seed = omeloc.make_plate(
+        root / "seed.zarr",
+        rows=1,
+        cols=2,
+        fields=1,
+        size=64,
+        chunks=None,
+        levels=1,
+        channels=("actin", "WAVE2"),
+    )
+    return omeloc.train(
+        seed,
+        "actin",
+        "WAVE2",
+        out=root / "model",
+        steps=1,
+        crop=32,
+        batch_size=2,
+        depth=2,
+        base_channels=4,
+        val_wells=["A2"],
+        progress=False,
+    ).checkpoint
 
 
 def _plate(tmp_path, ngff: str, levels: int = 1):
-    return omeloc.make_plate(tmp_path / f"p{ngff}.zarr", rows=2, cols=6, fields=2, size=32, chunks=None,
-                             levels=levels, ngff=ngff, channels=("actin", "WAVE2"))
+    return omeloc.make_plate(
+        tmp_path / f"p{ngff}.zarr",
+        rows=2,
+        cols=6,
+        fields=2,
+        size=32,
+        chunks=None,
+        levels=levels,
+        ngff=ngff,
+        channels=("actin", "WAVE2"),
+    )
 
 
-#: metadata documents of a group and of an array: zarr v3 one (zarr.json), v2 two (.zgroup/.zarray, .zattrs)
+#: metadata documents of a group and of an array: zarr v3 one (zarr.json), v2 two (.zgroup/.zarray,
+#: .zattrs)
 DOCS = {"0.5": 1, "0.4": 2}
 
 
 def _per_image(ngff: str, levels: int) -> float:
-    """Documents per image of a 2-field well layout: the image group, its level arrays, half a well."""
+    """Documents per image of 2-field wells: the image group, its level arrays, half a well."""
     return DOCS[ngff] * (1 + levels + 0.5)
 
 
@@ -47,7 +77,9 @@ def test_open_plate_reads_every_metadata_document_once(tmp_path, ngff):
         plate = omeloc.open_plate(path)
         assert plate.images[0].shapes[1][-1] == 16  # every level's shape known without another read
     assert ops.repeated_metadata_reads() == {}
-    assert ops.metadata <= _per_image(ngff, 2) * IMAGES + 4  # + the root's documents of both formats
+    assert (
+        ops.metadata <= _per_image(ngff, 2) * IMAGES + 4
+    )  # + the root's documents of both formats
     assert ops.chunks == 0
     assert set(ops.ops) == {"get"}  # no listing, no existence check
 
@@ -58,7 +90,8 @@ def test_dry_run_reads_each_image_document_once_and_writes_nothing(tmp_path, mod
     with count_store_ops() as ops:
         result = omeloc.predict(path, model, dry_run=True, progress=False)
     repeated = ops.repeated_metadata_reads()
-    # the root is read by the plate open and by the write-back's store access (its lock check); no other
+    # the root is read by the plate open and by the write-back's store access (its lock check); no
+    # other
     # document twice
     assert all(key.rsplit("/", 1)[0] == str(path) for key in repeated), repeated
     assert ops.metadata <= _per_image(ngff, 1) * IMAGES + 10
@@ -73,9 +106,12 @@ def test_predict_stays_within_its_request_budget_per_image(tmp_path, model, ngff
     with count_store_ops() as ops:
         result = omeloc.predict(path, model, progress=False)
     # each image document at most twice: the plan (before the lock) and the write-back (under it)
-    image_docs = {k: n for k, n in ops.repeated_metadata_reads().items() if k.rsplit("/", 1)[0] != str(path)}
+    image_docs = {
+        k: n for k, n in ops.repeated_metadata_reads().items() if k.rsplit("/", 1)[0] != str(path)
+    }
     assert max(image_docs.values(), default=1) <= 2, image_docs
-    # per image (v3, two levels): 2 x 3.5 documents read, 2 omero writes, 2 resizes, 2 chunks written, the source
+    # per image (v3, two levels): 2 x 3.5 documents read, 2 omero writes, 2 resizes, 2 chunks
+    # written, the source
     # and the window sample read
     budget = {"0.5": 17, "0.4": 29}[ngff]  # measured 16.3 and 27.8 (two levels; 11.3 for one on S3)
     assert ops.total <= budget * IMAGES, (ops.total / IMAGES, ops.ops)
@@ -86,7 +122,9 @@ def test_predict_stays_within_its_request_budget_per_image(tmp_path, model, ngff
 
 
 @pytest.mark.parametrize("ngff", ["0.4", "0.5"])
-def test_a_consolidated_plate_opens_in_one_round_and_the_write_back_reads_the_documents(tmp_path, model, ngff):
+def test_a_consolidated_plate_opens_in_one_round_and_the_write_back_reads_the_documents(
+    tmp_path, model, ngff
+):
     import warnings
 
     import zarr
@@ -98,9 +136,12 @@ def test_a_consolidated_plate_opens_in_one_round_and_the_write_back_reads_the_do
         zarr.consolidate_metadata(str(path))
     with count_store_ops() as ops:
         plate = omeloc.open_plate(path)
-    assert ops.total <= 4  # the root's documents of both formats, read concurrently: nothing per image
-    assert [(i.path, i.shapes, i.channel_names) for i in plate.images] == \
-        [(i.path, i.shapes, i.channel_names) for i in plain.images]
+    assert (
+        ops.total <= 4
+    )  # the root's documents of both formats, read concurrently: nothing per image
+    assert [(i.path, i.shapes, i.channel_names) for i in plate.images] == [
+        (i.path, i.shapes, i.channel_names) for i in plain.images
+    ]
     omeloc.predict(path, model, progress=False)  # under the lock the documents themselves are read
     after = omeloc.open_plate(path)  # and the write-back refreshed the consolidated metadata
     assert after.images[-1].shapes[1][0] == 3 and after.channel_names[-1] == "WAVE2 (virtual)"
