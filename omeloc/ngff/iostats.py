@@ -61,7 +61,7 @@ class IOSummary:
             f"{self.bytes_read / 1e6:.1f} MB read, {self.bytes_written / 1e6:.1f} MB written; "
             f"requests in flight {self.io_seconds:.1f} s of the {self.seconds:.1f} s run "
             f"({share:.0f} %; "
-            f"this process's requests, not a cluster's workers')"
+            f"this process's requests, not a cluster's workers)"
         )
 
     def to_json(self) -> dict[str, Any]:
