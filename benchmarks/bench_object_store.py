@@ -33,17 +33,11 @@ from pathlib import Path
 
 from _report import machine, report
 
-from omeloc.testing.s3proxy import S3Proxy
+from omeloc.testing.s3proxy import S3Proxy, free_port
 
 KEY, SECRET, REGION = "testing", "testing", "us-east-1"
 #: images → (rows, columns, fields per well)
 LAYOUTS = {24: (2, 6, 2), 96: (4, 6, 4), 192: (8, 12, 2), 384: (16, 24, 1)}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def serve_moto(port: int) -> None:
@@ -97,7 +91,7 @@ def measure(images: int, delays: list[float], work: Path) -> list[dict]:
     import s3fs
 
     plate, ckpt = _make_plate(work, images)
-    moto_port = _free_port()
+    moto_port = free_port()
     moto = _spawn("--serve-moto", str(moto_port))
     rows = []
     try:

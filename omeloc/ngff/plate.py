@@ -8,7 +8,6 @@ exposed as dask arrays and xarray views over the zarr arrays.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import dataclasses
 import logging
@@ -50,7 +49,7 @@ from omeloc.ngff.format import (
 from omeloc.ngff.documents import DocumentCache
 from omeloc.ngff.metadata import Multiscale, PlateMeta, WellMeta, channel_labels
 from omeloc.ngff.stores import (
-    io_concurrency,
+    gather_bounded,
     missing_bucket,
     open_group,
     open_node,
@@ -203,20 +202,17 @@ def _open_group(url: str, storage_options: Mapping[str, Any] | None, what: str,
     """
     if not _is_url(url) and zip_location(url) is None and not Path(url).exists():
         raise PathNotFoundError(f"{what} {url} does not exist. Check the path.")
+    node: Any
     try:
         # one concurrent round of the documents of both formats (zarr.open would probe for an array first)
         node = open_group(url, storage_options, use_consolidated=None if consolidated else False,
                           zarr_format=zarr_format, documents=documents)
-    except Exception as err:  # noqa: BLE001 - translated (or re-raised) by _group_error
+    except Exception as err:  # noqa: BLE001 - translated (or re-raised) by _opened
         try:  # only when it failed: what is there (an array is refused with its own message)
             node = open_node(url, storage_options)
         except Exception:  # noqa: BLE001 - the group's error says it
-            node = _group_error(err, url, what, storage_options)
-    if not isinstance(node, zarr.Group):
-        raise NotOmeZarrError(
-            f"{what} {url} is a Zarr array, not a group. Point omeloc at the plate root or an image group."
-        )
-    return node
+            node = err
+    return _opened(node, url, what, storage_options)
 
 
 def _group_error(err: BaseException, url: str, what: str, storage_options: Mapping[str, Any] | None) -> None:
@@ -254,20 +250,15 @@ def _open_many(root: zarr.Group, rels: Sequence[str], *, arrays: bool, zarr_form
     from zarr.core.group import AsyncGroup
     from zarr.core.sync import sync
 
-    async def one(rel: str, gate: asyncio.Semaphore) -> zarr.Group | zarr.Array:
-        async with gate:
-            where = root.store_path / rel
-            if arrays:
-                return zarr.Array(await AsyncArray.open(where, zarr_format=zarr_format))
-            return zarr.Group(await AsyncGroup.open(where, zarr_format=zarr_format, use_consolidated=False))
-
-    async def every(todo: Sequence[str]) -> list[Any]:
-        gate = asyncio.Semaphore(io_concurrency())
-        return await asyncio.gather(*(one(rel, gate) for rel in todo), return_exceptions=True)
+    async def one(rel: str) -> zarr.Group | zarr.Array:
+        where = root.store_path / rel
+        if arrays:
+            return zarr.Array(await AsyncArray.open(where, zarr_format=zarr_format))
+        return zarr.Group(await AsyncGroup.open(where, zarr_format=zarr_format, use_consolidated=False))
 
     found = _from_consolidated(root, rels, arrays)
     missing = [rel for rel in rels if rel not in found]
-    opened = dict(zip(missing, sync(every(missing)))) if missing else {}
+    opened = dict(zip(missing, sync(gather_bounded(one, missing, return_exceptions=True)))) if missing else {}
     return [found[rel] if rel in found else opened[rel] for rel in rels]
 
 
@@ -704,9 +695,14 @@ def _read_image(
     if root is None:  # a standalone image is its own root
         refuse_incomplete(group.attrs, url)
         _warn_journal(group.attrs, url)
+    return _image_of(group, url, path, well, field_name, root)
+
+
+def _image_of(group: zarr.Group, url: str, path: str, well: str | None, field_name: str | None,
+              root: str | None) -> Image:
+    """The Image of an opened group, with its level arrays (opened concurrently) and channel names."""
     img = _image_record(group, url, path, well, field_name, root)
-    levels = _open_many(group, img.level_paths, arrays=True, zarr_format=img.zarr_format)
-    return _with_levels(img, levels)
+    return _with_levels(img, _open_many(group, img.level_paths, arrays=True, zarr_format=img.zarr_format))
 
 
 def _image_record(group: zarr.Group, url: str, path: str, well: str | None, field_name: str | None,
@@ -729,18 +725,22 @@ def _image_record(group: zarr.Group, url: str, path: str, well: str | None, fiel
     )
 
 
+def _group_not_array(img: Image, path: str) -> NotOmeZarrError:
+    return NotOmeZarrError(f"{img.url}/{path} is a group, not an array. Fix multiscales[0].datasets.")
+
+
 def _level_error(err: BaseException, img: Image, path: str) -> OmelocError:
     """The one-line error for a level array that cannot be opened."""
     if isinstance(err, (FileNotFoundError, KeyError, zarr.errors.ArrayNotFoundError)):
         with contextlib.suppress(Exception):  # a (v2) group where an array should be: say so
             if isinstance(img._group.get(path), zarr.Group):
-                return NotOmeZarrError(f"{img.url}/{path} is a group, not an array. Fix multiscales[0].datasets.")
+                return _group_not_array(img, path)
         return PathNotFoundError(
             f"Image {img.url} lists level {path!r} in its multiscales metadata but has no such array. "
             f"Re-write the pyramid or fix multiscales[0].datasets."
         )
     if isinstance(err, zarr.errors.NodeTypeValidationError):
-        return NotOmeZarrError(f"{img.url}/{path} is a group, not an array. Fix multiscales[0].datasets.")
+        return _group_not_array(img, path)
     if isinstance(err, ValueError):  # zarr's refusal of an inconsistent array document
         return NotOmeZarrError(
             f"Level {path!r} of image {img.url} has unreadable array metadata ({err}). "
@@ -755,7 +755,7 @@ def _with_levels(img: Image, levels: Sequence[zarr.Array | BaseException]) -> Im
         if isinstance(arr, BaseException):
             raise _level_error(arr, img, path) from arr
         if not isinstance(arr, zarr.Array):
-            raise NotOmeZarrError(f"{img.url}/{path} is a group, not an array. Fix multiscales[0].datasets.")
+            raise _group_not_array(img, path)
         _check_declared_size(arr, img.axes, f"{img.url}/{path}")
         img._arrays[path] = arr
     labels = img.channel_names  # as the omero metadata gives them (see _image_record)
@@ -866,9 +866,7 @@ def _open_not_plate(url: str, root: zarr.Group, ome: Mapping[str, Any], storage_
     if series is not None:
         raise InputError(f"series={series!r} applies to bioformats2raw wrappers; {url} is not one. Leave it out.")
     if "multiscales" in ome:  # the root read once: its levels opened from it
-        img = _image_record(root, url, "", None, None, None)
-        levels = _open_many(root, img.level_paths, arrays=True, zarr_format=img.zarr_format)
-        return image_plate(_with_levels(img, levels), storage_options)
+        return image_plate(_image_of(root, url, "", None, None, None), storage_options)
     hint = " (it has a 'well' key: open its plate root, or one field image inside it)" if "well" in ome else ""
     raise NotOmeZarrError(
         f"{url} is a Zarr group without OME-Zarr 'plate' or 'multiscales' metadata{hint}. "

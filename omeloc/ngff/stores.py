@@ -35,7 +35,9 @@ __all__ = [
     "IO_CONCURRENCY",
     "cached_store",
     "check_writable",
+    "env_count",
     "fsspec_options",
+    "gather_bounded",
     "io_concurrency",
     "missing_bucket",
     "open_group",
@@ -89,12 +91,29 @@ def _zip_store(path: str, mtime_ns: int, size: int) -> zarr.storage.ZipStore:
 IO_CONCURRENCY = 64
 
 
+def env_count(name: str, default: int) -> int:
+    """A positive whole number from the environment variable ``name`` (``default`` when unset or not one)."""
+    try:
+        return max(1, int(os.environ.get(name, default)))
+    except ValueError:
+        return default
+
+
 def io_concurrency() -> int:
     """How many store requests a concurrent round keeps in flight (``OMELOC_IO_CONCURRENCY``, default 64)."""
-    try:
-        return max(1, int(os.environ.get("OMELOC_IO_CONCURRENCY", IO_CONCURRENCY)))
-    except ValueError:
-        return IO_CONCURRENCY
+    return env_count("OMELOC_IO_CONCURRENCY", IO_CONCURRENCY)
+
+
+async def gather_bounded(fn: Callable[[Any], Any], items: Sequence[Any], *,
+                         return_exceptions: bool = False) -> list[Any]:
+    """``await fn(item)`` for every item, at most :func:`io_concurrency` in flight; results in order."""
+    gate = asyncio.Semaphore(io_concurrency())
+
+    async def one(item: Any) -> Any:
+        async with gate:
+            return await fn(item)
+
+    return await asyncio.gather(*(one(item) for item in items), return_exceptions=return_exceptions)
 
 
 def fsspec_options(url: str, storage_options: Mapping[str, Any] | None) -> dict[str, Any] | None:
@@ -112,7 +131,7 @@ def fsspec_options(url: str, storage_options: Mapping[str, Any] | None) -> dict[
 
 
 def _where(url: str, storage_options: Mapping[str, Any] | None,
-           documents: DocumentCache | None = None, mode: str = "r") -> dict[str, Any]:
+           documents: DocumentCache | None = None) -> dict[str, Any]:
     """The ``store``/``path``/``storage_options`` arguments that open ``url`` with zarr (read-only by default).
 
     With ``documents`` the store's metadata reads go through that cache (:mod:`omeloc.ngff.documents`).
@@ -125,7 +144,7 @@ def _where(url: str, storage_options: Mapping[str, Any] | None,
     options = fsspec_options(url, storage_options)
     if documents is None:
         return {"store": url, **({"storage_options": options} if options else {})}
-    return {"store": cached_store(url, storage_options, documents, mode=mode)}
+    return {"store": cached_store(url, storage_options, documents)}
 
 
 def cached_store(url: str, storage_options: Mapping[str, Any] | None, documents: DocumentCache, *,

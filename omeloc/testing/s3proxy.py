@@ -23,7 +23,7 @@ from typing import Any
 
 from omeloc.ngff.documents import is_metadata_key
 
-__all__ = ["S3Proxy", "request_kind"]
+__all__ = ["S3Proxy", "free_port", "request_kind"]
 
 
 def request_kind(method: str, path: str) -> str:

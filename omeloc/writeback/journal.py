@@ -18,7 +18,6 @@ API, so nothing else in a document (consolidated metadata, unknown keys) is drop
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import hashlib
 import json
@@ -52,7 +51,7 @@ from omeloc.ngff.format import (
     safe_key,
 )
 from omeloc.ngff.documents import DocumentCache
-from omeloc.ngff.stores import cached_store, check_writable, io_concurrency, write_refusal
+from omeloc.ngff.stores import cached_store, check_writable, gather_bounded, write_refusal
 from omeloc.testing.faults import fault_point
 from omeloc.writeback import identity
 from omeloc.writeback.identity import WriterIdentity, is_running_here, process_start_time, register, unregister
@@ -108,7 +107,6 @@ class StoreIO:
             ) from err
         self.url = url
         self.store = group.store
-        self.storage_options = dict(storage_options) if storage_options else None
         self.prefix = group.store_path.path.strip("/")
         self.zarr_format = group.metadata.zarr_format
         #: what differs between the store's format and the other (NGFF 0.4 / 0.5)
@@ -150,34 +148,25 @@ class StoreIO:
         rels = list(dict.fromkeys(rels))
         keys = [self.key(rel) for rel in rels]
 
-        async def every() -> list[Any]:
-            gate = asyncio.Semaphore(io_concurrency())
+        async def one(key: str) -> Any:
+            return await self.store.get(key, prototype=default_buffer_prototype())
 
-            async def one(key: str) -> Any:
-                async with gate:
-                    return await self.store.get(key, prototype=default_buffer_prototype())
-            return await asyncio.gather(*(one(k) for k in keys))
-
-        return {rel: (None if buf is None else buf.to_bytes()) for rel, buf in zip(rels, sync(every()))}
+        got = sync(gather_bounded(one, keys))
+        return {rel: (None if buf is None else buf.to_bytes()) for rel, buf in zip(rels, got)}
 
     def set_many(self, items: Mapping[str, bytes]) -> None:
         """Store every ``rel → bytes`` of ``items``, concurrently; a refusal raises as :meth:`set` does."""
         keys = {self.key(rel): data for rel, data in items.items()}
 
-        async def every() -> None:
-            gate = asyncio.Semaphore(io_concurrency())
-
-            async def one(key: str, data: bytes) -> None:
-                async with gate:
-                    try:
-                        await self.store.set(key, Buffer.from_bytes(data))
-                    except Exception as err:  # any backend's refusal, re-raised with context
-                        raise write_refusal(err, f"Cannot write {key} in {self.url}", self.url) from err
-                    fault_point("batch_document")  # a kill half-way through a round (tests)
-            await asyncio.gather(*(one(k, d) for k, d in keys.items()))
+        async def one(key: str) -> None:
+            try:
+                await self.store.set(key, Buffer.from_bytes(keys[key]))
+            except Exception as err:  # any backend's refusal, re-raised with context
+                raise write_refusal(err, f"Cannot write {key} in {self.url}", self.url) from err
+            fault_point("batch_document")  # a kill half-way through a round (tests)
 
         if keys:
-            sync(every())
+            sync(gather_bounded(one, list(keys)))
 
     def write_json_many(self, docs: Mapping[str, Mapping[str, Any]] | Iterable[tuple[str, Mapping[str, Any]]]
                         ) -> None:
@@ -293,18 +282,13 @@ class StoreIO:
 
     def update_attrs(self, group_rel: str, updates: Mapping[str, Any], remove: Iterable[str] = ()) -> None:
         """Set (and remove) top-level attributes of a group, keeping the rest of its document."""
-        key = self.attrs_doc(group_rel)
-        doc = self.read_json(key) or self.format.new_group_doc()
-        attrs = self.format.attributes_to_edit(doc)
         updates = dict(updates)
         if isinstance(updates.get(JOURNAL_KEY), Journal):
             updates[JOURNAL_KEY] = updates[JOURNAL_KEY].to_json()  # sealed: a fresh digest
         elif isinstance(updates.get(JOURNAL_KEY), dict):
             journal_doc(updates[JOURNAL_KEY])  # every write of the journal carries a fresh digest
-        attrs.update(updates)
-        for name in remove:
-            attrs.pop(name, None)
-        self.write_json(key, doc)
+        for key, doc in self.edited_attrs(group_rel, updates, remove).items():
+            self.write_json(key, doc)
 
     def edited_attrs(self, group_rel: str, updates: Mapping[str, Any], remove: Iterable[str] = ()
                      ) -> dict[str, dict[str, Any]]:
@@ -694,7 +678,7 @@ def delete_partial_documents(io: StoreIO, docs: Iterable[str]) -> int:
         io.key(folder)  # the folder stays inside the store
         with contextlib.suppress(OSError):
             for entry in os.scandir(path):
-                if entry.name.endswith(".partial") and entry.is_file(follow_symlinks=False):
+                if is_partial(entry.name) and entry.is_file(follow_symlinks=False):
                     io.delete(join_path("", folder, entry.name))
                     removed += 1
     return removed

@@ -81,7 +81,7 @@ from omeloc.ngff.format import (
     refresh_consolidated,
 )
 from omeloc.ngff.documents import DocumentCache
-from omeloc.ngff.stores import store_outage
+from omeloc.ngff.stores import env_count, store_outage
 from omeloc.ngff.plate import Image, Plate, image_plate, open_plate
 from omeloc.ngff.writer import DEFAULT_COLORS, channel_colors, contrasting_color
 from omeloc.testing.faults import fault_point
@@ -506,11 +506,7 @@ def _local_threads(remote: bool) -> int | None:
     """How many threads Dask's local scheduler runs (``None``: Dask's default, one per core)."""
     if not remote:
         return None
-    try:
-        wanted = int(os.environ.get("OMELOC_IO_THREADS", REMOTE_THREADS))
-    except ValueError:
-        wanted = REMOTE_THREADS
-    return max(os.cpu_count() or 1, wanted)
+    return max(os.cpu_count() or 1, env_count("OMELOC_IO_THREADS", REMOTE_THREADS))
 
 
 def _graph_runner(where: ComputeConfig, client: Any, progress: bool, remote: bool = False) -> px.GraphRunner:

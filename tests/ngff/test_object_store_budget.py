@@ -45,32 +45,12 @@ def moto():
 
 
 @pytest.fixture(scope="module")
-def plates(tmp_path_factory):
-    """A 24-image plate, a tiny model, and the plate with its prediction written locally."""
+def plates(tmp_path_factory, tiny_trained):
+    """A 24-image plate, the session's tiny model, and the plate with its prediction written locally."""
     root = tmp_path_factory.mktemp("s3-budget")
-    plate = omeloc.make_plate(
-        root / "plate.zarr",
-        rows=2,
-        cols=6,
-        fields=2,
-        size=32,
-        chunks=(32, 32),
-        levels=1,
-        channels=("actin", "WAVE2"),
-    )
-    ckpt = omeloc.train(
-        plate,
-        "actin",
-        "WAVE2",
-        out=root / "model",
-        steps=1,
-        crop=32,
-        batch_size=2,
-        depth=2,
-        base_channels=4,
-        val_wells=["B6"],
-        progress=False,
-    ).checkpoint
+    plate = omeloc.make_plate(root / "plate.zarr", rows=2, cols=6, fields=2, size=32, chunks=(32, 32),
+                              levels=1, channels=("actin", "WAVE2"))
+    ckpt = tiny_trained()[1]
     ref = root / "ref.zarr"
     shutil.copytree(plate, ref)
     omeloc.predict(ref, ckpt, progress=False)

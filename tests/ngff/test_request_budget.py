@@ -19,31 +19,8 @@ IMAGES = 24
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory):
-    root = tmp_path_factory.mktemp("budget-model")
-    seed = omeloc.make_plate(
-        root / "seed.zarr",
-        rows=1,
-        cols=2,
-        fields=1,
-        size=64,
-        chunks=None,
-        levels=1,
-        channels=("actin", "WAVE2"),
-    )
-    return omeloc.train(
-        seed,
-        "actin",
-        "WAVE2",
-        out=root / "model",
-        steps=1,
-        crop=32,
-        batch_size=2,
-        depth=2,
-        base_channels=4,
-        val_wells=["A2"],
-        progress=False,
-    ).checkpoint
+def model(tiny_trained):
+    return tiny_trained()[1]  # the session's tiny checkpoint: any model does for counting requests
 
 
 def _plate(tmp_path, ngff: str, levels: int = 1):
