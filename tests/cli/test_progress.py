@@ -71,31 +71,31 @@ def test_a_done_total_callable_keeps_working():
     assert calls == [(1, 3), (2, 3), (3, 3)]
 
 
-def test_cli_progress_in_a_log_is_plain_lines(tmp_path):
+def _cli_into_a_log(*args: str) -> subprocess.CompletedProcess:
+    """``omeloc ARGS`` with stderr a pipe (as in a log) and a progress line at every update."""
     env = {**os.environ, "OMELOC_PROGRESS_EVERY": "0"}
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "omeloc.cli",
-            "synth",
-            str(tmp_path / "p.zarr"),
-            "--rows",
-            "1",
-            "--cols",
-            "2",
-            "--fields",
-            "1",
-            "--size",
-            "64",
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+    return subprocess.run([sys.executable, "-m", "omeloc.cli", *args], env=env, capture_output=True,
+                          text=True, timeout=300, check=False)
+
+
+def test_cli_progress_in_a_log_is_plain_lines(tmp_path):
+    proc = _cli_into_a_log("synth", str(tmp_path / "p.zarr"), "--rows", "1", "--cols", "2", "--fields", "1",
+                           "--size", "64")
     assert proc.returncode == 0, proc.stderr
     lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("synth: img")]
     assert lines and lines[-1].startswith("synth: img 2/2 (100%)"), proc.stderr
     assert "\r" not in proc.stderr  # no bar redrawn in a log
+
+
+def test_rechunk_into_a_log_prints_progress_lines_and_quiet_prints_none(tmp_path):
+    import omeloc
+
+    src = omeloc.make_plate(tmp_path / "src.zarr", rows=1, cols=2, fields=1, size=64, chunks=None, levels=1,
+                            channels=("actin", "WAVE2"))
+    run = _cli_into_a_log("rechunk", str(src), str(tmp_path / "a.zarr"))
+    assert run.returncode == 0, run.stderr
+    lines = [ln for ln in run.stderr.splitlines() if ln.startswith("rechunk: task")]
+    assert lines and lines[-1].endswith("(done)"), run.stderr
+    quiet = _cli_into_a_log("-q", "rechunk", str(src), str(tmp_path / "b.zarr"))
+    assert quiet.returncode == 0 and "rechunk: task" not in quiet.stderr, quiet.stderr
+    assert omeloc.open_plate(tmp_path / "b.zarr").images[0].chunks()[0] == 1
