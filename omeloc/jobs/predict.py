@@ -212,14 +212,14 @@ class PredictionJob:
                 **({"uncertainty": True} if t.uncertainty else {})}
 
     def _predicted_images(self) -> str | list[str]:
-        """``"all"`` when every image of the plate was predicted, else their paths: the record is stored in
-        every image, so a list of all of them made the metadata grow with the square of the plate (33 kB
-        in each of 3,456 images)."""
+        """``"all"`` when every image of the plate was predicted, else their paths: the record is
+        stored in every image, so a list of all of them made the metadata grow with the square of
+        the plate (33 kB in each of 3,456 images)."""
         return "all" if len(self.chosen) == len(self.plate.images) else sorted(self.chosen)
 
     def provenance(self) -> dict[str, Any]:
-        """The facts stored with the channel in the plate (``predicted_images``: ``"all"``, or the paths
-        of the images whose pixels were predicted)."""
+        """The facts stored with the channel in the plate (``predicted_images``: ``"all"``, or the
+        paths of the images whose pixels were predicted)."""
         ckpt, t = self.stain.checkpoint, self.tiling
         return {
             "source_channels": self.stain.source, "target_channel": self.target, "model": Path(ckpt.path).name,
@@ -692,7 +692,8 @@ def _remove_companions(job: PredictionJob, client: Any, dry_run: bool,
 
 
 def _check_model(job: PredictionJob, client: Any) -> None:
-    """Before any write: the weights load (safely) and fit the architecture, and every worker reads them.
+    """Before any write: the weights load (safely) and fit the architecture, and every worker reads
+    them.
 
     The check loads the model through the engine's per-process cache: a local run on the CPU then
     predicts with that model instead of building a second one (~0.25 s for the default U-Net)."""

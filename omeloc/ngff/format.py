@@ -672,8 +672,9 @@ def inside_root(root: str | os.PathLike[str], path: str | os.PathLike[str]) -> b
     """
     root_s, path_s = os.fspath(root).rstrip(os.sep), os.fspath(path)
     if root_s and path_s.startswith(root_s + os.sep):
-        # below the root by name: inside unless a link below the root leads away (one lstat per part,
-        # where realpath would resolve every part of both paths: ~7 ms per image on plates of 32² fields)
+        # below the root by name: inside unless a link below the root leads away (one lstat per
+        # part, where realpath would resolve every part of both paths: ~7 ms per image on plates of
+        # 32² fields)
         parts = path_s[len(root_s) + 1:].split(os.sep)
         if ".." not in parts:
             here = root_s

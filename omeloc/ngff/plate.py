@@ -204,7 +204,8 @@ def _open_group(url: str, storage_options: Mapping[str, Any] | None, what: str,
         raise PathNotFoundError(f"{what} {url} does not exist. Check the path.")
     node: Any
     try:
-        # one concurrent round of the documents of both formats (zarr.open would probe for an array first)
+        # one concurrent round of the documents of both formats (zarr.open would probe for an array
+        # first)
         node = open_group(url, storage_options, use_consolidated=None if consolidated else False,
                           zarr_format=zarr_format, documents=documents)
     except Exception as err:  # noqa: BLE001 - translated (or re-raised) by _opened
@@ -241,7 +242,8 @@ def _group_error(err: BaseException, url: str, what: str, storage_options: Mappi
 
 def _open_many(root: zarr.Group, rels: Sequence[str], *, arrays: bool, zarr_format: int
                ) -> list[zarr.Group | zarr.Array | BaseException]:
-    """The groups (or arrays) at ``rels`` below ``root``, opened concurrently (each document read once).
+    """The groups (or arrays) at ``rels`` below ``root``, opened concurrently (each document read
+    once).
 
     Each entry is the opened node, or the exception zarr raised for it (the caller translates
     it, in plate order, so a broken plate gives the same message as a serial open).
@@ -263,8 +265,8 @@ def _open_many(root: zarr.Group, rels: Sequence[str], *, arrays: bool, zarr_form
 
 
 def _from_consolidated(root: zarr.Group, rels: Sequence[str], arrays: bool) -> dict[str, Any]:
-    """The nodes at ``rels`` that the root's consolidated metadata holds (no request at all); a node it
-    lacks, or holds as the other kind, is read from its own document instead."""
+    """The nodes at ``rels`` that the root's consolidated metadata holds (no request at all); a node
+    it lacks, or holds as the other kind, is read from its own document instead."""
     meta = getattr(root.metadata, "consolidated_metadata", None)
     if meta is None or not rels:
         return {}
@@ -700,7 +702,8 @@ def _read_image(
 
 def _image_of(group: zarr.Group, url: str, path: str, well: str | None, field_name: str | None,
               root: str | None) -> Image:
-    """The Image of an opened group, with its level arrays (opened concurrently) and channel names."""
+    """The Image of an opened group, with its level arrays (opened concurrently) and channel
+    names."""
     img = _image_record(group, url, path, well, field_name, root)
     return _with_levels(img, _open_many(group, img.level_paths, arrays=True, zarr_format=img.zarr_format))
 
@@ -828,8 +831,8 @@ def open_plate(path_or_url: str | Path, storage_options: Mapping[str, Any] | Non
     >>> plate.sel(c="actin")               # doctest: +SKIP
     """
     url = str(path_or_url)
-    # consolidated metadata (where the plate has it) answers for every node in the root's round; not for
-    # the write-back (``documents``), which reads the documents themselves under its lock
+    # consolidated metadata (where the plate has it) answers for every node in the root's round; not
+    # for the write-back (``documents``), which reads the documents themselves under its lock
     root = _open_group(url, storage_options, "Path", documents=documents if zip_location(url) is None else None,
                        consolidated=documents is None)
     refuse_incomplete(root.attrs, url)
@@ -890,7 +893,8 @@ def image_plate(image: Image, storage_options: Mapping[str, Any] | None = None) 
 
 
 def _well_path(url: str, wpath: str) -> str:
-    """The checked well path ``ROW/COLUMN`` that the plate at ``url`` lists (confined to the plate)."""
+    """The checked well path ``ROW/COLUMN`` that the plate at ``url`` lists (confined to the
+    plate)."""
     wpath = safe_key(wpath, f"Plate {url} lists well path", "Fix the plate's metadata.")
     if len(wpath.split("/")) != 2:
         raise NotOmeZarrError(f"Plate {url} lists well path {wpath!r}; expected 'ROW/COLUMN'. Fix the plate metadata.")
@@ -900,7 +904,8 @@ def _well_path(url: str, wpath: str) -> str:
 
 def _opened(node: zarr.Group | BaseException, url: str, what: str,
             storage_options: Mapping[str, Any] | None) -> zarr.Group:
-    """The group :func:`_open_many` opened at ``url``, or the error a serial open would have raised."""
+    """The group :func:`_open_many` opened at ``url``, or the error a serial open would have
+    raised."""
     if isinstance(node, BaseException):
         if not _is_url(url) and zip_location(url) is None and not Path(url).exists():
             raise PathNotFoundError(f"{what} {url} does not exist. Check the path.") from node
@@ -914,8 +919,9 @@ def _opened(node: zarr.Group | BaseException, url: str, what: str,
 
 def _read_wells(url: str, root: zarr.Group, listed: Sequence[str], storage_options: Mapping[str, Any] | None,
                 zarr_format: int) -> list[Well]:
-    """The wells the plate at ``url`` lists, with their fields and levels: every metadata document read
-    once, in three concurrent rounds (wells, then their images, then the images' level arrays)."""
+    """The wells the plate at ``url`` lists, with their fields and levels: every metadata document
+    read once, in three concurrent rounds (wells, then their images, then the images' level
+    arrays)."""
     paths = [_well_path(url, w) for w in listed]
     groups = _open_many(root, paths, arrays=False, zarr_format=zarr_format)
     fields: list[tuple[str, list[str], dict[str, str]]] = []
@@ -940,8 +946,8 @@ def _read_wells(url: str, root: zarr.Group, listed: Sequence[str], storage_optio
 
 def _image_records(url: str, root: zarr.Group, rels: Sequence[str], storage_options: Mapping[str, Any] | None,
                    zarr_format: int) -> list[Image]:
-    """The field images at ``rels`` (``"B/3/0"``) below the plate root, opened concurrently, then every
-    level array of all of them concurrently."""
+    """The field images at ``rels`` (``"B/3/0"``) below the plate root, opened concurrently, then
+    every level array of all of them concurrently."""
     records = []
     for rel, node in zip(rels, _open_many(root, rels, arrays=False, zarr_format=zarr_format)):
         wpath, field_name = rel.rsplit("/", 1)

@@ -92,7 +92,8 @@ IO_CONCURRENCY = 64
 
 
 def env_count(name: str, default: int) -> int:
-    """A positive whole number from the environment variable ``name`` (``default`` when unset or not one)."""
+    """A positive whole number from the environment variable ``name`` (``default`` when unset or not
+    one)."""
     try:
         return max(1, int(os.environ.get(name, default)))
     except ValueError:
@@ -100,13 +101,15 @@ def env_count(name: str, default: int) -> int:
 
 
 def io_concurrency() -> int:
-    """How many store requests a concurrent round keeps in flight (``OMELOC_IO_CONCURRENCY``, default 64)."""
+    """How many store requests a concurrent round keeps in flight (``OMELOC_IO_CONCURRENCY``,
+    default 64)."""
     return env_count("OMELOC_IO_CONCURRENCY", IO_CONCURRENCY)
 
 
 async def gather_bounded(fn: Callable[[Any], Any], items: Sequence[Any], *,
                          return_exceptions: bool = False) -> list[Any]:
-    """``await fn(item)`` for every item, at most :func:`io_concurrency` in flight; results in order."""
+    """``await fn(item)`` for every item, at most :func:`io_concurrency` in flight; results in
+    order."""
     gate = asyncio.Semaphore(io_concurrency())
 
     async def one(item: Any) -> Any:
@@ -117,7 +120,8 @@ async def gather_bounded(fn: Callable[[Any], Any], items: Sequence[Any], *,
 
 
 def fsspec_options(url: str, storage_options: Mapping[str, Any] | None) -> dict[str, Any] | None:
-    """The fsspec options omeloc opens ``url`` with: the caller's, and on S3 one request per object read.
+    """The fsspec options omeloc opens ``url`` with: the caller's, and on S3 one request per object
+    read.
 
     s3fs (2024.12 on) asks for an object's size with a ``HEAD`` before every whole-object read,
     to split large ones over ``max_concurrency`` connections: two round trips for every metadata
@@ -132,9 +136,11 @@ def fsspec_options(url: str, storage_options: Mapping[str, Any] | None) -> dict[
 
 def _where(url: str, storage_options: Mapping[str, Any] | None,
            documents: DocumentCache | None = None) -> dict[str, Any]:
-    """The ``store``/``path``/``storage_options`` arguments that open ``url`` with zarr (read-only by default).
+    """The ``store``/``path``/``storage_options`` arguments that open ``url`` with zarr (read-only
+    by default).
 
-    With ``documents`` the store's metadata reads go through that cache (:mod:`omeloc.ngff.documents`).
+    With ``documents`` the store's metadata reads go through that cache
+    (:mod:`omeloc.ngff.documents`).
     """
     located = zip_location(url)
     if located is not None:
@@ -149,7 +155,8 @@ def _where(url: str, storage_options: Mapping[str, Any] | None,
 
 def cached_store(url: str, storage_options: Mapping[str, Any] | None, documents: DocumentCache, *,
                  mode: str = "r") -> CachedStore:
-    """The store of ``url`` (a folder or fsspec URL), its metadata reads shared through ``documents``."""
+    """The store of ``url`` (a folder or fsspec URL), its metadata reads shared through
+    ``documents``."""
     from zarr.core.sync import sync
     from zarr.storage._common import make_store_path
 
@@ -315,7 +322,8 @@ def store_failure(err: BaseException) -> StoreAccessError | None:
     return None
 
 
-#: S3 error codes of a store that is busy or failing (its client retried them, with backoff, and gave up)
+#: S3 error codes of a store that is busy or failing (its client retried them, with backoff, and
+#: gave up)
 _OUTAGE_CODES = frozenset({"SlowDown", "Throttling", "ThrottlingException", "RequestLimitExceeded", "InternalError",
                            "ServiceUnavailable", "RequestTimeout", "RequestTimeTooSkewed", "503", "500", "502", "504"})
 

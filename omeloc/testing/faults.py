@@ -12,12 +12,11 @@ It does nothing unless one of these environment variables is set by a test:
     the first Dask *worker* process that reaches point ``"predict_block"`` creates the marker
     and SIGKILLs itself (the scheduler must move the task to another worker).
 
-Counted points: a point named ``"level0_block"`` (each level-0 block written) is also
-reported as ``"level0_mid"`` from its second call on in a process, ``"backup_file"`` (each
-chunk copied into an overwrite's backup) as ``"backup_mid"``, and ``"batch_document"`` (each
-document of a concurrent round of metadata writes) as ``"batch_mid"``, so a test can kill a run
-half-way through its pixels, its backup or a round of document writes.  ``OMELOC_TEST_AT_CALL=<n>`` moves that to the
-n-th call.
+Counted points: a point named ``"level0_block"`` (each level-0 block written) is also reported as
+``"level0_mid"`` from its second call on in a process, ``"backup_file"`` (each chunk copied into an
+overwrite's backup) as ``"backup_mid"``, and ``"batch_document"`` (each document of a concurrent
+round of metadata writes) as ``"batch_mid"``, so a test can kill a run half-way through its pixels,
+its backup or a round of document writes.  ``OMELOC_TEST_AT_CALL=<n>`` moves that to the n-th call.
 """
 
 from __future__ import annotations

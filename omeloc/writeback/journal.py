@@ -94,8 +94,8 @@ class StoreIO:
 
     def __init__(self, url: str, storage_options: Mapping[str, Any] | None = None) -> None:
         check_writable(url)  # a zipped OME-Zarr is read-only: refused with the fix, before zarr opens it
-        #: the raw metadata documents read and written through this object, each read once (cleared when
-        #: the plate's lock is taken; see :mod:`omeloc.ngff.documents`)
+        #: the raw metadata documents read and written through this object, each read once (cleared
+        #: when the plate's lock is taken; see :mod:`omeloc.ngff.documents`)
         self.documents = DocumentCache()
         try:
             store = cached_store(url, storage_options, self.documents, mode="r+")
@@ -155,7 +155,8 @@ class StoreIO:
         return {rel: (None if buf is None else buf.to_bytes()) for rel, buf in zip(rels, got)}
 
     def set_many(self, items: Mapping[str, bytes]) -> None:
-        """Store every ``rel → bytes`` of ``items``, concurrently; a refusal raises as :meth:`set` does."""
+        """Store every ``rel → bytes`` of ``items``, concurrently; a refusal raises as :meth:`set`
+        does."""
         keys = {self.key(rel): data for rel, data in items.items()}
 
         async def one(key: str) -> None:
@@ -263,7 +264,8 @@ class StoreIO:
         return join_path("", array_rel, self.format.array_doc)
 
     def read_json(self, rel: str, *, fresh: bool = False) -> dict[str, Any] | None:
-        """The JSON document at ``rel``, ``None`` when there is none (``fresh``: see :meth:`get`)."""
+        """The JSON document at ``rel``, ``None`` when there is none (``fresh``: see
+        :meth:`get`)."""
         raw = self.get(rel, fresh=fresh)
         return None if raw is None else json.loads(raw)
 
@@ -292,7 +294,8 @@ class StoreIO:
 
     def edited_attrs(self, group_rel: str, updates: Mapping[str, Any], remove: Iterable[str] = ()
                      ) -> dict[str, dict[str, Any]]:
-        """``{key: document}``: a group's document with top-level attributes set (and removed), not written."""
+        """``{key: document}``: a group's document with top-level attributes set (and removed), not
+        written."""
         key = self.attrs_doc(group_rel)
         doc = self.read_json(key) or self.format.new_group_doc()
         attrs = self.format.attributes_to_edit(doc)
@@ -303,7 +306,8 @@ class StoreIO:
 
     def ngff_edit(self, group_rel: str, attrs: Mapping[str, Any], changes: Mapping[str, Any],
                   **other: Any) -> dict[str, dict[str, Any]]:
-        """What :meth:`update_ngff` would write, as ``{key: document}`` (for :meth:`write_json_many`)."""
+        """What :meth:`update_ngff` would write, as ``{key: document}`` (for
+        :meth:`write_json_many`)."""
         return self.edited_attrs(group_rel, {**self.format.ngff_updates(attrs, changes), **other})
 
     def update_ngff(self, group_rel: str, attrs: Mapping[str, Any], changes: Mapping[str, Any],
@@ -321,7 +325,8 @@ class StoreIO:
         return self.metadata_docs("") + ([extra] if extra else [])
 
 
-#: documents per concurrent round of :meth:`StoreIO.write_json_many` (memory bounded by the round, not the plate)
+#: documents per concurrent round of :meth:`StoreIO.write_json_many` (memory bounded by the round,
+#: not the plate)
 WRITE_ROUND = 256
 
 
@@ -658,7 +663,8 @@ def rollback(io: StoreIO, journal: Journal | Mapping[str, Any], *, quiet: bool =
     docs = journal.docs
     delete_partial_documents(io, docs)
     others = {rel: text for rel, text in docs.items() if rel not in root_docs}
-    # one concurrent round (on object storage each document is a round trip); every one is repeatable
+    # one concurrent round (on object storage each document is a round trip); every one is
+    # repeatable
     io.set_many({rel: text.encode("utf-8") for rel, text in others.items() if text is not None})
     for rel, text in others.items():
         if text is None:
@@ -668,8 +674,9 @@ def rollback(io: StoreIO, journal: Journal | Mapping[str, Any], *, quiet: bool =
 
 
 def delete_partial_documents(io: StoreIO, docs: Iterable[str]) -> int:
-    """Delete the ``*.partial`` files beside the documents ``docs`` (a local store only): what a write of
-    a document killed half-way leaves (zarr's local store writes a partial file, then renames it)."""
+    """Delete the ``*.partial`` files beside the documents ``docs`` (a local store only): what a
+    write of a document killed half-way leaves (zarr's local store writes a partial file, then
+    renames it)."""
     if io.local_root is None:
         return 0
     removed = 0

@@ -224,8 +224,8 @@ class PlateLock:
         except BaseException:
             self._unregister()
             raise
-        # the only writer from now on: what the documents cache held before may be stale, what it holds
-        # from now on is what the store holds (our own writes go through it)
+        # the only writer from now on: what the documents cache held before may be stale, what it
+        # holds from now on is what the store holds (our own writes go through it)
         self.io.documents.clear()
         self._thread = threading.Thread(target=self._beat, name=f"omeloc-lock-{self.run_id[:8]}", daemon=True)
         self._thread.start()

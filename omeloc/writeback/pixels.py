@@ -70,8 +70,8 @@ class RunStore:
         return cls(json.dumps(dict(storage_options or {}), sort_keys=True, default=str), zarr_format, run_id)
 
     def array(self, url: str, meta: Any = None) -> zarr.Array:
-        """The writable array at ``url`` (cached per process and run); with ``meta`` (its zarr metadata
-        after the resize, sent with the task) opened without reading its document."""
+        """The writable array at ``url`` (cached per process and run); with ``meta`` (its zarr
+        metadata after the resize, sent with the task) opened without reading its document."""
         if meta is not None:
             return _from_metadata(url, self.so_json, self.run_id, meta)
         return open_level(url, self.so_json, self.zarr_format, self.run_id)
@@ -131,7 +131,8 @@ _FROM_METADATA_LOCK = threading.Lock()
 
 
 def _from_metadata(url: str, so_json: str, run_id: str, meta: Any) -> zarr.Array:
-    """The writable array at ``url`` built from ``meta`` (no metadata read: one request less per array)."""
+    """The writable array at ``url`` built from ``meta`` (no metadata read: one request less per
+    array)."""
     key = (url, so_json, run_id)
     with _FROM_METADATA_LOCK:
         if key in _FROM_METADATA:

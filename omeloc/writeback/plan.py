@@ -75,8 +75,8 @@ class ImagePlan:
     labels: tuple[str, ...] = ()
     """The labels of the omero block the write adds (the image has none); empty when it has one."""
     metadata: tuple[Any, ...] = field(default=(), repr=False, compare=False)
-    """The zarr metadata of every level after the write (its new shape): the write tasks open the arrays
-    from it instead of reading their documents again."""
+    """The zarr metadata of every level after the write (its new shape): the write tasks open the
+    arrays from it instead of reading their documents again."""
 
     def level_metadata(self, level: int) -> Any:
         """The zarr metadata of ``level`` after the write, ``None`` when not known."""
@@ -389,7 +389,8 @@ def _check_chunk_layout(plate: Plate, names: tuple[str, ...], mode: str, target:
 
 
 def _stray_chunks(keys: list[str], arr_rel: str, img: Image, level: int, n_c: int) -> list[str]:
-    """The chunk keys among ``keys`` (those below the level's array ``arr_rel``) at or beyond channel ``n_c``."""
+    """The chunk keys among ``keys`` (those below the level's array ``arr_rel``) at or beyond
+    channel ``n_c``."""
     doc = img.zarr_array(level).metadata.to_dict()  # the document as opened: no second read
     c_axis = img.axes.index("c")
     block = img.write_chunks(level)[c_axis]
@@ -402,9 +403,9 @@ def _stray_chunks(keys: list[str], arr_rel: str, img: Image, level: int, n_c: in
 
 
 def _level_keys(plate: Plate, io: StoreIO) -> dict[str, list[str]]:
-    """The keys below every level array of the plate: a walk of each level on a local store (a linked
-    folder that leaves the store is refused there), else one listing of the whole plate (on an object
-    store a listing page holds 1,000 keys: one request instead of one per array)."""
+    """The keys below every level array of the plate: a walk of each level on a local store (a
+    linked folder that leaves the store is refused there), else one listing of the whole plate (on
+    an object store a listing page holds 1,000 keys: one request instead of one per array)."""
     arrays = [join_path("", img.path, lv) for img in plate.images for lv in img.level_paths]
     if io.local_root is not None:
         return {rel: io.list(rel) for rel in arrays}

@@ -355,8 +355,8 @@ def _target_url(target: str | Path | Plate | Image, storage_options: Mapping[str
 
 def _target_plate(target: str | Path | Plate | Image, url: str, storage_options: Mapping[str, Any] | None,
                   *, reuse: bool, documents: DocumentCache | None = None) -> Plate:
-    """The target as a Plate: the caller's view when ``reuse``, else opened (again) from the store, its
-    documents read into ``documents`` (the write-back's own reads then need no request)."""
+    """The target as a Plate: the caller's view when ``reuse``, else opened (again) from the store,
+    its documents read into ``documents`` (the write-back's own reads then need no request)."""
     if reuse and isinstance(target, Plate):
         return target
     if reuse and isinstance(target, Image):
@@ -495,10 +495,10 @@ def _write(job: WriteJob) -> AddChannelResult:
         return _run(job, _graph_runner(job.where, client, job.progress, remote=job.io.local_root is None))
 
 
-#: Dask threads of a local run on object storage (``OMELOC_IO_THREADS``): reads and writes of regions
-#: wait on round trips, so more threads than cores keep them in flight while the model runs (forward
-#: passes have one thread of their own, :mod:`omeloc.engine.forward`; memory grows with the threads
-#: by one region each)
+#: Dask threads of a local run on object storage (``OMELOC_IO_THREADS``): reads and writes of
+#: regions wait on round trips, so more threads than cores keep them in flight while the model runs
+#: (forward passes have one thread of their own, :mod:`omeloc.engine.forward`; memory grows with the
+#: threads by one region each)
 REMOTE_THREADS = 8
 
 
@@ -510,8 +510,8 @@ def _local_threads(remote: bool) -> int | None:
 
 
 def _graph_runner(where: ComputeConfig, client: Any, progress: bool, remote: bool = False) -> px.GraphRunner:
-    """How the pixel graphs run: on ``client``, on a named local scheduler, or on Dask's default (with
-    more threads than cores on object storage: :data:`REMOTE_THREADS`)."""
+    """How the pixel graphs run: on ``client``, on a named local scheduler, or on Dask's default
+    (with more threads than cores on object storage: :data:`REMOTE_THREADS`)."""
     threads = _local_threads(remote) if client is None else None
 
     def run(total: da.Array, desc: str) -> int:
@@ -690,8 +690,9 @@ def _full_window(dtype: str) -> dict[str, float]:
 
 
 def _resize_and_mark(io: jr.StoreIO, plan: WritePlan, colors: tuple[str, ...], run_id: str) -> None:
-    """Per image: the omero entry (marked as being written) and every level's new shape, in concurrent
-    rounds (the journal already names every document; a kill mid-round is rolled back like any other).
+    """Per image: the omero entry (marked as being written) and every level's new shape, in
+    concurrent rounds (the journal already names every document; a kill mid-round is rolled back
+    like any other).
 
     Readers so see a channel count without its omero entry only while a round runs, never for
     a whole phase (two documents cannot change atomically).

@@ -46,7 +46,8 @@ def moto():
 
 @pytest.fixture(scope="module")
 def plates(tmp_path_factory, tiny_trained):
-    """A 24-image plate, the session's tiny model, and the plate with its prediction written locally."""
+    """A 24-image plate, the session's tiny model, and the plate with its prediction written
+    locally."""
     root = tmp_path_factory.mktemp("s3-budget")
     plate = omeloc.make_plate(root / "plate.zarr", rows=2, cols=6, fields=2, size=32, chunks=(32, 32),
                               levels=1, channels=("actin", "WAVE2"))
