@@ -640,23 +640,55 @@ def predict(plate: str | Path | Plate, model: str | Path | VirtualStain, *, name
     return dataclasses.replace(result, io=meter.summary())
 
 
-def _predict(plate: str | Plate, model: Any, *, name: str | None, wells: Sequence[str] | None, overwrite: bool,
-             tiling: TilingConfig | None, compute: ComputeConfig | None, acquisition: str | int | None,
-             rescale: bool, source: Any, trust_code: bool, dry_run: bool, on_plan: Callable[[Any], None] | None,
-             progress: bool, color: str | None, storage_options: Mapping[str, Any] | None,
-             overrides: Mapping[str, Any]) -> PredictResult:
+def _predict(
+    plate: str | Plate,
+    model: Any,
+    *,
+    name: str | None,
+    wells: Sequence[str] | None,
+    overwrite: bool,
+    tiling: TilingConfig | None,
+    compute: ComputeConfig | None,
+    acquisition: str | int | None,
+    rescale: bool,
+    source: Any,
+    trust_code: bool,
+    dry_run: bool,
+    on_plan: Callable[[Any], None] | None,
+    progress: bool,
+    color: str | None,
+    storage_options: Mapping[str, Any] | None,
+    overrides: Mapping[str, Any],
+) -> PredictResult:
     """The body of :func:`predict` (its I/O is measured around it)."""
     t0 = time.perf_counter()
     tiling, compute = split_overrides(tiling, compute, overrides)
-    job = plan_prediction(plate, model, name=name, wells=wells, overwrite=overwrite, tiling=tiling,
-                          storage_options=storage_options, acquisition=acquisition, rescale=rescale,
-                          source=source, trust_code=trust_code)
+    job = plan_prediction(
+        plate,
+        model,
+        name=name,
+        wells=wells,
+        overwrite=overwrite,
+        tiling=tiling,
+        storage_options=storage_options,
+        acquisition=acquisition,
+        rescale=rescale,
+        source=source,
+        trust_code=trust_code,
+    )
     with dask_client(compute) as client:
         job = _remove_companions(job, client, dry_run, storage_options)
         annotate = gpu_annotation(client)
         data = {img.path: lazy_prediction(job, img, annotate) for img in job.plate.images}
-        write = functools.partial(write_prediction, job, data, compute=compute.connected(client), color=color,
-                                  progress=progress, storage_options=storage_options)
+        write = functools.partial(
+            write_prediction,
+            job,
+            data,
+            compute=compute.connected(client),
+            color=color,
+            progress=progress,
+            storage_options=storage_options,
+        )
         plan = write(dry_run=True)
         if on_plan is not None:
             on_plan(plan)
@@ -668,7 +700,12 @@ def _predict(plate: str | Plate, model: Any, *, name: str | None, wells: Sequenc
             outcome = _written(write, job)
     result = PredictResult.of(job, outcome, seconds=time.perf_counter() - t0, dry_run=dry_run)
     if not dry_run:
-        logger.info("predicted %.1f megapixels into %r in %.1f s", result.megapixels, job.name, result.seconds)
+        logger.info(
+            "predicted %.1f megapixels into %r in %.1f s",
+            result.megapixels,
+            job.name,
+            result.seconds,
+        )
     return result
 
 

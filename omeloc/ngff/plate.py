@@ -216,19 +216,30 @@ def _open_group(url: str, storage_options: Mapping[str, Any] | None, what: str,
     return _opened(node, url, what, storage_options)
 
 
-def _group_error(err: BaseException, url: str, what: str, storage_options: Mapping[str, Any] | None) -> None:
+def _group_error(
+    err: BaseException, url: str, what: str, storage_options: Mapping[str, Any] | None
+) -> None:
     """Raise the one-line omeloc error for zarr's refusal to open the group at ``url``.
 
     Returns ``None`` (no group) when the node there is an array: the caller says so.
     """
     if isinstance(err, zarr.errors.ContainsArrayError):
         return None
-    if isinstance(err, (FileNotFoundError, zarr.errors.NodeTypeValidationError, zarr.errors.NodeNotFoundError,
-                        KeyError)):
+    if isinstance(
+        err,
+        (
+            FileNotFoundError,
+            zarr.errors.NodeTypeValidationError,
+            zarr.errors.NodeNotFoundError,
+            KeyError,
+        ),
+    ):
         bucket = missing_bucket(url, storage_options) if _is_url(url) else None
         if bucket is not None:
-            raise StoreAccessError(f"{what} {url}: the bucket {bucket!r} does not exist. Check the URL's bucket "
-                                   f"name (and the endpoint: AWS_ENDPOINT_URL or storage_options).") from err
+            raise StoreAccessError(
+                f"{what} {url}: the bucket {bucket!r} does not exist. Check the URL's bucket "
+                f"name (and the endpoint: AWS_ENDPOINT_URL or storage_options)."
+            ) from err
         raise NotOmeZarrError(
             f"{what} {url} is not a Zarr group. Point omeloc at an OME-Zarr plate or image "
             f"(a folder with zarr.json or .zattrs/.zgroup)."
@@ -240,8 +251,9 @@ def _group_error(err: BaseException, url: str, what: str, storage_options: Mappi
     raise err
 
 
-def _open_many(root: zarr.Group, rels: Sequence[str], *, arrays: bool, zarr_format: int
-               ) -> list[zarr.Group | zarr.Array | BaseException]:
+def _open_many(
+    root: zarr.Group, rels: Sequence[str], *, arrays: bool, zarr_format: int
+) -> list[zarr.Group | zarr.Array | BaseException]:
     """The groups (or arrays) at ``rels`` below ``root``, opened concurrently (each document read
     once).
 
@@ -256,11 +268,17 @@ def _open_many(root: zarr.Group, rels: Sequence[str], *, arrays: bool, zarr_form
         where = root.store_path / rel
         if arrays:
             return zarr.Array(await AsyncArray.open(where, zarr_format=zarr_format))
-        return zarr.Group(await AsyncGroup.open(where, zarr_format=zarr_format, use_consolidated=False))
+        return zarr.Group(
+            await AsyncGroup.open(where, zarr_format=zarr_format, use_consolidated=False)
+        )
 
     found = _from_consolidated(root, rels, arrays)
     missing = [rel for rel in rels if rel not in found]
-    opened = dict(zip(missing, sync(gather_bounded(one, missing, return_exceptions=True)))) if missing else {}
+    opened = (
+        dict(zip(missing, sync(gather_bounded(one, missing, return_exceptions=True))))
+        if missing
+        else {}
+    )
     return [found[rel] if rel in found else opened[rel] for rel in rels]
 
 
@@ -700,16 +718,30 @@ def _read_image(
     return _image_of(group, url, path, well, field_name, root)
 
 
-def _image_of(group: zarr.Group, url: str, path: str, well: str | None, field_name: str | None,
-              root: str | None) -> Image:
+def _image_of(
+    group: zarr.Group,
+    url: str,
+    path: str,
+    well: str | None,
+    field_name: str | None,
+    root: str | None,
+) -> Image:
     """The Image of an opened group, with its level arrays (opened concurrently) and channel
     names."""
     img = _image_record(group, url, path, well, field_name, root)
-    return _with_levels(img, _open_many(group, img.level_paths, arrays=True, zarr_format=img.zarr_format))
+    return _with_levels(
+        img, _open_many(group, img.level_paths, arrays=True, zarr_format=img.zarr_format)
+    )
 
 
-def _image_record(group: zarr.Group, url: str, path: str, well: str | None, field_name: str | None,
-                  root: str | None) -> Image:
+def _image_record(
+    group: zarr.Group,
+    url: str,
+    path: str,
+    well: str | None,
+    field_name: str | None,
+    root: str | None,
+) -> Image:
     """An Image from its opened group, its level paths confined to ``root``; no array is opened yet
     (:func:`_with_levels` adds them and the channel names)."""
     ome, zarr_format = group_ngff_attrs(group), group.metadata.zarr_format
@@ -719,17 +751,29 @@ def _image_record(group: zarr.Group, url: str, path: str, well: str | None, fiel
     for level in level_paths:
         _check_inside(root or url, join_path(url, level), f"Level {level!r} of image {path or url}")
     scales = [d.scale if d.scale is not None else (1.0,) * len(axes) for d in ms.datasets]
-    version = _checked_version(str(ome.get("version") or ms.version or default_ngff_version(zarr_format)),
-                               path or url)
+    version = _checked_version(
+        str(ome.get("version") or ms.version or default_ngff_version(zarr_format)), path or url
+    )
     return Image(
-        path=path, url=url, well=well, field=field_name, axes=axes, channel_names=tuple(channel_labels(ome)),
-        level_paths=level_paths, scales=tuple(scales), ngff_version=version,
-        zarr_format=zarr_format, _attrs=_pack_attrs(dict(group.attrs)), _group=_without_attributes(group),
+        path=path,
+        url=url,
+        well=well,
+        field=field_name,
+        axes=axes,
+        channel_names=tuple(channel_labels(ome)),
+        level_paths=level_paths,
+        scales=tuple(scales),
+        ngff_version=version,
+        zarr_format=zarr_format,
+        _attrs=_pack_attrs(dict(group.attrs)),
+        _group=_without_attributes(group),
     )
 
 
 def _group_not_array(img: Image, path: str) -> NotOmeZarrError:
-    return NotOmeZarrError(f"{img.url}/{path} is a group, not an array. Fix multiscales[0].datasets.")
+    return NotOmeZarrError(
+        f"{img.url}/{path} is a group, not an array. Fix multiscales[0].datasets."
+    )
 
 
 def _level_error(err: BaseException, img: Image, path: str) -> OmelocError:
@@ -902,8 +946,9 @@ def _well_path(url: str, wpath: str) -> str:
     return wpath
 
 
-def _opened(node: zarr.Group | BaseException, url: str, what: str,
-            storage_options: Mapping[str, Any] | None) -> zarr.Group:
+def _opened(
+    node: zarr.Group | BaseException, url: str, what: str, storage_options: Mapping[str, Any] | None
+) -> zarr.Group:
     """The group :func:`_open_many` opened at ``url``, or the error a serial open would have
     raised."""
     if isinstance(node, BaseException):
@@ -917,8 +962,13 @@ def _opened(node: zarr.Group | BaseException, url: str, what: str,
     return node
 
 
-def _read_wells(url: str, root: zarr.Group, listed: Sequence[str], storage_options: Mapping[str, Any] | None,
-                zarr_format: int) -> list[Well]:
+def _read_wells(
+    url: str,
+    root: zarr.Group,
+    listed: Sequence[str],
+    storage_options: Mapping[str, Any] | None,
+    zarr_format: int,
+) -> list[Well]:
     """The wells the plate at ``url`` lists, with their fields and levels: every metadata document
     read once, in three concurrent rounds (wells, then their images, then the images' level
     arrays)."""
@@ -929,23 +979,45 @@ def _read_wells(url: str, root: zarr.Group, listed: Sequence[str], storage_optio
         try:
             wgroup = _opened(node, join_path(url, wpath), "Well", storage_options)
         except (PathNotFoundError, NotOmeZarrError) as err:
-            raise PathNotFoundError(f"Plate {url} lists well {wpath!r} but it is missing. Restore the well or "
-                                    f"remove it from the plate metadata.") from err
+            raise PathNotFoundError(
+                f"Plate {url} lists well {wpath!r} but it is missing. Restore the well or "
+                f"remove it from the plate metadata."
+            ) from err
         images = WellMeta.from_json(group_ngff_attrs(wgroup), wpath).images
         if not images:
-            raise NotOmeZarrError(f"Well {join_path(url, wpath)} has no 'well.images' metadata. Fix the well metadata.")
-        fields.append((wpath, [i.path for i in images],
-                       {i.path: i.acquisition for i in images if i.acquisition is not None}))
+            raise NotOmeZarrError(
+                f"Well {join_path(url, wpath)} has no 'well.images' metadata. Fix the well metadata."
+            )
+        fields.append(
+            (
+                wpath,
+                [i.path for i in images],
+                {i.path: i.acquisition for i in images if i.acquisition is not None},
+            )
+        )
     rels = [join_path("", wpath, f) for wpath, names, _ in fields for f in names]
     for rel in rels:
         _check_inside(url, join_path(url, rel), f"Image {rel}")
     images = iter(_image_records(url, root, rels, storage_options, zarr_format))
-    return [Well(path=wpath, row=wpath.split("/")[0], column=wpath.split("/")[1],
-                 images=tuple(next(images) for _ in names), acquisitions=acq) for wpath, names, acq in fields]
+    return [
+        Well(
+            path=wpath,
+            row=wpath.split("/")[0],
+            column=wpath.split("/")[1],
+            images=tuple(next(images) for _ in names),
+            acquisitions=acq,
+        )
+        for wpath, names, acq in fields
+    ]
 
 
-def _image_records(url: str, root: zarr.Group, rels: Sequence[str], storage_options: Mapping[str, Any] | None,
-                   zarr_format: int) -> list[Image]:
+def _image_records(
+    url: str,
+    root: zarr.Group,
+    rels: Sequence[str],
+    storage_options: Mapping[str, Any] | None,
+    zarr_format: int,
+) -> list[Image]:
     """The field images at ``rels`` (``"B/3/0"``) below the plate root, opened concurrently, then
     every level array of all of them concurrently."""
     records = []
@@ -955,14 +1027,20 @@ def _image_records(url: str, root: zarr.Group, rels: Sequence[str], storage_opti
         try:
             group = _opened(node, iurl, "Image", storage_options)
         except PathNotFoundError as err:
-            raise PathNotFoundError(f"Well {wpath!r} lists field {field_name!r} but {iurl} is missing. Restore it "
-                                    f"or fix the well metadata.") from err
+            raise PathNotFoundError(
+                f"Well {wpath!r} lists field {field_name!r} but {iurl} is missing. Restore it "
+                f"or fix the well metadata."
+            ) from err
         records.append(_image_record(group, iurl, rel, wpath, field_name, url))
-    levels = _open_many(root, [join_path("", img.path, lv) for img in records for lv in img.level_paths],
-                        arrays=True, zarr_format=zarr_format)
+    levels = _open_many(
+        root,
+        [join_path("", img.path, lv) for img in records for lv in img.level_paths],
+        arrays=True,
+        zarr_format=zarr_format,
+    )
     out, at = [], 0
     for img in records:
         n = len(img.level_paths)
-        out.append(_with_levels(img, levels[at:at + n]))
+        out.append(_with_levels(img, levels[at : at + n]))
         at += n
     return out

@@ -153,14 +153,21 @@ def _where(url: str, storage_options: Mapping[str, Any] | None,
     return {"store": cached_store(url, storage_options, documents)}
 
 
-def cached_store(url: str, storage_options: Mapping[str, Any] | None, documents: DocumentCache, *,
-                 mode: str = "r") -> CachedStore:
+def cached_store(
+    url: str,
+    storage_options: Mapping[str, Any] | None,
+    documents: DocumentCache,
+    *,
+    mode: str = "r",
+) -> CachedStore:
     """The store of ``url`` (a folder or fsspec URL), its metadata reads shared through
     ``documents``."""
     from zarr.core.sync import sync
     from zarr.storage._common import make_store_path
 
-    where = sync(make_store_path(url, mode=mode, storage_options=fsspec_options(url, storage_options)))
+    where = sync(
+        make_store_path(url, mode=mode, storage_options=fsspec_options(url, storage_options))
+    )
     if where.path:  # zarr roots a folder or URL store at the node itself
         raise InputError(f"Cannot open {url} as a store root. Pass the plate's folder or URL.")
     return CachedStore(where.store, documents)

@@ -169,8 +169,9 @@ class StoreIO:
         if keys:
             sync(gather_bounded(one, list(keys)))
 
-    def write_json_many(self, docs: Mapping[str, Mapping[str, Any]] | Iterable[tuple[str, Mapping[str, Any]]]
-                        ) -> None:
+    def write_json_many(
+        self, docs: Mapping[str, Mapping[str, Any]] | Iterable[tuple[str, Mapping[str, Any]]]
+    ) -> None:
         """Write JSON documents (indented like zarr's own), concurrently, in rounds of
         :data:`WRITE_ROUND` documents: each is encoded when its round comes (a plate's edited
         documents as dicts would take ~150 kB per image at once)."""

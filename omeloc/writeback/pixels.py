@@ -142,7 +142,9 @@ def _from_metadata(url: str, so_json: str, run_id: str, meta: Any) -> zarr.Array
     from zarr.core.sync import sync
     from zarr.storage._common import make_store_path
 
-    where = sync(make_store_path(url, mode="r+", storage_options=fsspec_options(url, json.loads(so_json))))
+    where = sync(
+        make_store_path(url, mode="r+", storage_options=fsspec_options(url, json.loads(so_json)))
+    )
     arr = zarr.Array(AsyncArray(metadata=meta, store_path=where))
     with _FROM_METADATA_LOCK:
         _FROM_METADATA[key] = arr

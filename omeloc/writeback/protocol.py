@@ -759,18 +759,31 @@ def _write_metadata(
     io.write_json_many(docs)
 
 
-def _finished_docs(io: jr.StoreIO, plan: WritePlan, colors: tuple[str, ...], windows: list[dict[str, float]],
-                   provenance: list[dict[str, Any]]) -> Iterator[tuple[str, dict[str, Any]]]:
+def _finished_docs(
+    io: jr.StoreIO,
+    plan: WritePlan,
+    colors: tuple[str, ...],
+    windows: list[dict[str, float]],
+    provenance: list[dict[str, Any]],
+) -> Iterator[tuple[str, dict[str, Any]]]:
     """The documents :func:`_write_metadata` writes, image by image (made as their round comes)."""
     for img in plan.images:
         attrs, ome = io.read_ngff(img.path)
         omero = dict(ome.get("omero") or {})
         channels = [dict(c) for c in omero.get("channels") or []]
-        for name, index, color, window, record in zip(plan.names, plan.indices, colors, windows, provenance):
+        for name, index, color, window, record in zip(
+            plan.names, plan.indices, colors, windows, provenance
+        ):
             pending = {k: v for k, v in channels[index].items() if k != PENDING_KEY}
             # an uncertainty channel starts hidden: added to its prediction it makes an unreadable mixture
             active = not record.get("uncertainty_of")
-            channels[index] = {**pending, "label": name, "color": color, "window": window, "active": active}
+            channels[index] = {
+                **pending,
+                "label": name,
+                "color": color,
+                "window": window,
+                "active": active,
+            }
         omero["channels"] = channels
         ours = dict(attrs.get("omeloc") or {})
         ours["channels"] = {**dict(ours.get("channels") or {}), **dict(zip(plan.names, provenance))}

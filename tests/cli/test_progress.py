@@ -90,8 +90,16 @@ def test_cli_progress_in_a_log_is_plain_lines(tmp_path):
 def test_rechunk_into_a_log_prints_progress_lines_and_quiet_prints_none(tmp_path):
     import omeloc
 
-    src = omeloc.make_plate(tmp_path / "src.zarr", rows=1, cols=2, fields=1, size=64, chunks=None, levels=1,
-                            channels=("actin", "WAVE2"))
+    src = omeloc.make_plate(
+        tmp_path / "src.zarr",
+        rows=1,
+        cols=2,
+        fields=1,
+        size=64,
+        chunks=None,
+        levels=1,
+        channels=("actin", "WAVE2"),
+    )
     run = _cli_into_a_log("rechunk", str(src), str(tmp_path / "a.zarr"))
     assert run.returncode == 0, run.stderr
     lines = [ln for ln in run.stderr.splitlines() if ln.startswith("rechunk: task")]

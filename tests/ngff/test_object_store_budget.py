@@ -49,8 +49,16 @@ def plates(tmp_path_factory, tiny_trained):
     """A 24-image plate, the session's tiny model, and the plate with its prediction written
     locally."""
     root = tmp_path_factory.mktemp("s3-budget")
-    plate = omeloc.make_plate(root / "plate.zarr", rows=2, cols=6, fields=2, size=32, chunks=(32, 32),
-                              levels=1, channels=("actin", "WAVE2"))
+    plate = omeloc.make_plate(
+        root / "plate.zarr",
+        rows=2,
+        cols=6,
+        fields=2,
+        size=32,
+        chunks=(32, 32),
+        levels=1,
+        channels=("actin", "WAVE2"),
+    )
     ckpt = tiny_trained()[1]
     ref = root / "ref.zarr"
     shutil.copytree(plate, ref)
