@@ -245,7 +245,8 @@ def compute(*collections: Any, client: Any = None, progress: bool = False, desc:
     client
         A ``distributed.Client``; ``None``: a local scheduler.
     progress
-        A progress bar (tqdm locally, ``distributed.progress`` on a client).
+        Show the finished tasks (:mod:`omeloc.progress`: a bar in a terminal, a line every few
+        seconds in a log), locally and on a client alike.
     desc
         Label of the local progress bar.
     scheduler
@@ -269,7 +270,7 @@ def compute(*collections: Any, client: Any = None, progress: bool = False, desc:
     with scheduler_errors(client), dask.config.set({"optimization.fuse.active": False} if keep_annotations else {}):
         futures = client.compute(list(collections))
         if progress:
-            from distributed import progress as dprogress
+            from omeloc.progress import cluster_progress
 
-            dprogress(futures)
+            cluster_progress(futures, desc=desc, progress=progress)
         return client.gather(futures)

@@ -12,7 +12,8 @@ Every long-running call of omeloc (train, predict, import, rechunk, relate, eval
 - any object with the protocol's methods: used as it is.
 
 A Dask compute on a local scheduler reports its finished tasks through
-:class:`DaskProgress` (``TqdmCallback`` is its former name).
+:class:`DaskProgress` (``TqdmCallback`` is its former name); on a ``distributed`` cluster,
+:func:`cluster_progress` reports the scheduler's count of finished tasks to the same reporters.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ __all__ = [
     "ProgressReporter",
     "QuietProgress",
     "TqdmCallback",
+    "cluster_progress",
     "reporter",
 ]
 
@@ -261,6 +263,45 @@ class DaskProgress(Callback):
 
     def _finish(self, dsk, state, errored) -> None:
         self._reporter.close()
+
+
+def cluster_progress(futures: Any, desc: str = "", progress: ProgressArg = True,
+                     interval: str = "500ms") -> None:
+    """Report the tasks behind ``futures`` as a ``distributed`` scheduler finishes them; return when
+    all are done or one failed (what ``distributed.progress`` does, through omeloc's reporters).
+
+    Parameters
+    ----------
+    futures
+        The futures of a ``client.compute`` (or anything ``distributed``'s progress bars take).
+    desc
+        The label of the bar or log line.
+    progress
+        A :data:`ProgressArg`: a bar in a terminal, a line every few seconds in a log, a callable
+        ``(done, total)``.
+    interval
+        How often the scheduler sends its counts.
+    """
+    from distributed.diagnostics.progressbar import TextProgressBar
+
+    shown = reporter(progress)
+
+    class _Bar(TextProgressBar):
+        started = False
+
+        def _draw_bar(self, remaining: int, all: int, **_: Any) -> None:  # noqa: A002 (distributed's name)
+            if not self.started:
+                shown.start(all, desc=desc, unit="task")
+                self.started = True
+            shown.update(all - remaining, all)
+
+        def _draw_stop(self, **_: Any) -> None:
+            shown.close()
+
+    try:
+        _Bar(futures if isinstance(futures, list | tuple) else [futures], interval=interval)
+    finally:
+        shown.close()
 
 
 #: The former name of :class:`DaskProgress`.

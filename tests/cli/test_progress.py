@@ -107,3 +107,24 @@ def test_rechunk_into_a_log_prints_progress_lines_and_quiet_prints_none(tmp_path
     quiet = _cli_into_a_log("-q", "rechunk", str(src), str(tmp_path / "b.zarr"))
     assert quiet.returncode == 0 and "rechunk: task" not in quiet.stderr, quiet.stderr
     assert omeloc.open_plate(tmp_path / "b.zarr").images[0].chunks()[0] == 1
+
+
+def test_a_compute_on_a_dask_cluster_reports_through_the_same_reporters():
+    """On a ``distributed`` client the finished tasks reach omeloc's reporters (not
+    ``distributed.progress``'s own bar): a callable sees every count up to the whole."""
+    import dask.array as da
+    from distributed import Client, LocalCluster
+
+    from omeloc.compute import compute
+
+    seen: list[tuple[int, int]] = []
+    x = da.ones((40, 40), chunks=10) * 2
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False,
+                      dashboard_address=None) as cluster, Client(cluster) as client:
+        (total,) = compute(x.sum(), client=client, progress=lambda done, n: seen.append((done, n)),
+                           desc="sum")
+    assert float(total) == 3200.0
+    assert seen, "no progress was reported"
+    done, n = seen[-1]
+    assert done == n >= 16, seen  # at least the 16 chunk tasks, all finished
+    assert all(a <= b for (a, _), (b, _) in zip(seen, seen[1:]))  # counts only grow
