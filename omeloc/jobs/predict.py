@@ -331,12 +331,30 @@ def plan_prediction(plate: str | Path | Plate, model: str | Path | VirtualStain,
     job = PredictionJob(plate=opened, stain=stain, name=labels[0], virtual_names=labels,
                         chosen=frozenset(_select(opened, wells, acquisition)), tiling=stain.tiling(tiling), overwrite=overwrite,
                         model_given=None if isinstance(model, VirtualStain) else str(model), rescale=rescale)
-    for note in sorted({n for img in opened.images if img.path in job.chosen for n in image_zoom(job, img)[1]}):
-        (logger.warning if note.startswith("resampling") else logger.info)("%s", note)
+    _tell_pixel_sizes(job)
     _check_plane_sizes(job)
     _check_z(job)
     _check_companion(job)
     return job
+
+
+def _tell_pixel_sizes(job: PredictionJob) -> None:
+    """Check every chosen image's pixel size against the model's (refusing a mismatch without
+    ``rescale``); log the notes once per pixel size, not once per image."""
+    groups: dict[Any, list[Image]] = {}
+    for img in job.plate.images:
+        if img.path in job.chosen:
+            image_zoom(job, img)  # refuses an image > 10 % from the model's size, naming it
+            groups.setdefault(pixel_size_of(img, LEVEL), []).append(img)
+    for images in groups.values():
+        if len(images) == len(job.plate.images):
+            where = f"plate {job.plate.path}"
+        else:
+            some = ", ".join(img.path for img in images[:3]) + (", ..." if len(images) > 3 else "")
+            where = f"{len(images)} image(s) of {job.plate.path} ({some})"
+        for note in check_pixel_size(job.stain.checkpoint.pixel, pixel_size_of(images[0], LEVEL), where,
+                                     rescale=job.rescale)[1]:
+            (logger.warning if note.startswith("resampling") else logger.info)("%s", note)
 
 
 def image_zoom(job: PredictionJob, img: Image) -> tuple[tuple[float, float], list[str]]:

@@ -128,3 +128,14 @@ def test_import_tiff_pixel_size_option_tags_and_ome_xml(tmp_path):
     assert main(["-q", "import-tiff", str(plain), str(tmp_path / "e.zarr"), "--preset", "phenix",
                  "--pixel-size", "-1"]) == 2
     assert not (tmp_path / "e.zarr").exists()
+
+
+def test_a_plate_without_pixel_sizes_is_noted_once_not_once_per_image(tiny_trained, tmp_path, caplog):
+    plate0, ckpt, _ = tiny_trained()
+    plate = omeloc.make_plate(tmp_path / "many.zarr", rows=2, cols=3, fields=2, size=32, chunks=None, levels=1,
+                              channels=("actin", "WAVE2"))
+    with caplog.at_level("INFO", logger="omeloc"):
+        omeloc.predict(plate, ckpt, progress=False, dry_run=True)
+    notes = [r.getMessage() for r in caplog.records if "no physical pixel size" in r.getMessage()]
+    assert notes == [f"plate {omeloc.open_plate(plate).path} has no physical pixel size (no unit on its y/x "
+                     f"axes): taken as 1 per pixel"], notes
