@@ -228,7 +228,9 @@ class StoreIO:
         todo = [(str(start), os.path.realpath(start), rel_prefix or ".")]
         while todo:
             path, real, rel_dir = todo.pop()
-            if not inside_root(real_root, real):
+            # ``real`` is resolved already (realpath at the start and at each link, a parent's
+            # real path and a name otherwise): a comparison of names, no filesystem call
+            if real != real_root and not real.startswith(real_root.rstrip(os.sep) + os.sep):
                 self.key(rel_dir)  # raises: a linked folder leads outside
             if real in seen:
                 raise UnsafePathError(
