@@ -650,7 +650,7 @@ def predict(plate: str | Path | Plate, model: str | Path | VirtualStain, *, name
     >>> omeloc.predict("plate.zarr", "models/actin-wave2", tile=512, workers=2)  # doctest: +SKIP
     """
     # Over 60 lines only through its parameter docs (the public API's reference); the body is ~25.
-    with measure_io() as meter:
+    with measure_io(per_key=False) as meter:  # totals: no entry per key of the plate
         result = _predict(plate, model, name=name, wells=wells, overwrite=overwrite, tiling=tiling,
                           compute=compute, acquisition=acquisition, rescale=rescale, source=source,
                           trust_code=trust_code, dry_run=dry_run, on_plan=on_plan, progress=progress, color=color,

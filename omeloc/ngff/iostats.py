@@ -87,7 +87,11 @@ class IOMeter:
     ops: dict[str, int] = field(default_factory=dict)
     """Count of each operation (``"get"``, ``"set"``, ``"list_prefix"``, ...)."""
     keys: dict[tuple[str, str], int] = field(default_factory=dict)
-    """Count of each ``(operation, key)``; keys carry their store's root in front."""
+    """Count of each ``(operation, key)``; keys carry their store's root in front (empty unless
+    :attr:`per_key`)."""
+    per_key: bool = True
+    """Count each key (:attr:`keys`, :meth:`repeated_metadata_reads`: one entry per key the run
+    touches, ~7 per image); ``False`` keeps the totals only (a run's end-of-run summary)."""
     metadata: int = 0
     chunks: int = 0
     bytes_read: int = 0
@@ -107,7 +111,8 @@ class IOMeter:
                 else:
                     self.chunks += 1
             self.ops[op] = self.ops.get(op, 0) + 1
-            self.keys[(op, key)] = self.keys.get((op, key), 0) + 1
+            if self.per_key:
+                self.keys[(op, key)] = self.keys.get((op, key), 0) + 1
             self.bytes_written += nbytes
             if self._active == 0:
                 self._since = time.perf_counter()
@@ -244,8 +249,9 @@ def _install() -> None:
 
 
 @contextlib.contextmanager
-def measure_io() -> Iterator[IOMeter]:
-    """Count every store request made in this process while the block runs.
+def measure_io(per_key: bool = True) -> Iterator[IOMeter]:
+    """Count every store request made in this process while the block runs (``per_key``: each
+    key's count too, see :attr:`IOMeter.per_key`).
 
     Examples
     --------
@@ -254,7 +260,7 @@ def measure_io() -> Iterator[IOMeter]:
     >>> print(meter.summary().line())  # doctest: +SKIP
     """
     _install()
-    meter = IOMeter()
+    meter = IOMeter(per_key=per_key)
     _METERS.append(meter)
     try:
         yield meter
