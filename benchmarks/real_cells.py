@@ -99,6 +99,22 @@ def pca_plate(folder: Path, work: Path) -> Path:
     return omeloc.write_plate(work / "pca.zarr", images, channel_names=list(PCA_CHANNELS.values()), levels=2)
 
 
+def pca_plate_per_field(folder: Path, work: Path) -> Path:
+    """:func:`pca_plate` with each quarter's brightfield scaled by its own median and
+    interquartile range (``(x - median) / IQR * 500 + 20000``, as 16-bit counts): per-field
+    robust normalization of the label-free channel done to the data, to see what it buys."""
+    plate = omeloc.open_plate(pca_plate(folder, work / "raw"))
+    images = {}
+    for img in plate.images:
+        field = img.level(0).compute().astype(np.float64)
+        bf = field[0]
+        q25, q50, q75 = np.percentile(bf, [25, 50, 75])
+        field[0] = np.clip((bf - q50) / (q75 - q25) * 500 + 20000, 0, 65535)
+        images[(img.well[0], img.well[2:], img.field)] = np.round(field).astype(np.uint16)
+    return omeloc.write_plate(work / "pca.zarr", images, channel_names=list(PCA_CHANNELS.values()),
+                              levels=2)
+
+
 @dataclass(frozen=True)
 class TaskSet:
     """One data set: how to build its plate, the well held out, the (source, target) pairs."""
@@ -118,6 +134,8 @@ TASK_SETS = {
     "pca": TaskSet(pca_plate, PCA, "B2", (("brightfield", "DNA"),),
                    "the brightfield half-field cut in four 270 x 540 quarters: trained on A1, A2, B1, "
                    "scored on B2"),
+    "pca-field": TaskSet(pca_plate_per_field, PCA, "B2", (("brightfield", "DNA"),),
+                         "as pca, each quarter's brightfield scaled by its own median and IQR"),
 }
 
 
