@@ -69,8 +69,13 @@ def seam_net():
     from torch import nn
 
     torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.Tanh(), nn.Conv2d(8, 8, 3, padding=1),
-                         nn.Tanh(), nn.Conv2d(8, 1, 3, padding=1)).eval()
+    return nn.Sequential(
+        nn.Conv2d(1, 8, 3, padding=1),
+        nn.Tanh(),
+        nn.Conv2d(8, 8, 3, padding=1),
+        nn.Tanh(),
+        nn.Conv2d(8, 1, 3, padding=1),
+    ).eval()
 
 
 def run_seams(size: int = 300, tile: int = 128, overlap: int = 24) -> dict:
@@ -92,27 +97,43 @@ def run_seams(size: int = 300, tile: int = 128, overlap: int = 24) -> dict:
         with _autocast("bf16"):
             whole["bf16"] = model(x)[0].float().numpy()
     std = float(whole["fp32"].std())
-    res: dict = {"size": size, "tile": tile, "overlap": overlap, "output_std": std,
-                 "bf16_vs_fp32_whole_max_over_std":
-                     float(np.abs(whole["bf16"] - whole["fp32"]).max() / std)}
+    res: dict = {
+        "size": size,
+        "tile": tile,
+        "overlap": overlap,
+        "output_std": std,
+        "bf16_vs_fp32_whole_max_over_std": float(np.abs(whole["bf16"] - whole["fp32"]).max() / std),
+    }
     for prec, ref in whole.items():
         for blend in ("gaussian", "cosine"):
             for label, trim in (("before_trim0", 0), ("after_default_trim", None)):
-                tiled = predict_array(model, image, tile=tile, overlap=overlap, blend=blend,
-                                      trim=trim,
-                                      device="cpu", precision=prec, out_channels=1).compute()[0]
+                tiled = predict_array(
+                    model,
+                    image,
+                    tile=tile,
+                    overlap=overlap,
+                    blend=blend,
+                    trim=trim,
+                    device="cpu",
+                    precision=prec,
+                    out_channels=1,
+                ).compute()[0]
                 res[f"{prec}_{blend}_{label}_max_over_std"] = float(np.abs(tiled - ref).max() / std)
     return res
 
 
 def print_seams(res: dict) -> None:
-    print(f"seams: {res['size']}² image, tile {res['tile']}, overlap {res['overlap']}, "
-          f"max |tiled - whole| / std(output)")
+    print(
+        f"seams: {res['size']}² image, tile {res['tile']}, overlap {res['overlap']}, "
+        f"max |tiled - whole| / std(output)"
+    )
     print(f"{'precision':>9} {'blend':>9} {'trim 0 (before)':>16} {'default trim':>14}")
     for prec in ("fp32", "bf16"):
         for blend in ("gaussian", "cosine"):
-            print(f"{prec:>9} {blend:>9} {res[f'{prec}_{blend}_before_trim0_max_over_std']:>16.2e} "
-                  f"{res[f'{prec}_{blend}_after_default_trim_max_over_std']:>14.2e}")
+            print(
+                f"{prec:>9} {blend:>9} {res[f'{prec}_{blend}_before_trim0_max_over_std']:>16.2e} "
+                f"{res[f'{prec}_{blend}_after_default_trim_max_over_std']:>14.2e}"
+            )
     print(f"bf16 vs fp32, whole image: {res['bf16_vs_fp32_whole_max_over_std']:.2e}", flush=True)
 
 
@@ -135,26 +156,47 @@ def runners(net):
     def monai(field: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
             x = torch.from_numpy(field[None])
-            y = sliding_window_inference(x, roi_size=(256, 256), sw_batch_size=4, predictor=net,
-                                         overlap=0.25, mode="gaussian")
+            y = sliding_window_inference(
+                x,
+                roi_size=(256, 256),
+                sw_batch_size=4,
+                predictor=net,
+                overlap=0.25,
+                mode="gaussian",
+            )
         return y[0].numpy()
 
     def omeloc(**tiles):
         def run(field: np.ndarray) -> np.ndarray:
-            return predict_array(net, field, blend="gaussian", device="cpu", precision="fp32",
-                                 out_channels=1, **tiles).compute()
+            return predict_array(
+                net,
+                field,
+                blend="gaussian",
+                device="cpu",
+                precision="fp32",
+                out_channels=1,
+                **tiles,
+            ).compute()
+
         return run
 
-    return {"monai": monai, "omeloc_monai_tiles": omeloc(tile=256, overlap=64, batch_size=4),
-            "omeloc_default": omeloc()}
+    return {
+        "monai": monai,
+        "omeloc_monai_tiles": omeloc(tile=256, overlap=64, batch_size=4),
+        "omeloc_default": omeloc(),
+    }
 
 
 def timed(fn, field: np.ndarray) -> tuple[dict, np.ndarray]:
     load = os.getloadavg()[0]
     w0, c0 = time.perf_counter(), time.process_time()
     out = fn(field)
-    return {"wall_s": time.perf_counter() - w0, "cpu_s": time.process_time() - c0,
-            "load_before": load, "load_after": os.getloadavg()[0]}, out
+    return {
+        "wall_s": time.perf_counter() - w0,
+        "cpu_s": time.process_time() - c0,
+        "load_before": load,
+        "load_after": os.getloadavg()[0],
+    }, out
 
 
 def profile_ops(net, rows: int = 10) -> dict:
@@ -170,17 +212,21 @@ def profile_ops(net, rows: int = 10) -> dict:
     x = torch.rand(4, 1, 256, 256)
     prepared = prepare_model(copy.deepcopy(net), torch.device("cpu"))
     out = {}
-    for name, model, inp in (("monai_module", net, x),
-                             ("omeloc_prepared", prepared,
-                              x.contiguous(memory_format=torch.channels_last))):
+    for name, model, inp in (
+        ("monai_module", net, x),
+        ("omeloc_prepared", prepared, x.contiguous(memory_format=torch.channels_last)),
+    ):
         with torch.inference_mode():
             model(inp)
             with profile(activities=[ProfilerActivity.CPU]) as prof:
                 model(inp)
         table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows)
         print(name, table, sep="\n", flush=True)
-        out[name] = {e.key: e.self_cpu_time_total / 1e6 for e in prof.key_averages()
-                     if e.self_cpu_time_total > 0.01 * prof.key_averages().self_cpu_time_total}
+        out[name] = {
+            e.key: e.self_cpu_time_total / 1e6
+            for e in prof.key_averages()
+            if e.self_cpu_time_total > 0.01 * prof.key_averages().self_cpu_time_total
+        }
     return out
 
 
@@ -191,8 +237,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--profile", action="store_true")
     p.add_argument("--out", default=str(HERE / "results" / "inference.json"))
-    p.add_argument("--seams-only", action="store_true",
-                   help="only the seam comparison (seconds), saved to results/seams.json")
+    p.add_argument(
+        "--seams-only",
+        action="store_true",
+        help="only the seam comparison (seconds), saved to results/seams.json",
+    )
     args = p.parse_args(argv)
     if args.seams_only:
         res = run_seams()
@@ -206,12 +255,21 @@ def main(argv: list[str] | None = None) -> None:
     net = basic_unet()
     run = runners(net)
     results: dict = {
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
-                    "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
-                    "loadavg_start": os.getloadavg()},
-        "model": {"name": f"monai BasicUNet features={FEATURES}",
-                  "params": sum(q.numel() for q in net.parameters())},
-        "size": args.size, "precision": "fp32", "blend": "gaussian", "runs": [],
+        "machine": {
+            "platform": platform.platform(),
+            "cpus": os.cpu_count(),
+            "torch": torch.__version__,
+            "torch_threads": torch.get_num_threads(),
+            "loadavg_start": os.getloadavg(),
+        },
+        "model": {
+            "name": f"monai BasicUNet features={FEATURES}",
+            "params": sum(q.numel() for q in net.parameters()),
+        },
+        "size": args.size,
+        "precision": "fp32",
+        "blend": "gaussian",
+        "runs": [],
         "date": time.strftime("%Y-%m-%d", time.gmtime()),
     }
     if args.profile:
@@ -227,12 +285,16 @@ def main(argv: list[str] | None = None) -> None:
         for kind in order:
             t, outputs[kind] = timed(run[kind], field)
             results["runs"].append({"round": r, "kind": kind, **t})
-            print(f"round {r} {kind}: wall {t['wall_s']:.1f} s, cpu {t['cpu_s']:.1f} s, "
-                  f"load {t['load_before']:.1f} -> {t['load_after']:.1f}", flush=True)
+            print(
+                f"round {r} {kind}: wall {t['wall_s']:.1f} s, cpu {t['cpu_s']:.1f} s, "
+                f"load {t['load_before']:.1f} -> {t['load_after']:.1f}",
+                flush=True,
+            )
     results["ratios"] = ratios(results["runs"], args.rounds)
     std = float(outputs["monai"].std())
     results["agreement_max_abs_over_std"] = {
-        k: float(np.abs(outputs[k] - outputs["monai"]).max() / std) for k in KINDS[1:]}
+        k: float(np.abs(outputs[k] - outputs["monai"]).max() / std) for k in KINDS[1:]
+    }
     results["machine"]["loadavg_end"] = os.getloadavg()
     results["targets"] = {"omeloc_monai_tiles": 1.2, "omeloc_default": 1.5}
     print(json.dumps({k: results[k] for k in ("ratios", "agreement_max_abs_over_std")}, indent=1))

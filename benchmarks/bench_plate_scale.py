@@ -99,7 +99,7 @@ job = plan_prediction(view, ckpt)
 lazy_prediction(job, view.images[0])
 _, row["lazy_prediction_bytes_per_image"] = kept(lambda: [lazy_prediction(job, img) for img in view.images])
 print(json.dumps(row))
-"""
+"""  # noqa: E501
 
 
 def _plate(cache: Path, n: int) -> Path:
@@ -108,8 +108,17 @@ def _plate(cache: Path, n: int) -> Path:
     rows, cols, fields = LAYOUTS.get(n, (1, n, 1))
     path = cache / f"plate_{n}.zarr"
     if not (path / "zarr.json").exists():
-        omeloc.make_plate(path, rows=rows, cols=cols, fields=fields, size=32, chunks=None, levels=1,
-                          channels=("actin", "WAVE2"), overwrite=True)
+        omeloc.make_plate(
+            path,
+            rows=rows,
+            cols=cols,
+            fields=fields,
+            size=32,
+            chunks=None,
+            levels=1,
+            channels=("actin", "WAVE2"),
+            overwrite=True,
+        )
     return path
 
 
@@ -120,19 +129,49 @@ def _model(cache: Path) -> Path:
     done = list(out.rglob("weights*"))
     if done:
         return done[0].parent
-    seed = omeloc.make_plate(cache / "seed.zarr", rows=1, cols=2, fields=1, size=64, chunks=None, levels=1,
-                             channels=("actin", "WAVE2"), overwrite=True)
-    return omeloc.train(seed, "actin", "WAVE2", out=out, steps=1, crop=32, batch_size=2, depth=2, base_channels=4,
-                        val_wells=["A2"], progress=False).checkpoint
+    seed = omeloc.make_plate(
+        cache / "seed.zarr",
+        rows=1,
+        cols=2,
+        fields=1,
+        size=64,
+        chunks=None,
+        levels=1,
+        channels=("actin", "WAVE2"),
+        overwrite=True,
+    )
+    return omeloc.train(
+        seed,
+        "actin",
+        "WAVE2",
+        out=out,
+        steps=1,
+        crop=32,
+        batch_size=2,
+        depth=2,
+        base_channels=4,
+        val_wells=["A2"],
+        progress=False,
+    ).checkpoint
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, nargs="*", default=[96, 384, 3456])
-    parser.add_argument("--dry-run-only", type=int, nargs="*", default=[], metavar="N",
-                        help="plate sizes (e.g. 19968) timed for open and dry run only")
-    parser.add_argument("--cache", type=Path, default=None, help="folder for the plates and the model (kept)")
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "plate_scale.json")
+    parser.add_argument(
+        "--dry-run-only",
+        type=int,
+        nargs="*",
+        default=[],
+        metavar="N",
+        help="plate sizes (e.g. 19968) timed for open and dry run only",
+    )
+    parser.add_argument(
+        "--cache", type=Path, default=None, help="folder for the plates and the model (kept)"
+    )
+    parser.add_argument(
+        "--out", type=Path, default=Path(__file__).parent / "results" / "plate_scale.json"
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         cache = args.cache or Path(tmp)
@@ -143,23 +182,39 @@ def main() -> None:
             plate = _plate(cache, n)
             row = run_child(CHILD, [str(plate), str(ckpt), str(n), "dry"], f"{n} images (dry run)")
             runs.append(row)
-            print(f"{n:5d} images  open {row['open_plate_s']:6.2f} s ({row['open_plate_metadata_reads_per_image']:.2f} "
-                  f"reads/img)  dry-run {row['dry_run_s']:6.2f} s  peak RSS {row['peak_rss_mb']:6.0f} MB", flush=True)
+            print(
+                f"{n:5d} images  open {row['open_plate_s']:6.2f} s "
+                f"({row['open_plate_metadata_reads_per_image']:.2f} reads/img)  dry-run "
+                f"{row['dry_run_s']:6.2f} s  peak RSS {row['peak_rss_mb']:6.0f} MB",
+                flush=True,
+            )
         for n in args.images:
             plate = _plate(cache, n)
             row = run_child(CHILD, [str(plate), str(ckpt), str(n)], f"{n} images")
             runs.append(row)
-            print(f"{n:5d} images  open {row['open_plate_s']:6.2f} s ({row['open_plate_metadata_reads_per_image']:.2f} "
-                  f"reads/img)  info {row['info_s']:6.2f} s  dry-run {row['dry_run_s']:6.2f} s "
-                  f"({row['dry_run_metadata_reads_per_image']:.2f} reads/img)  predict {row['predict_s']:7.2f} s "
-                  f"({row['predict_metadata_reads_per_image']:.2f} reads/img)  model {row['model_s']:6.2f} s  "
-                  f"overhead {row['overhead_ms_per_image']:5.1f} ms/img  peak RSS {row['peak_rss_mb']:6.0f} MB  kept per "
-                  f"image: view {row['view_bytes_per_image']:6.0f} B, lazy prediction "
-                  f"{row['lazy_prediction_bytes_per_image']:6.0f} B", flush=True)
-    result = {"benchmark": "omeloc plate scale (fields of 32², one level, tiny U-Net)", "runs": runs,
-              "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
-                          "loadavg_at_end": os.getloadavg()},
-              "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+            print(
+                f"{n:5d} images  open {row['open_plate_s']:6.2f} s "
+                f"({row['open_plate_metadata_reads_per_image']:.2f} reads/img)  info "
+                f"{row['info_s']:6.2f} s  dry-run {row['dry_run_s']:6.2f} s "
+                f"({row['dry_run_metadata_reads_per_image']:.2f} reads/img)  predict "
+                f"{row['predict_s']:7.2f} s ({row['predict_metadata_reads_per_image']:.2f} "
+                f"reads/img)  model {row['model_s']:6.2f} s  overhead "
+                f"{row['overhead_ms_per_image']:5.1f} ms/img  peak RSS {row['peak_rss_mb']:6.0f} "
+                f"MB  kept per image: view {row['view_bytes_per_image']:6.0f} B, lazy prediction "
+                f"{row['lazy_prediction_bytes_per_image']:6.0f} B",
+                flush=True,
+            )
+    result = {
+        "benchmark": "omeloc plate scale (fields of 32², one level, tiny U-Net)",
+        "runs": runs,
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "loadavg_at_end": os.getloadavg(),
+        },
+        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
     print(f"saved {args.out}")

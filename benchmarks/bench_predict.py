@@ -16,7 +16,7 @@ the same for a second plate predicted in the same process (model loaded, torch's
 as in the engine-alone measurement).
 
 Prints a table and saves JSON.  Figures depend on the machine: compare only runs made here.
-"""
+"""  # noqa: E501
 
 from __future__ import annotations
 
@@ -77,7 +77,7 @@ if mode == "threads":  # the engine alone, same model / tiles / precision, field
                e2e_over_engine=engine_s / seconds, warm_seconds=warm_s, warm_e2e_over_engine=engine_s / warm_s,
                tile=cfg.tile, overlap=cfg.overlap, precision=prec)
 print(json.dumps(row))
-"""
+"""  # noqa: E501
 
 
 def main() -> None:
@@ -85,40 +85,70 @@ def main() -> None:
     parser.add_argument("--fields", type=int, nargs="+", default=[4, 16, 64])
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--modes", nargs="+", default=["threads", "workers1", "workers2"])
-    parser.add_argument("--worker-fields", type=int, default=16, help="plate size for the 1-vs-2-worker comparison")
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "predict.json")
+    parser.add_argument(
+        "--worker-fields", type=int, default=16, help="plate size for the 1-vs-2-worker comparison"
+    )
+    parser.add_argument(
+        "--out", type=Path, default=Path(__file__).parent / "results" / "predict.json"
+    )
     args = parser.parse_args()
 
     import omeloc
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        seed_plate = omeloc.make_plate(root / "seed.zarr", rows=1, cols=2, fields=1, size=256,
-                                       channels=("actin", "WAVE2"))
-        ckpt = omeloc.train(seed_plate, "actin", "WAVE2", out=root / "model", steps=1, val_wells=["A2"],
-                            progress=False).checkpoint
+        seed_plate = omeloc.make_plate(
+            root / "seed.zarr", rows=1, cols=2, fields=1, size=256, channels=("actin", "WAVE2")
+        )
+        ckpt = omeloc.train(
+            seed_plate,
+            "actin",
+            "WAVE2",
+            out=root / "model",
+            steps=1,
+            val_wells=["A2"],
+            progress=False,
+        ).checkpoint
         runs = []
         plan = [(n, "threads") for n in args.fields]
         plan += [(args.worker_fields, m) for m in args.modes if m != "threads"]
         for n, mode in plan:
-            row = run_child(CHILD, [str(root), str(n), str(args.size), mode, str(ckpt)], f"{n} fields / {mode}")
+            row = run_child(
+                CHILD, [str(root), str(n), str(args.size), mode, str(ckpt)], f"{n} fields / {mode}"
+            )
             runs.append(row)
-            print(f"{n:4d} fields  {mode:9s} {row['megapixels']:7.1f} MPix  {row['seconds']:7.1f} s  "
-                  f"{row['megapixels_per_second']:6.2f} MPix/s  peak RSS driver {row['peak_rss_mb_driver']:6.0f} MB"
-                  f"  largest worker {row['peak_rss_mb_largest_worker']:6.0f} MB"
-                  + (f"  engine {row['engine_megapixels_per_second']:6.2f} MPix/s  e2e/engine {row['e2e_over_engine']:.2f}"
-                     f" (warm {row['warm_e2e_over_engine']:.2f})"
-                     if "engine_seconds" in row else ""), flush=True)
+            print(
+                f"{n:4d} fields  {mode:9s} {row['megapixels']:7.1f} MPix  {row['seconds']:7.1f} s  "
+                f"{row['megapixels_per_second']:6.2f} MPix/s  peak RSS driver "
+                f"{row['peak_rss_mb_driver']:6.0f} MB  largest worker "
+                f"{row['peak_rss_mb_largest_worker']:6.0f} MB"
+                + (
+                    f"  engine {row['engine_megapixels_per_second']:6.2f} MPix/s  e2e/engine "
+                    f"{row['e2e_over_engine']:.2f} (warm {row['warm_e2e_over_engine']:.2f})"
+                    if "engine_seconds" in row
+                    else ""
+                ),
+                flush=True,
+            )
     by_mode = {r["mode"]: r for r in runs if r["fields"] == args.worker_fields}
     speedup = None
     if "workers1" in by_mode and "workers2" in by_mode:
-        speedup = by_mode["workers2"]["megapixels_per_second"] / by_mode["workers1"]["megapixels_per_second"]
+        speedup = (
+            by_mode["workers2"]["megapixels_per_second"]
+            / by_mode["workers1"]["megapixels_per_second"]
+        )
         print(f"2 workers over 1: {speedup:.2f}x")
     result = {
-        "benchmark": "omeloc.predict plate throughput", "size": args.size, "runs": runs,
+        "benchmark": "omeloc.predict plate throughput",
+        "size": args.size,
+        "runs": runs,
         "speedup_2_over_1_workers": speedup,
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
-                    "loadavg_at_end": os.getloadavg()},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "loadavg_at_end": os.getloadavg(),
+        },
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

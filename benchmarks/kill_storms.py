@@ -49,13 +49,24 @@ def _env() -> dict[str, str]:
 
 
 def start(*args: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "omeloc.cli", "-q", *args], env=_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "omeloc.cli", "-q", *args],
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def run(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "omeloc.cli", "-q", *args], env=_env(), capture_output=True,
-                          text=True, timeout=900, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "omeloc.cli", "-q", *args],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
 
 
 def timed(*args: str) -> float:
@@ -67,7 +78,8 @@ def timed(*args: str) -> float:
 
 
 def kill_after(procs: list[subprocess.Popen], delay: float, rng: random.Random) -> list[int]:
-    """Sleep ``delay`` s, SIGKILL a random non-empty subset of ``procs``, wait for all; their exit codes."""
+    """Sleep ``delay`` s, SIGKILL a random non-empty subset of ``procs``, wait for all; their
+    exit codes."""
     time.sleep(delay)
     victims = [p for p in procs if rng.random() < 0.6] or [rng.choice(procs)]
     for p in victims:
@@ -88,9 +100,11 @@ def kill_after(procs: list[subprocess.Popen], delay: float, rng: random.Random) 
 
 def original_files(plate: Path) -> dict[str, str]:
     """sha256 of every non-metadata file (the chunks) below ``plate``."""
-    return {str(p.relative_to(plate)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(plate.rglob("*")) if p.is_file() and p.name not in META
-            and not p.name.startswith(".omeloc")}
+    return {
+        str(p.relative_to(plate)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(plate.rglob("*"))
+        if p.is_file() and p.name not in META and not p.name.startswith(".omeloc")
+    }
 
 
 def intact(plate: Path, before: dict[str, str]) -> list[str]:
@@ -110,7 +124,10 @@ def channel_pixels(plate: Path, name: str) -> list[np.ndarray]:
 
 
 def same_channel(a: Path, b: Path, name: str) -> bool:
-    return all(np.array_equal(x, y) for x, y in zip(channel_pixels(a, name), channel_pixels(b, name), strict=True))
+    return all(
+        np.array_equal(x, y)
+        for x, y in zip(channel_pixels(a, name), channel_pixels(b, name), strict=True)
+    )
 
 
 class Storm:
@@ -124,8 +141,10 @@ class Storm:
             print(f"  FAIL {self.name}: {what}", flush=True)
 
     def line(self) -> str:
-        return (f"{self.name}: {self.kills} kills, {self.checks} checks, {len(self.failures)} failures"
-                + (f" ({'; '.join(self.failures[:3])})" if self.failures else ""))
+        return (
+            f"{self.name}: {self.kills} kills, {self.checks} checks, {len(self.failures)} failures"
+            + (f" ({'; '.join(self.failures[:3])})" if self.failures else "")
+        )
 
 
 # -- fixtures ---------------------------------------------------------------------------------
@@ -133,14 +152,33 @@ def setup(work: Path) -> dict[str, Path]:
     work.mkdir(parents=True, exist_ok=True)
     tpl = work / "template.zarr"
     if not tpl.exists():
-        omeloc.make_plate(tpl, rows=1, cols=2, fields=1, size=96, chunks=(48, 48), levels=2,
-                          channels=("actin", "WAVE2", "tubulin"))
+        omeloc.make_plate(
+            tpl,
+            rows=1,
+            cols=2,
+            fields=1,
+            size=96,
+            chunks=(48, 48),
+            levels=2,
+            channels=("actin", "WAVE2", "tubulin"),
+        )
     models = {}
     for name, (src, tgt) in {"a": ("actin", "WAVE2"), "b": ("actin", "tubulin")}.items():
         out = work / f"model-{name}"
         if not out.exists():
-            omeloc.train(tpl, src, tgt, out=out, steps=2, crop=32, batch_size=2, depth=2, base_channels=4,
-                         val_wells=["A2"], progress=False)
+            omeloc.train(
+                tpl,
+                src,
+                tgt,
+                out=out,
+                steps=2,
+                crop=32,
+                batch_size=2,
+                depth=2,
+                base_channels=4,
+                val_wells=["A2"],
+                progress=False,
+            )
         models[name] = out
     ref = work / "ref.zarr"
     if not ref.exists():
@@ -158,13 +196,23 @@ def storm_two_writers(f: dict[str, Path], work: Path, kills: int, rng: random.Ra
     shutil.rmtree(plate, ignore_errors=True)
     shutil.copytree(f["template"], plate)
     before = original_files(plate)
-    t = timed("predict", str(shutil.copytree(f["template"], work / "two-timing.zarr")), "--model",
-              str(f["model_a"]))
+    t = timed(
+        "predict",
+        str(shutil.copytree(f["template"], work / "two-timing.zarr")),
+        "--model",
+        str(f["model_a"]),
+    )
     while s.kills < kills:
-        procs = [start("predict", str(plate), "--model", str(f[m]), "--overwrite") for m in ("model_a", "model_b")]
+        procs = [
+            start("predict", str(plate), "--model", str(f[m]), "--overwrite")
+            for m in ("model_a", "model_b")
+        ]
         codes = kill_after(procs, rng.uniform(0.1, 1.2) * t, rng)
         s.kills += sum(c == -9 for c in codes)
-        s.check(all(c in (0, 2, -9) for c in codes), f"exit codes {codes}: {[p.last_stderr for p in procs]}")
+        s.check(
+            all(c in (0, 2, -9) for c in codes),
+            f"exit codes {codes}: {[p.last_stderr for p in procs]}",
+        )
         s.check(not intact(plate, before), "an original chunk changed")
     res = run("recover", str(plate), "--force")
     s.check(res.returncode == 0, f"recover: {res.stderr.strip()}")
@@ -186,22 +234,36 @@ def storm_rechunk_reads(f: dict[str, Path], work: Path, kills: int, rng: random.
     t = timed("rechunk", str(src), str(work / "rtiming.zarr"))
     shutil.rmtree(work / "rtiming.zarr")
     while s.kills < kills:
-        procs = [start("rechunk", str(src), str(dst), "--overwrite"),
-                 start("predict", str(src), "--model", str(f["model_a"]), "--overwrite")]
+        procs = [
+            start("rechunk", str(src), str(dst), "--overwrite"),
+            start("predict", str(src), "--model", str(f["model_a"]), "--overwrite"),
+        ]
         codes = kill_after(procs, rng.uniform(0.1, 1.5) * t, rng)
         s.kills += sum(c == -9 for c in codes)
-        s.check(all(c in (0, 2, -9) for c in codes), f"exit codes {codes}: {[p.last_stderr for p in procs]}")
+        s.check(
+            all(c in (0, 2, -9) for c in codes),
+            f"exit codes {codes}: {[p.last_stderr for p in procs]}",
+        )
         s.check(not intact(src, before), "an original chunk of SRC changed")
         if dst.exists():
             res = run("info", str(dst))
             if res.returncode == 2:
-                s.check("incomplete copy" in res.stderr, f"dst refused for another reason: {res.stderr.strip()}")
+                s.check(
+                    "incomplete copy" in res.stderr,
+                    f"dst refused for another reason: {res.stderr.strip()}",
+                )
             else:
                 s.check(res.returncode == 0, f"info dst: {res.stderr.strip()}")
                 if res.returncode == 0:
                     copied = omeloc.open_plate(dst).channel_names
-                    s.check(all(same_channel(dst, f["template"], n) for n in copied if "virtual" not in n),
-                            "a copied original channel differs")
+                    s.check(
+                        all(
+                            same_channel(dst, f["template"], n)
+                            for n in copied
+                            if "virtual" not in n
+                        ),
+                        "a copied original channel differs",
+                    )
     run("recover", str(src), "--force")
     return s
 
@@ -216,8 +278,17 @@ def storm_evaluate_reads(f: dict[str, Path], work: Path, kills: int, rng: random
     t = timed("predict", str(plate), "--model", str(f["model_a"]), "--overwrite")
     while s.kills < kills:
         pred = start("predict", str(plate), "--model", str(f["model_a"]), "--overwrite")
-        ev = start("evaluate", str(plate), "--pred", "WAVE2 (virtual)", "--truth", "WAVE2",
-                   "--out", str(work / "evaluation"), "--no-noise-ceiling")
+        ev = start(
+            "evaluate",
+            str(plate),
+            "--pred",
+            "WAVE2 (virtual)",
+            "--truth",
+            "WAVE2",
+            "--out",
+            str(work / "evaluation"),
+            "--no-noise-ceiling",
+        )
         time.sleep(rng.uniform(0.1, 1.1) * t)
         if pred.poll() is None:
             pred.kill()
@@ -225,16 +296,26 @@ def storm_evaluate_reads(f: dict[str, Path], work: Path, kills: int, rng: random
         pred.communicate()
         _, ev_err = ev.communicate(timeout=900)
         print(f"  predict {pred.returncode}, evaluate {ev.returncode}", flush=True)
-        s.check(ev.returncode in (0, 2), f"evaluate exit {ev.returncode}: {(ev_err or '').strip()[-300:]}")
+        s.check(
+            ev.returncode in (0, 2),
+            f"evaluate exit {ev.returncode}: {(ev_err or '').strip()[-300:]}",
+        )
         s.check(not intact(plate, before), "an original chunk changed")
     s.check(run("recover", str(plate), "--force").returncode == 0, "recover failed")
-    s.check(run("predict", str(plate), "--model", str(f["model_a"]), "--overwrite").returncode == 0, "rerun")
-    s.check(same_channel(plate, f["ref"], "WAVE2 (virtual)"), "the virtual channel differs from the reference")
+    s.check(
+        run("predict", str(plate), "--model", str(f["model_a"]), "--overwrite").returncode == 0,
+        "rerun",
+    )
+    s.check(
+        same_channel(plate, f["ref"], "WAVE2 (virtual)"),
+        "the virtual channel differs from the reference",
+    )
     return s
 
 
 def _again(out: Path) -> list[str]:
-    """``--resume`` when a killed run saved its state, ``--overwrite`` when it left only a folder."""
+    """``--resume`` when a killed run saved its state, ``--overwrite`` when it left only a
+    folder."""
     from omeloc.learn.checkpoint import STATE_FILE
 
     if (out / STATE_FILE).exists():
@@ -247,8 +328,26 @@ def storm_train(f: dict[str, Path], work: Path, kills: int, rng: random.Random) 
     out = work / "resumed"
     shutil.rmtree(out, ignore_errors=True)
     steps = "40"
-    common = ["train", str(f["template"]), "--source", "actin", "--target", "WAVE2", "--out", str(out),
-              "--steps", steps, "--crop", "32", "--batch-size", "2", "--depth", "2", "--val-wells", "A2"]
+    common = [
+        "train",
+        str(f["template"]),
+        "--source",
+        "actin",
+        "--target",
+        "WAVE2",
+        "--out",
+        str(out),
+        "--steps",
+        steps,
+        "--crop",
+        "32",
+        "--batch-size",
+        "2",
+        "--depth",
+        "2",
+        "--val-wells",
+        "A2",
+    ]
     t = timed(*common[:-2], "--val-wells", "A2", "--out", str(work / "train-timing"))
     shutil.rmtree(work / "train-timing", ignore_errors=True)
     while s.kills < kills:
@@ -285,8 +384,10 @@ def storm_import(f: dict[str, Path], work: Path, kills: int, rng: random.Random)
         for well in ("B7", "B8", "C7"):
             for site in (1, 2):
                 for ch, stain in ((1, "DAPI"), (2, "GFP"), (3, "RFP")):
-                    tifffile.imwrite(tiffs / f"{well}_01_{ch}_{site}_{stain}_001.tif",
-                                     r.integers(0, 4000, (256, 256)).astype("uint16"))
+                    tifffile.imwrite(
+                        tiffs / f"{well}_01_{ch}_{site}_{stain}_001.tif",
+                        r.integers(0, 4000, (256, 256)).astype("uint16"),
+                    )
     sources = original_files(tiffs)
     ref = work / "import-ref.zarr"
     shutil.rmtree(ref, ignore_errors=True)
@@ -300,17 +401,33 @@ def storm_import(f: dict[str, Path], work: Path, kills: int, rng: random.Random)
         s.check(codes[0] in (0, -9), f"import exit {codes[0]}: {proc.last_stderr}")
         if out.exists():
             p = omeloc.open_plate(out)
-            s.check(all(same_channel(out, ref, n) for n in p.channel_names), "an import that exists differs")
+            s.check(
+                all(same_channel(out, ref, n) for n in p.channel_names),
+                "an import that exists differs",
+            )
         s.check(original_files(tiffs) == sources, "a TIFF changed")
     shutil.rmtree(out, ignore_errors=True)
-    s.check(run("import-tiff", str(tiffs), str(out), "--pattern", NF1_PATTERN, "--chunk", "64").returncode == 0,
-            "the final import failed")
-    s.check(all(same_channel(out, ref, n) for n in omeloc.open_plate(out).channel_names), "final import differs")
+    s.check(
+        run(
+            "import-tiff", str(tiffs), str(out), "--pattern", NF1_PATTERN, "--chunk", "64"
+        ).returncode
+        == 0,
+        "the final import failed",
+    )
+    s.check(
+        all(same_channel(out, ref, n) for n in omeloc.open_plate(out).channel_names),
+        "final import differs",
+    )
     return s
 
 
-STORMS = {"import": storm_import, "train": storm_train, "two_writers": storm_two_writers,
-          "rechunk_reads": storm_rechunk_reads, "evaluate_reads": storm_evaluate_reads}
+STORMS = {
+    "import": storm_import,
+    "train": storm_train,
+    "two_writers": storm_two_writers,
+    "rechunk_reads": storm_rechunk_reads,
+    "evaluate_reads": storm_evaluate_reads,
+}
 
 
 def main() -> int:
@@ -325,9 +442,18 @@ def main() -> int:
     for name in args.only.split(","):
         t0 = time.perf_counter()
         storm = STORMS[name](fixtures, args.work, args.kills, random.Random(f"{args.seed}-{name}"))
-        results[name] = {"kills": storm.kills, "checks": storm.checks, "failures": storm.failures,
-                         "seconds": round(time.perf_counter() - t0, 1), "load": os.getloadavg()[0]}
-        print(storm.line(), f"[{results[name]['seconds']} s, load {results[name]['load']:.1f}]", flush=True)
+        results[name] = {
+            "kills": storm.kills,
+            "checks": storm.checks,
+            "failures": storm.failures,
+            "seconds": round(time.perf_counter() - t0, 1),
+            "load": os.getloadavg()[0],
+        }
+        print(
+            storm.line(),
+            f"[{results[name]['seconds']} s, load {results[name]['load']:.1f}]",
+            flush=True,
+        )
     RESULTS.mkdir(exist_ok=True)
     tag = "-".join(args.only.split(",")) if args.only != ",".join(STORMS) else "all"
     (RESULTS / f"kill_storms-{tag}.json").write_text(json.dumps(results, indent=1) + "\n")

@@ -22,12 +22,13 @@ so a worker runs as many inference tasks at once as it has GPU units (``--gpu-th
     GPU each; queue, account and the Python environment come from your ``jobqueue.yaml`` (or
     add ``queue=``, ``account=`` here).
 
-A scheduler started by hand works the same from the command line (what tests/jobs/test_cluster.py runs)::
+A scheduler started by hand works the same from the command line (what tests/jobs/test_cluster.py
+runs)::
 
     dask scheduler --port 8786 &
     dask worker tcp://HOST:8786 --nworkers 2 --nthreads 1 --resources GPU=1 &
     omeloc predict plate.zarr --model CKPT --scheduler tcp://HOST:8786
-"""
+"""  # noqa: E501
 
 from __future__ import annotations
 
@@ -57,19 +58,26 @@ def _need(recipe: str) -> Any:
 
 def local_cluster(workers: int, gpu_threads: int = 1) -> distributed.LocalCluster:
     """Worker processes on this machine that advertise ``GPU`` (the scheduling logic, on CPU)."""
-    return distributed.LocalCluster(n_workers=workers, threads_per_worker=gpu_threads, processes=True,
-                                    resources={"GPU": gpu_threads}, dashboard_address=None)
+    return distributed.LocalCluster(
+        n_workers=workers,
+        threads_per_worker=gpu_threads,
+        processes=True,
+        resources={"GPU": gpu_threads},
+        dashboard_address=None,
+    )
 
 
 def cuda_cluster(workers: int | None = None, gpu_threads: int = 1) -> Any:
-    """dask-cuda: one worker per GPU of this node (``workers``: the first N GPUs), each pinned to its GPU.
+    """dask-cuda: one worker per GPU of this node (``workers``: the first N GPUs), each pinned to
+    its GPU.
 
     ``gpu_threads`` > 1 runs that many inference tasks at once on each GPU (threads of one worker
     process sharing its model): worth it when one task leaves the GPU underfilled.
     """
     dask_cuda = _need("cuda")
-    return dask_cuda.LocalCUDACluster(n_workers=workers, threads_per_worker=gpu_threads,
-                                      resources={"GPU": gpu_threads})
+    return dask_cuda.LocalCUDACluster(
+        n_workers=workers, threads_per_worker=gpu_threads, resources={"GPU": gpu_threads}
+    )
 
 
 def slurm_cluster(workers: int, gpu_threads: int = 1, cores: int = 4, memory: str = "32GB") -> Any:
@@ -79,9 +87,14 @@ def slurm_cluster(workers: int, gpu_threads: int = 1, cores: int = 4, memory: st
     write chunks with the rest.
     """
     jobqueue = _need("slurm")
-    cluster = jobqueue.SLURMCluster(cores=cores, processes=1, memory=memory, walltime="02:00:00",
-                                    job_extra_directives=["--gres=gpu:1"],
-                                    worker_extra_args=["--resources", f"GPU={gpu_threads}"])
+    cluster = jobqueue.SLURMCluster(
+        cores=cores,
+        processes=1,
+        memory=memory,
+        walltime="02:00:00",
+        job_extra_directives=["--gres=gpu:1"],
+        worker_extra_args=["--resources", f"GPU={gpu_threads}"],
+    )
     cluster.scale(jobs=workers)
     return cluster
 
@@ -95,19 +108,41 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--workers", type=int, default=None, help="default: 2 (cuda: every GPU)")
     parser.add_argument("--cluster", choices=sorted(RECIPES), default="local")
-    parser.add_argument("--gpu-threads", type=int, default=1, help="inference tasks at once per worker (GPU)")
+    parser.add_argument(
+        "--gpu-threads", type=int, default=1, help="inference tasks at once per worker (GPU)"
+    )
     args = parser.parse_args(argv)
     if args.cluster in NEEDS:
         _need(args.cluster)  # say what to install before training anything
     size, steps = (96, 10) if args.quick else (512, 300)
     args.out.mkdir(parents=True, exist_ok=True)
-    plate_path = omeloc.make_plate(args.out / "plate.zarr", rows=2, cols=2, fields=2, size=size, seed=2,
-                                   chunks=(min(size, 256),) * 2, overwrite=True)
-    trained = omeloc.train(plate_path, "actin", "vinculin", out=args.out / "model",
-                           overwrite=True, steps=steps, val_wells=["B2"],
-                           depth=2, base_channels=4 if args.quick else 16, crop=64)
+    plate_path = omeloc.make_plate(
+        args.out / "plate.zarr",
+        rows=2,
+        cols=2,
+        fields=2,
+        size=size,
+        seed=2,
+        chunks=(min(size, 256),) * 2,
+        overwrite=True,
+    )
+    trained = omeloc.train(
+        plate_path,
+        "actin",
+        "vinculin",
+        out=args.out / "model",
+        overwrite=True,
+        steps=steps,
+        val_wells=["B2"],
+        depth=2,
+        base_channels=4 if args.quick else 16,
+        crop=64,
+    )
     workers = args.workers or (None if args.cluster == "cuda" else 2)
-    with RECIPES[args.cluster](workers, args.gpu_threads) as cluster, distributed.Client(cluster) as client:
+    with (
+        RECIPES[args.cluster](workers, args.gpu_threads) as cluster,
+        distributed.Client(cluster) as client,
+    ):
         client.wait_for_workers(1, timeout=600)
         res = omeloc.predict(plate_path, trained.checkpoint, client=client, overwrite=True)
         loads = client.run(model_loads)  # worker → how often it loaded a model: once at most

@@ -6,7 +6,7 @@ A synthetic plate (actin, WAVE2), a small actin → WAVE2 U-Net trained through 
 Needs ``pip install 'omeloc[napari]'`` and a display; on a server run it under Xvfb:
 
     xvfb-run -a -s "-screen 0 1920x1080x24" python examples/napari_screenshot.py OUT_DIR [--png docs/napari.png]
-"""
+"""  # noqa: E501
 
 from __future__ import annotations
 
@@ -27,7 +27,8 @@ def wait(app, widget, timeout: float = 1800.0) -> None:
 
 
 def _save_small(rgba, png: Path, width: int = 1400) -> None:
-    """The screenshot as an 8-bit palette PNG at most ``width`` pixels wide (small enough to commit)."""
+    """The screenshot as an 8-bit palette PNG at most ``width`` pixels wide (small enough to
+    commit)."""
     from PIL import Image
 
     img = Image.fromarray(rgba[..., :3])
@@ -39,7 +40,12 @@ def _save_small(rgba, png: Path, width: int = 1400) -> None:
 def main(argv: list[str] | None = None) -> Path:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out", type=Path)
-    parser.add_argument("--png", type=Path, default=None, help="where to save the screenshot (default OUT/napari.png)")
+    parser.add_argument(
+        "--png",
+        type=Path,
+        default=None,
+        help="where to save the screenshot (default OUT/napari.png)",
+    )
     parser.add_argument("--steps", type=int, default=150, help="training steps")
     parser.add_argument("--crop", type=int, default=64, help="training crop side in pixels")
     args = parser.parse_args(argv)
@@ -48,7 +54,9 @@ def main(argv: list[str] | None = None) -> Path:
 
     import warnings
 
-    warnings.filterwarnings("ignore", message=".*PyQt5 backend is deprecated")  # not a notification in the picture
+    warnings.filterwarnings(
+        "ignore", message=".*PyQt5 backend is deprecated"
+    )  # not a notification in the picture
     import napari
     from qtpy.QtWidgets import QApplication, QWidget
 
@@ -56,8 +64,16 @@ def main(argv: list[str] | None = None) -> Path:
     from omeloc.napari._predict import PredictWidget
     from omeloc.napari._train import TrainWidget
 
-    plate = omeloc.make_plate(args.out / "plate.zarr", rows=2, cols=3, fields=1, size=256, seed=1,
-                              channels=("actin", "WAVE2"), overwrite=True)
+    plate = omeloc.make_plate(
+        args.out / "plate.zarr",
+        rows=2,
+        cols=3,
+        fields=1,
+        size=256,
+        seed=1,
+        channels=("actin", "WAVE2"),
+        overwrite=True,
+    )
     viewer = napari.Viewer(title="omeloc in napari")
     viewer.window.resize(1800, 1000)
     viewer.open(str(plate), plugin="napari-ome-zarr")
@@ -65,13 +81,21 @@ def main(argv: list[str] | None = None) -> Path:
     train, predict = TrainWidget(viewer), PredictWidget(viewer)
     viewer.window.add_dock_widget(train, name="omeloc: train", area="right")
     viewer.window.add_dock_widget(predict, name="omeloc: predict", area="right")
-    train.val_wells.value, train.minutes.value, train.steps.value, train.crop.value = "B3", 0, args.steps, args.crop
+    train.val_wells.value, train.minutes.value, train.steps.value, train.crop.value = (
+        "B3",
+        0,
+        args.steps,
+        args.crop,
+    )
     train.out.value, train.overwrite.value = args.out / "model", True
     train.train_button.clicked.emit()
     wait(app, train)
     if train.result is None:
         raise SystemExit(train.message.value)
-    predict.uncertainty.value, predict.overwrite.value = True, True  # the model came from the train widget
+    predict.uncertainty.value, predict.overwrite.value = (
+        True,
+        True,
+    )  # the model came from the train widget
     predict.run_button.clicked.emit()
     wait(app, predict)
     if predict.result is None:
@@ -80,7 +104,9 @@ def main(argv: list[str] | None = None) -> Path:
     grid.enabled = True
     grid.shape = (2, 2)  # actin | WAVE2 over WAVE2 (virtual) | WAVE2 (uncertainty)
     viewer.reset_view()
-    for toast in viewer.window._qt_window.findChildren(QWidget):  # notices of this run, not of omeloc
+    for toast in viewer.window._qt_window.findChildren(
+        QWidget
+    ):  # notices of this run, not of omeloc
         if type(toast).__name__ == "NapariQtNotification":
             toast.close()
     app.processEvents()

@@ -22,11 +22,29 @@ def main(argv: list[str] | None = None) -> omeloc.RelateResult:
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     size, budget = (96, 10) if args.quick else (256, 300)
-    plate_path = omeloc.make_plate(args.out / "plate.zarr", rows=2, cols=4, fields=2, size=size, seed=3,
-                                   chunks=(min(size, 256),) * 2, overwrite=True)
-    channels = ["actin", "WAVE2", "tubulin"] if args.quick else ["actin", "WAVE2", "IRSp53", "vinculin", "tubulin"]
-    res = omeloc.relate(plate_path, channels, out=args.out / "relate", budget=budget, val_wells=["B4"],
-                        sources=None if not args.quick else ["actin"])
+    plate_path = omeloc.make_plate(
+        args.out / "plate.zarr",
+        rows=2,
+        cols=4,
+        fields=2,
+        size=size,
+        seed=3,
+        chunks=(min(size, 256),) * 2,
+        overwrite=True,
+    )
+    channels = (
+        ["actin", "WAVE2", "tubulin"]
+        if args.quick
+        else ["actin", "WAVE2", "IRSp53", "vinculin", "tubulin"]
+    )
+    res = omeloc.relate(
+        plate_path,
+        channels,
+        out=args.out / "relate",
+        budget=budget,
+        val_wells=["B4"],
+        sources=None if not args.quick else ["actin"],
+    )
     print(res.table())
     for key, path in res.files.items():
         print(f"{key}: {path}")

@@ -9,14 +9,19 @@ Public API (imported lazily, so ``import omeloc`` and the CLI start fast):
 - :func:`add_channel`, :func:`recover`, :func:`rechunk` — write a new channel into every image
   and level, safely (``omeloc.writeback.protocol``, ``omeloc.writeback.rechunk``)
 - :func:`evaluate`, :func:`screen` — virtual vs real channel metrics, figures, screening z-scores
-- :func:`train`, :func:`load_checkpoint` — U-Net / pix2pix from Zarr crops, checkpoints (``omeloc.learn.training``)
+- :func:`train`, :func:`load_checkpoint` — U-Net / pix2pix from Zarr crops, checkpoints
+  (``omeloc.learn.training``)
 - :func:`predict`, :func:`predict_array` — tiled, blended lazy inference written back as a channel
-- :func:`relate`, :func:`run_demo` — the relationship matrix of a plate's channels; the built-in demo
-- :class:`VirtualStain` — a checkpoint applied to numpy or dask arrays (normalize → model → target units)
-- :class:`TrainConfig`, :class:`TilingConfig`, :class:`ComputeConfig` — options of train / predict / where work runs
+- :func:`relate`, :func:`run_demo` — the relationship matrix of a plate's channels; the built-in
+  demo
+- :class:`VirtualStain` — a checkpoint applied to numpy or dask arrays (normalize → model → target
+  units)
+- :class:`TrainConfig`, :class:`TilingConfig`, :class:`ComputeConfig` — options of train / predict /
+  where work runs
 - :func:`dask_client` — run on a local cluster or a scheduler address (``omeloc.compute``)
-- :class:`ProgressReporter` (:class:`LogProgress`, :class:`ConsoleProgress`, :class:`QuietProgress`) — what a
-  ``progress`` argument may be besides ``True``/``False`` and a ``(done, total)`` callable (``omeloc.progress``)
+- :class:`ProgressReporter` (:class:`LogProgress`, :class:`ConsoleProgress`, :class:`QuietProgress`)
+  — what a ``progress`` argument may be besides ``True``/``False`` and a ``(done, total)`` callable
+  (``omeloc.progress``)
 - :func:`export_bmz`, :func:`show_model`, :class:`ModelDescription` — models in and out (BMZ, ONNX;
   ``omeloc.modelio``)
 """

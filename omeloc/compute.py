@@ -20,8 +20,15 @@ import dask
 from omeloc.config import ComputeConfig
 from omeloc.errors import OmelocError, SchedulerError
 
-__all__ = ["compute", "connect", "dask_client", "local_cluster", "run_on_workers", "scheduler_address",
-           "scheduler_errors"]
+__all__ = [
+    "compute",
+    "connect",
+    "dask_client",
+    "local_cluster",
+    "run_on_workers",
+    "scheduler_address",
+    "scheduler_errors",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -68,7 +75,9 @@ def dask_client(
     if not isinstance(config, ComputeConfig):
         config = ComputeConfig(client=config, scheduler=scheduler, workers=workers)
     elif scheduler is not None or workers is not None:
-        config = config.replace(**{k: v for k, v in (("scheduler", scheduler), ("workers", workers)) if v is not None})
+        config = config.replace(
+            **{k: v for k, v in (("scheduler", scheduler), ("workers", workers)) if v is not None}
+        )
     if config.client is not None:
         yield config.client
     elif config.workers is not None:
@@ -86,10 +95,16 @@ def local_cluster(workers: int, threads_per_worker: int = 1) -> Iterator[Any]:
     """A process-based ``LocalCluster`` of ``workers`` workers and its client, closed afterwards."""
     from distributed import Client, LocalCluster
 
-    with LocalCluster(
-        n_workers=workers, threads_per_worker=threads_per_worker, processes=True,
-        dashboard_address=None, silence_logs=logging.ERROR,
-    ) as cluster, Client(cluster) as client:
+    with (
+        LocalCluster(
+            n_workers=workers,
+            threads_per_worker=threads_per_worker,
+            processes=True,
+            dashboard_address=None,
+            silence_logs=logging.ERROR,
+        ) as cluster,
+        Client(cluster) as client,
+    ):
         logger.info("started a LocalCluster with %d worker processes", workers)
         yield client
 
@@ -129,7 +144,8 @@ def connect(address: str, timeout: float = 10.0) -> Iterator[Any]:
 
 
 class _DropReconnectFailure(logging.Filter):
-    """Drops the client's reconnect noise once its scheduler is gone (omeloc raises SchedulerError instead).
+    """Drops the client's reconnect noise once its scheduler is gone (omeloc raises SchedulerError
+    instead).
 
     Two records: "Failed to reconnect to scheduler", and the traceback of the reconnect loop
     that closing the client cancels (an ``asyncio.CancelledError``).
@@ -144,11 +160,16 @@ class _DropReconnectFailure(logging.Filter):
 #: client → the address :func:`connect` gave it (a closed client forgets its scheduler's address)
 _ADDRESSES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 #: what distributed says when a client has lost its scheduler
-_LOST_WORDS = ("scheduler-connection-lost", "scheduler connection lost", "lost the connection to the scheduler")
+_LOST_WORDS = (
+    "scheduler-connection-lost",
+    "scheduler connection lost",
+    "lost the connection to the scheduler",
+)
 
 
 def scheduler_address(client: Any) -> str:
-    """The address of ``client``'s scheduler (``tcp://host:port``), or ``"its scheduler"`` when unknown."""
+    """The address of ``client``'s scheduler (``tcp://host:port``), or ``"its scheduler"`` when
+    unknown."""
     try:
         known = _ADDRESSES.get(client)
     except TypeError:  # not weak-referenceable (not a distributed.Client)
@@ -179,8 +200,8 @@ def scheduler_errors(client: Any, address: str | None = None) -> Iterator[None]:
         if client is None or not _scheduler_lost(client, err):
             raise
         raise SchedulerError(
-            f"Lost the Dask scheduler at {address} ({_reason(err)}). Check that the scheduler and its workers "
-            f"run (dask scheduler, dask worker), restart them if they died, then rerun."
+            f"Lost the Dask scheduler at {address} ({_reason(err)}). Check that the scheduler and "
+            f"its workers run (dask scheduler, dask worker), restart them if they died, then rerun."
         ) from err
 
 
@@ -207,7 +228,8 @@ def _reason(err: BaseException) -> str:
 
 
 def run_on_workers(client: Any, fn: Callable[..., Any], *args: Any) -> dict[str, Any]:
-    """``fn(*args)`` on every worker of ``client`` (outside the task graph): worker address → result.
+    """``fn(*args)`` on every worker of ``client`` (outside the task graph): worker address →
+    result.
 
     A worker where ``fn`` raised maps to the exception.
 
@@ -221,7 +243,8 @@ def run_on_workers(client: Any, fn: Callable[..., Any], *args: Any) -> dict[str,
 
 
 def _resource_annotated(collections: Sequence[Any]) -> bool:
-    """Whether a layer of ``collections``' graphs asks for a worker resource (``dask.annotate(resources=...)``)."""
+    """Whether a layer of ``collections``' graphs asks for a worker resource
+    (``dask.annotate(resources=...)``)."""
     for coll in collections:
         graph = getattr(coll, "__dask_graph__", lambda: None)()
         for layer in getattr(graph, "layers", {}).values():
@@ -230,8 +253,13 @@ def _resource_annotated(collections: Sequence[Any]) -> bool:
     return False
 
 
-def compute(*collections: Any, client: Any = None, progress: bool = False, desc: str = "",
-            scheduler: str | None = None) -> Sequence[Any]:
+def compute(
+    *collections: Any,
+    client: Any = None,
+    progress: bool = False,
+    desc: str = "",
+    scheduler: str | None = None,
+) -> Sequence[Any]:
     """Compute Dask collections on ``client`` (or locally), optionally with a progress bar and ETA.
 
     On a client, graphs that carry resource annotations (``resources={"GPU": 1}``) are computed
@@ -267,7 +295,10 @@ def compute(*collections: Any, client: Any = None, progress: bool = False, desc:
                 return dask.compute(*collections, **kwargs)
         return dask.compute(*collections, **kwargs)
     keep_annotations = _resource_annotated(collections)
-    with scheduler_errors(client), dask.config.set({"optimization.fuse.active": False} if keep_annotations else {}):
+    with (
+        scheduler_errors(client),
+        dask.config.set({"optimization.fuse.active": False} if keep_annotations else {}),
+    ):
         futures = client.compute(list(collections))
         if progress:
             from omeloc.progress import cluster_progress

@@ -23,7 +23,16 @@ from typing import Any, ClassVar, TypeVar
 
 from omeloc.errors import InputError
 
-__all__ = ["DEVICE_DEFAULTS", "ComputeConfig", "Config", "TilingConfig", "TrainConfig", "csv_list", "option", "resolve"]
+__all__ = [
+    "DEVICE_DEFAULTS",
+    "ComputeConfig",
+    "Config",
+    "TilingConfig",
+    "TrainConfig",
+    "csv_list",
+    "option",
+    "resolve",
+]
 
 C = TypeVar("C", bound="Config")
 
@@ -33,8 +42,15 @@ def csv_list(text: str) -> list[str]:
     return [part.strip() for part in text.split(",") if part.strip()]
 
 
-def option(default: Any, help: str = "", *, choices: Sequence[Any] | None = None, parse: Callable[[str], Any] | None = None,
-           metavar: str | None = None, cli: bool = True) -> Any:
+def option(
+    default: Any,
+    help: str = "",
+    *,
+    choices: Sequence[Any] | None = None,
+    parse: Callable[[str], Any] | None = None,
+    metavar: str | None = None,
+    cli: bool = True,
+) -> Any:
     """A configuration field: its default, its CLI help and how the CLI parses it.
 
     Parameters
@@ -52,7 +68,13 @@ def option(default: Any, help: str = "", *, choices: Sequence[Any] | None = None
     cli
         ``False`` for options that only the Python API offers.
     """
-    meta = {"help": help, "choices": tuple(choices) if choices else None, "parse": parse, "metavar": metavar, "cli": cli}
+    meta = {
+        "help": help,
+        "choices": tuple(choices) if choices else None,
+        "parse": parse,
+        "metavar": metavar,
+        "cli": cli,
+    }
     return dataclasses.field(default=default, metadata=meta)
 
 
@@ -73,15 +95,21 @@ class Config:
             choices = f.metadata.get("choices")
             value = getattr(self, f.name)
             if choices and value not in choices:
-                raise InputError(f"{f.name}={value!r} is not one of {', '.join(map(str, choices))}; choose one of them")
+                raise InputError(
+                    f"{f.name}={value!r} is not one of {', '.join(map(str, choices))}; choose one "
+                    "of them"
+                )
 
     def replace(self: C, **overrides: Any) -> C:
-        """A copy with some options changed; an unknown option name is an error that lists the known ones."""
+        """A copy with some options changed; an unknown option name is an error that lists the
+        known ones."""
         names = {f.name for f in dataclasses.fields(self)}
         unknown = sorted(set(overrides) - names)
         if unknown:
-            raise InputError(f"unknown {type(self).__name__} option(s) {', '.join(unknown)}; "
-                             f"known: {', '.join(sorted(names))}")
+            raise InputError(
+                f"unknown {type(self).__name__} option(s) {', '.join(unknown)}; "
+                f"known: {', '.join(sorted(names))}"
+            )
         return dataclasses.replace(self, **overrides)
 
     def to_dict(self) -> dict[str, Any]:
@@ -96,19 +124,33 @@ class Config:
 
     # -- command line -------------------------------------------------------------------
     @classmethod
-    def add_arguments(cls, parser: argparse.ArgumentParser | Any, *, only: Sequence[str] | None = None,
-                      skip: Sequence[str] = (), defaults: Mapping[str, Any] | None = None) -> None:
-        """Add one ``--option`` per field to ``parser`` (``only``/``skip`` select; ``defaults`` override)."""
+    def add_arguments(
+        cls,
+        parser: argparse.ArgumentParser | Any,
+        *,
+        only: Sequence[str] | None = None,
+        skip: Sequence[str] = (),
+        defaults: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Add one ``--option`` per field to ``parser`` (``only``/``skip`` select; ``defaults``
+        override)."""
         defaults = dict(defaults or {})
         for f in dataclasses.fields(cls):
-            if not f.metadata.get("cli", True) or f.name in skip or (only is not None and f.name not in only):
+            if (
+                not f.metadata.get("cli", True)
+                or f.name in skip
+                or (only is not None and f.name not in only)
+            ):
                 continue
             _add_argument(parser, f, defaults.get(f.name, f.default), cls._flags.get(f.name))
 
     @classmethod
     def from_args(cls: type[C], args: argparse.Namespace, **extra: Any) -> C:
-        """The configuration from parsed CLI arguments (fields missing in ``args`` keep their default)."""
-        values = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)}
+        """The configuration from parsed CLI arguments (fields missing in ``args`` keep their
+        default)."""
+        values = {
+            f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)
+        }
         values.update(extra)
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
 
@@ -123,16 +165,25 @@ def _add_argument(parser: Any, f: dataclasses.Field, default: Any, flag: str | N
     help_text = meta.get("help", "")
     if isinstance(default, bool):
         if default:
-            parser.add_argument("--no-" + flag[2:], dest=f.name, action="store_false",
-                                help=f"{help_text} (on by default; this flag turns it off)")
+            parser.add_argument(
+                "--no-" + flag[2:],
+                dest=f.name,
+                action="store_false",
+                help=f"{help_text} (on by default; this flag turns it off)",
+            )
         else:
             parser.add_argument(flag, dest=f.name, action="store_true", help=help_text)
         return
     parse = meta.get("parse") or (type(default) if default is not None else str)
     shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
-    kwargs: dict[str, Any] = {"dest": f.name, "type": parse, "default": default,
-                              "help": f"{help_text} (default: {shown})" if help_text and default is not None
-                              else help_text or None}
+    kwargs: dict[str, Any] = {
+        "dest": f.name,
+        "type": parse,
+        "default": default,
+        "help": f"{help_text} (default: {shown})"
+        if help_text and default is not None
+        else help_text or None,
+    }
     if meta.get("choices"):
         kwargs["choices"] = meta["choices"]
     if meta.get("metavar"):
@@ -148,7 +199,11 @@ def resolve(cls: type[C], config: C | None, overrides: Mapping[str, Any]) -> C:
     if config is not None and not isinstance(config, cls):
         raise InputError(f"config must be a {cls.__name__}, not {type(config).__name__}")
     base = config if config is not None else cls()
-    return base.replace(**{k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()}) if overrides else base
+    return (
+        base.replace(**{k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()})
+        if overrides
+        else base
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -253,42 +308,77 @@ class TrainConfig(Config):
     """
 
     model: str = option("unet", "architecture", choices=MODELS)
-    steps: int | None = option(None, f"optimizer steps (default {DEFAULT_STEPS}; with --minutes: at most this many)",
-                               parse=int)
-    minutes: float | None = option(None, "train for this many minutes: steps and learning-rate schedule fitted to "
-                                   "the measured step time", parse=float)
-    val_wells: tuple[str, ...] | None = option(None, "wells held out for validation (default: every fourth well)",
-                                               parse=csv_list, metavar="B2,C3")
-    crop: int | None = option(None, "crop side in pixels, a multiple of 2**depth (default by device: 128 CPU, "
-                              "256 GPU)", parse=int)
-    batch_size: int | None = option(None, "crops per step (default by device: 4 CPU, 8 GPU)", parse=int)
+    steps: int | None = option(
+        None,
+        f"optimizer steps (default {DEFAULT_STEPS}; with --minutes: at most this many)",
+        parse=int,
+    )
+    minutes: float | None = option(
+        None,
+        "train for this many minutes: steps and learning-rate schedule fitted to "
+        "the measured step time",
+        parse=float,
+    )
+    val_wells: tuple[str, ...] | None = option(
+        None,
+        "wells held out for validation (default: every fourth well)",
+        parse=csv_list,
+        metavar="B2,C3",
+    )
+    crop: int | None = option(
+        None,
+        "crop side in pixels, a multiple of 2**depth (default by device: 128 CPU, 256 GPU)",
+        parse=int,
+    )
+    batch_size: int | None = option(
+        None, "crops per step (default by device: 4 CPU, 8 GPU)", parse=int
+    )
     level: int = option(0, "pyramid level to train on")
     lr: float | None = option(None, "learning rate (default 3e-3)", parse=float)
     seed: int = option(0, "random seed (crops, weights)")
     device: str = option("auto", DEVICES_HELP)
     precision: str = option("auto", "numeric precision of the forward pass", choices=PRECISIONS)
     depth: int | None = option(None, "U-Net depth (default by device: 3 CPU, 4 GPU)", parse=int)
-    base_channels: int | None = option(None, "U-Net width (default by device: 16 CPU, 32 GPU: 7.8 M parameters "
-                                       "at depth 4)", parse=int)
+    base_channels: int | None = option(
+        None,
+        "U-Net width (default by device: 16 CPU, 32 GPU: 7.8 M parameters at depth 4)",
+        parse=int,
+    )
     norm: str = option("batch", "normalization layers", choices=NORMS)
     block: str = option("conv", "U-Net block: conv, residual or convnext", choices=BLOCKS)
     lambda_l1: float = option(100.0, "pix2pix weight of the L1 term")
     loss: str = option("mse", "U-Net loss", choices=LOSSES)
     detail: float = option(0.0, "weight of an L1 loss on high-pass detail (0: off)")
     schedule: str = option("cosine", "learning-rate schedule", choices=SCHEDULES)
-    val_every: int | None = option(None, "validate every N steps (default: 10 times per run)", parse=int)
+    val_every: int | None = option(
+        None, "validate every N steps (default: 10 times per run)", parse=int
+    )
     val_crops: int = option(16, "validation crops")
-    min_foreground: float = option(0.02, "reject crops whose source has less than this fraction of foreground")
-    foreground_weight: float = option(0.0, "bias crops towards the target's foreground (0 uniform .. 1)")
+    min_foreground: float = option(
+        0.02, "reject crops whose source has less than this fraction of foreground"
+    )
+    foreground_weight: float = option(
+        0.0, "bias crops towards the target's foreground (0 uniform .. 1)"
+    )
     augment: bool = option(True, "random flips and 90-degree rotations")
     intensity_augment: bool = option(False, "random gain, offset, blur and noise of the source")
-    keep_best: str | None = option(None, "keep the weights with the best validation pearson_r, structure_r or l1",
-                                   metavar="METRIC")
-    warmup: float = option(0.5, "pix2pix: fraction of the steps trained on L1 alone before the adversarial loss")
+    keep_best: str | None = option(
+        None,
+        "keep the weights with the best validation pearson_r, structure_r or l1",
+        metavar="METRIC",
+    )
+    warmup: float = option(
+        0.5, "pix2pix: fraction of the steps trained on L1 alone before the adversarial loss"
+    )
     spectral_norm: bool = option(True, "pix2pix: spectral-normalized discriminator")
     prefetch: int = option(2, "batches read ahead in a background thread")
-    z_window: int = option(1, "planes the model sees around each output plane (odd; 1: per-plane 2D; >1: a 2.5D "
-                              "model, a 3D convolution collapsing z before the 2D U-Net)", parse=int, metavar="K")
+    z_window: int = option(
+        1,
+        "planes the model sees around each output plane (odd; 1: per-plane 2D; >1: a 2.5D "
+        "model, a 3D convolution collapsing z before the 2D U-Net)",
+        parse=int,
+        metavar="K",
+    )
 
     def validate(self) -> None:
         # the messages are those omeloc.train has always given (tests and users match on them)
@@ -297,10 +387,14 @@ class TrainConfig(Config):
         if self.loss not in LOSSES:
             raise InputError(f"Unknown loss {self.loss!r}. Use one of {', '.join(LOSSES)}.")
         if self.schedule not in SCHEDULES:
-            raise InputError(f"Unknown learning-rate schedule {self.schedule!r}. Use cosine or constant.")
+            raise InputError(
+                f"Unknown learning-rate schedule {self.schedule!r}. Use cosine or constant."
+            )
         if (self.steps or 1) < 1 or (self.batch_size or 1) < 1 or self.val_crops < 1:
-            raise InputError(f"Expected steps, batch size and validation crops >= 1. Got {self.steps}, "
-                             f"{self.batch_size}, {self.val_crops} instead.")
+            raise InputError(
+                f"Expected steps, batch size and validation crops >= 1. Got {self.steps}, "
+                f"{self.batch_size}, {self.val_crops} instead."
+            )
         if self.precision not in PRECISIONS:
             raise InputError(f"Unknown precision {self.precision!r}. Use auto, fp32, bf16 or fp16.")
         super().validate()
@@ -308,16 +402,20 @@ class TrainConfig(Config):
         for name in ("depth", "base_channels"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise InputError(f"{name} must be at least 1 (got {getattr(self, name)})")
-        if self.crop is not None and self.depth is not None and self.crop % 2 ** self.depth:
-            multiple = 2 ** self.depth
+        if self.crop is not None and self.depth is not None and self.crop % 2**self.depth:
+            multiple = 2**self.depth
             lo = max(multiple, self.crop - self.crop % multiple)
-            raise InputError(f"Expected a crop that is a multiple of {multiple} (U-Net depth {self.depth}). Got "
-                             f"{self.crop} instead: pass --crop {lo} or {lo + multiple}.")
+            raise InputError(
+                f"Expected a crop that is a multiple of {multiple} (U-Net depth {self.depth}). Got "
+                f"{self.crop} instead: pass --crop {lo} or {lo + multiple}."
+            )
         if self.level < 0:
             raise InputError(f"level must be 0 or more (got {self.level})")
         if self.z_window < 1 or self.z_window % 2 == 0:
-            raise InputError(f"Expected an odd --z-window (1, 3, 5, ...: the output plane and as many planes above "
-                             f"as below). Got {self.z_window} instead.")
+            raise InputError(
+                "Expected an odd --z-window (1, 3, 5, ...: the output plane and as many planes "
+                f"above as below). Got {self.z_window} instead."
+            )
         if self.lr is not None and not self.lr > 0:
             raise InputError(f"lr must be positive (got {self.lr})")
         if self.val_every is not None and self.val_every < 1:
@@ -332,9 +430,13 @@ class TrainConfig(Config):
                 raise InputError(f"Expected {name} >= 0. Got {getattr(self, name)} instead.")
         for name in ("foreground_weight", "warmup"):
             if not 0 <= getattr(self, name) <= 1:
-                raise InputError(f"Expected {name} between 0 and 1. Got {getattr(self, name)} instead.")
+                raise InputError(
+                    f"Expected {name} between 0 and 1. Got {getattr(self, name)} instead."
+                )
         if self.keep_best is not None and self.keep_best not in KEEP_BEST:
-            raise InputError(f"Unknown --keep-best metric {self.keep_best!r}. Use one of {', '.join(KEEP_BEST)}.")
+            raise InputError(
+                f"Unknown --keep-best metric {self.keep_best!r}. Use one of {', '.join(KEEP_BEST)}."
+            )
 
     def with_device_defaults(self, device_type: str) -> tuple[TrainConfig, dict[str, int]]:
         """This configuration with the options left ``None`` set for ``device_type``, and those set.
@@ -355,7 +457,9 @@ def parse_batch_size(text: str) -> int | str:
     try:
         return int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number or 'auto', got {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"expected a whole number or 'auto', got {text!r}"
+        ) from None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -367,22 +471,37 @@ class TilingConfig(Config):
     spread of the 8 written as a second channel (``omeloc predict`` only).
     """
 
-    tile: int | None = option(None, "tile size in pixels (default: the checkpoint's advice)", parse=int)
-    overlap: int | None = option(None, "tile overlap in pixels (default: the checkpoint's)", parse=int)
+    tile: int | None = option(
+        None, "tile size in pixels (default: the checkpoint's advice)", parse=int
+    )
+    overlap: int | None = option(
+        None, "tile overlap in pixels (default: the checkpoint's)", parse=int
+    )
     blend: str = option("cosine", "tile blending window", choices=BLENDS)
-    batch_size: int | str = option("auto", "tiles per forward pass, or 'auto': 4 on a CPU, on a GPU as many as "
-                                   "fit half its free memory", parse=parse_batch_size)
+    batch_size: int | str = option(
+        "auto",
+        "tiles per forward pass, or 'auto': 4 on a CPU, on a GPU as many as "
+        "fit half its free memory",
+        parse=parse_batch_size,
+    )
     device: str = option("auto", DEVICES_HELP)
     precision: str = option("auto", "numeric precision of the forward pass", choices=PRECISIONS)
-    tta: bool = option(False, "test-time augmentation: average the 8 flips/rotations of every tile (8x compute)")
+    tta: bool = option(
+        False, "test-time augmentation: average the 8 flips/rotations of every tile (8x compute)"
+    )
     uncertainty: bool = option(
-        False, "also write the spread (standard deviation) of the 8 test-time variants as channel "
-        "'<target> (uncertainty)' beside the prediction, in the same write (implies --tta)")
+        False,
+        "also write the spread (standard deviation) of the 8 test-time variants as channel "
+        "'<target> (uncertainty)' beside the prediction, in the same write (implies --tta)",
+    )
 
     def validate(self) -> None:
         super().validate()
-        if self.batch_size != "auto" and (isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int)
-                                          or self.batch_size < 1):
+        if self.batch_size != "auto" and (
+            isinstance(self.batch_size, bool)
+            or not isinstance(self.batch_size, int)
+            or self.batch_size < 1
+        ):
             raise InputError(f"batch_size must be at least 1 or 'auto' (got {self.batch_size!r})")
 
 
@@ -398,7 +517,15 @@ class ComputeConfig(Config):
     (Python API only).
     """
 
-    LOCAL_SCHEDULERS: ClassVar[tuple[str, ...]] = ("threads", "threading", "sync", "synchronous", "single-threaded", "processes", "multiprocessing")
+    LOCAL_SCHEDULERS: ClassVar[tuple[str, ...]] = (
+        "threads",
+        "threading",
+        "sync",
+        "synchronous",
+        "single-threaded",
+        "processes",
+        "multiprocessing",
+    )
 
     scheduler: str | None = option(None, "a running Dask scheduler", metavar="tcp://HOST:PORT")
     workers: int | None = option(None, "start a local cluster of N worker processes", parse=int)
@@ -407,17 +534,30 @@ class ComputeConfig(Config):
     def validate(self) -> None:
         super().validate()
         if sum(getattr(self, n) is not None for n in ("scheduler", "workers", "client")) > 1:
-            raise InputError("Give at most one of client, scheduler (--scheduler) and workers (--workers).")
-        if self.scheduler is not None and self.scheduler not in self.LOCAL_SCHEDULERS and "://" not in self.scheduler:
-            raise InputError(f"scheduler {self.scheduler!r} is neither an address (tcp://host:port) nor one of "
-                             f"{', '.join(self.LOCAL_SCHEDULERS)}; fix --scheduler")
+            raise InputError(
+                "Give at most one of client, scheduler (--scheduler) and workers (--workers)."
+            )
+        if (
+            self.scheduler is not None
+            and self.scheduler not in self.LOCAL_SCHEDULERS
+            and "://" not in self.scheduler
+        ):
+            raise InputError(
+                f"scheduler {self.scheduler!r} is neither an address (tcp://host:port) nor one of "
+                f"{', '.join(self.LOCAL_SCHEDULERS)}; fix --scheduler"
+            )
         if self.workers is not None and self.workers < 1:
             raise InputError(f"Expected --workers >= 1. Got {self.workers} instead.")
 
     @property
     def address(self) -> str | None:
-        """The scheduler address, or None when the work runs in this process or on a local cluster."""
-        return self.scheduler if self.scheduler and self.scheduler not in self.LOCAL_SCHEDULERS else None
+        """The scheduler address, or None when the work runs in this process or on a local
+        cluster."""
+        return (
+            self.scheduler
+            if self.scheduler and self.scheduler not in self.LOCAL_SCHEDULERS
+            else None
+        )
 
     @property
     def local_scheduler(self) -> str | None:

@@ -71,7 +71,8 @@ class CorruptDataError(OmelocError, OSError):
 
 
 class UnsafePathError(InputError):
-    """A path read from a plate, a journal or a checkpoint would leave its store (``..``, absolute, symlink)."""
+    """A path read from a plate, a journal or a checkpoint would leave its store (``..``,
+    absolute, symlink)."""
 
 
 class JournalError(InputError):
@@ -79,7 +80,8 @@ class JournalError(InputError):
 
 
 class StoreAccessError(OmelocError, OSError):
-    """An object store cannot be used: its endpoint is unreachable, a bucket is missing, access is denied."""
+    """An object store cannot be used: its endpoint is unreachable, a bucket is missing, access
+    is denied."""
 
 
 class StoreFailedError(OmelocError, OSError):

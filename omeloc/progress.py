@@ -265,8 +265,9 @@ class DaskProgress(Callback):
         self._reporter.close()
 
 
-def cluster_progress(futures: Any, desc: str = "", progress: ProgressArg = True,
-                     interval: str = "500ms") -> None:
+def cluster_progress(
+    futures: Any, desc: str = "", progress: ProgressArg = True, interval: str = "500ms"
+) -> None:
     """Report the tasks behind ``futures`` as a ``distributed`` scheduler finishes them; return when
     all are done or one failed (what ``distributed.progress`` does, through omeloc's reporters).
 

@@ -76,16 +76,21 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
-def random_plate_images(rows="AB", cols=("1", "2"), fields=("0", "1"), shape=(2, 96, 80), seed=0,
-                        dtype="uint16"):
+def random_plate_images(
+    rows="AB", cols=("1", "2"), fields=("0", "1"), shape=(2, 96, 80), seed=0, dtype="uint16"
+):
     rng = np.random.default_rng(seed)
     return {
         (r, c, f): rng.integers(0, 4000, shape).astype(dtype)
-        for r in rows for c in cols for f in fields
+        for r in rows
+        for c in cols
+        for f in fields
     }
 
 
-def tiny_trained_plate(root: Path, *, fields: int = 1, size: int = 96, chunk: int = 48, reference: bool = True):
+def tiny_trained_plate(
+    root: Path, *, fields: int = 1, size: int = 96, chunk: int = 48, reference: bool = True
+):
     """A 1×2-well plate (actin, WAVE2), a tiny U-Net trained for 2 steps, and (``reference``) a copy
     of the plate with that model's prediction written by an uninterrupted run.
 
@@ -95,10 +100,29 @@ def tiny_trained_plate(root: Path, *, fields: int = 1, size: int = 96, chunk: in
 
     import omeloc
 
-    plate = omeloc.make_plate(root / "plate.zarr", rows=1, cols=2, fields=fields, size=size, chunks=(chunk, chunk),
-                              levels=2, channels=("actin", "WAVE2"))
-    res = omeloc.train(plate, "actin", "WAVE2", out=root / "model", steps=2, crop=32, batch_size=2, depth=2,
-                       base_channels=4, val_wells=["A2"], progress=False)
+    plate = omeloc.make_plate(
+        root / "plate.zarr",
+        rows=1,
+        cols=2,
+        fields=fields,
+        size=size,
+        chunks=(chunk, chunk),
+        levels=2,
+        channels=("actin", "WAVE2"),
+    )
+    res = omeloc.train(
+        plate,
+        "actin",
+        "WAVE2",
+        out=root / "model",
+        steps=2,
+        crop=32,
+        batch_size=2,
+        depth=2,
+        base_channels=4,
+        val_wells=["A2"],
+        progress=False,
+    )
     ref = None
     if reference:
         ref = root / "ref.zarr"
@@ -132,5 +156,6 @@ def short_scheduler_timeout(monkeypatch):
     import omeloc.compute
 
     connect = omeloc.compute.connect
-    monkeypatch.setattr(omeloc.compute, "connect",
-                        lambda address, timeout=10.0: connect(address, min(timeout, 2.0)))
+    monkeypatch.setattr(
+        omeloc.compute, "connect", lambda address, timeout=10.0: connect(address, min(timeout, 2.0))
+    )

@@ -57,15 +57,31 @@ from omeloc.ngff.plate import Image, Plate, open_plate
 from omeloc.progress import Progress, ProgressArg
 from omeloc.writeback.tables import write_result_tables
 
-__all__ = ["evaluate", "EvaluateConfig", "EvaluationResult", "parse_foreground", "source_channel_from_provenance"]
+__all__ = [
+    "evaluate",
+    "EvaluateConfig",
+    "EvaluationResult",
+    "parse_foreground",
+    "source_channel_from_provenance",
+]
 
 logger = logging.getLogger(__name__)
 
 _FIELD_KEYS = ("well", "row", "column", "field", "path", "split")
 
 #: Metrics scored for the no-learning baseline too (as ``baseline_<metric>``).
-BASELINE_METRICS = ("pearson_r", "ssim", "psnr", "nrmse", "mae", "pearson_r_fg", "ssim_fg", "nrmse_fg", "mae_fg",
-                    "structure_r")
+BASELINE_METRICS = (
+    "pearson_r",
+    "ssim",
+    "psnr",
+    "nrmse",
+    "mae",
+    "pearson_r_fg",
+    "ssim_fg",
+    "nrmse_fg",
+    "mae_fg",
+    "structure_r",
+)
 
 #: Below this fraction of the truth's variance, the estimated pixel noise makes no ceiling:
 #: it would be above 0.995 and read as 1.000 (see the module docstring).
@@ -73,9 +89,10 @@ CEILING_MIN_NOISE = 0.01
 
 NOISE_CEILING_HELP = (
     "the highest Pearson r a perfect prediction could reach given the truth's pixel noise, "
-    "1/sqrt(1 + var_noise/(var_truth - var_noise)) (Ounkomol et al. 2018), var_noise by Immerkaer's "
-    "estimator; 'not estimable' where that noise is under 1%% of the field's variance (real images: "
-    "their errors are not pixel noise)")
+    "1/sqrt(1 + var_noise/(var_truth - var_noise)) (Ounkomol et al. 2018), var_noise by "
+    "Immerkaer's estimator; 'not estimable' where that noise is under 1%% of the field's variance "
+    "(real images: their errors are not pixel noise)"
+)
 
 
 @dataclass(frozen=True)
@@ -147,7 +164,9 @@ def _check_metric(metric: str) -> str:
         return metric
     close = difflib.get_close_matches(metric, METRIC_NAMES + SEGMENT_METRICS, n=1)
     hint = f" Did you mean {close[0]!r}?" if close else ""
-    raise InputError(f"Expected a metric among {', '.join(METRIC_NAMES)}. Got {metric!r} instead.{hint}")
+    raise InputError(
+        f"Expected a metric among {', '.join(METRIC_NAMES)}. Got {metric!r} instead.{hint}"
+    )
 
 
 @dataclass(frozen=True)
@@ -187,21 +206,44 @@ class EvaluateConfig(Config):
     """
 
     level: int = option(0, "pyramid level")
-    wells: tuple[str, ...] | None = option(None, "wells to evaluate (default: all)", parse=csv_list, metavar="B2,B3")
-    source: str | None = option(None, "input channel: shown in montages, and scored as the no-learning "
-                                        "baseline (default: from provenance)")
-    metric: str = option("pearson_r", "metric for heat map and z-scores", choices=METRIC_NAMES + SEGMENT_METRICS)
-    montage_wells: tuple[str, ...] | None = option(None, "wells shown in the montage (default: worst, median, best)",
-                                                   parse=csv_list, metavar="B2,C3")
-    control_wells: tuple[str, ...] | None = option(None, "reference wells for the screening z-score (default: all wells)",
-                                                   parse=csv_list, metavar="B2,B3")
-    foreground: str | float = option("otsu", "'otsu' or an intensity threshold", parse=parse_foreground)
+    wells: tuple[str, ...] | None = option(
+        None, "wells to evaluate (default: all)", parse=csv_list, metavar="B2,B3"
+    )
+    source: str | None = option(
+        None,
+        "input channel: shown in montages, and scored as the no-learning "
+        "baseline (default: from provenance)",
+    )
+    metric: str = option(
+        "pearson_r", "metric for heat map and z-scores", choices=METRIC_NAMES + SEGMENT_METRICS
+    )
+    montage_wells: tuple[str, ...] | None = option(
+        None,
+        "wells shown in the montage (default: worst, median, best)",
+        parse=csv_list,
+        metavar="B2,C3",
+    )
+    control_wells: tuple[str, ...] | None = option(
+        None,
+        "reference wells for the screening z-score (default: all wells)",
+        parse=csv_list,
+        metavar="B2,B3",
+    )
+    foreground: str | float = option(
+        "otsu", "'otsu' or an intensity threshold", parse=parse_foreground
+    )
     noise_ceiling: bool = option(True, "estimate the noise ceiling: " + NOISE_CEILING_HELP)
     z_threshold: float = option(3.0, "flag wells whose |z| passes this")
-    segment: str | None = option(None, "segment objects on both channels and score them (count error, Dice, "
-                                 "F1 at IoU 0.5)", choices=("nuclei",))
-    model: str | None = option(None, "checkpoint whose train/validation wells mark the split column "
-                                     "(default: the one the virtual channel's provenance names)")
+    segment: str | None = option(
+        None,
+        "segment objects on both channels and score them (count error, Dice, F1 at IoU 0.5)",
+        choices=("nuclei",),
+    )
+    model: str | None = option(
+        None,
+        "checkpoint whose train/validation wells mark the split column "
+        "(default: the one the virtual channel's provenance names)",
+    )
 
     def validate(self) -> None:
         # not super().validate(): an unknown metric gets its "did you mean" message here
@@ -209,7 +251,9 @@ class EvaluateConfig(Config):
         if self.segment not in (None, "nuclei"):
             raise InputError(f"Expected --segment nuclei. Got {self.segment!r} instead.")
         if self.metric in SEGMENT_METRICS and self.segment is None:
-            raise InputError(f"Metric {self.metric!r} needs segmentation scores: add --segment nuclei.")
+            raise InputError(
+                f"Metric {self.metric!r} needs segmentation scores: add --segment nuclei."
+            )
 
 
 def _check_out(plate: Plate, out: str | Path) -> Path:
@@ -268,12 +312,17 @@ def _source_channel(first: Image, pred: str, source: str | None) -> str | None:
         return source
     source = source_channel_from_provenance(first, pred)
     if source is not None and source not in first.channel_names:
-        logger.warning("provenance names source channel %r, which the plate lacks: montage without input", source)
+        logger.warning(
+            "provenance names source channel %r, which the plate lacks: montage without input",
+            source,
+        )
         source = None
     return source
 
 
-def _check_controls(plate: Plate, images: list[Image], control_wells: Sequence[str] | None) -> list[str] | None:
+def _check_controls(
+    plate: Plate, images: list[Image], control_wells: Sequence[str] | None
+) -> list[str] | None:
     controls = _well_paths(plate, control_wells)
     evaluated = {img.well for img in images}
     if controls is not None and not set(controls) <= evaluated:
@@ -288,7 +337,9 @@ def _check_controls(plate: Plate, images: list[Image], control_wells: Sequence[s
 def _prepare(plate: Plate, pred: str, truth: str, out: str | Path, cfg: EvaluateConfig) -> _Job:
     out_dir = _check_out(plate, out)
     well_sel = _well_paths(plate, cfg.wells)
-    images = [img for w in well_sel for img in plate.wells[w].images] if well_sel else list(plate.images)
+    images = (
+        [img for w in well_sel for img in plate.wells[w].images] if well_sel else list(plate.images)
+    )
     source = _source_channel(images[0], pred, cfg.source)
     _check_channels(images[0], pred, truth, source)
     n_levels = min(len(img.level_paths) for img in images)
@@ -297,21 +348,39 @@ def _prepare(plate: Plate, pred: str, truth: str, out: str | Path, cfg: Evaluate
     for img in images[1:]:
         _check_channels(img, pred, truth, source)
     controls = _check_controls(plate, images, cfg.control_wells)
-    return _Job(plate, pred, truth, out_dir, images, source, controls, _well_paths(plate, cfg.montage_wells), cfg,
-                _training_split(images[0], pred, cfg.model))
+    return _Job(
+        plate,
+        pred,
+        truth,
+        out_dir,
+        images,
+        source,
+        controls,
+        _well_paths(plate, cfg.montage_wells),
+        cfg,
+        _training_split(images[0], pred, cfg.model),
+    )
 
 
 def _training_split(first: Image, pred: str, model: str | None) -> TrainingSplit:
-    """The split of ``model``, else of the checkpoint the channel's provenance names (if it is here)."""
+    """The split of ``model``, else of the checkpoint the channel's provenance names (if it is
+    here)."""
     if model is not None:
         return read_training_split(model)
     record = (first.attrs.get("omeloc") or {}).get("channels", {}).get(pred) or {}
     given = record.get("model_path") if isinstance(record, Mapping) else None
-    if isinstance(given, str) and given and "://" not in given and (Path(given).expanduser() / "checkpoint.json"
-                                                                    ).is_file():
+    if (
+        isinstance(given, str)
+        and given
+        and "://" not in given
+        and (Path(given).expanduser() / "checkpoint.json").is_file()
+    ):
         return read_training_split(given)
-    logger.warning("no checkpoint found for %r: the split column reads 'unknown' (pass --model to mark the "
-                   "training and held-out wells)", pred)
+    logger.warning(
+        "no checkpoint found for %r: the split column reads 'unknown' (pass --model to mark the "
+        "training and held-out wells)",
+        pred,
+    )
     return TrainingSplit.unknown()
 
 
@@ -327,7 +396,11 @@ def _baseline_image(source: np.ndarray, truth: np.ndarray) -> np.ndarray:
 def _estimable_ceiling(metrics: dict[str, Any]) -> dict[str, Any]:
     """NaN noise ceiling (and relative r) where the pixel noise is too small to make one."""
     ceiling = metrics.get("noise_ceiling")
-    if isinstance(ceiling, float) and math.isfinite(ceiling) and ceiling > 1 / math.sqrt(1 + CEILING_MIN_NOISE):
+    if (
+        isinstance(ceiling, float)
+        and math.isfinite(ceiling)
+        and ceiling > 1 / math.sqrt(1 + CEILING_MIN_NOISE)
+    ):
         metrics = {**metrics, "noise_ceiling": math.nan, "pearson_r_rel": math.nan}
     return metrics
 
@@ -346,10 +419,15 @@ def _score_field(image: Image, job: _Job) -> dict[str, Any]:
         "path": image.path,
         "split": job.split.split_of(well, job.plate.path),
     }
-    row.update(_estimable_ceiling(field_metrics(p, t, foreground=cfg.foreground,
-                                                with_noise_ceiling=cfg.noise_ceiling)))
+    row.update(
+        _estimable_ceiling(
+            field_metrics(p, t, foreground=cfg.foreground, with_noise_ceiling=cfg.noise_ceiling)
+        )
+    )
     if job.source:
-        base = field_metrics(_baseline_image(arrays[2], t), t, foreground=cfg.foreground, with_noise_ceiling=False)
+        base = field_metrics(
+            _baseline_image(arrays[2], t), t, foreground=cfg.foreground, with_noise_ceiling=False
+        )
         row.update({f"baseline_{k}": base[k] for k in BASELINE_METRICS})
     if cfg.segment == "nuclei":
         from omeloc.analysis.segmentation import nuclei_scores
@@ -365,40 +443,60 @@ def _score_fields(job: _Job, progress: ProgressArg) -> list[dict[str, Any]]:
     with Progress(progress, total=len(job.images), desc="evaluate", unit="field") as bar:
         for img in job.images:
             rows.append(_score_field(img, job))
-            logger.debug("scored %s: %s=%.4f", img.path or img.url, cfg.metric, rows[-1][cfg.metric])
+            logger.debug(
+                "scored %s: %s=%.4f", img.path or img.url, cfg.metric, rows[-1][cfg.metric]
+            )
             bar.advance()
     return rows
 
 
 # -- 3. aggregate per well, screen ----------------------------------------------------------------
 def _aggregate_wells(job: _Job, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One row per well: the mean of each metric over its fields; on plates, the screening readout."""
+    """One row per well: the mean of each metric over its fields; on plates, the screening
+    readout."""
     by_well: dict[str, list[dict[str, Any]]] = {}
     for img, r in zip(job.images, rows):
         by_well.setdefault(img.well or "", []).append(r)
     well_rows: list[dict[str, Any]] = []
     for wpath, frows in by_well.items():
         row_name, _, col_name = wpath.partition("/")
-        well_rows.append({"well": wpath.replace("/", ""), "row": row_name, "column": col_name, "path": wpath,
-                          "split": frows[0]["split"], "n_fields": len(frows), **summarize(frows, _SCORED),
-                          **_segment_means(job, frows)})
+        well_rows.append(
+            {
+                "well": wpath.replace("/", ""),
+                "row": row_name,
+                "column": col_name,
+                "path": wpath,
+                "split": frows[0]["split"],
+                "n_fields": len(frows),
+                **summarize(frows, _SCORED),
+                **_segment_means(job, frows),
+            }
+        )
     if job.plate.is_plate:
         metric = job.config.metric
-        readout = screen({w["path"]: w[metric] for w in well_rows}, job.controls, threshold=job.config.z_threshold,
-                         metric=metric)
+        readout = screen(
+            {w["path"]: w[metric] for w in well_rows},
+            job.controls,
+            threshold=job.config.z_threshold,
+            metric=metric,
+        )
         for w, s in zip(well_rows, readout):
             w.update({"z": s["z"], "flag": s["flag"], "control": s["control"]})
     return well_rows
 
 
 def _segment_means(job: _Job, rows: list[dict[str, Any]]) -> dict[str, float]:
-    """With ``segment``: the well's nuclei scores (counts summed, the count error of the sums, the rest means)."""
+    """With ``segment``: the well's nuclei scores (counts summed, the count error of the sums,
+    the rest means)."""
     if job.config.segment is None:
         return {}
     means = summarize(rows, SEGMENT_METRICS)
     true, pred = sum(r["nuclei_true"] for r in rows), sum(r["nuclei_pred"] for r in rows)
-    means.update(nuclei_true=float(true), nuclei_pred=float(pred),
-                 nuclei_count_error=abs(pred - true) / true if true else math.nan)
+    means.update(
+        nuclei_true=float(true),
+        nuclei_pred=float(pred),
+        nuclei_count_error=abs(pred - true) / true if true else math.nan,
+    )
     return means
 
 
@@ -446,15 +544,24 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
-def _draw_heatmap(job: _Job, well_rows: list[dict[str, Any]], flagged: list[str], metric: str | None = None) -> Path:
+def _draw_heatmap(
+    job: _Job, well_rows: list[dict[str, Any]], flagged: list[str], metric: str | None = None
+) -> Path:
     metric, plate = metric or job.config.metric, job.plate
     held = [w["path"] for w in well_rows if w["split"] == "validation"]
     title = f"{job.pred} vs {job.truth}: {metric} (level {job.config.level})"
     if held:
         title += "\nheld-out (validation) wells outlined black and white"
     return plate_heatmap(
-        {w["path"]: w[metric] for w in well_rows}, plate.rows, plate.columns, job.out_dir / f"heatmap_{metric}.png",
-        title=title, label=metric, flagged=flagged, held_out=held, annotate=True,
+        {w["path"]: w[metric] for w in well_rows},
+        plate.rows,
+        plate.columns,
+        job.out_dir / f"heatmap_{metric}.png",
+        title=title,
+        label=metric,
+        flagged=flagged,
+        held_out=held,
+        annotate=True,
     ).path
 
 
@@ -473,8 +580,12 @@ def _draw_montage(job: _Job, well_rows: list[dict[str, Any]], picks: list[str]) 
         name = f"{img.name} ({split})" if split and split != "unknown" else img.name
         label = f"{name}  well {metric}={value:.3f}" if math.isfinite(value) else name
         mrows.append((label, src, arrays[-2], arrays[-1]))
-    titles = (f"input ({source})" if source else "input", f"virtual ({job.pred})", f"real ({job.truth})",
-              "virtual − real")
+    titles = (
+        f"input ({source})" if source else "input",
+        f"virtual ({job.pred})",
+        f"real ({job.truth})",
+        "virtual − real",
+    )
     return montage(mrows, job.out_dir / "montage.png", titles=titles).path
 
 
@@ -485,54 +596,93 @@ def _definitions(foreground: str | float) -> dict[str, str]:
         "ssim": "Gaussian window sigma 1.5 (11 taps), sample covariance, K1 0.01, K2 0.03",
         "data_range": "truth max - min of each field (SSIM and PSNR)",
         "nrmse": "RMSE / sqrt(mean(truth^2))",
-        "noise_ceiling": "1/sqrt(1 + var_noise/(var_truth - var_noise)), var_noise by Immerkaer (1996); "
-                         f"not estimable (NaN) where var_noise < {CEILING_MIN_NOISE:g} var_truth",
-        "baseline": "baseline_<metric>: the source channel rescaled to the truth's mean and standard deviation "
-                    "per field (no learning)",
-        "split": "train / validation: the checkpoint's wells; unseen: wells (or plates) it never saw",
+        "noise_ceiling": (
+            "1/sqrt(1 + var_noise/(var_truth - var_noise)), var_noise by Immerkaer (1996); "
+            f"not estimable (NaN) where var_noise < {CEILING_MIN_NOISE:g} var_truth"
+        ),
+        "baseline": (
+            "baseline_<metric>: the source channel rescaled to the truth's mean and standard "
+            "deviation per field (no learning)"
+        ),
+        "split": (
+            "train / validation: the checkpoint's wells; unseen: wells (or plates) it never saw"
+        ),
         "wells": "mean over the well's fields",
         "z": "(x - median(controls)) / (1.4826 MAD(controls)) of the well metric",
-        "nuclei": "both channels segmented alike (Gaussian sigma 2, Otsu, holes filled, distance-transform "
-                  "watershed, objects >= 30 px); count error |pred - true| / true, Dice of the foregrounds, F1 of "
-                  "objects matched one to one (Hungarian) at IoU >= 0.5",
+        "nuclei": (
+            "both channels segmented alike (Gaussian sigma 2, Otsu, holes filled, "
+            "distance-transform watershed, objects >= 30 px); count error |pred - true| / true, "
+            "Dice of the foregrounds, F1 of objects matched one to one (Hungarian) at IoU >= 0.5"
+        ),
     }
 
 
 _SCORED = METRIC_NAMES + tuple(f"baseline_{k}" for k in BASELINE_METRICS)
 
 
-def _split_summaries(rows: list[dict[str, Any]], well_rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Means per split, held-out wells first (:data:`SPLITS` order); splits without wells left out."""
+def _split_summaries(
+    rows: list[dict[str, Any]], well_rows: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """Means per split, held-out wells first (:data:`SPLITS` order); splits without wells left
+    out."""
     out = []
     for split in SPLITS:
         wells = [w for w in well_rows if w["split"] == split]
         if wells:
-            out.append({"split": split, "wells": [w["well"] for w in wells], "n_wells": len(wells),
-                        "n_fields": sum(1 for r in rows if r["split"] == split),
-                        "fields_mean": summarize([r for r in rows if r["split"] == split], _SCORED)})
+            out.append(
+                {
+                    "split": split,
+                    "wells": [w["well"] for w in wells],
+                    "n_wells": len(wells),
+                    "n_fields": sum(1 for r in rows if r["split"] == split),
+                    "fields_mean": summarize([r for r in rows if r["split"] == split], _SCORED),
+                }
+            )
     return out
 
 
-def _summary(job: _Job, rows: list[dict[str, Any]], well_rows: list[dict[str, Any]], flagged: list[str],
-             files: dict[str, Path]) -> dict[str, Any]:
+def _summary(
+    job: _Job,
+    rows: list[dict[str, Any]],
+    well_rows: list[dict[str, Any]],
+    flagged: list[str],
+    files: dict[str, Path],
+) -> dict[str, Any]:
     cfg = job.config
     return {
-        "plate": job.plate.path, "pred": job.pred, "truth": job.truth, "source": job.source, "level": cfg.level,
-        "metric": cfg.metric, "foreground": cfg.foreground, "n_fields": len(rows), "n_wells": len(well_rows),
-        "fields_mean": {**summarize(rows, _SCORED), **(summarize(rows, SEGMENT_METRICS) if cfg.segment else {})},
-        "wells_mean": {**summarize(well_rows, _SCORED),
-                       **(summarize(well_rows, SEGMENT_METRICS) if cfg.segment else {})},
+        "plate": job.plate.path,
+        "pred": job.pred,
+        "truth": job.truth,
+        "source": job.source,
+        "level": cfg.level,
+        "metric": cfg.metric,
+        "foreground": cfg.foreground,
+        "n_fields": len(rows),
+        "n_wells": len(well_rows),
+        "fields_mean": {
+            **summarize(rows, _SCORED),
+            **(summarize(rows, SEGMENT_METRICS) if cfg.segment else {}),
+        },
+        "wells_mean": {
+            **summarize(well_rows, _SCORED),
+            **(summarize(well_rows, SEGMENT_METRICS) if cfg.segment else {}),
+        },
         **({"segment": cfg.segment} if cfg.segment else {}),
-        "splits": _split_summaries(rows, well_rows), "checkpoint": job.split.checkpoint or None,
-        "training_baseline_r": job.split.baseline_r, "training_val_r": job.split.val_r,
-        "control_wells": job.controls if job.controls is not None else "all", "z_threshold": cfg.z_threshold,
-        "flagged_wells": flagged, "definitions": _definitions(cfg.foreground),
+        "splits": _split_summaries(rows, well_rows),
+        "checkpoint": job.split.checkpoint or None,
+        "training_baseline_r": job.split.baseline_r,
+        "training_val_r": job.split.val_r,
+        "control_wells": job.controls if job.controls is not None else "all",
+        "z_threshold": cfg.z_threshold,
+        "flagged_wells": flagged,
+        "definitions": _definitions(cfg.foreground),
         "files": {k: str(v) for k, v in files.items()},
     }
 
 
-def _write_outputs(job: _Job, rows: list[dict[str, Any]],
-                   well_rows: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, Path]]:
+def _write_outputs(
+    job: _Job, rows: list[dict[str, Any]], well_rows: list[dict[str, Any]]
+) -> tuple[dict[str, Any], dict[str, Path]]:
     """Write the tables, the figures and ``summary.json``; return the summary and the files."""
     job.out_dir.mkdir(parents=True, exist_ok=True)
     files: dict[str, Path] = {
@@ -544,8 +694,11 @@ def _write_outputs(job: _Job, rows: list[dict[str, Any]],
         files["heatmap"] = _draw_heatmap(job, well_rows, flagged)
         if job.config.segment and job.config.metric != "nuclei_f1":
             files["heatmap_nuclei_f1"] = _draw_heatmap(job, well_rows, flagged, "nuclei_f1")
-    picks = job.montage_wells if job.montage_wells is not None else (
-        _pick_montage_wells(well_rows, job.config.metric) if job.plate.is_plate else [""])
+    picks = (
+        job.montage_wells
+        if job.montage_wells is not None
+        else (_pick_montage_wells(well_rows, job.config.metric) if job.plate.is_plate else [""])
+    )
     if picks:
         files["montage"] = _draw_montage(job, well_rows, picks)
     summary = _summary(job, rows, well_rows, flagged, files)
@@ -557,11 +710,19 @@ def _write_outputs(job: _Job, rows: list[dict[str, Any]],
 
 
 def evaluate(
-    plate: str | Path | Plate, pred: str, truth: str, *, out: str | Path, config: EvaluateConfig | None = None,
-    storage_options: Mapping[str, Any] | None = None, progress: ProgressArg = None, tables: bool | None = False,
+    plate: str | Path | Plate,
+    pred: str,
+    truth: str,
+    *,
+    out: str | Path,
+    config: EvaluateConfig | None = None,
+    storage_options: Mapping[str, Any] | None = None,
+    progress: ProgressArg = None,
+    tables: bool | None = False,
     **overrides: Any,
 ) -> EvaluationResult:
-    """Score a virtual channel against the real one per field and per well; write tables and figures.
+    """Score a virtual channel against the real one per field and per well; write tables and
+    figures.
 
     Three steps: score every field, aggregate per well (with the screening z-score on
     plates), write ``metrics.csv``, ``wells.csv``, the heat map, the montage and
@@ -609,7 +770,7 @@ def evaluate(
     >>> res = evaluate("plate.zarr", "WAVE2 (virtual)", "WAVE2", out="eval", level=1)  # doctest: +SKIP
     >>> res.flagged  # doctest: +SKIP
     ['C/4']
-    """
+    """  # noqa: E501
     cfg = resolve(EvaluateConfig, config, overrides)
     if not isinstance(plate, Plate):
         plate = open_plate(plate, storage_options=storage_options)
@@ -617,7 +778,14 @@ def evaluate(
     rows = _score_fields(job, progress)
     well_rows = _aggregate_wells(job, rows)
     summary, files = _write_outputs(job, rows, well_rows)
-    files.update(write_result_tables(plate, pred, rows, well_rows, tables, storage_options=storage_options))
-    logger.info("evaluated %d field(s) in %d well(s): mean %s %.4f", len(rows), len(well_rows), cfg.metric,
-                summary["fields_mean"][cfg.metric])
+    files.update(
+        write_result_tables(plate, pred, rows, well_rows, tables, storage_options=storage_options)
+    )
+    logger.info(
+        "evaluated %d field(s) in %d well(s): mean %s %.4f",
+        len(rows),
+        len(well_rows),
+        cfg.metric,
+        summary["fields_mean"][cfg.metric],
+    )
     return EvaluationResult(fields=rows, wells=well_rows, summary=summary, files=files)

@@ -93,7 +93,9 @@ def new_figure(width_in: float, height_in: float, dpi: int) -> Any:
     return fig
 
 
-def _box_px(fig, ax, x0: float, y0: float, x1: float, y1: float) -> tuple[float, float, float, float]:
+def _box_px(
+    fig, ax, x0: float, y0: float, x1: float, y1: float
+) -> tuple[float, float, float, float]:
     """Data-coordinate rectangle of ``ax`` → PNG pixel box (origin top-left)."""
     height = fig.bbox.height
     (ax0, ay0), (ax1, ay1) = ax.transData.transform([(x0, y0), (x1, y1)])
@@ -126,7 +128,9 @@ def save_figure(fig: Any, path: str | Path, dpi: int) -> tuple[Path, tuple[int, 
 
 
 # -- plate heat map -------------------------------------------------------------------------------
-def plate_grid(values: Mapping[str, float], rows: Sequence[str], columns: Sequence[str]) -> np.ndarray:
+def plate_grid(
+    values: Mapping[str, float], rows: Sequence[str], columns: Sequence[str]
+) -> np.ndarray:
     """Lay per-well values out as the plate: an array ``(len(rows), len(columns))``.
 
     Parameters
@@ -157,14 +161,18 @@ def plate_grid(values: Mapping[str, float], rows: Sequence[str], columns: Sequen
         row, _, col = str(key).partition("/")
         if row not in rows or col not in columns:
             raise InputError(
-                f"Expected well paths 'ROW/COLUMN' with rows {rows} and columns {columns}. Got {key!r} instead."
+                f"Expected well paths 'ROW/COLUMN' with rows {rows} and columns {columns}. Got "
+                f"{key!r} instead."
             )
         grid[rows.index(row), columns.index(col)] = np.nan if value is None else float(value)
     return grid
 
 
-def _color_scale(grid: np.ndarray, cmap: str, vmin: float | None, vmax: float | None) -> tuple[Any, float, float]:
-    """The colormap (grey where a value is missing) and the colour limits ``(lo, hi)``, ``hi > lo``."""
+def _color_scale(
+    grid: np.ndarray, cmap: str, vmin: float | None, vmax: float | None
+) -> tuple[Any, float, float]:
+    """The colormap (grey where a value is missing) and the colour limits ``(lo, hi)``,
+    ``hi > lo``."""
     import matplotlib
 
     try:
@@ -172,26 +180,56 @@ def _color_scale(grid: np.ndarray, cmap: str, vmin: float | None, vmax: float | 
     except KeyError as err:
         raise InputError(f"Expected a matplotlib colormap name. Got {cmap!r} instead.") from err
     finite = grid[np.isfinite(grid)]
-    lo = float(finite.min()) if vmin is None and finite.size else (0.0 if vmin is None else float(vmin))
-    hi = float(finite.max()) if vmax is None and finite.size else (1.0 if vmax is None else float(vmax))
+    lo = (
+        float(finite.min())
+        if vmin is None and finite.size
+        else (0.0 if vmin is None else float(vmin))
+    )
+    hi = (
+        float(finite.max())
+        if vmax is None and finite.size
+        else (1.0 if vmax is None else float(vmax))
+    )
     if hi <= lo:
         hi = lo + 1e-9
     return colormap, lo, hi
 
 
-def _outline(ax: Any, rows: list[str], columns: list[str], wells: Iterable[str], color: Any, inset: float,
-             linewidth: float) -> None:
+def _outline(
+    ax: Any,
+    rows: list[str],
+    columns: list[str],
+    wells: Iterable[str],
+    color: Any,
+    inset: float,
+    linewidth: float,
+) -> None:
     from matplotlib.patches import Rectangle
 
     for key in wells:
         r, _, c = str(key).partition("/")
         if r in rows and c in columns:
-            ax.add_patch(Rectangle((columns.index(c) - 0.5 + inset, rows.index(r) - 0.5 + inset), 1 - 2 * inset,
-                                   1 - 2 * inset, fill=False, edgecolor=color, linewidth=linewidth))
+            ax.add_patch(
+                Rectangle(
+                    (columns.index(c) - 0.5 + inset, rows.index(r) - 0.5 + inset),
+                    1 - 2 * inset,
+                    1 - 2 * inset,
+                    fill=False,
+                    edgecolor=color,
+                    linewidth=linewidth,
+                )
+            )
 
 
-def _annotate(ax: Any, grid: np.ndarray, rows: list[str], columns: list[str], colormap: Any, lo: float,
-              hi: float) -> dict[str, str]:
+def _annotate(
+    ax: Any,
+    grid: np.ndarray,
+    rows: list[str],
+    columns: list[str],
+    colormap: Any,
+    lo: float,
+    hi: float,
+) -> dict[str, str]:
     """Print each well's value in its cell (dark text on light colours); the texts by well path."""
     texts = {}
     for i, r in enumerate(rows):
@@ -201,14 +239,22 @@ def _annotate(ax: Any, grid: np.ndarray, rows: list[str], columns: list[str], co
             rgba = colormap((grid[i, j] - lo) / (hi - lo))
             light = 0.299 * rgba[0] + 0.587 * rgba[1] + 0.114 * rgba[2] > 0.5
             text = f"{grid[i, j]:.2f}"
-            ax.text(j, i, text, ha="center", va="center", fontsize=6 if len(columns) > 12 else 7,
-                    color="black" if light else "white")
+            ax.text(
+                j,
+                i,
+                text,
+                ha="center",
+                va="center",
+                fontsize=6 if len(columns) > 12 else 7,
+                color="black" if light else "white",
+            )
             texts[f"{r}/{c}"] = text
     return texts
 
 
 def _label_wells(ax: Any, rows: list[str], columns: list[str], flagged: Iterable[str]) -> None:
-    """Row names down the side, column names along the top, white well borders, red outlines on ``flagged``."""
+    """Row names down the side, column names along the top, white well borders, red outlines on
+    ``flagged``."""
     from matplotlib.patches import Rectangle
 
     n_r, n_c = len(rows), len(columns)
@@ -223,15 +269,33 @@ def _label_wells(ax: Any, rows: list[str], columns: list[str], flagged: Iterable
     for key in flagged:
         r, _, c = str(key).partition("/")
         if r in rows and c in columns:
-            ax.add_patch(Rectangle((columns.index(c) - 0.46, rows.index(r) - 0.46), 0.92, 0.92,
-                                   fill=False, edgecolor="red", linewidth=2))
+            ax.add_patch(
+                Rectangle(
+                    (columns.index(c) - 0.46, rows.index(r) - 0.46),
+                    0.92,
+                    0.92,
+                    fill=False,
+                    edgecolor="red",
+                    linewidth=2,
+                )
+            )
 
 
 def plate_heatmap(
-    values: Mapping[str, float], rows: Sequence[str], columns: Sequence[str], path: str | Path, *,
-    title: str = "", label: str = "", cmap: str = "viridis", vmin: float | None = None,
-    vmax: float | None = None, flagged: Iterable[str] = (), dpi: int = 100,
-    held_out: Iterable[str] = (), annotate: bool = False,
+    values: Mapping[str, float],
+    rows: Sequence[str],
+    columns: Sequence[str],
+    path: str | Path,
+    *,
+    title: str = "",
+    label: str = "",
+    cmap: str = "viridis",
+    vmin: float | None = None,
+    vmax: float | None = None,
+    flagged: Iterable[str] = (),
+    dpi: int = 100,
+    held_out: Iterable[str] = (),
+    annotate: bool = False,
 ) -> FigureResult:
     """Write a PNG heat map of per-well values laid out as the plate.
 
@@ -276,22 +340,32 @@ def plate_heatmap(
     width, height = left + n_c * cell + right, top + n_r * cell + bottom
     fig = new_figure(width, height, dpi)
     ax = fig.add_axes((left / width, bottom / height, n_c * cell / width, n_r * cell / height))
-    image = ax.imshow(np.ma.masked_invalid(grid), cmap=colormap, vmin=lo, vmax=hi,
-                      interpolation="nearest", aspect="auto", extent=(-0.5, n_c - 0.5, n_r - 0.5, -0.5))
+    image = ax.imshow(
+        np.ma.masked_invalid(grid),
+        cmap=colormap,
+        vmin=lo,
+        vmax=hi,
+        interpolation="nearest",
+        aspect="auto",
+        extent=(-0.5, n_c - 0.5, n_r - 0.5, -0.5),
+    )
     rows_l, cols_l = [str(r) for r in rows], [str(c) for c in columns]
     _label_wells(ax, rows_l, cols_l, flagged)
     held_out = list(held_out)
     _outline(ax, rows_l, cols_l, held_out, HELD_OUT_COLOR, 0.08, 2.5)
     _outline(ax, rows_l, cols_l, held_out, "white", 0.15, 1.5)  # seen on dark cells too
     texts = _annotate(ax, grid, rows_l, cols_l, colormap, lo, hi) if annotate else {}
-    cax = fig.add_axes(((left + n_c * cell + 0.15) / width, bottom / height, 0.18 / width, n_r * cell / height))
+    cax = fig.add_axes(
+        ((left + n_c * cell + 0.15) / width, bottom / height, 0.18 / width, n_r * cell / height)
+    )
     fig.colorbar(image, cax=cax, label=label)
     if title:
         fig.suptitle(title, y=1 - 0.15 / height, va="top", fontsize=10)
     fig.canvas.draw()
     boxes = {
         f"{r}/{c}": _box_px(fig, ax, j - 0.5, i - 0.5, j + 0.5, i + 0.5)
-        for i, r in enumerate(rows_l) for j, c in enumerate(cols_l)
+        for i, r in enumerate(rows_l)
+        for j, c in enumerate(cols_l)
     }
     out, size = save_figure(fig, path, dpi)
     return FigureResult(out, size, boxes, texts)
@@ -319,7 +393,9 @@ def _plane(image: Any) -> np.ndarray:
     while x.ndim > 2:
         x = x[x.shape[0] // 2]
     if x.ndim != 2:
-        raise InputError(f"Expected a 2-D (y, x) image for a montage. Got shape {np.shape(image)} instead.")
+        raise InputError(
+            f"Expected a 2-D (y, x) image for a montage. Got shape {np.shape(image)} instead."
+        )
     return x
 
 
@@ -338,11 +414,16 @@ MontageRow = tuple[str, Any, Any, Any]
 Panel = tuple[np.ndarray, str, float, float]  # image, colormap, vmin, vmax
 
 
-def _montage_panels(label: str, source: Any, virtual: Any, real: Any, with_input: bool) -> list[Panel]:
+def _montage_panels(
+    label: str, source: Any, virtual: Any, real: Any, with_input: bool
+) -> list[Panel]:
     """The panels of one montage row with their display ranges (see :func:`montage`, Notes)."""
     v, t = _plane(virtual), _plane(real)
     if v.shape != t.shape:
-        raise InputError(f"Expected virtual and real images of one shape for {label}. Got {v.shape} and {t.shape}.")
+        raise InputError(
+            f"Expected virtual and real images of one shape for {label}. Got {v.shape} and "
+            f"{t.shape}."
+        )
     lo, hi = display_range(t)
     diff = v - t
     d = display_range(np.abs(diff), 0.0, 99.5)[1]
@@ -354,31 +435,66 @@ def _montage_panels(label: str, source: Any, virtual: Any, real: Any, with_input
     return panels
 
 
-def _draw_row(fig: Any, i: int, row: MontageRow, cols: list[str], with_input: bool, *, n_r: int, label_w: float,
-              panel_inches: float, max_px: int) -> dict[tuple[str, str], Any]:
-    """Draw row ``i`` of a montage (its panels and its label); returns the axes keyed by (label, column title)."""
+def _draw_row(
+    fig: Any,
+    i: int,
+    row: MontageRow,
+    cols: list[str],
+    with_input: bool,
+    *,
+    n_r: int,
+    label_w: float,
+    panel_inches: float,
+    max_px: int,
+) -> dict[tuple[str, str], Any]:
+    """Draw row ``i`` of a montage (its panels and its label); returns the axes keyed by (label,
+    column title)."""
     width, height = (float(v) for v in fig.get_size_inches())
     label, source, virtual, real = row
     axes = {}
-    for j, (img, cmap, vmin, vmax) in enumerate(_montage_panels(label, source, virtual, real, with_input)):
-        rect = ((label_w + j * panel_inches) / width, (n_r - 1 - i) * panel_inches / height,
-                panel_inches / width, panel_inches / height)
+    for j, (img, cmap, vmin, vmax) in enumerate(
+        _montage_panels(label, source, virtual, real, with_input)
+    ):
+        rect = (
+            (label_w + j * panel_inches) / width,
+            (n_r - 1 - i) * panel_inches / height,
+            panel_inches / width,
+            panel_inches / height,
+        )
         ax = fig.add_axes(rect)
-        ax.imshow(_shrink(img, max_px), cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest",
-                  aspect="auto", extent=(0, 1, 1, 0))
+        ax.imshow(
+            _shrink(img, max_px),
+            cmap=cmap,
+            vmin=vmin,
+            vmax=vmax,
+            interpolation="nearest",
+            aspect="auto",
+            extent=(0, 1, 1, 0),
+        )
         ax.set_axis_off()
         if i == 0:
             ax.set_title(cols[j], fontsize=10)
         axes[(str(label), cols[j])] = ax
-    fig.text(label_w / 2 / width, (n_r - 0.5 - i) * panel_inches / height, str(label),
-             rotation=90, ha="center", va="center", fontsize=10)
+    fig.text(
+        label_w / 2 / width,
+        (n_r - 0.5 - i) * panel_inches / height,
+        str(label),
+        rotation=90,
+        ha="center",
+        va="center",
+        fontsize=10,
+    )
     return axes
 
 
 def montage(
-    rows: Sequence[MontageRow], path: str | Path, *, title: str = "",
+    rows: Sequence[MontageRow],
+    path: str | Path,
+    *,
+    title: str = "",
     titles: Sequence[str] = ("input", "virtual", "real", "difference"),
-    panel_inches: float = 2.2, dpi: int = 100,
+    panel_inches: float = 2.2,
+    dpi: int = 100,
 ) -> FigureResult:
     """Write a montage: one row per well, columns input | virtual | real | difference.
 
@@ -422,8 +538,19 @@ def montage(
     max_px = int(panel_inches * dpi)
     axes: dict[tuple[str, str], Any] = {}
     for i, row in enumerate(rows):
-        axes.update(_draw_row(fig, i, row, cols, with_input, n_r=n_r, label_w=label_w,
-                              panel_inches=panel_inches, max_px=max_px))
+        axes.update(
+            _draw_row(
+                fig,
+                i,
+                row,
+                cols,
+                with_input,
+                n_r=n_r,
+                label_w=label_w,
+                panel_inches=panel_inches,
+                max_px=max_px,
+            )
+        )
     if title:
         fig.suptitle(title, y=1 - 0.1 / height, va="top", fontsize=11)
     fig.canvas.draw()

@@ -65,9 +65,20 @@ __all__ = [
 
 #: Columns that :func:`field_metrics` returns, in order.
 METRIC_NAMES: tuple[str, ...] = (
-    "pearson_r", "ssim", "psnr", "nrmse", "mae",
-    "pearson_r_fg", "ssim_fg", "nrmse_fg", "mae_fg", "fg_fraction",
-    "noise_ceiling", "pearson_r_rel", "data_range", "structure_r",
+    "pearson_r",
+    "ssim",
+    "psnr",
+    "nrmse",
+    "mae",
+    "pearson_r_fg",
+    "ssim_fg",
+    "nrmse_fg",
+    "mae_fg",
+    "fg_fraction",
+    "noise_ceiling",
+    "pearson_r_rel",
+    "data_range",
+    "structure_r",
 )
 
 
@@ -76,8 +87,8 @@ def _pair(pred: Any, truth: Any) -> tuple[np.ndarray, np.ndarray]:
     t = np.asarray(truth, dtype=np.float64)
     if p.shape != t.shape:
         raise InputError(
-            f"Expected prediction and truth of the same shape. Got {p.shape} and {t.shape} instead. "
-            f"Compare the same image and pyramid level."
+            f"Expected prediction and truth of the same shape. Got {p.shape} and {t.shape} "
+            f"instead. Compare the same image and pyramid level."
         )
     if p.size == 0:
         raise InputError("Expected non-empty images. Got arrays with no pixels instead.")
@@ -140,7 +151,12 @@ def pearson_r(pred: Any, truth: Any, mask: Any = None) -> float:
 
 
 def gaussian_blur(
-    image: Any, sigma: float, *, truncate: float = 3.0, dtype: Any = np.float64, short_axis_mode: str = "symmetric",
+    image: Any,
+    sigma: float,
+    *,
+    truncate: float = 3.0,
+    dtype: Any = np.float64,
+    short_axis_mode: str = "symmetric",
 ) -> np.ndarray:
     """Separable Gaussian blur of the last two axes with mirror padding (numpy only).
 
@@ -263,7 +279,8 @@ def nrmse(pred: Any, truth: Any, mask: Any = None, normalization: str = "euclide
         denom = float(t.mean())
     else:
         raise InputError(
-            f"Expected normalization 'euclidean', 'min-max' or 'mean'. Got {normalization!r} instead."
+            f"Expected normalization 'euclidean', 'min-max' or 'mean'. Got {normalization!r} "
+            "instead."
         )
     rmse = math.sqrt(_mse(p, t))
     if denom == 0.0:
@@ -295,16 +312,23 @@ def _filter_valid(img: np.ndarray, w: np.ndarray) -> np.ndarray:
     ny, nx = img.shape[-2] - k + 1, img.shape[-1] - k + 1
     tmp = np.zeros(img.shape[:-2] + (img.shape[-2], nx))
     for i in range(k):
-        tmp += w[i] * img[..., :, i:i + nx]
+        tmp += w[i] * img[..., :, i : i + nx]
     out = np.zeros(img.shape[:-2] + (ny, nx))
     for i in range(k):
-        out += w[i] * tmp[..., i:i + ny, :]
+        out += w[i] * tmp[..., i : i + ny, :]
     return out
 
 
 def ssim_map(
-    pred: Any, truth: Any, *, data_range: float | None = None, gaussian: bool = True,
-    sigma: float = 1.5, win_size: int = 7, k1: float = 0.01, k2: float = 0.03,
+    pred: Any,
+    truth: Any,
+    *,
+    data_range: float | None = None,
+    gaussian: bool = True,
+    sigma: float = 1.5,
+    win_size: int = 7,
+    k1: float = 0.01,
+    k2: float = 0.03,
 ) -> np.ndarray:
     """Local SSIM values over the last two axes, for pixels whose window fits in the image.
 
@@ -313,7 +337,9 @@ def ssim_map(
     """
     p, t = _pair(pred, truth)
     if p.ndim < 2:
-        raise InputError(f"Expected images with at least 2 dimensions (y, x). Got shape {p.shape} instead.")
+        raise InputError(
+            f"Expected images with at least 2 dimensions (y, x). Got shape {p.shape} instead."
+        )
     w = _window(gaussian, sigma, win_size)
     k = w.size
     if min(p.shape[-2:]) < k:
@@ -331,18 +357,26 @@ def ssim_map(
     for lead in np.ndindex(p.shape[:-2]):
         for y0 in range(0, ny, step):
             y1 = min(ny, y0 + step)
-            ps, ts = p[lead][y0:y1 + k - 1], t[lead][y0:y1 + k - 1]
+            ps, ts = p[lead][y0 : y1 + k - 1], t[lead][y0 : y1 + k - 1]
             ux, uy = _filter_valid(ps, w), _filter_valid(ts, w)
             vx = cov_norm * (_filter_valid(ps * ps, w) - ux * ux)
             vy = cov_norm * (_filter_valid(ts * ts, w) - uy * uy)
             vxy = cov_norm * (_filter_valid(ps * ts, w) - ux * uy)
-            out[lead][y0:y1] = ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux * ux + uy * uy + c1) * (vx + vy + c2))
+            out[lead][y0:y1] = ((2 * ux * uy + c1) * (2 * vxy + c2)) / (
+                (ux * ux + uy * uy + c1) * (vx + vy + c2)
+            )
     return out
 
 
 def ssim(
-    pred: Any, truth: Any, *, data_range: float | None = None, gaussian: bool = True,
-    sigma: float = 1.5, win_size: int = 7, mask: Any = None,
+    pred: Any,
+    truth: Any,
+    *,
+    data_range: float | None = None,
+    gaussian: bool = True,
+    sigma: float = 1.5,
+    win_size: int = 7,
+    mask: Any = None,
 ) -> float:
     """Mean structural similarity (SSIM) of ``pred`` against ``truth``.
 
@@ -368,13 +402,15 @@ def ssim(
     float
         Mean SSIM in [-1, 1]; NaN when the mask leaves no pixel.
     """
-    s = ssim_map(pred, truth, data_range=data_range, gaussian=gaussian, sigma=sigma, win_size=win_size)
+    s = ssim_map(
+        pred, truth, data_range=data_range, gaussian=gaussian, sigma=sigma, win_size=win_size
+    )
     if mask is None:
         return float(s.mean(dtype=np.float64))
     m = _mask(mask, np.shape(pred))
     pad_y = (m.shape[-2] - s.shape[-2]) // 2
     pad_x = (m.shape[-1] - s.shape[-1]) // 2
-    m = m[..., pad_y:pad_y + s.shape[-2], pad_x:pad_x + s.shape[-1]]
+    m = m[..., pad_y : pad_y + s.shape[-2], pad_x : pad_x + s.shape[-1]]
     return float(s[m].mean(dtype=np.float64)) if m.any() else math.nan
 
 
@@ -388,7 +424,9 @@ def otsu_threshold(image: Any, nbins: int = 256) -> float:
     x = np.asarray(image, dtype=np.float64).ravel()
     x = x[np.isfinite(x)]
     if x.size == 0:
-        raise InputError("Expected an image with finite pixels for Otsu's threshold. Got none instead.")
+        raise InputError(
+            "Expected an image with finite pixels for Otsu's threshold. Got none instead."
+        )
     lo, hi = float(x.min()), float(x.max())
     if lo == hi:
         return lo
@@ -421,12 +459,16 @@ def foreground_mask(truth: Any, method: str | float = "otsu") -> np.ndarray:
     t = np.asarray(truth, dtype=np.float64)
     if isinstance(method, str):
         if method.lower() != "otsu":
-            raise InputError(f"Expected foreground 'otsu' or a percentile in [0, 100). Got {method!r} instead.")
+            raise InputError(
+                f"Expected foreground 'otsu' or a percentile in [0, 100). Got {method!r} instead."
+            )
         thr = otsu_threshold(t)
     else:
         p = float(method)
         if not 0 <= p < 100:
-            raise InputError(f"Expected a foreground percentile in [0, 100). Got {method!r} instead.")
+            raise InputError(
+                f"Expected a foreground percentile in [0, 100). Got {method!r} instead."
+            )
         thr = float(np.percentile(t, p))
     return t > thr
 
@@ -458,7 +500,7 @@ def estimate_noise_variance(image: Any) -> float:
     resp = np.zeros(x.shape[:-2] + (ny, nx))
     for i in range(3):
         for j in range(3):
-            resp += _IMMERKAER[i, j] * x[..., i:i + ny, j:j + nx]
+            resp += _IMMERKAER[i, j] * x[..., i : i + ny, j : j + nx]
     sigma = math.sqrt(math.pi / 2) * float(np.mean(np.abs(resp))) / 6.0
     return sigma * sigma
 
@@ -494,8 +536,13 @@ def noise_ceiling(truth: Any, noise_variance: float | None = None) -> float:
 
 # -- all at once ----------------------------------------------------------------------------------
 def field_metrics(
-    pred: Any, truth: Any, *, foreground: str | float = "otsu", data_range: float | None = None,
-    gaussian: bool = True, with_noise_ceiling: bool = True,
+    pred: Any,
+    truth: Any,
+    *,
+    foreground: str | float = "otsu",
+    data_range: float | None = None,
+    gaussian: bool = True,
+    with_noise_ceiling: bool = True,
 ) -> dict[str, float]:
     """All metrics of one field: whole field, foreground, and the noise ceiling.
 
@@ -540,7 +587,9 @@ def field_metrics(
     return out
 
 
-def summarize(rows: list[Mapping[str, Any]], keys: tuple[str, ...] = METRIC_NAMES) -> dict[str, float]:
+def summarize(
+    rows: list[Mapping[str, Any]], keys: tuple[str, ...] = METRIC_NAMES
+) -> dict[str, float]:
     """Mean of each metric over ``rows``, ignoring NaN (NaN when no row has a value)."""
     out: dict[str, float] = {}
     for k in keys:

@@ -58,7 +58,9 @@ def robust_z(values: Sequence[float], controls: Sequence[float]) -> np.ndarray:
     c = np.asarray(controls, dtype=np.float64)
     c = c[np.isfinite(c)]
     if c.size == 0:
-        raise InputError("Expected at least one control well with a finite value. Got none instead.")
+        raise InputError(
+            "Expected at least one control well with a finite value. Got none instead."
+        )
     med = float(np.median(c))
     scale = _MAD_TO_SD * float(np.median(np.abs(c - med)))
     if scale == 0.0:
@@ -71,8 +73,11 @@ def robust_z(values: Sequence[float], controls: Sequence[float]) -> np.ndarray:
 
 
 def screen(
-    values: Mapping[str, float], control_wells: Iterable[str] | None = None, *,
-    threshold: float = 3.0, metric: str = "pearson_r",
+    values: Mapping[str, float],
+    control_wells: Iterable[str] | None = None,
+    *,
+    threshold: float = 3.0,
+    metric: str = "pearson_r",
 ) -> list[dict[str, Any]]:
     """Per-well robust z-scores of a metric against control wells, with a hit flag.
 
@@ -118,8 +123,13 @@ def screen(
     z = robust_z(vals, [float(values[k]) for k in controls])
     cset = set(controls)
     return [
-        {"well": k, "metric": metric, "value": v, "z": float(zi),
-         "flag": bool(abs(zi) > threshold),
-         "control": k in cset}
+        {
+            "well": k,
+            "metric": metric,
+            "value": v,
+            "z": float(zi),
+            "flag": bool(abs(zi) > threshold),
+            "control": k in cset,
+        }
         for k, v, zi in zip(keys, vals, z)
     ]

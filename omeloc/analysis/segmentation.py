@@ -20,12 +20,26 @@ import numpy as np
 
 from omeloc.errors import InputError
 
-__all__ = ["SEGMENT_METRICS", "SegmentSettings", "SegmentationScores", "match_objects", "nuclei_scores",
-           "segment_nuclei"]
+__all__ = [
+    "SEGMENT_METRICS",
+    "SegmentSettings",
+    "SegmentationScores",
+    "match_objects",
+    "nuclei_scores",
+    "segment_nuclei",
+]
 
 #: the columns :func:`nuclei_scores` adds to an evaluation's field rows (and its well means)
-SEGMENT_METRICS: tuple[str, ...] = ("nuclei_true", "nuclei_pred", "nuclei_count_error", "nuclei_dice",
-                                    "nuclei_f1", "nuclei_precision", "nuclei_recall", "nuclei_mean_iou")
+SEGMENT_METRICS: tuple[str, ...] = (
+    "nuclei_true",
+    "nuclei_pred",
+    "nuclei_count_error",
+    "nuclei_dice",
+    "nuclei_f1",
+    "nuclei_precision",
+    "nuclei_recall",
+    "nuclei_mean_iou",
+)
 
 
 def _imports() -> tuple[Any, Any, Any, Any]:
@@ -33,7 +47,9 @@ def _imports() -> tuple[Any, Any, Any, Any]:
         from scipy import ndimage, optimize
         from skimage import feature, filters, measure, segmentation
     except ImportError as err:  # pragma: no cover - the extra is installed in the test environment
-        raise InputError("Segmentation scores need scikit-image and scipy: pip install 'omeloc[segment]'.") from err
+        raise InputError(
+            "Segmentation scores need scikit-image and scipy: pip install 'omeloc[segment]'."
+        ) from err
     return ndimage, optimize, (feature, filters, measure), segmentation
 
 
@@ -65,10 +81,14 @@ class SegmentSettings:
 
     def __post_init__(self) -> None:
         if self.threshold not in ("otsu", "local"):
-            raise InputError(f"Expected threshold 'otsu' or 'local'. Got {self.threshold!r} instead.")
+            raise InputError(
+                f"Expected threshold 'otsu' or 'local'. Got {self.threshold!r} instead."
+            )
         if self.sigma < 0 or self.min_distance < 1 or self.min_size < 0 or self.block_size < 3:
-            raise InputError(f"Expected sigma >= 0, min_distance >= 1, min_size >= 0, block_size >= 3. "
-                             f"Got {self} instead.")
+            raise InputError(
+                f"Expected sigma >= 0, min_distance >= 1, min_size >= 0, block_size >= 3. "
+                f"Got {self} instead."
+            )
 
 
 def segment_nuclei(image: np.ndarray, settings: SegmentSettings | None = None) -> np.ndarray:
@@ -96,7 +116,9 @@ def segment_nuclei(image: np.ndarray, settings: SegmentSettings | None = None) -
     mask = ndimage.binary_fill_holes(mask)
     distance = ndimage.distance_transform_edt(mask)
     regions = measure.label(mask)
-    peaks = feature.peak_local_max(distance, min_distance=s.min_distance, labels=regions, exclude_border=False)
+    peaks = feature.peak_local_max(
+        distance, min_distance=s.min_distance, labels=regions, exclude_border=False
+    )
     markers = np.zeros(img.shape, dtype=np.int32)
     markers[tuple(peaks.T)] = np.arange(1, len(peaks) + 1)
     labels = segmentation.watershed(-distance, markers, mask=mask)
@@ -134,10 +156,12 @@ class SegmentationScores:
 
 
 def _iou_matrix(pred: np.ndarray, true: np.ndarray) -> np.ndarray:
-    """IoU of every (true object, predicted object) pair, ``(n_true, n_pred)``, from one contingency table."""
+    """IoU of every (true object, predicted object) pair, ``(n_true, n_pred)``, from one
+    contingency table."""
     n_t, n_p = int(true.max()), int(pred.max())
-    joint = np.bincount(true.ravel().astype(np.int64) * (n_p + 1) + pred.ravel(),
-                        minlength=(n_t + 1) * (n_p + 1)).reshape(n_t + 1, n_p + 1)
+    joint = np.bincount(
+        true.ravel().astype(np.int64) * (n_p + 1) + pred.ravel(), minlength=(n_t + 1) * (n_p + 1)
+    ).reshape(n_t + 1, n_p + 1)
     inter = joint[1:, 1:].astype(np.float64)
     area_t, area_p = joint[1:, :].sum(axis=1), joint[:, 1:].sum(axis=0)
     union = area_t[:, None] + area_p[None, :] - inter
@@ -156,7 +180,9 @@ def match_objects(pred: np.ndarray, true: np.ndarray, iou: float = 0.5) -> Segme
     """
     _, optimize, _, segmentation = _imports()
     if pred.shape != true.shape:
-        raise InputError(f"Expected label images of one shape. Got {pred.shape} and {true.shape} instead.")
+        raise InputError(
+            f"Expected label images of one shape. Got {pred.shape} and {true.shape} instead."
+        )
     pred = segmentation.relabel_sequential(np.asarray(pred, dtype=np.int64))[0]
     true = segmentation.relabel_sequential(np.asarray(true, dtype=np.int64))[0]
     n_t, n_p = int(true.max()), int(pred.max())
@@ -173,11 +199,21 @@ def match_objects(pred: np.ndarray, true: np.ndarray, iou: float = 0.5) -> Segme
     precision = matched / n_p if n_p else (1.0 if not n_t else 0.0)
     recall = matched / n_t if n_t else (1.0 if not n_p else 0.0)
     f1 = 2.0 * matched / (n_t + n_p) if n_t + n_p else 1.0
-    return SegmentationScores(true=n_t, pred=n_p, count_error=abs(n_p - n_t) / n_t if n_t else math.nan,
-                              dice=dice, f1=f1, precision=precision, recall=recall,
-                              mean_iou=float(ious.mean()) if ious.size else math.nan)
+    return SegmentationScores(
+        true=n_t,
+        pred=n_p,
+        count_error=abs(n_p - n_t) / n_t if n_t else math.nan,
+        dice=dice,
+        f1=f1,
+        precision=precision,
+        recall=recall,
+        mean_iou=float(ious.mean()) if ious.size else math.nan,
+    )
 
 
-def nuclei_scores(pred: np.ndarray, true: np.ndarray, settings: SegmentSettings | None = None) -> dict[str, float]:
-    """Both images segmented by :func:`segment_nuclei`, compared by :func:`match_objects`: the evaluation columns."""
+def nuclei_scores(
+    pred: np.ndarray, true: np.ndarray, settings: SegmentSettings | None = None
+) -> dict[str, float]:
+    """Both images segmented by :func:`segment_nuclei`, compared by :func:`match_objects`: the
+    evaluation columns."""
     return match_objects(segment_nuclei(pred, settings), segment_nuclei(true, settings)).as_row()

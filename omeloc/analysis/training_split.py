@@ -78,7 +78,8 @@ class TrainingSplit:
         return cls("", (), frozenset(), frozenset())
 
     def split_of(self, well: str, plate_path: str) -> str:
-        """``train``, ``validation``, ``unseen`` (another plate, or a well it never saw) or ``unknown``."""
+        """``train``, ``validation``, ``unseen`` (another plate, or a well it never saw) or
+        ``unknown``."""
         if not self.checkpoint:
             return "unknown"
         if self.plates and not any(_same_plate(p, plate_path) for p in self.plates):
@@ -105,15 +106,20 @@ def read_training_split(checkpoint: str | Path) -> TrainingSplit:
     try:
         meta = json.loads(meta_path.read_text())
     except (OSError, json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise CheckpointError(f"Cannot read the training split from {meta_path} ({err}). Pass the folder "
-                              f"that 'omeloc train --out' wrote as --model.") from None
+        raise CheckpointError(
+            f"Cannot read the training split from {meta_path} ({err}). Pass the folder "
+            f"that 'omeloc train --out' wrote as --model."
+        ) from None
     prov = meta.get("provenance") if isinstance(meta, Mapping) else None
     prov = prov if isinstance(prov, Mapping) else {}
     metrics = meta.get("metrics") if isinstance(meta, Mapping) else None
     metrics = metrics if isinstance(metrics, Mapping) else {}
     plates = prov.get("plates")
     return TrainingSplit(
-        checkpoint=str(folder.resolve()), plates=tuple(str(p) for p in plates) if isinstance(plates, list) else (),
-        train_wells=_names(prov.get("train_wells")), val_wells=_names(prov.get("val_wells")),
-        baseline_r=_number(metrics.get("baseline_pearson_r")), val_r=_number(metrics.get("val_pearson_r")),
+        checkpoint=str(folder.resolve()),
+        plates=tuple(str(p) for p in plates) if isinstance(plates, list) else (),
+        train_wells=_names(prov.get("train_wells")),
+        val_wells=_names(prov.get("val_wells")),
+        baseline_r=_number(metrics.get("baseline_pearson_r")),
+        val_r=_number(metrics.get("val_pearson_r")),
     )

@@ -1,4 +1,5 @@
-"""The ``omeloc`` command line: thin commands, each parsing arguments and calling one library function.
+"""The ``omeloc`` command line: thin commands, each parsing arguments and calling one library
+function.
 
 One module per command (``omeloc/cli/predict.py`` for ``omeloc predict``, ...), each with
 ``HELP``, ``EXAMPLES``, ``add_arguments(parser)`` and ``run(args) -> int``; this module only
@@ -43,14 +44,30 @@ from omeloc.cli._common import (
 )
 from omeloc.errors import OmelocError
 
-__all__ = ["COMMANDS", "EXIT_BAD_INPUT", "EXIT_FAILURE", "EXIT_INTERRUPTED", "EXIT_OK", "build_parser", "main"]
+__all__ = [
+    "COMMANDS",
+    "EXIT_BAD_INPUT",
+    "EXIT_FAILURE",
+    "EXIT_INTERRUPTED",
+    "EXIT_OK",
+    "build_parser",
+    "main",
+]
 
 logger = logging.getLogger("omeloc")
 
 #: command name → its module, in the order ``--help`` lists them
 COMMANDS: dict[str, ModuleType] = {
-    "demo": demo, "info": info, "synth": synth, "import-tiff": import_tiff, "rechunk": rechunk,
-    "recover": recover, "evaluate": evaluate, "predict": predict, "train": train, "relate": relate,
+    "demo": demo,
+    "info": info,
+    "synth": synth,
+    "import-tiff": import_tiff,
+    "rechunk": rechunk,
+    "recover": recover,
+    "evaluate": evaluate,
+    "predict": predict,
+    "train": train,
+    "relate": relate,
 }
 COMMANDS["remove"] = remove
 COMMANDS.update({"export": export, "show": show})  # models in and out (omeloc.modelio)
@@ -66,8 +83,12 @@ def _verbosity(*, keep_earlier: bool) -> argparse.ArgumentParser:
     verbose, quiet = (argparse.SUPPRESS, argparse.SUPPRESS) if keep_earlier else (0, False)
     common = argparse.ArgumentParser(add_help=False)
     group = common.add_mutually_exclusive_group()
-    group.add_argument("-v", "--verbose", action="count", default=verbose, help="more log output (-vv: debug)")
-    group.add_argument("-q", "--quiet", action="store_true", default=quiet, help="only errors; no progress bars")
+    group.add_argument(
+        "-v", "--verbose", action="count", default=verbose, help="more log output (-vv: debug)"
+    )
+    group.add_argument(
+        "-q", "--quiet", action="store_true", default=quiet, help="only errors; no progress bars"
+    )
     return common
 
 
@@ -75,7 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``omeloc`` command."""
     parser = argparse.ArgumentParser(
         prog="omeloc",
-        description="Virtual stains for OME-Zarr HCS plates: train, predict into the plate, evaluate.",
+        description=(
+            "Virtual stains for OME-Zarr HCS plates: train, predict into the plate, evaluate."
+        ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
         parents=[_verbosity(keep_earlier=False)],
         epilog=examples("omeloc synth plate.zarr", "omeloc info plate.zarr"),
@@ -84,14 +107,24 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     after = _verbosity(keep_earlier=True)
     for name, module in COMMANDS.items():
-        p = sub.add_parser(name, help=module.HELP, description=module.HELP, parents=[after],
-                           formatter_class=argparse.RawDescriptionHelpFormatter, epilog=examples(*module.EXAMPLES))
+        p = sub.add_parser(
+            name,
+            help=module.HELP,
+            description=module.HELP,
+            parents=[after],
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+            epilog=examples(*module.EXAMPLES),
+        )
         module.add_arguments(p)
     return parser
 
 
 def _configure_logging(args: argparse.Namespace) -> None:
-    level = logging.ERROR if args.quiet else (logging.WARNING, logging.INFO, logging.DEBUG)[min(args.verbose, 2)]
+    level = (
+        logging.ERROR
+        if args.quiet
+        else (logging.WARNING, logging.INFO, logging.DEBUG)[min(args.verbose, 2)]
+    )
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     if args.verbose == 0:
         for noisy in ("distributed", "ome_zarr", "numcodecs"):
@@ -106,24 +139,33 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return EXIT_BAD_INPUT
     _configure_logging(args)
-    args.progress = not args.quiet  # a bar on a terminal, plain lines in a log (omeloc.progress.reporter)
+    args.progress = (
+        not args.quiet
+    )  # a bar on a terminal, plain lines in a log (omeloc.progress.reporter)
     try:
         code = COMMANDS[args.command].run(args)
     except OmelocError as err:
         print(f"omeloc {args.command}: error: {err}", file=sys.stderr)
-        return int(getattr(err, "exit_code", EXIT_BAD_INPUT))  # bad input: 2; a store that kept failing: 1
+        return int(
+            getattr(err, "exit_code", EXIT_BAD_INPUT)
+        )  # bad input: 2; a store that kept failing: 1
     except KeyboardInterrupt:
         print(f"omeloc {args.command}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     except Exception as err:  # an unexpected failure: one line, the traceback with -v
-        known = known_failure(err)  # the environment (an unreachable store, ...): bad input, not a bug
+        known = known_failure(
+            err
+        )  # the environment (an unreachable store, ...): bad input, not a bug
         if known is not None and not args.verbose:
             print(f"omeloc {args.command}: error: {known}", file=sys.stderr)
             return EXIT_BAD_INPUT
         if args.verbose:
             raise
-        print(f"omeloc {args.command}: failed: {type(err).__name__}: {err} (run with -v for the traceback)",
-              file=sys.stderr)
+        print(
+            f"omeloc {args.command}: failed: {type(err).__name__}: {err} (run with -v for the "
+            "traceback)",
+            file=sys.stderr,
+        )
         return EXIT_FAILURE
     return EXIT_OK if code is None else code
 

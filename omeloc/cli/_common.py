@@ -30,9 +30,11 @@ def examples(*lines: str) -> str:
 
 
 @contextmanager
-def counting_bar(desc: str, enabled: Any, total: int | None = None,
-                 unit: str = "img") -> Iterator[Callable[..., None]]:
-    """The command's progress (:func:`omeloc.progress.reporter` of ``enabled``) and the callback that moves it.
+def counting_bar(
+    desc: str, enabled: Any, total: int | None = None, unit: str = "img"
+) -> Iterator[Callable[..., None]]:
+    """The command's progress (:func:`omeloc.progress.reporter` of ``enabled``) and the callback
+    that moves it.
 
     The callback takes ``(done)`` or ``(done, total)``: the number of steps done so far and,
     when the library knows it only once it has started, the total.
@@ -57,7 +59,8 @@ def add_overwrite(parser: argparse.ArgumentParser | Any, help: str | None = None
 
 
 def known_failure(err: BaseException) -> str | None:
-    """The one-line message (exit 2) for a failure that is the user's environment, not a bug; else None.
+    """The one-line message (exit 2) for a failure that is the user's environment, not a bug; else
+    None.
 
     An object store that cannot be reached, a missing bucket, denied access
     (:func:`omeloc.ngff.stores.store_failure`).

@@ -8,16 +8,23 @@ import json
 from omeloc.cli._common import EXIT_OK
 
 HELP = "Describe a plate or image: version, wells, channels, levels, chunks, append-friendliness."
-EXAMPLES = ("omeloc info plate.zarr", "omeloc info plate.zarr/B/3/0 --json", "omeloc info export.zarr --series 1",
-            "omeloc info plate.ozx")
+EXAMPLES = (
+    "omeloc info plate.zarr",
+    "omeloc info plate.zarr/B/3/0 --json",
+    "omeloc info export.zarr --series 1",
+    "omeloc info plate.ozx",
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the options of ``omeloc info`` to ``parser``."""
     parser.add_argument("path", help="plate or image path or URL")
     parser.add_argument("--json", action="store_true", help="print JSON instead of text")
-    parser.add_argument("--series", default=None,
-                        help="which series of a bioformats2raw wrapper (default: the only one)")
+    parser.add_argument(
+        "--series",
+        default=None,
+        help="which series of a bioformats2raw wrapper (default: the only one)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:

@@ -13,7 +13,9 @@ EXAMPLES = ("omeloc rechunk plate.zarr plate-c1.zarr",)
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the options of ``omeloc rechunk`` to ``parser``."""
     parser.add_argument("src", help="plate or image to copy (only read)")
-    parser.add_argument("dst", help="new local directory or URL (an interrupted copy there is redone)")
+    parser.add_argument(
+        "dst", help="new local directory or URL (an interrupted copy there is redone)"
+    )
     add_overwrite(parser, "replace DST if it exists")
 
 

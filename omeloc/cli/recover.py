@@ -6,7 +6,10 @@ import argparse
 
 from omeloc.cli._common import EXIT_OK
 
-HELP = "Roll back (or finish) an interrupted write-back of a virtual channel, or an interrupted rechunk."
+HELP = (
+    "Roll back (or finish) an interrupted write-back of a virtual channel, or an interrupted "
+    "rechunk."
+)
 EXAMPLES = ("omeloc recover plate.zarr", "omeloc recover plate.zarr --force")
 
 MESSAGES = {
@@ -19,8 +22,11 @@ MESSAGES = {
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the options of ``omeloc recover`` to ``parser``."""
     parser.add_argument("plate")
-    parser.add_argument("--force", action="store_true",
-                        help="recover even if the writer looks alive (another host, fresh heartbeat)")
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="recover even if the writer looks alive (another host, fresh heartbeat)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -30,10 +36,16 @@ def run(args: argparse.Namespace) -> int:
 
     source = finish_copy(args.plate)
     if source is not None:
-        print(f"{args.plate}: finished the interrupted rechunk: copied {source} again (one channel per chunk)")
+        print(
+            f"{args.plate}: finished the interrupted rechunk: copied {source} again (one channel "
+            "per chunk)"
+        )
         return EXIT_OK
     report = recover_report(args.plate, force=args.force)
-    extra = f"; removed {report.leftovers} file(s) that interrupted runs left (resume stash, backups)" \
-        if report.leftovers else ""
+    extra = (
+        f"; removed {report.leftovers} file(s) that interrupted runs left (resume stash, backups)"
+        if report.leftovers
+        else ""
+    )
     print(f"{args.plate}: {MESSAGES[report.outcome]}{extra}")
     return EXIT_OK

@@ -11,26 +11,63 @@ import argparse
 from omeloc.cli._common import EXIT_OK, csv_list
 from omeloc.config import TrainConfig
 
-HELP = "Train a U-Net or pix2pix to predict one channel from another, on crops read from the plate(s)."
-EXAMPLES = ("omeloc train plate.zarr --source actin --target WAVE2 --out models/actin-wave2 --minutes 10",
-            "omeloc train plate.zarr --source actin --target vinculin --model pix2pix --steps 5000 --val-wells B2,C3",
-            ("omeloc train plate.zarr --source actin --target WAVE2 --minutes 10 --norm group --block residual "
-             "--loss l1+ssim --detail 1 --keep-best structure_r"),
-            "omeloc train plate.zarr --source actin --target WAVE2 --out models/actin-wave2 --resume",
-            "omeloc train zstack.zarr --source phase --target nuclei,membrane --z-window 5 --minutes 10")
+HELP = (
+    "Train a U-Net or pix2pix to predict one channel from another, on crops read from the plate(s)."
+)
+EXAMPLES = (
+    "omeloc train plate.zarr --source actin --target WAVE2 --out models/actin-wave2 --minutes 10",
+    "omeloc train plate.zarr --source actin --target vinculin --model pix2pix --steps 5000 "
+    "--val-wells B2,C3",
+    (
+        "omeloc train plate.zarr --source actin --target WAVE2 --minutes 10 --norm group --block "
+        "residual --loss l1+ssim --detail 1 --keep-best structure_r"
+    ),
+    "omeloc train plate.zarr --source actin --target WAVE2 --out models/actin-wave2 --resume",
+    "omeloc train zstack.zarr --source phase --target nuclei,membrane --z-window 5 --minutes 10",
+)
 
 #: the TrainConfig fields offered on the command line
-OPTIONS = ("model", "steps", "minutes", "val_wells", "crop", "batch_size", "level", "lr", "depth", "base_channels",
-           "norm", "block", "loss", "detail", "foreground_weight", "intensity_augment", "keep_best", "warmup",
-           "spectral_norm", "val_every", "seed", "device", "z_window")
+OPTIONS = (
+    "model",
+    "steps",
+    "minutes",
+    "val_wells",
+    "crop",
+    "batch_size",
+    "level",
+    "lr",
+    "depth",
+    "base_channels",
+    "norm",
+    "block",
+    "loss",
+    "detail",
+    "foreground_weight",
+    "intensity_augment",
+    "keep_best",
+    "warmup",
+    "spectral_norm",
+    "val_every",
+    "seed",
+    "device",
+    "z_window",
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the options of ``omeloc train`` to ``parser``."""
-    parser.add_argument("plates", nargs="+", metavar="PLATE", help="plate(s) to train on (only read)")
-    parser.add_argument("--source", type=csv_list, required=True, metavar="A[,B]", help="input channel(s)")
-    parser.add_argument("--target", type=csv_list, required=True, metavar="T", help="channel(s) to predict")
-    parser.add_argument("--out", default="omeloc-model", help="checkpoint folder (default: omeloc-model)")
+    parser.add_argument(
+        "plates", nargs="+", metavar="PLATE", help="plate(s) to train on (only read)"
+    )
+    parser.add_argument(
+        "--source", type=csv_list, required=True, metavar="A[,B]", help="input channel(s)"
+    )
+    parser.add_argument(
+        "--target", type=csv_list, required=True, metavar="T", help="channel(s) to predict"
+    )
+    parser.add_argument(
+        "--out", default="omeloc-model", help="checkpoint folder (default: omeloc-model)"
+    )
     TrainConfig.add_arguments(parser, only=OPTIONS)
     again = parser.add_mutually_exclusive_group()
     again.add_argument("--resume", action="store_true", help="continue the run saved in --out")
@@ -42,12 +79,23 @@ def run(args: argparse.Namespace) -> int:
     from omeloc.learn.training import train
 
     config = TrainConfig.from_args(args)
-    res = train(args.plates, args.source, args.target, config=config, out=args.out, resume=args.resume,
-                overwrite=args.overwrite, progress=args.progress, report=None if args.quiet else print)
+    res = train(
+        args.plates,
+        args.source,
+        args.target,
+        config=config,
+        out=args.out,
+        resume=args.resume,
+        overwrite=args.overwrite,
+        progress=args.progress,
+        report=None if args.quiet else print,
+    )
     print(res.summary())
     if res.warnings:
-        print(f"next: retrain as the warning says (omeloc predict PLATE --model {res.checkpoint} would write a "
-              f"prediction worse than the source channel)")
+        print(
+            f"next: retrain as the warning says (omeloc predict PLATE --model {res.checkpoint} "
+            f"would write a prediction worse than the source channel)"
+        )
     else:
         print(f"next: omeloc predict PLATE --model {res.checkpoint}")
     return EXIT_OK

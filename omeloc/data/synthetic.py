@@ -62,22 +62,28 @@ ATTRS_KEY = "omeloc_synthetic"
 
 CHANNEL_DESCRIPTIONS: dict[str, str] = {
     "actin": "F-actin: diffuse cytoplasm (dimmer over the nucleus), cortical rim, ruffled "
-             "lamellipodial band at 1-2 edge sectors, filopodia, stress fibres ending in focal "
-             "adhesions",
+    "lamellipodial band at 1-2 edge sectors, filopodia, stress fibres ending in focal "
+    "adhesions",
     "WAVE2": "outermost ~1.5 px of the lamellipodia (same sectors and ruffles as the actin "
-             "band); faint cytoplasm",
+    "band); faint cytoplasm",
     "IRSp53": "lamellipodial edge (~2 px), weak cortical rim, filopodium tips (bright) and "
-              "shafts; faint cytoplasm",
+    "shafts; faint cytoplasm",
     "vinculin": "focal adhesions: 3-6 px plaques at both ends of every stress fibre, along "
-                "the fibre; faint cytoplasm",
+    "the fibre; faint cytoplasm",
     "tubulin": "centrosome next to the nucleus and microtubules grown as random walks "
-               "independent of actin; diffuse soluble tubulin",
+    "independent of actin; diffuse soluble tubulin",
     "nuclei": "one textured ellipse per cell (DNA stain)",
 }
 
 # Hex colours per channel for viewers: by stain (omeloc.ngff.writer.STAIN_COLORS), then the palette.
-_COLORS = {"actin": "FF0000", "WAVE2": "00FF00", "IRSp53": "FF00FF", "vinculin": "FFFF00",
-           "tubulin": "00FFFF", "nuclei": "0000FF"}
+_COLORS = {
+    "actin": "FF0000",
+    "WAVE2": "00FF00",
+    "IRSp53": "FF00FF",
+    "vinculin": "FFFF00",
+    "tubulin": "00FFFF",
+    "nuclei": "0000FF",
+}
 
 
 def row_name(i: int) -> str:
@@ -133,7 +139,9 @@ def _positive(name: str, value: int) -> int:
 
 
 def _field_stack(
-    shape: tuple[int, int], rng_args: tuple[int, int, int, int], perturbation: str | None,
+    shape: tuple[int, int],
+    rng_args: tuple[int, int, int, int],
+    perturbation: str | None,
     channel_idx: tuple[int, ...],
 ) -> np.ndarray:
     images = render_field(shape, field_rng(*rng_args), perturbation=perturbation)
@@ -156,31 +164,56 @@ class _PlateSpec:
     perturbed: set[tuple[str, str]]
 
     @classmethod
-    def check(cls, *, rows: int, cols: int, fields: int, size: int | tuple[int, int], seed: int,
-              chunks: tuple[int, int] | None, levels: int, perturbed_wells: Iterable[str | tuple[str, str]],
-              perturbation: str, channels: Sequence[str]) -> "_PlateSpec":
+    def check(
+        cls,
+        *,
+        rows: int,
+        cols: int,
+        fields: int,
+        size: int | tuple[int, int],
+        seed: int,
+        chunks: tuple[int, int] | None,
+        levels: int,
+        perturbed_wells: Iterable[str | tuple[str, str]],
+        perturbation: str,
+        channels: Sequence[str],
+    ) -> "_PlateSpec":
         """Check every argument of :func:`make_plate` (in its order) before anything is written."""
         rows, cols = _positive("rows", rows), _positive("cols", cols)
         fields, levels = _positive("fields", fields), _positive("levels", levels)
         shape = parse_shape(size)
         if perturbation not in PERTURBATIONS:
             raise InputError(
-                f"Expected a perturbation among {sorted(PERTURBATIONS)}. Got {perturbation!r} instead."
+                f"Expected a perturbation among {sorted(PERTURBATIONS)}. Got {perturbation!r} "
+                "instead."
             )
         channels = tuple(channels)
         unknown = [c for c in channels if c not in CHANNELS]
         if unknown or not channels or len(set(channels)) != len(channels):
             raise InputError(
-                f"Expected distinct channel names among {list(CHANNELS)}. Got {list(channels)} instead."
+                f"Expected distinct channel names among {list(CHANNELS)}. Got {list(channels)} "
+                "instead."
             )
         chunks = tuple(int(c) for c in (shape if chunks is None else chunks))  # type: ignore[assignment]
         if len(chunks) != 2 or min(chunks) < 1:
-            raise InputError(f"Expected chunks (y, x) of positive integers. Got {chunks!r} instead.")
+            raise InputError(
+                f"Expected chunks (y, x) of positive integers. Got {chunks!r} instead."
+            )
         row_names = [row_name(i) for i in range(rows)]
         col_names = [str(j + 1) for j in range(cols)]
         perturbed = _parse_wells(perturbed_wells, row_names, col_names)
-        return cls(int(seed), shape, row_names, col_names, fields, chunks, levels, channels,  # type: ignore[arg-type]
-                   perturbation, perturbed)
+        return cls(
+            int(seed),
+            shape,
+            row_names,
+            col_names,
+            fields,
+            chunks,
+            levels,
+            channels,  # type: ignore[arg-type]
+            perturbation,
+            perturbed,
+        )
 
     def loaders(self) -> dict[tuple[str, str, str], Callable[[], np.ndarray]]:
         """``(row, column, field)`` → a function that renders that field's ``c, y, x`` stack."""
@@ -217,15 +250,26 @@ class _PlateSpec:
                 "background_photoelectrons": {c: BACKGROUND[c] for c in channels},
             },
             "field_rng": "numpy.random.default_rng([seed, row_index, column_index, field_index, "
-                         "0x5EED])",
+            "0x5EED])",
         }
 
 
 def make_plate(
-    path: str | Path, *, rows: int = 2, cols: int = 3, fields: int = 2, size: int | tuple[int, int] = 256,
-    seed: int = 0, ngff: str = "0.5", chunks: tuple[int, int] | None = (256, 256), levels: int = 3,
-    perturbed_wells: Iterable[str | tuple[str, str]] = (), perturbation: str = "wave2_cytoplasmic",
-    channels: Sequence[str] = CHANNELS, overwrite: bool = False, progress: Callable[[int], None] | None = None,
+    path: str | Path,
+    *,
+    rows: int = 2,
+    cols: int = 3,
+    fields: int = 2,
+    size: int | tuple[int, int] = 256,
+    seed: int = 0,
+    ngff: str = "0.5",
+    chunks: tuple[int, int] | None = (256, 256),
+    levels: int = 3,
+    perturbed_wells: Iterable[str | tuple[str, str]] = (),
+    perturbation: str = "wave2_cytoplasmic",
+    channels: Sequence[str] = CHANNELS,
+    overwrite: bool = False,
+    progress: Callable[[int], None] | None = None,
     pixel_size: float | Sequence[float] | None = None,
 ) -> Path:
     """Write a synthetic OME-Zarr HCS plate whose protein relationships are known.
@@ -239,7 +283,8 @@ def make_plate(
     path
         The plate to create (a directory, ``.zarr`` by convention).
     rows, cols, fields
-        Plate layout (rows ``A, B, ...``, columns ``1, 2, ...``) and fields per well (``0, 1, ...``).
+        Plate layout (rows ``A, B, ...``, columns ``1, 2, ...``) and fields per well
+        (``0, 1, ...``).
     size
         Field size in pixels: an int (square) or ``(y, x)``; cells have a radius of about 42 px.
     seed
@@ -271,16 +316,45 @@ def make_plate(
     >>> import os, tempfile
     >>> make_plate(os.path.join(tempfile.mkdtemp(), "s.zarr"), rows=1, cols=2, size=64, perturbed_wells=["A2"]).name
     's.zarr'
-    """
+    """  # noqa: E501
     from omeloc.ngff.writer import write_plate  # imports zarr; keep module import light
 
-    spec = _PlateSpec.check(rows=rows, cols=cols, fields=fields, size=size, seed=seed, chunks=chunks, levels=levels,
-                            perturbed_wells=perturbed_wells, perturbation=perturbation, channels=channels)
+    spec = _PlateSpec.check(
+        rows=rows,
+        cols=cols,
+        fields=fields,
+        size=size,
+        seed=seed,
+        chunks=chunks,
+        levels=levels,
+        perturbed_wells=perturbed_wells,
+        perturbation=perturbation,
+        channels=channels,
+    )
     truth = spec.ground_truth()
-    out = write_plate(path, spec.loaders(), channel_names=spec.channels, ngff_version=ngff, axes="cyx",
-                      chunks=spec.chunks, levels=spec.levels, colors=[_COLORS[c] for c in spec.channels],
-                      plate_name=Path(path).stem, extra_attrs={ATTRS_KEY: truth}, overwrite=overwrite,
-                      progress=progress, rows=spec.row_names, columns=spec.col_names, pixel_size=pixel_size)
-    logger.info("synthetic plate %s: %dx%d wells, %d fields, perturbed %s", out, rows, cols, fields,
-                truth["perturbed_wells"])
+    out = write_plate(
+        path,
+        spec.loaders(),
+        channel_names=spec.channels,
+        ngff_version=ngff,
+        axes="cyx",
+        chunks=spec.chunks,
+        levels=spec.levels,
+        colors=[_COLORS[c] for c in spec.channels],
+        plate_name=Path(path).stem,
+        extra_attrs={ATTRS_KEY: truth},
+        overwrite=overwrite,
+        progress=progress,
+        rows=spec.row_names,
+        columns=spec.col_names,
+        pixel_size=pixel_size,
+    )
+    logger.info(
+        "synthetic plate %s: %dx%d wells, %d fields, perturbed %s",
+        out,
+        rows,
+        cols,
+        fields,
+        truth["perturbed_wells"],
+    )
     return out

@@ -99,8 +99,14 @@ OFFSET_ADU = 100.0
 READ_NOISE_ADU = 4.0
 PSF_SIGMA = 1.0  # px
 #: Expected background photoelectrons per channel (autofluorescence, out-of-focus light).
-BACKGROUND = {"actin": 60.0, "WAVE2": 40.0, "IRSp53": 45.0, "vinculin": 50.0, "tubulin": 55.0,
-              "nuclei": 35.0}
+BACKGROUND = {
+    "actin": 60.0,
+    "WAVE2": 40.0,
+    "IRSp53": 45.0,
+    "vinculin": 50.0,
+    "tubulin": 55.0,
+    "nuclei": 35.0,
+}
 MEAN_RADIUS = 42.0  # px: cell size sets the scale, whatever the field size
 
 # Peak heights (photoelectrons after the PSF) of each structure.  A line splatted with a
@@ -211,8 +217,9 @@ class _Splats:
         n = max(2, int(math.hypot(p1[0] - p0[0], p1[1] - p0[1]) / step) + 1)
         t = np.linspace(0.0, 1.0, n)
         length = math.hypot(p1[0] - p0[0], p1[1] - p0[1])
-        self.add(channel, p0[0] + t * (p1[0] - p0[0]), p0[1] + t * (p1[1] - p0[1]),
-                 density * length / n)
+        self.add(
+            channel, p0[0] + t * (p1[0] - p0[0]), p0[1] + t * (p1[1] - p0[1]), density * length / n
+        )
 
     def mass_inside(self, channel: str, shape: tuple[int, int]) -> float:
         """Total weight of the points that fall inside a field of ``shape``."""
@@ -234,8 +241,12 @@ class _Splats:
         x0 = np.floor(x).astype(np.int64)
         fy, fx = y - y0, x - x0
         idx, wts = [], []
-        for dy, dx, ww in ((0, 0, (1 - fy) * (1 - fx)), (0, 1, (1 - fy) * fx),
-                           (1, 0, fy * (1 - fx)), (1, 1, fy * fx)):
+        for dy, dx, ww in (
+            (0, 0, (1 - fy) * (1 - fx)),
+            (0, 1, (1 - fy) * fx),
+            (1, 0, fy * (1 - fx)),
+            (1, 1, fy * fx),
+        ):
             yy, xx = y0 + dy, x0 + dx
             ok = (yy >= 0) & (yy < h) & (xx >= 0) & (xx < w)
             idx.append(yy[ok] * w + xx[ok])
@@ -298,8 +309,16 @@ class _Cell:
 
 def _make_cell(rng: np.random.Generator, cy: float, cx: float, radius: float) -> _Cell:
     axis = rng.uniform(-np.pi, np.pi)
-    harm_amp = np.array([rng.uniform(0.12, 0.3), rng.uniform(0.0, 0.12), rng.uniform(0.0, 0.08),
-                         rng.uniform(0.0, 0.05), rng.uniform(0.0, 0.03), rng.uniform(0.0, 0.02)])
+    harm_amp = np.array(
+        [
+            rng.uniform(0.12, 0.3),
+            rng.uniform(0.0, 0.12),
+            rng.uniform(0.0, 0.08),
+            rng.uniform(0.0, 0.05),
+            rng.uniform(0.0, 0.03),
+            rng.uniform(0.0, 0.02),
+        ]
+    )
     harm_phase = np.concatenate([[0.0], rng.uniform(-np.pi, np.pi, 5)])
     n_lam = 1 + int(rng.random() < 0.45)
     centres = [axis + np.pi * rng.integers(0, 2) + rng.normal(0, 0.3)]
@@ -307,12 +326,20 @@ def _make_cell(rng: np.random.Generator, cy: float, cx: float, radius: float) ->
         centres.append(rng.uniform(-np.pi, np.pi))
     a = radius * rng.uniform(0.3, 0.38)
     return _Cell(
-        cy=cy, cx=cx, radius=radius, axis=axis, harm_amp=harm_amp, harm_phase=harm_phase,
-        lam_centre=np.array(centres), lam_halfwidth=rng.uniform(0.5, 1.1, n_lam),
-        lam_width=rng.uniform(4.0, 9.0), ruffle_freq=int(rng.integers(9, 22)),
+        cy=cy,
+        cx=cx,
+        radius=radius,
+        axis=axis,
+        harm_amp=harm_amp,
+        harm_phase=harm_phase,
+        lam_centre=np.array(centres),
+        lam_halfwidth=rng.uniform(0.5, 1.1, n_lam),
+        lam_width=rng.uniform(4.0, 9.0),
+        ruffle_freq=int(rng.integers(9, 22)),
         ruffle_phase=rng.uniform(-np.pi, np.pi),
         nuc_offset=(rng.normal(0, 0.1 * radius), rng.normal(0, 0.1 * radius)),
-        nuc_axes=(a, a * rng.uniform(0.7, 0.95)), nuc_angle=axis + rng.normal(0, 0.3),
+        nuc_axes=(a, a * rng.uniform(0.7, 0.95)),
+        nuc_angle=axis + rng.normal(0, 0.3),
     )
 
 
@@ -480,8 +507,11 @@ def _check_perturbation(perturbation: str | None) -> None:
 
 
 #: The channel whose structures each perturbation moves into the cytoplasm.
-_PERTURBED_CHANNEL = {"wave2_cytoplasmic": "WAVE2", "irsp53_cytoplasmic": "IRSp53",
-                      "vinculin_diffuse": "vinculin"}
+_PERTURBED_CHANNEL = {
+    "wave2_cytoplasmic": "WAVE2",
+    "irsp53_cytoplasmic": "IRSp53",
+    "vinculin_diffuse": "vinculin",
+}
 
 
 @dataclass(frozen=True)
@@ -510,9 +540,13 @@ class _Canvas:
     @classmethod
     def empty(cls, labels: np.ndarray) -> "_Canvas":
         shape = labels.shape
-        return cls(labels=labels, area={c: np.zeros(shape, np.float32) for c in CHANNELS},
-                   edge_distance=np.full(shape, -1.0, np.float32),
-                   lamellipodium=np.zeros(shape, np.float32), nucleus_labels=np.zeros(shape, np.int32))
+        return cls(
+            labels=labels,
+            area={c: np.zeros(shape, np.float32) for c in CHANNELS},
+            edge_distance=np.full(shape, -1.0, np.float32),
+            lamellipodium=np.zeros(shape, np.float32),
+            nucleus_labels=np.zeros(shape, np.int32),
+        )
 
 
 @dataclass(frozen=True)
@@ -529,8 +563,11 @@ class _CellMaps:
     rim: np.ndarray  # cortical rim
 
 
-def _assign_pixels(cells: list[_Cell], shape: tuple[int, int]) -> tuple[np.ndarray, list[tuple[slice, slice]]]:
-    """Cell labels (each pixel to the cell whose normalised radius is smallest) and each cell's box."""
+def _assign_pixels(
+    cells: list[_Cell], shape: tuple[int, int]
+) -> tuple[np.ndarray, list[tuple[slice, slice]]]:
+    """Cell labels (each pixel to the cell whose normalised radius is smallest) and each cell's
+    box."""
     h, w = shape
     best = np.full(shape, np.inf)
     labels = np.zeros(shape, np.int32)
@@ -551,7 +588,9 @@ def _assign_pixels(cells: list[_Cell], shape: tuple[int, int]) -> tuple[np.ndarr
     return labels, boxes
 
 
-def _draw_structures(rng: np.random.Generator, cell: _Cell, canvas: _Canvas, perturbation: str | None) -> _Splats:
+def _draw_structures(
+    rng: np.random.Generator, cell: _Cell, canvas: _Canvas, perturbation: str | None
+) -> _Splats:
     """Centrosome, stress fibres, filopodia and microtubules of one cell.
 
     Returns the splats of the structures the perturbation moves (drawn there instead of
@@ -563,8 +602,12 @@ def _draw_structures(rng: np.random.Generator, cell: _Cell, canvas: _Canvas, per
     centrosome = np.array([ncy + cs_dist * np.sin(cs_ang), ncx + cs_dist * np.cos(cs_ang)])
     canvas.centrosomes.append(centrosome)
     splats, moved = canvas.splats, _Splats()
-    _stress_fibres(rng, cell, splats, canvas.adhesions, moved if perturbation == "vinculin_diffuse" else splats)
-    _filopodia(rng, cell, splats, canvas.tips, moved if perturbation == "irsp53_cytoplasmic" else splats)
+    _stress_fibres(
+        rng, cell, splats, canvas.adhesions, moved if perturbation == "vinculin_diffuse" else splats
+    )
+    _filopodia(
+        rng, cell, splats, canvas.tips, moved if perturbation == "irsp53_cytoplasmic" else splats
+    )
     _microtubules(rng, cell, splats, centrosome)
     return moved
 
@@ -577,18 +620,31 @@ def _cell_maps(cell: _Cell, box: tuple[slice, slice], m: np.ndarray) -> _CellMap
     ncy, ncx = cell.nucleus_centre
     ca, sa = math.cos(cell.nuc_angle), math.sin(cell.nuc_angle)
     ny, nx = yy - ncy, xx - ncx
-    nrho = np.hypot((nx * ca + ny * sa) / cell.nuc_axes[0],
-                    (-nx * sa + ny * ca) / cell.nuc_axes[1])
+    nrho = np.hypot((nx * ca + ny * sa) / cell.nuc_axes[0], (-nx * sa + ny * ca) / cell.nuc_axes[1])
     s = cell.lam_weight(theta) * m
-    ruffle = 0.7 + 0.3 * np.cos(cell.ruffle_freq * theta + cell.ruffle_phase
-                                + 0.8 * np.sin(3 * theta))
+    ruffle = 0.7 + 0.3 * np.cos(
+        cell.ruffle_freq * theta + cell.ruffle_phase + 0.8 * np.sin(3 * theta)
+    )
     band = 1 / (1 + np.exp(np.clip((e - cell.lam_width) / 1.0, -50, 50)))
-    return _CellMaps(mask=m, edge=e, thick=np.clip(1 - 0.55 * rho**2, 0, 1) * m, nucleus=(nrho < 1) & m,
-                     sector=s, ruffle=ruffle, lam=s * band, rim=np.exp(-e / 1.5) * m)
+    return _CellMaps(
+        mask=m,
+        edge=e,
+        thick=np.clip(1 - 0.55 * rho**2, 0, 1) * m,
+        nucleus=(nrho < 1) & m,
+        sector=s,
+        ruffle=ruffle,
+        lam=s * band,
+        rim=np.exp(-e / 1.5) * m,
+    )
 
 
-def _paint_channels(ex: dict[str, float], g: _CellMaps, area: dict[str, np.ndarray], tex: np.ndarray,
-                    chrom: np.ndarray) -> dict[str, np.ndarray]:
+def _paint_channels(
+    ex: dict[str, float],
+    g: _CellMaps,
+    area: dict[str, np.ndarray],
+    tex: np.ndarray,
+    chrom: np.ndarray,
+) -> dict[str, np.ndarray]:
     """Add one cell's area signal to every channel (``area`` holds views of its box).
 
     Returns the edge signals of WAVE2 and IRSp53, which their perturbations move.
@@ -607,9 +663,16 @@ def _paint_channels(ex: dict[str, float], g: _CellMaps, area: dict[str, np.ndarr
     return {"WAVE2": wave2_edge, "IRSp53": irsp53_edge}
 
 
-def _spread_moved(perturbation: str, moved: _Splats, edges: dict[str, np.ndarray], area: dict[str, np.ndarray],
-                  spread: np.ndarray, shape: tuple[int, int]) -> None:
-    """Move the perturbed structure's mass into the cytoplasm: same amount per cell, shaped by ``spread``."""
+def _spread_moved(
+    perturbation: str,
+    moved: _Splats,
+    edges: dict[str, np.ndarray],
+    area: dict[str, np.ndarray],
+    spread: np.ndarray,
+    shape: tuple[int, int],
+) -> None:
+    """Move the perturbed structure's mass into the cytoplasm: same amount per cell, shaped by
+    ``spread``."""
     channel = _PERTURBED_CHANNEL[perturbation]
     mass = moved.mass_inside(channel, shape)
     if channel in edges:
@@ -618,9 +681,17 @@ def _spread_moved(perturbation: str, moved: _Splats, edges: dict[str, np.ndarray
     area[channel] += spread * (mass / max(float(spread.sum()), 1e-6))
 
 
-def _paint_cell(cell: _Cell, label: int, box: tuple[slice, slice], canvas: _Canvas, tex: _Textures,
-                perturbation: str | None, moved: _Splats) -> None:
-    """Draw one cell's area-filling signal (cytoplasm, rim, lamellipodium, nucleus) and its ground truth."""
+def _paint_cell(
+    cell: _Cell,
+    label: int,
+    box: tuple[slice, slice],
+    canvas: _Canvas,
+    tex: _Textures,
+    perturbation: str | None,
+    moved: _Splats,
+) -> None:
+    """Draw one cell's area-filling signal (cytoplasm, rim, lamellipodium, nucleus) and its
+    ground truth."""
     if box[0].stop <= box[0].start or box[1].stop <= box[1].start:
         return
     m = canvas.labels[box] == label
@@ -633,12 +704,16 @@ def _paint_cell(cell: _Cell, label: int, box: tuple[slice, slice], canvas: _Canv
     area = {c: a[box] for c, a in canvas.area.items()}  # views: painting them paints the field
     edges = _paint_channels(cell.expression, g, area, tex.cytoplasm[box], tex.chromatin[box])
     if perturbation is not None:
-        _spread_moved(perturbation, moved, edges, area, g.thick * tex.perturbed[box], canvas.labels.shape)
+        _spread_moved(
+            perturbation, moved, edges, area, g.thick * tex.perturbed[box], canvas.labels.shape
+        )
 
 
-def _expose(canvas: _Canvas, rng: np.random.Generator) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray],
-                                                                dict[str, float]]:
-    """PSF blur, background, Poisson shot noise, offset and read noise: ``(images, clean, background)``."""
+def _expose(
+    canvas: _Canvas, rng: np.random.Generator
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict[str, float]]:
+    """PSF blur, background, Poisson shot noise, offset and read noise:
+    ``(images, clean, background)``."""
     shape = canvas.labels.shape
     clean: dict[str, np.ndarray] = {}
     images: dict[str, np.ndarray] = {}
@@ -698,8 +773,12 @@ def simulate_field(
         _paint_cell(cell, i, box, canvas, tex, perturbation, moved)
     images, clean, background = _expose(canvas, rng_noise)
     return SyntheticField(
-        images=images, clean=clean, background=background, labels=labels,
-        nucleus_labels=canvas.nucleus_labels, edge_distance=canvas.edge_distance,
+        images=images,
+        clean=clean,
+        background=background,
+        labels=labels,
+        nucleus_labels=canvas.nucleus_labels,
+        edge_distance=canvas.edge_distance,
         lamellipodium=canvas.lamellipodium,
         adhesions=np.array(canvas.adhesions, np.float64).reshape(-1, 2),
         centrosomes=np.array(canvas.centrosomes, np.float64).reshape(-1, 2),

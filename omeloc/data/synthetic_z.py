@@ -24,7 +24,8 @@ Z_CHANNELS = ("phase", "nuclei")
 
 
 def z_field(rng: np.random.Generator, n_z: int, size: int, sigma: float = 1.5) -> np.ndarray:
-    """One field ``(2, n_z, size, size)`` uint16: phase planes, and nuclei = phase(z - 1) + phase(z + 1)."""
+    """One field ``(2, n_z, size, size)`` uint16: phase planes, and nuclei = phase(z - 1) +
+    phase(z + 1)."""
     phase = np.stack([gaussian_blur(rng.normal(0.0, 1.0, (size, size)), sigma) for _ in range(n_z)])
     phase = phase / phase.std()
     idx = np.arange(n_z)
@@ -34,9 +35,21 @@ def z_field(rng: np.random.Generator, n_z: int, size: int, sigma: float = 1.5) -
     return np.clip(np.round(field), 0, 65535).astype(np.uint16)
 
 
-def make_z_plate(path: str | Path, *, rows: int = 1, cols: int = 2, fields: int = 1, size: int = 64, n_z: int = 6,
-                 seed: int = 0, chunks: tuple[int, int] = (64, 64), levels: int = 1, ngff: str = "0.5",
-                 pixel_size: float | Sequence[float] | None = None, overwrite: bool = False) -> Path:
+def make_z_plate(
+    path: str | Path,
+    *,
+    rows: int = 1,
+    cols: int = 2,
+    fields: int = 1,
+    size: int = 64,
+    n_z: int = 6,
+    seed: int = 0,
+    chunks: tuple[int, int] = (64, 64),
+    levels: int = 1,
+    ngff: str = "0.5",
+    pixel_size: float | Sequence[float] | None = None,
+    overwrite: bool = False,
+) -> Path:
     """Write a ``czyx`` plate of :data:`Z_CHANNELS` (see the module docstring); returns its path.
 
     Examples
@@ -51,9 +64,26 @@ def make_z_plate(path: str | Path, *, rows: int = 1, cols: int = 2, fields: int 
     if n_z < 2 or size < 8:
         raise ValueError(f"expected n_z >= 2 and size >= 8, got {n_z} and {size}")
     rng = np.random.default_rng(seed)
-    images = {(chr(ord("A") + r), str(c + 1), str(f)): z_field(rng, n_z, size)
-              for r in range(rows) for c in range(cols) for f in range(fields)}
-    return write_plate(path, images, channel_names=list(Z_CHANNELS), axes="czyx", chunks=chunks, levels=levels,
-                       ngff_version=ngff, pixel_size=pixel_size, overwrite=overwrite,
-                       extra_attrs={"omeloc_synthetic_z": {"seed": seed, "target": "nuclei(z) = relu(phase(z-1) + "
-                                                           "phase(z+1)), ends repeated"}})
+    images = {
+        (chr(ord("A") + r), str(c + 1), str(f)): z_field(rng, n_z, size)
+        for r in range(rows)
+        for c in range(cols)
+        for f in range(fields)
+    }
+    return write_plate(
+        path,
+        images,
+        channel_names=list(Z_CHANNELS),
+        axes="czyx",
+        chunks=chunks,
+        levels=levels,
+        ngff_version=ngff,
+        pixel_size=pixel_size,
+        overwrite=overwrite,
+        extra_attrs={
+            "omeloc_synthetic_z": {
+                "seed": seed,
+                "target": "nuclei(z) = relu(phase(z-1) + phase(z+1)), ends repeated",
+            }
+        },
+    )

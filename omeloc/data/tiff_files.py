@@ -29,7 +29,8 @@ _SIZE_NAMES = {"t": "time", "c": "channel", "z": "plane"}
 
 @dataclass(frozen=True)
 class FileInfo:
-    """One TIFF's first series, from its header: plane shape, dtype, axes, sizes and channel names."""
+    """One TIFF's first series, from its header: plane shape, dtype, axes, sizes and channel
+    names."""
 
     yx: tuple[int, int]
     dtype: np.dtype
@@ -38,33 +39,43 @@ class FileInfo:
     channel_names: tuple[str, ...]
     compression: int
     pixel_size: tuple[float, float, float] | None = None
-    """``(z, y, x)`` micrometers per pixel from the OME-XML or the resolution tags (z 1.0 when not said)."""
+    """``(z, y, x)`` micrometers per pixel from the OME-XML or the resolution tags (z 1.0 when
+    not said)."""
 
     @property
     def sizes(self) -> dict[str, int]:
         """``{"time": n, "channel": n, "plane": n}`` inside the file (1 for an axis it lacks)."""
-        return {name: (self.shape[self.axes.index(a)] if a in self.axes else 1) for a, name in _SIZE_NAMES.items()}
+        return {
+            name: (self.shape[self.axes.index(a)] if a in self.axes else 1)
+            for a, name in _SIZE_NAMES.items()
+        }
 
 
-def _file_axes(series_axes: str, shape: tuple[int, ...], name: str, file_axes: str | None
-               ) -> tuple[str, tuple[int, ...]]:
-    """The series' axes as omeloc's letters and the shape along them, axes of size 1 (but y, x) dropped."""
+def _file_axes(
+    series_axes: str, shape: tuple[int, ...], name: str, file_axes: str | None
+) -> tuple[str, tuple[int, ...]]:
+    """The series' axes as omeloc's letters and the shape along them, axes of size 1 (but y, x)
+    dropped."""
     given = (file_axes or series_axes).upper()
     if len(given) != len(shape):
-        raise InputError(f"{name} has shape {shape}, which the axes {given!r} do not fit. Fix --file-axes.")
+        raise InputError(
+            f"{name} has shape {shape}, which the axes {given!r} do not fit. Fix --file-axes."
+        )
     axes, kept = "", []
     for letter, n in zip(given, shape):
         if n == 1 and letter not in "YX":
             continue
         if letter not in _AXIS_OF:
             raise InputError(
-                f"{name} holds {n} planes of unknown meaning (tifffile axes {series_axes!r}). Name its axes with "
-                f"--file-axes (e.g. CYX for channels), or save one plane per file."
+                f"{name} holds {n} planes of unknown meaning (tifffile axes {series_axes!r}). Name "
+                f"its axes with --file-axes (e.g. CYX for channels), or save one plane per file."
             )
         axes += _AXIS_OF[letter]
         kept.append(n)
     if not axes.endswith("yx") or len(set(axes)) != len(axes):
-        raise InputError(f"{name} has axes {given!r}; import-tiff needs each of T, C, Z at most once, then Y, X.")
+        raise InputError(
+            f"{name} has axes {given!r}; import-tiff needs each of T, C, Z at most once, then Y, X."
+        )
     return axes, tuple(kept)
 
 
@@ -77,14 +88,26 @@ def _ome_channel_names(tf: tifffile.TiffFile) -> list[str]:
     except ET.ParseError:
         return []
     image = next((el for el in root if el.tag.endswith("Image")), None)
-    pixels = next((el for el in image if el.tag.endswith("Pixels")), None) if image is not None else None
+    pixels = (
+        next((el for el in image if el.tag.endswith("Pixels")), None) if image is not None else None
+    )
     if pixels is None:
         return []
     return [el.get("Name") or "" for el in pixels if el.tag.endswith("Channel")]
 
 
-_MICROMETERS = {"µm": 1.0, "um": 1.0, "micron": 1.0, "micrometer": 1.0, "nm": 1e-3, "nanometer": 1e-3,
-                "mm": 1e3, "millimeter": 1e3, "cm": 1e4, "centimeter": 1e4}
+_MICROMETERS = {
+    "µm": 1.0,
+    "um": 1.0,
+    "micron": 1.0,
+    "micrometer": 1.0,
+    "nm": 1e-3,
+    "nanometer": 1e-3,
+    "mm": 1e3,
+    "millimeter": 1e3,
+    "cm": 1e4,
+    "centimeter": 1e4,
+}
 #: larger pixel sizes in the resolution tags are placeholders (72 dpi is 353 um), ignored
 _MAX_TAG_UM = 100.0
 #: micrometers per TIFF ResolutionUnit (2 inch, 3 centimeter; 1 none: no physical size)
@@ -92,7 +115,8 @@ _PER_RESOLUTION_UNIT = {2: 25400.0, 3: 10000.0}
 
 
 def _ome_pixel_size(tf: tifffile.TiffFile) -> tuple[float, float, float] | None:
-    """``(z, y, x)`` micrometers from the first OME image's ``PhysicalSize*`` (None without them)."""
+    """``(z, y, x)`` micrometers from the first OME image's ``PhysicalSize*`` (None without
+    them)."""
     if not tf.is_ome or not tf.ome_metadata:
         return None
     try:
@@ -100,7 +124,9 @@ def _ome_pixel_size(tf: tifffile.TiffFile) -> tuple[float, float, float] | None:
     except ET.ParseError:
         return None
     image = next((el for el in root if el.tag.endswith("Image")), None)
-    pixels = next((el for el in image if el.tag.endswith("Pixels")), None) if image is not None else None
+    pixels = (
+        next((el for el in image if el.tag.endswith("Pixels")), None) if image is not None else None
+    )
     if pixels is None or pixels.get("PhysicalSizeX") is None:
         return None
     sizes = []
@@ -122,10 +148,15 @@ def _positive_um(value: Any, unit: Any) -> float | None:
 
 
 def _tag_pixel_size(tf: tifffile.TiffFile) -> tuple[float, float, float] | None:
-    """``(z, y, x)`` micrometers from the resolution tags (inch or cm units), or ImageJ's ``unit``/``spacing``."""
+    """``(z, y, x)`` micrometers from the resolution tags (inch or cm units), or ImageJ's
+    ``unit``/``spacing``."""
     page = tf.pages[0]
     tags = page.tags
-    res_x, res_y, unit = tags.get("XResolution"), tags.get("YResolution"), tags.get("ResolutionUnit")
+    res_x, res_y, unit = (
+        tags.get("XResolution"),
+        tags.get("YResolution"),
+        tags.get("ResolutionUnit"),
+    )
     if res_x is None or res_y is None:
         return None
     per = _PER_RESOLUTION_UNIT.get(int(unit.value) if unit is not None else 2)
@@ -140,7 +171,8 @@ def _tag_pixel_size(tf: tifffile.TiffFile) -> tuple[float, float, float] | None:
     for tag in (res_y, res_x):
         num, den = tag.value if isinstance(tag.value, tuple) else (tag.value, 1)
         sizes.append(per * float(den) / float(num) if num else None)
-    # 1 px per inch/cm, or a screen's 72/96 dpi (350/265 um): a writer's placeholder, not a microscope's size
+    # 1 px per inch/cm, or a screen's 72/96 dpi (350/265 um): a writer's placeholder, not a
+    # microscope's size
     if None in sizes or any(v > _MAX_TAG_UM for v in sizes):
         return None
     return (z, *sizes)  # type: ignore[return-value]
@@ -157,13 +189,22 @@ def file_info(path: Path, file_axes: str | None = None) -> FileInfo:
             compression = int(tf.pages[0].compression)
             pixel_size = _ome_pixel_size(tf) or _tag_pixel_size(tf)
     except (tifffile.TiffFileError, OSError, IndexError) as err:
-        raise InputError(f"{path.name} is not a readable TIFF ({err}). Replace or remove it.") from err
+        raise InputError(
+            f"{path.name} is not a readable TIFF ({err}). Replace or remove it."
+        ) from err
     axes, shape = _file_axes(series_axes, raw_shape, path.name, file_axes)
     n_c = shape[axes.index("c")] if "c" in axes else 1
     if len([n for n in names if n]) != n_c or len(set(names)) != n_c:
         names = [f"c{i}" for i in range(n_c)]
-    return FileInfo(yx=(shape[-2], shape[-1]), dtype=dtype, axes=axes, shape=shape, channel_names=tuple(names),
-                    compression=compression, pixel_size=pixel_size)
+    return FileInfo(
+        yx=(shape[-2], shape[-1]),
+        dtype=dtype,
+        axes=axes,
+        shape=shape,
+        channel_names=tuple(names),
+        compression=compression,
+        pixel_size=pixel_size,
+    )
 
 
 def read_planes(path: Path, info: FileInfo) -> np.ndarray:
@@ -183,7 +224,8 @@ def _compression_name(code: int) -> str:
 
 
 def check_decodable(paths: Iterable[tuple[Path, FileInfo]]) -> None:
-    """Decode one file per compression scheme, so a missing codec is found before anything is written.
+    """Decode one file per compression scheme, so a missing codec is found before anything is
+    written.
 
     Raises
     ------
@@ -199,6 +241,7 @@ def check_decodable(paths: Iterable[tuple[Path, FileInfo]]) -> None:
             tifffile.imread(path)
         except (ValueError, ImportError, RuntimeError) as err:
             raise InputError(
-                f"{path.name} is {_compression_name(info.compression)}-compressed and cannot be decoded here ({err}). "
-                f"Install imagecodecs (pip install imagecodecs), which tifffile uses for LZW, zstd and others."
+                f"{path.name} is {_compression_name(info.compression)}-compressed and cannot be "
+                f"decoded here ({err}). Install imagecodecs (pip install imagecodecs), which "
+                "tifffile uses for LZW, zstd and others."
             ) from err

@@ -39,7 +39,14 @@ from omeloc.errors import InputError, PathNotFoundError
 from omeloc.ngff.writer import write_image, write_plate
 from omeloc.testing.faults import fault_point
 
-__all__ = ["DEFAULT_PATTERN", "NF1_PATTERN", "PRESETS", "SITE_KEY", "import_tiff", "import_tiff_files"]
+__all__ = [
+    "DEFAULT_PATTERN",
+    "NF1_PATTERN",
+    "PRESETS",
+    "SITE_KEY",
+    "import_tiff",
+    "import_tiff_files",
+]
 
 #: Attribute of each imported field's image group: the site (field number) its file names gave.
 SITE_KEY = "omeloc_site"
@@ -104,9 +111,11 @@ def _reporter(progress: Callable[[int, int], None] | None, total: int) -> Callab
     return report
 
 
-def _check_request(folder: Path, out: Path, pattern: str | None, preset: str | None, overwrite: bool
-                   ) -> tuple[re.Pattern[str], re.Pattern[str] | None, str]:
-    """The compiled pattern, its skip pattern and its text, once folder, pattern and output are usable."""
+def _check_request(
+    folder: Path, out: Path, pattern: str | None, preset: str | None, overwrite: bool
+) -> tuple[re.Pattern[str], re.Pattern[str] | None, str]:
+    """The compiled pattern, its skip pattern and its text, once folder, pattern and output are
+    usable."""
     if not folder.is_dir():
         raise PathNotFoundError(f"TIFF folder {folder} does not exist. Check the path.")
     if preset is not None and pattern is not None:
@@ -114,34 +123,51 @@ def _check_request(folder: Path, out: Path, pattern: str | None, preset: str | N
     skip = None
     if preset is not None:
         if preset not in PRESETS:
-            raise InputError(f"Expected a preset among {', '.join(PRESETS)}. Got {preset!r} instead.")
+            raise InputError(
+                f"Expected a preset among {', '.join(PRESETS)}. Got {preset!r} instead."
+            )
         pattern, skip = PRESETS[preset].pattern, PRESETS[preset].skip
     pattern = DEFAULT_PATTERN if pattern is None else pattern
     try:
         regex = re.compile(pattern)
     except re.error as err:
-        raise InputError(f"--pattern is not a valid regular expression ({err}). Fix the pattern.") from err
+        raise InputError(
+            f"--pattern is not a valid regular expression ({err}). Fix the pattern."
+        ) from err
     if out.exists() and not overwrite:
         raise InputError(f"{out} already exists. Choose another output path or pass --overwrite.")
     return regex, re.compile(skip) if skip else None, pattern
 
 
 def _scan(folder: Path, regex: re.Pattern[str], skip: re.Pattern[str] | None) -> list[_Entry]:
-    """One entry per TIFF of ``folder`` (those ``skip`` matches left out); every TIFF must match the pattern."""
-    tiffs = sorted(p for p in folder.iterdir() if p.suffix.lower() in _TIFF_SUFFIXES and p.is_file()
-                   and not (skip and skip.fullmatch(p.name)))
+    """One entry per TIFF of ``folder`` (those ``skip`` matches left out); every TIFF must match
+    the pattern."""
+    tiffs = sorted(
+        p
+        for p in folder.iterdir()
+        if p.suffix.lower() in _TIFF_SUFFIXES
+        and p.is_file()
+        and not (skip and skip.fullmatch(p.name))
+    )
     if not tiffs:
-        raise InputError(f"No .tif/.tiff files in {folder}. Point import-tiff at the folder holding the TIFFs.")
+        raise InputError(
+            f"No .tif/.tiff files in {folder}. Point import-tiff at the folder holding the TIFFs."
+        )
     entries, unmatched = [], []
     for p in tiffs:
         m = regex.fullmatch(p.name)
-        (entries.append(_Entry(p, name_parts(m, p.name))) if m is not None else unmatched.append(p.name))
+        (
+            entries.append(_Entry(p, name_parts(m, p.name)))
+            if m is not None
+            else unmatched.append(p.name)
+        )
     if unmatched:
         looks = matching_presets(unmatched[0])
         hint = f" ({unmatched[0]!r} is named like --preset {looks[0]})" if looks else ""
         raise InputError(
-            f"{len(unmatched)} of {len(tiffs)} TIFFs do not match --pattern (e.g. {unmatched[0]!r}){hint}. "
-            f"Fix --pattern or --preset, or move those files out of {folder}."
+            f"{len(unmatched)} of {len(tiffs)} TIFFs do not match --pattern (e.g. "
+            f"{unmatched[0]!r}){hint}. Fix --pattern or --preset, or move those files out of "
+            f"{folder}."
         )
     return entries
 
@@ -150,9 +176,11 @@ def _sorted_keys(values: set[Any]) -> list[Any]:
     return sorted(values, key=lambda k: (0, int(k), "") if str(k).isdigit() else (1, 0, str(k)))
 
 
-def _channel_labels(entries: list[_Entry], infos: Mapping[Path, FileInfo],
-                    channel_names: Mapping[str, str] | None) -> tuple[list[str], dict[str, int]]:
-    """Channel labels in plate order, and each file channel key's index (empty when files hold the channels)."""
+def _channel_labels(
+    entries: list[_Entry], infos: Mapping[Path, FileInfo], channel_names: Mapping[str, str] | None
+) -> tuple[list[str], dict[str, int]]:
+    """Channel labels in plate order, and each file channel key's index (empty when files hold
+    the channels)."""
     rename = dict(channel_names or {})
     if all(e.parts.channel_key is None for e in entries):
         first = infos[entries[0].path]
@@ -166,52 +194,68 @@ def _channel_labels(entries: list[_Entry], infos: Mapping[Path, FileInfo],
         labels = [rename.get(label_of[k], label_of[k]) for k in keys]
         index = {k: i for i, k in enumerate(keys)}
     if len(set(labels)) != len(labels):
-        raise InputError(f"Channel labels {labels} are not unique. Give each channel its own name with channel_names.")
+        raise InputError(
+            f"Channel labels {labels} are not unique. Give each channel its own name with "
+            "channel_names."
+        )
     return labels, index
 
 
-def _axis_values(entries: list[_Entry], infos: Mapping[Path, FileInfo], what: str) -> tuple[list[int], int]:
+def _axis_values(
+    entries: list[_Entry], infos: Mapping[Path, FileInfo], what: str
+) -> tuple[list[int], int]:
     """The values a name gives an axis (time or plane), and the axis' size inside each file."""
     named = sorted({getattr(e.parts, what) for e in entries if getattr(e.parts, what) is not None})
     inside = {infos[e.path].sizes[what] for e in entries}
     if len(inside) > 1:
-        raise InputError(f"The TIFFs hold different numbers of {what}s ({sorted(inside)}). Export them alike.")
+        raise InputError(
+            f"The TIFFs hold different numbers of {what}s ({sorted(inside)}). Export them alike."
+        )
     n_inside = inside.pop()
     if len(named) > 1 and n_inside > 1:
         raise InputError(
-            f"File names number {what}s and the files hold several {what}s each (e.g. {entries[0].path.name}). "
-            f"Export one {what} per file, or leave the {what} out of --pattern."
+            f"File names number {what}s and the files hold several {what}s each (e.g. "
+            f"{entries[0].path.name}). Export one {what} per file, or leave the {what} out of "
+            "--pattern."
         )
     return named or [0], n_inside
 
 
-def _common_file_layout(entries: list[_Entry], infos: Mapping[Path, FileInfo], per_file_channel: bool
-                        ) -> tuple[tuple[int, int], np.dtype, int]:
+def _common_file_layout(
+    entries: list[_Entry], infos: Mapping[Path, FileInfo], per_file_channel: bool
+) -> tuple[tuple[int, int], np.dtype, int]:
     """The ``(y, x)`` shape and dtype every TIFF shares, and the channels each file holds."""
     ref = infos[entries[0].path]
     for e in entries:
         info = infos[e.path]
         if (info.yx, info.dtype) != (ref.yx, ref.dtype):
             raise InputError(
-                f"{e.path.name} is {info.yx} {info.dtype} but {entries[0].path.name} is {ref.yx} {ref.dtype}. "
-                f"All TIFFs of a plate must share shape and dtype."
+                f"{e.path.name} is {info.yx} {info.dtype} but {entries[0].path.name} is {ref.yx} "
+                f"{ref.dtype}. All TIFFs of a plate must share shape and dtype."
             )
         if info.sizes["channel"] != ref.sizes["channel"] or info.channel_names != ref.channel_names:
             raise InputError(
-                f"{e.path.name} holds channels {list(info.channel_names)} but {entries[0].path.name} holds "
-                f"{list(ref.channel_names)}. Export every file with the same channels."
+                f"{e.path.name} holds channels {list(info.channel_names)} but "
+                f"{entries[0].path.name} holds {list(ref.channel_names)}. Export every file with "
+                "the same channels."
             )
     n_c = ref.sizes["channel"]
     if per_file_channel and n_c > 1:
         raise InputError(
-            f"{entries[0].path.name} holds {n_c} channels, but --pattern names one channel per file (its 'channel' "
-            f"group). Leave the channel out of --pattern, or export one channel per file."
+            f"{entries[0].path.name} holds {n_c} channels, but --pattern names one channel per "
+            "file (its 'channel' group). Leave the channel out of --pattern, or export one "
+            "channel per file."
         )
     return ref.yx, ref.dtype, n_c
 
 
-def _place(planes: _Planes, slot: tuple[int, int, int], source: tuple[Path, tuple[int, int, int]],
-           where: str, labels: list[str]) -> None:
+def _place(
+    planes: _Planes,
+    slot: tuple[int, int, int],
+    source: tuple[Path, tuple[int, int, int]],
+    where: str,
+    labels: list[str],
+) -> None:
     """Record where one plane of an image comes from; a second file for it is an error."""
     if slot in planes:
         raise InputError(
@@ -221,24 +265,38 @@ def _place(planes: _Planes, slot: tuple[int, int, int], source: tuple[Path, tupl
     planes[slot] = source
 
 
-def _check_complete(images: dict[tuple[str, str, str], _Planes], labels: list[str], n_t: int, n_z: int) -> None:
+def _check_complete(
+    images: dict[tuple[str, str, str], _Planes], labels: list[str], n_t: int, n_z: int
+) -> None:
     """Every image has every channel at every time point and plane."""
     for (r, c, f), planes in images.items():
-        missing = [(ch, t, z) for ch in range(len(labels)) for t in range(n_t) for z in range(n_z)
-                   if (ch, t, z) not in planes]
+        missing = [
+            (ch, t, z)
+            for ch in range(len(labels))
+            for t in range(n_t)
+            for z in range(n_z)
+            if (ch, t, z) not in planes
+        ]
         if not missing:
             continue
         channels = sorted({labels[ch] for ch, _, _ in missing}, key=labels.index)
         if len(missing) == len(channels) * n_t * n_z:
-            raise InputError(f"Well {r}{c} field {f} has no TIFF for channel(s) {', '.join(channels)}. "
-                             f"Add the files or remove the well's other files.")
+            raise InputError(
+                f"Well {r}{c} field {f} has no TIFF for channel(s) {', '.join(channels)}. "
+                f"Add the files or remove the well's other files."
+            )
         ch, t, z = missing[0]
-        raise InputError(f"Well {r}{c} field {f} has no TIFF for channel {labels[ch]!r} at time {t}, plane {z} "
-                         f"({len(missing)} planes missing). Add the files or remove the well's other files.")
+        raise InputError(
+            f"Well {r}{c} field {f} has no TIFF for channel {labels[ch]!r} at time {t}, plane {z} "
+            f"({len(missing)} planes missing). Add the files or remove the well's other files."
+        )
 
 
-def _plan(entries: list[_Entry], infos: Mapping[Path, FileInfo], channel_names: Mapping[str, str] | None) -> _Plan:
-    """Where every plane of every image comes from, once the folder is checked complete and consistent."""
+def _plan(
+    entries: list[_Entry], infos: Mapping[Path, FileInfo], channel_names: Mapping[str, str] | None
+) -> _Plan:
+    """Where every plane of every image comes from, once the folder is checked complete and
+    consistent."""
     labels, ch_index = _channel_labels(entries, infos, channel_names)
     yx, _, n_c_in = _common_file_layout(entries, infos, per_file_channel=bool(ch_index))
     times, n_t_in = _axis_values(entries, infos, "time")
@@ -253,16 +311,22 @@ def _plan(entries: list[_Entry], infos: Mapping[Path, FileInfo], channel_names: 
         for c in range(n_c_in):
             for t in range(n_t_in):
                 for z in range(n_z_in):
-                    _place(image, (c0 + c, t0 + t, z0 + z), (e.path, (t, c, z)),
-                           f"well {p.row}{p.column} field {p.field}", labels)
+                    _place(
+                        image,
+                        (c0 + c, t0 + t, z0 + z),
+                        (e.path, (t, c, z)),
+                        f"well {p.row}{p.column} field {p.field}",
+                        labels,
+                    )
     n_t, n_z = len(times) * n_t_in, len(planes_named) * n_z_in
     _check_complete(images, labels, n_t, n_z)
     fields, sites = _field_paths(images)
     return _Plan(labels=labels, n_t=n_t, n_z=n_z, yx=yx, images=fields, sites=sites)
 
 
-def _field_paths(images: dict[tuple[str, str, str], _Planes]
-                 ) -> tuple[dict[tuple[str, str, str], _Planes], dict[tuple[str, str, str], str]]:
+def _field_paths(
+    images: dict[tuple[str, str, str], _Planes],
+) -> tuple[dict[tuple[str, str, str], _Planes], dict[tuple[str, str, str], str]]:
     """Images keyed by field paths ``0..n-1`` in every well (sites in order), and the site of each.
 
     NGFF readers (ome-zarr-py, napari-ome-zarr) take the first well's field paths for every
@@ -286,8 +350,9 @@ def _axes(plan: _Plan) -> str:
     return ("t" if plan.n_t > 1 else "") + "c" + ("z" if plan.n_z > 1 else "") + "yx"
 
 
-def _loader(plan: _Plan, planes: _Planes, infos: Mapping[Path, FileInfo], dtype: np.dtype
-            ) -> Callable[[], np.ndarray]:
+def _loader(
+    plan: _Plan, planes: _Planes, infos: Mapping[Path, FileInfo], dtype: np.dtype
+) -> Callable[[], np.ndarray]:
     """A function that reads one image's files (each once) into an array with :func:`_axes`."""
 
     def load() -> np.ndarray:
@@ -303,25 +368,47 @@ def _loader(plan: _Plan, planes: _Planes, infos: Mapping[Path, FileInfo], dtype:
     return load
 
 
-def _write_then_rename(out: Path, plan: _Plan, infos: Mapping[Path, FileInfo], dtype: np.dtype,
-                       progress: Callable[[int, int], None] | None, **plate: Any) -> None:
-    """Write the plate under a temporary name, then rename it to ``out`` (never half-written at ``out``)."""
+def _write_then_rename(
+    out: Path,
+    plan: _Plan,
+    infos: Mapping[Path, FileInfo],
+    dtype: np.dtype,
+    progress: Callable[[int, int], None] | None,
+    **plate: Any,
+) -> None:
+    """Write the plate under a temporary name, then rename it to ``out`` (never half-written at
+    ``out``)."""
     tmp = out.with_name(out.name + ".importing")
     if tmp.exists():
         shutil.rmtree(tmp)  # a previous import was interrupted; it never reached `out`
-    write_plate(tmp, {key: _loader(plan, planes, infos, dtype) for key, planes in plan.images.items()},
-                plate_name=out.stem, progress=_reporter(progress, len(plan.images)), axes=_axes(plan),
-                field_attrs={key: {SITE_KEY: site} for key, site in plan.sites.items()}, **plate)
+    write_plate(
+        tmp,
+        {key: _loader(plan, planes, infos, dtype) for key, planes in plan.images.items()},
+        plate_name=out.stem,
+        progress=_reporter(progress, len(plan.images)),
+        axes=_axes(plan),
+        field_attrs={key: {SITE_KEY: site} for key, site in plan.sites.items()},
+        **plate,
+    )
     if out.exists():
         shutil.rmtree(out)
     tmp.rename(out)
 
 
 def import_tiff(
-    folder: str | os.PathLike, out: str | os.PathLike, *, pattern: str | None = None, preset: str | None = None,
-    channel_names: Mapping[str, str] | None = None, file_axes: str | None = None, ngff_version: str = "0.5",
-    chunks: tuple[int, int] = (256, 256), levels: int | None = None, overwrite: bool = False,
-    progress: Callable[[int, int], None] | None = None, pixel_size: float | Sequence[float] | None = None,
+    folder: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    pattern: str | None = None,
+    preset: str | None = None,
+    channel_names: Mapping[str, str] | None = None,
+    file_axes: str | None = None,
+    ngff_version: str = "0.5",
+    chunks: tuple[int, int] = (256, 256),
+    levels: int | None = None,
+    overwrite: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+    pixel_size: float | Sequence[float] | None = None,
 ) -> Path:
     """Build an OME-Zarr HCS plate from a folder of TIFFs (vendor exports, OME-TIFFs).
 
@@ -356,7 +443,8 @@ def import_tiff(
         Called with ``(images written, images in all)``.
     pixel_size
         Micrometers per pixel (``y = x``, ``(y, x)`` or ``(z, y, x)``), written as the images'
-        ``scale``; default the first file's (OME-XML ``PhysicalSize*`` or resolution tags), else none.
+        ``scale``; default the first file's (OME-XML ``PhysicalSize*`` or resolution tags), else
+        none.
 
     Returns
     -------
@@ -381,11 +469,26 @@ def import_tiff(
     check_decodable(infos.items())
     rows, columns = _layout({r for r, _, _ in plan.images}, {c for _, c, _ in plan.images})
     _write_then_rename(
-        out, plan, infos, infos[entries[0].path].dtype, progress, channel_names=plan.labels,
-        ngff_version=ngff_version, chunks=chunks, levels=levels or _auto_levels(plan.yx), rows=rows, columns=columns,
+        out,
+        plan,
+        infos,
+        infos[entries[0].path].dtype,
+        progress,
+        channel_names=plan.labels,
+        ngff_version=ngff_version,
+        chunks=chunks,
+        levels=levels or _auto_levels(plan.yx),
+        rows=rows,
+        columns=columns,
         pixel_size=pixel_size if pixel_size is not None else infos[entries[0].path].pixel_size,
-        extra_attrs={"omeloc_import": {"source_folder": str(folder.resolve()), "pattern": pattern_text,
-                                        "preset": preset, "files": len(entries)}},
+        extra_attrs={
+            "omeloc_import": {
+                "source_folder": str(folder.resolve()),
+                "pattern": pattern_text,
+                "preset": preset,
+                "files": len(entries),
+            }
+        },
     )
     logger.info("imported %d TIFFs from %s into %s", len(entries), folder, out)
     return out
@@ -393,28 +496,40 @@ def import_tiff(
 
 def _field_labels(paths: Sequence[Path], infos: Mapping[Path, FileInfo]) -> list[str]:
     """Channel labels of a single field's files: the file names without their shared prefix
-    (``BPAE_actin.tif``, ``BPAE_mito.tif`` → ``actin``, ``mito``); a file's own channel names when it holds several."""
+    (``BPAE_actin.tif``, ``BPAE_mito.tif`` → ``actin``, ``mito``); a file's own channel names
+    when it holds several."""
     stems = [p.name.split(".")[0] for p in paths]
     prefix = os.path.commonprefix(stems) if len(stems) > 1 else ""
     prefix = prefix[: max(prefix.rfind("_"), prefix.rfind("-"), prefix.rfind(" ")) + 1]
     labels: list[str] = []
     for path, stem in zip(paths, stems):
         info = infos[path]
-        short = stem[len(prefix):] or stem
+        short = stem[len(prefix) :] or stem
         if info.sizes["channel"] == 1:
             labels.append(short)
         else:
             own = [n for n in info.channel_names]
-            labels += own if not all(n == f"c{i}" for i, n in enumerate(own)) else [f"{short} {n}" for n in own]
+            labels += (
+                own
+                if not all(n == f"c{i}" for i, n in enumerate(own))
+                else [f"{short} {n}" for n in own]
+            )
     return labels
 
 
 def import_tiff_files(
-    files: Sequence[str | os.PathLike], out: str | os.PathLike, *, channel_names: Mapping[str, str] | None = None,
-    file_axes: str | None = None, ngff_version: str = "0.5", chunks: tuple[int, int] = (256, 256),
-    levels: int | None = None, overwrite: bool = False,
+    files: Sequence[str | os.PathLike],
+    out: str | os.PathLike,
+    *,
+    channel_names: Mapping[str, str] | None = None,
+    file_axes: str | None = None,
+    ngff_version: str = "0.5",
+    chunks: tuple[int, int] = (256, 256),
+    levels: int | None = None,
+    overwrite: bool = False,
 ) -> Path:
-    """Build a single OME-Zarr image (not a plate) from the TIFFs of one field, a channel (or several) per file.
+    """Build a single OME-Zarr image (not a plate) from the TIFFs of one field, a channel (or
+    several) per file.
 
     Channel labels are the file names without their shared prefix (``BPAE_actin.tif`` →
     ``actin``), renamed by ``channel_names``; other parameters as in :func:`import_tiff`.
@@ -430,23 +545,33 @@ def import_tiff_files(
     out = Path(out)
     missing = [p for p in paths if not p.is_file()]
     if not paths or missing:
-        raise PathNotFoundError(f"TIFF file {missing[0] if missing else '(none)'} does not exist. Check the path.")
+        raise PathNotFoundError(
+            f"TIFF file {missing[0] if missing else '(none)'} does not exist. Check the path."
+        )
     if out.exists() and not overwrite:
         raise InputError(f"{out} already exists. Choose another output path or pass --overwrite.")
     infos = {p: file_info(p, file_axes) for p in paths}
     ref = infos[paths[0]]
     for p in paths[1:]:
         i = infos[p]
-        if (i.yx, i.dtype, i.sizes["time"], i.sizes["plane"]) != (ref.yx, ref.dtype, ref.sizes["time"],
-                                                                    ref.sizes["plane"]):
-            raise InputError(f"{p.name} is {i.yx} {i.dtype} ({i.sizes['plane']} plane(s), {i.sizes['time']} time "
-                             f"point(s)) unlike {paths[0].name} ({ref.yx} {ref.dtype}, {ref.sizes['plane']}, "
-                             f"{ref.sizes['time']}). The files of one field must agree.")
+        if (i.yx, i.dtype, i.sizes["time"], i.sizes["plane"]) != (
+            ref.yx,
+            ref.dtype,
+            ref.sizes["time"],
+            ref.sizes["plane"],
+        ):
+            raise InputError(
+                f"{p.name} is {i.yx} {i.dtype} ({i.sizes['plane']} plane(s), {i.sizes['time']} "
+                f"time point(s)) unlike {paths[0].name} ({ref.yx} {ref.dtype}, "
+                f"{ref.sizes['plane']}, {ref.sizes['time']}). The files of one field must agree."
+            )
     check_decodable(infos.items())
     rename = dict(channel_names or {})
     labels = [rename.get(n, n) for n in _field_labels(paths, infos)]
     if len(set(labels)) != len(labels):
-        raise InputError(f"Channel labels {labels} are not unique. Name the channels with --channel-names.")
+        raise InputError(
+            f"Channel labels {labels} are not unique. Name the channels with --channel-names."
+        )
     data = np.concatenate([read_planes(p, infos[p]) for p in paths], axis=1)  # (T, C, Z, Y, X)
     n_t, n_z = ref.sizes["time"], ref.sizes["plane"]
     squeeze = tuple(ax for ax, n in ((0, n_t), (2, n_z)) if n == 1)
@@ -454,8 +579,16 @@ def import_tiff_files(
     tmp = out.with_name(out.name + ".importing")
     if tmp.exists():
         shutil.rmtree(tmp)
-    write_image(tmp, data.squeeze(axis=squeeze) if squeeze else data, channel_names=labels, ngff_version=ngff_version,
-                axes=axes, chunks=chunks, levels=levels or _auto_levels(ref.yx), name=out.stem)
+    write_image(
+        tmp,
+        data.squeeze(axis=squeeze) if squeeze else data,
+        channel_names=labels,
+        ngff_version=ngff_version,
+        axes=axes,
+        chunks=chunks,
+        levels=levels or _auto_levels(ref.yx),
+        name=out.stem,
+    )
     if out.exists():
         shutil.rmtree(out)
     tmp.rename(out)

@@ -31,12 +31,25 @@ from dataclasses import dataclass
 
 from omeloc.errors import InputError
 
-__all__ = ["DEFAULT_PATTERN", "NF1_PATTERN", "PRESETS", "NameParts", "Preset", "matching_presets", "name_parts",
-           "row_name"]
+__all__ = [
+    "DEFAULT_PATTERN",
+    "NF1_PATTERN",
+    "PRESETS",
+    "NameParts",
+    "Preset",
+    "matching_presets",
+    "name_parts",
+    "row_name",
+]
 
 #: File names of the NF1 Cell Painting export, e.g. ``B7_01_2_3_GFP_001.tif``.
-NF1_PATTERN = r"(?P<well>[A-P]\d{1,2})_01_(?P<channel>[1-3])_(?P<site>\d)_(?P<stain>DAPI|GFP|RFP)_001\.tif"
-DEFAULT_PATTERN = r"(?P<well>[A-Pa-p]\d{1,2})_\d+_(?P<channel>\d+)_(?P<site>\d+)_(?P<stain>[A-Za-z0-9]+)_\d+\.tiff?"
+NF1_PATTERN = (
+    r"(?P<well>[A-P]\d{1,2})_01_(?P<channel>[1-3])_(?P<site>\d)_(?P<stain>DAPI|GFP|RFP)_001\.tif"
+)
+DEFAULT_PATTERN = (
+    r"(?P<well>[A-Pa-p]\d{1,2})_\d+_(?P<channel>\d+)_(?P<site>\d+)_(?"
+    r"P<stain>[A-Za-z0-9]+)_\d+\.tiff?"
+)
 
 _GUID = r"[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}"
 
@@ -51,19 +64,27 @@ class Preset:
 
 #: The naming schemes ``--preset`` knows (see the module docstring).
 PRESETS: dict[str, Preset] = {
-    "phenix": Preset(r"r(?P<row>\d{1,3})c(?P<column>\d{1,3})f(?P<field>\d{1,4})p(?P<plane>\d{1,4})"
-                     r"-ch(?P<channel>\d{1,3})sk(?P<time>\d{1,5})fk\d+fl\d+\.tiff?"),
-    "imagexpress": Preset(rf"(?P<plate>.+?)_(?P<well>[A-Za-z]{{1,2}}\d{{2,3}})(?:_s(?P<site>\d{{1,4}}))?"
-                          rf"(?:_w(?P<channel>\d{{1,2}}))?(?:{_GUID})?\.tiff?", skip=r".*_thumb.*"),
-    "cellvoyager": Preset(r"(?P<plate>.+)_(?P<well>[A-Za-z]{1,2}\d{2,3})_T(?P<time>\d{4})F(?P<field>\d{3})"
-                          r"L\d{2}A\d{2}Z(?P<plane>\d{2})C(?P<channel>\d{2})\.tiff?"),
+    "phenix": Preset(
+        r"r(?P<row>\d{1,3})c(?P<column>\d{1,3})f(?P<field>\d{1,4})p(?P<plane>\d{1,4})"
+        r"-ch(?P<channel>\d{1,3})sk(?P<time>\d{1,5})fk\d+fl\d+\.tiff?"
+    ),
+    "imagexpress": Preset(
+        rf"(?P<plate>.+?)_(?P<well>[A-Za-z]{{1,2}}\d{{2,3}})(?:_s(?P<site>\d{{1,4}}))?"
+        rf"(?:_w(?P<channel>\d{{1,2}}))?(?:{_GUID})?\.tiff?",
+        skip=r".*_thumb.*",
+    ),
+    "cellvoyager": Preset(
+        r"(?P<plate>.+)_(?P<well>[A-Za-z]{1,2}\d{2,3})_T(?P<time>\d{4})F(?P<field>\d{3})"
+        r"L\d{2}A\d{2}Z(?P<plane>\d{2})C(?P<channel>\d{2})\.tiff?"
+    ),
     "nf1": Preset(NF1_PATTERN),
 }
 
 
 @dataclass(frozen=True)
 class NameParts:
-    """What one file name says: its well, field, channel (``None`` when the file holds all), time and plane."""
+    """What one file name says: its well, field, channel (``None`` when the file holds all), time
+    and plane."""
 
     row: str
     column: str
@@ -75,7 +96,8 @@ class NameParts:
 
 
 def row_name(text: str, file: str) -> str:
-    """A plate row as NGFF names it: letters, upper case; a number counts from 1 = ``A`` (27 = ``AA``).
+    """A plate row as NGFF names it: letters, upper case; a number counts from 1 = ``A`` (27 =
+    ``AA``).
 
     Examples
     --------
@@ -90,12 +112,18 @@ def row_name(text: str, file: str) -> str:
         return letters
     if text.isalpha() and text.isascii() and 1 <= len(text) <= 2:
         return text.upper()
-    raise InputError(f"Cannot read a plate row from {text!r} in {file}. Expected letters (B) or a number from 1 (02).")
+    raise InputError(
+        f"Cannot read a plate row from {text!r} in {file}. Expected letters (B) or a number from 1 "
+        "(02)."
+    )
 
 
 def _column_name(text: str, file: str) -> str:
     if not text.isdigit() or int(text) < 1:
-        raise InputError(f"Cannot read a plate column from {text!r} in {file}. Expected a number from 1 (e.g. 07).")
+        raise InputError(
+            f"Cannot read a plate column from {text!r} in {file}. Expected a number from 1 (e.g. "
+            "07)."
+        )
     return str(int(text))
 
 
@@ -103,19 +131,27 @@ def _well(groups: dict[str, str], file: str) -> tuple[str, str]:
     if "well" in groups:
         m = re.fullmatch(r"([A-Za-z]{1,2})0*(\d{1,3})", groups["well"])
         if not m:
-            raise InputError(f"Cannot read a well name from {groups['well']!r} in {file}. Expected e.g. B7 or B07.")
+            raise InputError(
+                f"Cannot read a well name from {groups['well']!r} in {file}. Expected e.g. B7 or "
+                "B07."
+            )
         return row_name(m.group(1), file), _column_name(m.group(2), file)
     column = groups.get("column", groups.get("col"))
     if "row" in groups and column is not None:
         return row_name(groups["row"], file), _column_name(column, file)
-    raise InputError("The pattern needs a named group 'well' (or 'row' and 'column'). Add (?P<well>...) to --pattern.")
+    raise InputError(
+        "The pattern needs a named group 'well' (or 'row' and 'column'). Add (?P<well>...) to "
+        "--pattern."
+    )
 
 
 def _number(groups: dict[str, str], names: tuple[str, ...], file: str) -> int | None:
     for name in names:
         if name in groups:
             if not groups[name].isdigit():
-                raise InputError(f"Expected a number for group {name!r} in {file}. Got {groups[name]!r} instead.")
+                raise InputError(
+                    f"Expected a number for group {name!r} in {file}. Got {groups[name]!r} instead."
+                )
             return int(groups[name])
     return None
 
@@ -128,8 +164,13 @@ def name_parts(match: re.Match[str], file: str) -> NameParts:
     field = str(int(field)) if field.isdigit() else field
     key = groups.get("channel", groups.get("stain"))
     return NameParts(
-        row=row, column=column, field=field, channel_key=key, channel_label=groups.get("stain", key),
-        time=_number(groups, ("time", "timepoint", "t"), file), plane=_number(groups, ("plane", "z"), file),
+        row=row,
+        column=column,
+        field=field,
+        channel_key=key,
+        channel_label=groups.get("stain", key),
+        time=_number(groups, ("time", "timepoint", "t"), file),
+        plane=_number(groups, ("plane", "z"), file),
     )
 
 

@@ -71,8 +71,10 @@ class InMemoryModel:
 
     def __init__(self, model: Any, key: str | None = None) -> None:
         if not callable(model):
-            raise InputError(f"Expected a model: an nn.Module, a callable or a ModelRef. "
-                             f"Got {type(model).__name__} instead.")
+            raise InputError(
+                f"Expected a model: an nn.Module, a callable or a ModelRef. "
+                f"Got {type(model).__name__} instead."
+            )
         self.model = model
         self.key = key or f"in-memory:{type(model).__name__}:{uuid.uuid4().hex}"
 
@@ -98,8 +100,13 @@ def fold_batchnorm(module: torch.nn.Module) -> torch.nn.Module:
     if isinstance(module, torch.nn.Sequential):
         for i in range(len(module) - 1):
             conv, bn = module[i], module[i + 1]
-            if (type(conv) is torch.nn.Conv2d and type(bn) is torch.nn.BatchNorm2d
-                    and not conv.training and not bn.training and bn.track_running_stats):
+            if (
+                type(conv) is torch.nn.Conv2d
+                and type(bn) is torch.nn.BatchNorm2d
+                and not conv.training
+                and not bn.training
+                and bn.track_running_stats
+            ):
                 module[i] = fuse_conv_bn_eval(conv, bn)
                 module[i + 1] = torch.nn.Identity()
     for child in module.children():
@@ -132,7 +139,7 @@ def swap_instance_norms(module: torch.nn.Module) -> torch.nn.Module:
     """Replace every ``InstanceNorm2d`` that uses no running statistics by
     :class:`InstanceNormAsGroupNorm` (in place; call it on a copy), and return ``module``."""
     for name, child in module.named_children():
-        if (type(child) is torch.nn.InstanceNorm2d and not child.track_running_stats):
+        if type(child) is torch.nn.InstanceNorm2d and not child.track_running_stats:
             setattr(module, name, InstanceNormAsGroupNorm(child))
         else:
             swap_instance_norms(child)
@@ -180,7 +187,8 @@ def get_model(ref: ModelRef, device: torch.device | str = "cpu") -> Any:
 
 
 def model_loads(key: str | None = None) -> int:
-    """How many times this process has loaded a model (``key``: one model's content key) from its source.
+    """How many times this process has loaded a model (``key``: one model's content key) from its
+    source.
 
     On a Dask cluster, ``client.run(model_loads)`` tells how often each worker loaded the model:
     once per worker process is the design (the model is never pickled into tasks).

@@ -1,4 +1,5 @@
-"""Where and at which precision a forward pass runs: device names, precision, autocast, memory format.
+"""Where and at which precision a forward pass runs: device names, precision, autocast, memory
+format.
 
 Pure torch helpers shared by inference (:mod:`omeloc.engine.inference`) and training
 (:mod:`omeloc.learn.training`): no model cache, no tiling, no store.
@@ -53,14 +54,21 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
         return dev
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            raise InputError(f"Device {device!r} is not available (no CUDA here). Use device='auto' or 'cpu'.")
+            raise InputError(
+                f"Device {device!r} is not available (no CUDA here). Use device='auto' or 'cpu'."
+            )
         if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise InputError(f"Device {device!r} does not exist ({torch.cuda.device_count()} GPUs). "
-                             f"Use cuda:0..cuda:{torch.cuda.device_count() - 1}.")
+            raise InputError(
+                f"Device {device!r} does not exist ({torch.cuda.device_count()} GPUs). "
+                f"Use cuda:0..cuda:{torch.cuda.device_count() - 1}."
+            )
         return dev
     if dev.type == "mps":
         if not mps_ok:
-            raise InputError(f"Device {device!r} is not available (no Apple MPS here). Use device='auto' or 'cpu'.")
+            raise InputError(
+                f"Device {device!r} is not available (no Apple MPS here). Use device='auto' or "
+                "'cpu'."
+            )
         return dev
     raise InputError(f"Unsupported device {device!r}. Use auto, cpu, cuda, cuda:N or mps.")
 
@@ -105,7 +113,9 @@ def autocast_dtype(precision: str) -> torch.dtype | None:
     try:
         return _DTYPES[precision]
     except KeyError:
-        raise InputError(f"Expected a resolved precision (fp32, bf16 or fp16). Got {precision!r} instead.") from None
+        raise InputError(
+            f"Expected a resolved precision (fp32, bf16 or fp16). Got {precision!r} instead."
+        ) from None
 
 
 def autocast(device: torch.device, precision: str, enabled: bool = True) -> AbstractContextManager:
@@ -124,8 +134,11 @@ def uses_channels_last(device: torch.device) -> bool:
     return device.type in ("cpu", "cuda")
 
 
-def to_channels_last(x: torch.Tensor | torch.nn.Module, device: torch.device) -> torch.Tensor | torch.nn.Module:
-    """``x`` (a 4D tensor or a module) in channels_last memory format where the device gains from it."""
+def to_channels_last(
+    x: torch.Tensor | torch.nn.Module, device: torch.device
+) -> torch.Tensor | torch.nn.Module:
+    """``x`` (a 4D tensor or a module) in channels_last memory format where the device gains from
+    it."""
     if not uses_channels_last(device):
         return x
     if isinstance(x, torch.nn.Module):

@@ -76,9 +76,11 @@ def tile_rules(model: Any) -> TileRules:
     ``min_tile``, ``halo``); a plain callable gets the defaults."""
     step = getattr(model, "multiple", None) or getattr(model, "tile_step", None)
     halo = getattr(model, "halo", None)
-    return TileRules(step=_positive(step, 1),
-                     min_size=_positive(getattr(model, "min_tile", None), 1),
-                     halo=int(halo) if isinstance(halo, (int, np.integer)) and halo >= 0 else None)
+    return TileRules(
+        step=_positive(step, 1),
+        min_size=_positive(getattr(model, "min_tile", None), 1),
+        halo=int(halo) if isinstance(halo, (int, np.integer)) and halo >= 0 else None,
+    )
 
 
 def _forward_executor(device: torch.device) -> ThreadPoolExecutor:
@@ -93,8 +95,9 @@ def _forward_executor(device: torch.device) -> ThreadPoolExecutor:
     with _executors_lock:
         ex = _executors.get(key)
         if ex is None:
-            ex = _executors[key] = ThreadPoolExecutor(max_workers=1,
-                                                      thread_name_prefix=f"omeloc-{key}")
+            ex = _executors[key] = ThreadPoolExecutor(
+                max_workers=1, thread_name_prefix=f"omeloc-{key}"
+            )
         return ex
 
 
@@ -121,20 +124,29 @@ def forward(model: Any, batch: np.ndarray, device: torch.device, precision: str)
     """
     y = _forward_executor(device).submit(_run_model, model, batch, device, precision).result()
     if y.ndim != 4 or y.shape[0] != batch.shape[0] or y.shape[-2:] != batch.shape[-2:]:
-        raise InputError(f"Expected the model to map N x C x H x W to N x C' x H x W. "
-                         f"Got {tuple(batch.shape)} -> {tuple(y.shape)} instead.")
+        raise InputError(
+            f"Expected the model to map N x C x H x W to N x C' x H x W. "
+            f"Got {tuple(batch.shape)} -> {tuple(y.shape)} instead."
+        )
     return y
 
 
-def batch_from_memory(free_bytes: int, per_tile_bytes: int, fraction: float = 0.5,
-                      cap: int = MAX_AUTO_BATCH) -> int:
+def batch_from_memory(
+    free_bytes: int, per_tile_bytes: int, fraction: float = 0.5, cap: int = MAX_AUTO_BATCH
+) -> int:
     """Tiles per forward pass that fit ``fraction`` of ``free_bytes`` at ``per_tile_bytes``
     each (1 to ``cap``)."""
     return max(1, min(cap, int(free_bytes * fraction) // max(1, int(per_tile_bytes))))
 
 
-def resolve_batch_size(batch_size: int | str, model: Any, device: torch.device,
-                       tile: tuple[int, int], in_channels: int, precision: str) -> int:
+def resolve_batch_size(
+    batch_size: int | str,
+    model: Any,
+    device: torch.device,
+    tile: tuple[int, int],
+    in_channels: int,
+    precision: str,
+) -> int:
     """``batch_size`` itself, or for ``"auto"``: :data:`CPU_BATCH` off CUDA; on CUDA as many
     tiles as fit half the free memory, measured with one tile's forward pass (once per model,
     device, tile and precision)."""
@@ -153,6 +165,11 @@ def resolve_batch_size(batch_size: int | str, model: Any, device: torch.device,
         per_tile = torch.cuda.max_memory_allocated(device) - base
         free, _ = torch.cuda.mem_get_info(device)
         _auto_batches[key] = batch_from_memory(free, per_tile)
-        logger.info("batch size %d on %s (%.0f MB per tile, %.0f MB free)", _auto_batches[key],
-                    device, per_tile / 1e6, free / 1e6)
+        logger.info(
+            "batch size %d on %s (%.0f MB per tile, %.0f MB free)",
+            _auto_batches[key],
+            device,
+            per_tile / 1e6,
+            free / 1e6,
+        )
     return _auto_batches[key]

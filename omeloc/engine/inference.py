@@ -109,10 +109,20 @@ def _count_skipped() -> None:
         _skipped += 1
 
 
-def predict_numpy(model: Any, region: np.ndarray, *, tile: tuple[int, int], overlap: tuple[int, int],
-                  blend: str, batch_size: int | str, device: torch.device, precision: str,
-                  out_channels: int, core: tuple[slice, slice] | None = None,
-                  trim: int | tuple[int, int] | None = None) -> np.ndarray:
+def predict_numpy(
+    model: Any,
+    region: np.ndarray,
+    *,
+    tile: tuple[int, int],
+    overlap: tuple[int, int],
+    blend: str,
+    batch_size: int | str,
+    device: torch.device,
+    precision: str,
+    out_channels: int,
+    core: tuple[slice, slice] | None = None,
+    trim: int | tuple[int, int] | None = None,
+) -> np.ndarray:
     """Tile, predict and blend one in-memory region ``(..., C, H, W)`` with a loaded model.
 
     :func:`~omeloc.engine.inferer.predict_tiles` with the settings as keywords; ``trim``
@@ -123,10 +133,20 @@ def predict_numpy(model: Any, region: np.ndarray, *, tile: tuple[int, int], over
     return predict_tiles(model, region, tiles, device, precision, out_channels, core)
 
 
-def _predict_block(block: np.ndarray, ref: ModelRef, *, depth: tuple[int, int],
-                   nblocks: tuple[int, int], block_id: tuple[int, ...] | None = None,
-                   tiles: TileSettings, device: str, precision: str, out_channels: int,
-                   skip_below: float | None = None, fill: float = 0.0) -> np.ndarray:
+def _predict_block(
+    block: np.ndarray,
+    ref: ModelRef,
+    *,
+    depth: tuple[int, int],
+    nblocks: tuple[int, int],
+    block_id: tuple[int, ...] | None = None,
+    tiles: TileSettings,
+    device: str,
+    precision: str,
+    out_channels: int,
+    skip_below: float | None = None,
+    fill: float = 0.0,
+) -> np.ndarray:
     """One output block from its input block with halo (a ``map_blocks`` task)."""
     fault_point("predict_block")
     iy, ix = block_id[-2:]
@@ -173,8 +193,9 @@ def _declared_out_channels(model: Any) -> int | None:
     return None
 
 
-def _infer_out_channels(ref: ModelRef, in_channels: int, device: torch.device, precision: str,
-                        size: tuple[int, int]) -> int:
+def _infer_out_channels(
+    ref: ModelRef, in_channels: int, device: torch.device, precision: str, size: tuple[int, int]
+) -> int:
     """C' of ``ref``: declared, else found by one forward pass on zeros of the tile's size.
 
     The probe has the size of the largest tile the model will see (``size``, rounded up to
@@ -191,24 +212,31 @@ def _infer_out_channels(ref: ModelRef, in_channels: int, device: torch.device, p
     return int(y.shape[1])
 
 
-def _check_settings(blend: str, batch_size: int | str, out_channels: int | None,
-                    skip_below: float | None) -> None:
+def _check_settings(
+    blend: str, batch_size: int | str, out_channels: int | None, skip_below: float | None
+) -> None:
     """Validate the settings :func:`check_tiling` and the device helpers do not."""
     if blend not in BLEND_MODES:
         raise InputError(f"Unknown blend {blend!r}. Use one of {', '.join(BLEND_MODES)}.")
-    if batch_size != "auto" and (not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1):
+    if batch_size != "auto" and (
+        not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1
+    ):
         raise InputError(f"Expected batch_size >= 1 or 'auto'. Got {batch_size!r} instead.")
     if out_channels is not None and (not isinstance(out_channels, int) or out_channels < 1):
         raise InputError(f"Expected out_channels >= 1. Got {out_channels!r} instead.")
     if skip_below is not None and not np.isfinite(skip_below):
-        raise InputError(f"Expected skip_below as a finite number or None. Got {skip_below!r} instead.")
+        raise InputError(
+            f"Expected skip_below as a finite number or None. Got {skip_below!r} instead."
+        )
 
 
 def _as_array(array: Any) -> da.Array:
     arr = array if isinstance(array, da.Array) else da.asarray(array)
     if arr.ndim < 3:
-        raise InputError(f"Expected an array with axes (..., C, Y, X). Got shape {arr.shape}; "
-                         f"add a channel axis (array[None]).")
+        raise InputError(
+            f"Expected an array with axes (..., C, Y, X). Got shape {arr.shape}; "
+            f"add a channel axis (array[None])."
+        )
     return arr
 
 
@@ -229,24 +257,44 @@ def _rechunk_to_blocks(arr: da.Array, tile: tuple[int, int], overlap: tuple[int,
     return arr.rechunk(tuple(blocks))
 
 
-def _map_blocks(arr: da.Array, ref_arg: Any, c_out: int, tiles: TileSettings,
-                **settings: Any) -> da.Array:
+def _map_blocks(
+    arr: da.Array, ref_arg: Any, c_out: int, tiles: TileSettings, **settings: Any
+) -> da.Array:
     """The lazy prediction of ``arr`` (already in blocks): halo, ``_predict_block`` per block."""
     overlap = tiles.overlap
-    ghost = da.overlap.overlap(arr, depth={arr.ndim - 2: overlap[0], arr.ndim - 1: overlap[1]},
-                               boundary="none")
+    ghost = da.overlap.overlap(
+        arr, depth={arr.ndim - 2: overlap[0], arr.ndim - 1: overlap[1]}, boundary="none"
+    )
     return da.map_blocks(
-        _predict_block, ghost, ref_arg, depth=overlap, tiles=tiles, out_channels=c_out,
+        _predict_block,
+        ghost,
+        ref_arg,
+        depth=overlap,
+        tiles=tiles,
+        out_channels=c_out,
         nblocks=(len(arr.chunks[-2]), len(arr.chunks[-1])),
-        chunks=(*arr.chunks[:-3], (c_out,), *arr.chunks[-2:]), dtype=np.float32, meta=np.empty((0,) * arr.ndim, dtype=np.float32), **settings,
+        chunks=(*arr.chunks[:-3], (c_out,), *arr.chunks[-2:]),
+        dtype=np.float32,
+        meta=np.empty((0,) * arr.ndim, dtype=np.float32),
+        **settings,
     )
 
 
-def predict_array(model: Any, array: Any, *, tile: int | tuple[int, int] = 256,
-                  overlap: int | tuple[int, int] = 32, blend: str = "cosine", batch_size: int | str = "auto",
-                  device: str = "auto", precision: str = "auto", out_channels: int | None = None,
-                  trim: int | tuple[int, int] | None = None, skip_below: float | None = None,
-                  fill: float = 0.0) -> da.Array:
+def predict_array(
+    model: Any,
+    array: Any,
+    *,
+    tile: int | tuple[int, int] = 256,
+    overlap: int | tuple[int, int] = 32,
+    blend: str = "cosine",
+    batch_size: int | str = "auto",
+    device: str = "auto",
+    precision: str = "auto",
+    out_channels: int | None = None,
+    trim: int | tuple[int, int] | None = None,
+    skip_below: float | None = None,
+    fill: float = 0.0,
+) -> da.Array:
     """Lazily predict ``model`` over ``array`` tile by tile; return a float32 dask array.
 
     Parameters
@@ -302,7 +350,15 @@ def predict_array(model: Any, array: Any, *, tile: int | tuple[int, int] = 256,
     probe = (min(tile_yx[0], arr.shape[-2]), min(tile_yx[1], arr.shape[-1]))
     c_out = out_channels or _infer_out_channels(ref, arr.shape[-3], dev, prec, probe)
     tiles = TileSettings(tile_yx, overlap_yx, blend, trim_yx, batch_size)
-    out = _map_blocks(_rechunk_to_blocks(arr, tile_yx, overlap_yx), ref_arg, c_out, tiles,
-                      device=str(dev), precision=prec, skip_below=skip_below, fill=float(fill))
+    out = _map_blocks(
+        _rechunk_to_blocks(arr, tile_yx, overlap_yx),
+        ref_arg,
+        c_out,
+        tiles,
+        device=str(dev),
+        precision=prec,
+        skip_below=skip_below,
+        fill=float(fill),
+    )
     target = (*arr.chunks[:-3], (c_out,), *arr.chunks[-2:])
     return out if out.chunks == target else out.rechunk(target)

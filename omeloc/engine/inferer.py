@@ -58,9 +58,14 @@ class TileSettings:
     batch_size: int | str = "auto"
 
     @classmethod
-    def of(cls, tile: int | tuple[int, int], overlap: int | tuple[int, int], blend: str = "cosine",
-           trim: int | tuple[int, int] | None = None, batch_size: int | str = "auto"
-           ) -> TileSettings:
+    def of(
+        cls,
+        tile: int | tuple[int, int],
+        overlap: int | tuple[int, int],
+        blend: str = "cosine",
+        trim: int | tuple[int, int] | None = None,
+        batch_size: int | str = "auto",
+    ) -> TileSettings:
         """Validated settings from ints or ``(y, x)`` pairs (``trim=None``: the default).
 
         Raises
@@ -75,17 +80,30 @@ class TileSettings:
         return cls(tile_yx, overlap_yx, blend, check_trim(trim, overlap_yx), batch_size)
 
 
-def _windows_touching(shape: tuple[int, int], tile: tuple[int, int], overlap: tuple[int, int],
-                      core: Core) -> list[tuple[slice, slice]]:
+def _windows_touching(
+    shape: tuple[int, int], tile: tuple[int, int], overlap: tuple[int, int], core: Core
+) -> list[tuple[slice, slice]]:
     """The tiles of a region of ``shape`` that overlap its ``core``."""
     cy, cx = range(shape[0])[core[0]], range(shape[1])[core[1]]
-    return [win for win in tile_grid(shape, tile, overlap)
-            if win[0].start < cy.stop and win[0].stop > cy.start
-            and win[1].start < cx.stop and win[1].stop > cx.start]
+    return [
+        win
+        for win in tile_grid(shape, tile, overlap)
+        if win[0].start < cy.stop
+        and win[0].stop > cy.start
+        and win[1].start < cx.stop
+        and win[1].stop > cx.start
+    ]
 
 
-def predict_tiles(model: Any, region: np.ndarray, tiles: TileSettings, device: torch.device,
-                  precision: str, out_channels: int, core: Core | None = None) -> np.ndarray:
+def predict_tiles(
+    model: Any,
+    region: np.ndarray,
+    tiles: TileSettings,
+    device: torch.device,
+    precision: str,
+    out_channels: int,
+    core: Core | None = None,
+) -> np.ndarray:
     """Tile, predict and blend one in-memory region ``(..., C, H, W)``; return ``core`` of it.
 
     ``model`` is loaded (a module or a callable on ``N x C x H x W``); tiles are padded to its
@@ -98,8 +116,9 @@ def predict_tiles(model: Any, region: np.ndarray, tiles: TileSettings, device: t
     InputError
         The model returned another number of channels than ``out_channels``.
     """
-    batch_size = resolve_batch_size(tiles.batch_size, model, device, tiles.tile,
-                                    region.shape[-3], precision)
+    batch_size = resolve_batch_size(
+        tiles.batch_size, model, device, tiles.tile, region.shape[-3], precision
+    )
     lead, (h, w) = region.shape[:-3], region.shape[-2:]
     core = core or (slice(0, h), slice(0, w))
     windows = _windows_touching((h, w), tiles.tile, tiles.overlap, core)
@@ -116,8 +135,10 @@ def predict_tiles(model: Any, region: np.ndarray, tiles: TileSettings, device: t
         batch, _ = pad_to_shape(batch.astype(np.float32, copy=False), padded)
         pred = forward(model, np.ascontiguousarray(batch), device, precision)[..., :th, :tw]
         if pred.shape[1] != out_channels:
-            raise InputError(f"Expected the model to return {out_channels} channels "
-                             f"(out_channels). Got {pred.shape[1]} instead.")
+            raise InputError(
+                f"Expected the model to return {out_channels} channels "
+                f"(out_channels). Got {pred.shape[1]} instead."
+            )
         for (idx, win), p in zip(batch_jobs, pred):
             if acc is None:
                 out[(*idx, slice(None), *win)] = p
@@ -153,6 +174,7 @@ class RegionInferer:
         """Predict ``core`` (default: all) of a ``(..., C, H, W)`` region read with its halo."""
         x = self.normalize(region) if self.normalize is not None else region
         dev = torch.device(self.device)
-        y = predict_tiles(get_model(self.model, dev), x, self.tiles, dev, self.precision,
-                          self.out_channels, core)
+        y = predict_tiles(
+            get_model(self.model, dev), x, self.tiles, dev, self.precision, self.out_channels, core
+        )
         return self.finish(y) if self.finish is not None else y

@@ -57,11 +57,15 @@ def as_pair(value: int | Sequence[int], name: str) -> tuple[int, int]:
     except (TypeError, ValueError):
         pair = ()
     if len(pair) != 2 or any(isinstance(v, bool) for v in value):  # type: ignore[union-attr]
-        raise InputError(f"Expected {name} as an int or a (y, x) pair of ints. Got {value!r} instead.")
+        raise InputError(
+            f"Expected {name} as an int or a (y, x) pair of ints. Got {value!r} instead."
+        )
     return pair  # type: ignore[return-value]
 
 
-def check_tiling(tile: int | Sequence[int], overlap: int | Sequence[int]) -> tuple[tuple[int, int], tuple[int, int]]:
+def check_tiling(
+    tile: int | Sequence[int], overlap: int | Sequence[int]
+) -> tuple[tuple[int, int], tuple[int, int]]:
     """Validate tile size and overlap; return them as ``(y, x)`` pairs.
 
     Raises
@@ -76,8 +80,10 @@ def check_tiling(tile: int | Sequence[int], overlap: int | Sequence[int]) -> tup
         if oi < 0:
             raise InputError(f"Expected overlap >= 0 pixels. Got overlap={o} instead.")
         if oi >= ti:
-            raise InputError(f"Expected overlap < tile on every axis. Got tile={t}, overlap={o}; "
-                             f"lower the overlap or raise the tile size.")
+            raise InputError(
+                f"Expected overlap < tile on every axis. Got tile={t}, overlap={o}; "
+                f"lower the overlap or raise the tile size."
+            )
     return t, o
 
 
@@ -104,8 +110,9 @@ def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
     return [(i * span) // (n - 1) for i in range(n)]
 
 
-def tile_grid(shape: Sequence[int], tile: int | Sequence[int], overlap: int | Sequence[int]
-              ) -> list[tuple[slice, slice]]:
+def tile_grid(
+    shape: Sequence[int], tile: int | Sequence[int], overlap: int | Sequence[int]
+) -> list[tuple[slice, slice]]:
     """All tiles covering a 2D region of ``shape = (height, width)``, as ``(slice_y, slice_x)``.
 
     Every tile has the same shape ``(min(tile_y, height), min(tile_x, width))``.
@@ -113,8 +120,11 @@ def tile_grid(shape: Sequence[int], tile: int | Sequence[int], overlap: int | Se
     (ty, tx), (oy, ox) = check_tiling(tile, overlap)
     h, w = int(shape[-2]), int(shape[-1])
     th, tw = min(ty, h), min(tx, w)
-    return [(slice(y, y + th), slice(x, x + tw))
-            for y in tile_starts(h, ty, oy) for x in tile_starts(w, tx, ox)]
+    return [
+        (slice(y, y + th), slice(x, x + tw))
+        for y in tile_starts(h, ty, oy)
+        for x in tile_starts(w, tx, ox)
+    ]
 
 
 def check_trim(trim: int | Sequence[int] | None, overlap: int | Sequence[int]) -> tuple[int, int]:
@@ -139,8 +149,10 @@ def check_trim(trim: int | Sequence[int] | None, overlap: int | Sequence[int]) -
         return o[0] // 4, o[1] // 4
     t = as_pair(trim, "trim")
     if any(ti < 0 or ti > oi // 2 for ti, oi in zip(t, o)):
-        raise InputError(f"Expected 0 <= trim <= overlap // 2 on every axis. Got trim={t}, overlap={o}; "
-                         f"lower the trim or raise the overlap.")
+        raise InputError(
+            f"Expected 0 <= trim <= overlap // 2 on every axis. Got trim={t}, overlap={o}; "
+            f"lower the trim or raise the overlap."
+        )
     return t
 
 
@@ -161,8 +173,9 @@ def _inner_profile(length: int, blend: str, ramp: int | None) -> np.ndarray:
     return np.maximum(prof / prof.max(), MIN_WEIGHT)
 
 
-def weight_profile(length: int, blend: str, ramp: int | None = None,
-                   trim: int | Sequence[int] = 0) -> np.ndarray:
+def weight_profile(
+    length: int, blend: str, ramp: int | None = None, trim: int | Sequence[int] = 0
+) -> np.ndarray:
     """1D blending weights (float64, peak 1): zero on the trimmed margins, else >= ``MIN_WEIGHT``.
 
     Parameters
@@ -191,16 +204,21 @@ def weight_profile(length: int, blend: str, ramp: int | None = None,
     lo, hi = as_pair(trim, "trim")
     inner = length - lo - hi
     if lo < 0 or hi < 0 or inner < 1:
-        raise InputError(f"Expected trim margins >= 0 that leave at least one pixel of a tile of "
-                         f"{length}. Got trim={(lo, hi)} instead.")
+        raise InputError(
+            f"Expected trim margins >= 0 that leave at least one pixel of a tile of "
+            f"{length}. Got trim={(lo, hi)} instead."
+        )
     prof = np.zeros(length)
-    prof[lo:lo + inner] = _inner_profile(inner, blend, ramp)
+    prof[lo : lo + inner] = _inner_profile(inner, blend, ramp)
     return prof
 
 
-def weight_map(shape: Sequence[int], blend: str = "cosine",
-               ramp: int | Sequence[int] | None = None,
-               trim: Sequence[Sequence[int]] = ((0, 0), (0, 0))) -> np.ndarray:
+def weight_map(
+    shape: Sequence[int],
+    blend: str = "cosine",
+    ramp: int | Sequence[int] | None = None,
+    trim: Sequence[Sequence[int]] = ((0, 0), (0, 0)),
+) -> np.ndarray:
     """2D blending weights of a tile of ``shape = (h, w)``: the outer product of profiles.
 
     See :func:`weight_profile` for the modes; ``ramp`` may be an int or a ``(y, x)`` pair;
@@ -208,8 +226,10 @@ def weight_map(shape: Sequence[int], blend: str = "cosine",
     float64 with every value outside the margins in ``[MIN_WEIGHT**2, 1]``.
     """
     ry, rx = (None, None) if ramp is None else as_pair(ramp, "ramp")
-    return np.outer(weight_profile(int(shape[0]), blend, ry, trim[0]),
-                    weight_profile(int(shape[1]), blend, rx, trim[1]))
+    return np.outer(
+        weight_profile(int(shape[0]), blend, ry, trim[0]),
+        weight_profile(int(shape[1]), blend, rx, trim[1]),
+    )
 
 
 def pad_to_multiple(array: np.ndarray, multiple: int) -> tuple[np.ndarray, tuple[int, int]]:
@@ -257,8 +277,13 @@ class Accumulator:
         the whole-region output up to float rounding.
     """
 
-    def __init__(self, shape: Sequence[int], blend: str = "cosine",
-                 ramp: int | Sequence[int] | None = None, trim: int | Sequence[int] = 0) -> None:
+    def __init__(
+        self,
+        shape: Sequence[int],
+        blend: str = "cosine",
+        ramp: int | Sequence[int] | None = None,
+        trim: int | Sequence[int] = 0,
+    ) -> None:
         weight_profile(1, blend)  # validate early
         self.shape = tuple(int(s) for s in shape)
         self.blend, self.ramp = blend, ramp
@@ -303,4 +328,4 @@ class Accumulator:
 def iter_batches(items: Sequence, batch_size: int) -> Iterator[Sequence]:
     """Consecutive slices of ``items`` of at most ``batch_size`` elements."""
     for i in range(0, len(items), batch_size):
-        yield items[i:i + batch_size]
+        yield items[i : i + batch_size]

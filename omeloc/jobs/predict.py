@@ -102,15 +102,29 @@ class PredictResult:
     """The store requests the run made, the bytes they moved and the time they were in flight."""
 
     @classmethod
-    def of(cls, job: PredictionJob, outcome: Any, seconds: float, dry_run: bool = False) -> PredictResult:
-        """The result of ``job``: ``outcome`` is the write plan (``dry_run``) or what the write-back returned."""
-        common: dict[str, Any] = {"plate": job.plate.path, "name": job.name, "channel_index": outcome.channel_index,
-                                  "predicted": tuple(sorted(job.chosen)), "megapixels": job.megapixels(),
-                                  "seconds": seconds, "channels": job.names,
-                                  "uncertainty": job.spread_names[0] if job.spread_names else None}
+    def of(
+        cls, job: PredictionJob, outcome: Any, seconds: float, dry_run: bool = False
+    ) -> PredictResult:
+        """The result of ``job``: ``outcome`` is the write plan (``dry_run``) or what the
+        write-back returned."""
+        common: dict[str, Any] = {
+            "plate": job.plate.path,
+            "name": job.name,
+            "channel_index": outcome.channel_index,
+            "predicted": tuple(sorted(job.chosen)),
+            "megapixels": job.megapixels(),
+            "seconds": seconds,
+            "channels": job.names,
+            "uncertainty": job.spread_names[0] if job.spread_names else None,
+        }
         if dry_run:
             return cls(images=len(outcome.images), dry_run=True, plan=outcome, **common)
-        return cls(images=outcome.images, recovered=outcome.recovered, notes=tuple(getattr(outcome, "notes", ())), **common)
+        return cls(
+            images=outcome.images,
+            recovered=outcome.recovered,
+            notes=tuple(getattr(outcome, "notes", ())),
+            **common,
+        )
 
     @property
     def megapixels_per_second(self) -> float:
@@ -126,17 +140,21 @@ class PredictResult:
         """The lines the CLI prints."""
         if self.dry_run:
             what = self._what()
-            return (f"dry run: would write {what} (index {self.channel_index}) into {self.images} "
-                    f"image(s) of {self.plate}, predicting {len(self.predicted)} image(s), "
-                    f"{self.megapixels:.1f} megapixels; nothing was written\n{self.plan.describe()}"
-                    + (f"\n{self.io.line(self.images)}" if self.io is not None else ""))
+            return (
+                f"dry run: would write {what} (index {self.channel_index}) into {self.images} "
+                f"image(s) of {self.plate}, predicting {len(self.predicted)} image(s), "
+                f"{self.megapixels:.1f} megapixels; nothing was written\n{self.plan.describe()}"
+                + (f"\n{self.io.line(self.images)}" if self.io is not None else "")
+            )
         extra = f" (first: {self.recovered} of an interrupted run)" if self.recovered else ""
         what = self._what()
-        return (f"wrote {what} (index {self.channel_index}) into {self.images} image(s) of "
-                f"{self.plate}{extra}\npredicted {len(self.predicted)} image(s), {self.megapixels:.1f} megapixels "
-                f"in {self.seconds:.1f} s ({self.megapixels_per_second:.2f} megapixels/s)"
-                + "".join(f"\n{note}" for note in self.notes)
-                + (f"\n{self.io.line(self.images)}" if self.io is not None else ""))
+        return (
+            f"wrote {what} (index {self.channel_index}) into {self.images} image(s) of "
+            f"{self.plate}{extra}\npredicted {len(self.predicted)} image(s), {self.megapixels:.1f} "
+            f"megapixels in {self.seconds:.1f} s ({self.megapixels_per_second:.2f} megapixels/s)"
+            + "".join(f"\n{note}" for note in self.notes)
+            + (f"\n{self.io.line(self.images)}" if self.io is not None else "")
+        )
 
 
 @dataclass(frozen=True)
@@ -169,7 +187,8 @@ class PredictionJob:
     """Most pixels per side of one inference region (:mod:`omeloc.jobs.regions`)."""
     region_cache: dict = field(default_factory=dict, repr=False, compare=False)
     model_given: str | None = None
-    """The checkpoint path as the user gave it (never resolved: provenance must not leak local paths)."""
+    """The checkpoint path as the user gave it (never resolved: provenance must not leak local
+    paths)."""
     virtual_names: tuple[str, ...] = ()
     """Labels of the virtual channels, one per target of the model (default: ``(name,)``)."""
     rescale: bool = False
@@ -188,7 +207,11 @@ class PredictionJob:
     @property
     def spread_names(self) -> tuple[str, ...]:
         """With ``uncertainty``: the labels of the uncertainty channels, one per virtual channel."""
-        return tuple(uncertainty_channel_name(n) for n in self.predicted_names) if self.tiling.uncertainty else ()
+        return (
+            tuple(uncertainty_channel_name(n) for n in self.predicted_names)
+            if self.tiling.uncertainty
+            else ()
+        )
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -203,13 +226,21 @@ class PredictionJob:
     def settings(self) -> dict[str, Any]:
         """What a rerun must match to resume a killed run (see :func:`resume_key`)."""
         t = self.tiling
-        return {"name": self.name, "wells": sorted(self.chosen), "tile": t.tile, "overlap": t.overlap,
-                "blend": t.blend, "precision": t.precision, "source": self.stain.source,
-                "target": self.target if len(self.stain.target) == 1 else self.stain.target,
-                **({"names": list(self.predicted_names)} if len(self.predicted_names) > 1 else {}),
-                **({"rescale": True} if self.rescale else {}),
-                "overwrite": self.overwrite, **({"tta": True} if t.tta or t.uncertainty else {}),
-                **({"uncertainty": True} if t.uncertainty else {})}
+        return {
+            "name": self.name,
+            "wells": sorted(self.chosen),
+            "tile": t.tile,
+            "overlap": t.overlap,
+            "blend": t.blend,
+            "precision": t.precision,
+            "source": self.stain.source,
+            "target": self.target if len(self.stain.target) == 1 else self.stain.target,
+            **({"names": list(self.predicted_names)} if len(self.predicted_names) > 1 else {}),
+            **({"rescale": True} if self.rescale else {}),
+            "overwrite": self.overwrite,
+            **({"tta": True} if t.tta or t.uncertainty else {}),
+            **({"uncertainty": True} if t.uncertainty else {}),
+        }
 
     def _predicted_images(self) -> str | list[str]:
         """``"all"`` when every image of the plate was predicted, else their paths: the record is
@@ -222,31 +253,47 @@ class PredictionJob:
         paths of the images whose pixels were predicted)."""
         ckpt, t = self.stain.checkpoint, self.tiling
         return {
-            "source_channels": self.stain.source, "target_channel": self.target, "model": Path(ckpt.path).name,
-            "model_key": self.stain.ref.key, **({"model_path": self.model_given} if self.model_given else {}),
+            "source_channels": self.stain.source,
+            "target_channel": self.target,
+            "model": Path(ckpt.path).name,
+            "model_key": self.stain.ref.key,
+            **({"model_path": self.model_given} if self.model_given else {}),
             "architecture": ckpt.architecture.get("architecture"),
-            "predicted_images": self._predicted_images(), "tile": t.tile, "overlap": t.overlap, "blend": t.blend,
-            "precision": t.precision, "tta": t.tta or t.uncertainty,
+            "predicted_images": self._predicted_images(),
+            "tile": t.tile,
+            "overlap": t.overlap,
+            "blend": t.blend,
+            "precision": t.precision,
+            "tta": t.tta or t.uncertainty,
             **({"model_pixel_size": ckpt.pixel_size} if ckpt.pixel_size else {}),
             **({"rescaled": True} if self.rescale else {}),
             **getattr(self.stain, "provenance", {}),  # a BMZ package: its id, version, sha256
         }
 
     def provenances(self) -> list[dict[str, Any]]:
-        """One provenance record per channel written (each names its target; an uncertainty channel says
-        what it measures)."""
+        """One provenance record per channel written (each names its target; an uncertainty channel
+        says what it measures)."""
         base, targets = self.provenance(), self.stain.target
-        many = {"target_channels": list(targets), "channels": list(self.predicted_names)} if len(targets) > 1 else {}
+        many = (
+            {"target_channels": list(targets), "channels": list(self.predicted_names)}
+            if len(targets) > 1
+            else {}
+        )
         records = [{**base, **many, "target_channel": t} for t in targets]
         if not self.spread_names:
             return records
-        return ([{**r, "uncertainty_channel": u} for r, u in zip(records, self.spread_names)]
-                + [{**r, "uncertainty_of": n, "measure": "standard deviation of the 8 test-time variants"}
-                   for r, n in zip(records, self.predicted_names)])
+        return [{**r, "uncertainty_channel": u} for r, u in zip(records, self.spread_names)] + [
+            {**r, "uncertainty_of": n, "measure": "standard deviation of the 8 test-time variants"}
+            for r, n in zip(records, self.predicted_names)
+        ]
 
     def megapixels(self) -> float:
         """Level-0 megapixels of the chosen images."""
-        return sum(float(np.prod(_plane_shape(img))) / 1e6 for img in self.plate.images if img.path in self.chosen)
+        return sum(
+            float(np.prod(_plane_shape(img))) / 1e6
+            for img in self.plate.images
+            if img.path in self.chosen
+        )
 
 
 def default_channel_name(target: str) -> str:
@@ -255,7 +302,8 @@ def default_channel_name(target: str) -> str:
 
 
 def uncertainty_channel_name(name: str) -> str:
-    """``"WAVE2 (virtual)"`` → ``"WAVE2 (uncertainty)"``; any other name ``"<name> (uncertainty)"``."""
+    """``"WAVE2 (virtual)"`` → ``"WAVE2 (uncertainty)"``; any other name
+    ``"<name> (uncertainty)"``."""
     return f"{name.removesuffix(' (virtual)')} (uncertainty)"
 
 
@@ -266,10 +314,12 @@ def resume_key(ckpt_key: str, settings: Mapping[str, Any]) -> str:
 
 
 # -- step 1: plan ------------------------------------------------------------------------------
-def load_stain(model: str | Path | VirtualStain, source: Sequence[str] | None = None,
-               trust_code: bool = False) -> VirtualStain:
+def load_stain(
+    model: str | Path | VirtualStain, source: Sequence[str] | None = None, trust_code: bool = False
+) -> VirtualStain:
     """The checkpoint as a :class:`VirtualStain` (a BMZ package as a
-    :class:`~omeloc.modelio.adapter.PackageStain`), refused unless it predicts at least one channel."""
+    :class:`~omeloc.modelio.adapter.PackageStain`), refused unless it predicts at least one
+    channel."""
     if isinstance(model, VirtualStain):
         stain = model
     else:  # the model-loading seam: a checkpoint folder, or a BMZ package (omeloc.modelio)
@@ -277,13 +327,15 @@ def load_stain(model: str | Path | VirtualStain, source: Sequence[str] | None = 
 
         stain = open_model(model, source=source, trust_code=trust_code)
     if not stain.target:
-        raise CheckpointError(f"The checkpoint {stain.checkpoint.path} predicts no channel. Retrain it.")
+        raise CheckpointError(
+            f"The checkpoint {stain.checkpoint.path} predicts no channel. Retrain it."
+        )
     return stain
 
 
 def virtual_names(name: str | Sequence[str] | None, targets: Sequence[str]) -> tuple[str, ...]:
-    """The labels of the virtual channels: ``name`` (one label, or one per target, comma-separated or
-    a sequence), by default ``"<target> (virtual)"`` for each target.
+    """The labels of the virtual channels: ``name`` (one label, or one per target, comma-separated
+    or a sequence), by default ``"<target> (virtual)"`` for each target.
 
     Raises
     ------
@@ -297,21 +349,35 @@ def virtual_names(name: str | Sequence[str] | None, targets: Sequence[str]) -> t
     else:
         parts = list(name)
     if not all(isinstance(p, str) and p.strip() for p in parts):
-        raise InputError(f"Expected a non-empty channel name (--name). Got {name!r} instead. "
-                         f"Omit --name for the default '<target> (virtual)'.")
+        raise InputError(
+            f"Expected a non-empty channel name (--name). Got {name!r} instead. "
+            f"Omit --name for the default '<target> (virtual)'."
+        )
     if len(parts) != len(targets) or len(set(parts)) != len(parts):
-        raise InputError(f"Expected {len(targets)} distinct channel names (--name A,B), one per target of the model "
-                         f"({', '.join(targets)}). Got {name!r} instead. Omit --name for '<target> (virtual)'.")
+        raise InputError(
+            f"Expected {len(targets)} distinct channel names (--name A,B), one per target of the "
+            f"model ({', '.join(targets)}). Got {name!r} instead. Omit --name for '<target> "
+            "(virtual)'."
+        )
     return tuple(parts)
 
 
-def plan_prediction(plate: str | Path | Plate, model: str | Path | VirtualStain, *, name: str | None = None,
-                    wells: Sequence[str] | None = None, overwrite: bool = False,
-                    tiling: TilingConfig | None = None,
-                    storage_options: Mapping[str, Any] | None = None,
-                    acquisition: str | int | None = None, rescale: bool = False,
-                    source: Sequence[str] | None = None, trust_code: bool = False) -> PredictionJob:
-    """Read the checkpoint and the plate's metadata, check them against each other, choose the images.
+def plan_prediction(
+    plate: str | Path | Plate,
+    model: str | Path | VirtualStain,
+    *,
+    name: str | None = None,
+    wells: Sequence[str] | None = None,
+    overwrite: bool = False,
+    tiling: TilingConfig | None = None,
+    storage_options: Mapping[str, Any] | None = None,
+    acquisition: str | int | None = None,
+    rescale: bool = False,
+    source: Sequence[str] | None = None,
+    trust_code: bool = False,
+) -> PredictionJob:
+    """Read the checkpoint and the plate's metadata, check them against each other, choose the
+    images.
 
     Reads no pixels and writes nothing.  Parameters as in :func:`predict`.
 
@@ -326,11 +392,22 @@ def plan_prediction(plate: str | Path | Plate, model: str | Path | VirtualStain,
     _check_channels(opened, stain)
     check_level(stain.checkpoint, min(len(img.level_paths) for img in opened.images), opened.path)
     if stain.checkpoint.level not in (LEVEL, None):
-        logger.warning("the checkpoint was trained on pyramid level %s; predicting at full resolution (level 0)",
-                       stain.checkpoint.level)
-    job = PredictionJob(plate=opened, stain=stain, name=labels[0], virtual_names=labels,
-                        chosen=frozenset(_select(opened, wells, acquisition)), tiling=stain.tiling(tiling), overwrite=overwrite,
-                        model_given=None if isinstance(model, VirtualStain) else str(model), rescale=rescale)
+        logger.warning(
+            "the checkpoint was trained on pyramid level %s; predicting at full resolution (level "
+            "0)",
+            stain.checkpoint.level,
+        )
+    job = PredictionJob(
+        plate=opened,
+        stain=stain,
+        name=labels[0],
+        virtual_names=labels,
+        chosen=frozenset(_select(opened, wells, acquisition)),
+        tiling=stain.tiling(tiling),
+        overwrite=overwrite,
+        model_given=None if isinstance(model, VirtualStain) else str(model),
+        rescale=rescale,
+    )
     _tell_pixel_sizes(job)
     _check_plane_sizes(job)
     _check_z(job)
@@ -352,34 +429,46 @@ def _tell_pixel_sizes(job: PredictionJob) -> None:
         else:
             some = ", ".join(img.path for img in images[:3]) + (", ..." if len(images) > 3 else "")
             where = f"{len(images)} image(s) of {job.plate.path} ({some})"
-        for note in check_pixel_size(job.stain.checkpoint.pixel, pixel_size_of(images[0], LEVEL), where,
-                                     rescale=job.rescale)[1]:
+        for note in check_pixel_size(
+            job.stain.checkpoint.pixel, pixel_size_of(images[0], LEVEL), where, rescale=job.rescale
+        )[1]:
             (logger.warning if note.startswith("resampling") else logger.info)("%s", note)
 
 
 def image_zoom(job: PredictionJob, img: Image) -> tuple[tuple[float, float], list[str]]:
     """The (y, x) resampling of ``img`` to the model's pixel size, and the notes to tell (see
-    :func:`omeloc.learn.units.check_pixel_size`: refused when they differ and ``job.rescale`` is off)."""
-    where = f"plate {job.plate.path}" if len(job.plate.images) == 1 else f"image {img.path} of {job.plate.path}"
-    return check_pixel_size(job.stain.checkpoint.pixel, pixel_size_of(img, LEVEL), where, rescale=job.rescale)
+    :func:`omeloc.learn.units.check_pixel_size`: refused when they differ and ``job.rescale`` is
+    off)."""
+    where = (
+        f"plate {job.plate.path}"
+        if len(job.plate.images) == 1
+        else f"image {img.path} of {job.plate.path}"
+    )
+    return check_pixel_size(
+        job.stain.checkpoint.pixel, pixel_size_of(img, LEVEL), where, rescale=job.rescale
+    )
 
 
 def _check_z(job: PredictionJob) -> None:
-    """A 2.5D model (``z_window`` > 1) needs z-stacks: every chosen image has a z axis of more than one plane."""
+    """A 2.5D model (``z_window`` > 1) needs z-stacks: every chosen image has a z axis of more
+    than one plane."""
     k = job.stain.checkpoint.z_window
     if k == 1:
         return
     for img in job.plate.images:
         n_z = dict(zip(img.axes, img.shapes[LEVEL])).get("z", 1)
         if img.path in job.chosen and n_z < 2:
-            raise InputError(f"The checkpoint {job.stain.checkpoint.path} is a 2.5D model reading {k} z planes "
-                             f"around each output plane, but image {img.path or img.url} has "
-                             f"{'no z axis' if 'z' not in img.axes else 'one z plane'}. Predict z-stacks with it, "
-                             f"or use a 2D model (trained with --z-window 1).")
+            raise InputError(
+                f"The checkpoint {job.stain.checkpoint.path} is a 2.5D model reading {k} z planes "
+                f"around each output plane, but image {img.path or img.url} has "
+                f"{'no z axis' if 'z' not in img.axes else 'one z plane'}. Predict z-stacks with "
+                f"it, or use a 2D model (trained with --z-window 1)."
+            )
 
 
 def _check_companion(job: PredictionJob) -> None:
-    """An overwrite that adds or drops the uncertainty channel: the companion must be removable first.
+    """An overwrite that adds or drops the uncertainty channel: the companion must be removable
+    first.
 
     The channel(s) :func:`companion_removals` names are taken out (:func:`omeloc.remove_channel`)
     before the write; they must be the plate's last channels, which is checked here.
@@ -388,10 +477,12 @@ def _check_companion(job: PredictionJob) -> None:
     if not removals:
         return
     labels = list(job.plate.channel_names)
-    if set(labels[len(labels) - len(removals):]) != set(removals):
-        raise InputError(f"Channel(s) {', '.join(map(repr, removals))} of {job.plate.path} must go before this "
-                         f"--overwrite, but other channels follow them: omeloc removes only the last channels. "
-                         f"Choose another --name.")
+    if set(labels[len(labels) - len(removals) :]) != set(removals):
+        raise InputError(
+            f"Channel(s) {', '.join(map(repr, removals))} of {job.plate.path} must go before this "
+            f"--overwrite, but other channels follow them: omeloc removes only the last channels. "
+            f"Choose another --name."
+        )
 
 
 def companion_removals(job: PredictionJob) -> tuple[str, ...]:
@@ -421,12 +512,16 @@ def _check_channels(plate: Plate, stain: VirtualStain) -> None:
     missing = [s for s in stain.source if s not in names]
     if missing:
         raise ChannelNotFoundError(
-            f"The checkpoint {stain.checkpoint.path} predicts from channel(s) {', '.join(map(repr, missing))}, "
-            f"which plate {plate.path} does not have (channels: {', '.join(map(label_text, names))}). Use a model "
-            f"trained on these "
-            f"channel names, or rename the plate's channels." if not hasattr(stain, "channel_hint")
-            else f"{stain.checkpoint.path} reads channel(s) {', '.join(map(repr, missing))}, which plate "
-            f"{plate.path} does not have (channels: {', '.join(map(label_text, names))}). {stain.channel_hint}"
+            f"The checkpoint {stain.checkpoint.path} predicts from channel(s) "
+            f"{', '.join(map(repr, missing))}, which plate {plate.path} does not have (channels: "
+            f"{', '.join(map(label_text, names))}). Use a model trained on these "
+            f"channel names, or rename the plate's channels."
+            if not hasattr(stain, "channel_hint")
+            else (
+                f"{stain.checkpoint.path} reads channel(s) {', '.join(map(repr, missing))}, which "
+                f"plate {plate.path} does not have (channels: "
+                f"{', '.join(map(label_text, names))}). {stain.channel_hint}"
+            )
         )
 
 
@@ -437,13 +532,17 @@ def _check_plane_sizes(job: PredictionJob) -> None:
         y, x = img.shape[img.axes.index("y")], img.shape[img.axes.index("x")]
         if img.path in job.chosen and min(y, x) < need:
             raise InputError(
-                f"Image {img.path or img.url} is {y} x {x} pixels, smaller than the tile overlap of {need} px. "
-                f"Predict images of at least {need} px per side, or pass a smaller --overlap."
+                f"Image {img.path or img.url} is {y} x {x} pixels, smaller than the tile overlap "
+                f"of {need} px. Predict images of at least {need} px per side, or pass a smaller "
+                "--overlap."
             )
 
 
-def _select(plate: Plate, wells: Sequence[str] | None, acquisition: str | int | None = None) -> set[str]:
-    """Paths of the images to predict: those of ``wells`` (default all), of one ``acquisition`` if given."""
+def _select(
+    plate: Plate, wells: Sequence[str] | None, acquisition: str | int | None = None
+) -> set[str]:
+    """Paths of the images to predict: those of ``wells`` (default all), of one ``acquisition``
+    if given."""
     if wells is None:
         chosen = {img.path for img in plate.images}
     else:
@@ -452,19 +551,26 @@ def _select(plate: Plate, wells: Sequence[str] | None, acquisition: str | int | 
             well = plate.well(str(w))  # raises with the list of wells for an unknown one
             chosen.update(img.path for img in well.images)
         if not chosen:
-            raise InputError("Expected at least one well to predict. Got an empty --wells list instead.")
+            raise InputError(
+                "Expected at least one well to predict. Got an empty --wells list instead."
+            )
     if acquisition is None:
         return chosen
-    chosen &= {img.path for img in plate.acquisition_images(acquisition)}  # raises for an unknown one
+    chosen &= {
+        img.path for img in plate.acquisition_images(acquisition)
+    }  # raises for an unknown one
     if not chosen:
-        raise InputError(f"Acquisition {acquisition!r} of {plate.path} has no field in the chosen wells. "
-                         f"Choose other --wells or another --acquisition (see omeloc info).")
+        raise InputError(
+            f"Acquisition {acquisition!r} of {plate.path} has no field in the chosen wells. "
+            f"Choose other --wells or another --acquisition (see omeloc info)."
+        )
     return chosen
 
 
 # -- step 2: the lazy prediction ---------------------------------------------------------------
-def lazy_prediction(job: PredictionJob, img: Image, annotate: Callable[[], Any] = contextlib.nullcontext
-                    ) -> da.Array:
+def lazy_prediction(
+    job: PredictionJob, img: Image, annotate: Callable[[], Any] = contextlib.nullcontext
+) -> da.Array:
     """The virtual channel of one image at level 0, lazily: ``img``'s axes without ``c``, float32
     (with several targets or ``uncertainty``: a leading axis, one plane per name of ``job.names``).
 
@@ -474,8 +580,14 @@ def lazy_prediction(job: PredictionJob, img: Image, annotate: Callable[[], Any] 
     """
     if img.path in job.chosen:
         _check_yx_last(img)
-        return region_prediction(img.reader(LEVEL), img.axes, img.write_chunks(LEVEL), _region_settings(job, img),
-                                 side=job.region_side, annotate=annotate)
+        return region_prediction(
+            img.reader(LEVEL),
+            img.axes,
+            img.write_chunks(LEVEL),
+            _region_settings(job, img),
+            side=job.region_side,
+            annotate=annotate,
+        )
     if job.existing and job.overwrite:
         planes = [img.level(LEVEL)[_channel_slice(img, img.channel_index(n))] for n in job.names]
     else:
@@ -488,11 +600,14 @@ def _check_yx_last(img: Image) -> None:
     """Refuse an image whose y and x are not its last axes."""
     axes = list(img.axes)
     if (axes.index("y"), axes.index("x")) != (len(axes) - 2, len(axes) - 1):
-        raise InputError(f"Expected y and x to be the last axes of {img.url}. Got axes {''.join(axes)} instead.")
+        raise InputError(
+            f"Expected y and x to be the last axes of {img.url}. Got axes {''.join(axes)} instead."
+        )
 
 
 def _region_settings(job: PredictionJob, img: Image) -> RegionSettings:
-    """What the region tasks of ``img`` share; computed once per distinct channel order (the model is checked then)."""
+    """What the region tasks of ``img`` share; computed once per distinct channel order (the
+    model is checked then)."""
     index = tuple(img.channel_index(s) for s in job.stain.source)
     zoom = image_zoom(job, img)[0]
     key = (index, img.axes.index("c"), zoom)
@@ -502,10 +617,17 @@ def _region_settings(job: PredictionJob, img: Image) -> RegionSettings:
         spread = job.tiling.uncertainty
         ref = TTARef(stain.ref, spread=spread) if job.tiling.tta or spread else stain.ref
         plane_axes = [a for a in img.axes if a != "c"]
-        cache[key] = region_settings(ref, index, key[1], [norm[c] for c in stain.source],
-                                     [norm[c] for c in stain.target], job.tiling, zoom=zoom,
-                                     z_window=stain.checkpoint.z_window,
-                                     z_axis=plane_axes.index("z") if "z" in plane_axes else -1)
+        cache[key] = region_settings(
+            ref,
+            index,
+            key[1],
+            [norm[c] for c in stain.source],
+            [norm[c] for c in stain.target],
+            job.tiling,
+            zoom=zoom,
+            z_window=stain.checkpoint.z_window,
+            z_axis=plane_axes.index("z") if "z" in plane_axes else -1,
+        )
     return cache[key]
 
 
@@ -543,7 +665,8 @@ def _gpu_workers(client: Any) -> bool:
 
 # -- the checkpoint as the workers see it --------------------------------------------------------
 def check_workers_read_checkpoint(client: Any, stain: VirtualStain) -> None:
-    """Refuse, before any write, a checkpoint that a worker of ``client`` cannot read (or reads differently).
+    """Refuse, before any write, a checkpoint that a worker of ``client`` cannot read (or reads
+    differently).
 
     Each worker opens the checkpoint's metadata and weights and compares their content key with
     the driver's (:func:`worker_checkpoint_problem`, run with ``client.run``).  Nothing is
@@ -561,21 +684,28 @@ def check_workers_read_checkpoint(client: Any, stain: VirtualStain) -> None:
         return
     seen = run_on_workers(client, worker_checkpoint_problem, stain.ref.path, stain.ref.key)
     if not seen:
-        logger.info("no Dask worker yet: the checkpoint's readability is not checked before the write")
-    bad = {w: (f"{type(r).__name__}: {r}" if isinstance(r, BaseException) else str(r))
-           for w, r in sorted(seen.items()) if r is not None}
+        logger.info(
+            "no Dask worker yet: the checkpoint's readability is not checked before the write"
+        )
+    bad = {
+        w: (f"{type(r).__name__}: {r}" if isinstance(r, BaseException) else str(r))
+        for w, r in sorted(seen.items())
+        if r is not None
+    }
     if not bad:
         return
     names = ", ".join(list(bad)[:4]) + (f" and {len(bad) - 4} more" if len(bad) > 4 else "")
     raise InputError(
-        f"{len(bad)} of {len(seen)} Dask worker(s) ({names}) cannot read the checkpoint {stain.ref.path} "
-        f"({next(iter(bad.values()))}); nothing was written. Put the checkpoint folder on a shared file system "
-        f"that every worker mounts at the same path (or copy it to that path on every node), then rerun."
+        f"{len(bad)} of {len(seen)} Dask worker(s) ({names}) cannot read the checkpoint "
+        f"{stain.ref.path} ({next(iter(bad.values()))}); nothing was written. Put the checkpoint "
+        "folder on a shared file system that every worker mounts at the same path (or copy it to "
+        "that path on every node), then rerun."
     )
 
 
 def worker_checkpoint_problem(path: str, key: str) -> str | None:
-    """On a worker: ``None`` when the checkpoint at ``path`` reads and has content key ``key``; else why not."""
+    """On a worker: ``None`` when the checkpoint at ``path`` reads and has content key ``key``;
+    else why not."""
     from omeloc.learn.checkpoint import META_FILE, WEIGHTS_FILE, CheckpointRef
 
     try:
@@ -591,13 +721,26 @@ def worker_checkpoint_problem(path: str, key: str) -> str | None:
 
 
 # -- the whole job -----------------------------------------------------------------------------
-def predict(plate: str | Path | Plate, model: str | Path | VirtualStain, *, name: str | None = None,
-            wells: Sequence[str] | None = None, overwrite: bool = False, tiling: TilingConfig | None = None,
-            compute: ComputeConfig | None = None, dry_run: bool = False, progress: bool = False,
-            color: str | None = None, storage_options: Mapping[str, Any] | None = None,
-            on_plan: Callable[[Any], None] | None = None, acquisition: str | int | None = None,
-            rescale: bool = False, source: Sequence[str] | None = None, trust_code: bool = False,
-            **overrides: Any) -> PredictResult:
+def predict(
+    plate: str | Path | Plate,
+    model: str | Path | VirtualStain,
+    *,
+    name: str | None = None,
+    wells: Sequence[str] | None = None,
+    overwrite: bool = False,
+    tiling: TilingConfig | None = None,
+    compute: ComputeConfig | None = None,
+    dry_run: bool = False,
+    progress: bool = False,
+    color: str | None = None,
+    storage_options: Mapping[str, Any] | None = None,
+    on_plan: Callable[[Any], None] | None = None,
+    acquisition: str | int | None = None,
+    rescale: bool = False,
+    source: Sequence[str] | None = None,
+    trust_code: bool = False,
+    **overrides: Any,
+) -> PredictResult:
     """Predict a virtual channel with a trained checkpoint and write it into the plate.
 
     Parameters
@@ -624,9 +767,10 @@ def predict(plate: str | Path | Plate, model: str | Path | VirtualStain, *, name
     tiling, compute
         How the model is tiled (:class:`~omeloc.config.TilingConfig`; tile and overlap default
         to the checkpoint's advice; ``uncertainty=True`` also writes the spread of the 8
-        test-time variants as ``"<target> (uncertainty)"`` in the same crash-safe write) and where the graph runs (:class:`~omeloc.config.ComputeConfig`;
-        on a cluster every worker must read the checkpoint folder, checked before any write; when
-        every worker advertises a ``GPU`` resource, inference tasks ask for one).
+        test-time variants as ``"<target> (uncertainty)"`` in the same crash-safe write) and where
+        the graph runs (:class:`~omeloc.config.ComputeConfig`; on a cluster every worker must read
+        the checkpoint folder, checked before any write; when every worker advertises a ``GPU``
+        resource, inference tasks ask for one).
     rescale
         Resample images whose pixel size differs from the model's by more than 10 % to the
         model's (and the prediction back to the image's grid); without it such images are refused.
@@ -648,13 +792,28 @@ def predict(plate: str | Path | Plate, model: str | Path | VirtualStain, *, name
     Examples
     --------
     >>> omeloc.predict("plate.zarr", "models/actin-wave2", tile=512, workers=2)  # doctest: +SKIP
-    """
+    """  # noqa: E501
     # Over 60 lines only through its parameter docs (the public API's reference); the body is ~25.
     with measure_io(per_key=False) as meter:  # totals: no entry per key of the plate
-        result = _predict(plate, model, name=name, wells=wells, overwrite=overwrite, tiling=tiling,
-                          compute=compute, acquisition=acquisition, rescale=rescale, source=source,
-                          trust_code=trust_code, dry_run=dry_run, on_plan=on_plan, progress=progress, color=color,
-                          storage_options=storage_options, overrides=overrides)
+        result = _predict(
+            plate,
+            model,
+            name=name,
+            wells=wells,
+            overwrite=overwrite,
+            tiling=tiling,
+            compute=compute,
+            acquisition=acquisition,
+            rescale=rescale,
+            source=source,
+            trust_code=trust_code,
+            dry_run=dry_run,
+            on_plan=on_plan,
+            progress=progress,
+            color=color,
+            storage_options=storage_options,
+            overrides=overrides,
+        )
     return dataclasses.replace(result, io=meter.summary())
 
 
@@ -714,7 +873,9 @@ def _predict(
         if dry_run:
             outcome = plan
         else:
-            del plan  # the write plans again under the lock: this plan's lazy arrays (~3 kB per image) go first
+            # the write plans again under the lock: this plan's lazy arrays (~3 kB per image) go
+            # first
+            del plan
             outcome = _written(write, job)
     result = PredictResult.of(job, outcome, seconds=time.perf_counter() - t0, dry_run=dry_run)
     if not dry_run:
@@ -727,16 +888,20 @@ def _predict(
     return result
 
 
-def _remove_companions(job: PredictionJob, client: Any, dry_run: bool,
-                       storage_options: Mapping[str, Any] | None) -> PredictionJob:
-    """Take out what :func:`companion_removals` names (once the model checks pass); the job on the plate after."""
+def _remove_companions(
+    job: PredictionJob, client: Any, dry_run: bool, storage_options: Mapping[str, Any] | None
+) -> PredictionJob:
+    """Take out what :func:`companion_removals` names (once the model checks pass); the job on
+    the plate after."""
     removals = companion_removals(job)
     if not removals:
         return job
     if dry_run:
         if job.tiling.uncertainty:
-            raise InputError(f"--dry-run cannot plan adding an uncertainty channel beside {job.name!r} (the "
-                             f"prediction is removed, then written again with it). Run without --dry-run.")
+            raise InputError(
+                f"--dry-run cannot plan adding an uncertainty channel beside {job.name!r} (the "
+                f"prediction is removed, then written again with it). Run without --dry-run."
+            )
         return job
     _check_model(job, client)  # everything checked before the plate changes
     from omeloc.writeback.remove import remove_channel
@@ -766,13 +931,17 @@ def _written(write: Callable[[], Any], job: PredictionJob) -> Any:
     try:
         return write()
     except SchedulerError as err:
-        # add_channel rolled the plate back before re-raising (if it could not, it raised ReadOnlyStoreError)
-        raise SchedulerError(f"{err} The plate {job.plate.path} was rolled back as it was before this run; rerunning "
-                             f"the same command keeps the chunks already written.") from err
+        # add_channel rolled the plate back before re-raising (if it could not, it raised
+        # ReadOnlyStoreError)
+        raise SchedulerError(
+            f"{err} The plate {job.plate.path} was rolled back as it was before this run; "
+            f"rerunning the same command keeps the chunks already written."
+        ) from err
 
 
-def split_overrides(tiling: TilingConfig | None, compute: ComputeConfig | None,
-                    overrides: Mapping[str, Any]) -> tuple[TilingConfig, ComputeConfig]:
+def split_overrides(
+    tiling: TilingConfig | None, compute: ComputeConfig | None, overrides: Mapping[str, Any]
+) -> tuple[TilingConfig, ComputeConfig]:
     """``tiling`` and ``compute`` (or their defaults) with keyword ``overrides`` sorted into them.
 
     Raises
@@ -785,25 +954,44 @@ def split_overrides(tiling: TilingConfig | None, compute: ComputeConfig | None,
     unknown = sorted(set(overrides) - tiling_names - compute_names)
     if unknown:
         raise TypeError(f"predict() got an unexpected keyword argument {unknown[0]!r}")
-    return (resolve(TilingConfig, tiling, {k: v for k, v in overrides.items() if k in tiling_names}),
-            resolve(ComputeConfig, compute, {k: v for k, v in overrides.items() if k in compute_names}))
+    return (
+        resolve(TilingConfig, tiling, {k: v for k, v in overrides.items() if k in tiling_names}),
+        resolve(ComputeConfig, compute, {k: v for k, v in overrides.items() if k in compute_names}),
+    )
 
 
-def write_prediction(job: PredictionJob, data: Mapping[str, da.Array], *, compute: ComputeConfig | None = None,
-                     color: str | None = None, progress: bool = False,
-                     storage_options: Mapping[str, Any] | None = None, dry_run: bool = False) -> Any:
-    """Write a job's lazy prediction into the plate with :func:`~omeloc.writeback.protocol.add_channel`.
+def write_prediction(
+    job: PredictionJob,
+    data: Mapping[str, da.Array],
+    *,
+    compute: ComputeConfig | None = None,
+    color: str | None = None,
+    progress: bool = False,
+    storage_options: Mapping[str, Any] | None = None,
+    dry_run: bool = False,
+) -> Any:
+    """Write a job's lazy prediction into the plate with
+    :func:`~omeloc.writeback.protocol.add_channel`.
 
     ``data`` maps image paths to :func:`lazy_prediction` arrays; ``compute`` says where the
     pixels are computed (an already started client, or a local scheduler); the plate opened by
-    :func:`plan_prediction` is reused (unless an interrupted run must be recovered first).  Returns the
-    :class:`~omeloc.writeback.protocol.AddChannelResult`, or with ``dry_run`` the write plan.
+    :func:`plan_prediction` is reused (unless an interrupted run must be recovered first).  Returns
+    the :class:`~omeloc.writeback.protocol.AddChannelResult`, or with ``dry_run`` the write plan.
     """
     from omeloc.writeback.protocol import add_channel
 
     payload: Any = dict(data) if job.plate.is_plate else next(iter(data.values()))
     names = job.name if len(job.names) == 1 else job.names
-    return add_channel(job.plate, names, payload, color=color, overwrite=job.overwrite,
-                       provenance=job.provenances(), compute=compute, progress=progress,
-                       storage_options=storage_options,
-                       resume_key=resume_key(job.stain.ref.key, job.settings()), dry_run=dry_run)
+    return add_channel(
+        job.plate,
+        names,
+        payload,
+        color=color,
+        overwrite=job.overwrite,
+        provenance=job.provenances(),
+        compute=compute,
+        progress=progress,
+        storage_options=storage_options,
+        resume_key=resume_key(job.stain.ref.key, job.settings()),
+        dry_run=dry_run,
+    )

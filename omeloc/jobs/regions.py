@@ -56,7 +56,8 @@ REGION_SIDE = 4096
 
 
 def region_chunks(length: int, block: int, side: int = REGION_SIDE) -> tuple[int, ...]:
-    """Regions along one axis: the whole ``length`` when it is at most ``side``, else multiples of ``block``.
+    """Regions along one axis: the whole ``length`` when it is at most ``side``, else multiples of
+    ``block``.
 
     Examples
     --------
@@ -101,10 +102,14 @@ class ToTargetUnits:
 
     def __call__(self, y: np.ndarray) -> np.ndarray:
         n = len(self.stats)
-        mean = np.asarray(denormalize_channels(y[..., :n, :, :], list(self.stats)), dtype=np.float32)
+        mean = np.asarray(
+            denormalize_channels(y[..., :n, :, :], list(self.stats)), dtype=np.float32
+        )
         planes = [mean[..., k, :, :] for k in range(n)]
         for k, stats in enumerate(self.stats if self.spread else ()):
-            scale = np.float32(float(stats["high"]) - float(stats["low"]))  # normalized → target units
+            scale = np.float32(
+                float(stats["high"]) - float(stats["low"])
+            )  # normalized → target units
             planes.append((y[..., n + k, :, :] * scale).astype(np.float32))
         return planes[0] if len(planes) == 1 else np.stack(planes)
 
@@ -127,18 +132,20 @@ class RegionSettings:
     device: str
     precision: str
     z_window: int = 1
-    """Planes the model reads around each output plane (a 2.5D model); beyond the stack the first or last repeats."""
+    """Planes the model reads around each output plane (a 2.5D model); beyond the stack the first
+    or last repeats."""
     z_axis: int = -1
     """Position of z among the image's axes without ``c`` (with ``z_window`` > 1)."""
     zoom: tuple[float, float] = (1.0, 1.0)
-    """Resampling of the image to the model's pixel size (y, x); the prediction is resampled back."""
+    """Resampling of the image to the model's pixel size (y, x); the prediction is resampled
+    back."""
     token: str = ""
     """A content hash of the fields above (set by :func:`region_settings`), for graph key names."""
 
     @property
     def outputs(self) -> int:
-        """Planes per region: one per target channel, twice that with :attr:`spread` (the predictions, then
-        their spreads); a leading axis of that length when it is more than one."""
+        """Planes per region: one per target channel, twice that with :attr:`spread` (the
+        predictions, then their spreads); a leading axis of that length when it is more than one."""
         return len(self.target_stats) * (2 if self.spread else 1)
 
     @property
@@ -153,16 +160,24 @@ class RegionSettings:
         """The engine entry with this run's model, tiling and hooks (built once per process)."""
         n = len(self.target_stats)
         tiles = TileSettings.of(self.tile, self.overlap, self.blend, None, self.batch_size)
-        return RegionInferer(self.ref, tiles,
-                             self.device, self.precision, out_channels=2 * n if self.spread else n,
-                             normalize=Normalize(tuple(st for st in self.source_stats
-                                                       for _ in range(max(1, self.z_window)))),
-                             finish=ToTargetUnits(self.target_stats, self.spread))
+        return RegionInferer(
+            self.ref,
+            tiles,
+            self.device,
+            self.precision,
+            out_channels=2 * n if self.spread else n,
+            normalize=Normalize(
+                tuple(st for st in self.source_stats for _ in range(max(1, self.z_window)))
+            ),
+            finish=ToTargetUnits(self.target_stats, self.spread),
+        )
 
 
-def _halo(loc: Sequence[tuple[int, int]], shape: Sequence[int], overlap: tuple[int, int]
-          ) -> tuple[list[slice], tuple[slice, slice]]:
-    """The plane region to read (``loc`` grown by ``overlap`` in y and x, clipped) and the core inside it."""
+def _halo(
+    loc: Sequence[tuple[int, int]], shape: Sequence[int], overlap: tuple[int, int]
+) -> tuple[list[slice], tuple[slice, slice]]:
+    """The plane region to read (``loc`` grown by ``overlap`` in y and x, clipped) and the core
+    inside it."""
     read = [slice(a, b) for a, b in loc]
     core = []
     for ax, o in ((-2, overlap[0]), (-1, overlap[1])):
@@ -184,12 +199,16 @@ def read_region(array: Any, settings: RegionSettings, block_info: dict | None = 
     shape = block_info[None]["shape"]
     read, _ = _halo(loc, shape, settings.overlap)
     zs = None
-    if settings.z_window > 1:  # the planes around each of the region's planes, the stack's ends repeated
+    if (
+        settings.z_window > 1
+    ):  # the planes around each of the region's planes, the stack's ends repeated
         a, b = loc[settings.z_axis]
         h, n_z = settings.z_window // 2, shape[settings.z_axis]
         lo, hi = max(0, a - h), min(n_z, b + h)
         read[settings.z_axis] = slice(lo, hi)
-        zs = np.clip(np.arange(a, b)[:, None] + np.arange(-h, h + 1)[None, :], 0, n_z - 1) - lo  # (planes, K)
+        zs = (
+            np.clip(np.arange(a, b)[:, None] + np.arange(-h, h + 1)[None, :], 0, n_z - 1) - lo
+        )  # (planes, K)
     planes = []
     for k in settings.source_index:
         index = list(read)
@@ -206,9 +225,12 @@ def read_region(array: Any, settings: RegionSettings, block_info: dict | None = 
     return x.reshape(*x.shape[:-4], -1, *x.shape[-2:])
 
 
-def infer_region(x: np.ndarray, settings: RegionSettings, block_info: dict | None = None) -> np.ndarray:
-    """Dask task: the virtual channel of one region from :func:`read_region`'s block, in the target's units
-    (with ``settings.spread``: ``(2, ...)``, the prediction and its spread across the test-time variants)."""
+def infer_region(
+    x: np.ndarray, settings: RegionSettings, block_info: dict | None = None
+) -> np.ndarray:
+    """Dask task: the virtual channel of one region from :func:`read_region`'s block, in the
+    target's units (with ``settings.spread``: ``(2, ...)``, the prediction and its spread across
+    the test-time variants)."""
     fault_point("predict_block")
     loc = [tuple(r) for r in block_info[None]["array-location"]]
     _, core = _halo(loc, block_info[None]["shape"], settings.overlap)
@@ -216,7 +238,9 @@ def infer_region(x: np.ndarray, settings: RegionSettings, block_info: dict | Non
         return settings.inferer(x, core)
     # to the model's pixel size: the whole region predicted, resampled back, cropped once
     size = x.shape[-2:]
-    zoomed = resample(x.astype(np.float32), tuple(max(1, round(s * z)) for s, z in zip(size, settings.zoom)))
+    zoomed = resample(
+        x.astype(np.float32), tuple(max(1, round(s * z)) for s, z in zip(size, settings.zoom))
+    )
     y = settings.inferer(zoomed, None)
     return np.ascontiguousarray(resample(y, size)[..., core[0], core[1]])
 
@@ -226,13 +250,24 @@ def resample(x: np.ndarray, size: Sequence[int]) -> np.ndarray:
     if tuple(x.shape[-2:]) == tuple(size):
         return x
     t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).reshape(-1, 1, *x.shape[-2:])
-    out = torch.nn.functional.interpolate(t, size=tuple(int(s) for s in size), mode="bilinear", align_corners=False,
-                                          antialias=any(s < n for s, n in zip(size, x.shape[-2:])))
+    out = torch.nn.functional.interpolate(
+        t,
+        size=tuple(int(s) for s in size),
+        mode="bilinear",
+        align_corners=False,
+        antialias=any(s < n for s, n in zip(size, x.shape[-2:])),
+    )
     return out.reshape(*x.shape[:-2], *out.shape[-2:]).numpy()
 
 
-def region_prediction(array: Any, axes: Sequence[str], blocks: Sequence[int], settings: RegionSettings,
-                      side: int = REGION_SIDE, annotate: Callable[[], Any] = contextlib.nullcontext) -> da.Array:
+def region_prediction(
+    array: Any,
+    axes: Sequence[str],
+    blocks: Sequence[int],
+    settings: RegionSettings,
+    side: int = REGION_SIDE,
+    annotate: Callable[[], Any] = contextlib.nullcontext,
+) -> da.Array:
     """The lazy virtual channel of one image: a read and an inference task per region.
 
     ``array`` is the image's level-0 array (a zarr array or anything indexable like it, with
@@ -252,14 +287,18 @@ def region_prediction(array: Any, axes: Sequence[str], blocks: Sequence[int], se
     for ax, n, b in zip(axes, array.shape, blocks):
         if ax != "c":
             chunks.append(region_chunks(int(n), int(b), side if ax in ("y", "x") else int(b)))
-    token = tokenize(tuple(array.shape), tuple(axes), settings.token, side, getattr(array, "where", id(array)))
+    token = tokenize(
+        tuple(array.shape), tuple(axes), settings.token, side, getattr(array, "where", id(array))
+    )
     read_name, name = f"omeloc-read-region-{token}", f"omeloc-region-{token}"
     # reader and settings are bound into the functions once per image (as task arguments Dask
     # would walk them for collections); each task holds only its region's location
     read = functools.partial(_read_at, array, settings)
     infer = functools.partial(_infer_at, settings)
     shape = tuple(sum(c) for c in chunks)
-    lead = (0,) if settings.outputs > 1 else ()  # several planes: a leading axis (predictions, then spreads)
+    lead = (
+        (0,) if settings.outputs > 1 else ()
+    )  # several planes: a leading axis (predictions, then spreads)
     read_layer, infer_layer = {}, {}
     for index, loc in _region_locations(chunks):
         read_layer[(read_name, *index)] = (read, loc, shape)
@@ -278,11 +317,15 @@ def _meta(ndim: int) -> np.ndarray:
     return np.empty((0,) * ndim, dtype=np.float32)
 
 
-def _region_locations(chunks: Sequence[tuple[int, ...]]) -> list[tuple[tuple[int, ...], tuple[tuple[int, int], ...]]]:
+def _region_locations(
+    chunks: Sequence[tuple[int, ...]],
+) -> list[tuple[tuple[int, ...], tuple[tuple[int, int], ...]]]:
     """Block index and ``(start, stop)`` per axis of every chunk of ``chunks``."""
     starts = [np.cumsum((0, *c)).tolist() for c in chunks]
-    return [(index, tuple((starts[ax][i], starts[ax][i + 1]) for ax, i in enumerate(index)))
-            for index in np.ndindex(*(len(c) for c in chunks))]
+    return [
+        (index, tuple((starts[ax][i], starts[ax][i + 1]) for ax, i in enumerate(index)))
+        for index in np.ndindex(*(len(c) for c in chunks))
+    ]
 
 
 def _block_info(loc: tuple[tuple[int, int], ...], shape: tuple[int, ...]) -> dict:
@@ -290,30 +333,68 @@ def _block_info(loc: tuple[tuple[int, int], ...], shape: tuple[int, ...]) -> dic
     return {None: {"array-location": list(loc), "shape": shape}}
 
 
-def _read_at(array: Any, settings: RegionSettings, loc: tuple[tuple[int, int], ...], shape: tuple[int, ...]
-             ) -> np.ndarray:
+def _read_at(
+    array: Any, settings: RegionSettings, loc: tuple[tuple[int, int], ...], shape: tuple[int, ...]
+) -> np.ndarray:
     """Dask task: :func:`read_region` of the region at ``loc`` of a plane of ``shape``."""
     return read_region(array, settings, block_info=_block_info(loc, shape))
 
 
-def _infer_at(settings: RegionSettings, x: np.ndarray, loc: tuple[tuple[int, int], ...], shape: tuple[int, ...]
-              ) -> np.ndarray:
+def _infer_at(
+    settings: RegionSettings,
+    x: np.ndarray,
+    loc: tuple[tuple[int, int], ...],
+    shape: tuple[int, ...],
+) -> np.ndarray:
     """Dask task: :func:`infer_region` of the region at ``loc`` of a plane of ``shape``."""
     return infer_region(x, settings, block_info=_block_info(loc, shape))
 
 
-def region_settings(ref: Any, source_index: Sequence[int], c_axis: int, source_stats: Sequence[Mapping[str, Any]],
-                    target_stats: Sequence[Mapping[str, Any]], tiling: Any,
-                    zoom: tuple[float, float] = (1.0, 1.0), z_window: int = 1, z_axis: int = -1) -> RegionSettings:
-    """:class:`RegionSettings` from a :class:`~omeloc.config.TilingConfig`, device and precision resolved."""
+def region_settings(
+    ref: Any,
+    source_index: Sequence[int],
+    c_axis: int,
+    source_stats: Sequence[Mapping[str, Any]],
+    target_stats: Sequence[Mapping[str, Any]],
+    tiling: Any,
+    zoom: tuple[float, float] = (1.0, 1.0),
+    z_window: int = 1,
+    z_axis: int = -1,
+) -> RegionSettings:
+    """:class:`RegionSettings` from a :class:`~omeloc.config.TilingConfig`, device and precision
+    resolved."""
     tile, overlap = check_tiling(int(tiling.tile), int(tiling.overlap))
     dev = resolve_device(tiling.device)
-    settings = RegionSettings(ref=ref, source_index=tuple(int(i) for i in source_index), c_axis=c_axis,
-                              source_stats=tuple(source_stats), target_stats=tuple(target_stats), tile=tile,
-                              overlap=overlap, blend=tiling.blend, batch_size=tiling.batch_size,
-                              device=str(dev), precision=resolve_precision(tiling.precision, dev),
-                              zoom=(float(zoom[0]), float(zoom[1])), z_window=int(z_window), z_axis=int(z_axis))
-    key = (getattr(ref, "key", repr(ref)), settings.source_index, c_axis, repr(source_stats), repr(target_stats),
-           tile, overlap, settings.blend, settings.batch_size, settings.device, settings.precision, settings.zoom,
-           settings.z_window, settings.z_axis)
+    settings = RegionSettings(
+        ref=ref,
+        source_index=tuple(int(i) for i in source_index),
+        c_axis=c_axis,
+        source_stats=tuple(source_stats),
+        target_stats=tuple(target_stats),
+        tile=tile,
+        overlap=overlap,
+        blend=tiling.blend,
+        batch_size=tiling.batch_size,
+        device=str(dev),
+        precision=resolve_precision(tiling.precision, dev),
+        zoom=(float(zoom[0]), float(zoom[1])),
+        z_window=int(z_window),
+        z_axis=int(z_axis),
+    )
+    key = (
+        getattr(ref, "key", repr(ref)),
+        settings.source_index,
+        c_axis,
+        repr(source_stats),
+        repr(target_stats),
+        tile,
+        overlap,
+        settings.blend,
+        settings.batch_size,
+        settings.device,
+        settings.precision,
+        settings.zoom,
+        settings.z_window,
+        settings.z_axis,
+    )
     return dataclasses.replace(settings, token=tokenize(key))

@@ -32,10 +32,19 @@ RELATE_CONFIG = TrainConfig(depth=3, base_channels=16, crop=96, batch_size=4)
 RELATE_STEPS = 300
 
 
-def relate(plate: str | Path, channels: Sequence[str], config: TrainConfig | None = None, *,
-           out: str | Path = "relate", sources: Sequence[str] | None = None, budget: int | None = None,
-           joint: bool = False, progress: bool = False, on_pair: Callable[[dict], None] | None = None,
-           **overrides: Any) -> RelateResult:
+def relate(
+    plate: str | Path,
+    channels: Sequence[str],
+    config: TrainConfig | None = None,
+    *,
+    out: str | Path = "relate",
+    sources: Sequence[str] | None = None,
+    budget: int | None = None,
+    joint: bool = False,
+    progress: bool = False,
+    on_pair: Callable[[dict], None] | None = None,
+    **overrides: Any,
+) -> RelateResult:
     """Train a small model for every ordered pair of channels and score it on held-out wells.
 
     Parameters
@@ -65,10 +74,10 @@ def relate(plate: str | Path, channels: Sequence[str], config: TrainConfig | Non
     on_pair
         Called with each finished row.
     **overrides
-        Any :class:`~omeloc.config.TrainConfig` field (``val_wells``, ``model``, ``depth``, ``crop``, ``seed``, ...).
-        ``minutes=M`` trains each model for ``M`` minutes (the same rule as ``omeloc train
-        --minutes``: steps and schedule fitted to the measured step time), so a run takes about
-        ``M`` times the number of models, plus the held-out scoring of each.
+        Any :class:`~omeloc.config.TrainConfig` field (``val_wells``, ``model``, ``depth``,
+        ``crop``, ``seed``, ...). ``minutes=M`` trains each model for ``M`` minutes (the same rule
+        as ``omeloc train --minutes``: steps and schedule fitted to the measured step time), so a
+        run takes about ``M`` times the number of models, plus the held-out scoring of each.
 
     Returns
     -------
@@ -79,7 +88,9 @@ def relate(plate: str | Path, channels: Sequence[str], config: TrainConfig | Non
     channels, sources = _check_channels(opened, channels, sources)
     if budget is not None:
         if budget < 1:
-            raise InputError(f"Expected a budget of at least 1 training step per pair. Got {budget} instead.")
+            raise InputError(
+                f"Expected a budget of at least 1 training step per pair. Got {budget} instead."
+            )
         overrides = {**overrides, "steps": budget}
     cfg = resolve(TrainConfig, RELATE_CONFIG if config is None else config, overrides)
     cfg = cfg.replace(val_wells=tuple(_val_wells(opened, cfg.val_wells)))
@@ -90,7 +101,7 @@ def relate(plate: str | Path, channels: Sequence[str], config: TrainConfig | Non
     rows = []
     for s in sources:
         targets = [t for t in channels if t != s]
-        for group in ([targets] if joint else [[t] for t in targets]):
+        for group in [targets] if joint else [[t] for t in targets]:
             for row in _relate_pair(opened, s, group, cfg, out_dir, progress):
                 rows.append(row)
                 if on_pair is not None:
@@ -101,8 +112,9 @@ def relate(plate: str | Path, channels: Sequence[str], config: TrainConfig | Non
     return res
 
 
-def _check_channels(opened: Plate, channels: Sequence[str],
-                    sources: Sequence[str] | None) -> tuple[list[str], list[str]]:
+def _check_channels(
+    opened: Plate, channels: Sequence[str], sources: Sequence[str] | None
+) -> tuple[list[str], list[str]]:
     """Channels without repeats (at least two, all in the plate) and the sources among them."""
     channels = list(dict.fromkeys(channels))
     if len(channels) < 2:
@@ -112,12 +124,15 @@ def _check_channels(opened: Plate, channels: Sequence[str],
     sources = list(sources) if sources else channels
     for s in sources:
         if s not in channels:
-            raise InputError(f"Expected --sources among --channels ({', '.join(channels)}). Got {s!r} instead.")
+            raise InputError(
+                f"Expected --sources among --channels ({', '.join(channels)}). Got {s!r} instead."
+            )
     return channels, sources
 
 
 def _val_wells(opened: Plate, names: Sequence[str] | None) -> list[str]:
-    """Paths of the held-out wells: those named, else :func:`~omeloc.learn.split.default_val_wells`."""
+    """Paths of the held-out wells: those named, else
+    :func:`~omeloc.learn.split.default_val_wells`."""
     from omeloc.learn.split import check_wells_left, default_val_wells
 
     wells = [w.path for w in opened.wells.values()]
@@ -126,35 +141,72 @@ def _val_wells(opened: Plate, names: Sequence[str] | None) -> list[str]:
     return val
 
 
-def _relate_pair(opened: Plate, source: str, targets: list[str], cfg: TrainConfig, out_dir: Path,
-                 progress: bool) -> list[dict]:
-    """Train ``source → targets`` on the training wells; one row per target, scored on ``cfg.val_wells``."""
+def _relate_pair(
+    opened: Plate, source: str, targets: list[str], cfg: TrainConfig, out_dir: Path, progress: bool
+) -> list[dict]:
+    """Train ``source → targets`` on the training wells; one row per target, scored on
+    ``cfg.val_wells``."""
     from omeloc.learn.training import train
 
     t0 = time.perf_counter()
     ckpt_dir = out_dir / "models" / f"{source}__{'+'.join(targets)}".replace("/", "_")
-    trained = train(opened.path, source, targets, cfg, out=ckpt_dir, overwrite=True, progress=progress)
-    scores = heldout_scores(opened, list(cfg.val_wells), Path(trained.checkpoint), cfg.level, cfg.device)
+    trained = train(
+        opened.path, source, targets, cfg, out=ckpt_dir, overwrite=True, progress=progress
+    )
+    scores = heldout_scores(
+        opened, list(cfg.val_wells), Path(trained.checkpoint), cfg.level, cfg.device
+    )
     seconds = (time.perf_counter() - t0) / len(targets)
     rows = []
     for t in targets:
         sc = scores[t]
-        rows.append({"source": source, "target": t, "pearson_r": sc["pearson_r"], "baseline_r": sc["baseline_r"],
-                     "gain": sc["pearson_r"] - sc["baseline_r"], "structure_r": sc["structure_r"],
-                     "baseline_structure_r": sc["baseline_structure_r"], "foreground_r": sc["foreground_r"],
-                     "baseline_foreground_r": sc["baseline_foreground_r"],
-                     "checkpoint": str(trained.checkpoint), "seconds": seconds})
-        logger.info("%s -> %s: held-out r %.3f (baseline %.3f), structure r %.3f", source, t, sc["pearson_r"],
-                    sc["baseline_r"], sc["structure_r"])
+        rows.append(
+            {
+                "source": source,
+                "target": t,
+                "pearson_r": sc["pearson_r"],
+                "baseline_r": sc["baseline_r"],
+                "gain": sc["pearson_r"] - sc["baseline_r"],
+                "structure_r": sc["structure_r"],
+                "baseline_structure_r": sc["baseline_structure_r"],
+                "foreground_r": sc["foreground_r"],
+                "baseline_foreground_r": sc["baseline_foreground_r"],
+                "checkpoint": str(trained.checkpoint),
+                "seconds": seconds,
+            }
+        )
+        logger.info(
+            "%s -> %s: held-out r %.3f (baseline %.3f), structure r %.3f",
+            source,
+            t,
+            sc["pearson_r"],
+            sc["baseline_r"],
+            sc["structure_r"],
+        )
     return rows
 
 
 def _write_csv(rows: list[dict], path: Path) -> Path:
     with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["source", "target", "pearson_r", "baseline_r", "gain",
-                                               "structure_r", "baseline_structure_r", "foreground_r",
-                                               "baseline_foreground_r", "seconds", "checkpoint"])
+        writer = csv.DictWriter(
+            f,
+            fieldnames=[
+                "source",
+                "target",
+                "pearson_r",
+                "baseline_r",
+                "gain",
+                "structure_r",
+                "baseline_structure_r",
+                "foreground_r",
+                "baseline_foreground_r",
+                "seconds",
+                "checkpoint",
+            ],
+        )
         writer.writeheader()
         for row in rows:
-            writer.writerow({k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in row.items()})
+            writer.writerow(
+                {k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in row.items()}
+            )
     return path

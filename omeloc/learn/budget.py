@@ -46,11 +46,15 @@ class StepTiming:
     """Seconds the measurement itself took (part of the budget)."""
 
     def describe(self) -> str:
-        return f"{self.step:.3f} s/step, {self.validation:.2f} s/validation (measured over {MEASURED_STEPS} steps)"
+        return (
+            f"{self.step:.3f} s/step, {self.validation:.2f} s/validation (measured over "
+            f"{MEASURED_STEPS} steps)"
+        )
 
 
 def measure(trainer: Any, steps: int = MEASURED_STEPS) -> StepTiming:
-    """Time ``steps`` training steps of ``trainer`` (a :class:`~omeloc.learn.trainer.Trainer`) and undo them.
+    """Time ``steps`` training steps of ``trainer`` (a :class:`~omeloc.learn.trainer.Trainer`) and
+    undo them.
 
     The batches are those the run will use first (batch ``i`` depends on ``(seed, i)`` only);
     the networks' weights, their normalization statistics and the optimizers' states are
@@ -78,11 +82,16 @@ def measure(trainer: Any, steps: int = MEASURED_STEPS) -> StepTiming:
         validation = time.perf_counter() - t_val
     finally:
         objective.load_state_dict(saved)
-    return StepTiming(step=_median(reads) + _median(computes), validation=validation, spent=time.perf_counter() - t0)
+    return StepTiming(
+        step=_median(reads) + _median(computes),
+        validation=validation,
+        spent=time.perf_counter() - t0,
+    )
 
 
-def fit_steps(seconds_left: float, timing: StepTiming, *, val_every: int | None = None,
-              cap: int | None = None) -> int:
+def fit_steps(
+    seconds_left: float, timing: StepTiming, *, val_every: int | None = None, cap: int | None = None
+) -> int:
     """The number of steps whose training and validations fit in ``seconds_left``.
 
     Validations: ten per run (the default interval), or one every ``val_every`` steps.  At
@@ -91,13 +100,18 @@ def fit_steps(seconds_left: float, timing: StepTiming, *, val_every: int | None 
     if val_every is None:
         steps = (seconds_left - 10 * timing.validation) / max(timing.step, 1e-6)
     else:
-        steps = (seconds_left - timing.validation) / max(timing.step + timing.validation / val_every, 1e-6)
+        steps = (seconds_left - timing.validation) / max(
+            timing.step + timing.validation / val_every, 1e-6
+        )
     steps = max(1, math.floor(steps))
     return min(steps, cap) if cap is not None else steps
 
 
-def refit_steps(step: int, start: int, elapsed: float, seconds_left: float, cap: int | None = None) -> int:
-    """The total steps that end the run within ``seconds_left``, at the pace of steps ``start`` … ``step``.
+def refit_steps(
+    step: int, start: int, elapsed: float, seconds_left: float, cap: int | None = None
+) -> int:
+    """The total steps that end the run within ``seconds_left``, at the pace of steps ``start`` …
+    ``step``.
 
     ``elapsed`` seconds were spent on those steps (validations included); the result is at
     least ``step`` (stop now) and at most ``cap``.
@@ -124,7 +138,9 @@ class FallingRate:
         f = lr_factor(step, steps, schedule)
         if self.ceiling is not None and f > self.ceiling:
             return self.ceiling
-        if schedule != "constant" and step >= max(1, steps // 20):  # past the warm-up: from here on it only falls
+        if schedule != "constant" and step >= max(
+            1, steps // 20
+        ):  # past the warm-up: from here on it only falls
             self.ceiling = f
         return f
 

@@ -57,13 +57,19 @@ __all__ = [
 
 #: the largest U-Net a checkpoint may describe: integer settings from 1 to these, and at most
 #: MAX_PARAMETERS weights (a checkpoint is untrusted input: depth 10**6 must not exhaust memory)
-ARCHITECTURE_LIMITS = {"depth": 10, "base_channels": 1024, "in_channels": 1024, "out_channels": 1024,
-                       "z_window": 63}
+ARCHITECTURE_LIMITS = {
+    "depth": 10,
+    "base_channels": 1024,
+    "in_channels": 1024,
+    "out_channels": 1024,
+    "z_window": 63,
+}
 MAX_PARAMETERS = 2**30
 
 
 def check_architecture(architecture: Any, where: str = "The checkpoint") -> None:
-    """Refuse an architecture whose sizes are not small positive integers or whose weights would be absurd.
+    """Refuse an architecture whose sizes are not small positive integers or whose weights would be
+    absurd.
 
     Raises
     ------
@@ -71,34 +77,47 @@ def check_architecture(architecture: Any, where: str = "The checkpoint") -> None
         One line naming the setting and the allowed range.
     """
     if not isinstance(architecture, dict):
-        raise CheckpointError(f"{where} has architecture {architecture!r}, not a JSON object. Retrain.")
+        raise CheckpointError(
+            f"{where} has architecture {architecture!r}, not a JSON object. Retrain."
+        )
     for key, top in ARCHITECTURE_LIMITS.items():
         value = architecture.get(key, 1)
         if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= top:
-            raise CheckpointError(f"{where} has architecture {key}={repr(value)[:40]}; expected an integer from 1 "
-                                  f"to {top}. Retrain, or restore {META_FILE}.")
+            raise CheckpointError(
+                f"{where} has architecture {key}={repr(value)[:40]}; expected an integer from 1 "
+                f"to {top}. Retrain, or restore {META_FILE}."
+            )
     depth, base = int(architecture.get("depth", 4)), int(architecture.get("base_channels", 32))
-    weights = 40 * sum((base * 2**i) ** 2 for i in range(depth + 1))  # an upper bound of the U-Net's weights
+    weights = 40 * sum(
+        (base * 2**i) ** 2 for i in range(depth + 1)
+    )  # an upper bound of the U-Net's weights
     if weights > MAX_PARAMETERS:
-        raise CheckpointError(f"{where} has an architecture of about {weights:.1e} weights (depth {depth}, "
-                              f"base_channels {base}), more than the {MAX_PARAMETERS:.1e} omeloc builds. "
-                              f"Retrain smaller.")
+        raise CheckpointError(
+            f"{where} has an architecture of about {weights:.1e} weights (depth {depth}, "
+            f"base_channels {base}), more than the {MAX_PARAMETERS:.1e} omeloc builds. "
+            f"Retrain smaller."
+        )
 
 
 def build_network(architecture: dict[str, Any]) -> torch.nn.Module:
-    """The (untrained) network an architecture dict describes (``{"architecture": "unet", ...}``)."""
+    """The (untrained) network an architecture dict describes
+    (``{"architecture": "unet", ...}``)."""
     from omeloc.learn.models import UNet
 
     check_architecture(architecture)
     arch = dict(architecture)
     kind = arch.pop("architecture", None)
     if kind != "unet":
-        raise CheckpointError(f"Unknown architecture {kind!r} in checkpoint; this omeloc builds 'unet' generators. "
-                              f"Upgrade omeloc or retrain.")
+        raise CheckpointError(
+            f"Unknown architecture {kind!r} in checkpoint; this omeloc builds 'unet' generators. "
+            f"Upgrade omeloc or retrain."
+        )
     try:
         return UNet(**arch)
     except (TypeError, ValueError) as err:
-        raise CheckpointError(f"Checkpoint architecture {architecture} does not describe a U-Net: {err}.") from err
+        raise CheckpointError(
+            f"Checkpoint architecture {architecture} does not describe a U-Net: {err}."
+        ) from err
 
 
 @dataclass
@@ -144,7 +163,8 @@ class Checkpoint:
 
     @property
     def pixel(self) -> Any:
-        """:attr:`pixel_size` as a :class:`~omeloc.learn.units.PixelSize` (``None`` when not recorded)."""
+        """:attr:`pixel_size` as a :class:`~omeloc.learn.units.PixelSize` (``None`` when not
+        recorded)."""
         from omeloc.learn.units import PixelSize
 
         return PixelSize.from_json(self.pixel_size)
@@ -167,8 +187,8 @@ class Checkpoint:
             net.load_state_dict(state)
         except (RuntimeError, TypeError, KeyError) as err:
             raise CheckpointError(
-                f"The weights in {self.path / WEIGHTS_FILE} do not fit the architecture in {META_FILE} "
-                f"({str(err).splitlines()[0]}). Retrain or restore the original file."
+                f"The weights in {self.path / WEIGHTS_FILE} do not fit the architecture in "
+                f"{META_FILE} ({str(err).splitlines()[0]}). Retrain or restore the original file."
             ) from None
         return net.to(device).eval()
 
@@ -193,7 +213,8 @@ def _json_default(o: Any) -> Any:
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
-    """``torch.save(obj, path)`` through a temporary file and a rename: ``path`` is never half written."""
+    """``torch.save(obj, path)`` through a temporary file and a rename: ``path`` is never half
+    written."""
     tmp = path.with_name(f".{path.name}.tmp")
     torch.save(obj, tmp)
     os.replace(tmp, path)
@@ -201,27 +222,34 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
 
 def _safe_load(path: Path) -> Any:
     if not path.is_file():
-        raise CheckpointError(f"Missing {path.name} in checkpoint {path.parent}. Pass the folder that "
-                              f"'omeloc train --out' wrote.")
+        raise CheckpointError(
+            f"Missing {path.name} in checkpoint {path.parent}. Pass the folder that "
+            f"'omeloc train --out' wrote."
+        )
     try:
-        with warnings.catch_warnings():  # torch warns about pickle protocols on stderr: one error line is enough
+        with (
+            warnings.catch_warnings()
+        ):  # torch warns about pickle protocols on stderr: one error line is enough
             warnings.simplefilter("ignore")
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(err))
         what = f"the Python object {found.group(1)}" if found else "Python objects besides tensors"
         raise CheckpointError(
-            f"Refused to load {path}: it holds {what}, which omeloc never unpickles. Use a checkpoint written "
-            f"by 'omeloc train' (weights only)."
+            f"Refused to load {path}: it holds {what}, which omeloc never unpickles. Use a "
+            f"checkpoint written by 'omeloc train' (weights only)."
         ) from None
     except (RuntimeError, EOFError, OSError, ValueError, AttributeError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CheckpointError(f"Cannot read {path} (truncated or not a torch file: {first[:160]}). "
-                              f"Restore it or retrain.") from None
+        raise CheckpointError(
+            f"Cannot read {path} (truncated or not a torch file: {first[:160]}). "
+            f"Restore it or retrain."
+        ) from None
 
 
 def save_state(folder: str | Path, state: dict[str, Any]) -> Path:
-    """Write the resume state (``last.pt``: tensors and plain containers only) into ``folder``, atomically."""
+    """Write the resume state (``last.pt``: tensors and plain containers only) into ``folder``,
+    atomically."""
     path = Path(folder) / STATE_FILE
     atomic_torch_save(state, path)
     return path
@@ -245,44 +273,69 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         folder = folder.parent
     meta_path = folder / META_FILE
     if not folder.exists():
-        raise CheckpointError(f"No checkpoint at {folder}: the folder does not exist. Pass the folder that "
-                              f"'omeloc train --out' wrote.")
+        raise CheckpointError(
+            f"No checkpoint at {folder}: the folder does not exist. Pass the folder that "
+            f"'omeloc train --out' wrote."
+        )
     if not meta_path.is_file():
-        raise CheckpointError(f"{folder} is not an omeloc checkpoint: it has no {META_FILE}. Pass the folder "
-                              f"that 'omeloc train --out' wrote.")
+        raise CheckpointError(
+            f"{folder} is not an omeloc checkpoint: it has no {META_FILE}. Pass the folder "
+            f"that 'omeloc train --out' wrote."
+        )
     try:
         meta = json.loads(meta_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise CheckpointError(f"{meta_path} is not valid JSON ({err}). Restore it or retrain.") from None
+        raise CheckpointError(
+            f"{meta_path} is not valid JSON ({err}). Restore it or retrain."
+        ) from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise CheckpointError(f"{meta_path} is not an omeloc checkpoint (no \"format\": \"{FORMAT}\").")
+        raise CheckpointError(f'{meta_path} is not an omeloc checkpoint (no "format": "{FORMAT}").')
     version = meta.get("format_version", 0)
     if isinstance(version, bool) or not isinstance(version, int) or version < 0:
-        raise CheckpointError(f"{meta_path} has format_version {str(version)[:40]!r}, not a whole number "
-                              f"(this omeloc writes {FORMAT_VERSION}). Restore the file or retrain.")
+        raise CheckpointError(
+            f"{meta_path} has format_version {str(version)[:40]!r}, not a whole number "
+            f"(this omeloc writes {FORMAT_VERSION}). Restore the file or retrain."
+        )
     if version > FORMAT_VERSION:
-        raise CheckpointError(f"{meta_path} has format version {meta['format_version']}; this omeloc reads "
-                              f"up to {FORMAT_VERSION}. Upgrade omeloc.")
+        raise CheckpointError(
+            f"{meta_path} has format version {meta['format_version']}; this omeloc reads "
+            f"up to {FORMAT_VERSION}. Upgrade omeloc."
+        )
     try:
         ckpt = Checkpoint(
-            path=folder.resolve(), architecture=dict(meta["architecture"]), model=str(meta.get("model", "unet")),
-            source=list(meta["source"]), target=list(meta["target"]), normalization=dict(meta["normalization"]),
-            tile=int(meta.get("tile", 512)), overlap=int(meta.get("overlap", 32)), level=int(meta.get("level", 0)),
-            provenance=dict(meta.get("provenance", {})), metrics=dict(meta.get("metrics", {})),
+            path=folder.resolve(),
+            architecture=dict(meta["architecture"]),
+            model=str(meta.get("model", "unet")),
+            source=list(meta["source"]),
+            target=list(meta["target"]),
+            normalization=dict(meta["normalization"]),
+            tile=int(meta.get("tile", 512)),
+            overlap=int(meta.get("overlap", 32)),
+            level=int(meta.get("level", 0)),
+            provenance=dict(meta.get("provenance", {})),
+            metrics=dict(meta.get("metrics", {})),
             pixel_size=meta.get("pixel_size"),
         )
     except (KeyError, TypeError, ValueError) as err:
-        raise CheckpointError(f"{meta_path} lacks or mangles a required field ({err}). Restore it or retrain.") from None
+        raise CheckpointError(
+            f"{meta_path} lacks or mangles a required field ({err}). Restore it or retrain."
+        ) from None
     if not 0 <= ckpt.level <= MAX_LEVEL:
-        raise CheckpointError(f"{meta_path} says it was trained on pyramid level {ckpt.level}, not a level "
-                              f"between 0 and {MAX_LEVEL}. Restore the file or retrain.")
+        raise CheckpointError(
+            f"{meta_path} says it was trained on pyramid level {ckpt.level}, not a level "
+            f"between 0 and {MAX_LEVEL}. Restore the file or retrain."
+        )
     check_architecture(ckpt.architecture, str(meta_path))
     _ = ckpt.pixel  # refuses a mangled pixel size
     for ch in ckpt.source + ckpt.target:
         if ch not in ckpt.normalization:
-            raise CheckpointError(f"{meta_path} has no normalization statistics for channel {ch!r}. Retrain.")
+            raise CheckpointError(
+                f"{meta_path} has no normalization statistics for channel {ch!r}. Retrain."
+            )
     if not (folder / WEIGHTS_FILE).is_file():
-        raise CheckpointError(f"Missing {WEIGHTS_FILE} in checkpoint {folder}. Restore it or retrain.")
+        raise CheckpointError(
+            f"Missing {WEIGHTS_FILE} in checkpoint {folder}. Restore it or retrain."
+        )
     return ckpt
 
 
@@ -302,7 +355,8 @@ class CheckpointRef:
         self.key = f"checkpoint:{h.hexdigest()[:20]}"
 
     def load(self, device: torch.device | str) -> torch.nn.Module:
-        """The trained generator on ``device`` (read from the folder: call it in the process that runs it)."""
+        """The trained generator on ``device`` (read from the folder: call it in the process that
+        runs it)."""
         return load_checkpoint(self.path).build_model(device)
 
     def __repr__(self) -> str:
@@ -319,7 +373,7 @@ def check_level(ckpt: Checkpoint, levels: int, where: str) -> None:
     """
     if ckpt.level >= levels:
         raise InputError(
-            f"The checkpoint {ckpt.path} was trained on pyramid level {ckpt.level}, but {where} has "
-            f"{levels} level(s) (0 to {levels - 1}): its pixel size does not match any level there. "
-            f"Use a model trained on this plate's levels (omeloc train --level)."
+            f"The checkpoint {ckpt.path} was trained on pyramid level {ckpt.level}, but {where} "
+            f"has {levels} level(s) (0 to {levels - 1}): its pixel size does not match any level "
+            f"there. Use a model trained on this plate's levels (omeloc train --level)."
         )

@@ -18,7 +18,17 @@ __all__ = ["CURVES_FILE", "LOG_FIELDS", "LOG_FILE", "TrainLog", "write_curves"]
 
 LOG_FILE = "train_log.csv"
 CURVES_FILE = "curves.png"
-LOG_FIELDS = ["step", "loss", "l1", "gan", "d_loss", "val_l1", "val_pearson_r", "seconds", "val_structure_r"]
+LOG_FIELDS = [
+    "step",
+    "loss",
+    "l1",
+    "gan",
+    "d_loss",
+    "val_l1",
+    "val_pearson_r",
+    "seconds",
+    "val_structure_r",
+]
 
 
 class TrainLog:
@@ -65,9 +75,11 @@ class TrainLog:
         return self.path
 
 
-def write_curves(rows: list[dict[str, Any]], path: str | Path, title: str,
-                 baseline: float | None = None) -> Path | None:
-    """Learning curves (train and validation L1, validation Pearson r) as a PNG; ``None`` without matplotlib.
+def write_curves(
+    rows: list[dict[str, Any]], path: str | Path, title: str, baseline: float | None = None
+) -> Path | None:
+    """Learning curves (train and validation L1, validation Pearson r) as a PNG; ``None`` without
+    matplotlib.
 
     ``baseline``: the no-learning baseline's validation Pearson r, drawn as a dashed line.
     """
@@ -79,12 +91,18 @@ def write_curves(rows: list[dict[str, Any]], path: str | Path, title: str,
     ax1, ax2 = fig.subplots(1, 2)
     steps = [r["step"] for r in rows]
     ax1.plot(steps, [r["l1"] for r in rows], lw=1, label="train L1")
-    val = [(r["step"], r["val_l1"], r["val_pearson_r"]) for r in rows if r.get("val_l1") not in (None, "")]
+    val = [
+        (r["step"], r["val_l1"], r["val_pearson_r"])
+        for r in rows
+        if r.get("val_l1") not in (None, "")
+    ]
     if val:
         ax1.plot([v[0] for v in val], [v[1] for v in val], "o-", ms=3, label="validation L1")
         ax2.plot([v[0] for v in val], [v[2] for v in val], "o-", ms=3, color="C2")
     if baseline is not None and math.isfinite(baseline):
-        ax2.axhline(baseline, color="C3", ls="--", lw=1.2, label=f"no-learning baseline {baseline:.3f}")
+        ax2.axhline(
+            baseline, color="C3", ls="--", lw=1.2, label=f"no-learning baseline {baseline:.3f}"
+        )
         ax2.legend(frameon=False, loc="lower right")
     ax1.set_xlabel("step")
     ax1.set_ylabel("L1 (normalized units)")

@@ -22,7 +22,7 @@ __all__ = ["detail_l1", "gaussian_filter", "high_pass", "ssim"]
 
 SSIM_SIGMA = 1.5
 DETAIL_SIGMA = 4.0
-_C1, _C2 = 0.01 ** 2, 0.03 ** 2
+_C1, _C2 = 0.01**2, 0.03**2
 
 
 def _kernel(sigma: float, radius: int, like: torch.Tensor) -> torch.Tensor:
@@ -57,11 +57,11 @@ def ssim(pred: torch.Tensor, target: torch.Tensor, sigma: float = SSIM_SIGMA) ->
     """
     pred, target = pred.float(), target.float()
     mu_p, mu_t = gaussian_filter(pred, sigma), gaussian_filter(target, sigma)
-    var_p = gaussian_filter(pred * pred, sigma) - mu_p ** 2
-    var_t = gaussian_filter(target * target, sigma) - mu_t ** 2
+    var_p = gaussian_filter(pred * pred, sigma) - mu_p**2
+    var_t = gaussian_filter(target * target, sigma) - mu_t**2
     cov = gaussian_filter(pred * target, sigma) - mu_p * mu_t
     num = (2 * mu_p * mu_t + _C1) * (2 * cov + _C2)
-    den = (mu_p ** 2 + mu_t ** 2 + _C1) * (var_p + var_t + _C2)
+    den = (mu_p**2 + mu_t**2 + _C1) * (var_p + var_t + _C2)
     return (num / den).mean()
 
 
@@ -70,6 +70,8 @@ def high_pass(x: torch.Tensor, sigma: float = DETAIL_SIGMA) -> torch.Tensor:
     return x - gaussian_filter(x, sigma)
 
 
-def detail_l1(pred: torch.Tensor, target: torch.Tensor, sigma: float = DETAIL_SIGMA) -> torch.Tensor:
+def detail_l1(
+    pred: torch.Tensor, target: torch.Tensor, sigma: float = DETAIL_SIGMA
+) -> torch.Tensor:
     """Mean absolute difference of the high-pass detail of ``pred`` and ``target``."""
     return (high_pass(pred.float(), sigma) - high_pass(target.float(), sigma)).abs().mean()

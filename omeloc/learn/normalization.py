@@ -24,9 +24,11 @@ DEFAULT_PERCENTILES = (1.0, 99.8)
 _MAX_SAMPLES_PER_FIELD = 1 << 18
 
 
-def percentile_stats(planes: Iterable[np.ndarray], percentiles: Sequence[float] = DEFAULT_PERCENTILES,
-                     seed: int = 0) -> dict[str, float]:
-    """Low and high percentiles of the pixels of ``planes`` (each subsampled to at most 2**18 pixels).
+def percentile_stats(
+    planes: Iterable[np.ndarray], percentiles: Sequence[float] = DEFAULT_PERCENTILES, seed: int = 0
+) -> dict[str, float]:
+    """Low and high percentiles of the pixels of ``planes`` (each subsampled to at most 2**18
+    pixels).
 
     Parameters
     ----------
@@ -54,11 +56,15 @@ def percentile_stats(planes: Iterable[np.ndarray], percentiles: Sequence[float] 
             flat = flat[rng.integers(0, flat.size, _MAX_SAMPLES_PER_FIELD)]
         samples.append(flat.astype(np.float64))
     if not samples:
-        raise InputError("Expected at least one image to measure normalization statistics. Got none.")
+        raise InputError(
+            "Expected at least one image to measure normalization statistics. Got none."
+        )
     pixels = np.concatenate(samples)
     pixels = pixels[np.isfinite(pixels)]
     if pixels.size == 0:
-        raise InputError("Expected finite pixel values to measure normalization statistics. Got only NaN/inf.")
+        raise InputError(
+            "Expected finite pixel values to measure normalization statistics. Got only NaN/inf."
+        )
     low, high = np.percentile(pixels, [lo_p, hi_p])
     if not high > low:
         high = low + 1.0
@@ -69,14 +75,20 @@ def _check(stats: Mapping[str, Any]) -> tuple[float, float]:
     try:
         low, high = float(stats["low"]), float(stats["high"])
     except (KeyError, TypeError, ValueError) as err:
-        raise InputError(f"Expected normalization statistics with 'low' and 'high'. Got {stats!r} instead.") from err
+        raise InputError(
+            f"Expected normalization statistics with 'low' and 'high'. Got {stats!r} instead."
+        ) from err
     if not high > low:
-        raise InputError(f"Expected normalization statistics with high > low. Got low={low}, high={high} instead.")
+        raise InputError(
+            f"Expected normalization statistics with high > low. Got low={low}, high={high} "
+            "instead."
+        )
     return low, high
 
 
 def normalize(x: Any, stats: Mapping[str, Any]) -> Any:
-    """Scale ``x`` so that ``stats['low']`` → 0 and ``stats['high']`` → 1 (float32 for numpy/dask)."""
+    """Scale ``x`` so that ``stats['low']`` → 0 and ``stats['high']`` → 1 (float32 for
+    numpy/dask)."""
     low, high = _check(stats)
     if hasattr(x, "astype") and not _is_torch(x):
         x = x.astype(np.float32)
@@ -84,7 +96,8 @@ def normalize(x: Any, stats: Mapping[str, Any]) -> Any:
 
 
 def finite(x: Any) -> Any:
-    """Replace non-finite values of a *normalized* array: NaN and -inf → 0, +inf → 1 (numpy or dask)."""
+    """Replace non-finite values of a *normalized* array: NaN and -inf → 0, +inf → 1 (numpy or
+    dask)."""
     if type(x).__module__.startswith("dask"):
         return x.map_blocks(_finite_np, dtype=x.dtype)
     return _finite_np(x)
@@ -101,7 +114,8 @@ def denormalize(y: Any, stats: Mapping[str, Any]) -> Any:
 
 
 def normalize_channels(planes: Sequence[Any], stats: Sequence[Mapping[str, Any]]) -> Any:
-    """Normalize each channel with its own statistics, make it finite, stack them as ``(..., C, Y, X)``.
+    """Normalize each channel with its own statistics, make it finite, stack them as
+    ``(..., C, Y, X)``.
 
     Parameters
     ----------
@@ -116,16 +130,21 @@ def normalize_channels(planes: Sequence[Any], stats: Sequence[Mapping[str, Any]]
         float32, channels along axis -3 (a dask array when the planes are dask arrays).
     """
     if len(planes) != len(stats):
-        raise InputError(f"Expected one statistics entry per channel. Got {len(planes)} channels and "
-                         f"{len(stats)} entries instead.")
+        raise InputError(
+            f"Expected one statistics entry per channel. Got {len(planes)} channels and "
+            f"{len(stats)} entries instead."
+        )
     out = [finite(normalize(p, s)) for p, s in zip(planes, stats)]
     return _stack(out)
 
 
 def denormalize_channels(y: Any, stats: Sequence[Mapping[str, Any]]) -> Any:
-    """Inverse of :func:`normalize_channels` for a ``(..., C, Y, X)`` array (numpy or dask): each channel in its units."""
+    """Inverse of :func:`normalize_channels` for a ``(..., C, Y, X)`` array (numpy or dask): each
+    channel in its units."""
     if y.shape[-3] != len(stats):
-        raise InputError(f"Expected {len(stats)} channels along axis -3. Got {y.shape[-3]} instead.")
+        raise InputError(
+            f"Expected {len(stats)} channels along axis -3. Got {y.shape[-3]} instead."
+        )
     return _stack([denormalize(y[..., k, :, :], s) for k, s in enumerate(stats)])
 
 

@@ -31,7 +31,14 @@ from omeloc.learn.losses import detail_l1, ssim
 from omeloc.learn.models import PatchGAN, UNet
 from omeloc.learn.models.pix2pix import BETAS, discriminator_loss, generator_loss
 
-__all__ = ["Objective", "Pix2PixObjective", "UNetObjective", "build_objective", "default_lr", "lr_factor"]
+__all__ = [
+    "Objective",
+    "Pix2PixObjective",
+    "UNetObjective",
+    "build_objective",
+    "default_lr",
+    "lr_factor",
+]
 
 #: Adam learning rate when none is given (both models; pix2pix keeps its paper betas)
 UNET_LR = 3e-3
@@ -42,7 +49,8 @@ def default_lr(model: str) -> float:
     """The learning rate used when the configuration gives none: 3e-3 for both models.
 
     pix2pix's paper rate (:data:`omeloc.learn.models.pix2pix.LR`, 2e-4) learned 3–10x less structure
-    in minutes of CPU training than 3e-3 with the L1 warm-up (measured: ``benchmarks/related_pairs.py``).
+    in minutes of CPU training than 3e-3 with the L1 warm-up (measured:
+    ``benchmarks/related_pairs.py``).
     """
     return UNET_LR
 
@@ -80,8 +88,14 @@ class Objective:
     #: what the checkpoint's provenance records as the loss
     loss_name = ""
 
-    def __init__(self, net: torch.nn.Module, lr: float, betas: tuple[float, float], device: torch.device,
-                 precision: str) -> None:
+    def __init__(
+        self,
+        net: torch.nn.Module,
+        lr: float,
+        betas: tuple[float, float],
+        device: torch.device,
+        precision: str,
+    ) -> None:
         self.net, self.lr, self.betas = net, lr, tuple(betas)
         self.device, self.precision = device, precision
         self.opt = torch.optim.Adam(net.parameters(), lr=lr, betas=betas)
@@ -99,7 +113,8 @@ class Objective:
                 g["lr"] = lr
 
     def begin_step(self, step: int, steps: int, schedule: str) -> None:
-        """Prepare 0-based ``step`` of ``steps``: the scheduled learning rate (subclasses: phases)."""
+        """Prepare 0-based ``step`` of ``steps``: the scheduled learning rate (subclasses:
+        phases)."""
         self.set_lr(self.lr * lr_factor(step, steps, schedule))
 
     def autocast(self) -> Any:
@@ -132,8 +147,15 @@ class UNetObjective(Objective):
 
     name = "unet"
 
-    def __init__(self, net: torch.nn.Module, lr: float, device: torch.device, precision: str,
-                 loss: str = "mse", detail: float = 0.0) -> None:
+    def __init__(
+        self,
+        net: torch.nn.Module,
+        lr: float,
+        device: torch.device,
+        precision: str,
+        loss: str = "mse",
+        detail: float = 0.0,
+    ) -> None:
         super().__init__(net, lr, UNET_BETAS, device, precision)
         self.loss = self.loss_name = loss  # the detail term's weight is recorded as ``detail``
         self.detail = float(detail)
@@ -162,8 +184,16 @@ class Pix2PixObjective(Objective):
     name = "pix2pix"
     loss_name = "l1+cgan"
 
-    def __init__(self, net: torch.nn.Module, disc: torch.nn.Module, lr: float, device: torch.device,
-                 precision: str, lambda_l1: float, warmup: float = 0.0) -> None:
+    def __init__(
+        self,
+        net: torch.nn.Module,
+        disc: torch.nn.Module,
+        lr: float,
+        device: torch.device,
+        precision: str,
+        lambda_l1: float,
+        warmup: float = 0.0,
+    ) -> None:
         super().__init__(net, lr, BETAS, device, precision)
         self.disc, self.lambda_l1, self.warmup = disc, lambda_l1, float(warmup)
         self.opt_d = torch.optim.Adam(disc.parameters(), lr=lr, betas=BETAS)
@@ -190,7 +220,9 @@ class Pix2PixObjective(Objective):
         # discriminator step on real vs (detached) fake pairs
         self.opt_d.zero_grad(set_to_none=True)
         with self.autocast():
-            d_loss = discriminator_loss(self.disc(x, y).float(), self.disc(x, fake.detach()).float())
+            d_loss = discriminator_loss(
+                self.disc(x, y).float(), self.disc(x, fake.detach()).float()
+            )
         self.scaler.scale(d_loss).backward()
         self.scaler.step(self.opt_d)
         # generator step: fool D, stay close to the target
@@ -201,8 +233,11 @@ class Pix2PixObjective(Objective):
         return {"loss": loss, "l1": l1, "gan": gan, "d_loss": d_loss}
 
     def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "discriminator": self.disc.state_dict(),
-                "optimizer_d": self.opt_d.state_dict()}
+        return {
+            **super().state_dict(),
+            "discriminator": self.disc.state_dict(),
+            "optimizer_d": self.opt_d.state_dict(),
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
@@ -210,14 +245,25 @@ class Pix2PixObjective(Objective):
         self.opt_d.load_state_dict(state["optimizer_d"])
 
 
-def build_objective(cfg: TrainConfig, in_channels: int, out_channels: int, device: torch.device,
-                    precision: str) -> Objective:
-    """The networks of ``cfg.model`` (seeded with ``cfg.seed``) on ``device``, in their objective."""
+def build_objective(
+    cfg: TrainConfig, in_channels: int, out_channels: int, device: torch.device, precision: str
+) -> Objective:
+    """The networks of ``cfg.model`` (seeded with ``cfg.seed``) on ``device``, in their
+    objective."""
     torch.manual_seed(cfg.seed)
-    net = UNet(in_channels, out_channels, depth=cfg.depth, base_channels=cfg.base_channels, norm=cfg.norm,
-               block=cfg.block, z_window=cfg.z_window).to(device)
+    net = UNet(
+        in_channels,
+        out_channels,
+        depth=cfg.depth,
+        base_channels=cfg.base_channels,
+        norm=cfg.norm,
+        block=cfg.block,
+        z_window=cfg.z_window,
+    ).to(device)
     lr = default_lr(cfg.model) if cfg.lr is None else cfg.lr
     if cfg.model == "pix2pix":
-        disc = PatchGAN(in_channels * cfg.z_window + out_channels, spectral_norm=cfg.spectral_norm).to(device)
+        disc = PatchGAN(
+            in_channels * cfg.z_window + out_channels, spectral_norm=cfg.spectral_norm
+        ).to(device)
         return Pix2PixObjective(net, disc, lr, device, precision, cfg.lambda_l1, cfg.warmup)
     return UNetObjective(net, lr, device, precision, cfg.loss, cfg.detail)

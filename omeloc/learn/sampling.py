@@ -4,9 +4,9 @@
 batch is drawn by picking an image, a plane (t, z) and a square window, reading exactly that
 window of the source and target channels from the zarr array (a few chunks per channel),
 normalizing, rejecting mostly-empty crops (and, optionally, crops with little target foreground),
-flipping/rotating and, optionally, jittering the source's intensity, sharpness and noise.  Batch ``i`` is a pure
-function of ``(seed, i)``, so training is reproducible, resumable at any step, and batches
-can be prefetched by a background thread without changing what they contain.
+flipping/rotating and, optionally, jittering the source's intensity, sharpness and noise.  Batch
+``i`` is a pure function of ``(seed, i)``, so training is reproducible, resumable at any step, and
+batches can be prefetched by a background thread without changing what they contain.
 """
 
 from __future__ import annotations
@@ -35,7 +35,9 @@ class _Source:
     target_idx: tuple[int, ...]
 
 
-def _plane_key(axes: Sequence[str], c: int, t: int, z: int, ys: slice, xs: slice) -> tuple[Any, ...]:
+def _plane_key(
+    axes: Sequence[str], c: int, t: int, z: int, ys: slice, xs: slice
+) -> tuple[Any, ...]:
     key: list[Any] = []
     for ax in axes:
         key.append({"c": c, "t": t, "z": z, "y": ys, "x": xs}.get(ax, 0))
@@ -51,31 +53,48 @@ def check_z_window(img: Image, n_z: int | None, z_window: int) -> None:
         One line naming the image, its planes and the fix.
     """
     if n_z is None or n_z < 2:
-        raise InputError(f"A --z-window of {z_window} needs z-stacks, but image {img.url} has "
-                         f"{'no z axis' if n_z is None else 'one z plane'}. Train a 2D model (--z-window 1).")
+        raise InputError(
+            f"A --z-window of {z_window} needs z-stacks, but image {img.url} has "
+            f"{'no z axis' if n_z is None else 'one z plane'}. Train a 2D model (--z-window 1)."
+        )
     if z_window > n_z:
-        raise InputError(f"Expected a --z-window of at most the {n_z} planes of image {img.url}. Got {z_window} "
-                         f"instead: pass --z-window {n_z - 1 + n_z % 2} or less.")
+        raise InputError(
+            f"Expected a --z-window of at most the {n_z} planes of image {img.url}. Got {z_window} "
+            f"instead: pass --z-window {n_z - 1 + n_z % 2} or less."
+        )
 
 
-def channel_statistics(images: Sequence[Image], channels: Sequence[str], *, level: int = 0,
-                       max_fields: int = 12, seed: int = 0) -> dict[str, dict[str, Any]]:
+def channel_statistics(
+    images: Sequence[Image],
+    channels: Sequence[str],
+    *,
+    level: int = 0,
+    max_fields: int = 12,
+    seed: int = 0,
+) -> dict[str, dict[str, Any]]:
     """Percentile statistics of each channel, from a sample of at most ``max_fields`` images.
 
     Reads one plane per sampled image and channel (the middle z, the first t) at ``level``;
     writes nothing.  See :func:`omeloc.learn.normalization.percentile_stats`.
     """
     if not images:
-        raise InputError("Expected at least one image to measure normalization statistics. Got none.")
+        raise InputError(
+            "Expected at least one image to measure normalization statistics. Got none."
+        )
     rng = np.random.default_rng(seed)
-    picked = [images[i] for i in sorted(rng.choice(len(images), min(max_fields, len(images)), replace=False))]
+    picked = [
+        images[i]
+        for i in sorted(rng.choice(len(images), min(max_fields, len(images)), replace=False))
+    ]
     stats: dict[str, dict[str, Any]] = {}
     for ch in channels:
         planes = []
         for img in picked:
             arr = img.zarr_array(level)
             shape = dict(zip(img.axes, arr.shape))
-            key = _plane_key(img.axes, img.channel_index(ch), 0, shape.get("z", 1) // 2, slice(None), slice(None))
+            key = _plane_key(
+                img.axes, img.channel_index(ch), 0, shape.get("z", 1) // 2, slice(None), slice(None)
+            )
             planes.append(np.asarray(arr[key]))
         stats[ch] = percentile_stats(planes, seed=seed)
     return stats
@@ -132,11 +151,24 @@ class CropSampler:
         first; planes beyond the stack repeat its first or last (as prediction pads them).
     """
 
-    def __init__(self, images: Sequence[Image], source: Sequence[str], target: Sequence[str], *,
-                 normalization: Mapping[str, Mapping[str, Any]], crop: int = 256, level: int = 0, seed: int = 0,
-                 augment: bool = True, min_foreground: float = 0.02, foreground_level: float = 0.15,
-                 max_tries: int = 10, foreground_weight: float = 0.0, intensity_augment: bool = False,
-                 z_window: int = 1) -> None:
+    def __init__(
+        self,
+        images: Sequence[Image],
+        source: Sequence[str],
+        target: Sequence[str],
+        *,
+        normalization: Mapping[str, Mapping[str, Any]],
+        crop: int = 256,
+        level: int = 0,
+        seed: int = 0,
+        augment: bool = True,
+        min_foreground: float = 0.02,
+        foreground_level: float = 0.15,
+        max_tries: int = 10,
+        foreground_weight: float = 0.0,
+        intensity_augment: bool = False,
+        z_window: int = 1,
+    ) -> None:
         if not images:
             raise InputError("Expected at least one image to sample crops from. Got none.")
         if crop < 8:
@@ -146,29 +178,39 @@ class CropSampler:
         self.crop, self.level, self.seed = int(crop), int(level), int(seed)
         self.augment, self.min_foreground = bool(augment), float(min_foreground)
         self.foreground_level, self.max_tries = float(foreground_level), int(max_tries)
-        self.foreground_weight, self.intensity_augment = float(foreground_weight), bool(intensity_augment)
+        self.foreground_weight, self.intensity_augment = (
+            float(foreground_weight),
+            bool(intensity_augment),
+        )
         self.z_window = int(z_window)
         self.rejected = 0
         self.drawn = 0
         self._sources: list[_Source] = []
         for img in images:
             if level >= len(img.level_paths):
-                raise InputError(f"Expected a pyramid level below {len(img.level_paths)} for {img.url}. "
-                                 f"Got level {level} instead: pass a smaller --level.")
+                raise InputError(
+                    f"Expected a pyramid level below {len(img.level_paths)} for {img.url}. "
+                    f"Got level {level} instead: pass a smaller --level."
+                )
             shape = tuple(img.shapes[level])
             sizes = dict(zip(img.axes, shape))
             if self.z_window > 1:
                 check_z_window(img, sizes.get("z"), self.z_window)
             if sizes["y"] < crop or sizes["x"] < crop:
                 raise InputError(
-                    f"Image {img.name} is {sizes['y']}x{sizes['x']} pixels at level {level}, smaller than the "
-                    f"{crop}-pixel crop. Pass a crop of at most {min(sizes['y'], sizes['x'])} (--crop) or a lower --level."
+                    f"Image {img.name} is {sizes['y']}x{sizes['x']} pixels at level {level}, "
+                    f"smaller than the {crop}-pixel crop. Pass a crop of at most "
+                    f"{min(sizes['y'], sizes['x'])} (--crop) or a lower --level."
                 )
-            self._sources.append(_Source(
-                image=img, axes=img.axes, shape=shape,
-                source_idx=tuple(img.channel_index(c) for c in self.source),
-                target_idx=tuple(img.channel_index(c) for c in self.target),
-            ))
+            self._sources.append(
+                _Source(
+                    image=img,
+                    axes=img.axes,
+                    shape=shape,
+                    source_idx=tuple(img.channel_index(c) for c in self.source),
+                    target_idx=tuple(img.channel_index(c) for c in self.target),
+                )
+            )
 
     @property
     def images(self) -> list[Image]:
@@ -176,21 +218,28 @@ class CropSampler:
 
     # -- reading ------------------------------------------------------------------------------
     def read(self, i: int, t: int, z: int, y: int, x: int) -> tuple[np.ndarray, np.ndarray]:
-        """The normalized ``(source, target)`` window of image ``i`` at plane (t, z), corner (y, x)."""
+        """The normalized ``(source, target)`` window of image ``i`` at plane (t, z), corner (y,
+        x)."""
         s = self._sources[i]
         arr = s.image.zarr_array(self.level)
         ys, xs = slice(y, y + self.crop), slice(x, x + self.crop)
 
         def planes(indices: Sequence[int], names: Sequence[str], zk: int) -> np.ndarray:
             raw = [np.asarray(arr[_plane_key(s.axes, c, t, zk, ys, xs)]) for c in indices]
-            return normalize_channels(raw, [self.normalization[n] for n in names]).astype(np.float32, copy=False)
+            return normalize_channels(raw, [self.normalization[n] for n in names]).astype(
+                np.float32, copy=False
+            )
 
         target = planes(s.target_idx, self.target, z)
         if self.z_window == 1:
             return planes(s.source_idx, self.source, z), target
         n_z, h = dict(zip(s.axes, s.shape))["z"], self.z_window // 2
-        zs = np.clip(np.arange(z - h, z + h + 1), 0, n_z - 1)  # beyond the stack: its first or last plane
-        src = np.stack([planes(s.source_idx, self.source, int(k)) for k in zs], axis=1)  # (C, K, crop, crop)
+        zs = np.clip(
+            np.arange(z - h, z + h + 1), 0, n_z - 1
+        )  # beyond the stack: its first or last plane
+        src = np.stack(
+            [planes(s.source_idx, self.source, int(k)) for k in zs], axis=1
+        )  # (C, K, crop, crop)
         return src.reshape(-1, *src.shape[-2:]), target
 
     def _draw(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -217,17 +266,24 @@ class CropSampler:
         return np.ascontiguousarray(src), np.ascontiguousarray(tgt)
 
     def _accept(self, src: np.ndarray, tgt: np.ndarray, rng: np.random.Generator) -> bool:
-        """Whether a drawn crop is kept: enough source foreground, then the target-foreground bias."""
-        if self.min_foreground > 0 and float((src > self.foreground_level).mean()) < self.min_foreground:
+        """Whether a drawn crop is kept: enough source foreground, then the target-foreground
+        bias."""
+        if (
+            self.min_foreground > 0
+            and float((src > self.foreground_level).mean()) < self.min_foreground
+        ):
             return False
-        if self.foreground_weight <= 0:  # no draw from rng: the batches of earlier versions stay the same
+        if (
+            self.foreground_weight <= 0
+        ):  # no draw from rng: the batches of earlier versions stay the same
             return True
         fraction = float((tgt > self.foreground_level).mean())
         keep = 1.0 - self.foreground_weight + self.foreground_weight * min(1.0, fraction / 0.25)
         return bool(rng.random() < keep)
 
     def batch(self, index: int, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
-        """Batch number ``index``: arrays ``(N, C_source, crop, crop)`` and ``(N, C_target, crop, crop)``."""
+        """Batch number ``index``: arrays ``(N, C_source, crop, crop)`` and
+        ``(N, C_target, crop, crop)``."""
         rng = np.random.default_rng([self.seed, int(index)])
         pairs = [self._draw(rng) for _ in range(batch_size)]
         return np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
@@ -242,8 +298,9 @@ class CropSampler:
             self.augment = augment
         return np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
 
-    def batches(self, start: int, stop: int, batch_size: int, prefetch: int = 2
-                ) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+    def batches(
+        self, start: int, stop: int, batch_size: int, prefetch: int = 2
+    ) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
         """Batches ``start`` … ``stop - 1``, read ahead by a background thread.
 
         Yields ``(index, source, target)``.  Reading (zarr decompression releases the GIL)

@@ -23,15 +23,19 @@ W = TypeVar("W")
 
 
 def default_val_wells(wells: Sequence[W]) -> list[W]:
-    """The wells held out when none are named: every fourth well (4th, 8th, ...), else the last one."""
+    """The wells held out when none are named: every fourth well (4th, 8th, ...), else the last
+    one."""
     return list(wells[3::4] or wells[-1:])
 
 
 def check_wells_left(held_out: int, total: int) -> None:
-    """Raise :class:`~omeloc.errors.InputError` when ``held_out`` of ``total`` wells leaves none to train on."""
+    """Raise :class:`~omeloc.errors.InputError` when ``held_out`` of ``total`` wells leaves none
+    to train on."""
     if held_out >= total:
-        raise InputError(f"Expected some wells left for training. Got all {total} wells held out: "
-                         f"pass fewer --val-wells.")
+        raise InputError(
+            f"Expected some wells left for training. Got all {total} wells held out: "
+            f"pass fewer --val-wells."
+        )
 
 
 @dataclass(frozen=True)
@@ -49,7 +53,8 @@ class Split:
 
 
 def split_by_well(plates: Sequence[Plate], val_wells: Sequence[str] | None) -> Split:
-    """Training and validation images of ``plates``; validation is whole wells (never a crop of a training well).
+    """Training and validation images of ``plates``; validation is whole wells (never a crop of a
+    training well).
 
     Parameters
     ----------
@@ -67,9 +72,13 @@ def split_by_well(plates: Sequence[Plate], val_wells: Sequence[str] | None) -> S
     singles = [img for p in plates if not p.is_plate for img in p.images]
     if singles:  # single images (not plates): no wells to hold out
         if val_wells:
-            raise InputError("--val-wells needs plates; single images have no wells. Drop --val-wells, or "
-                             "train on a plate.")
-        logger.warning("training on single image(s): validation crops come from the training images")
+            raise InputError(
+                "--val-wells needs plates; single images have no wells. Drop --val-wells, or "
+                "train on a plate."
+            )
+        logger.warning(
+            "training on single image(s): validation crops come from the training images"
+        )
         imgs = singles + [img for p in plates if p.is_plate for img in p.images]
         return Split(imgs, imgs, [i.name for i in imgs], [])
     wells = [w for p in plates for w in p.wells.values()]
@@ -93,6 +102,9 @@ def _held_out(wells: list, val_wells: Sequence[str] | None) -> list:
     for v in val_wells:
         hits = [w for w in wells if v in (w.name, w.path)]
         if not hits:
-            raise InputError(f"No well {v!r} to hold out for validation. Wells: {', '.join(w.name for w in wells)}.")
+            raise InputError(
+                f"No well {v!r} to hold out for validation. Wells: "
+                f"{', '.join(w.name for w in wells)}."
+            )
         held.extend(hits)
     return held

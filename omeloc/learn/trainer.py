@@ -44,9 +44,17 @@ _LOSSES = ("loss", "l1", "gan", "d_loss")
 METRICS = {"l1": False, "pearson_r": True, "structure_r": True}
 
 
-def score_crops(net: torch.nn.Module, x: np.ndarray, y: np.ndarray, device: torch.device, precision: str,
-                batch_size: int, channel: int | None = None) -> dict[str, float]:
-    """``l1``, pooled ``pearson_r`` and ``structure_r`` of ``net`` on crops ``x`` → ``y`` (first target).
+def score_crops(
+    net: torch.nn.Module,
+    x: np.ndarray,
+    y: np.ndarray,
+    device: torch.device,
+    precision: str,
+    batch_size: int,
+    channel: int | None = None,
+) -> dict[str, float]:
+    """``l1``, pooled ``pearson_r`` and ``structure_r`` of ``net`` on crops ``x`` → ``y`` (first
+    target).
 
     ``channel``: score only that output channel of ``net`` against ``y`` (one target's crops).
     The network runs in eval mode (its mode is restored afterwards).
@@ -56,13 +64,18 @@ def score_crops(net: torch.nn.Module, x: np.ndarray, y: np.ndarray, device: torc
     preds = []
     with torch.inference_mode(), autocast(device, precision, enabled=device.type == "cuda"):
         for i in range(0, len(x), batch_size):
-            preds.append(net(torch.from_numpy(x[i:i + batch_size]).to(device)).float().cpu().numpy())
+            preds.append(
+                net(torch.from_numpy(x[i : i + batch_size]).to(device)).float().cpu().numpy()
+            )
     net.train(was_training)
     pred = np.concatenate(preds)
     if channel is not None:
-        pred = pred[:, channel:channel + 1]
-    return {"l1": float(np.abs(pred - y).mean()), "pearson_r": pearson_r(pred, y),
-            "structure_r": structure_r(pred[:, 0], y[:, 0])}
+        pred = pred[:, channel : channel + 1]
+    return {
+        "l1": float(np.abs(pred - y).mean()),
+        "pearson_r": pearson_r(pred, y),
+        "structure_r": structure_r(pred[:, 0], y[:, 0]),
+    }
 
 
 @dataclass
@@ -106,7 +119,8 @@ class _Bar:
 
 
 def _early_refit(done: int) -> bool:
-    """Whether a budgeted run re-fits its steps after ``done`` steps besides validations: 10, 20, 40, 80, ..."""
+    """Whether a budgeted run re-fits its steps after ``done`` steps besides validations: 10, 20,
+    40, 80, ..."""
     return done >= 10 and done % 10 == 0 and (done // 10) & (done // 10 - 1) == 0
 
 
@@ -145,9 +159,21 @@ class Trainer:
         loop's recent pace (:func:`~omeloc.learn.budget.refit_steps`), at most :attr:`cap`.
     """
 
-    def __init__(self, objective: Objective, sampler: CropSampler, val_x: np.ndarray, val_y: np.ndarray,
-                 cfg: TrainConfig, out: Path, meta: dict[str, Any], log: TrainLog, *, start: int = 0,
-                 seconds_before: float = 0.0, best: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        objective: Objective,
+        sampler: CropSampler,
+        val_x: np.ndarray,
+        val_y: np.ndarray,
+        cfg: TrainConfig,
+        out: Path,
+        meta: dict[str, Any],
+        log: TrainLog,
+        *,
+        start: int = 0,
+        seconds_before: float = 0.0,
+        best: dict[str, Any] | None = None,
+    ) -> None:
         self.objective, self.sampler, self.cfg = objective, sampler, cfg
         self.val_x, self.val_y = val_x, val_y
         self.out, self.meta, self.log = Path(out), meta, log
@@ -159,13 +185,14 @@ class Trainer:
         self.cap: int | None = None
         self._last_fit: tuple[int, float] | None = None
         self._rate = FallingRate()
-        """A budgeted run's learning-rate factor: past its warm-up it never rises again (re-fits move the end)."""
+        """A budgeted run's learning-rate factor: past its warm-up it never rises again (re-fits
+        move the end)."""
         if cfg.steps is not None:
             self.set_steps(cfg.steps)
 
     def set_steps(self, steps: int, *, intervals: bool = True) -> None:
-        """Train ``steps`` steps in total: the schedule follows, and the validation and log intervals
-        unless ``intervals`` is false (a re-fit in the middle of a run keeps them)."""
+        """Train ``steps`` steps in total: the schedule follows, and the validation and log
+        intervals unless ``intervals`` is false (a re-fit in the middle of a run keeps them)."""
         self.cfg = self.cfg.replace(steps=int(steps))
         if intervals:
             self.val_every = self.cfg.val_every or max(1, steps // 10)
@@ -174,36 +201,49 @@ class Trainer:
     def validate(self) -> dict[str, float]:
         """``l1``, ``pearson_r`` and ``structure_r`` of the generator on the validation crops."""
         o = self.objective
-        return score_crops(o.net, self.val_x, self.val_y, self.device, o.precision, self.cfg.batch_size)
+        return score_crops(
+            o.net, self.val_x, self.val_y, self.device, o.precision, self.cfg.batch_size
+        )
 
     def save_state(self, step: int, seconds: float) -> None:
-        """Write ``last.pt``: weights, optimizer states, the step, the planned steps, :attr:`meta`, :attr:`best`."""
-        state = {**self.objective.state_dict(), "step": step,
-                 "meta": {**self.meta, "seconds": seconds, "steps": self.cfg.steps}}
+        """Write ``last.pt``: weights, optimizer states, the step, the planned steps,
+        :attr:`meta`, :attr:`best`."""
+        state = {
+            **self.objective.state_dict(),
+            "step": step,
+            "meta": {**self.meta, "seconds": seconds, "steps": self.cfg.steps},
+        }
         if self.best is not None:
             state["best"] = self.best
         save_state(self.out, state)
 
     def final_weights(self) -> dict[str, torch.Tensor]:
-        """The generator's weights to save: the best ones with ``keep_best`` (when any was scored), else the last."""
+        """The generator's weights to save: the best ones with ``keep_best`` (when any was
+        scored), else the last."""
         return self.best["weights"] if self.best is not None else self.objective.net.state_dict()
 
     def run(self, progress: Any = True, desc: str = "train") -> LoopResult:
-        """Train from :attr:`start` to ``cfg.steps``; ``progress``: a bar (True) or a ``(done, total)`` callback."""
+        """Train from :attr:`start` to ``cfg.steps``; ``progress``: a bar (True) or a
+        ``(done, total)`` callback."""
         net = self.objective.net
         bar = _Bar(progress, self.cfg.steps, self.start, desc)
         to_channels_last(net, self.device)
         net.train()
         t_loop = time.perf_counter()
-        self._last_fit, self._rate = (self.start, t_loop), FallingRate()  # (the budget's measuring steps came before)
+        self._last_fit, self._rate = (
+            (self.start, t_loop),
+            FallingRate(),
+        )  # (the budget's measuring steps came before)
         acc: dict[str, list[float]] = {k: [] for k in _LOSSES}
         val: dict[str, float] = {}
         step = self.start
-        # a budgeted run's end moves (re-fits): batches are drawn up to the cap and the loop stops at the end
-        limit = self.cfg.steps if self.deadline is None else (self.cap or self.start + 10 ** 9)
+        # a budgeted run's end moves (re-fits): batches are drawn up to the cap and the loop stops
+        # at the end
+        limit = self.cfg.steps if self.deadline is None else (self.cap or self.start + 10**9)
         try:
-            for step_idx, xb, yb in self.sampler.batches(self.start, limit, self.cfg.batch_size,
-                                                          prefetch=self.cfg.prefetch):
+            for step_idx, xb, yb in self.sampler.batches(
+                self.start, limit, self.cfg.batch_size, prefetch=self.cfg.prefetch
+            ):
                 if step_idx >= self.cfg.steps:
                     break
                 losses = self.step(step_idx, xb, yb)
@@ -224,7 +264,8 @@ class Trainer:
         return self._finish(step, val, t_loop)
 
     def _refit(self, step: int, validated: bool) -> None:
-        """With a :attr:`deadline`: the total steps re-fitted to the recent pace (see :mod:`omeloc.learn.budget`).
+        """With a :attr:`deadline`: the total steps re-fitted to the recent pace (see
+        :mod:`omeloc.learn.budget`).
 
         The pace is that of the steps since the last re-fit (at least 5 of them): a machine that
         slows down in the middle of the run is followed within a few steps.  A run ends on a
@@ -239,11 +280,17 @@ class Trainer:
             self._last_fit = (step, now)
             total = max(total, step if validated else step + 1)
             if total != self.cfg.steps:
-                # the intervals stay, unless the run shrank so much that it would validate fewer than 3 times
-                self.set_steps(total, intervals=not self.cfg.val_every and total - step < 3 * self.val_every)
+                # the intervals stay, unless the run shrank so much that it would validate fewer
+                # than 3 times
+                self.set_steps(
+                    total, intervals=not self.cfg.val_every and total - step < 3 * self.val_every
+                )
 
-    def step(self, step_idx: int, xb: np.ndarray, yb: np.ndarray, total: int | None = None) -> dict[str, torch.Tensor]:
-        """One optimizer step on batch ``step_idx`` of a run of ``total`` steps (default ``cfg.steps``)."""
+    def step(
+        self, step_idx: int, xb: np.ndarray, yb: np.ndarray, total: int | None = None
+    ) -> dict[str, torch.Tensor]:
+        """One optimizer step on batch ``step_idx`` of a run of ``total`` steps (default
+        ``cfg.steps``)."""
         o = self.objective
         steps = total or self.cfg.steps
         o.begin_step(step_idx, steps, self.cfg.schedule)
@@ -253,20 +300,28 @@ class Trainer:
         y = torch.from_numpy(yb).to(self.device, non_blocking=True)
         losses = o.step(to_channels_last(x, self.device), y)
         if not torch.isfinite(losses["loss"]):
-            raise InputError(f"Training diverged at step {step_idx + 1} (loss {losses['loss'].item()}). Lower the "
-                             f"learning rate (--lr) or check the plate for NaN/inf pixels.")
+            raise InputError(
+                f"Training diverged at step {step_idx + 1} (loss {losses['loss'].item()}). Lower "
+                f"the learning rate (--lr) or check the plate for NaN/inf pixels."
+            )
         return losses
 
-    def _log_row(self, step: int, acc: dict[str, list[float]], t_loop: float,
-                 is_val: bool) -> dict[str, float] | None:
-        """Append the mean losses since the last row; at a validation step also score, save and log."""
+    def _log_row(
+        self, step: int, acc: dict[str, list[float]], t_loop: float, is_val: bool
+    ) -> dict[str, float] | None:
+        """Append the mean losses since the last row; at a validation step also score, save and
+        log."""
         row: dict[str, Any] = {k: (float(np.mean(v)) if v else "") for k, v in acc.items()}
         row["step"] = step
         row["seconds"] = self.seconds_before + time.perf_counter() - t_loop
         val = None
         if is_val:
             val = self.validate()
-            row["val_l1"], row["val_pearson_r"], row["val_structure_r"] = val["l1"], val["pearson_r"], val["structure_r"]
+            row["val_l1"], row["val_pearson_r"], row["val_structure_r"] = (
+                val["l1"],
+                val["pearson_r"],
+                val["structure_r"],
+            )
             self._consider_best(step, val)
         self._refit(step, is_val)  # before the save: a resumed run follows the same plan
         self.log.append(row)
@@ -282,10 +337,20 @@ class Trainer:
         if metric is None or not math.isfinite(val[metric]):
             return
         value, larger = float(val[metric]), METRICS[metric]
-        if self.best is not None and not (value > self.best["value"] if larger else value < self.best["value"]):
+        if self.best is not None and not (
+            value > self.best["value"] if larger else value < self.best["value"]
+        ):
             return
-        weights = {k: v.detach().to("cpu", copy=True) for k, v in self.objective.net.state_dict().items()}
-        self.best = {"metric": metric, "value": value, "step": step, "metrics": dict(val), "weights": weights}
+        weights = {
+            k: v.detach().to("cpu", copy=True) for k, v in self.objective.net.state_dict().items()
+        }
+        self.best = {
+            "metric": metric,
+            "value": value,
+            "step": step,
+            "metrics": dict(val),
+            "weights": weights,
+        }
 
     def _finish(self, step: int, val: dict[str, float], t_loop: float) -> LoopResult:
         if step > self.start or not (self.out / WEIGHTS_FILE).exists():
@@ -300,7 +365,12 @@ class Trainer:
         if self.best is not None:
             val, best_step = self.best["metrics"], int(self.best["step"])
         now = time.perf_counter()
-        return LoopResult(step=step, val_l1=val["l1"], val_pearson_r=val["pearson_r"],
-                          seconds=self.seconds_before + now - t_loop,
-                          steps_per_second=max(step - self.start, 0) / max(now - t_loop, 1e-9),
-                          val_structure_r=val.get("structure_r", math.nan), best_step=best_step)
+        return LoopResult(
+            step=step,
+            val_l1=val["l1"],
+            val_pearson_r=val["pearson_r"],
+            seconds=self.seconds_before + now - t_loop,
+            steps_per_second=max(step - self.start, 0) / max(now - t_loop, 1e-9),
+            val_structure_r=val.get("structure_r", math.nan),
+            best_step=best_step,
+        )

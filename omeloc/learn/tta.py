@@ -22,7 +22,9 @@ from torch import nn
 __all__ = ["VARIANTS", "TTAModel", "TTARef"]
 
 #: (quarter turns, mirror) of each variant; the first is the identity
-VARIANTS: tuple[tuple[int, bool], ...] = tuple((k, flip) for flip in (False, True) for k in range(4))
+VARIANTS: tuple[tuple[int, bool], ...] = tuple(
+    (k, flip) for flip in (False, True) for k in range(4)
+)
 
 
 def _forward(x: torch.Tensor, k: int, flip: bool) -> torch.Tensor:
@@ -76,14 +78,19 @@ class TTAModel(nn.Module):
                 total = y if total is None else total + y
             return total / len(VARIANTS)
         # two passes over the stacked outputs: E[y^2] - E[y]^2 cancels catastrophically in float32
-        ys = torch.stack([_inverse(torch.as_tensor(self._inner(_forward(x, k, flip))).float(), k, flip)
-                          for k, flip in VARIANTS])
+        ys = torch.stack(
+            [
+                _inverse(torch.as_tensor(self._inner(_forward(x, k, flip))).float(), k, flip)
+                for k, flip in VARIANTS
+            ]
+        )
         mean = ys.mean(dim=0)
         return torch.cat([mean, (ys - mean).square().mean(dim=0).sqrt()], dim=1)
 
 
 class TTARef:
-    """A :class:`~omeloc.engine.cache.ModelRef` whose model is ``ref``'s, wrapped in :class:`TTAModel`.
+    """A :class:`~omeloc.engine.cache.ModelRef` whose model is ``ref``'s, wrapped in
+    :class:`TTAModel`.
 
     Its ``key`` differs from ``ref``'s (a worker caches the plain and the augmented model apart).
     """

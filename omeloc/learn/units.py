@@ -25,8 +25,15 @@ logger = logging.getLogger(__name__)
 #: relative difference of pixel sizes above which a model is not applied without resampling
 TOLERANCE = 0.10
 
-_MICROMETERS = {"micrometer": 1.0, "nanometer": 1e-3, "millimeter": 1e3, "centimeter": 1e4, "meter": 1e6,
-                "angstrom": 1e-4, "picometer": 1e-6}
+_MICROMETERS = {
+    "micrometer": 1.0,
+    "nanometer": 1e-3,
+    "millimeter": 1e3,
+    "centimeter": 1e4,
+    "meter": 1e6,
+    "angstrom": 1e-4,
+    "picometer": 1e-6,
+}
 
 
 @dataclass(frozen=True)
@@ -37,7 +44,8 @@ class PixelSize:
     x: float
     z: float = 1.0
     known: bool = True
-    """False when the plate's axes carry no unit (the sizes are then the bare scale, 1 at level 0)."""
+    """False when the plate's axes carry no unit (the sizes are then the bare scale, 1 at level
+    0)."""
 
     def describe(self) -> str:
         """``"0.65 x 0.65 um"``, or ``"unknown (taken as 1 x 1)"``."""
@@ -49,17 +57,21 @@ class PixelSize:
         return other.y / self.y, other.x / self.x
 
     def differs(self, other: PixelSize, tolerance: float = TOLERANCE) -> bool:
-        """Whether y or x differ by more than ``tolerance`` (relative), or one is known and the other not."""
+        """Whether y or x differ by more than ``tolerance`` (relative), or one is known and the
+        other not."""
         if self.known != other.known:
             return True
-        return any(abs(a - b) > tolerance * max(a, b) for a, b in ((self.y, other.y), (self.x, other.x)))
+        return any(
+            abs(a - b) > tolerance * max(a, b) for a, b in ((self.y, other.y), (self.x, other.x))
+        )
 
     def to_json(self) -> dict[str, Any]:
         return {"y": self.y, "x": self.x, "z": self.z, "unit": "micrometer" if self.known else None}
 
     @classmethod
     def from_json(cls, d: Any, where: str = "The checkpoint") -> PixelSize | None:
-        """The record of :meth:`to_json` (``None`` stays ``None``: a checkpoint from before pixel sizes).
+        """The record of :meth:`to_json` (``None`` stays ``None``: a checkpoint from before pixel
+        sizes).
 
         Raises
         ------
@@ -73,9 +85,15 @@ class PixelSize:
             unit = d.get("unit")
         except (TypeError, ValueError, KeyError, AttributeError):
             values, unit = [], None
-        if len(values) != 3 or not all(math.isfinite(v) and v > 0 for v in values) or unit not in (None, "micrometer"):
-            raise CheckpointError(f"{where} has pixel_size {repr(d)[:80]}; expected positive y, x, z and unit "
-                                  f"'micrometer' or null. Retrain, or restore checkpoint.json.")
+        if (
+            len(values) != 3
+            or not all(math.isfinite(v) and v > 0 for v in values)
+            or unit not in (None, "micrometer")
+        ):
+            raise CheckpointError(
+                f"{where} has pixel_size {repr(d)[:80]}; expected positive y, x, z and unit "
+                f"'micrometer' or null. Retrain, or restore checkpoint.json."
+            )
         return cls(*values, known=unit == "micrometer")
 
 
@@ -85,7 +103,8 @@ def _unit_factor(axis: Any) -> float | None:
 
 
 def pixel_size_of(img: Any, level: int = 0) -> PixelSize:
-    """The pixel size of ``img`` (an :class:`~omeloc.ngff.plate.Image`) at ``level`` from its metadata.
+    """The pixel size of ``img`` (an :class:`~omeloc.ngff.plate.Image`) at ``level`` from its
+    metadata.
 
     Without a unit on its y or x axis the sizes are the bare scale (``known=False``).
     """
@@ -103,9 +122,11 @@ def pixel_size_of(img: Any, level: int = 0) -> PixelSize:
     return PixelSize(size("y"), size("x"), size("z"), known=known)
 
 
-def check_pixel_size(trained: PixelSize | None, plate: PixelSize, where: str, *, rescale: bool
-                     ) -> tuple[tuple[float, float], list[str]]:
-    """The (y, x) zoom to apply to the plate's images before the model (1, 1 when none) and the notes to tell.
+def check_pixel_size(
+    trained: PixelSize | None, plate: PixelSize, where: str, *, rescale: bool
+) -> tuple[tuple[float, float], list[str]]:
+    """The (y, x) zoom to apply to the plate's images before the model (1, 1 when none) and the
+    notes to tell.
 
     Raises
     ------
@@ -114,18 +135,27 @@ def check_pixel_size(trained: PixelSize | None, plate: PixelSize, where: str, *,
     """
     notes = []
     if not plate.known:
-        notes.append(f"{where} has no physical pixel size (no unit on its y/x axes): taken as 1 per pixel")
+        notes.append(
+            f"{where} has no physical pixel size (no unit on its y/x axes): taken as 1 per pixel"
+        )
     if trained is None:
-        notes.append("the checkpoint records no pixel size (trained before omeloc recorded them): not checked")
+        notes.append(
+            "the checkpoint records no pixel size (trained before omeloc recorded them): not "
+            "checked"
+        )
         return (1.0, 1.0), notes
     if not trained.differs(plate):
         return (1.0, 1.0), notes
     if not rescale:
-        raise InputError(f"The model was trained at pixel size {trained.describe()}, but {where} has "
-                         f"{plate.describe()} (more than {TOLERANCE:.0%} apart). Pass --rescale to resample the "
-                         f"images to the model's pixel size and the prediction back, or use a model trained at "
-                         f"this size.")
+        raise InputError(
+            f"The model was trained at pixel size {trained.describe()}, but {where} has "
+            f"{plate.describe()} (more than {TOLERANCE:.0%} apart). Pass --rescale to resample the "
+            f"images to the model's pixel size and the prediction back, or use a model trained at "
+            f"this size."
+        )
     zoom = trained.zoom(plate)
-    notes.append(f"resampling {where} by {zoom[0]:.3g} x {zoom[1]:.3g} to the model's pixel size "
-                 f"{trained.describe()} and the prediction back")
+    notes.append(
+        f"resampling {where} by {zoom[0]:.3g} x {zoom[1]:.3g} to the model's pixel size "
+        f"{trained.describe()} and the prediction back"
+    )
     return zoom, notes

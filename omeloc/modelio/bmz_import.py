@@ -315,8 +315,15 @@ def open_package(
 
 
 #: every weights format of the BMZ model spec 0.5, in omeloc's order of preference
-WEIGHT_FORMATS = ("torchscript", "onnx", "pytorch_state_dict", "keras_hdf5", "keras_v3",
-                  "tensorflow_js", "tensorflow_saved_model_bundle")
+WEIGHT_FORMATS = (
+    "torchscript",
+    "onnx",
+    "pytorch_state_dict",
+    "keras_hdf5",
+    "keras_v3",
+    "tensorflow_js",
+    "tensorflow_saved_model_bundle",
+)
 
 
 def _declared_weights(descr: Any) -> tuple[str, ...]:

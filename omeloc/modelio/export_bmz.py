@@ -271,7 +271,7 @@ def _descr(
     return b.ModelDescr(
         name=title[:128],
         description=f"Virtual stain: {', '.join(ckpt.target)} predicted from "
-                    f"{', '.join(ckpt.source)} "
+        f"{', '.join(ckpt.source)} "
         f"(omeloc {ckpt.model} U-Net).",
         authors=[b.Author(name=a) for a in authors],
         cite=[b.CiteEntry(text=CITATION, doi=b.Doi(CITATION_DOI))],

@@ -27,7 +27,9 @@ __all__ = ["EvaluateWidget", "run_evaluate"]
 COLUMNS = ("n_fields", *METRIC_NAMES, "z", "flag")
 
 
-def run_evaluate(plate: str, pred: str, truth: str, out: str, metric: str, *, tracker: Tracker) -> Any:
+def run_evaluate(
+    plate: str, pred: str, truth: str, out: str, metric: str, *, tracker: Tracker
+) -> Any:
     """On the worker: the job, and the plate's row and column names (for the heat map)."""
     from omeloc.analysis.evaluate import evaluate
     from omeloc.ngff.plate import open_plate
@@ -46,13 +48,24 @@ class EvaluateWidget(Container):
         from qtpy.QtWidgets import QAbstractItemView, QTableWidget
 
         self.viewer = napari_viewer
-        self.plate = LineEdit(label="plate", tooltip="path or URL; empty: the plate open in the viewer")
-        self.pred = LineEdit(label="virtual", value="WAVE2 (virtual)", tooltip="the virtual channel")
+        self.plate = LineEdit(
+            label="plate", tooltip="path or URL; empty: the plate open in the viewer"
+        )
+        self.pred = LineEdit(
+            label="virtual", value="WAVE2 (virtual)", tooltip="the virtual channel"
+        )
         self.truth = LineEdit(label="real", value="WAVE2", tooltip="the real channel")
-        self.metric = ComboBox(label="metric", choices=list(METRIC_NAMES), value="pearson_r",
-                               tooltip="the metric of the heat map")
-        self.out = FileEdit(label="output", mode="d",
-                            tooltip="folder for tables and figures; empty: <plate>-evaluation beside the plate")
+        self.metric = ComboBox(
+            label="metric",
+            choices=list(METRIC_NAMES),
+            value="pearson_r",
+            tooltip="the metric of the heat map",
+        )
+        self.out = FileEdit(
+            label="output",
+            mode="d",
+            tooltip="folder for tables and figures; empty: <plate>-evaluation beside the plate",
+        )
         self.run_button = PushButton(text="Evaluate")
         self.progress = ProgressBar(value=0, max=100, label="progress")
         self.message = Label(value="")
@@ -65,8 +78,18 @@ class EvaluateWidget(Container):
         self.figure = Figure(figsize=(4, 2.4), dpi=80, tight_layout=True)
         self.canvas = FigureCanvasQTAgg(self.figure)
         self.canvas.setMinimumHeight(160)
-        super().__init__(widgets=[self.plate, self.pred, self.truth, self.metric, self.out, self.run_button,
-                                  self.progress, self.message])
+        super().__init__(
+            widgets=[
+                self.plate,
+                self.pred,
+                self.truth,
+                self.metric,
+                self.out,
+                self.run_button,
+                self.progress,
+                self.message,
+            ]
+        )
         self.native.layout().addWidget(self.table)
         self.native.layout().addWidget(self.canvas)
         self.job: Job | None = None
@@ -88,18 +111,30 @@ class EvaluateWidget(Container):
             return
         plate = self.plate_path()
         if plate is None:
-            self.message.value = ("error: no plate: open an OME-Zarr plate in the viewer "
-                                  "(napari-ome-zarr) or type its path or URL in 'plate'.")
+            self.message.value = (
+                "error: no plate: open an OME-Zarr plate in the viewer "
+                "(napari-ome-zarr) or type its path or URL in 'plate'."
+            )
             return
         text = str(self.out.value or "").strip()
-        out = text if text not in ("", ".") else str(Path(plate.rstrip("/")).with_name(
-            Path(plate.rstrip("/")).stem + "-evaluation"))
+        out = (
+            text
+            if text not in ("", ".")
+            else str(
+                Path(plate.rstrip("/")).with_name(Path(plate.rstrip("/")).stem + "-evaluation")
+            )
+        )
         pred, truth, metric = self.pred.value.strip(), self.truth.value.strip(), self.metric.value
         self.message.value = f"evaluating {pred!r} against {truth!r} …"
         self.run_button.enabled = False
-        self.job = Job(lambda tracker, note: run_evaluate(plate, pred, truth, out, metric, tracker=tracker),
-                       on_progress=self._progressed, on_done=self._done, on_error=self._failed,
-                       on_finish=lambda: setattr(self.run_button, "enabled", True), unit="field")
+        self.job = Job(
+            lambda tracker, note: run_evaluate(plate, pred, truth, out, metric, tracker=tracker),
+            on_progress=self._progressed,
+            on_done=self._done,
+            on_error=self._failed,
+            on_finish=lambda: setattr(self.run_button, "enabled", True),
+            unit="field",
+        )
 
     def _progressed(self, snap: Snapshot) -> None:
         self.progress.value = snap.percent
@@ -113,8 +148,10 @@ class EvaluateWidget(Container):
         self.progress.value = 100
         mean = res.summary.get("fields_mean", {}).get(self.metric.value, float("nan"))
         flagged = f"; flagged: {', '.join(res.flagged)}" if res.flagged else ""
-        self.message.value = (f"{len(res.fields)} field(s) in {len(res.wells)} well(s): mean {self.metric.value} "
-                              f"{mean:.3f}{flagged}; tables and figures in {Path(res.files['summary_json']).parent}")
+        self.message.value = (
+            f"{len(res.fields)} field(s) in {len(res.wells)} well(s): mean {self.metric.value} "
+            f"{mean:.3f}{flagged}; tables and figures in {Path(res.files['summary_json']).parent}"
+        )
         self.fill_table(res.wells)
         self.draw_heatmap(res.wells)
 
@@ -136,7 +173,9 @@ class EvaluateWidget(Container):
                 item = QTableWidgetItem()
                 if isinstance(value, (int, float, np.floating)) and not isinstance(value, bool):
                     number = float(value)
-                    item.setData(Qt.DisplayRole, round(number, 4) if math.isfinite(number) else number)
+                    item.setData(
+                        Qt.DisplayRole, round(number, 4) if math.isfinite(number) else number
+                    )
                 else:
                     item.setText("" if value is None else str(value))
                 if j == 0:
@@ -150,7 +189,9 @@ class EvaluateWidget(Container):
         from omeloc.analysis.figures import plate_grid
 
         metric = self.metric.value
-        grid = plate_grid({w["path"]: w.get(metric, float("nan")) for w in wells}, self.rows, self.columns)
+        grid = plate_grid(
+            {w["path"]: w.get(metric, float("nan")) for w in wells}, self.rows, self.columns
+        )
         self.figure.clear()
         ax = self.figure.add_subplot(1, 1, 1)
         image = ax.imshow(np.ma.masked_invalid(grid), cmap="viridis", interpolation="nearest")
@@ -175,9 +216,12 @@ class EvaluateWidget(Container):
             self.go_to_well(f"{self.rows[r]}/{self.columns[c]}")
 
     def go_to_well(self, well: str) -> tuple[float, float] | None:
-        """Centre the viewer on ``well`` (``"B/3"``) of the plate grid and zoom to it; the world centre."""
+        """Centre the viewer on ``well`` (``"B/3"``) of the plate grid and zoom to it; the world
+        centre."""
         plate = self.plate_path()
-        layer = next((lyr for lyr in self.viewer.layers if plate and plate_of_layer(lyr) == plate), None)
+        layer = next(
+            (lyr for lyr in self.viewer.layers if plate and plate_of_layer(lyr) == plate), None
+        )
         if layer is None or not self.rows:
             return None
         shape = (layer.data[0] if layer.multiscale else layer.data).shape
@@ -187,11 +231,15 @@ class EvaluateWidget(Container):
         center = ((a[-2] + b[-2]) / 2, (a[-1] + b[-1]) / 2)
         self.viewer.reset_view()
         self.viewer.camera.center = center
-        self.viewer.camera.zoom = self.viewer.camera.zoom * 0.9 * min(len(self.rows), len(self.columns))
+        self.viewer.camera.zoom = (
+            self.viewer.camera.zoom * 0.9 * min(len(self.rows), len(self.columns))
+        )
         self.message.value = f"well {well}" + self._well_text(well)
         return center
 
     def _well_text(self, well: str) -> str:
-        row = next((w for w in (self.result.wells if self.result else []) if w["path"] == well), None)
+        row = next(
+            (w for w in (self.result.wells if self.result else []) if w["path"] == well), None
+        )
         metric = self.metric.value
         return f": {metric} {row[metric]:.3f}" if row and isinstance(row.get(metric), float) else ""

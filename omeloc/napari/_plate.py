@@ -46,7 +46,9 @@ def plate_of_layers(layers: Iterable[Any], selected: Any = None) -> str | None:
     return None
 
 
-def channel_layers(plate: str, labels: Sequence[str], channel_names: Sequence[str]) -> list[LayerData]:
+def channel_layers(
+    plate: str, labels: Sequence[str], channel_names: Sequence[str]
+) -> list[LayerData]:
     """Layer data for the channels ``labels`` of ``plate``, as napari-ome-zarr reads them.
 
     Parameters
@@ -69,8 +71,11 @@ def channel_layers(plate: str, labels: Sequence[str], channel_names: Sequence[st
         if kind != "image" or meta.get("channel_axis") is None:
             continue
         axis = meta["channel_axis"]
-        shared = {k: v for k, v in meta.items()
-                  if k not in ("channel_axis", "name", "colormap", "contrast_limits", "visible")}
+        shared = {
+            k: v
+            for k, v in meta.items()
+            if k not in ("channel_axis", "name", "colormap", "contrast_limits", "visible")
+        }
         for label in labels:
             i = list(channel_names).index(label)
             kwargs = dict(shared, name=label, metadata={PLATE_KEY: str(plate)})
@@ -84,8 +89,9 @@ def channel_layers(plate: str, labels: Sequence[str], channel_names: Sequence[st
     return out
 
 
-def well_box(rows: Sequence[str], columns: Sequence[str], well: str,
-             grid_shape: Sequence[int]) -> tuple[float, float, float, float]:
+def well_box(
+    rows: Sequence[str], columns: Sequence[str], well: str, grid_shape: Sequence[int]
+) -> tuple[float, float, float, float]:
     """``(y0, x0, y1, x1)`` of ``well`` (``"B/3"`` or ``"B3"``) in the data coordinates of the
     plate grid (the last two axes of ``grid_shape``, the level-0 shape of the grid layer)."""
     from omeloc.errors import InputError
@@ -96,5 +102,7 @@ def well_box(rows: Sequence[str], columns: Sequence[str], well: str,
             if f"{row}{col}" == name:
                 h, w = grid_shape[-2] / len(rows), grid_shape[-1] / len(columns)
                 return r * h, c * w, (r + 1) * h, (c + 1) * w
-    raise InputError(f"Expected a well of the plate (rows {', '.join(rows)}; columns {', '.join(columns)}). "
-                     f"Got {well!r} instead.")
+    raise InputError(
+        f"Expected a well of the plate (rows {', '.join(rows)}; columns {', '.join(columns)}). "
+        f"Got {well!r} instead."
+    )

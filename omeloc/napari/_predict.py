@@ -30,15 +30,34 @@ def predict_widgets(viewer: Any) -> list[PredictWidget]:
     return [w for w in list(_LIVE) if w.viewer is viewer]
 
 
-def run_predict(plate: str, model: str, *, name: str | None, wells: list[str] | None, tta: bool,
-                uncertainty: bool, overwrite: bool, dry_run: bool, tracker: Tracker) -> tuple[Any, list]:
+def run_predict(
+    plate: str,
+    model: str,
+    *,
+    name: str | None,
+    wells: list[str] | None,
+    tta: bool,
+    uncertainty: bool,
+    overwrite: bool,
+    dry_run: bool,
+    tracker: Tracker,
+) -> tuple[Any, list]:
     """On the worker: the job (its Dask tasks counted by ``tracker``), then the new layers' data."""
     from omeloc.jobs.predict import predict
     from omeloc.ngff.plate import open_plate
 
     with TaskProgress(tracker):
-        res = predict(plate, model, name=name, wells=wells, overwrite=overwrite, dry_run=dry_run,
-                      progress=False, tta=tta, uncertainty=uncertainty)
+        res = predict(
+            plate,
+            model,
+            name=name,
+            wells=wells,
+            overwrite=overwrite,
+            dry_run=dry_run,
+            progress=False,
+            tta=tta,
+            uncertainty=uncertainty,
+        )
     if res.dry_run:
         return res, []
     names = [res.name] + ([res.uncertainty] if res.uncertainty else [])
@@ -50,10 +69,17 @@ class PredictWidget(Container):
 
     def __init__(self, napari_viewer: Any) -> None:
         self.viewer = napari_viewer
-        self.plate = LineEdit(label="plate", tooltip="path or URL; empty: the plate open in the viewer")
-        self.model = FileEdit(label="model", mode="d",
-                              tooltip="checkpoint folder written by omeloc train (or a model package)")
-        self.channel_name = LineEdit(label="name", tooltip="label of the new channel; empty: '<target> (virtual)'")
+        self.plate = LineEdit(
+            label="plate", tooltip="path or URL; empty: the plate open in the viewer"
+        )
+        self.model = FileEdit(
+            label="model",
+            mode="d",
+            tooltip="checkpoint folder written by omeloc train (or a model package)",
+        )
+        self.channel_name = LineEdit(
+            label="name", tooltip="label of the new channel; empty: '<target> (virtual)'"
+        )
         self.wells = LineEdit(label="wells", tooltip="e.g. B2,B3; empty: all wells")
         self.tta = CheckBox(text="test-time augmentation (8x compute)")
         self.uncertainty = CheckBox(text="uncertainty channel (implies TTA)")
@@ -66,16 +92,31 @@ class PredictWidget(Container):
         self.message = Label(value="")
         self.message.native.setWordWrap(True)
         self.status.native.setWordWrap(True)
-        super().__init__(widgets=[self.plate, self.model, self.channel_name, self.wells, self.tta, self.uncertainty,
-                                  self.overwrite,
-                                  Container(widgets=[self.dry_run_button, self.run_button, self.cancel_button],
-                                            layout="horizontal", labels=False),
-                                  self.progress, self.status, self.message])
+        super().__init__(
+            widgets=[
+                self.plate,
+                self.model,
+                self.channel_name,
+                self.wells,
+                self.tta,
+                self.uncertainty,
+                self.overwrite,
+                Container(
+                    widgets=[self.dry_run_button, self.run_button, self.cancel_button],
+                    layout="horizontal",
+                    labels=False,
+                ),
+                self.progress,
+                self.status,
+                self.message,
+            ]
+        )
         self.job: Job | None = None
         self.result: Any = None
         self.last_progress: Snapshot | None = None
         self.rate: float | None = None
-        """Megapixels per second of the last run in this widget (for the dry run's time estimate)."""
+        """Megapixels per second of the last run in this widget (for the dry run's time
+        estimate)."""
         self.dry_run_button.changed.connect(lambda: self.start(dry_run=True))
         self.run_button.changed.connect(lambda: self.start(dry_run=False))
         self.cancel_button.changed.connect(self.cancel)
@@ -104,21 +145,35 @@ class PredictWidget(Container):
             return
         plate, model = self.plate_path(), self._model_path()
         if plate is None:
-            self.message.value = ("error: no plate: open an OME-Zarr plate in the viewer "
-                                  "(napari-ome-zarr) or type its path or URL in 'plate'.")
+            self.message.value = (
+                "error: no plate: open an OME-Zarr plate in the viewer "
+                "(napari-ome-zarr) or type its path or URL in 'plate'."
+            )
             return
         if model is None:
-            self.message.value = "error: no model: choose the checkpoint folder written by omeloc train."
+            self.message.value = (
+                "error: no model: choose the checkpoint folder written by omeloc train."
+            )
             return
         wells = csv_list(self.wells.value) if self.wells.value.strip() else None
-        kwargs = {"name": self.channel_name.value.strip() or None, "wells": wells, "tta": self.tta.value,
-                  "uncertainty": self.uncertainty.value, "overwrite": self.overwrite.value, "dry_run": dry_run}
+        kwargs = {
+            "name": self.channel_name.value.strip() or None,
+            "wells": wells,
+            "tta": self.tta.value,
+            "uncertainty": self.uncertainty.value,
+            "overwrite": self.overwrite.value,
+            "dry_run": dry_run,
+        }
         self.message.value = f"{'planning' if dry_run else 'predicting'} {plate} …"
         self.progress.value, self.last_progress, self.result = 0, None, None
         self._busy(True)
-        self.job = Job(lambda tracker, note: run_predict(plate, model, tracker=tracker, **kwargs),
-                       on_progress=self._progressed, on_done=self._done, on_error=self._failed,
-                       on_finish=lambda: self._busy(False))
+        self.job = Job(
+            lambda tracker, note: run_predict(plate, model, tracker=tracker, **kwargs),
+            on_progress=self._progressed,
+            on_done=self._done,
+            on_error=self._failed,
+            on_finish=lambda: self._busy(False),
+        )
 
     def cancel(self) -> None:
         """Stop the run; the write-back rolls the plate back as it was."""
@@ -151,8 +206,13 @@ class PredictWidget(Container):
 
     def _estimate(self, megapixels: float) -> str:
         if not self.rate or self.rate != self.rate:
-            return "time: not known before a first run here (a run reports its megapixels per second)"
-        return f"time: about {megapixels / self.rate:.0f} s at the last run's {self.rate:.2f} megapixels/s"
+            return (
+                "time: not known before a first run here (a run reports its megapixels per second)"
+            )
+        return (
+            f"time: about {megapixels / self.rate:.0f} s at the last run's {self.rate:.2f} "
+            "megapixels/s"
+        )
 
     def _failed(self, err: BaseException) -> None:
         self.result = None

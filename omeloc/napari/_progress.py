@@ -50,8 +50,10 @@ class Snapshot:
     def text(self) -> str:
         """``"stage 1: 12/40 tasks, 3.1 tasks/s, ETA 9 s"``."""
         eta = "…" if self.eta != self.eta else f"{self.eta:.0f} s"
-        return (f"stage {self.stage}: {self.done}/{self.total} {self.unit}s, "
-                f"{self.rate:.1f} {self.unit}s/s, ETA {eta}")
+        return (
+            f"stage {self.stage}: {self.done}/{self.total} {self.unit}s, "
+            f"{self.rate:.1f} {self.unit}s/s, ETA {eta}"
+        )
 
 
 class Tracker:
@@ -69,8 +71,13 @@ class Tracker:
         What a cancelled job leaves behind, said in the :class:`Cancelled` message.
     """
 
-    def __init__(self, emit: Callable[[Snapshot], None], cancel: threading.Event, unit: str = "task",
-                 outcome: str = "the plate was rolled back as it was before the run") -> None:
+    def __init__(
+        self,
+        emit: Callable[[Snapshot], None],
+        cancel: threading.Event,
+        unit: str = "task",
+        outcome: str = "the plate was rolled back as it was before the run",
+    ) -> None:
         self.emit, self.cancel, self.unit, self.outcome = emit, cancel, unit, outcome
         self.stage, self._t0 = 0, time.perf_counter()
 
@@ -98,7 +105,8 @@ class Tracker:
 
 
 class TaskProgress(Callback):
-    """Count the finished tasks of the Dask graphs computed locally on this thread (context manager).
+    """Count the finished tasks of the Dask graphs computed locally on this thread (context
+    manager).
 
     Graphs computed on other threads (napari reading the plate's layers) are not counted, and
     cancelling never interrupts them.

@@ -37,11 +37,20 @@ __all__ = ["TrainWidget", "run_train"]
 def _log_rows(path: Path) -> list[dict[str, Any]]:
     from omeloc.learn.log import TrainLog
 
-    return TrainLog.resume(path, upto=2 ** 62).rows
+    return TrainLog.resume(path, upto=2**62).rows
 
 
-def run_train(plate: str, source: list[str], target: list[str], out: str, *, tracker: Tracker,
-              note: Callable[[Any], None], overwrite: bool, **config: Any) -> Any:
+def run_train(
+    plate: str,
+    source: list[str],
+    target: list[str],
+    out: str,
+    *,
+    tracker: Tracker,
+    note: Callable[[Any], None],
+    overwrite: bool,
+    **config: Any,
+) -> Any:
     """On the worker: the job, its ``progress`` also sending the log's rows whenever they change."""
     from omeloc.learn.log import LOG_FILE
     from omeloc.learn.training import train
@@ -55,8 +64,16 @@ def run_train(plate: str, source: list[str], target: list[str], out: str, *, tra
             seen[0] = stamp
             note(_log_rows(log))
 
-    res = train(plate, source, target, out=out, overwrite=overwrite, progress=progress,
-                report=lambda line: note(line), **config)
+    res = train(
+        plate,
+        source,
+        target,
+        out=out,
+        overwrite=overwrite,
+        progress=progress,
+        report=lambda line: note(line),
+        **config,
+    )
     note(res.history or _log_rows(Path(res.log)))
     return res
 
@@ -69,19 +86,47 @@ class TrainWidget(Container):
         from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
 
         self.viewer = napari_viewer
-        self.plate = LineEdit(label="plate", tooltip="path or URL; empty: the plate open in the viewer")
-        self.source = LineEdit(label="source", value="actin", tooltip="input channel(s), e.g. actin")
-        self.target = LineEdit(label="target", value="WAVE2", tooltip="channel to predict, e.g. WAVE2")
-        self.val_wells = LineEdit(label="validation wells", tooltip="e.g. B3; empty: every fourth well")
-        self.minutes = FloatSpinBox(label="minutes", value=2.0, min=0.0, max=24 * 60.0, step=0.5,
-                                    tooltip="time budget; 0: no budget (the steps below)")
-        self.steps = SpinBox(label="steps", value=0, min=0, max=10 ** 7,
-                             tooltip="optimizer steps (with a budget: at most this many); 0: the default")
+        self.plate = LineEdit(
+            label="plate", tooltip="path or URL; empty: the plate open in the viewer"
+        )
+        self.source = LineEdit(
+            label="source", value="actin", tooltip="input channel(s), e.g. actin"
+        )
+        self.target = LineEdit(
+            label="target", value="WAVE2", tooltip="channel to predict, e.g. WAVE2"
+        )
+        self.val_wells = LineEdit(
+            label="validation wells", tooltip="e.g. B3; empty: every fourth well"
+        )
+        self.minutes = FloatSpinBox(
+            label="minutes",
+            value=2.0,
+            min=0.0,
+            max=24 * 60.0,
+            step=0.5,
+            tooltip="time budget; 0: no budget (the steps below)",
+        )
+        self.steps = SpinBox(
+            label="steps",
+            value=0,
+            min=0,
+            max=10**7,
+            tooltip="optimizer steps (with a budget: at most this many); 0: the default",
+        )
         self.model = ComboBox(label="model", choices=list(MODELS), value=MODELS[0])
-        self.crop = SpinBox(label="crop", value=0, min=0, max=4096, step=16,
-                            tooltip="crop side in pixels; 0: the device default")
-        self.out = FileEdit(label="checkpoint", mode="d",
-                            tooltip="checkpoint folder; empty: omeloc-models/<source>-<target> beside the plate")
+        self.crop = SpinBox(
+            label="crop",
+            value=0,
+            min=0,
+            max=4096,
+            step=16,
+            tooltip="crop side in pixels; 0: the device default",
+        )
+        self.out = FileEdit(
+            label="checkpoint",
+            mode="d",
+            tooltip="checkpoint folder; empty: omeloc-models/<source>-<target> beside the plate",
+        )
         self.overwrite = CheckBox(text="replace a checkpoint in that folder")
         self.train_button = PushButton(text="Train")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
@@ -92,11 +137,28 @@ class TrainWidget(Container):
         self.figure = Figure(figsize=(4, 2.6), dpi=80, tight_layout=True)
         self.canvas = FigureCanvasQTAgg(self.figure)
         self.canvas.setMinimumHeight(180)
-        super().__init__(widgets=[self.plate, self.source, self.target, self.val_wells, self.minutes, self.steps,
-                                  self.model, self.crop, self.out, self.overwrite,
-                                  Container(widgets=[self.train_button, self.cancel_button], layout="horizontal",
-                                            labels=False),
-                                  self.progress, self.status, self.message])
+        super().__init__(
+            widgets=[
+                self.plate,
+                self.source,
+                self.target,
+                self.val_wells,
+                self.minutes,
+                self.steps,
+                self.model,
+                self.crop,
+                self.out,
+                self.overwrite,
+                Container(
+                    widgets=[self.train_button, self.cancel_button],
+                    layout="horizontal",
+                    labels=False,
+                ),
+                self.progress,
+                self.status,
+                self.message,
+            ]
+        )
         self.native.layout().addWidget(self.canvas)
         self.job: Job | None = None
         self.result: Any = None
@@ -123,12 +185,16 @@ class TrainWidget(Container):
             return
         plate = self.plate_path()
         if plate is None:
-            self.message.value = ("error: no plate: open an OME-Zarr plate in the viewer "
-                                  "(napari-ome-zarr) or type its path or URL in 'plate'.")
+            self.message.value = (
+                "error: no plate: open an OME-Zarr plate in the viewer "
+                "(napari-ome-zarr) or type its path or URL in 'plate'."
+            )
             return
         source, target = csv_list(self.source.value), csv_list(self.target.value)
         if not source or not target:
-            self.message.value = "error: no source or target channel: type their names (e.g. actin, WAVE2)."
+            self.message.value = (
+                "error: no source or target channel: type their names (e.g. actin, WAVE2)."
+            )
             return
         out = self._out_path(plate, source, target)
         config: dict[str, Any] = {"model": self.model.value}
@@ -143,11 +209,25 @@ class TrainWidget(Container):
         self.draw_curve([])
         self.message.value = f"training {'+'.join(source)} → {'+'.join(target)} into {out} …"
         self._busy(True)
-        self.job = Job(lambda tracker, note: run_train(plate, source, target, out, tracker=tracker, note=note,
-                                                       overwrite=self.overwrite.value, **config),
-                       on_progress=self._progressed, on_done=self._done, on_error=self._failed,
-                       on_note=self._noted, on_finish=lambda: self._busy(False), unit="step",
-                       outcome="the last saved state stays in the checkpoint folder (train again with resume)")
+        self.job = Job(
+            lambda tracker, note: run_train(
+                plate,
+                source,
+                target,
+                out,
+                tracker=tracker,
+                note=note,
+                overwrite=self.overwrite.value,
+                **config,
+            ),
+            on_progress=self._progressed,
+            on_done=self._done,
+            on_error=self._failed,
+            on_note=self._noted,
+            on_finish=lambda: self._busy(False),
+            unit="step",
+            outcome="the last saved state stays in the checkpoint folder (train again with resume)",
+        )
 
     def cancel(self) -> None:
         """Stop training at the next step."""
@@ -188,7 +268,11 @@ class TrainWidget(Container):
 
     def curve_lines(self) -> dict[str, int]:
         """Points drawn per curve (what the widget shows; for tests and scripts)."""
-        return {line.get_label(): len(line.get_xdata()) for ax in self.figure.axes for line in ax.get_lines()}
+        return {
+            line.get_label(): len(line.get_xdata())
+            for ax in self.figure.axes
+            for line in ax.get_lines()
+        }
 
     def _done(self, res: Any) -> None:
         from omeloc.napari._predict import predict_widgets
@@ -198,7 +282,9 @@ class TrainWidget(Container):
         handed = predict_widgets(self.viewer)
         for widget in handed:
             widget.set_model(res.checkpoint)
-        self.message.value = res.summary() + ("\ncheckpoint handed to the predict widget" if handed else "")
+        self.message.value = res.summary() + (
+            "\ncheckpoint handed to the predict widget" if handed else ""
+        )
 
     def _failed(self, err: BaseException) -> None:
         self.message.value = describe_error(err)

@@ -19,7 +19,8 @@ __all__ = ["Job", "describe_error"]
 
 @functools.cache
 def _relay_class() -> type:
-    """A QObject class whose signals carry what the worker thread reports to the main thread (queued)."""
+    """A QObject class whose signals carry what the worker thread reports to the main thread
+    (queued)."""
     from qtpy.QtCore import QObject, Signal
 
     class Relay(QObject):
@@ -54,11 +55,18 @@ class Job:
         What a progress step is; what a cancelled job leaves behind.
     """
 
-    def __init__(self, fn: Callable[[Tracker, Callable[[Any], None]], Any], *,
-                 on_progress: Callable[[Snapshot], None], on_done: Callable[[Any], None],
-                 on_error: Callable[[BaseException], None], on_note: Callable[[Any], None] | None = None,
-                 on_finish: Callable[[], None] | None = None, unit: str = "task",
-                 outcome: str = "the plate was rolled back as it was before the run") -> None:
+    def __init__(
+        self,
+        fn: Callable[[Tracker, Callable[[Any], None]], Any],
+        *,
+        on_progress: Callable[[Snapshot], None],
+        on_done: Callable[[Any], None],
+        on_error: Callable[[BaseException], None],
+        on_note: Callable[[Any], None] | None = None,
+        on_finish: Callable[[], None] | None = None,
+        unit: str = "task",
+        outcome: str = "the plate was rolled back as it was before the run",
+    ) -> None:
         from napari.qt.threading import create_worker
 
         self.cancel_event = threading.Event()

@@ -31,7 +31,11 @@ def stored_axis_names(axes_meta: Sequence[Any]) -> tuple[str, ...]:
 
 def _space_keys(axes_meta: Sequence[Any]) -> dict[int, str]:
     """Keys of the ``space`` axes: their name when it is z/y/x, else by position (the last is x)."""
-    space = [i for i, a in enumerate(axes_meta) if isinstance(a, Mapping) and str(a.get("type", "")).lower() == "space"]
+    space = [
+        i
+        for i, a in enumerate(axes_meta)
+        if isinstance(a, Mapping) and str(a.get("type", "")).lower() == "space"
+    ]
     names = [stored_axis_names([axes_meta[i]])[0].lower() for i in space]
     if all(n in ("z", "y", "x") for n in names) and len(set(names)) == len(names):
         return dict(zip(space, names))
@@ -68,7 +72,7 @@ def axis_keys(axes_meta: Sequence[Any], where: str) -> tuple[str, ...]:
     >>> axis_keys([{"name": "ch", "type": "channel"}, {"name": "row", "type": "space"},
     ...            {"name": "col", "type": "space"}], "img")
     ('c', 'y', 'x')
-    """
+    """  # noqa: E501
     names = stored_axis_names(axes_meta)
     space = _space_keys(axes_meta)
     keys = []
@@ -80,13 +84,13 @@ def axis_keys(axes_meta: Sequence[Any], where: str) -> tuple[str, ...]:
     doubled = sorted({k for k in keys if keys.count(k) > 1})
     if doubled:
         raise NotOmeZarrError(
-            f"Image {where} has axes {', '.join(names)} with more than one {'/'.join(doubled)} axis. "
-            f"Fix multiscales[0].axes (one axis per meaning, typed time/channel/space)."
+            f"Image {where} has axes {', '.join(names)} with more than one {'/'.join(doubled)} "
+            f"axis. Fix multiscales[0].axes (one axis per meaning, typed time/channel/space)."
         )
     missing = [a for a in ("c", "y", "x") if a not in keys]
     if missing:
         raise NotOmeZarrError(
-            f"Image {where} has axes {''.join(names)!r} without {', '.join(missing)}; omeloc needs c, y and x. "
-            f"Add a channel axis (e.g. rewrite the image as cyx)."
+            f"Image {where} has axes {''.join(names)!r} without {', '.join(missing)}; omeloc needs "
+            f"c, y and x. Add a channel axis (e.g. rewrite the image as cyx)."
         )
     return tuple(keys)

@@ -74,7 +74,6 @@ __all__ = [
 METADATA_DOC_NAMES = frozenset({"zarr.json", ".zattrs", ".zarray", ".zgroup", ".zmetadata"})
 
 
-
 # -- the store-format object ----------------------------------------------------------------
 @dataclass(frozen=True)
 class StoreFormat:
@@ -139,8 +138,9 @@ class StoreFormat:
         """Name of the document of a group that may hold its consolidated metadata."""
         return self.consolidated_doc or self.attrs_doc
 
-    def refresh_consolidated(self, doc: Mapping[str, Any],
-                             read: Callable[[str], Mapping[str, Any] | None]) -> dict[str, Any] | None:
+    def refresh_consolidated(
+        self, doc: Mapping[str, Any], read: Callable[[str], Mapping[str, Any] | None]
+    ) -> dict[str, Any] | None:
         """``doc`` with every consolidated entry re-read (see :func:`refresh_consolidated`)."""
         raise NotImplementedError
 
@@ -167,7 +167,8 @@ class _FormatV04(StoreFormat):
     """NGFF 0.4 on Zarr v2: NGFF keys at the top of ``.zattrs``; ``.zmetadata`` at the root."""
 
     reserved_attr_keys: ClassVar[frozenset[str]] = frozenset(
-        {"ome", "plate", "well", "multiscales", "omero"})
+        {"ome", "plate", "well", "multiscales", "omero"}
+    )
 
     def ngff_attrs(self, attrs: Mapping[str, Any]) -> dict[str, Any]:
         return dict(attrs)
@@ -184,8 +185,9 @@ class _FormatV04(StoreFormat):
     def attributes_to_edit(self, doc: dict[str, Any]) -> dict[str, Any]:
         return doc
 
-    def refresh_consolidated(self, doc: Mapping[str, Any],
-                             read: Callable[[str], Mapping[str, Any] | None]) -> dict[str, Any] | None:
+    def refresh_consolidated(
+        self, doc: Mapping[str, Any], read: Callable[[str], Mapping[str, Any] | None]
+    ) -> dict[str, Any] | None:
         entries = doc.get("metadata")
         if not isinstance(entries, Mapping):
             return None
@@ -207,7 +209,8 @@ class _FormatV04(StoreFormat):
 
 @dataclass(frozen=True)
 class _FormatV05(StoreFormat):
-    """NGFF 0.5 on Zarr v3: NGFF keys under ``attributes.ome`` of ``zarr.json``, consolidated inside."""
+    """NGFF 0.5 on Zarr v3: NGFF keys under ``attributes.ome`` of ``zarr.json``, consolidated
+    inside."""
 
     def ngff_attrs(self, attrs: Mapping[str, Any]) -> dict[str, Any]:
         ome = attrs.get("ome")
@@ -227,10 +230,13 @@ class _FormatV05(StoreFormat):
     def attributes_to_edit(self, doc: dict[str, Any]) -> dict[str, Any]:
         return doc.setdefault("attributes", {})
 
-    def refresh_consolidated(self, doc: Mapping[str, Any],
-                             read: Callable[[str], Mapping[str, Any] | None]) -> dict[str, Any] | None:
+    def refresh_consolidated(
+        self, doc: Mapping[str, Any], read: Callable[[str], Mapping[str, Any] | None]
+    ) -> dict[str, Any] | None:
         consolidated = doc.get("consolidated_metadata")
-        if not isinstance(consolidated, Mapping) or not isinstance(consolidated.get("metadata"), Mapping):
+        if not isinstance(consolidated, Mapping) or not isinstance(
+            consolidated.get("metadata"), Mapping
+        ):
             return None
         refreshed: dict[str, Any] = {}
         for rel, old in consolidated["metadata"].items():
@@ -239,7 +245,9 @@ class _FormatV05(StoreFormat):
                 continue
             entry = {k: v for k, v in current.items() if k != "consolidated_metadata"}
             if isinstance(old, Mapping) and "consolidated_metadata" in old:
-                entry["consolidated_metadata"] = current.get("consolidated_metadata", old["consolidated_metadata"])
+                entry["consolidated_metadata"] = current.get(
+                    "consolidated_metadata", old["consolidated_metadata"]
+                )
             refreshed[rel] = entry
         return {**doc, "consolidated_metadata": {**consolidated, "metadata": refreshed}}
 
@@ -256,19 +264,32 @@ class _FormatV05(StoreFormat):
         return {"dimension_names": list(axes)}  # required by NGFF 0.5
 
     def copy_array_kwargs(self, node: Any, shards: Sequence[int] | None) -> dict[str, Any]:
-        return {"dimension_names": node.metadata.dimension_names,
-                "chunk_key_encoding": node.metadata.chunk_key_encoding,
-                "serializer": node.serializer, "shards": tuple(shards) if shards else None}
+        return {
+            "dimension_names": node.metadata.dimension_names,
+            "chunk_key_encoding": node.metadata.chunk_key_encoding,
+            "serializer": node.serializer,
+            "shards": tuple(shards) if shards else None,
+        }
 
 
 #: NGFF 0.4 on Zarr v2
 FORMAT_V04: StoreFormat = _FormatV04(
-    zarr_format=2, ngff_version="0.4", attrs_doc=".zattrs", array_doc=".zarray",
-    metadata_docs=(".zattrs", ".zarray", ".zgroup"), consolidated_doc=".zmetadata")
+    zarr_format=2,
+    ngff_version="0.4",
+    attrs_doc=".zattrs",
+    array_doc=".zarray",
+    metadata_docs=(".zattrs", ".zarray", ".zgroup"),
+    consolidated_doc=".zmetadata",
+)
 #: NGFF 0.5 on Zarr v3
 FORMAT_V05: StoreFormat = _FormatV05(
-    zarr_format=3, ngff_version="0.5", attrs_doc="zarr.json", array_doc="zarr.json",
-    metadata_docs=("zarr.json",), consolidated_doc=None)
+    zarr_format=3,
+    ngff_version="0.5",
+    attrs_doc="zarr.json",
+    array_doc="zarr.json",
+    metadata_docs=("zarr.json",),
+    consolidated_doc=None,
+)
 _FORMATS = {2: FORMAT_V04, 3: FORMAT_V05}
 
 
@@ -292,7 +313,8 @@ def _fmt(zarr_format: int) -> StoreFormat:
 
 
 def _array_format(array_doc: Mapping[str, Any]) -> StoreFormat:
-    """The format of a raw array document (a ``.zarray`` names ``zarr_format`` 2, a ``zarr.json`` 3)."""
+    """The format of a raw array document (a ``.zarray`` names ``zarr_format`` 2, a ``zarr.json``
+    3)."""
     return FORMAT_V05 if array_doc.get("zarr_format") == 3 else FORMAT_V04
 
 
@@ -339,8 +361,11 @@ def ngff_attrs(attrs: Mapping[str, Any], zarr_format: int) -> dict[str, Any]:
     return _fmt(zarr_format).ngff_attrs(attrs)
 
 
-def ngff_updates(attrs: Mapping[str, Any], zarr_format: int, changes: Mapping[str, Any]) -> dict[str, Any]:
-    """The top-level attribute updates that set NGFF keys ``changes`` (the inverse of :func:`ngff_attrs`).
+def ngff_updates(
+    attrs: Mapping[str, Any], zarr_format: int, changes: Mapping[str, Any]
+) -> dict[str, Any]:
+    """The top-level attribute updates that set NGFF keys ``changes`` (the inverse of
+    :func:`ngff_attrs`).
 
     Parameters
     ----------
@@ -400,8 +425,12 @@ def parent_ngff_attrs(url: str, storage_options: Mapping[str, Any] | None = None
 
     parent = url.rstrip("/").rsplit("/", 1)[0]
     try:
-        group = zarr.open_group(parent, mode="r", use_consolidated=False,
-                                **({"storage_options": dict(storage_options)} if storage_options else {}))
+        group = zarr.open_group(
+            parent,
+            mode="r",
+            use_consolidated=False,
+            **({"storage_options": dict(storage_options)} if storage_options else {}),
+        )
     except Exception:  # noqa: BLE001 - no readable parent group: not inside a plate
         return {}
     return group_ngff_attrs(group)
@@ -505,12 +534,16 @@ def consolidated_doc_keys(node_paths: Iterable[str], zarr_format: int) -> list[s
     for path in node_paths:
         parts = [p for p in str(path).split("/") if p]
         groups.update("/".join(parts[:n]) for n in range(len(parts) + 1))
-    return [join_path("", g, name) for g in sorted(groups, key=lambda g: (-g.count("/") - bool(g), g))]
+    return [
+        join_path("", g, name) for g in sorted(groups, key=lambda g: (-g.count("/") - bool(g), g))
+    ]
 
 
-def refresh_consolidated(doc: Mapping[str, Any] | None, zarr_format: int,
-                         read: Callable[[str], Mapping[str, Any] | None]) -> dict[str, Any] | None:
-    """``doc`` with every consolidated entry re-read from the current documents (``None``: nothing to refresh).
+def refresh_consolidated(
+    doc: Mapping[str, Any] | None, zarr_format: int, read: Callable[[str], Mapping[str, Any] | None]
+) -> dict[str, Any] | None:
+    """``doc`` with every consolidated entry re-read from the current documents (``None``: nothing
+    to refresh).
 
     Parameters
     ----------
@@ -565,7 +598,7 @@ def chunk_coords(rel_key: str, array_doc: Mapping[str, Any]) -> tuple[int, ...] 
     if prefix is not None:
         if not rel_key.startswith(prefix):
             return None
-        rel_key = rel_key[len(prefix):].lstrip(sep)
+        rel_key = rel_key[len(prefix) :].lstrip(sep)
     try:
         return tuple(int(p) for p in rel_key.split(sep))
     except ValueError:
@@ -601,8 +634,11 @@ def join_path(base: str, *parts: str) -> str:
 _DRIVE = re.compile(r"^[A-Za-z]:")
 
 
-def safe_key(rel: str, what: str = "Refused the key", fix: str = "Fix the metadata or journal that names it.") -> str:
-    """``rel`` as a normalised store key that cannot leave its store, else an :class:`UnsafePathError`.
+def safe_key(
+    rel: str, what: str = "Refused the key", fix: str = "Fix the metadata or journal that names it."
+) -> str:
+    """``rel`` as a normalised store key that cannot leave its store, else an
+    :class:`UnsafePathError`.
 
     A plate and a journal are untrusted input (DESIGN invariant 7): every key or path read
     from them passes here before it is joined to a store root.  A trailing ``/`` is dropped;
@@ -639,7 +675,8 @@ def safe_key(rel: str, what: str = "Refused the key", fix: str = "Fix the metada
     problem = _key_problem(key) if isinstance(key, str) else "is not a string"
     if problem:
         raise UnsafePathError(
-            f"{what} {rel!r}, which {problem}: omeloc follows only relative paths that stay inside the store. {fix}"
+            f"{what} {rel!r}, which {problem}: omeloc follows only relative paths that stay inside "
+            f"the store. {fix}"
         )
     return key
 
@@ -663,7 +700,8 @@ def _key_problem(key: str) -> str | None:
 
 
 def inside_root(root: str | os.PathLike[str], path: str | os.PathLike[str]) -> bool:
-    """Whether local ``path``, with every symbolic link resolved, lies inside ``root`` (also resolved).
+    """Whether local ``path``, with every symbolic link resolved, lies inside ``root`` (also
+    resolved).
 
     Examples
     --------
@@ -675,7 +713,7 @@ def inside_root(root: str | os.PathLike[str], path: str | os.PathLike[str]) -> b
         # below the root by name: inside unless a link below the root leads away (one lstat per
         # part, where realpath would resolve every part of both paths: ~7 ms per image on plates of
         # 32² fields)
-        parts = path_s[len(root_s) + 1:].split(os.sep)
+        parts = path_s[len(root_s) + 1 :].split(os.sep)
         if ".." not in parts:
             here = root_s
             for part in parts:

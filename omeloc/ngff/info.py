@@ -15,8 +15,12 @@ from omeloc.writeback.tables import TABLES_JOURNAL_KEY, list_tables
 __all__ = ["describe", "format_description"]
 
 
-def describe(path_or_url: str | Path, storage_options: Mapping[str, Any] | None = None, *,
-             series: str | int | None = None) -> dict[str, Any]:
+def describe(
+    path_or_url: str | Path,
+    storage_options: Mapping[str, Any] | None = None,
+    *,
+    series: str | int | None = None,
+) -> dict[str, Any]:
     """Describe a plate or image from its metadata (no pixels are read).
 
     ``series`` chooses the series of a bioformats2raw wrapper (see :func:`open_plate`).  The
@@ -40,8 +44,12 @@ def describe(path_or_url: str | Path, storage_options: Mapping[str, Any] | None 
     plate: Plate = open_plate(path_or_url, storage_options=storage_options, series=series)
     first = plate.images[0]
     levels = [
-        {"path": p, "shape": list(first.shapes[i]), "chunks": list(first.chunks(i)),
-         "shards": list(first.shards(i)) if first.shards(i) else None}
+        {
+            "path": p,
+            "shape": list(first.shapes[i]),
+            "chunks": list(first.chunks(i)),
+            "shards": list(first.shards(i)) if first.shards(i) else None,
+        }
         for i, p in enumerate(first.level_paths)
     ]
     problems: list[str] = []
@@ -49,7 +57,10 @@ def describe(path_or_url: str | Path, storage_options: Mapping[str, Any] | None 
     for img in plate.images:
         problems += [f"{img.path or img.url}: {p}" for p in append_problems(img)]
         if (img.channel_names, img.dtype, img.axes, len(img.level_paths)) != (
-            first.channel_names, first.dtype, first.axes, len(first.level_paths)
+            first.channel_names,
+            first.dtype,
+            first.axes,
+            len(first.level_paths),
         ):
             inconsistent.append(img.path)
     return {
@@ -61,9 +72,15 @@ def describe(path_or_url: str | Path, storage_options: Mapping[str, Any] | None 
         "columns": list(plate.columns),
         "wells": {w.name: [i.field for i in w.images] for w in plate.wells.values()},
         "n_images": len(plate.images),
-        "acquisitions": [{"id": a["id"], "name": a["name"], "n_images": len(a["images"]),
-                          "wells": sorted({i.rsplit("/", 1)[0].replace("/", "") for i in a["images"]})}
-                         for a in plate.acquisitions],
+        "acquisitions": [
+            {
+                "id": a["id"],
+                "name": a["name"],
+                "n_images": len(a["images"]),
+                "wells": sorted({i.rsplit("/", 1)[0].replace("/", "") for i in a["images"]}),
+            }
+            for a in plate.acquisitions
+        ],
         "channels": list(first.channel_names),
         "axes": "".join(first.axes),
         "axis_names": list(first.axis_names),
@@ -91,7 +108,11 @@ def _wells_with_other_field_paths(plate: Plate) -> list[str]:
     if not wells:
         return []
     first = [i.field for i in wells[0].images]
-    return [w.name for w in wells[1:] if [i.field for i in w.images][: len(first)] != first[: len(w.images)]]
+    return [
+        w.name
+        for w in wells[1:]
+        if [i.field for i in w.images][: len(first)] != first[: len(w.images)]
+    ]
 
 
 def _pending_write(journal: Any, channels: list[str]) -> dict[str, Any] | None:
@@ -100,23 +121,36 @@ def _pending_write(journal: Any, channels: list[str]) -> dict[str, Any] | None:
         return None
     j = journal if isinstance(journal, Mapping) else {}
     n = j.get("n_channels")
-    added = channels[n:] if j.get("mode") == "append" and isinstance(n, int) and not isinstance(n, bool) else []
-    return {"run_id": str(j.get("run_id", "?")), "name": str(j.get("name", "?")), "phase": str(j.get("phase", "?")),
-            "mode": str(j.get("mode", "?")), "pending_channels": added}
+    added = (
+        channels[n:]
+        if j.get("mode") == "append" and isinstance(n, int) and not isinstance(n, bool)
+        else []
+    )
+    return {
+        "run_id": str(j.get("run_id", "?")),
+        "name": str(j.get("name", "?")),
+        "phase": str(j.get("phase", "?")),
+        "mode": str(j.get("mode", "?")),
+        "pending_channels": added,
+    }
 
 
 def _acquisition_line(acq: Mapping[str, Any]) -> str:
     """One acquisition of :func:`describe`'s dict as a line of text (id, name, fields, wells)."""
     wells = list(acq["wells"])
     named = f" ({acq['name']})" if acq.get("name") else ""
-    return (f"  acquisition {acq['id']}{named}: {acq['n_images']} field(s) in {len(wells)} well(s)"
-            + (": " + ", ".join(wells[:12]) + (" ..." if len(wells) > 12 else "") if wells else "")
-            + f"   (predict it alone: --acquisition {acq['id']})")
+    return (
+        f"  acquisition {acq['id']}{named}: {acq['n_images']} field(s) in {len(wells)} well(s)"
+        + (": " + ", ".join(wells[:12]) + (" ..." if len(wells) > 12 else "") if wells else "")
+        + f"   (predict it alone: --acquisition {acq['id']})"
+    )
 
 
 def format_description(d: Mapping[str, Any]) -> str:
     """Human-readable text for :func:`describe`'s dict."""
-    lines = [f"{d['path']}: OME-Zarr {d['kind']}, NGFF {d['ngff_version']} (Zarr v{d['zarr_format']})"]
+    lines = [
+        f"{d['path']}: OME-Zarr {d['kind']}, NGFF {d['ngff_version']} (Zarr v{d['zarr_format']})"
+    ]
     if d["kind"] == "plate":
         n_fields = sorted({len(f) for f in d["wells"].values()})
         lines.append(
@@ -129,52 +163,77 @@ def format_description(d: Mapping[str, Any]) -> str:
         lines += [_acquisition_line(a) for a in d.get("acquisitions") or []]
     pending = d.get("pending_write")
     added = set(pending["pending_channels"]) if pending else set()
-    lines.append("  channels " + ", ".join(label_text(c) + (" [pending]" if c in added else "") for c in d["channels"]))
+    lines.append(
+        "  channels "
+        + ", ".join(label_text(c) + (" [pending]" if c in added else "") for c in d["channels"])
+    )
     stored = "".join(d.get("axis_names") or [])
-    shown = d["axes"] + (f" (stored as {', '.join(d['axis_names'])})" if stored and stored != d["axes"] else "")
+    shown = d["axes"] + (
+        f" (stored as {', '.join(d['axis_names'])})" if stored and stored != d["axes"] else ""
+    )
     lines.append(f"  axes     {shown}   dtype {d['dtype']}")
     lines.append("  levels")
     for lv in d["levels"]:
         shards = f"  shards {tuple(lv['shards'])}" if lv["shards"] else ""
-        lines.append(f"    {lv['path']:>4}  shape {tuple(lv['shape'])}  chunks {tuple(lv['chunks'])}{shards}")
+        lines.append(
+            f"    {lv['path']:>4}  shape {tuple(lv['shape'])}  chunks {tuple(lv['chunks'])}{shards}"
+        )
     k = d.get("channels_per_file") or 1
     if d["append_friendly"]:
-        lines.append("  append   yes: a new channel can be added without rewriting existing chunks"
-                     + (f" ({k} channels per chunk file; the new channel's file holds no original channel)"
-                        if k > 1 else ""))
+        lines.append(
+            "  append   yes: a new channel can be added without rewriting existing chunks"
+            + (
+                f" ({k} channels per chunk file; the new channel's file holds no original channel)"
+                if k > 1
+                else ""
+            )
+        )
     else:
         lines.append(
             f"  append   NO: {d['append_problems'][0]}"
             + (f" (+{len(d['append_problems']) - 1} more)" if len(d["append_problems"]) > 1 else "")
-            + ". Copy the plate with one channel per chunk (omeloc rechunk) before predicting into it."
+            + (
+                ". Copy the plate with one channel per chunk (omeloc rechunk) before predicting "
+                "into it."
+            )
         )
     if d.get("tables"):
-        lines.append("  tables   " + ", ".join(f"{t['name']} ({t['type'] or '?'}, {t['backend'] or '?'})"
-                                             for t in d["tables"]))
+        lines.append(
+            "  tables   "
+            + ", ".join(
+                f"{t['name']} ({t['type'] or '?'}, {t['backend'] or '?'})" for t in d["tables"]
+            )
+        )
     if d.get("read_only"):
-        lines.append(f"  store    {d['read_only']}: omeloc reads it but does not write into it; unzip it into a "
-                     f"folder (or `omeloc rechunk` it) before predicting")
+        lines.append(
+            f"  store    {d['read_only']}: omeloc reads it but does not write into it; unzip it "
+            f"into a folder (or `omeloc rechunk` it) before predicting"
+        )
     if d["inconsistent_images"]:
         lines.append(
-            f"  WARNING  {len(d['inconsistent_images'])} image(s) differ from the first in channels, dtype, "
-            f"axes or levels (e.g. {d['inconsistent_images'][0]})"
+            f"  WARNING  {len(d['inconsistent_images'])} image(s) differ from the first in "
+            f"channels, dtype, axes or levels (e.g. {d['inconsistent_images'][0]})"
         )
     differ = d.get("field_paths_differ") or []
     if differ:
         first = next(iter(d["wells"]))
         lines.append(
             f"  WARNING  {len(differ)} well(s) use other field paths than the first well {first} "
-            f"({', '.join(d['wells'][first])}), e.g. {differ[0]} ({', '.join(d['wells'][differ[0]])}): "
-            f"ome-zarr-py and napari-ome-zarr show only the wells that have the first well's field paths. "
-            f"omeloc reads every well; re-import the plate (omeloc import-tiff writes fields 0..n-1) to fix viewers"
+            f"({', '.join(d['wells'][first])}), e.g. {differ[0]} "
+            f"({', '.join(d['wells'][differ[0]])}): ome-zarr-py and napari-ome-zarr show only the "
+            "wells that have the first well's field paths. omeloc reads every well; re-import the "
+            "plate (omeloc import-tiff writes fields 0..n-1) to fix viewers"
         )
     if pending:
         lines.append(
-            f"  WARNING  write pending: omeloc run {pending['run_id']} (channel {pending['name']!r}, "
-            f"{pending['mode']}, phase {pending['phase']!r}) is unfinished (interrupted, or still running); "
-            f"run `omeloc recover {d['path']}`" + (" (channels marked [pending] belong to it)" if added else "")
+            f"  WARNING  write pending: omeloc run {pending['run_id']} (channel "
+            f"{pending['name']!r}, {pending['mode']}, phase {pending['phase']!r}) is unfinished "
+            f"(interrupted, or still running); run `omeloc recover {d['path']}`"
+            + (" (channels marked [pending] belong to it)" if added else "")
         )
     if d.get("pending_tables"):
-        lines.append("  WARNING  a table write is unfinished (interrupted, or still running); the next table "
-                     "write (omeloc evaluate) rolls it back")
+        lines.append(
+            "  WARNING  a table write is unfinished (interrupted, or still running); the next "
+            "table write (omeloc evaluate) rolls it back"
+        )
     return "\n".join(lines)

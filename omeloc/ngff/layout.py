@@ -1,4 +1,5 @@
-"""The one layout rule: may a channel be written without rewriting a file that holds an original channel?
+"""The one layout rule: may a channel be written without rewriting a file that holds an original
+channel?
 
 A chunk (or, when the array is sharded, a shard) is one file or object.  When a storage unit
 holds ``k > 1`` channels along ``c`` (ome-zarr-py's and ngff-zarr's default puts every channel
@@ -21,30 +22,40 @@ from collections.abc import Collection, Mapping
 
 from omeloc.ngff.plate import Image
 
-__all__ = ["append_problems", "channels_per_file", "shared_channels", "virtual_channels", "write_problems"]
+__all__ = [
+    "append_problems",
+    "channels_per_file",
+    "shared_channels",
+    "virtual_channels",
+    "write_problems",
+]
 
 
 def channels_per_file(image: Image, level: int = 0) -> tuple[str, int]:
-    """The storage unit of a level (``"shard"`` or ``"chunk"``) and how many channels it holds along ``c``."""
+    """The storage unit of a level (``"shard"`` or ``"chunk"``) and how many channels it holds
+    along ``c``."""
     c_axis = image.axes.index("c")
     shards = image.shards(level)
     return ("shard", shards[c_axis]) if shards else ("chunk", image.chunks(level)[c_axis])
 
 
 def virtual_channels(image: Image) -> frozenset[int]:
-    """Indices of the channels omeloc wrote into ``image`` (its ``omeloc.channels[name].virtual`` record)."""
+    """Indices of the channels omeloc wrote into ``image`` (its ``omeloc.channels[name].virtual``
+    record)."""
     record = image.attrs.get("omeloc") if isinstance(image.attrs, Mapping) else None
     channels = record.get("channels") if isinstance(record, Mapping) else None
     if not isinstance(channels, Mapping):
         return frozenset()
     return frozenset(
-        i for i, name in enumerate(image.channel_names)
+        i
+        for i, name in enumerate(image.channel_names)
         if isinstance(channels.get(name), Mapping) and channels[name].get("virtual") is True
     )
 
 
 def shared_channels(image: Image, index: int | None = None) -> dict[int, tuple[int, ...]]:
-    """Per level, the other existing channels stored in the files that writing channel ``index`` rewrites.
+    """Per level, the other existing channels stored in the files that writing channel ``index``
+    rewrites.
 
     Parameters
     ----------
@@ -69,8 +80,11 @@ def shared_channels(image: Image, index: int | None = None) -> dict[int, tuple[i
     return out
 
 
-def write_problems(image: Image, index: int | None = None, virtual: Collection[int] | None = None) -> list[str]:
-    """Reasons why writing channel ``index`` would rewrite a file holding an original channel (empty: allowed).
+def write_problems(
+    image: Image, index: int | None = None, virtual: Collection[int] | None = None
+) -> list[str]:
+    """Reasons why writing channel ``index`` would rewrite a file holding an original channel
+    (empty: allowed).
 
     Parameters
     ----------
@@ -97,14 +111,15 @@ def write_problems(image: Image, index: int | None = None, virtual: Collection[i
             n_c = image.shapes[level][c_axis]
             which = "the new channel's" if index is None else f"channel {index}'s"
             problems.append(
-                f"level {image.level_paths[level]!r}: {n_c} channels in {kind}s of {k} along c: {which} "
-                f"{kind} file holds original channel(s) {', '.join(map(str, originals))}"
+                f"level {image.level_paths[level]!r}: {n_c} channels in {kind}s of {k} along c: "
+                f"{which} {kind} file holds original channel(s) {', '.join(map(str, originals))}"
             )
     return problems
 
 
 def append_problems(image: Image, virtual: Collection[int] | None = None) -> list[str]:
-    """Reasons why appending a channel to ``image`` would rewrite a file holding an original channel.
+    """Reasons why appending a channel to ``image`` would rewrite a file holding an original
+    channel.
 
     Empty when it is allowed (see the module docstring): :func:`write_problems` for a new channel.
     """

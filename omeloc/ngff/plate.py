@@ -59,8 +59,18 @@ from omeloc.ngff.stores import (
 )
 
 __all__ = [
-    "INCOMPLETE_KEY", "MAX_CHANNELS", "MAX_CHUNKS", "MAX_PLANE_PIXELS", "Image", "Plate", "Well",
-    "image_plate", "label_text", "open_image", "open_plate", "refuse_incomplete",
+    "INCOMPLETE_KEY",
+    "MAX_CHANNELS",
+    "MAX_CHUNKS",
+    "MAX_PLANE_PIXELS",
+    "Image",
+    "Plate",
+    "Well",
+    "image_plate",
+    "label_text",
+    "open_image",
+    "open_plate",
+    "refuse_incomplete",
 ]
 
 logger = logging.getLogger(__name__)
@@ -86,29 +96,36 @@ def _checked_version(version: str, url: str) -> str:
         return version
     shown = version if version.isprintable() and len(version) < 40 else repr(version[:40])
     raise NotOmeZarrError(
-        f"{url} declares NGFF version {shown}, which omeloc does not read (it reads {', '.join(NGFF_VERSIONS)}). "
-        f"Convert it to NGFF 0.4 or 0.5, or fix its 'version' if the metadata is really 0.4/0.5."
+        f"{url} declares NGFF version {shown}, which omeloc does not read (it reads "
+        f"{', '.join(NGFF_VERSIONS)}). Convert it to NGFF 0.4 or 0.5, or fix its 'version' if the "
+        "metadata is really 0.4/0.5."
     )
 
 
-#: the root attribute of a write-back in progress (``omeloc.writeback.journal.JOURNAL_KEY``; ngff/ imports
-#: nothing from writeback/)
+#: the root attribute of a write-back in progress (``omeloc.writeback.journal.JOURNAL_KEY``; ngff/
+#: imports nothing from writeback/)
 _JOURNAL_KEY = "omeloc_journal"
 _WARNED: set[str] = set()
 
 
 def _warn_journal(attrs: Mapping[str, Any], url: str) -> None:
-    """One warning line (once per store and process) when a write-back journal is in the root attributes."""
+    """One warning line (once per store and process) when a write-back journal is in the root
+    attributes."""
     if _JOURNAL_KEY not in attrs or url in _WARNED:
         return
     _WARNED.add(url)
-    logger.warning("%s holds the journal of a write-back that is running or was interrupted: channels it adds may "
-                   "be incomplete. If no omeloc run writes it, run `omeloc recover %s` (predict does so itself).",
-                   url, url)
+    logger.warning(
+        "%s holds the journal of a write-back that is running or was interrupted: channels it adds "
+        "may be incomplete. If no omeloc run writes it, run `omeloc recover %s` (predict does so "
+        "itself).",
+        url,
+        url,
+    )
 
 
 def refuse_incomplete(attrs: Mapping[str, Any], url: str) -> None:
-    """Refuse a store that an interrupted ``omeloc rechunk`` left half-copied (its root carries the marker).
+    """Refuse a store that an interrupted ``omeloc rechunk`` left half-copied (its root carries the
+    marker).
 
     Raises
     ------
@@ -119,10 +136,13 @@ def refuse_incomplete(attrs: Mapping[str, Any], url: str) -> None:
         return
     marker = attrs.get(INCOMPLETE_KEY)
     source = marker.get("source") if isinstance(marker, Mapping) else None
-    src = source if isinstance(source, str) and source.isprintable() and len(source) < 500 else "SRC"
+    src = (
+        source if isinstance(source, str) and source.isprintable() and len(source) < 500 else "SRC"
+    )
     raise InputError(
-        f"{url} is an incomplete copy: an `omeloc rechunk` making it was interrupted, so some of its pixels "
-        f"were never copied. Run `omeloc recover {url}` (or `omeloc rechunk {src} {url}` again) to finish it."
+        f"{url} is an incomplete copy: an `omeloc rechunk` making it was interrupted, so some of "
+        f"its pixels were never copied. Run `omeloc recover {url}` (or `omeloc rechunk {src} "
+        f"{url}` again) to finish it."
     )
 
 
@@ -133,7 +153,8 @@ def _short_list(items: Sequence[str], most: int = 6) -> str:
 
 
 def label_text(label: str) -> str:
-    """A channel label as messages show it: itself, or its ``repr`` when it holds newlines or control characters.
+    """A channel label as messages show it: itself, or its ``repr`` when it holds newlines or
+    control characters.
 
     Examples
     --------
@@ -147,7 +168,9 @@ def _labels(names: Sequence[str]) -> str:
     return ", ".join(label_text(n) for n in names)
 
 
-def _size_problem(shape: tuple[int, ...], block: tuple[int, ...], axes: tuple[str, ...]) -> str | None:
+def _size_problem(
+    shape: tuple[int, ...], block: tuple[int, ...], axes: tuple[str, ...]
+) -> str | None:
     """Why a declared shape is too large (or malformed) for omeloc; ``None`` when it is fine."""
     if len(shape) != len(axes) or len(block) != len(shape):
         return f"{len(shape)} dimensions for the {len(axes)} axes {''.join(axes)!r}"
@@ -156,11 +179,16 @@ def _size_problem(shape: tuple[int, ...], block: tuple[int, ...], axes: tuple[st
     plane = shape[axes.index("y")] * shape[axes.index("x")]
     limit = int(os.environ.get("OMELOC_MAX_PLANE_PIXELS", MAX_PLANE_PIXELS))
     if plane > limit:
-        return f"a plane of {plane:,} pixels, more than the {limit:,} omeloc opens (OMELOC_MAX_PLANE_PIXELS)"
+        return (
+            f"a plane of {plane:,} pixels, more than the {limit:,} omeloc opens "
+            "(OMELOC_MAX_PLANE_PIXELS)"
+        )
     if shape[axes.index("c")] > MAX_CHANNELS:
         return f"{shape[axes.index('c')]:,} channels, more than the {MAX_CHANNELS:,} omeloc opens"
     if math.prod(shape) > MAX_ELEMENTS or math.prod(block) > min(MAX_ELEMENTS, 2**31):
-        return f"{math.prod(shape):,} pixels in chunks of {math.prod(block):,}, more than omeloc opens"
+        return (
+            f"{math.prod(shape):,} pixels in chunks of {math.prod(block):,}, more than omeloc opens"
+        )
     keys = math.prod(-(-s // max(int(b), 1)) for s, b in zip(shape, block))
     if keys > MAX_CHUNKS:
         return f"{keys:,} chunks, more than the {MAX_CHUNKS:,} omeloc opens (use larger chunks)"
@@ -173,7 +201,9 @@ def _check_declared_size(arr: zarr.Array, axes: tuple[str, ...], where: str) -> 
     block = tuple(int(b) for b in (getattr(arr, "shards", None) or arr.chunks))
     problem = _size_problem(shape, block, axes)
     if problem:
-        raise InputError(f"Array {where} declares shape {shape}: {problem}. Fix the array's metadata.")
+        raise InputError(
+            f"Array {where} declares shape {shape}: {problem}. Fix the array's metadata."
+        )
 
 
 def _check_inside(root: str, url: str, what: str) -> None:
@@ -190,9 +220,14 @@ def _is_url(path: str) -> bool:
     return "://" in path
 
 
-def _open_group(url: str, storage_options: Mapping[str, Any] | None, what: str,
-                zarr_format: int | None = None, documents: DocumentCache | None = None,
-                consolidated: bool = False) -> zarr.Group:
+def _open_group(
+    url: str,
+    storage_options: Mapping[str, Any] | None,
+    what: str,
+    zarr_format: int | None = None,
+    documents: DocumentCache | None = None,
+    consolidated: bool = False,
+) -> zarr.Group:
     """Open a zarr group read-only, translating zarr's errors into one-line omeloc errors.
 
     A local ``.ozx``/``.zip`` file, or a path inside one, opens through a read-only zip store.
@@ -206,8 +241,13 @@ def _open_group(url: str, storage_options: Mapping[str, Any] | None, what: str,
     try:
         # one concurrent round of the documents of both formats (zarr.open would probe for an array
         # first)
-        node = open_group(url, storage_options, use_consolidated=None if consolidated else False,
-                          zarr_format=zarr_format, documents=documents)
+        node = open_group(
+            url,
+            storage_options,
+            use_consolidated=None if consolidated else False,
+            zarr_format=zarr_format,
+            documents=documents,
+        )
     except Exception as err:  # noqa: BLE001 - translated (or re-raised) by _opened
         try:  # only when it failed: what is there (an array is refused with its own message)
             node = open_node(url, storage_options)
@@ -246,7 +286,8 @@ def _group_error(
         ) from err
     if isinstance(err, ValueError):  # zarr raises ValueError for unparsable metadata documents
         raise NotOmeZarrError(
-            f"{what} {url} has unreadable Zarr metadata ({err}). Restore its zarr.json/.zattrs from a backup."
+            f"{what} {url} has unreadable Zarr metadata ({err}). Restore its zarr.json/.zattrs "
+            "from a backup."
         ) from err
     raise err
 
@@ -367,8 +408,10 @@ class Image:
 
     def __repr__(self) -> str:
         shape = "x".join(map(str, self.shapes[0])) if self.level_paths else "?"
-        return (f"<omeloc Image {self.path or self.url!r}: {''.join(self.axes)} {shape}, channels "
-                f"{_short_list(self.channel_names)}, {len(self.level_paths)} level(s)>")
+        return (
+            f"<omeloc Image {self.path or self.url!r}: {''.join(self.axes)} {shape}, channels "
+            f"{_short_list(self.channel_names)}, {len(self.level_paths)} level(s)>"
+        )
 
     # -- metadata -------------------------------------------------------------------------
     @property
@@ -414,8 +457,8 @@ class Image:
             arr = self._group[path]
         except KeyError as err:
             raise PathNotFoundError(
-                f"Image {self.url} lists level {path!r} in its multiscales metadata but has no such array. "
-                f"Re-write the pyramid or fix multiscales[0].datasets."
+                f"Image {self.url} lists level {path!r} in its multiscales metadata but has no "
+                f"such array. Re-write the pyramid or fix multiscales[0].datasets."
             ) from err
         except ValueError as err:  # zarr's refusal of an inconsistent array document
             raise NotOmeZarrError(
@@ -423,7 +466,9 @@ class Image:
                 f"Restore its zarr.json/.zarray from a backup."
             ) from err
         if not isinstance(arr, zarr.Array):
-            raise NotOmeZarrError(f"{self.url}/{path} is a group, not an array. Fix multiscales[0].datasets.")
+            raise NotOmeZarrError(
+                f"{self.url}/{path} is a group, not an array. Fix multiscales[0].datasets."
+            )
         _check_declared_size(arr, self.axes, f"{self.url}/{path}")
         self._arrays[path] = arr
         return arr
@@ -474,19 +519,22 @@ class Image:
         """
         if self.channel_names.count(name) > 1:
             raise ChannelNotFoundError(
-                f"Channel name {name!r} appears {self.channel_names.count(name)} times in {self.url} "
-                f"({_labels(self.channel_names)}): it is ambiguous. Give each channel a unique omero label."
+                f"Channel name {name!r} appears {self.channel_names.count(name)} times in "
+                f"{self.url} ({_labels(self.channel_names)}): it is ambiguous. Give each channel a "
+                "unique omero label."
             )
         try:
             return self.channel_names.index(name)
         except ValueError:
             raise ChannelNotFoundError(
-                f"No channel {name!r} in {self.url}. Available channels: {_labels(self.channel_names)}."
+                f"No channel {name!r} in {self.url}. Available channels: "
+                f"{_labels(self.channel_names)}."
             ) from None
 
     # -- lazy pixels ----------------------------------------------------------------------
     def reader(self, level: int = 0) -> Any:
-        """The level's array for direct reads (``reader[region]`` → numpy); unreadable chunks raise ``CorruptDataError``."""
+        """The level's array for direct reads (``reader[region]`` → numpy); unreadable chunks
+        raise ``CorruptDataError``."""
         return _CheckedReader(self.zarr_array(level), f"{self.url}/{self._level_path(level)}")
 
     def level(self, level: int = 0) -> da.Array:
@@ -494,7 +542,10 @@ class Image:
         arr = self.zarr_array(level)
         where = f"{self.url}/{self._level_path(level)}"
         return da.from_array(
-            _CheckedReader(arr, where), chunks=self.write_chunks(level), asarray=False, fancy=False,
+            _CheckedReader(arr, where),
+            chunks=self.write_chunks(level),
+            asarray=False,
+            fancy=False,
             name=f"omeloc-read-{tokenize(where, arr.metadata.to_dict())}",
         )
 
@@ -517,7 +568,10 @@ class Image:
             if ax in ("y", "x", "z"):
                 coords[ax] = np.arange(n) * float(s)
         return xr.DataArray(
-            data, dims=self.axes, coords=coords, name=self.name,
+            data,
+            dims=self.axes,
+            coords=coords,
+            name=self.name,
             attrs={"url": self.url, "level": level, "ngff_version": self.ngff_version},
         )
 
@@ -531,7 +585,8 @@ class Well:
     column: str
     images: tuple[Image, ...]
     acquisitions: dict[str, str] = field(default_factory=dict, compare=False)
-    """Field path → the id (as text) of the plate acquisition it belongs to, as the well's metadata says."""
+    """Field path → the id (as text) of the plate acquisition it belongs to, as the well's
+    metadata says."""
 
     @property
     def name(self) -> str:
@@ -562,14 +617,20 @@ class Plate:
 
     def __repr__(self) -> str:
         kind = "plate" if self.is_plate else "image"
-        wells = f"{len(self.wells)} well(s) ({_short_list([w.name for w in self.wells.values()])}), " \
-            if self.is_plate else ""
-        return (f"<omeloc {kind} {self.path!r}: NGFF {self.ngff_version}, {wells}{len(self.images)} image(s), "
-                f"channels {_short_list(self.channel_names)}>")
+        wells = (
+            f"{len(self.wells)} well(s) ({_short_list([w.name for w in self.wells.values()])}), "
+            if self.is_plate
+            else ""
+        )
+        return (
+            f"<omeloc {kind} {self.path!r}: NGFF {self.ngff_version}, {wells}{len(self.images)} "
+            f"image(s), channels {_short_list(self.channel_names)}>"
+        )
 
     @property
     def channel_names(self) -> tuple[str, ...]:
-        """Channel labels of the first image (see :func:`omeloc.writeback.protocol` for consistency checks)."""
+        """Channel labels of the first image (see :func:`omeloc.writeback.protocol` for
+        consistency checks)."""
         return self.images[0].channel_names
 
     @property
@@ -582,7 +643,11 @@ class Plate:
     def layout(self) -> PlateMeta | None:
         """The plate's ``plate`` metadata as a record (``None`` for a standalone image)."""
         plate = self.ome.get("plate")
-        return PlateMeta.from_json(plate, self.path) if self.is_plate and isinstance(plate, Mapping) else None
+        return (
+            PlateMeta.from_json(plate, self.path)
+            if self.is_plate and isinstance(plate, Mapping)
+            else None
+        )
 
     @property
     def ome(self) -> dict[str, Any]:
@@ -591,11 +656,17 @@ class Plate:
 
     @property
     def acquisitions(self) -> list[dict[str, Any]]:
-        """The plate's acquisitions (NGFF ``plate.acquisitions``), each with ``id`` as text, ``name``
-        (when given) and ``images``: the paths of the fields that the wells assign to it."""
+        """The plate's acquisitions (NGFF ``plate.acquisitions``), each with ``id`` as text,
+        ``name`` (when given) and ``images``: the paths of the fields that the wells assign to
+        it."""
         found = []
         for acq in self.layout.acquisitions if self.layout is not None else ():
-            images = [f"{w.path}/{f}" for w in self.wells.values() for f, a in w.acquisitions.items() if a == acq.id]
+            images = [
+                f"{w.path}/{f}"
+                for w in self.wells.values()
+                for f, a in w.acquisitions.items()
+                if a == acq.id
+            ]
             found.append({"id": acq.id, "name": acq.name, "images": images})
         return found
 
@@ -611,9 +682,14 @@ class Plate:
         wanted = str(acquisition)
         match = [a for a in known if a["id"] == wanted] or [a for a in known if a["name"] == wanted]
         if not match:
-            shown = ", ".join(a["id"] + (f" ({a['name']})" if a["name"] else "") for a in known) or "none"
-            raise InputError(f"Plate {self.path} has no acquisition {wanted!r} (acquisitions: {shown}). "
-                             f"Choose one that `omeloc info {self.path}` lists, or leave out --acquisition.")
+            shown = (
+                ", ".join(a["id"] + (f" ({a['name']})" if a["name"] else "") for a in known)
+                or "none"
+            )
+            raise InputError(
+                f"Plate {self.path} has no acquisition {wanted!r} (acquisitions: {shown}). "
+                f"Choose one that `omeloc info {self.path}` lists, or leave out --acquisition."
+            )
         paths = set(match[0]["images"])
         return [img for img in self.images if img.path in paths]
 
@@ -626,7 +702,8 @@ class Plate:
             if path in (well.name, well.path) and well.images:
                 return well.images[0]
         raise PathNotFoundError(
-            f"No image {path!r} in {self.path}. Images: {', '.join(i.path for i in self.images[:12])}"
+            f"No image {path!r} in {self.path}. Images: "
+            f"{', '.join(i.path for i in self.images[:12])}"
             + (" ..." if len(self.images) > 12 else "")
         )
 
@@ -636,7 +713,8 @@ class Plate:
             if name in (well.name, well.path):
                 return well
         raise PathNotFoundError(
-            f"No well {name!r} in {self.path}. Wells: {', '.join(w.name for w in self.wells.values())}."
+            f"No well {name!r} in {self.path}. Wells: "
+            f"{', '.join(w.name for w in self.wells.values())}."
         )
 
     def to_xarray(self, level: int = 0) -> xr.DataArray:
@@ -654,8 +732,13 @@ class Plate:
                     f"unlike {self.images[0].path} ({first.shape}, {list(first.c.values)}). "
                     f"Use plate.image(path).to_xarray() per image instead."
                 )
-        stacked = xr.concat([v.drop_vars([d for d in ("y", "x", "z") if d in v.coords]) for v in views],
-                            dim="image", coords="minimal", compat="override", join="override")
+        stacked = xr.concat(
+            [v.drop_vars([d for d in ("y", "x", "z") if d in v.coords]) for v in views],
+            dim="image",
+            coords="minimal",
+            compat="override",
+            join="override",
+        )
         stacked = stacked.assign_coords(
             image=[img.path for img in self.images],
             well=("image", [img.well.replace("/", "") if img.well else "" for img in self.images]),
@@ -668,12 +751,14 @@ class Plate:
         return stacked
 
     def sel(self, level: int = 0, **indexers: Any) -> xr.DataArray:
-        """Shortcut for ``plate.to_xarray(level).sel(**indexers)``, e.g. ``plate.sel(c="actin")``."""
+        """Shortcut for ``plate.to_xarray(level).sel(**indexers)``, e.g.
+        ``plate.sel(c="actin")``."""
         names = indexers.get("c")
         for name in [names] if isinstance(names, str) else (names or []):
             if name not in self.channel_names:
                 raise ChannelNotFoundError(
-                    f"No channel {name!r} in {self.path}. Available channels: {_labels(self.channel_names)}."
+                    f"No channel {name!r} in {self.path}. Available channels: "
+                    f"{_labels(self.channel_names)}."
                 )
         return self.to_xarray(level).sel(**indexers)
 
@@ -697,19 +782,28 @@ def _unpack_attrs(packed: Any) -> dict[str, Any]:
 
 
 def _without_attributes(group: zarr.Group) -> zarr.Group:
-    """``group`` without its attributes in memory (the Image keeps them packed); levels open from it as before."""
+    """``group`` without its attributes in memory (the Image keeps them packed); levels open from
+    it as before."""
     meta = getattr(group, "metadata", None)
-    if not dataclasses.is_dataclass(meta) or "attributes" not in {f.name for f in dataclasses.fields(meta)}:
+    if not dataclasses.is_dataclass(meta) or "attributes" not in {
+        f.name for f in dataclasses.fields(meta)
+    }:
         return group
     slim = dataclasses.replace(meta, attributes={})
     return zarr.Group(zarr.AsyncGroup(metadata=slim, store_path=group.store_path))
 
 
 def _read_image(
-    url: str, path: str, well: str | None, field_name: str | None,
-    storage_options: Mapping[str, Any] | None, root: str | None = None, zarr_format: int | None = None,
+    url: str,
+    path: str,
+    well: str | None,
+    field_name: str | None,
+    storage_options: Mapping[str, Any] | None,
+    root: str | None = None,
+    zarr_format: int | None = None,
 ) -> Image:
-    """One image and its levels, every path its metadata names confined to ``root`` (default: the image)."""
+    """One image and its levels, every path its metadata names confined to ``root`` (default: the
+    image)."""
     _check_inside(root or url, url, f"Image {path or url}")
     group = _open_group(url, storage_options, "Image", zarr_format)
     if root is None:  # a standalone image is its own root
@@ -783,8 +877,8 @@ def _level_error(err: BaseException, img: Image, path: str) -> OmelocError:
             if isinstance(img._group.get(path), zarr.Group):
                 return _group_not_array(img, path)
         return PathNotFoundError(
-            f"Image {img.url} lists level {path!r} in its multiscales metadata but has no such array. "
-            f"Re-write the pyramid or fix multiscales[0].datasets."
+            f"Image {img.url} lists level {path!r} in its multiscales metadata but has no such "
+            f"array. Re-write the pyramid or fix multiscales[0].datasets."
         )
     if isinstance(err, zarr.errors.NodeTypeValidationError):
         return _group_not_array(img, path)
@@ -809,7 +903,8 @@ def _with_levels(img: Image, levels: Sequence[zarr.Array | BaseException]) -> Im
     # channel count comes from the array; labels missing or short get placeholder names
     n_c = img.zarr_array(0).shape[img.axes.index("c")]
     names = tuple(
-        str(labels[i]) if i < len(labels) and labels[i] not in (None, "") else f"c{i}" for i in range(n_c)
+        str(labels[i]) if i < len(labels) and labels[i] not in (None, "") else f"c{i}"
+        for i in range(n_c)
     )
     object.__setattr__(img, "channel_names", names)
     return img
@@ -833,8 +928,13 @@ def open_image(path_or_url: str | Path, storage_options: Mapping[str, Any] | Non
     return _read_image(url, "", None, None, storage_options)
 
 
-def open_plate(path_or_url: str | Path, storage_options: Mapping[str, Any] | None = None, *,
-               series: str | int | None = None, documents: DocumentCache | None = None) -> Plate:
+def open_plate(
+    path_or_url: str | Path,
+    storage_options: Mapping[str, Any] | None = None,
+    *,
+    series: str | int | None = None,
+    documents: DocumentCache | None = None,
+) -> Plate:
     """Open an OME-Zarr HCS plate (or a single multiscale image) lazily, from its metadata.
 
     Parameters
@@ -877,15 +977,22 @@ def open_plate(path_or_url: str | Path, storage_options: Mapping[str, Any] | Non
     url = str(path_or_url)
     # consolidated metadata (where the plate has it) answers for every node in the root's round; not
     # for the write-back (``documents``), which reads the documents themselves under its lock
-    root = _open_group(url, storage_options, "Path", documents=documents if zip_location(url) is None else None,
-                       consolidated=documents is None)
+    root = _open_group(
+        url,
+        storage_options,
+        "Path",
+        documents=documents if zip_location(url) is None else None,
+        consolidated=documents is None,
+    )
     refuse_incomplete(root.attrs, url)
     _warn_journal(root.attrs, url)
     ome, zarr_format = group_ngff_attrs(root), root.metadata.zarr_format
     if "plate" not in ome:
         return _open_not_plate(url, root, ome, storage_options, series)
     if series is not None:
-        raise InputError(f"series={series!r} applies to bioformats2raw wrappers; {url} is a plate. Leave it out.")
+        raise InputError(
+            f"series={series!r} applies to bioformats2raw wrappers; {url} is a plate. Leave it out."
+        )
     layout = PlateMeta.from_json(ome["plate"], url)
     rows, cols = layout.rows, layout.columns
     read = _read_wells(url, root, layout.wells, storage_options, zarr_format)
@@ -895,26 +1002,52 @@ def open_plate(path_or_url: str | Path, storage_options: Mapping[str, Any] | Non
         raise NotOmeZarrError(f"Plate {url} lists no wells. Nothing to open.")
     logger.debug("opened plate %s: %d wells, %d images", url, len(wells), len(images))
     version = _checked_version(
-        str(ome.get("version") or layout.version or default_ngff_version(zarr_format)), url)
+        str(ome.get("version") or layout.version or default_ngff_version(zarr_format)), url
+    )
     return Plate(
-        path=url, ngff_version=version, zarr_format=zarr_format, is_plate=True, rows=rows, columns=cols,
-        wells=wells, images=images, attrs=dict(root.attrs),
+        path=url,
+        ngff_version=version,
+        zarr_format=zarr_format,
+        is_plate=True,
+        rows=rows,
+        columns=cols,
+        wells=wells,
+        images=images,
+        attrs=dict(root.attrs),
         storage_options=dict(storage_options) if storage_options else None,
     )
 
 
-def _open_not_plate(url: str, root: zarr.Group, ome: Mapping[str, Any], storage_options: Mapping[str, Any] | None,
-                    series: str | int | None) -> Plate:
-    """A single image, or the chosen series of a bioformats2raw wrapper, as a one-image (or the series') plate."""
-    found = wrapper_series(ome, lambda rel: group_ngff_attrs(_open_group(join_path(url, rel), storage_options, "Path")))
+def _open_not_plate(
+    url: str,
+    root: zarr.Group,
+    ome: Mapping[str, Any],
+    storage_options: Mapping[str, Any] | None,
+    series: str | int | None,
+) -> Plate:
+    """A single image, or the chosen series of a bioformats2raw wrapper, as a one-image (or the
+    series') plate."""
+    found = wrapper_series(
+        ome, lambda rel: group_ngff_attrs(_open_group(join_path(url, rel), storage_options, "Path"))
+    )
     if found is not None and "multiscales" not in ome:
-        chosen = safe_key(pick_series(url, found, series), f"Wrapper {url} lists series", "Fix its OME/series list.")
+        chosen = safe_key(
+            pick_series(url, found, series),
+            f"Wrapper {url} lists series",
+            "Fix its OME/series list.",
+        )
         return open_plate(join_path(url, chosen), storage_options)
     if series is not None:
-        raise InputError(f"series={series!r} applies to bioformats2raw wrappers; {url} is not one. Leave it out.")
+        raise InputError(
+            f"series={series!r} applies to bioformats2raw wrappers; {url} is not one. Leave it out."
+        )
     if "multiscales" in ome:  # the root read once: its levels opened from it
         return image_plate(_image_of(root, url, "", None, None, None), storage_options)
-    hint = " (it has a 'well' key: open its plate root, or one field image inside it)" if "well" in ome else ""
+    hint = (
+        " (it has a 'well' key: open its plate root, or one field image inside it)"
+        if "well" in ome
+        else ""
+    )
     raise NotOmeZarrError(
         f"{url} is a Zarr group without OME-Zarr 'plate' or 'multiscales' metadata{hint}. "
         f"Point omeloc at an OME-Zarr plate or image."
@@ -930,8 +1063,15 @@ def image_plate(image: Image, storage_options: Mapping[str, Any] | None = None) 
     if image.path or image.well is not None:
         image = dataclasses.replace(image, path="", well=None, field=None)
     return Plate(
-        path=image.url, ngff_version=image.ngff_version, zarr_format=image.zarr_format, is_plate=False,
-        rows=(), columns=(), wells={}, images=(image,), attrs=dict(image.attrs),
+        path=image.url,
+        ngff_version=image.ngff_version,
+        zarr_format=image.zarr_format,
+        is_plate=False,
+        rows=(),
+        columns=(),
+        wells={},
+        images=(image,),
+        attrs=dict(image.attrs),
         storage_options=dict(storage_options) if storage_options else None,
     )
 
@@ -941,7 +1081,9 @@ def _well_path(url: str, wpath: str) -> str:
     plate)."""
     wpath = safe_key(wpath, f"Plate {url} lists well path", "Fix the plate's metadata.")
     if len(wpath.split("/")) != 2:
-        raise NotOmeZarrError(f"Plate {url} lists well path {wpath!r}; expected 'ROW/COLUMN'. Fix the plate metadata.")
+        raise NotOmeZarrError(
+            f"Plate {url} lists well path {wpath!r}; expected 'ROW/COLUMN'. Fix the plate metadata."
+        )
     _check_inside(url, join_path(url, wpath), f"Well {wpath}")
     return wpath
 
@@ -957,7 +1099,8 @@ def _opened(
         node = _group_error(node, url, what, storage_options)
     if not isinstance(node, zarr.Group):
         raise NotOmeZarrError(
-            f"{what} {url} is a Zarr array, not a group. Point omeloc at the plate root or an image group."
+            f"{what} {url} is a Zarr array, not a group. Point omeloc at the plate root or an "
+            "image group."
         )
     return node
 
@@ -986,7 +1129,8 @@ def _read_wells(
         images = WellMeta.from_json(group_ngff_attrs(wgroup), wpath).images
         if not images:
             raise NotOmeZarrError(
-                f"Well {join_path(url, wpath)} has no 'well.images' metadata. Fix the well metadata."
+                f"Well {join_path(url, wpath)} has no 'well.images' metadata. Fix the well "
+                "metadata."
             )
         fields.append(
             (

@@ -34,7 +34,9 @@ def cast_to_dtype(data: np.ndarray, dtype: np.dtype | str) -> np.ndarray:
     return np.asarray(data).astype(dtype)
 
 
-def downsample_mean(data: np.ndarray, axes: Sequence[str], target_shape: Sequence[int]) -> np.ndarray:
+def downsample_mean(
+    data: np.ndarray, axes: Sequence[str], target_shape: Sequence[int]
+) -> np.ndarray:
     """Downsample ``data`` along y and x to exactly ``target_shape`` by block means.
 
     The integer factor per axis is ``round(source / target)``; the source is cropped or

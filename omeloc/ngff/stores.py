@@ -1,4 +1,5 @@
-"""Where a plate's bytes are: folders, fsspec URLs, zipped OME-Zarr (``.ozx``), bioformats2raw wrappers.
+"""Where a plate's bytes are: folders, fsspec URLs, zipped OME-Zarr (``.ozx``), bioformats2raw
+wrappers.
 
 - **Zipped OME-Zarr** (RFC-9 ``.ozx``, or a plain ``.zip`` of a Zarr hierarchy) opens by its
   plain local path, and so does any node inside it (``plate.ozx/B/3/0``): zarr's
@@ -53,7 +54,8 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: The attribute that marks a bioformats2raw wrapper (NGFF "bioformats2raw.layout" transitional layout).
+#: The attribute that marks a bioformats2raw wrapper (NGFF "bioformats2raw.layout" transitional
+#: layout).
 WRAPPER_KEY = "bioformats2raw.layout"
 #: Local files opened as zipped Zarr hierarchies.
 ZIP_SUFFIXES = (".ozx", ".zip")
@@ -62,13 +64,14 @@ MAX_SERIES = 4096
 
 
 def zip_location(url: str | os.PathLike[str]) -> tuple[Path, str] | None:
-    """``(zip file, path inside it)`` when local ``url`` is, or lies inside, a zipped Zarr; else ``None``.
+    """``(zip file, path inside it)`` when local ``url`` is, or lies inside, a zipped Zarr; else
+    ``None``.
 
     Examples
     --------
     >>> zip_location("s3://bucket/plate.ozx") is None  # URLs other than local paths are not opened as zips
     True
-    """
+    """  # noqa: E501
     text = str(url)
     if "://" in text:
         return None
@@ -82,7 +85,8 @@ def zip_location(url: str | os.PathLike[str]) -> tuple[Path, str] | None:
 
 @lru_cache(maxsize=16)
 def _zip_store(path: str, mtime_ns: int, size: int) -> zarr.storage.ZipStore:
-    """One read-only ZipStore per zip file version (its modification time and size are in the key)."""
+    """One read-only ZipStore per zip file version (its modification time and size are in the
+    key)."""
     return zarr.storage.ZipStore(path, mode="r", read_only=True)
 
 
@@ -106,8 +110,9 @@ def io_concurrency() -> int:
     return env_count("OMELOC_IO_CONCURRENCY", IO_CONCURRENCY)
 
 
-async def gather_bounded(fn: Callable[[Any], Any], items: Sequence[Any], *,
-                         return_exceptions: bool = False) -> list[Any]:
+async def gather_bounded(
+    fn: Callable[[Any], Any], items: Sequence[Any], *, return_exceptions: bool = False
+) -> list[Any]:
     """``await fn(item)`` for every item, at most :func:`io_concurrency` in flight; results in
     order."""
     gate = asyncio.Semaphore(io_concurrency())
@@ -134,8 +139,9 @@ def fsspec_options(url: str, storage_options: Mapping[str, Any] | None) -> dict[
     return options or None
 
 
-def _where(url: str, storage_options: Mapping[str, Any] | None,
-           documents: DocumentCache | None = None) -> dict[str, Any]:
+def _where(
+    url: str, storage_options: Mapping[str, Any] | None, documents: DocumentCache | None = None
+) -> dict[str, Any]:
     """The ``store``/``path``/``storage_options`` arguments that open ``url`` with zarr (read-only
     by default).
 
@@ -146,7 +152,10 @@ def _where(url: str, storage_options: Mapping[str, Any] | None,
     if located is not None:
         zpath, inner = located
         stat = zpath.stat()
-        return {"store": _zip_store(str(zpath.resolve()), stat.st_mtime_ns, stat.st_size), "path": inner or None}
+        return {
+            "store": _zip_store(str(zpath.resolve()), stat.st_mtime_ns, stat.st_size),
+            "path": inner or None,
+        }
     options = fsspec_options(url, storage_options)
     if documents is None:
         return {"store": url, **({"storage_options": options} if options else {})}
@@ -173,25 +182,37 @@ def cached_store(
     return CachedStore(where.store, documents)
 
 
-def open_node(url: str, storage_options: Mapping[str, Any] | None = None) -> zarr.Group | zarr.Array:
-    """Open the Zarr node at ``url`` read-only: a folder, an fsspec URL, or a node inside a local zip.
+def open_node(
+    url: str, storage_options: Mapping[str, Any] | None = None
+) -> zarr.Group | zarr.Array:
+    """Open the Zarr node at ``url`` read-only: a folder, an fsspec URL, or a node inside a local
+    zip.
 
     Raises whatever zarr raises for a missing or unreadable node (the caller translates it).
     """
     return zarr.open(mode="r", **_where(url, storage_options))
 
 
-def open_group(url: str, storage_options: Mapping[str, Any] | None = None, *,
-               use_consolidated: bool | None = None, zarr_format: int | None = None,
-               documents: DocumentCache | None = None) -> zarr.Group:
+def open_group(
+    url: str,
+    storage_options: Mapping[str, Any] | None = None,
+    *,
+    use_consolidated: bool | None = None,
+    zarr_format: int | None = None,
+    documents: DocumentCache | None = None,
+) -> zarr.Group:
     """Open the Zarr group at ``url`` read-only, like :func:`open_node` (zips included).
 
     With ``zarr_format`` known (and ``use_consolidated=False``) zarr reads one metadata
     document (v3 ``zarr.json``; v2 ``.zgroup`` and ``.zattrs``) instead of probing every kind.
     With ``documents``, every metadata document read through the group is read once.
     """
-    return zarr.open_group(mode="r", use_consolidated=use_consolidated, zarr_format=zarr_format,
-                           **_where(url, storage_options, documents))
+    return zarr.open_group(
+        mode="r",
+        use_consolidated=use_consolidated,
+        zarr_format=zarr_format,
+        **_where(url, storage_options, documents),
+    )
 
 
 def check_writable(url: str | os.PathLike[str]) -> None:
@@ -208,9 +229,9 @@ def check_writable(url: str | os.PathLike[str]) -> None:
     zpath = located[0]
     folder = zpath.with_suffix(".zarr")
     raise ReadOnlyStoreError(
-        f"{zpath} is a zipped OME-Zarr, which omeloc reads but does not write (a zip cannot be changed in place). "
-        f"Unzip it into a folder (`python -m zipfile -e {zpath} {folder}`) and predict into {folder}; "
-        f"re-zip it afterwards if you need a .ozx."
+        f"{zpath} is a zipped OME-Zarr, which omeloc reads but does not write (a zip cannot be "
+        f"changed in place). Unzip it into a folder (`python -m zipfile -e {zpath} {folder}`) and "
+        f"predict into {folder}; re-zip it afterwards if you need a .ozx."
     )
 
 
@@ -256,16 +277,16 @@ def pick_series(url: str, series: Sequence[str], wanted: str | int | None) -> st
     """
     if not series:
         raise InputError(
-            f"{url} is a bioformats2raw wrapper without any series (no group 0, no OME/series list). "
-            f"Point omeloc at an OME-Zarr plate or image."
+            f"{url} is a bioformats2raw wrapper without any series (no group 0, no OME/series "
+            f"list). Point omeloc at an OME-Zarr plate or image."
         )
     shown = ", ".join(series[:12]) + (" ..." if len(series) > 12 else "")
     if wanted is None:
         if len(series) == 1:
             return series[0]
         raise InputError(
-            f"{url} is a bioformats2raw wrapper with {len(series)} series ({shown}). Choose one with --series "
-            f"(series=...), or point omeloc at it: {url.rstrip('/')}/{series[0]}."
+            f"{url} is a bioformats2raw wrapper with {len(series)} series ({shown}). Choose one "
+            f"with --series (series=...), or point omeloc at it: {url.rstrip('/')}/{series[0]}."
         )
     if str(wanted) not in series:
         raise InputError(f"{url} has no series {str(wanted)!r}. Series: {shown}.")
@@ -273,18 +294,55 @@ def pick_series(url: str, series: Sequence[str], wanted: str | int | None) -> st
 
 
 # -- object-store failures ------------------------------------------------------------------
-#: exception type names (botocore, aiohttp, urllib3, google-auth) that mean "the endpoint cannot be reached"
-_UNREACHABLE = frozenset({
-    "EndpointConnectionError", "ConnectTimeoutError", "ConnectTimeout", "ReadTimeoutError", "ClientConnectorError",
-    "ClientConnectorDNSError", "ServerDisconnectedError", "ConnectionClosedError", "ClientOSError",
-    "NewConnectionError", "MaxRetryError", "ServerTimeoutError", "ProxyConnectionError",
-})
+#: exception type names (botocore, aiohttp, urllib3, google-auth) that mean "the endpoint cannot be
+#: reached"
+_UNREACHABLE = frozenset(
+    {
+        "EndpointConnectionError",
+        "ConnectTimeoutError",
+        "ConnectTimeout",
+        "ReadTimeoutError",
+        "ClientConnectorError",
+        "ClientConnectorDNSError",
+        "ServerDisconnectedError",
+        "ConnectionClosedError",
+        "ClientOSError",
+        "NewConnectionError",
+        "MaxRetryError",
+        "ServerTimeoutError",
+        "ProxyConnectionError",
+    }
+)
 #: error codes and type names that mean "the credentials may not do this"
-_DENIED = frozenset({"AccessDenied", "Forbidden", "InvalidAccessKeyId", "SignatureDoesNotMatch", "AllAccessDisabled",
-                     "NoCredentialsError", "PartialCredentialsError", "ExpiredToken", "InvalidToken", "403"})
-_CONNECTION_ERRNOS = {errno.ECONNREFUSED, errno.ECONNRESET, errno.EHOSTUNREACH, errno.ENETUNREACH, errno.ETIMEDOUT}
-_FIX_ENDPOINT = "Check the endpoint URL (AWS_ENDPOINT_URL or storage_options), the network, and that the server runs."
-_FIX_CREDENTIALS = "Check the credentials (AWS_ACCESS_KEY_ID / AWS_PROFILE or storage_options) and the bucket's policy."
+_DENIED = frozenset(
+    {
+        "AccessDenied",
+        "Forbidden",
+        "InvalidAccessKeyId",
+        "SignatureDoesNotMatch",
+        "AllAccessDisabled",
+        "NoCredentialsError",
+        "PartialCredentialsError",
+        "ExpiredToken",
+        "InvalidToken",
+        "403",
+    }
+)
+_CONNECTION_ERRNOS = {
+    errno.ECONNREFUSED,
+    errno.ECONNRESET,
+    errno.EHOSTUNREACH,
+    errno.ENETUNREACH,
+    errno.ETIMEDOUT,
+}
+_FIX_ENDPOINT = (
+    "Check the endpoint URL (AWS_ENDPOINT_URL or storage_options), the network, and that the "
+    "server runs."
+)
+_FIX_CREDENTIALS = (
+    "Check the credentials (AWS_ACCESS_KEY_ID / AWS_PROFILE or storage_options) and the bucket's "
+    "policy."
+)
 
 
 def _chain(err: BaseException) -> list[BaseException]:
@@ -306,33 +364,67 @@ def _short(err: BaseException) -> str:
 
 
 def store_failure(err: BaseException) -> StoreAccessError | None:
-    """The one-line :class:`StoreAccessError` for an object-store failure anywhere in ``err``'s chain, else None.
+    """The one-line :class:`StoreAccessError` for an object-store failure anywhere in ``err``'s
+    chain, else None.
 
-    Recognised: an unreachable endpoint (connection refused, DNS, time-out: botocore, aiohttp, urllib3 and
-    builtin errors), a missing bucket (``NoSuchBucket``), denied access (``AccessDenied``, bad or missing
-    credentials).  Anything else (a bug, a corrupt chunk) is left to the caller.
+    Recognised: an unreachable endpoint (connection refused, DNS, time-out: botocore, aiohttp,
+    urllib3 and builtin errors), a missing bucket (``NoSuchBucket``), denied access
+    (``AccessDenied``, bad or missing credentials).  Anything else (a bug, a corrupt chunk) is left
+    to the caller.
     """
     if isinstance(err, StoreAccessError):
         return err
     for one in _chain(err):
         name = type(one).__name__
         code = str(((getattr(one, "response", None) or {}).get("Error") or {}).get("Code") or "")
-        if name in _UNREACHABLE or isinstance(one, socket.gaierror) or (
-                isinstance(one, ConnectionError) and not isinstance(one, PermissionError)) or (
-                isinstance(one, OSError) and one.errno in _CONNECTION_ERRNOS):
-            return StoreAccessError(f"Cannot reach the object store ({_short(one)}). {_FIX_ENDPOINT}")
+        if (
+            name in _UNREACHABLE
+            or isinstance(one, socket.gaierror)
+            or (isinstance(one, ConnectionError) and not isinstance(one, PermissionError))
+            or (isinstance(one, OSError) and one.errno in _CONNECTION_ERRNOS)
+        ):
+            return StoreAccessError(
+                f"Cannot reach the object store ({_short(one)}). {_FIX_ENDPOINT}"
+            )
         if code == "NoSuchBucket" or name == "NoSuchBucket":
-            return StoreAccessError(f"The bucket does not exist ({_short(one)}). Check the URL's bucket name.")
-        if code in _DENIED or name in _DENIED or (isinstance(one, PermissionError) and any(
-                d.lower() in str(one).lower() for d in ("Access Denied", "AccessDenied", "Forbidden"))):
-            return StoreAccessError(f"Access to the object store was denied ({_short(one)}). {_FIX_CREDENTIALS}")
+            return StoreAccessError(
+                f"The bucket does not exist ({_short(one)}). Check the URL's bucket name."
+            )
+        if (
+            code in _DENIED
+            or name in _DENIED
+            or (
+                isinstance(one, PermissionError)
+                and any(
+                    d.lower() in str(one).lower()
+                    for d in ("Access Denied", "AccessDenied", "Forbidden")
+                )
+            )
+        ):
+            return StoreAccessError(
+                f"Access to the object store was denied ({_short(one)}). {_FIX_CREDENTIALS}"
+            )
     return None
 
 
 #: S3 error codes of a store that is busy or failing (its client retried them, with backoff, and
 #: gave up)
-_OUTAGE_CODES = frozenset({"SlowDown", "Throttling", "ThrottlingException", "RequestLimitExceeded", "InternalError",
-                           "ServiceUnavailable", "RequestTimeout", "RequestTimeTooSkewed", "503", "500", "502", "504"})
+_OUTAGE_CODES = frozenset(
+    {
+        "SlowDown",
+        "Throttling",
+        "ThrottlingException",
+        "RequestLimitExceeded",
+        "InternalError",
+        "ServiceUnavailable",
+        "RequestTimeout",
+        "RequestTimeTooSkewed",
+        "503",
+        "500",
+        "502",
+        "504",
+    }
+)
 
 
 def store_outage(err: BaseException) -> str | None:
@@ -347,8 +439,11 @@ def store_outage(err: BaseException) -> str | None:
         status = int((response.get("ResponseMetadata") or {}).get("HTTPStatusCode") or 0)
         if code in _OUTAGE_CODES or status >= 500:
             return _short(one)
-        if isinstance(one, OSError) and one.errno in (errno.EBUSY, errno.EAGAIN) and not isinstance(
-                one, PermissionError):  # s3fs's translation of SlowDown (EBUSY) and of 5xx answers
+        if (
+            isinstance(one, OSError)
+            and one.errno in (errno.EBUSY, errno.EAGAIN)
+            and not isinstance(one, PermissionError)
+        ):  # s3fs's translation of SlowDown (EBUSY) and of 5xx answers
             return _short(one)
     return None
 
@@ -415,7 +510,8 @@ atexit.register(shutdown_io_loops)
 
 
 def write_refusal(err: BaseException, what: str, url: str) -> ReadOnlyStoreError | StoreAccessError:
-    """The one-line error for a write the store refused, worded by its cause (full disk, permissions, network).
+    """The one-line error for a write the store refused, worded by its cause (full disk,
+    permissions, network).
 
     Parameters
     ----------
@@ -429,10 +525,14 @@ def write_refusal(err: BaseException, what: str, url: str) -> ReadOnlyStoreError
     reason = f"{type(err).__name__}: {' '.join(str(err).split())[:120]}"
     for one in _chain(err):
         if isinstance(one, OSError) and one.errno in (errno.ENOSPC, errno.EDQUOT):
-            return ReadOnlyStoreError(f"{what} ({reason}): the disk is full. Free some space and retry; "
-                                      f"if a write was interrupted, `omeloc recover {url}` rolls it back.")
+            return ReadOnlyStoreError(
+                f"{what} ({reason}): the disk is full. Free some space and retry; "
+                f"if a write was interrupted, `omeloc recover {url}` rolls it back."
+            )
     failure = store_failure(err)
     if failure is not None:
         return StoreAccessError(f"{what}: {failure}")
-    return ReadOnlyStoreError(f"{what} ({reason}). The store is read-only or unreachable: use a writable copy "
-                              f"of the plate or fix its permissions.")
+    return ReadOnlyStoreError(
+        f"{what} ({reason}). The store is read-only or unreachable: use a writable copy "
+        f"of the plate or fix its permissions."
+    )

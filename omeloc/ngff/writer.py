@@ -29,8 +29,16 @@ from omeloc.errors import InputError
 from omeloc.ngff.format import ngff_attrs, reserved_attr_keys, set_ome_attr, store_format
 from omeloc.ngff.pyramid import downsample_mean, level_shapes
 
-__all__ = ["DEFAULT_COLORS", "STAIN_COLORS", "channel_colors", "channel_window", "contrasting_color", "stain_color",
-           "write_image", "write_plate"]
+__all__ = [
+    "DEFAULT_COLORS",
+    "STAIN_COLORS",
+    "channel_colors",
+    "channel_window",
+    "contrasting_color",
+    "stain_color",
+    "write_image",
+    "write_plate",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +59,8 @@ STAIN_COLORS: tuple[tuple[tuple[str, ...], str], ...] = (
 
 
 def stain_color(label: str) -> str | None:
-    """The colour of a stain by its name (:data:`STAIN_COLORS`), or ``None`` when the name says none.
+    """The colour of a stain by its name (:data:`STAIN_COLORS`), or ``None`` when the name says
+    none.
 
     Examples
     --------
@@ -98,6 +107,7 @@ def contrasting_color(color: str) -> str:
     if max(r, g, b) - min(r, g, b) < 64:  # grey: its complement is grey too
         return "FF00FF"
     return f"{0xFFFFFF - value:06X}"
+
 
 ArrayOrFactory = np.ndarray | Callable[[], np.ndarray]
 
@@ -155,13 +165,16 @@ def channel_window(data: np.ndarray, dtype: np.dtype) -> dict[str, float]:
 
 
 def _create_array(
-    group: zarr.Group, name: str, shape: tuple[int, ...], chunks: tuple[int, ...], dtype,
-    zarr_format: int, axes: Sequence[str],
+    group: zarr.Group,
+    name: str,
+    shape: tuple[int, ...],
+    chunks: tuple[int, ...],
+    dtype,
+    zarr_format: int,
+    axes: Sequence[str],
 ) -> zarr.Array:
     kwargs = store_format(zarr_format).create_array_kwargs(axes)  # NGFF 0.5: dimension names
-    return group.create_array(
-        name, shape=shape, chunks=chunks, dtype=dtype, fill_value=0, **kwargs
-    )
+    return group.create_array(name, shape=shape, chunks=chunks, dtype=dtype, fill_value=0, **kwargs)
 
 
 def _write_multiscale(
@@ -179,7 +192,8 @@ def _write_multiscale(
 ) -> None:
     if data.ndim != len(axes):
         raise InputError(
-            f"Expected a {len(axes)}-d array for axes {''.join(axes)!r}. Got shape {data.shape} instead."
+            f"Expected a {len(axes)}-d array for axes {''.join(axes)!r}. Got shape {data.shape} "
+            "instead."
         )
     c_axis = axes.index("c")
     if data.shape[c_axis] != len(channel_names):
@@ -198,16 +212,25 @@ def _write_multiscale(
         if i > 0:
             level = downsample_mean(level, axes, shape)
         arr = _create_array(
-            group, str(i), shape, tuple(min(c, n) for c, n in zip(chunk_shape, shape)),
-            data.dtype, fmt.zarr_format, axes,
+            group,
+            str(i),
+            shape,
+            tuple(min(c, n) for c, n in zip(chunk_shape, shape)),
+            data.dtype,
+            fmt.zarr_format,
+            axes,
         )
         arr[...] = level
         scale = [float(2**i) if a in ("y", "x") else 1.0 for a in axes]
         if pixel_size is not None:  # (z, y, x) in micrometers
             size = dict(zip("zyx", pixel_size))
             scale = [s * float(size[a]) if a in size else s for a, s in zip(axes, scale)]
-        datasets.append({"path": str(i), "coordinateTransformations": [{"type": "scale", "scale": scale}]})
-    _write_multiscales(group, datasets, fmt, _unit_axes(axes) if pixel_size is not None else axes, name)
+        datasets.append(
+            {"path": str(i), "coordinateTransformations": [{"type": "scale", "scale": scale}]}
+        )
+    _write_multiscales(
+        group, datasets, fmt, _unit_axes(axes) if pixel_size is not None else axes, name
+    )
     palette = list(colors) if colors else channel_colors([str(n) for n in channel_names])
     channels = []
     for k, label in enumerate(channel_names):
@@ -220,7 +243,8 @@ def _write_multiscale(
                 "active": True,
             }
         )
-    # rdefs.defaultT/defaultZ: iohub's model requires them; the middle plane is what viewers show first
+    # rdefs.defaultT/defaultZ: iohub's model requires them; the middle plane is what viewers show
+    # first
     n_z = data.shape[axes.index("z")] if "z" in axes else 1
     rdefs = {"defaultT": 0, "defaultZ": n_z // 2, "model": "color"}
     omero = {"name": name, "version": fmt.version, "channels": channels, "rdefs": rdefs}
@@ -230,11 +254,15 @@ def _write_multiscale(
 def _unit_axes(axes: Sequence[str]) -> list[dict[str, str]]:
     """NGFF axes with their type, the space axes in micrometers."""
     kinds = {"t": "time", "c": "channel", "z": "space", "y": "space", "x": "space"}
-    return [{"name": a, "type": kinds[a], **({"unit": "micrometer"} if kinds[a] == "space" else {})} for a in axes]
+    return [
+        {"name": a, "type": kinds[a], **({"unit": "micrometer"} if kinds[a] == "space" else {})}
+        for a in axes
+    ]
 
 
 def pixel_size_zyx(pixel_size: float | Sequence[float] | None) -> tuple[float, float, float] | None:
-    """``0.65`` → ``(1.0, 0.65, 0.65)``; ``(y, x)`` → ``(1.0, y, x)``; ``(z, y, x)`` as given (micrometers).
+    """``0.65`` → ``(1.0, 0.65, 0.65)``; ``(y, x)`` → ``(1.0, y, x)``; ``(z, y, x)`` as given
+    (micrometers).
 
     Raises
     ------
@@ -249,19 +277,34 @@ def pixel_size_zyx(pixel_size: float | Sequence[float] | None) -> tuple[float, f
     except (TypeError, ValueError):
         floats = []
     if not 1 <= len(floats) <= 3 or not all(np.isfinite(v) and v > 0 for v in floats):
-        raise InputError(f"Expected a pixel size in micrometers: one positive number (y = x), or y,x, or z,y,x. "
-                         f"Got {pixel_size!r} instead.")
+        raise InputError(
+            f"Expected a pixel size in micrometers: one positive number (y = x), or y,x, or z,y,x. "
+            f"Got {pixel_size!r} instead."
+        )
     if len(floats) == 1:
         floats = floats * 2
     return tuple([1.0] * (3 - len(floats)) + floats)  # type: ignore[return-value]
 
 
-def _write_multiscales(group: zarr.Group, datasets: list[dict[str, Any]], fmt: FormatV04 | FormatV05,
-                       axes: Sequence[Any], name: str) -> None:
-    """The ``multiscales`` metadata, with the downsampling ``type`` and ``metadata`` strict schemas ask for."""
+def _write_multiscales(
+    group: zarr.Group,
+    datasets: list[dict[str, Any]],
+    fmt: FormatV04 | FormatV05,
+    axes: Sequence[Any],
+    name: str,
+) -> None:
+    """The ``multiscales`` metadata, with the downsampling ``type`` and ``metadata`` strict
+    schemas ask for."""
     write_multiscales_metadata(
-        group, datasets, fmt=fmt, axes=list(axes), name=name,
-        metadata={"description": "2x2 mean in y and x per level", "method": "omeloc.ngff.pyramid.downsample_mean"},
+        group,
+        datasets,
+        fmt=fmt,
+        axes=list(axes),
+        name=name,
+        metadata={
+            "description": "2x2 mean in y and x per level",
+            "method": "omeloc.ngff.pyramid.downsample_mean",
+        },
     )
     multiscales = [dict(m) for m in ngff_attrs(dict(group.attrs), fmt.zarr_format)["multiscales"]]
     multiscales[0]["type"] = "mean"
@@ -272,7 +315,9 @@ def _prepare_target(path: str | Path, overwrite: bool) -> Path:
     path = Path(path)
     if path.exists():
         if not overwrite:
-            raise InputError(f"{path} already exists. Choose another path or pass overwrite=True (--overwrite).")
+            raise InputError(
+                f"{path} already exists. Choose another path or pass overwrite=True (--overwrite)."
+            )
         shutil.rmtree(path)
     return path
 
@@ -334,19 +379,36 @@ def write_image(
     path = _prepare_target(path, overwrite)
     group = zarr.open_group(str(path), mode="w", zarr_format=fmt.zarr_format)
     _write_multiscale(
-        group, np.asarray(data), axes=axes_t, channel_names=channel_names, fmt=fmt,
-        chunks=chunks, levels=levels, colors=colors, name=name or path.stem, pixel_size=pixel_size_zyx(pixel_size),
+        group,
+        np.asarray(data),
+        axes=axes_t,
+        channel_names=channel_names,
+        fmt=fmt,
+        chunks=chunks,
+        levels=levels,
+        colors=colors,
+        name=name or path.stem,
+        pixel_size=pixel_size_zyx(pixel_size),
     )
     return path
 
 
 def write_plate(
-    path: str | Path, images: Mapping[tuple[str, str, str], ArrayOrFactory], *, channel_names: Sequence[str],
-    ngff_version: str = "0.5", axes: str | Sequence[str] = "cyx", chunks: tuple[int, int] = (256, 256),
-    levels: int = 3, colors: Sequence[str] | None = None, plate_name: str | None = None,
-    extra_attrs: Mapping[str, Any] | None = None, overwrite: bool = False,
+    path: str | Path,
+    images: Mapping[tuple[str, str, str], ArrayOrFactory],
+    *,
+    channel_names: Sequence[str],
+    ngff_version: str = "0.5",
+    axes: str | Sequence[str] = "cyx",
+    chunks: tuple[int, int] = (256, 256),
+    levels: int = 3,
+    colors: Sequence[str] | None = None,
+    plate_name: str | None = None,
+    extra_attrs: Mapping[str, Any] | None = None,
+    overwrite: bool = False,
     progress: Callable[[int], None] | None = None,
-    rows: Sequence[str] | None = None, columns: Sequence[str] | None = None,
+    rows: Sequence[str] | None = None,
+    columns: Sequence[str] | None = None,
     pixel_size: float | Sequence[float] | None = None,
     field_attrs: Mapping[tuple[str, str, str], Mapping[str, Any]] | None = None,
 ) -> Path:
@@ -396,13 +458,27 @@ def write_plate(
     root = zarr.open_group(str(path), mode="w", zarr_format=fmt.zarr_format)
     well_paths = [f"{r}/{c}" for r in rows for c in cols if (r, c) in wells]
     field_count = max(len(v) for v in wells.values())
-    write_plate_metadata(  # acquisition name and maximumfieldcount: the strict NGFF schemas require them
-        root, rows, cols, well_paths, fmt=fmt, field_count=field_count, name=plate_name or path.stem,
+    # acquisition name and maximumfieldcount: the strict NGFF schemas require them
+    write_plate_metadata(
+        root,
+        rows,
+        cols,
+        well_paths,
+        fmt=fmt,
+        field_count=field_count,
+        name=plate_name or path.stem,
         acquisitions=[{"id": 0, "name": plate_name or path.stem, "maximumfieldcount": field_count}],
     )
     _set_extra_attrs(root, extra_attrs, fmt.zarr_format)
-    pyramid = {"axes": axes_t, "channel_names": channel_names, "fmt": fmt, "chunks": chunks, "levels": levels,
-               "colors": colors, "pixel_size": pixel_size_zyx(pixel_size)}
+    pyramid = {
+        "axes": axes_t,
+        "channel_names": channel_names,
+        "fmt": fmt,
+        "chunks": chunks,
+        "levels": levels,
+        "colors": colors,
+        "pixel_size": pixel_size_zyx(pixel_size),
+    }
     order = sorted(wells, key=lambda rc: (rows.index(rc[0]), cols.index(rc[1])))
     done = _write_wells(root, images, wells, order, pyramid, progress, field_attrs or {})
     logger.info("wrote plate %s: %d wells, %d images", path, len(wells), done)
@@ -410,19 +486,28 @@ def write_plate(
 
 
 def _write_wells(
-    root: zarr.Group, images: Mapping[tuple[str, str, str], ArrayOrFactory], wells: Mapping[tuple[str, str], list[str]],
-    order: Sequence[tuple[str, str]], pyramid: Mapping[str, Any], progress: Callable[[int], None] | None,
+    root: zarr.Group,
+    images: Mapping[tuple[str, str, str], ArrayOrFactory],
+    wells: Mapping[tuple[str, str], list[str]],
+    order: Sequence[tuple[str, str]],
+    pyramid: Mapping[str, Any],
+    progress: Callable[[int], None] | None,
     field_attrs: Mapping[tuple[str, str, str], Mapping[str, Any]],
 ) -> int:
-    """Write each well's metadata and its fields' pyramids, in ``order``; the number of images written."""
+    """Write each well's metadata and its fields' pyramids, in ``order``; the number of images
+    written."""
     done = 0
-    for (r, c) in order:
+    for r, c in order:
         fields = sorted(wells[(r, c)], key=lambda f: (len(f), f))
         wgroup = root.require_group(r).require_group(c)
-        write_well_metadata(wgroup, [{"path": f, "acquisition": 0} for f in fields], fmt=pyramid["fmt"])
+        write_well_metadata(
+            wgroup, [{"path": f, "acquisition": 0} for f in fields], fmt=pyramid["fmt"]
+        )
         for f in fields:
             fgroup = wgroup.require_group(f)
-            _write_multiscale(fgroup, _materialize(images[(r, c, f)]), name=f"{r}{c}/{f}", **pyramid)
+            _write_multiscale(
+                fgroup, _materialize(images[(r, c, f)]), name=f"{r}{c}/{f}", **pyramid
+            )
             _set_extra_attrs(fgroup, field_attrs.get((r, c, f)), pyramid["fmt"].zarr_format)
             done += 1
             if progress is not None:
@@ -436,28 +521,39 @@ def _check_image_keys(images: Mapping[tuple[str, str, str], Any]) -> None:
     for key in images:
         if len(key) != 3 or not all(isinstance(k, str) and k.isalnum() for k in key):
             raise InputError(
-                f"Expected image keys (row, column, field) of alphanumeric strings. Got {key!r} instead."
+                f"Expected image keys (row, column, field) of alphanumeric strings. Got {key!r} "
+                "instead."
             )
 
 
 def _plate_layout(
-    images: Mapping[tuple[str, str, str], Any], rows: Sequence[str] | None, columns: Sequence[str] | None,
+    images: Mapping[tuple[str, str, str], Any],
+    rows: Sequence[str] | None,
+    columns: Sequence[str] | None,
 ) -> tuple[list[str], list[str], dict[tuple[str, str], list[str]]]:
-    """The plate's rows and columns (default: those that hold images) and the fields of each well."""
+    """The plate's rows and columns (default: those that hold images) and the fields of each
+    well."""
     used_rows = sorted({r for r, _, _ in images}, key=lambda r: (len(r), r))
-    used_cols = sorted({c for _, c, _ in images}, key=lambda c: (len(c), int(c) if c.isdigit() else c))
+    used_cols = sorted(
+        {c for _, c, _ in images}, key=lambda c: (len(c), int(c) if c.isdigit() else c)
+    )
     rows = list(rows) if rows is not None else used_rows
     cols = list(columns) if columns is not None else used_cols
     outside = sorted(set(used_rows) - set(rows)) + sorted(set(used_cols) - set(cols))
     if outside:
-        raise InputError(f"Images use rows/columns {outside} that are not in the plate layout. Add them to rows/columns.")
+        raise InputError(
+            f"Images use rows/columns {outside} that are not in the plate layout. Add them to "
+            "rows/columns."
+        )
     wells: dict[tuple[str, str], list[str]] = {}
     for r, c, f in images:
         wells.setdefault((r, c), []).append(f)
     return rows, cols, wells
 
 
-def _set_extra_attrs(root: zarr.Group, extra_attrs: Mapping[str, Any] | None, zarr_format: int) -> None:
+def _set_extra_attrs(
+    root: zarr.Group, extra_attrs: Mapping[str, Any] | None, zarr_format: int
+) -> None:
     """Store ``extra_attrs`` at the plate root, refusing keys that belong to NGFF."""
     for k, v in (extra_attrs or {}).items():
         if k in reserved_attr_keys(zarr_format):

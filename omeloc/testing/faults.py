@@ -33,8 +33,13 @@ logger = logging.getLogger(__name__)
 
 ENV_VARS = ("OMELOC_TEST_KILL_AT", "OMELOC_TEST_PAUSE_AT", "OMELOC_TEST_KILL_WORKER_ONCE")
 _COUNTS: dict[str, int] = {}
-#: counted point → the name it is also reported as from the n-th call on (n: OMELOC_TEST_AT_CALL, default 2)
-_COUNTED = {"level0_block": "level0_mid", "backup_file": "backup_mid", "batch_document": "batch_mid"}
+#: counted point → the name it is also reported as from the n-th call on (n: OMELOC_TEST_AT_CALL,
+#: default 2)
+_COUNTED = {
+    "level0_block": "level0_mid",
+    "backup_file": "backup_mid",
+    "batch_document": "batch_mid",
+}
 _LOCK = threading.Lock()
 
 

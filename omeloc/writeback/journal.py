@@ -54,7 +54,13 @@ from omeloc.ngff.documents import DocumentCache
 from omeloc.ngff.stores import cached_store, check_writable, gather_bounded, write_refusal
 from omeloc.testing.faults import fault_point
 from omeloc.writeback import identity
-from omeloc.writeback.identity import WriterIdentity, is_running_here, process_start_time, register, unregister
+from omeloc.writeback.identity import (
+    WriterIdentity,
+    is_running_here,
+    process_start_time,
+    register,
+    unregister,
+)
 from omeloc.writeback.record import JOURNAL_KEY, BackupSummary, Journal
 from omeloc.writeback.validate import journal_doc, validate_journal
 
@@ -93,7 +99,9 @@ class StoreIO:
     """
 
     def __init__(self, url: str, storage_options: Mapping[str, Any] | None = None) -> None:
-        check_writable(url)  # a zipped OME-Zarr is read-only: refused with the fix, before zarr opens it
+        check_writable(
+            url
+        )  # a zipped OME-Zarr is read-only: refused with the fix, before zarr opens it
         #: the raw metadata documents read and written through this object, each read once (cleared
         #: when the plate's lock is taken; see :mod:`omeloc.ngff.documents`)
         self.documents = DocumentCache()
@@ -122,12 +130,18 @@ class StoreIO:
 
     # -- bytes --------------------------------------------------------------------------
     def key(self, rel: str) -> str:
-        """The store key of ``rel`` (a key relative to the group), refused when it may leave the group."""
+        """The store key of ``rel`` (a key relative to the group), refused when it may leave the
+        group."""
         rel = safe_key(rel)
-        if self.local_root is not None and rel and not inside_root(self.local_root, self.local_root / rel):
+        if (
+            self.local_root is not None
+            and rel
+            and not inside_root(self.local_root, self.local_root / rel)
+        ):
             raise UnsafePathError(
                 f"Refused the key {rel!r} of {self.url}: a symbolic link takes it to "
-                f"{os.path.realpath(self.local_root / rel)}, outside the store. Remove the link or copy the plate."
+                f"{os.path.realpath(self.local_root / rel)}, outside the store. Remove the link or "
+                "copy the plate."
             )
         return join_path("", self.prefix, rel)
 
@@ -185,11 +199,14 @@ class StoreIO:
         self.set_many(batch)
 
     def set(self, rel: str, data: bytes) -> None:
-        """Store ``data`` at ``rel``; a refusal of the store becomes a :class:`ReadOnlyStoreError`."""
+        """Store ``data`` at ``rel``; a refusal of the store becomes a
+        :class:`ReadOnlyStoreError`."""
         key = self.key(rel)
         try:
             sync(self.store.set(key, Buffer.from_bytes(data)))
-        except Exception as err:  # any backend's refusal (OSError, HTTP 4xx/5xx, ...) re-raised with context
+        except (
+            Exception
+        ) as err:  # any backend's refusal (OSError, HTTP 4xx/5xx, ...) re-raised with context
             raise write_refusal(err, f"Cannot write {key} in {self.url}", self.url) from err
 
     def delete(self, rel: str) -> None:
@@ -209,7 +226,10 @@ class StoreIO:
         keys = collect_aiterator(self.store.list_prefix(full + "/" if full else ""))
         strip = len(self.prefix) + 1 if self.prefix else 0
         listed = (k[strip:] for k in keys if not full or k.startswith(full + "/"))
-        return sorted(safe_key(k, f"{self.url} lists the key", "Remove that object from the store.") for k in listed)
+        return sorted(
+            safe_key(k, f"{self.url} lists the key", "Remove that object from the store.")
+            for k in listed
+        )
 
     def _walk_local(self, rel_prefix: str) -> list[str]:
         """Files below ``rel_prefix`` of a local store, following symbolic links that stay inside.
@@ -234,8 +254,9 @@ class StoreIO:
                 self.key(rel_dir)  # raises: a linked folder leads outside
             if real in seen:
                 raise UnsafePathError(
-                    f"Refused to list {rel_prefix or '.'} of {self.url}: folder {rel_dir!r} is reached a second time "
-                    f"through symbolic links (a loop, or two keys for one file). Remove the link or copy the plate."
+                    f"Refused to list {rel_prefix or '.'} of {self.url}: folder {rel_dir!r} is "
+                    "reached a second time through symbolic links (a loop, or two keys for one "
+                    "file). Remove the link or copy the plate."
                 )
             seen.add(real)
             try:
@@ -278,14 +299,19 @@ class StoreIO:
 
     def read_attrs(self, group_rel: str, *, fresh: bool = False) -> dict[str, Any]:
         """All attributes of a group, read from its raw document (``fresh``: see :meth:`get`)."""
-        return self.format.attributes_in(self.read_json(self.attrs_doc(group_rel), fresh=fresh) or {})
+        return self.format.attributes_in(
+            self.read_json(self.attrs_doc(group_rel), fresh=fresh) or {}
+        )
 
     def read_ngff(self, group_rel: str) -> tuple[dict[str, Any], dict[str, Any]]:
-        """A group's attributes and, within them, its NGFF metadata (see :mod:`omeloc.ngff.format`)."""
+        """A group's attributes and, within them, its NGFF metadata (see
+        :mod:`omeloc.ngff.format`)."""
         attrs = self.read_attrs(group_rel)
         return attrs, self.format.ngff_attrs(attrs)
 
-    def update_attrs(self, group_rel: str, updates: Mapping[str, Any], remove: Iterable[str] = ()) -> None:
+    def update_attrs(
+        self, group_rel: str, updates: Mapping[str, Any], remove: Iterable[str] = ()
+    ) -> None:
         """Set (and remove) top-level attributes of a group, keeping the rest of its document."""
         updates = dict(updates)
         if isinstance(updates.get(JOURNAL_KEY), Journal):
@@ -295,8 +321,9 @@ class StoreIO:
         for key, doc in self.edited_attrs(group_rel, updates, remove).items():
             self.write_json(key, doc)
 
-    def edited_attrs(self, group_rel: str, updates: Mapping[str, Any], remove: Iterable[str] = ()
-                     ) -> dict[str, dict[str, Any]]:
+    def edited_attrs(
+        self, group_rel: str, updates: Mapping[str, Any], remove: Iterable[str] = ()
+    ) -> dict[str, dict[str, Any]]:
         """``{key: document}``: a group's document with top-level attributes set (and removed), not
         written."""
         key = self.attrs_doc(group_rel)
@@ -307,15 +334,18 @@ class StoreIO:
             attrs.pop(name, None)
         return {key: doc}
 
-    def ngff_edit(self, group_rel: str, attrs: Mapping[str, Any], changes: Mapping[str, Any],
-                  **other: Any) -> dict[str, dict[str, Any]]:
+    def ngff_edit(
+        self, group_rel: str, attrs: Mapping[str, Any], changes: Mapping[str, Any], **other: Any
+    ) -> dict[str, dict[str, Any]]:
         """What :meth:`update_ngff` would write, as ``{key: document}`` (for
         :meth:`write_json_many`)."""
         return self.edited_attrs(group_rel, {**self.format.ngff_updates(attrs, changes), **other})
 
-    def update_ngff(self, group_rel: str, attrs: Mapping[str, Any], changes: Mapping[str, Any],
-                    **other: Any) -> None:
-        """Set NGFF keys ``changes`` (and other top-level attributes) of a group whose attributes are ``attrs``."""
+    def update_ngff(
+        self, group_rel: str, attrs: Mapping[str, Any], changes: Mapping[str, Any], **other: Any
+    ) -> None:
+        """Set NGFF keys ``changes`` (and other top-level attributes) of a group whose attributes
+        are ``attrs``."""
         self.update_attrs(group_rel, {**self.format.ngff_updates(attrs, changes), **other})
 
     def metadata_docs(self, rel: str) -> list[str]:
@@ -343,8 +373,8 @@ def is_partial(key: str) -> bool:
 
 
 class _ActiveRuns:
-    """The live runs of this process, as the set it once was (``add``, ``discard``, ``in``): kept for
-    code written against it; it is the registry of :mod:`omeloc.writeback.identity`."""
+    """The live runs of this process, as the set it once was (``add``, ``discard``, ``in``): kept
+    for code written against it; it is the registry of :mod:`omeloc.writeback.identity`."""
 
     def add(self, run_id: str) -> None:
         register(run_id)
@@ -363,7 +393,8 @@ ACTIVE_RUNS = _ActiveRuns()
 
 def writer_alive(journal: Mapping[str, Any], stale_after: float) -> bool:
     """Whether the writer a journal's JSON names may still run: the one rule of
-    :func:`omeloc.writeback.identity.writer_alive` (a garbled identity: no, its validation decides)."""
+    :func:`omeloc.writeback.identity.writer_alive` (a garbled identity: no, its validation
+    decides)."""
     return _raw_writer_alive(journal, stale_after)
 
 
@@ -393,9 +424,12 @@ class RunJournal:
         self.record = record
 
     def hold(self) -> None:
-        """Write the journal into the root attributes, and check that it is ours that stayed there."""
+        """Write the journal into the root attributes, and check that it is ours that stayed
+        there."""
         write_journal(self.io, self.record)
-        held = self.io.read_attrs("", fresh=True).get(JOURNAL_KEY) or {}  # what the store holds, not our cache
+        held = (
+            self.io.read_attrs("", fresh=True).get(JOURNAL_KEY) or {}
+        )  # what the store holds, not our cache
         if not isinstance(held, Mapping) or held.get("run_id") != self.record.run_id:
             other = held.get("run_id") if isinstance(held, Mapping) else None
             raise ConcurrentWriteError(
@@ -423,19 +457,25 @@ def check_journal(io: StoreIO, *, stale_after: float, force: bool = False) -> Jo
     if not isinstance(journal, Mapping):
         validate_journal(io, journal)  # raises: not a journal
     if not force and _raw_writer_alive(journal, stale_after):
-        run_id, pid, host, started = (" ".join(str(journal.get(k)).split())[:64]
-                                      for k in ("run_id", "pid", "host", "started"))
+        run_id, pid, host, started = (
+            " ".join(str(journal.get(k)).split())[:64] for k in ("run_id", "pid", "host", "started")
+        )
         raise ConcurrentWriteError(
             f"{io.url} is being written by omeloc run {run_id} (pid {pid} on {host}, channel "
-            f"{str(journal.get('name'))[:64]!r}, since {started}). Wait for it to finish; if it is dead, run "
-            f"`omeloc recover {io.url} --force`."
+            f"{str(journal.get('name'))[:64]!r}, since {started}). Wait for it to finish; if it is "
+            f"dead, run `omeloc recover {io.url} --force`."
         )
     return validate_journal(io, journal)  # a plate is untrusted input: check before acting on it
 
 
 def _raw_writer_alive(journal: Mapping[str, Any], stale_after: float) -> bool:
-    """Whether the writer a journal names may still run (a garbled identity: no, validation decides)."""
-    writer, run_id, heartbeat = WriterIdentity.from_json(journal), journal.get("run_id"), journal.get("heartbeat", 0)
+    """Whether the writer a journal names may still run (a garbled identity: no, validation
+    decides)."""
+    writer, run_id, heartbeat = (
+        WriterIdentity.from_json(journal),
+        journal.get("run_id"),
+        journal.get("heartbeat", 0),
+    )
     if writer is None or not isinstance(run_id, str):
         return False
     try:
@@ -461,14 +501,19 @@ class _ArrayInfo:
 def _arrays(journal: Journal) -> list[_ArrayInfo]:
     doc_name = fmt.store_format(journal.zarr_format).array_doc
     return [
-        _ArrayInfo(rel=rel, doc=json.loads(journal.docs[join_path("", rel, doc_name)] or "{}"), c_axis=img.c_axis)
+        _ArrayInfo(
+            rel=rel,
+            doc=json.loads(journal.docs[join_path("", rel, doc_name)] or "{}"),
+            c_axis=img.c_axis,
+        )
         for img in journal.images
         for rel in img.arrays
     ]
 
 
 def _delete_new_chunks(io: StoreIO, journal: Journal) -> int:
-    """Delete the storage units the run wrote (the new channel's, backed-up ones included) and every partial file.
+    """Delete the storage units the run wrote (the new channel's, backed-up ones included) and every
+    partial file.
 
     An append writes the units at and after ``n_channels // k`` along ``c`` (``k`` channels per
     unit), an overwrite the units of channels ``channel_index`` to ``channel_index + len(names)``;
@@ -482,7 +527,7 @@ def _delete_new_chunks(io: StoreIO, journal: Journal) -> int:
         first_new = n_c // arr.c_block if journal.mode == "append" else None
         units = {i // arr.c_block for i in written}
         for key in io.list(arr.rel):
-            rel_key = key[len(arr.rel) + 1:]
+            rel_key = key[len(arr.rel) + 1 :]
             if is_partial(key):
                 io.delete(key)
                 removed += 1
@@ -502,7 +547,8 @@ def _backup_root(journal: Journal) -> str:
 
 
 def _manifest_key(run_id: str) -> str:
-    """The backup's manifest: next to (not inside) the backup, so restoring never writes it into the plate."""
+    """The backup's manifest: next to (not inside) the backup, so restoring never writes it into
+    the plate."""
     return join_path("", BACKUP_PREFIX, f"{run_id}.manifest.json")
 
 
@@ -511,7 +557,8 @@ def _digest(data: bytes) -> str:
 
 
 def write_backup(io: StoreIO, run_id: str, keys: Iterable[str]) -> BackupSummary:
-    """Copy the chunk ``keys`` into the run's backup, verified, with a manifest; the summary for the journal.
+    """Copy the chunk ``keys`` into the run's backup, verified, with a manifest; the summary for the
+    journal.
 
     Every copy is read back and compared with the original before the manifest (key → size
     and sha256) is written; the journal then records the manifest's digest together with the
@@ -534,12 +581,15 @@ def write_backup(io: StoreIO, run_id: str, keys: Iterable[str]) -> BackupSummary
     bad = _bad_backup_files(io, root, files)
     if bad:
         raise CorruptDataError(
-            f"The backup of {bad[0]} in {io.url} does not read back as written ({len(bad)} file(s)); the channel "
-            f"was not touched. Check the store (disk full or failing?) and retry."
+            f"The backup of {bad[0]} in {io.url} does not read back as written ({len(bad)} "
+            "file(s)); the channel was not touched. Check the store (disk full or failing?) and "
+            "retry."
         )
     manifest = json.dumps({"run_id": run_id, "files": files}, sort_keys=True).encode("utf-8")
     io.set(_manifest_key(run_id), manifest)
-    return BackupSummary(files=len(files), bytes=sum(f["size"] for f in files.values()), manifest=_digest(manifest))
+    return BackupSummary(
+        files=len(files), bytes=sum(f["size"] for f in files.values()), manifest=_digest(manifest)
+    )
 
 
 def _bad_backup_files(io: StoreIO, root: str, files: Mapping[str, Mapping[str, Any]]) -> list[str]:
@@ -553,7 +603,8 @@ def _bad_backup_files(io: StoreIO, root: str, files: Mapping[str, Mapping[str, A
 
 
 def _verified_manifest(io: StoreIO, journal: Journal) -> dict[str, Any]:
-    """The backup manifest of a run at ``backed_up`` or later, checked against the journal and the files.
+    """The backup manifest of a run at ``backed_up`` or later, checked against the journal and the
+    files.
 
     Raises
     ------
@@ -570,11 +621,15 @@ def _verified_manifest(io: StoreIO, journal: Journal) -> dict[str, Any]:
         outside = [k for k in files if not k.startswith(arrays)]
         bad = outside or _bad_backup_files(io, _backup_root(journal), files)
         if bad:
-            problem = f"{len(bad)} backed-up file(s) are missing, altered or outside the channel ({bad[0]})"
+            problem = (
+                f"{len(bad)} backed-up file(s) are missing, altered or outside the channel "
+                f"({bad[0]})"
+            )
     if problem:
         raise CorruptDataError(
-            f"Cannot roll back omeloc run {journal.run_id} in {io.url}: the backup of channel {journal.name!r} "
-            f"is not intact ({problem}), so nothing was deleted. Restore the plate from a copy."
+            f"Cannot roll back omeloc run {journal.run_id} in {io.url}: the backup of channel "
+            f"{journal.name!r} is not intact ({problem}), so nothing was deleted. Restore the "
+            "plate from a copy."
         )
     return files
 
@@ -616,8 +671,11 @@ def prune_empty_dirs(io: StoreIO, prefix: str) -> None:
     top = Path(io.backend.root) / io.key(prefix)
     if not top.is_dir() or top.is_symlink():
         return
-    for folder in sorted((p for p in top.rglob("*") if p.is_dir() and not p.is_symlink()),
-                         key=lambda p: len(p.parts), reverse=True):
+    for folder in sorted(
+        (p for p in top.rglob("*") if p.is_dir() and not p.is_symlink()),
+        key=lambda p: len(p.parts),
+        reverse=True,
+    ):
         with contextlib.suppress(OSError):
             folder.rmdir()  # only succeeds when empty
     with contextlib.suppress(OSError):
@@ -625,12 +683,14 @@ def prune_empty_dirs(io: StoreIO, prefix: str) -> None:
 
 
 def _backs_up(journal: Journal) -> bool:
-    """Whether the run keeps a backup: an overwrite always, an append that rewrites a unit of virtual channels."""
+    """Whether the run keeps a backup: an overwrite always, an append that rewrites a unit of
+    virtual channels."""
     return journal.mode == "overwrite" or journal.shared
 
 
 def _channel_touched(journal: Journal) -> bool:
-    """Whether the run may have changed chunks: one that keeps a backup only after the backup was verified."""
+    """Whether the run may have changed chunks: one that keeps a backup only after the backup was
+    verified."""
     return not _backs_up(journal) or journal.phase != "started"
 
 
@@ -642,7 +702,9 @@ def _undo_chunks(io: StoreIO, journal: Journal) -> None:
     logger.info("rollback removed %d chunk/partial files", removed)
     try:
         io.update_attrs("", {JOURNAL_KEY: journal.replace(chunks_restored=True)})
-    except OmelocError as err:  # e.g. a full disk: deleting and restoring again on the next try is harmless
+    except (
+        OmelocError
+    ) as err:  # e.g. a full disk: deleting and restoring again on the next try is harmless
         logger.warning("could not record the restored chunks in the journal (%s); continuing", err)
 
 
@@ -655,9 +717,16 @@ def rollback(io: StoreIO, journal: Journal | Mapping[str, Any], *, quiet: bool =
     failure itself).  Each step can be repeated, so a rollback that fails (a full disk) or is
     killed is finished by the next :func:`omeloc.recover`; the journal goes last.
     """
-    journal = validate_journal(io, journal)  # untrusted input: refused unless it names only this plate's keys
-    logger.log(logging.INFO if quiet else logging.WARNING, "rolling back omeloc run %s (channel %r) in %s",
-               journal.run_id, journal.name, io.url)
+    journal = validate_journal(
+        io, journal
+    )  # untrusted input: refused unless it names only this plate's keys
+    logger.log(
+        logging.INFO if quiet else logging.WARNING,
+        "rolling back omeloc run %s (channel %r) in %s",
+        journal.run_id,
+        journal.name,
+        io.url,
+    )
     if not journal.chunks_restored and _channel_touched(journal):
         _undo_chunks(io, journal)
     _drop_backup(io, journal)
@@ -712,7 +781,9 @@ def finish(io: StoreIO, journal: Journal | Mapping[str, Any]) -> None:
     and copies the root attributes, journal left out).  Each step can be repeated: a finish
     that is killed is finished again by the next :func:`omeloc.recover`.
     """
-    journal = validate_journal(io, journal)  # untrusted input: refused unless it names only this plate's keys
+    journal = validate_journal(
+        io, journal
+    )  # untrusted input: refused unless it names only this plate's keys
     delete_partial_documents(io, journal.docs)  # a round of document writes killed half-way
     _drop_backup(io, journal)
     keys = consolidated_doc_keys([img.path for img in journal.images], io.zarr_format)
@@ -727,12 +798,15 @@ def finish(io: StoreIO, journal: Journal | Mapping[str, Any]) -> None:
         return
     doc = io.read_json(root_attrs) or io.format.new_group_doc()
     io.format.attributes_to_edit(doc).pop(JOURNAL_KEY, None)
-    fresh = refresh_consolidated(doc, io.zarr_format, lambda rel: _read_without_journal(io, rel, root_attrs))
+    fresh = refresh_consolidated(
+        doc, io.zarr_format, lambda rel: _read_without_journal(io, rel, root_attrs)
+    )
     io.write_json(root_attrs, fresh if fresh is not None else doc)
 
 
 def _read_without_journal(io: StoreIO, rel: str, root_attrs: str) -> dict[str, Any] | None:
-    """A document as it will be once the run is finished: the root attributes without the journal."""
+    """A document as it will be once the run is finished: the root attributes without the
+    journal."""
     doc = io.read_json(rel)
     if doc is not None and rel == root_attrs:
         io.format.attributes_to_edit(doc).pop(JOURNAL_KEY, None)
@@ -740,11 +814,15 @@ def _read_without_journal(io: StoreIO, rel: str, root_attrs: str) -> dict[str, A
 
 
 def _refresh_doc(io: StoreIO, key: str) -> None:
-    """Rewrite the consolidated-metadata document ``key`` from the current documents, when that changes it."""
+    """Rewrite the consolidated-metadata document ``key`` from the current documents, when that
+    changes it."""
     doc = io.read_json(key)
     base = key.rsplit("/", 1)[0] if "/" in key else ""
     root_attrs = io.attrs_doc("")
-    fresh = refresh_consolidated(doc, io.zarr_format,
-                                 lambda rel: _read_without_journal(io, join_path("", base, rel), root_attrs))
+    fresh = refresh_consolidated(
+        doc,
+        io.zarr_format,
+        lambda rel: _read_without_journal(io, join_path("", base, rel), root_attrs),
+    )
     if fresh is not None and fresh != doc:
         io.write_json(key, fresh)

@@ -60,7 +60,15 @@ from omeloc.writeback import identity
 from omeloc.writeback.identity import HEARTBEAT_SECONDS, WriterIdentity, writer_alive
 from omeloc.writeback.journal import StoreIO
 
-__all__ = ["BREAK_KEY", "HEARTBEAT_SECONDS", "LOCK_KEY", "PlateLock", "lock_holder", "lock_stale", "source_lock"]
+__all__ = [
+    "BREAK_KEY",
+    "HEARTBEAT_SECONDS",
+    "LOCK_KEY",
+    "PlateLock",
+    "lock_holder",
+    "lock_stale",
+    "source_lock",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -78,7 +86,8 @@ def _atomic_create(io: StoreIO) -> bool:
 
 
 def _s3_create(io: StoreIO, key: str, data: bytes) -> bool | None:
-    """Conditional ``PUT`` (``If-None-Match: *``) of ``key`` on an S3 store; ``None`` on any other store.
+    """Conditional ``PUT`` (``If-None-Match: *``) of ``key`` on an S3 store; ``None`` on any other
+    store.
 
     Returns whether the object was created (``False``: it exists already).
     """
@@ -99,7 +108,8 @@ def _s3_create(io: StoreIO, key: str, data: bytes) -> bool | None:
 
 
 def _read(io: StoreIO, key: str) -> dict[str, Any] | None:
-    """The lock document at ``key``; ``None`` when absent, ``{}`` when it is not a lock omeloc wrote."""
+    """The lock document at ``key``; ``None`` when absent, ``{}`` when it is not a lock omeloc
+    wrote."""
     raw = io.get(key)
     if raw is None:
         return None
@@ -116,7 +126,9 @@ def _create(io: StoreIO, key: str, payload: Mapping[str, Any]) -> bool:
     try:
         if _s3_create(io, key, data) is None:
             sync(io.store.set_if_not_exists(io.key(key), Buffer.from_bytes(data)))
-    except Exception as err:  # any backend's refusal (PermissionError, HTTP 4xx/5xx, ...) with context
+    except (
+        Exception
+    ) as err:  # any backend's refusal (PermissionError, HTTP 4xx/5xx, ...) with context
         raise write_refusal(err, f"Cannot create the lock {key} in {io.url}", io.url) from err
     mine = (_read(io, key) or {}).get("run_id") == payload["run_id"]
     if mine and not _atomic_create(io):
@@ -158,15 +170,19 @@ def describe_holder(io: StoreIO, holder: Mapping[str, Any]) -> str:
     if not holder:
         who = f"an unknown writer (the lock {LOCK_KEY} was not written by omeloc)"
     else:
-        run_id, purpose, pid, host, started = (_shown(holder.get(k)) for k in
-                                               ("run_id", "purpose", "pid", "host", "started"))
+        run_id, purpose, pid, host, started = (
+            _shown(holder.get(k)) for k in ("run_id", "purpose", "pid", "host", "started")
+        )
         who = f"omeloc run {run_id} ({purpose}, pid {pid} on {host}, since {started})"
-    return (f"{io.url} is being written by {who}. Wait for it to finish; if that process is dead, "
-            f"run `omeloc recover {io.url} --force`.")
+    return (
+        f"{io.url} is being written by {who}. Wait for it to finish; if that process is dead, "
+        f"run `omeloc recover {io.url} --force`."
+    )
 
 
 class PlateLock:
-    """The plate's write lock, as a context manager: taken on enter, heartbeat while held, released on exit.
+    """The plate's write lock, as a context manager: taken on enter, heartbeat while held, released
+    on exit.
 
     Parameters
     ----------
@@ -198,8 +214,16 @@ class PlateLock:
     ...     pass
     """
 
-    def __init__(self, io: StoreIO, *, purpose: str, run_id: str | None = None, stale_after: float = 3600.0,
-                 force: bool = False, interval: float = HEARTBEAT_SECONDS) -> None:
+    def __init__(
+        self,
+        io: StoreIO,
+        *,
+        purpose: str,
+        run_id: str | None = None,
+        stale_after: float = 3600.0,
+        force: bool = False,
+        interval: float = HEARTBEAT_SECONDS,
+    ) -> None:
         self.io, self.purpose, self.stale_after, self.force = io, purpose, stale_after, force
         self.run_id = run_id or uuid.uuid4().hex
         self.interval = float(interval)
@@ -212,9 +236,14 @@ class PlateLock:
         self._registered = False
 
     def _new_payload(self) -> dict[str, Any]:
-        return {"run_id": self.run_id, "purpose": self.purpose, **WriterIdentity.current().to_json(),
-                "started": datetime.now(UTC).isoformat(timespec="seconds"),
-                "heartbeat": time.time(), "interval": self.interval}
+        return {
+            "run_id": self.run_id,
+            "purpose": self.purpose,
+            **WriterIdentity.current().to_json(),
+            "started": datetime.now(UTC).isoformat(timespec="seconds"),
+            "heartbeat": time.time(),
+            "interval": self.interval,
+        }
 
     def __enter__(self) -> Self:
         self._payload = self._new_payload()
@@ -227,7 +256,9 @@ class PlateLock:
         # the only writer from now on: what the documents cache held before may be stale, what it
         # holds from now on is what the store holds (our own writes go through it)
         self.io.documents.clear()
-        self._thread = threading.Thread(target=self._beat, name=f"omeloc-lock-{self.run_id[:8]}", daemon=True)
+        self._thread = threading.Thread(
+            target=self._beat, name=f"omeloc-lock-{self.run_id[:8]}", daemon=True
+        )
         self._thread.start()
         fault_point("lock_taken")
         return self
@@ -243,9 +274,13 @@ class PlateLock:
 
     def _acquire(self) -> None:
         local = self.io.local_root
-        if local is not None and (local / LOCK_KEY).is_dir():  # not a lock: no create can ever succeed
-            raise InputError(f"{local / LOCK_KEY} is a folder, not omeloc's lock file. If no omeloc run writes "
-                             f"{self.io.url}, remove it (rm -r {local / LOCK_KEY}) and retry.")
+        if (
+            local is not None and (local / LOCK_KEY).is_dir()
+        ):  # not a lock: no create can ever succeed
+            raise InputError(
+                f"{local / LOCK_KEY} is a folder, not omeloc's lock file. If no omeloc run writes "
+                f"{self.io.url}, remove it (rm -r {local / LOCK_KEY}) and retry."
+            )
         for _ in range(3):  # a holder that releases while we look: try again
             if _create(self.io, LOCK_KEY, self._payload):
                 return
@@ -256,27 +291,36 @@ class PlateLock:
                 raise ConcurrentWriteError(describe_holder(self.io, holder))
             self._take_over(holder)
             return
-        raise ConcurrentWriteError(f"The lock of {self.io.url} changed hands repeatedly while omeloc tried to take "
-                                   f"it. Wait for the other writers to finish and retry.")
+        raise ConcurrentWriteError(
+            f"The lock of {self.io.url} changed hands repeatedly while omeloc tried to take "
+            f"it. Wait for the other writers to finish and retry."
+        )
 
     def _take_over(self, holder: dict[str, Any]) -> None:
-        """Replace a dead (or, with ``force``, any) holder's lock with ours, serialised by the break key."""
+        """Replace a dead (or, with ``force``, any) holder's lock with ours, serialised by the
+        break key."""
         writer = WriterIdentity.from_json(self._payload)
         assert writer is not None
         breaker = {"run_id": self.run_id, **writer.to_json(), "heartbeat": time.time()}
         if not _create(self.io, BREAK_KEY, breaker):
             other = _read(self.io, BREAK_KEY) or {}
             if not (self.force or lock_stale(other, self.stale_after)):
-                raise ConcurrentWriteError(f"Another omeloc run is taking over the lock of {self.io.url} right now. "
-                                           f"Wait for it to finish and retry.")
+                raise ConcurrentWriteError(
+                    f"Another omeloc run is taking over the lock of {self.io.url} right now. "
+                    f"Wait for it to finish and retry."
+                )
             self.io.delete(BREAK_KEY)
             if not _create(self.io, BREAK_KEY, breaker):
-                raise ConcurrentWriteError(f"Another omeloc run took over the lock of {self.io.url} first. "
-                                           f"Wait for it to finish and retry.")
+                raise ConcurrentWriteError(
+                    f"Another omeloc run took over the lock of {self.io.url} first. "
+                    f"Wait for it to finish and retry."
+                )
         try:
             current = lock_holder(self.io)
             if current is not None and current != holder and not self.force:
-                raise ConcurrentWriteError(describe_holder(self.io, current))  # it moved: somebody is alive
+                raise ConcurrentWriteError(
+                    describe_holder(self.io, current)
+                )  # it moved: somebody is alive
             if current is not None:
                 self.io.delete(LOCK_KEY)
             if not _create(self.io, LOCK_KEY, self._payload):
@@ -284,9 +328,15 @@ class PlateLock:
         finally:
             self.io.delete(BREAK_KEY)
         self.taken_over = holder
-        logger.warning("took over the lock of %s from %s run %s (pid %s on %s)%s", self.io.url,
-                       holder.get("purpose"), holder.get("run_id"), holder.get("pid"), holder.get("host"),
-                       " (forced)" if self.force else ": its writer is gone")
+        logger.warning(
+            "took over the lock of %s from %s run %s (pid %s on %s)%s",
+            self.io.url,
+            holder.get("purpose"),
+            holder.get("run_id"),
+            holder.get("pid"),
+            holder.get("host"),
+            " (forced)" if self.force else ": its writer is gone",
+        )
 
     def _beat(self) -> None:
         """Heartbeat thread: refresh the lock every ``interval`` seconds while it is ours."""
@@ -295,7 +345,9 @@ class PlateLock:
                 holder = lock_holder(self.io)
                 if (holder or {}).get("run_id") != self.run_id:
                     self.lost = True
-                    logger.error("the lock of %s was taken from omeloc run %s", self.io.url, self.run_id)
+                    logger.error(
+                        "the lock of %s was taken from omeloc run %s", self.io.url, self.run_id
+                    )
                     return
                 self._payload["heartbeat"] = time.time()
                 self.io.set(LOCK_KEY, json.dumps(self._payload, sort_keys=True).encode("utf-8"))
@@ -303,11 +355,12 @@ class PlateLock:
                 logger.warning("could not refresh the lock of %s: %s", self.io.url, err)
 
     def ensure(self) -> None:
-        """Raise if the lock was taken from this holder while it ran (``recover --force`` elsewhere)."""
+        """Raise if the lock was taken from this holder while it ran (``recover --force``
+        elsewhere)."""
         if self.lost:
             raise ConcurrentWriteError(
-                f"The lock of {self.io.url} was taken from this run (omeloc recover --force?) while it wrote. "
-                f"Stop the other writer, then run `omeloc recover {self.io.url}`."
+                f"The lock of {self.io.url} was taken from this run (omeloc recover --force?) "
+                f"while it wrote. Stop the other writer, then run `omeloc recover {self.io.url}`."
             )
 
     def release(self) -> None:
@@ -334,16 +387,19 @@ class PlateLock:
 
 
 def peek(io: StoreIO, *, stale_after: float) -> None:
-    """Raise :class:`ConcurrentWriteError` if a live writer holds the lock (for dry runs, which take none)."""
+    """Raise :class:`ConcurrentWriteError` if a live writer holds the lock (for dry runs, which
+    take none)."""
     holder = lock_holder(io)
     if holder is not None and not lock_stale(holder, stale_after):
         raise ConcurrentWriteError(describe_holder(io, holder))
 
 
 @contextlib.contextmanager
-def source_lock(url: str | Path, storage_options: Mapping[str, Any] | None = None, *,
-                purpose: str = "rechunk") -> Iterator[PlateLock | None]:
-    """Hold the lock of a store that is only read (``rechunk``'s source), so no writer changes it meanwhile.
+def source_lock(
+    url: str | Path, storage_options: Mapping[str, Any] | None = None, *, purpose: str = "rechunk"
+) -> Iterator[PlateLock | None]:
+    """Hold the lock of a store that is only read (``rechunk``'s source), so no writer changes it
+    meanwhile.
 
     A store this process cannot write (an HTTP URL, a read-only copy) is read without a lock:
     nobody writes it through this access either.  zarr's warning about the lock key while

@@ -57,7 +57,8 @@ GraphRunner = Callable[[da.Array, str], int]
 
 @dataclass(frozen=True)
 class RunStore:
-    """How the tasks of one run open the target's arrays (small and picklable, sent with each task)."""
+    """How the tasks of one run open the target's arrays (small and picklable, sent with each
+    task)."""
 
     so_json: str
     """fsspec storage options as sorted JSON (hashable, so opened arrays can be cached)."""
@@ -65,9 +66,15 @@ class RunStore:
     run_id: str
 
     @classmethod
-    def of(cls, storage_options: Mapping[str, Any] | None, zarr_format: int, run_id: str) -> RunStore:
+    def of(
+        cls, storage_options: Mapping[str, Any] | None, zarr_format: int, run_id: str
+    ) -> RunStore:
         """The RunStore for a run with these storage options."""
-        return cls(json.dumps(dict(storage_options or {}), sort_keys=True, default=str), zarr_format, run_id)
+        return cls(
+            json.dumps(dict(storage_options or {}), sort_keys=True, default=str),
+            zarr_format,
+            run_id,
+        )
 
     def array(self, url: str, meta: Any = None) -> zarr.Array:
         """The writable array at ``url`` (cached per process and run); with ``meta`` (its zarr
@@ -76,7 +83,9 @@ class RunStore:
             return _from_metadata(url, self.so_json, self.run_id, meta)
         return open_level(url, self.so_json, self.zarr_format, self.run_id)
 
-    def write(self, url: str, region: tuple[slice, ...], values: np.ndarray, meta: Any = None) -> None:
+    def write(
+        self, url: str, region: tuple[slice, ...], values: np.ndarray, meta: Any = None
+    ) -> None:
         """Write ``values`` into ``region`` of the array at ``url``, unless the run was stopped."""
         with _in_flight(self.run_id):
             self.array(url, meta)[region] = values
@@ -126,7 +135,9 @@ def open_level(url: str, so_json: str, zarr_format: int, run_id: str) -> zarr.Ar
 
 
 #: arrays opened from the metadata their tasks carry, per process: (url, options, run id) → array
-_FROM_METADATA: collections.OrderedDict[tuple[str, str, str], zarr.Array] = collections.OrderedDict()
+_FROM_METADATA: collections.OrderedDict[tuple[str, str, str], zarr.Array] = (
+    collections.OrderedDict()
+)
 _FROM_METADATA_LOCK = threading.Lock()
 
 
@@ -154,13 +165,22 @@ def _from_metadata(url: str, so_json: str, run_id: str, meta: Any) -> zarr.Array
 
 
 def write_level0_block(
-    block: np.ndarray, *, store: RunStore, url: str, c_axis: int, index: int, out_dtype: str, where: str,
-    lower: tuple[tuple[str, tuple[int, ...], Any], ...] = (), plane_axes: tuple[str, ...] = (),
-    meta: Any = None, block_info: dict | None = None,
+    block: np.ndarray,
+    *,
+    store: RunStore,
+    url: str,
+    c_axis: int,
+    index: int,
+    out_dtype: str,
+    where: str,
+    lower: tuple[tuple[str, tuple[int, ...], Any], ...] = (),
+    plane_axes: tuple[str, ...] = (),
+    meta: Any = None,
+    block_info: dict | None = None,
 ) -> np.ndarray:
-    """Dask task: cast one block of the new channels ``(k, *plane block)`` and write it into its own zarr
-    block(s) (channels ``index`` to ``index + k``); with ``lower`` (url and shape without ``c`` of each
-    lower level; the block holds whole y-x planes) also the lower levels of those planes."""
+    """Dask task: cast one block of the new channels ``(k, *plane block)`` and write it into its own
+    zarr block(s) (channels ``index`` to ``index + k``); with ``lower`` (url and shape without ``c``
+    of each lower level; the block holds whole y-x planes) also the lower levels of those planes."""
     loc = block_info[0]["array-location"][1:]
     block = np.asarray(block)
     if block.dtype.kind == "f" and not np.isfinite(block).all():
@@ -175,10 +195,17 @@ def write_level0_block(
     store.write(url, tuple(region), values, meta)
     fault_point("level0_block")
     nbytes = values.nbytes
-    for dst_url, shape, dst_meta in lower:  # fused: each level from the one above, as write_lower_block computes it
+    for (
+        dst_url,
+        shape,
+        dst_meta,
+    ) in lower:  # fused: each level from the one above, as write_lower_block computes it
         target = [n if ax in ("y", "x") else b - a for ax, n, (a, b) in zip(plane_axes, shape, loc)]
         cast = np.stack([downsample_mean(plane, plane_axes, target) for plane in cast])
-        region = [slice(0, n) if ax in ("y", "x") else slice(a, b) for ax, n, (a, b) in zip(plane_axes, shape, loc)]
+        region = [
+            slice(0, n) if ax in ("y", "x") else slice(a, b)
+            for ax, n, (a, b) in zip(plane_axes, shape, loc)
+        ]
         region.insert(c_axis, slice(index, index + block.shape[0]))
         store.write(dst_url, tuple(region), np.moveaxis(cast, 0, c_axis), dst_meta)
         nbytes += cast.nbytes
@@ -186,23 +213,34 @@ def write_level0_block(
 
 
 def fusable(img: ImagePlan, axes: tuple[str, ...]) -> bool:
-    """Whether the level-0 tasks of ``img`` can write its lower levels too: each data block holds whole
-    y-x planes, and every lower level has level 0's size and write block along the other axes."""
+    """Whether the level-0 tasks of ``img`` can write its lower levels too: each data block holds
+    whole y-x planes, and every lower level has level 0's size and write block along the other
+    axes."""
     plane_axes = without_axis(tuple(axes), img.c_axis)
-    if len(img.level_paths) < 2 or any(len(c) != 1 for ax, c in zip(plane_axes, img.data.chunks[1:])
-                                       if ax in ("y", "x")):
+    if len(img.level_paths) < 2 or any(
+        len(c) != 1 for ax, c in zip(plane_axes, img.data.chunks[1:]) if ax in ("y", "x")
+    ):
         return False
 
     def off_plane(level: int) -> list[tuple[int, int]]:
         """Size and write block of a level along every axis but y and x (c included)."""
-        return [(n, b) for ax, n, b in zip(axes, img.shapes[level], img.write_blocks[level]) if ax not in ("y", "x")]
+        return [
+            (n, b)
+            for ax, n, b in zip(axes, img.shapes[level], img.write_blocks[level])
+            if ax not in ("y", "x")
+        ]
 
     return all(off_plane(level) == off_plane(0) for level in range(1, len(img.level_paths)))
 
 
-def _source_region(loc: list[tuple[int, int]], src_plane: tuple[int, ...], plane_axes: tuple[str, ...],
-                   dst_plane: tuple[int, ...]) -> tuple[list[slice], list[np.ndarray]]:
-    """What a lower-level block reads from the level above: slices, and the indices to take from them.
+def _source_region(
+    loc: list[tuple[int, int]],
+    src_plane: tuple[int, ...],
+    plane_axes: tuple[str, ...],
+    dst_plane: tuple[int, ...],
+) -> tuple[list[slice], list[np.ndarray]]:
+    """What a lower-level block reads from the level above: slices, and the indices to take from
+    them.
 
     Target ``[a, b)`` along an axis of factor ``f`` reads source ``[a*f, b*f)``, clipped and
     edge-padded (only y and x are downsampled).
@@ -219,30 +257,49 @@ def _source_region(loc: list[tuple[int, int]], src_plane: tuple[int, ...], plane
 
 
 def write_lower_block(
-    dummy: np.ndarray, *, store: RunStore, src_url: str, dst_url: str, c_axis: int, index: int,
-    axes: tuple[str, ...], src_shape: tuple[int, ...], k: int = 1, src_meta: Any = None, dst_meta: Any = None,
+    dummy: np.ndarray,
+    *,
+    store: RunStore,
+    src_url: str,
+    dst_url: str,
+    c_axis: int,
+    index: int,
+    axes: tuple[str, ...],
+    src_shape: tuple[int, ...],
+    k: int = 1,
+    src_meta: Any = None,
+    dst_meta: Any = None,
     block_info: dict | None = None,
 ) -> np.ndarray:
     """Dask task: one block of a lower level (channels ``index`` to ``index + k``), the mean of the
     matching region of the level above."""
     loc = [tuple(r) for r in block_info[0]["array-location"]]
     plane_axes = tuple(a for i, a in enumerate(axes) if i != c_axis)
-    read, take = _source_region(loc, without_axis(tuple(src_shape), c_axis), plane_axes,
-                                tuple(block_info[0]["shape"]))
+    read, take = _source_region(
+        loc, without_axis(tuple(src_shape), c_axis), plane_axes, tuple(block_info[0]["shape"])
+    )
     src_region = list(read)
     src_region.insert(c_axis, slice(index, index + k))
     src = np.moveaxis(store.array(src_url, src_meta)[tuple(src_region)], c_axis, 0)
-    values = np.stack([downsample_mean(plane[np.ix_(*take)], plane_axes, tuple(dummy.shape)) for plane in src],
-                      axis=c_axis)
+    values = np.stack(
+        [downsample_mean(plane[np.ix_(*take)], plane_axes, tuple(dummy.shape)) for plane in src],
+        axis=c_axis,
+    )
     region = [slice(a, b) for a, b in loc]
     region.insert(c_axis, slice(index, index + k))
     store.write(dst_url, tuple(region), values, dst_meta)
     return np.full((1,) * dummy.ndim, values.nbytes, dtype=np.int64)
 
 
-def level0_graph(plan: WritePlan, store: RunStore, done: Mapping[str, set[tuple[int, ...]]] | None = None,
-                 fused: frozenset[str] = frozenset(), axes: tuple[str, ...] = ()) -> da.Array | None:
-    """The graph writing level 0 of every image (its value: bytes written); ``None`` if nothing is left.
+def level0_graph(
+    plan: WritePlan,
+    store: RunStore,
+    done: Mapping[str, set[tuple[int, ...]]] | None = None,
+    fused: frozenset[str] = frozenset(),
+    axes: tuple[str, ...] = (),
+) -> da.Array | None:
+    """The graph writing level 0 of every image (its value: bytes written); ``None`` if nothing is
+    left.
 
     ``done`` maps an image path to the Dask blocks a killed run of the same job finished
     (see :mod:`omeloc.writeback.resume`): only the other blocks are computed.  The tasks of
@@ -251,25 +308,49 @@ def level0_graph(plan: WritePlan, store: RunStore, done: Mapping[str, set[tuple[
     """
     graphs, keys = [], []
     for img in plan.images:
-        lower = tuple((join_path(img.url, img.level_paths[n]), without_axis(img.shapes[n], img.c_axis),
-                       img.level_metadata(n)) for n in range(1, len(img.level_paths))) if img.path in fused else ()
+        lower = (
+            tuple(
+                (
+                    join_path(img.url, img.level_paths[n]),
+                    without_axis(img.shapes[n], img.c_axis),
+                    img.level_metadata(n),
+                )
+                for n in range(1, len(img.level_paths))
+            )
+            if img.path in fused
+            else ()
+        )
         # constants bound into the function: as map_blocks keywords Dask would walk them for
         # collections once per image (a cost that shows on plates of thousands of images)
         task = functools.partial(
-            write_level0_block, store=store, url=join_path(img.url, img.level_paths[0]), c_axis=img.c_axis,
-            index=plan.channel_index, out_dtype=plan.dtype, where=f"image {img.path or plan.target}",
-            lower=lower, plane_axes=without_axis(tuple(axes), img.c_axis) if lower else (),
+            write_level0_block,
+            store=store,
+            url=join_path(img.url, img.level_paths[0]),
+            c_axis=img.c_axis,
+            index=plan.channel_index,
+            out_dtype=plan.dtype,
+            where=f"image {img.path or plan.target}",
+            lower=lower,
+            plane_axes=without_axis(tuple(axes), img.c_axis) if lower else (),
             meta=img.level_metadata(0),
         )
         token = tokenize(img.url, img.data.name, store.run_id, plan.channel_index, bool(lower))
         # one task per write block holds all k channels (a block shared along c is written once)
-        written = img.data.map_blocks(task, chunks=tuple((1,) * len(c) for c in img.data.chunks), dtype=np.int64,
-                                      name=f"omeloc-write-{token}")
+        written = img.data.map_blocks(
+            task,
+            chunks=tuple((1,) * len(c) for c in img.data.chunks),
+            dtype=np.int64,
+            name=f"omeloc-write-{token}",
+        )
         skip = (done or {}).get(img.path) or set()
         # resumed: only the blocks the killed run did not finish (the others are culled)
         keys.extend((written.name, *i) for i in np.ndindex(*written.numblocks) if i not in skip)
         graphs.append(written)
-    return _total(graphs, keys, f"omeloc-level0-total-{tokenize(store.run_id, keys)}") if keys else None
+    return (
+        _total(graphs, keys, f"omeloc-level0-total-{tokenize(store.run_id, keys)}")
+        if keys
+        else None
+    )
 
 
 def _sum_blocks(blocks: list[np.ndarray]) -> np.ndarray:
@@ -277,47 +358,76 @@ def _sum_blocks(blocks: list[np.ndarray]) -> np.ndarray:
 
 
 def _total(arrays: list[da.Array], keys: list[tuple], name: str) -> da.Array:
-    """A 0-d array: the sum of the blocks ``keys`` of ``arrays`` (one task, not one reduction per image)."""
+    """A 0-d array: the sum of the blocks ``keys`` of ``arrays`` (one task, not one reduction per
+    image)."""
     layer = {(name,): (_sum_blocks, list(keys))}
     graph = HighLevelGraph.from_collections(name, layer, dependencies=arrays)
     return da.Array(graph, name, chunks=(), dtype=np.int64)
 
 
-def _lower_level_image(img: ImagePlan, level: int, index: int, store: RunStore, axes: tuple[str, ...],
-                       k: int = 1) -> da.Array:
+def _lower_level_image(
+    img: ImagePlan, level: int, index: int, store: RunStore, axes: tuple[str, ...], k: int = 1
+) -> da.Array:
     shape = without_axis(img.shapes[level], img.c_axis)
     dummy = da.zeros(shape, chunks=without_axis(img.write_blocks[level], img.c_axis), dtype=np.int8)
     task = functools.partial(
-        write_lower_block, store=store, src_url=join_path(img.url, img.level_paths[level - 1]),
-        dst_url=join_path(img.url, img.level_paths[level]), c_axis=img.c_axis, index=index, axes=axes,
-        src_shape=img.shapes[level - 1], k=k, src_meta=img.level_metadata(level - 1),
+        write_lower_block,
+        store=store,
+        src_url=join_path(img.url, img.level_paths[level - 1]),
+        dst_url=join_path(img.url, img.level_paths[level]),
+        c_axis=img.c_axis,
+        index=index,
+        axes=axes,
+        src_shape=img.shapes[level - 1],
+        k=k,
+        src_meta=img.level_metadata(level - 1),
         dst_meta=img.level_metadata(level),
     )
     return dummy.map_blocks(
-        task, chunks=tuple((1,) * len(c) for c in dummy.chunks), dtype=np.int64,
+        task,
+        chunks=tuple((1,) * len(c) for c in dummy.chunks),
+        dtype=np.int64,
         meta=np.empty((0,) * dummy.ndim, dtype=np.int64),
-        name=f"omeloc-write-level{level}-{tokenize(img.url, level, index, k, store.run_id, img.shapes)}",
+        name=(
+            f"omeloc-write-level{level}-"
+            f"{tokenize(img.url, level, index, k, store.run_id, img.shapes)}"
+        ),
     ).sum()
 
 
-def lower_level_graph(plan: WritePlan, level: int, store: RunStore, axes: tuple[str, ...],
-                      fused: frozenset[str] = frozenset()) -> da.Array | None:
-    """The graph writing pyramid level ``level`` (≥ 1) of every image that has it, from the level above
-    (not the images in ``fused``, whose level-0 tasks wrote it); ``None`` if there is none."""
-    totals = [_lower_level_image(img, level, plan.channel_index, store, axes, plan.k)
-              for img in plan.images if level < len(img.level_paths) and img.path not in fused]
+def lower_level_graph(
+    plan: WritePlan,
+    level: int,
+    store: RunStore,
+    axes: tuple[str, ...],
+    fused: frozenset[str] = frozenset(),
+) -> da.Array | None:
+    """The graph writing pyramid level ``level`` (≥ 1) of every image that has it, from the level
+    above (not the images in ``fused``, whose level-0 tasks wrote it); ``None`` if there is none."""
+    totals = [
+        _lower_level_image(img, level, plan.channel_index, store, axes, plan.k)
+        for img in plan.images
+        if level < len(img.level_paths) and img.path not in fused
+    ]
     return da.stack(totals).sum() if totals else None
 
 
-def write_pixels(plan: WritePlan, store: RunStore, axes: tuple[str, ...], run: GraphRunner,
-                 done: Mapping[str, set[tuple[int, ...]]] | None = None) -> int:
+def write_pixels(
+    plan: WritePlan,
+    store: RunStore,
+    axes: tuple[str, ...],
+    run: GraphRunner,
+    done: Mapping[str, set[tuple[int, ...]]] | None = None,
+) -> int:
     """Write the new channel at every level, level by level with ``run``; the bytes written.
 
     Each level runs as graphs of at most :data:`BATCH_IMAGES` images: Dask's state for a graph
     grows with its tasks (~18 kB per image), so peak memory stays flat in the plate's size.
     """
     # a resumed image's kept blocks have no lower levels yet: those are built level by level
-    fused = frozenset(img.path for img in plan.images if fusable(img, axes) and not (done or {}).get(img.path))
+    fused = frozenset(
+        img.path for img in plan.images if fusable(img, axes) and not (done or {}).get(img.path)
+    )
     nbytes = 0
     for batch, desc in _batches(plan, "level 0"):
         total = level0_graph(batch, store, done, fused, axes)
@@ -336,32 +446,41 @@ BATCH_IMAGES = 256
 
 
 def _batches(plan: WritePlan, desc: str) -> Iterator[tuple[WritePlan, str]]:
-    """``plan`` cut into plans of at most :data:`BATCH_IMAGES` images, each with its progress label."""
+    """``plan`` cut into plans of at most :data:`BATCH_IMAGES` images, each with its progress
+    label."""
     n = len(plan.images)
     if n <= BATCH_IMAGES:
         yield plan, desc
         return
     for start in range(0, n, BATCH_IMAGES):
         stop = min(n, start + BATCH_IMAGES)
-        yield dataclasses.replace(plan, images=plan.images[start:stop]), f"{desc} (images {start + 1}-{stop} of {n})"
+        yield (
+            dataclasses.replace(plan, images=plan.images[start:stop]),
+            f"{desc} (images {start + 1}-{stop} of {n})",
+        )
 
 
 def sample_windows(plan: WritePlan, store: RunStore) -> list[dict[str, float]]:
     """omero windows from the 0.1/99.9 percentiles of each new channel (its lowest levels, at most
     :data:`WINDOW_SAMPLES` pixels per image), the images read concurrently (on object storage each
     read is a round trip)."""
+
     def sample(img: ImagePlan) -> list[np.ndarray]:
         arr = store.array(join_path(img.url, img.level_paths[-1]), img.level_metadata(-1))
         index: list[Any] = [slice(None)] * arr.ndim
         index[img.c_axis] = slice(plan.channel_index, plan.channel_index + plan.k)
         values = np.moveaxis(np.asarray(arr[tuple(index)]), img.c_axis, 0)
         # at most WINDOW_SAMPLES pixels per image: memory flat in the plate's size
-        return [plane.ravel()[::max(1, -(-plane.size // WINDOW_SAMPLES))].copy() for plane in values]
+        return [
+            plane.ravel()[:: max(1, -(-plane.size // WINDOW_SAMPLES))].copy() for plane in values
+        ]
 
     with concurrent.futures.ThreadPoolExecutor(max_workers=min(io_concurrency(), 32)) as pool:
         per_image = list(pool.map(sample, plan.images))
-    return [channel_window(np.concatenate([s[j] for s in per_image]), np.dtype(plan.dtype))
-            for j in range(plan.k)]
+    return [
+        channel_window(np.concatenate([s[j] for s in per_image]), np.dtype(plan.dtype))
+        for j in range(plan.k)
+    ]
 
 
 #: most pixels per image and channel that :func:`sample_windows` keeps (evenly strided)

@@ -1,4 +1,5 @@
-"""The preflight of :func:`omeloc.writeback.protocol.add_channel`: every check, before anything changes.
+"""The preflight of :func:`omeloc.writeback.protocol.add_channel`: every check, before anything
+changes.
 
 :func:`preflight` reads the plate's metadata (and lists the chunk keys of every level) and
 returns a :class:`WritePlan`, or raises the one error that tells the user what to fix:
@@ -39,11 +40,23 @@ from omeloc.ngff.layout import shared_channels, write_problems
 from omeloc.ngff.plate import Image, Plate
 from omeloc.writeback.journal import StoreIO
 
-__all__ = ["RECHUNK_HINT", "SIZE_SLACK", "ArrayLike", "DataArg", "ImagePlan", "WritePlan", "level_problems",
-           "omero_note", "preflight", "without_axis"]
+__all__ = [
+    "RECHUNK_HINT",
+    "SIZE_SLACK",
+    "ArrayLike",
+    "DataArg",
+    "ImagePlan",
+    "WritePlan",
+    "level_problems",
+    "omero_note",
+    "preflight",
+    "without_axis",
+]
 
 ArrayLike = Any  # numpy array, dask array, or anything np.asarray accepts
-DataArg = ArrayLike | Mapping[str, ArrayLike | Callable[[], ArrayLike]] | Callable[[Image], ArrayLike]
+DataArg = (
+    ArrayLike | Mapping[str, ArrayLike | Callable[[], ArrayLike]] | Callable[[Image], ArrayLike]
+)
 
 #: the fix a :class:`~omeloc.errors.LayoutError` names
 RECHUNK_HINT = (
@@ -54,7 +67,7 @@ RECHUNK_HINT = (
 
 def without_axis(seq: tuple[int, ...], axis: int) -> tuple[int, ...]:
     """``seq`` (a shape or block) without its entry ``axis`` (the channel axis)."""
-    return seq[:axis] + seq[axis + 1:]
+    return seq[:axis] + seq[axis + 1 :]
 
 
 @dataclass(frozen=True)
@@ -71,7 +84,8 @@ class ImagePlan:
     write_blocks: tuple[tuple[int, ...], ...]
     """The zarr write unit (shard, else chunk) of every level: one Dask task each."""
     data: da.Array = field(repr=False, compare=False)
-    """The new channels' level-0 values: ``(k, *plane)``, one entry per name, chunked ``k`` on axis 0."""
+    """The new channels' level-0 values: ``(k, *plane)``, one entry per name, chunked ``k`` on
+    axis 0."""
     labels: tuple[str, ...] = ()
     """The labels of the omero block the write adds (the image has none); empty when it has one."""
     metadata: tuple[Any, ...] = field(default=(), repr=False, compare=False)
@@ -106,7 +120,8 @@ class WritePlan:
     pending_recovery: str | None = None
     """``"rollback"`` or ``"finish"`` when a dead run's journal will be dealt with first."""
     shared: bool = False
-    """Whether the files the write rewrites hold other (virtual) channels: they are backed up first."""
+    """Whether the files the write rewrites hold other (virtual) channels: they are backed up
+    first."""
 
     @property
     def name(self) -> str:
@@ -134,7 +149,11 @@ class WritePlan:
         n = 0
         for img in self.images:
             for shape, block in zip(img.shapes, img.write_blocks):
-                n += math.prod(math.ceil(s / b) for i, (s, b) in enumerate(zip(shape, block)) if i != img.c_axis)
+                n += math.prod(
+                    math.ceil(s / b)
+                    for i, (s, b) in enumerate(zip(shape, block))
+                    if i != img.c_axis
+                )
         return n
 
     @property
@@ -143,7 +162,8 @@ class WritePlan:
         item = np.dtype(self.dtype).itemsize
         return sum(
             math.prod(s for i, s in enumerate(shape) if i != img.c_axis) * item * self.k
-            for img in self.images for shape in img.shapes
+            for img in self.images
+            for shape in img.shapes
         )
 
     @property
@@ -154,25 +174,42 @@ class WritePlan:
     def describe(self) -> str:
         """A short human-readable summary."""
         verb = "replace channel" if self.mode == "overwrite" else "append channel"
-        what = f"{verb} {self.name!r}" if self.k == 1 else f"{verb}s {', '.join(map(repr, self.names))}"
-        lines = [(
-            f"{what} at index {self.channel_index} of {self.target} "
-            f"({len(self.images)} image(s), {self.tasks} write tasks, {self.nbytes / 1e6:.1f} MB {self.dtype})"
-        )]
+        what = (
+            f"{verb} {self.name!r}"
+            if self.k == 1
+            else f"{verb}s {', '.join(map(repr, self.names))}"
+        )
+        lines = [
+            (
+                f"{what} at index {self.channel_index} of {self.target} "
+                f"({len(self.images)} image(s), {self.tasks} write tasks, {self.nbytes / 1e6:.1f} "
+                f"MB {self.dtype})"
+            )
+        ]
         if self.pending_recovery:
             lines.append(f"first: {self.pending_recovery} an interrupted omeloc run")
         if self.adds_omero:
             lines.append(omero_note(self))
         for img in self.images[:5]:
-            lines.append(f"  {img.path or '.'}: levels {', '.join(img.level_paths)} -> shapes {list(img.shapes)}")
+            lines.append(
+                f"  {img.path or '.'}: levels {', '.join(img.level_paths)} -> shapes "
+                f"{list(img.shapes)}"
+            )
         if len(self.images) > 5:
             lines.append(f"  ... {len(self.images) - 5} more")
         return "\n".join(lines)
 
 
 def preflight(
-    plate: Plate, io: StoreIO, name: str | tuple[str, ...], data: DataArg, *, overwrite: bool, target: str,
-    pending: str | None = None, rollback_n: int | None = None,
+    plate: Plate,
+    io: StoreIO,
+    name: str | tuple[str, ...],
+    data: DataArg,
+    *,
+    overwrite: bool,
+    target: str,
+    pending: str | None = None,
+    rollback_n: int | None = None,
 ) -> WritePlan:
     """Check everything a write of channel ``name`` depends on, and plan it; nothing is changed.
 
@@ -203,26 +240,48 @@ def preflight(
     n_c, dtype = _shared_layout(plate, rollback_n)
     mode, index = _mode(plate, names, overwrite, target, n_c)
     _check_chunk_layout(plate, names, mode, target, n_c, rollback_n, index)
-    if rollback_n is None:  # also lists every level: a linked folder leaving the store is refused here
+    if (
+        rollback_n is None
+    ):  # also lists every level: a linked folder leaving the store is refused here
         _check_no_stray_chunks(plate, io, target, n_c)
     values = _resolve_data(plate, data)
-    images = tuple(_image_plan(img, values[img.path], mode, n_c, target, len(names)) for img in plate.images)
-    # other existing channels in the files the write rewrites (appended channels after the first land in
-    # the same unit or in new ones; an overwrite's own channels count too: its backup covers them anyway)
-    shared = any(any(mates.values()) for img in plate.images for mates in (
-        [shared_channels(img, j) for j in range(index, index + len(names))] if mode == "overwrite"
-        else [shared_channels(img)]))
+    images = tuple(
+        _image_plan(img, values[img.path], mode, n_c, target, len(names)) for img in plate.images
+    )
+    # other existing channels in the files the write rewrites (appended channels after the first
+    # land in the same unit or in new ones; an overwrite's own channels count too: its backup covers
+    # them anyway)
+    shared = any(
+        any(mates.values())
+        for img in plate.images
+        for mates in (
+            [shared_channels(img, j) for j in range(index, index + len(names))]
+            if mode == "overwrite"
+            else [shared_channels(img)]
+        )
+    )
     return WritePlan(
-        target=target, names=names, mode=mode, channel_index=index, n_channels=n_c, dtype=str(dtype),
-        ngff_version=plate.ngff_version, images=images, pending_recovery=pending, shared=shared,
+        target=target,
+        names=names,
+        mode=mode,
+        channel_index=index,
+        n_channels=n_c,
+        dtype=str(dtype),
+        ngff_version=plate.ngff_version,
+        images=images,
+        pending_recovery=pending,
+        shared=shared,
     )
 
 
 def omero_note(plan: WritePlan) -> str:
     """One line saying which images get an omero block, and with which labels."""
     first = next(img for img in plan.images if img.labels)
-    return (f"{len(plan.adds_omero)} image(s) had no omero metadata: the write adds it, channels labelled "
-            f"{', '.join(first.labels)} (as omeloc reads them) and {', '.join(map(repr, plan.names))}")
+    return (
+        f"{len(plan.adds_omero)} image(s) had no omero metadata: the write adds it, channels "
+        f"labelled {', '.join(first.labels)} (as omeloc reads them) and "
+        f"{', '.join(map(repr, plan.names))}"
+    )
 
 
 def _shared_layout(plate: Plate, rollback_n: int | None) -> tuple[int, np.dtype]:
@@ -237,14 +296,16 @@ def _shared_layout(plate: Plate, rollback_n: int | None) -> tuple[int, np.dtype]
             c = n_c
         if (c, img.dtype, img.axes) != (n_c, dtype, axes):
             raise InputError(
-                f"Image {img.path} has {c} channels, dtype {img.dtype}, axes {''.join(img.axes)} but "
-                f"{first.path} has {n_c}, {dtype}, {''.join(axes)}: the plate's wells are inconsistent. "
-                f"Make every image share channels, dtype and axes before adding a channel."
+                f"Image {img.path} has {c} channels, dtype {img.dtype}, axes {''.join(img.axes)} "
+                f"but {first.path} has {n_c}, {dtype}, {''.join(axes)}: the plate's wells are "
+                "inconsistent. Make every image share channels, dtype and axes before adding a "
+                "channel."
             )
     return n_c, dtype
 
 
-#: how far (in pixels) a level's size may be from what its scale transform says (tools round differently)
+#: how far (in pixels) a level's size may be from what its scale transform says (tools round
+#: differently)
 SIZE_SLACK = 1
 
 
@@ -267,7 +328,9 @@ def level_problems(img: Image, rollback_n: int | None = None) -> list[str]:
         where = f"level {img.level_paths[i]!r}"
         shape = shapes[i]
         if len(shape) != len(base):
-            problems.append(f"{where} has {len(shape)} dimensions, level {img.level_paths[0]!r} {len(base)}")
+            problems.append(
+                f"{where} has {len(shape)} dimensions, level {img.level_paths[0]!r} {len(base)}"
+            )
             continue
         c0, ci = base[c_axis], shape[c_axis]
         if rollback_n is not None:
@@ -275,7 +338,9 @@ def level_problems(img: Image, rollback_n: int | None = None) -> list[str]:
         if ci != c0:
             problems.append(f"{where} has {ci} channels, level {img.level_paths[0]!r} {c0}")
         if dtypes[i] != dtypes[0]:
-            problems.append(f"{where} has dtype {dtypes[i]}, level {img.level_paths[0]!r} {dtypes[0]}")
+            problems.append(
+                f"{where} has dtype {dtypes[i]}, level {img.level_paths[0]!r} {dtypes[0]}"
+            )
         problems += _size_problems(img, i, where)
     return problems
 
@@ -291,26 +356,37 @@ def _size_problems(img: Image, i: int, where: str) -> list[str]:
             continue
         if name not in ("y", "x", "z"):
             if shape[ax] != base[ax]:
-                problems.append(f"{where} has {shape[ax]} along {name}, level {img.level_paths[0]!r} {base[ax]}")
+                problems.append(
+                    f"{where} has {shape[ax]} along {name}, level {img.level_paths[0]!r} {base[ax]}"
+                )
             continue
         s0 = scales[i - 1][ax] if ax < len(scales[i - 1]) else 1.0
         si = scales[i][ax] if i < len(scales) and ax < len(scales[i]) else 1.0
         if not (math.isfinite(s0) and math.isfinite(si) and s0 > 0 and si > 0):
-            problems.append(f"{where} has scale {si} along {name} (the level above: {s0}); scales must be positive")
+            problems.append(
+                f"{where} has scale {si} along {name} (the level above: {s0}); scales must be "
+                "positive"
+            )
             continue
         if math.isclose(s0, si):
             if shape[ax] > above[ax]:
-                problems.append(f"{where} is larger along {name} ({shape[ax]}) than the level above ({above[ax]})")
+                problems.append(
+                    f"{where} is larger along {name} ({shape[ax]}) than the level above "
+                    f"({above[ax]})"
+                )
             continue
         expected = above[ax] * s0 / si
         if abs(shape[ax] - expected) > SIZE_SLACK:
-            problems.append(f"{where} has {shape[ax]} px along {name} where the level above ({above[ax]} px) "
-                            f"and the scales ({s0} vs {si}) say {expected:g}")
+            problems.append(
+                f"{where} has {shape[ax]} px along {name} where the level above ({above[ax]} px) "
+                f"and the scales ({s0} vs {si}) say {expected:g}"
+            )
     return problems
 
 
 def _check_levels(plate: Plate, target: str, rollback_n: int | None) -> None:
-    """Every level of every image agrees with its level 0 (:func:`level_problems`), else an InputError."""
+    """Every level of every image agrees with its level 0 (:func:`level_problems`), else an
+    InputError."""
     for img in plate.images:
         problems = level_problems(img, rollback_n)
         if problems:
@@ -329,7 +405,9 @@ def _virtual_index(img: Image, name: str) -> int | None:
     return None
 
 
-def _mode(plate: Plate, names: tuple[str, ...], overwrite: bool, target: str, n_c: int) -> tuple[str, int]:
+def _mode(
+    plate: Plate, names: tuple[str, ...], overwrite: bool, target: str, n_c: int
+) -> tuple[str, int]:
     """``("append", n_c)``, or ``("overwrite", index)`` when replacing omeloc's channels ``names``
     (side by side from ``index``)."""
     if len(set(names)) != len(names):
@@ -339,43 +417,57 @@ def _mode(plate: Plate, names: tuple[str, ...], overwrite: bool, target: str, n_
         return "append", n_c
     if len(present) != len(names):
         raise InputError(
-            f"Channels {present} exist in {target} but {[n for n in names if n not in present]} do not: channels "
-            f"written together are added together or replaced together. Choose new names for all of them."
+            f"Channels {present} exist in {target} but {[n for n in names if n not in present]} do "
+            "not: channels written together are added together or replaced together. Choose new "
+            "names for all of them."
         )
     index = _overwrite_index(plate, names[0], overwrite, target)
     for j, name in enumerate(names[1:], 1):
         if _overwrite_index(plate, name, overwrite, target) != index + j:
             raise InputError(
-                f"Channels {list(names)} of {target} are not side by side as omeloc wrote them: they cannot be "
-                f"replaced as one write. Choose new names."
+                f"Channels {list(names)} of {target} are not side by side as omeloc wrote them: "
+                f"they cannot be replaced as one write. Choose new names."
             )
     return "overwrite", index
 
 
 def _overwrite_index(plate: Plate, name: str, overwrite: bool, target: str) -> int:
-    """The index of omeloc's virtual channel ``name`` that ``overwrite`` allows to replace (else an InputError)."""
+    """The index of omeloc's virtual channel ``name`` that ``overwrite`` allows to replace (else
+    an InputError)."""
     virtual = [_virtual_index(img, name) for img in plate.images]
     if not overwrite:
         raise InputError(
-            f"Channel {name!r} already exists in {target}. Choose another name, or pass overwrite=True "
-            f"(--overwrite) to replace it if omeloc wrote it."
+            f"Channel {name!r} already exists in {target}. Choose another name, or pass "
+            f"overwrite=True (--overwrite) to replace it if omeloc wrote it."
         )
     if any(v is None for v in virtual) or len(set(virtual)) != 1:
         raise InputError(
-            f"Channel {name!r} in {target} is not a virtual channel written by omeloc in every image, so "
-            f"overwrite=True may not replace it. Choose another name."
+            f"Channel {name!r} in {target} is not a virtual channel written by omeloc in every "
+            f"image, so overwrite=True may not replace it. Choose another name."
         )
     return int(virtual[0])
 
 
-def _check_chunk_layout(plate: Plate, names: tuple[str, ...], mode: str, target: str, n_c: int,
-                        rollback_n: int | None, index: int) -> None:
-    """No file holding an original channel is rewritten (the one layout rule), and one omero entry per channel."""
+def _check_chunk_layout(
+    plate: Plate,
+    names: tuple[str, ...],
+    mode: str,
+    target: str,
+    n_c: int,
+    rollback_n: int | None,
+    index: int,
+) -> None:
+    """No file holding an original channel is rewritten (the one layout rule), and one omero
+    entry per channel."""
     for img in plate.images:
         written = range(index, index + len(names)) if mode == "overwrite" else [None]
         problems = [p for j in written for p in write_problems(img, j)]
         if problems:
-            verb = f"Replacing channel {names[0]!r} of" if mode == "overwrite" else "Adding a channel to"
+            verb = (
+                f"Replacing channel {names[0]!r} of"
+                if mode == "overwrite"
+                else "Adding a channel to"
+            )
             raise LayoutError(
                 f"{verb} {img.path or target} would rewrite chunks that hold other channels "
                 f"({'; '.join(problems[:3])}). {RECHUNK_HINT}"
@@ -383,8 +475,8 @@ def _check_chunk_layout(plate: Plate, names: tuple[str, ...], mode: str, target:
         channels = img.omero.get("channels") or []
         if channels and len(channels) != n_c and rollback_n is None:
             raise InputError(
-                f"Image {img.path or target} has {n_c} channels but {len(channels)} omero.channels entries. "
-                f"Fix its omero metadata (one entry per channel) before adding a channel."
+                f"Image {img.path or target} has {n_c} channels but {len(channels)} omero.channels "
+                f"entries. Fix its omero metadata (one entry per channel) before adding a channel."
             )
 
 
@@ -396,7 +488,7 @@ def _stray_chunks(keys: list[str], arr_rel: str, img: Image, level: int, n_c: in
     block = img.write_chunks(level)[c_axis]
     stray = []
     for key in keys:
-        coords = chunk_coords(key[len(arr_rel) + 1:] if arr_rel else key, doc)
+        coords = chunk_coords(key[len(arr_rel) + 1 :] if arr_rel else key, doc)
         if coords is not None and len(coords) > c_axis and coords[c_axis] * block >= n_c:
             stray.append(key)
     return stray
@@ -429,9 +521,9 @@ def _check_no_stray_chunks(plate: Plate, io: StoreIO, target: str, n_c: int) -> 
             stray = _stray_chunks(listed[arr_rel], arr_rel, img, level, n_c)
             if stray:
                 raise LayoutError(
-                    f"Level {img.level_paths[level]!r} of {img.path or target} has chunk files beyond its "
-                    f"{n_c} channels ({stray[0]}, ...; {len(stray)} in all), left by an interrupted write. "
-                    f"Delete them (they hold no visible data) and retry."
+                    f"Level {img.level_paths[level]!r} of {img.path or target} has chunk files "
+                    f"beyond its {n_c} channels ({stray[0]}, ...; {len(stray)} in all), left by an "
+                    f"interrupted write. Delete them (they hold no visible data) and retry."
                 )
 
 
@@ -446,8 +538,9 @@ def _resolve_data(plate: Plate, data: DataArg) -> dict[str, Any]:
         extra = sorted(keys - set(paths))
         if missing or extra:
             raise InputError(
-                f"Expected data for exactly the images {paths[:6]}{' ...' if len(paths) > 6 else ''}. "
-                f"Missing: {missing[:6]}; unknown: {extra[:6]}. Give one array per image path."
+                "Expected data for exactly the images "
+                f"{paths[:6]}{' ...' if len(paths) > 6 else ''}. Missing: {missing[:6]}; unknown: "
+                f"{extra[:6]}. Give one array per image path."
             )
         values = {str(k).strip("/"): v for k, v in data.items()}
         return {p: (values[p]() if callable(values[p]) else values[p]) for p in paths}
@@ -459,20 +552,24 @@ def _resolve_data(plate: Plate, data: DataArg) -> dict[str, Any]:
     return {paths[0]: data}
 
 
-def _as_dask(value: Any, where: str, want_shape: tuple[int, ...], blocks: tuple[int, ...]) -> da.Array:
+def _as_dask(
+    value: Any, where: str, want_shape: tuple[int, ...], blocks: tuple[int, ...]
+) -> da.Array:
     """``value`` as a dask array chunked like the zarr write blocks, its shape and dtype checked."""
     arr = value if isinstance(value, da.Array) else np.asarray(value)
     if arr.dtype.kind not in "biuf":
         raise InputError(f"Expected numeric data for {where}. Got dtype {arr.dtype} instead.")
     if tuple(arr.shape) != tuple(want_shape):
         raise InputError(
-            f"Expected data of shape {tuple(want_shape)} for {where} (level 0 without the c axis; one plane "
-            f"per channel name first when several are written). Got {tuple(arr.shape)} instead."
+            f"Expected data of shape {tuple(want_shape)} for {where} (level 0 without the c axis; "
+            f"one plane per channel name first when several are written). Got {tuple(arr.shape)} "
+            "instead."
         )
     if isinstance(arr, np.ndarray):
         if arr.dtype.kind == "f" and not np.isfinite(arr).all():
             raise InputError(
-                f"Data for {where} has NaN or infinite values. Replace them (e.g. np.nan_to_num) first."
+                f"Data for {where} has NaN or infinite values. Replace them (e.g. np.nan_to_num) "
+                "first."
             )
         arr = da.from_array(arr, chunks=blocks)
     return arr.rechunk(_aligned(arr.chunks, blocks))
@@ -489,7 +586,8 @@ def _aligned(chunks: tuple[tuple[int, ...], ...], blocks: tuple[int, ...]) -> tu
 
 
 def _image_plan(img: Image, value: Any, mode: str, n_c: int, target: str, k: int = 1) -> ImagePlan:
-    """The shapes after the write, the write blocks and the checked data of one image (``k`` channels)."""
+    """The shapes after the write, the write blocks and the checked data of one image (``k``
+    channels)."""
     c_axis = img.axes.index("c")
     shapes = []
     for s in img.shapes:
@@ -503,8 +601,17 @@ def _image_plan(img: Image, value: Any, mode: str, n_c: int, target: str, k: int
     else:
         arr = _as_dask(value, f"image {img.path or target}", (k, *plane), (k, *plane_block))
     labels = () if img.omero.get("channels") else tuple(img.channel_names[:n_c])
-    metadata = tuple(img.zarr_array(n).metadata.update_shape(shape) for n, shape in enumerate(shapes))
+    metadata = tuple(
+        img.zarr_array(n).metadata.update_shape(shape) for n, shape in enumerate(shapes)
+    )
     return ImagePlan(
-        path=img.path, url=img.url, c_axis=c_axis, level_paths=img.level_paths,
-        shapes=tuple(shapes), write_blocks=blocks, data=arr, labels=labels, metadata=metadata,
+        path=img.path,
+        url=img.url,
+        c_axis=c_axis,
+        level_paths=img.level_paths,
+        shapes=tuple(shapes),
+        write_blocks=blocks,
+        data=arr,
+        labels=labels,
+        metadata=metadata,
     )

@@ -73,7 +73,13 @@ import numpy as np
 from omeloc.compute import compute as compute_graph
 from omeloc.compute import dask_client
 from omeloc.config import ComputeConfig
-from omeloc.errors import InputError, OmelocError, ReadOnlyStoreError, SchedulerError, StoreFailedError
+from omeloc.errors import (
+    InputError,
+    OmelocError,
+    ReadOnlyStoreError,
+    SchedulerError,
+    StoreFailedError,
+)
 from omeloc.ngff.format import (
     chunk_coords,
     consolidated_doc_keys,
@@ -93,12 +99,22 @@ from omeloc.writeback.lock import PlateLock, peek
 from omeloc.writeback.plan import DataArg, ImagePlan, WritePlan, omero_note, preflight, without_axis
 from omeloc.writeback.record import ImageEntry, Journal
 
-__all__ = ["PENDING_KEY", "AddChannelResult", "ImagePlan", "Recovery", "WriteJob", "WritePlan", "add_channel",
-           "recover", "recover_report"]
+__all__ = [
+    "PENDING_KEY",
+    "AddChannelResult",
+    "ImagePlan",
+    "Recovery",
+    "WriteJob",
+    "WritePlan",
+    "add_channel",
+    "recover",
+    "recover_report",
+]
 
 logger = logging.getLogger(__name__)
 
-#: marks the omero entry of a channel being written (with ``"active": false``) until the run completes
+#: marks the omero entry of a channel being written (with ``"active": false``) until the run
+#: completes
 PENDING_KEY = "omeloc_writing"
 
 
@@ -159,9 +175,15 @@ class Recovery:
     """Whether the lock of a dead writer was taken over (and released)."""
 
 
-def recover_report(target: str | Path, *, force: bool = False, storage_options: Mapping[str, Any] | None = None,
-                   stale_after: float = 3600.0) -> Recovery:
-    """Like :func:`recover`, and say what was found: the outcome, leftovers removed, a dead writer's lock.
+def recover_report(
+    target: str | Path,
+    *,
+    force: bool = False,
+    storage_options: Mapping[str, Any] | None = None,
+    stale_after: float = 3600.0,
+) -> Recovery:
+    """Like :func:`recover`, and say what was found: the outcome, leftovers removed, a dead writer's
+    lock.
 
     Holds the plate lock throughout, so no other writer can start while the plate is rolled back.
     """
@@ -170,18 +192,29 @@ def recover_report(target: str | Path, *, force: bool = False, storage_options: 
         fault_point("recover_locked")
         journal = jr.check_journal(io, stale_after=stale_after, force=force)
         outcome = None if journal is None else recover_journal(io, journal)
-        from omeloc.writeback.tables import recover_stale_tables  # tables import this module's layer
+        from omeloc.writeback.tables import (
+            recover_stale_tables,
+        )  # tables import this module's layer
 
         if recover_stale_tables(io, stale_after, force=force) and outcome is None:
             outcome = "rollback"
         leftovers = rs.drop_stash(io) + jr.drop_backups(io)
     if leftovers:
-        logger.warning("removed %d file(s) that interrupted runs left in %s (resume stash, backups)", leftovers, io.url)
+        logger.warning(
+            "removed %d file(s) that interrupted runs left in %s (resume stash, backups)",
+            leftovers,
+            io.url,
+        )
     return Recovery(outcome=outcome, leftovers=leftovers, stale_lock=lock.taken_over is not None)
 
 
-def recover(target: str | Path, *, force: bool = False, storage_options: Mapping[str, Any] | None = None,
-            stale_after: float = 3600.0) -> str | None:
+def recover(
+    target: str | Path,
+    *,
+    force: bool = False,
+    storage_options: Mapping[str, Any] | None = None,
+    stale_after: float = 3600.0,
+) -> str | None:
     """Deal with an interrupted :func:`add_channel` run: roll it back, or finish it.
 
     Takes the plate lock first (a dead writer's lock is taken over), then rolls back or
@@ -209,15 +242,27 @@ def recover(target: str | Path, *, force: bool = False, storage_options: Mapping
     ConcurrentWriteError
         A live writer holds the lock or the journal (and ``force`` is False).
     """
-    return recover_report(target, force=force, storage_options=storage_options, stale_after=stale_after).outcome
+    return recover_report(
+        target, force=force, storage_options=storage_options, stale_after=stale_after
+    ).outcome
 
 
 def add_channel(
-    target: str | Path | Plate | Image, name: str | Sequence[str], data: DataArg, *, color: str | None = None,
-    overwrite: bool = False, provenance: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None = None,
+    target: str | Path | Plate | Image,
+    name: str | Sequence[str],
+    data: DataArg,
+    *,
+    color: str | None = None,
+    overwrite: bool = False,
+    provenance: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None = None,
     compute: ComputeConfig | None = None,
-    client: Any = None, scheduler: str | None = None, dry_run: bool = False, progress: bool = False,
-    storage_options: Mapping[str, Any] | None = None, stale_after: float = 3600.0, resume_key: str | None = None,
+    client: Any = None,
+    scheduler: str | None = None,
+    dry_run: bool = False,
+    progress: bool = False,
+    storage_options: Mapping[str, Any] | None = None,
+    stale_after: float = 3600.0,
+    resume_key: str | None = None,
 ) -> AddChannelResult | WritePlan:
     """Add channel ``name`` to every image of a plate (or to one image), in place.
 
@@ -265,7 +310,9 @@ def add_channel(
     url, so = _target_url(target, storage_options)
     io = jr.StoreIO(url, so)
     if dry_run:
-        return _dry_run(target, io, so, names, data, overwrite=overwrite, color=color, stale_after=stale_after)
+        return _dry_run(
+            target, io, so, names, data, overwrite=overwrite, color=color, stale_after=stale_after
+        )
     fault_point("before_lock")
     with PlateLock(io, purpose="add_channel", stale_after=stale_after) as lock:
         stale = jr.check_journal(io, stale_after=stale_after)
@@ -275,58 +322,104 @@ def add_channel(
         plan = preflight(plate, io, names, data, overwrite=overwrite, target=url)
         colors = _pick_colors(color, _channels_now(plate, plan), plan, records)
         journal = jr.RunJournal(io, _new_journal(io, plan, resume_key, lock.run_id))
-        return _write(WriteJob(io=io, plan=plan, journal=journal,
-                               colors=colors, provenance=records, where=where, progress=progress, storage_options=so,
-                               axes=plate.images[0].axes, started=t0, recovered=recovered, lock=lock))
+        return _write(
+            WriteJob(
+                io=io,
+                plan=plan,
+                journal=journal,
+                colors=colors,
+                provenance=records,
+                where=where,
+                progress=progress,
+                storage_options=so,
+                axes=plate.images[0].axes,
+                started=t0,
+                recovered=recovered,
+                lock=lock,
+            )
+        )
 
 
-def _dry_run(target: str | Path | Plate | Image, io: jr.StoreIO, so: Mapping[str, Any] | None, name: tuple[str, ...],
-             data: DataArg, *, overwrite: bool, color: str | None, stale_after: float) -> WritePlan:
-    """The plan of a write, without taking the lock or changing anything (refused while a live writer runs)."""
+def _dry_run(
+    target: str | Path | Plate | Image,
+    io: jr.StoreIO,
+    so: Mapping[str, Any] | None,
+    name: tuple[str, ...],
+    data: DataArg,
+    *,
+    overwrite: bool,
+    color: str | None,
+    stale_after: float,
+) -> WritePlan:
+    """The plan of a write, without taking the lock or changing anything (refused while a live
+    writer runs)."""
     peek(io, stale_after=stale_after)
     stale = jr.check_journal(io, stale_after=stale_after)
     pending, rollback_n = _pending(stale, True)
     plate = _target_plate(target, io.url, so, reuse=True, documents=io.documents)
     _warn_single_field(plate, io.url, so, name[0])
-    plan = preflight(plate, io, name, data, overwrite=overwrite, target=io.url, pending=pending,
-                     rollback_n=rollback_n)
+    plan = preflight(
+        plate,
+        io,
+        name,
+        data,
+        overwrite=overwrite,
+        target=io.url,
+        pending=pending,
+        rollback_n=rollback_n,
+    )
     _pick_colors(color, _channels_now(plate, plan), plan, ())
     return plan
 
 
 def _warn_single_field(plate: Plate, url: str, so: Mapping[str, Any] | None, name: str) -> None:
     if not plate.is_plate and "well" in parent_ngff_attrs(url, so):
-        logger.warning("adding channel %r to one field of a plate: the plate's wells will differ in channels", name)
+        logger.warning(
+            "adding channel %r to one field of a plate: the plate's wells will differ in channels",
+            name,
+        )
 
 
 # -- before the preflight ---------------------------------------------------------------
-def _checked_request(name: str | Sequence[str], provenance: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None
-                     ) -> tuple[tuple[str, ...], tuple[dict[str, Any], ...]]:
-    """Check the channel names and that the provenance is JSON; the names, and one provenance dict per name."""
-    names = (name,) if isinstance(name, str) else tuple(name) if isinstance(name, Sequence) else (name,)
+def _checked_request(
+    name: str | Sequence[str], provenance: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None
+) -> tuple[tuple[str, ...], tuple[dict[str, Any], ...]]:
+    """Check the channel names and that the provenance is JSON; the names, and one provenance
+    dict per name."""
+    names = (
+        (name,) if isinstance(name, str) else tuple(name) if isinstance(name, Sequence) else (name,)
+    )
     if not names or len(names) > 16:
         raise InputError(f"Expected 1 to 16 channel names. Got {len(names)} instead.")
     for one in names:
         if not isinstance(one, str) or not one.strip():
             raise InputError(f"Expected a non-empty channel name. Got {one!r} instead.")
         if any(ord(ch) < 32 or ord(ch) == 127 for ch in one):
-            raise InputError(f"Expected a channel name without control characters (newlines, tabs). Got {one!r} "
-                             f"instead.")
+            raise InputError(
+                f"Expected a channel name without control characters (newlines, tabs). Got {one!r} "
+                f"instead."
+            )
     many = isinstance(provenance, Sequence) and not isinstance(provenance, (str, bytes))
     try:
         records = [dict(p) for p in provenance] if many else [dict(provenance or {})]
     except (TypeError, ValueError) as err:
-        raise InputError(f"Expected provenance as a mapping (or one per channel name). Got {type(provenance).__name__} "
-                         f"instead.") from err
+        raise InputError(
+            "Expected provenance as a mapping (or one per channel name). Got "
+            f"{type(provenance).__name__} instead."
+        ) from err
     if len(records) == 1:
         records *= len(names)
     if len(records) != len(names):
-        raise InputError(f"Expected one provenance mapping, or one per channel name ({len(names)}). "
-                         f"Got {len(records)} instead.")
+        raise InputError(
+            f"Expected one provenance mapping, or one per channel name ({len(names)}). "
+            f"Got {len(records)} instead."
+        )
     try:
         json.dumps(records, allow_nan=False)
     except (TypeError, ValueError) as err:
-        raise InputError(f"Expected JSON-serialisable provenance. Got {err} instead. Pass strings and numbers.") from err
+        raise InputError(
+            f"Expected JSON-serialisable provenance. Got {err} instead. Pass strings and numbers."
+        ) from err
     return names, tuple(records)
 
 
@@ -334,27 +427,46 @@ def _where(compute: ComputeConfig | None, client: Any, scheduler: str | None) ->
     """One ComputeConfig from ``compute=`` or the ``client=`` / ``scheduler=`` shorthands."""
     if compute is None:
         # a client wins over a scheduler name, as it always has
-        return ComputeConfig(client=client) if client is not None else ComputeConfig(scheduler=scheduler)
+        return (
+            ComputeConfig(client=client)
+            if client is not None
+            else ComputeConfig(scheduler=scheduler)
+        )
     if not isinstance(compute, ComputeConfig):
-        raise InputError(f"Expected compute=ComputeConfig(...). Got {type(compute).__name__} instead.")
+        raise InputError(
+            f"Expected compute=ComputeConfig(...). Got {type(compute).__name__} instead."
+        )
     if client is not None or scheduler is not None:
-        raise InputError("Expected where the work runs once: compute=ComputeConfig(...) or client=/scheduler=. "
-                         "Got both instead.")
+        raise InputError(
+            "Expected where the work runs once: compute=ComputeConfig(...) or client=/scheduler=. "
+            "Got both instead."
+        )
     return compute
 
 
-def _target_url(target: str | Path | Plate | Image, storage_options: Mapping[str, Any] | None,
-                ) -> tuple[str, Mapping[str, Any] | None]:
+def _target_url(
+    target: str | Path | Plate | Image,
+    storage_options: Mapping[str, Any] | None,
+) -> tuple[str, Mapping[str, Any] | None]:
     """Path or URL of the target, and the storage options to open it with."""
     if isinstance(target, Plate):
-        return target.path, storage_options if storage_options is not None else target.storage_options
+        return (
+            target.path,
+            storage_options if storage_options is not None else target.storage_options,
+        )
     if isinstance(target, Image):
         return target.url, storage_options
     return str(target), storage_options
 
 
-def _target_plate(target: str | Path | Plate | Image, url: str, storage_options: Mapping[str, Any] | None,
-                  *, reuse: bool, documents: DocumentCache | None = None) -> Plate:
+def _target_plate(
+    target: str | Path | Plate | Image,
+    url: str,
+    storage_options: Mapping[str, Any] | None,
+    *,
+    reuse: bool,
+    documents: DocumentCache | None = None,
+) -> Plate:
     """The target as a Plate: the caller's view when ``reuse``, else opened (again) from the store,
     its documents read into ``documents`` (the write-back's own reads then need no request)."""
     if reuse and isinstance(target, Plate):
@@ -365,7 +477,8 @@ def _target_plate(target: str | Path | Plate | Image, url: str, storage_options:
 
 
 def recover_journal(io: jr.StoreIO, journal: Journal) -> str:
-    """Act on a dead run's (validated) journal: finish a removal or a completed write, roll back the rest."""
+    """Act on a dead run's (validated) journal: finish a removal or a completed write, roll back
+    the rest."""
     if journal.mode == "remove":  # a removal is always finished (omeloc.writeback.remove)
         from omeloc.writeback.remove import finish_remove
 
@@ -378,8 +491,11 @@ def recover_journal(io: jr.StoreIO, journal: Journal) -> str:
     return "rollback"
 
 
-def _clear_stale(io: jr.StoreIO, stale: Journal | None, name: str, resume_key: str | None) -> str | None:
-    """Recover a dead run (keeping its finished chunks when it is the same job); drop other stashes."""
+def _clear_stale(
+    io: jr.StoreIO, stale: Journal | None, name: str, resume_key: str | None
+) -> str | None:
+    """Recover a dead run (keeping its finished chunks when it is the same job); drop other
+    stashes."""
     recovered = None
     if stale is not None:
         same_job = bool(resume_key) and stale.resume_key == resume_key and stale.name == name
@@ -403,11 +519,14 @@ def _pending(stale: Journal | None, dry_run: bool) -> tuple[str | None, int | No
 
 def _channels_now(plate: Plate, plan: WritePlan) -> list[dict[str, Any]]:
     """The omero entries of the first image, as the write will find them (added ones included)."""
-    return list(plate.images[0].omero.get("channels") or []) or base_channels(plan.images[0].labels, plan.dtype)
+    return list(plate.images[0].omero.get("channels") or []) or base_channels(
+        plan.images[0].labels, plan.dtype
+    )
 
 
 def _target_color(channels: list[dict[str, Any]], record: Mapping[str, Any]) -> str:
-    """The omero colour of the channel a prediction stands for (its provenance's ``target_channel``)."""
+    """The omero colour of the channel a prediction stands for (its provenance's
+    ``target_channel``)."""
     target = record.get("target_channel")
     for ch in channels:
         own = str(ch.get("color", "")).upper()
@@ -416,8 +535,12 @@ def _target_color(channels: list[dict[str, Any]], record: Mapping[str, Any]) -> 
     return ""
 
 
-def _pick_colors(color: str | None, channels: list[dict[str, Any]], plan: WritePlan,
-                 records: Sequence[Mapping[str, Any]] = ()) -> tuple[str, ...]:
+def _pick_colors(
+    color: str | None,
+    channels: list[dict[str, Any]],
+    plan: WritePlan,
+    records: Sequence[Mapping[str, Any]] = (),
+) -> tuple[str, ...]:
     """One colour per channel written: the colour asked for (the first channel); else an overwritten
     channel's own (so rerunning an overwrite changes nothing); else the colour of the channel it
     predicts (provenance ``target_channel``); an uncertainty channel (``uncertainty_of``) the
@@ -425,7 +548,9 @@ def _pick_colors(color: str | None, channels: list[dict[str, Any]], plan: WriteP
     if color is not None:
         asked = color.lstrip("#").upper()
         if not re.fullmatch(r"[0-9A-F]{6}", asked):
-            raise InputError(f"Expected a colour as 6 hex digits (e.g. 'FF00FF'). Got {color!r} instead.")
+            raise InputError(
+                f"Expected a colour as 6 hex digits (e.g. 'FF00FF'). Got {color!r} instead."
+            )
     used = {str(ch.get("color", "")).upper() for ch in channels}
     out: list[str] = []
     for j, index in enumerate(plan.indices):
@@ -455,27 +580,48 @@ def _snapshot_docs(io: jr.StoreIO, plan: WritePlan) -> dict[str, str | None]:
         keys += io.metadata_docs(img.path)
         for level in range(len(img.level_paths)):
             keys += io.metadata_docs(img.array_path(level))
-    docs = {key: None if raw is None else raw.decode("utf-8") for key, raw in io.get_many(keys).items()}
+    docs = {
+        key: None if raw is None else raw.decode("utf-8") for key, raw in io.get_many(keys).items()
+    }
     for key in consolidated_doc_keys([img.path for img in plan.images], io.zarr_format):
         raw = io.get(key) if key not in docs else None
-        if raw is not None and refresh_consolidated(json.loads(raw), io.zarr_format, lambda _: None) is not None:
-            docs[key] = raw.decode("utf-8")  # consolidated metadata the finish refreshes (a rollback restores it)
+        if (
+            raw is not None
+            and refresh_consolidated(json.loads(raw), io.zarr_format, lambda _: None) is not None
+        ):
+            docs[key] = raw.decode(
+                "utf-8"
+            )  # consolidated metadata the finish refreshes (a rollback restores it)
     return docs
 
 
-def _new_journal(io: jr.StoreIO, plan: WritePlan, resume_key: str | None, run_id: str | None = None
-                 ) -> Journal:
+def _new_journal(
+    io: jr.StoreIO, plan: WritePlan, resume_key: str | None, run_id: str | None = None
+) -> Journal:
     """The journal of a new run (phase ``started``); ``run_id``: the lock's."""
     docs = _snapshot_docs(io, plan)
     return Journal(
-        run_id=run_id or uuid.uuid4().hex, writer=WriterIdentity.current(),
-        started=datetime.now(UTC).isoformat(timespec="seconds"), heartbeat=time.time(),
-        phase="started", mode=plan.mode, names=tuple(plan.names), channel_index=plan.channel_index,
-        n_channels=plan.n_channels, zarr_format=io.zarr_format,
-        images=tuple(ImageEntry(path=i.path, c_axis=i.c_axis,
-                                arrays=tuple(i.array_path(n) for n in range(len(i.level_paths))))
-                     for i in plan.images),
-        docs=docs, consolidated=io.format.is_consolidated(docs), resume_key=resume_key,
+        run_id=run_id or uuid.uuid4().hex,
+        writer=WriterIdentity.current(),
+        started=datetime.now(UTC).isoformat(timespec="seconds"),
+        heartbeat=time.time(),
+        phase="started",
+        mode=plan.mode,
+        names=tuple(plan.names),
+        channel_index=plan.channel_index,
+        n_channels=plan.n_channels,
+        zarr_format=io.zarr_format,
+        images=tuple(
+            ImageEntry(
+                path=i.path,
+                c_axis=i.c_axis,
+                arrays=tuple(i.array_path(n) for n in range(len(i.level_paths))),
+            )
+            for i in plan.images
+        ),
+        docs=docs,
+        consolidated=io.format.is_consolidated(docs),
+        resume_key=resume_key,
         shared=plan.shared,
     )
 
@@ -492,7 +638,9 @@ def _write(job: WriteJob) -> AddChannelResult:
     """Take the journal and run the write phases, on the Dask client the job asks for."""
     with dask_client(job.where) as client, running(job.journal.record.run_id):
         job.journal.hold()
-        return _run(job, _graph_runner(job.where, client, job.progress, remote=job.io.local_root is None))
+        return _run(
+            job, _graph_runner(job.where, client, job.progress, remote=job.io.local_root is None)
+        )
 
 
 #: Dask threads of a local run on object storage (``OMELOC_IO_THREADS``): reads and writes of
@@ -509,7 +657,9 @@ def _local_threads(remote: bool) -> int | None:
     return max(os.cpu_count() or 1, env_count("OMELOC_IO_THREADS", REMOTE_THREADS))
 
 
-def _graph_runner(where: ComputeConfig, client: Any, progress: bool, remote: bool = False) -> px.GraphRunner:
+def _graph_runner(
+    where: ComputeConfig, client: Any, progress: bool, remote: bool = False
+) -> px.GraphRunner:
     """How the pixel graphs run: on ``client``, on a named local scheduler, or on Dask's default
     (with more threads than cores on object storage: :data:`REMOTE_THREADS`)."""
     threads = _local_threads(remote) if client is None else None
@@ -527,41 +677,56 @@ def _graph_runner(where: ComputeConfig, client: Any, progress: bool, remote: boo
 
 
 def _run(job: WriteJob, run_graph: px.GraphRunner) -> AddChannelResult:
-    """The phases after the journal; on any failure the store is rolled back and the error re-raised."""
+    """The phases after the journal; on any failure the store is rolled back and the error
+    re-raised."""
     io, plan, journal = job.io, job.plan, job.journal
     try:
         nbytes = _write_phases(job, run_graph)
     except BaseException as err:
         # an interruption keeps the finished chunks for a rerun; bad data or a refused write
-        # (omeloc's own errors, reported to the user by the caller) leaves the store exactly as it was
-        # (a lost scheduler is an interruption too: the finished chunks are kept for the rerun)
+        # (omeloc's own errors, reported to the user by the caller) leaves the store exactly as it
+        # was (a lost scheduler is an interruption too: the finished chunks are kept for the rerun)
         ours = isinstance(err, OmelocError) and not isinstance(err, SchedulerError)
-        # a warning, not an error: the caller reports the error itself (the CLI in one line, also under -q)
-        logger.log(logging.INFO if ours else logging.WARNING, "add_channel %r failed: rolling back", plan.name)
+        # a warning, not an error: the caller reports the error itself (the CLI in one line, also
+        # under -q)
+        logger.log(
+            logging.INFO if ours else logging.WARNING,
+            "add_channel %r failed: rolling back",
+            plan.name,
+        )
         if not px.stop_writes(journal.record.run_id):
-            logger.warning("pixel writes of run %s are still running; rolling back anyway", journal.record.run_id)
+            logger.warning(
+                "pixel writes of run %s are still running; rolling back anyway",
+                journal.record.run_id,
+            )
         if not journal.record.complete and not ours:
             _try_stash(io, journal.record)
         _unskippable_rollback(job, err, quiet=ours)
         outage = None if ours else store_outage(err)
         if outage is not None:
             raise StoreFailedError(
-                f"The object store of {io.url} kept failing while channel {plan.name!r} was written ({outage}), "
-                f"after its client's retries; the plate was rolled back as it was. Rerun when the store answers "
-                f"again (the chunks already written are kept for the rerun)."
+                f"The object store of {io.url} kept failing while channel {plan.name!r} was "
+                f"written ({outage}), after its client's retries; the plate was rolled back as it "
+                "was. Rerun when the store answers again (the chunks already written are kept for "
+                "the rerun)."
             ) from err
         if _disk_full(err):
             raise ReadOnlyStoreError(
-                f"No space left on the device of {io.url} while writing channel {plan.name!r}; the plate was "
-                f"rolled back as it was. Free space and rerun."
+                f"No space left on the device of {io.url} while writing channel {plan.name!r}; the "
+                f"plate was rolled back as it was. Free space and rerun."
             ) from err
         raise
     _finish(job)
     seconds = time.perf_counter() - job.started
     logger.info("added channel %r to %d image(s) in %.1f s", plan.name, len(plan.images), seconds)
     return AddChannelResult(
-        name=plan.name, channel_index=plan.channel_index, images=len(plan.images), levels=plan.levels,
-        bytes_written=nbytes, seconds=seconds, recovered=job.recovered,
+        name=plan.name,
+        channel_index=plan.channel_index,
+        images=len(plan.images),
+        levels=plan.levels,
+        bytes_written=nbytes,
+        seconds=seconds,
+        recovered=job.recovered,
         notes=(omero_note(plan),) if plan.adds_omero else (),
     )
 
@@ -581,51 +746,57 @@ def _disk_full(err: BaseException | None) -> bool:
 
 
 def _try_stash(io: jr.StoreIO, journal: Journal) -> None:
-    """Keep the finished chunks for a rerun; if that fails (a full disk), the rollback goes on without them."""
+    """Keep the finished chunks for a rerun; if that fails (a full disk), the rollback goes on
+    without them."""
     try:
         rs.stash_finished(io, journal)
     except Exception as err:  # noqa: BLE001 - any failure here must not skip the rollback
-        logger.warning("could not keep the finished chunks for a rerun (%s); rolling back without them",
-                       _one_line(err))
+        logger.warning(
+            "could not keep the finished chunks for a rerun (%s); rolling back without them",
+            _one_line(err),
+        )
         with contextlib.suppress(Exception):
             rs.drop_stash(io)
 
 
 def _unskippable_rollback(job: WriteJob, err: BaseException, *, quiet: bool) -> None:
-    """Roll back; when even that fails, say so in one line and how to finish it (the journal stays)."""
+    """Roll back; when even that fails, say so in one line and how to finish it (the journal
+    stays)."""
     try:
         jr.rollback(job.io, job.journal.record, quiet=quiet)
     except Exception as rb_err:
         full = _disk_full(err) or _disk_full(rb_err)
         fix = "Free space on its device" if full else "Make the store reachable and writable"
         raise ReadOnlyStoreError(
-            f"Writing channel {job.plan.name!r} into {job.io.url} failed ({_one_line(err)}) and the rollback could "
-            f"not finish ({_one_line(rb_err)}); the plate keeps its journal. {fix}, then run "
-            f"`omeloc recover {job.io.url}`."
+            f"Writing channel {job.plan.name!r} into {job.io.url} failed ({_one_line(err)}) and "
+            f"the rollback could not finish ({_one_line(rb_err)}); the plate keeps its journal. "
+            f"{fix}, then run `omeloc recover {job.io.url}`."
         ) from rb_err
 
 
 def _finish(job: WriteJob) -> None:
-    """Complete the run (consolidate, drop backup, stash and journal); a failure says how to finish it."""
+    """Complete the run (consolidate, drop backup, stash and journal); a failure says how to
+    finish it."""
     try:
         jr.finish(job.io, job.journal.record)
         rs.drop_stash(job.io)
     except Exception as err:
         raise ReadOnlyStoreError(
-            f"Channel {job.plan.name!r} was written into {job.io.url} but completing the write failed "
-            f"({_one_line(err)}). Run `omeloc recover {job.io.url}` to finish it."
+            f"Channel {job.plan.name!r} was written into {job.io.url} but completing the write "
+            f"failed ({_one_line(err)}). Run `omeloc recover {job.io.url}` to finish it."
         ) from err
 
 
 def _write_phases(job: WriteJob, run_graph: px.GraphRunner) -> int:
-    """Back up (overwrite), resize and mark the omero entry, pixels, metadata: each phase journaled."""
+    """Back up (overwrite), resize and mark the omero entry, pixels, metadata: each phase
+    journaled."""
     from omeloc import __version__
 
     io, plan, journal = job.io, job.plan, job.journal.record
     fault_point("journal")
     if plan.mode == "overwrite" or plan.shared:
-        # files holding the old channel (or other virtual channels) are touched only once their backup is
-        # complete, verified and journaled
+        # files holding the old channel (or other virtual channels) are touched only once their
+        # backup is complete, verified and journaled
         backup = jr.write_backup(io, journal.run_id, _channel_keys(io, plan, journal.docs))
         _set_phase(job, "backed_up", backup=backup)
     _resize_and_mark(io, plan, job.colors, journal.run_id)
@@ -635,12 +806,20 @@ def _write_phases(job: WriteJob, run_graph: px.GraphRunner) -> int:
     nbytes = px.write_pixels(plan, job.store, job.axes, run_graph, done)
     _set_phase(job, "pixels")
     windows = px.sample_windows(plan, job.store)
-    records = [{
-        **job.provenance[j], "virtual": True, "index": index, "dtype": plan.dtype,
-        "omeloc_version": __version__, "run_id": journal.run_id,
-        "created": datetime.now(UTC).isoformat(timespec="seconds"), "levels": plan.levels,
-        **({"written_with": list(plan.names)} if plan.k > 1 else {}),
-    } for j, index in enumerate(plan.indices)]
+    records = [
+        {
+            **job.provenance[j],
+            "virtual": True,
+            "index": index,
+            "dtype": plan.dtype,
+            "omeloc_version": __version__,
+            "run_id": journal.run_id,
+            "created": datetime.now(UTC).isoformat(timespec="seconds"),
+            "levels": plan.levels,
+            **({"written_with": list(plan.names)} if plan.k > 1 else {}),
+        }
+        for j, index in enumerate(plan.indices)
+    ]
     _write_metadata(io, plan, job.colors, windows, records)
     _set_phase(job, "complete")
     fault_point("complete")
@@ -648,8 +827,9 @@ def _write_phases(job: WriteJob, run_graph: px.GraphRunner) -> int:
 
 
 def _channel_keys(io: jr.StoreIO, plan: WritePlan, docs: Mapping[str, str | None]) -> list[str]:
-    """Keys of the existing files the write rewrites (the storage units of the channels written along ``c``),
-    at every level of every image: the replaced channel's, or a unit that holds other virtual channels."""
+    """Keys of the existing files the write rewrites (the storage units of the channels written
+    along ``c``), at every level of every image: the replaced channel's, or a unit that holds
+    other virtual channels."""
     keys = []
     for img in plan.images:
         for level in range(len(img.level_paths)):
@@ -657,29 +837,43 @@ def _channel_keys(io: jr.StoreIO, plan: WritePlan, docs: Mapping[str, str | None
             doc = json.loads(docs[io.array_doc(arr_rel)] or "{}")
             units = {i // img.write_blocks[level][img.c_axis] for i in plan.indices}
             for key in io.list(arr_rel):
-                coords = chunk_coords(key[len(arr_rel) + 1:] if arr_rel else key, doc)
+                coords = chunk_coords(key[len(arr_rel) + 1 :] if arr_rel else key, doc)
                 if coords is not None and coords[img.c_axis] in units:
                     keys.append(key)
     return keys
 
 
-def _pending_entries(channels: list[dict[str, Any]], plan: WritePlan, colors: tuple[str, ...], run_id: str
-                     ) -> list[dict[str, Any]]:
-    """The omero entries of the channels while they are written: inactive, marked with the run id, and for an
-    append labelled ``"<name> (being written)"`` (a viewer shows what it is; the name is not yet taken)."""
+def _pending_entries(
+    channels: list[dict[str, Any]], plan: WritePlan, colors: tuple[str, ...], run_id: str
+) -> list[dict[str, Any]]:
+    """The omero entries of the channels while they are written: inactive, marked with the run id,
+    and for an append labelled ``"<name> (being written)"`` (a viewer shows what it is; the name
+    is not yet taken)."""
     if plan.mode == "overwrite":
         return [{**channels[i], "active": False, PENDING_KEY: run_id} for i in plan.indices]
     template = dict(channels[-1]) if channels else {}
     window = template.get("window") or _full_window(plan.dtype)
     # a label of its own until the pixels are there: the name is not taken before the run completes
-    return [{**template, "label": f"{name} (being written)", "color": color, "window": window, "active": False,
-             PENDING_KEY: run_id} for name, color in zip(plan.names, colors)]
+    return [
+        {
+            **template,
+            "label": f"{name} (being written)",
+            "color": color,
+            "window": window,
+            "active": False,
+            PENDING_KEY: run_id,
+        }
+        for name, color in zip(plan.names, colors)
+    ]
 
 
 def base_channels(labels: tuple[str, ...], dtype: str) -> list[dict[str, Any]]:
-    """The omero entries of an image that has none: ``labels`` (as omeloc reads them), palette colours."""
-    return [{"label": label, "color": c, "window": _full_window(dtype), "active": True}
-            for label, c in zip(labels, channel_colors(labels))]
+    """The omero entries of an image that has none: ``labels`` (as omeloc reads them), palette
+    colours."""
+    return [
+        {"label": label, "color": c, "window": _full_window(dtype), "active": True}
+        for label, c in zip(labels, channel_colors(labels))
+    ]
 
 
 def _full_window(dtype: str) -> dict[str, float]:
@@ -700,18 +894,23 @@ def _resize_and_mark(io: jr.StoreIO, plan: WritePlan, colors: tuple[str, ...], r
     io.write_json_many(_marked_docs(io, plan, colors, run_id))
 
 
-def _marked_docs(io: jr.StoreIO, plan: WritePlan, colors: tuple[str, ...], run_id: str
-                 ) -> Iterator[tuple[str, dict[str, Any]]]:
+def _marked_docs(
+    io: jr.StoreIO, plan: WritePlan, colors: tuple[str, ...], run_id: str
+) -> Iterator[tuple[str, dict[str, Any]]]:
     """The documents :func:`_resize_and_mark` writes, image by image (made as their round comes)."""
     for img in plan.images:
         attrs, ome = io.read_ngff(img.path)
         omero = dict(ome.get("omero") or {})
-        channels = [dict(c) for c in omero.get("channels") or []] or base_channels(img.labels, plan.dtype)
+        channels = [dict(c) for c in omero.get("channels") or []] or base_channels(
+            img.labels, plan.dtype
+        )
         if img.labels:
-            omero.setdefault("rdefs", {"defaultT": 0, "defaultZ": 0, "model": "color"})  # iohub requires them
+            omero.setdefault(
+                "rdefs", {"defaultT": 0, "defaultZ": 0, "model": "color"}
+            )  # iohub requires them
         entries = _pending_entries(channels, plan, colors, run_id)
         if plan.mode == "overwrite":
-            channels[plan.channel_index:plan.channel_index + plan.k] = entries
+            channels[plan.channel_index : plan.channel_index + plan.k] = entries
         else:
             channels.extend(entries)
         yield from io.ngff_edit(img.path, attrs, {"omero": {**omero, "channels": channels}}).items()
@@ -724,21 +923,31 @@ def _marked_docs(io: jr.StoreIO, plan: WritePlan, colors: tuple[str, ...], run_i
             yield key, doc
 
 
-def _restore_finished(io: jr.StoreIO, plan: WritePlan, resume_key: str | None
-                      ) -> dict[str, set[tuple[int, ...]]]:
+def _restore_finished(
+    io: jr.StoreIO, plan: WritePlan, resume_key: str | None
+) -> dict[str, set[tuple[int, ...]]]:
     """Put back the chunks a killed run of the same job finished; the Dask blocks they cover."""
     if not resume_key or plan.mode != "append" or plan.k != 1:
         return {}
-    arrays = [(img.array_path(0), io.read_json(io.array_doc(img.array_path(0)))) for img in plan.images]
+    arrays = [
+        (img.array_path(0), io.read_json(io.array_doc(img.array_path(0)))) for img in plan.images
+    ]
     present = rs.restore_finished(io, resume_key, arrays)
     done = {}
     for img in plan.images:
         have = present.get(img.array_path(0))
         if have:
             unit = plan.channel_index // img.write_blocks[0][img.c_axis]
-            plane = rs.done_blocks(img.data.chunks[1:], without_axis(img.write_blocks[0], img.c_axis),
-                                   img.c_axis, unit, have)
-            done[img.path] = {(0, *idx) for idx in plane}  # the data's leading axis: one block (the channel)
+            plane = rs.done_blocks(
+                img.data.chunks[1:],
+                without_axis(img.write_blocks[0], img.c_axis),
+                img.c_axis,
+                unit,
+                have,
+            )
+            done[img.path] = {
+                (0, *idx) for idx in plane
+            }  # the data's leading axis: one block (the channel)
     n = sum(len(v) for v in done.values())
     if n:
         logger.info("resuming: %d finished block(s) kept from the interrupted run", n)
@@ -746,7 +955,10 @@ def _restore_finished(io: jr.StoreIO, plan: WritePlan, resume_key: str | None
 
 
 def _write_metadata(
-    io: jr.StoreIO, plan: WritePlan, colors: tuple[str, ...], windows: list[dict[str, float]],
+    io: jr.StoreIO,
+    plan: WritePlan,
+    colors: tuple[str, ...],
+    windows: list[dict[str, float]],
     provenance: list[dict[str, Any]],
 ) -> None:
     """The omero entries of the new channels, and their provenance under ``omeloc``, in every image
@@ -775,7 +987,8 @@ def _finished_docs(
             plan.names, plan.indices, colors, windows, provenance
         ):
             pending = {k: v for k, v in channels[index].items() if k != PENDING_KEY}
-            # an uncertainty channel starts hidden: added to its prediction it makes an unreadable mixture
+            # an uncertainty channel starts hidden: added to its prediction it makes an unreadable
+            # mixture
             active = not record.get("uncertainty_of")
             channels[index] = {
                 **pending,

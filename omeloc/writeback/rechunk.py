@@ -58,7 +58,8 @@ logger = logging.getLogger(__name__)
 
 
 def _image_arrays(path: str, group: zarr.Group) -> dict[str, tuple[str, ...]]:
-    """Array path → axis keys, for the levels of the multiscale image group at ``path`` (none when not one)."""
+    """Array path → axis keys, for the levels of the multiscale image group at ``path`` (none
+    when not one)."""
     ms = group_ngff_attrs(group).get("multiscales") or []
     if not ms or not isinstance(ms[0], Mapping):
         return {}
@@ -66,8 +67,11 @@ def _image_arrays(path: str, group: zarr.Group) -> dict[str, tuple[str, ...]]:
         axes = axis_keys(ms[0].get("axes") or [], path or "the root")
     except NotOmeZarrError:
         return {}
-    return {join_path("", path, str(d["path"])): axes for d in ms[0].get("datasets") or []
-            if isinstance(d, Mapping) and "path" in d}
+    return {
+        join_path("", path, str(d["path"])): axes
+        for d in ms[0].get("datasets") or []
+        if isinstance(d, Mapping) and "path" in d
+    }
 
 
 def rechunk(
@@ -113,19 +117,34 @@ def rechunk(
         ``dst`` cannot be written.
     """
     src = str(src)
-    target = _Dest(str(dst), dst_storage_options if dst_storage_options is not None else storage_options)
+    target = _Dest(
+        str(dst), dst_storage_options if dst_storage_options is not None else storage_options
+    )
     if target.same_as(src):
-        raise InputError(f"rechunk copies {src} into a new store; the destination is the source itself. "
-                         f"Choose another destination.")
-    # no omeloc writer changes the source while it is copied (a zip is never written: no lock needed)
+        raise InputError(
+            f"rechunk copies {src} into a new store; the destination is the source itself. "
+            f"Choose another destination."
+        )
+    # no omeloc writer changes the source while it is copied (a zip is never written: no lock
+    # needed)
     lock = contextlib.nullcontext() if zip_location(src) else source_lock(src, storage_options)
     with lock:
-        _copy(src, target, overwrite=overwrite, client=client, storage_options=storage_options, progress=progress)
+        _copy(
+            src,
+            target,
+            overwrite=overwrite,
+            client=client,
+            storage_options=storage_options,
+            progress=progress,
+        )
     return Path(target.url) if not target.remote else target.url
 
 
-def incomplete_copy(dst: str | Path, storage_options: Mapping[str, Any] | None = None) -> dict[str, Any] | None:
-    """The marker of an interrupted :func:`rechunk` at ``dst`` (``{"source": ..., ...}``), else None."""
+def incomplete_copy(
+    dst: str | Path, storage_options: Mapping[str, Any] | None = None
+) -> dict[str, Any] | None:
+    """The marker of an interrupted :func:`rechunk` at ``dst`` (``{"source": ..., ...}``), else
+    None."""
     try:
         attrs = dict(open_group(str(dst), storage_options, use_consolidated=False).attrs)
     except Exception:  # noqa: BLE001 - not a readable group: no marker either
@@ -134,9 +153,15 @@ def incomplete_copy(dst: str | Path, storage_options: Mapping[str, Any] | None =
     return dict(marker) if isinstance(marker, Mapping) else ({} if marker is not None else None)
 
 
-def finish_copy(dst: str | Path, *, storage_options: Mapping[str, Any] | None = None,
-                source_options: Mapping[str, Any] | None = None, client: Any = None) -> str | None:
-    """Redo the interrupted :func:`rechunk` that left ``dst`` incomplete; its source, or None if ``dst`` is not one.
+def finish_copy(
+    dst: str | Path,
+    *,
+    storage_options: Mapping[str, Any] | None = None,
+    source_options: Mapping[str, Any] | None = None,
+    client: Any = None,
+) -> str | None:
+    """Redo the interrupted :func:`rechunk` that left ``dst`` incomplete; its source, or None if
+    ``dst`` is not one.
 
     Raises
     ------
@@ -148,17 +173,24 @@ def finish_copy(dst: str | Path, *, storage_options: Mapping[str, Any] | None = 
         return None
     src = marker.get("source")
     if not isinstance(src, str) or not src or any(ord(ch) < 32 for ch in src):
-        raise InputError(f"{dst} is an incomplete copy of an interrupted `omeloc rechunk` that names no usable "
-                         f"source. Delete {dst} and rechunk again.")
+        raise InputError(
+            f"{dst} is an incomplete copy of an interrupted `omeloc rechunk` that names no usable "
+            f"source. Delete {dst} and rechunk again."
+        )
     if "://" not in src and zip_location(src) is None and not Path(src).exists():
-        raise InputError(f"{dst} is an incomplete copy of {src} (an interrupted `omeloc rechunk`), and {src} is gone. "
-                         f"Delete {dst}: it holds no complete data.")
-    rechunk(src, dst, client=client, storage_options=source_options, dst_storage_options=storage_options)
+        raise InputError(
+            f"{dst} is an incomplete copy of {src} (an interrupted `omeloc rechunk`), and {src} is "
+            f"gone. Delete {dst}: it holds no complete data."
+        )
+    rechunk(
+        src, dst, client=client, storage_options=source_options, dst_storage_options=storage_options
+    )
     return src
 
 
 class _Dest:
-    """The destination of a copy: a local folder or an fsspec URL (exists, remove, open for writing)."""
+    """The destination of a copy: a local folder or an fsspec URL (exists, remove, open for
+    writing)."""
 
     def __init__(self, url: str, storage_options: Mapping[str, Any] | None) -> None:
         check_writable(url)
@@ -194,23 +226,42 @@ class _Dest:
             self.fs.invalidate_cache()
 
     def create_root(self, zarr_format: int, attrs: Mapping[str, Any]) -> zarr.Group:
-        """A new root group with ``attrs`` (the marker only); refused in one line when it cannot be written."""
-        kwargs: dict[str, Any] = {"mode": "w", "zarr_format": zarr_format, "attributes": dict(attrs)}
+        """A new root group with ``attrs`` (the marker only); refused in one line when it cannot
+        be written."""
+        kwargs: dict[str, Any] = {
+            "mode": "w",
+            "zarr_format": zarr_format,
+            "attributes": dict(attrs),
+        }
         if self.remote and self.storage_options:
             kwargs["storage_options"] = self.storage_options
         try:
             return zarr.open_group(self.url if self.remote else self.path, **kwargs)
         except OSError as err:  # permissions, a read-only file system, a folder that cannot be made
-            raise ReadOnlyStoreError(f"Cannot write the copy into {self.url} ({err.strerror or err}). "
-                                     f"Choose a destination you can write to.") from err
+            raise ReadOnlyStoreError(
+                f"Cannot write the copy into {self.url} ({err.strerror or err}). "
+                f"Choose a destination you can write to."
+            ) from err
 
 
-def _copy(src: str, dst: _Dest, *, overwrite: bool, client: Any, storage_options: Mapping[str, Any] | None,
-          progress: Any = False) -> None:
-    """The copy of :func:`rechunk`, made while the source's lock is held; marked incomplete until its end."""
+def _copy(
+    src: str,
+    dst: _Dest,
+    *,
+    overwrite: bool,
+    client: Any,
+    storage_options: Mapping[str, Any] | None,
+    progress: Any = False,
+) -> None:
+    """The copy of :func:`rechunk`, made while the source's lock is held; marked incomplete until
+    its end."""
     root = _open_source(src, storage_options)
     _clear_destination(dst, overwrite)
-    marker = {"source": src, "started": datetime.now(UTC).isoformat(timespec="seconds"), "version": 1}
+    marker = {
+        "source": src,
+        "started": datetime.now(UTC).isoformat(timespec="seconds"),
+        "version": 1,
+    }
     try:
         out = dst.create_root(root.metadata.zarr_format, {INCOMPLETE_KEY: marker})
         axes_of = _image_arrays("", root)
@@ -231,32 +282,48 @@ def _copy(src: str, dst: _Dest, *, overwrite: bool, client: Any, storage_options
 
             compute(job, client=client, progress=progress, desc="rechunk")
         fault_point("rechunk_copied")
-        # the commit: one write of the root document replaces the marker with the source's attributes
-        out.attrs.put({k: v for k, v in root.attrs.items() if k not in (JOURNAL_KEY, INCOMPLETE_KEY)})
+        # the commit: one write of the root document replaces the marker with the source's
+        # attributes
+        out.attrs.put(
+            {k: v for k, v in root.attrs.items() if k not in (JOURNAL_KEY, INCOMPLETE_KEY)}
+        )
     except OSError as err:
         if err.errno in (errno.EACCES, errno.EROFS, errno.EPERM):
-            raise ReadOnlyStoreError(f"Cannot write the copy into {dst.url} ({err.strerror or err}). "
-                                     f"Choose a destination you can write to.") from err
+            raise ReadOnlyStoreError(
+                f"Cannot write the copy into {dst.url} ({err.strerror or err}). "
+                f"Choose a destination you can write to."
+            ) from err
         if err.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise ReadOnlyStoreError(f"The disk holding {dst.url} is full ({err.strerror}). Free space and rerun "
-                                     f"the same rechunk: it redoes the copy.") from err
+            raise ReadOnlyStoreError(
+                f"The disk holding {dst.url} is full ({err.strerror}). Free space and rerun "
+                f"the same rechunk: it redoes the copy."
+            ) from err
         raise
-    logger.info("copied %s to %s with one channel per chunk (%d arrays)", src, dst.url, len(targets))
+    logger.info(
+        "copied %s to %s with one channel per chunk (%d arrays)", src, dst.url, len(targets)
+    )
 
 
 def _clear_destination(dst: _Dest, overwrite: bool) -> None:
-    """Remove ``dst`` when ``overwrite`` or when it is an interrupted copy; refuse an existing one otherwise."""
+    """Remove ``dst`` when ``overwrite`` or when it is an interrupted copy; refuse an existing
+    one otherwise."""
     if not dst.exists():
         return
     if incomplete_copy(dst.url, dst.storage_options) is not None:
-        logger.warning("%s is an incomplete copy left by an interrupted rechunk: copying again", dst.url)
+        logger.warning(
+            "%s is an incomplete copy left by an interrupted rechunk: copying again", dst.url
+        )
     elif not overwrite:
-        raise InputError(f"{dst.url} already exists. Choose another path or pass overwrite=True (--overwrite).")
+        raise InputError(
+            f"{dst.url} already exists. Choose another path or pass overwrite=True (--overwrite)."
+        )
     try:
         dst.remove()
     except PermissionError as err:
-        raise ReadOnlyStoreError(f"Cannot remove {dst.url} to replace it ({err.strerror or err}). "
-                                 f"Fix its permissions or choose another destination.") from err
+        raise ReadOnlyStoreError(
+            f"Cannot remove {dst.url} to replace it ({err.strerror or err}). "
+            f"Fix its permissions or choose another destination."
+        ) from err
 
 
 def _open_source(src: str, storage_options: Mapping[str, Any] | None) -> zarr.Group:
@@ -268,14 +335,19 @@ def _open_source(src: str, storage_options: Mapping[str, Any] | None) -> zarr.Gr
     except (FileNotFoundError, ValueError) as err:
         bucket = missing_bucket(src, storage_options)
         if bucket is not None:
-            raise StoreAccessError(f"{src}: the bucket {bucket!r} does not exist. Check the URL's bucket name.") from err
-        raise NotOmeZarrError(f"{src} is not a Zarr group. Point rechunk at an OME-Zarr plate or image.") from err
+            raise StoreAccessError(
+                f"{src}: the bucket {bucket!r} does not exist. Check the URL's bucket name."
+            ) from err
+        raise NotOmeZarrError(
+            f"{src} is not a Zarr group. Point rechunk at an OME-Zarr plate or image."
+        ) from err
     refuse_incomplete(root.attrs, src)  # a copy of an incomplete copy would look complete
     return root
 
 
 def _create_copy(out: zarr.Group, path: str, node: zarr.Array, axes: tuple[str, ...]) -> zarr.Array:
-    """An empty copy of array ``node`` at ``path`` of ``out``: same everything, 1 channel per chunk and shard.
+    """An empty copy of array ``node`` at ``path`` of ``out``: same everything, 1 channel per chunk
+    and shard.
 
     Sharding is kept (each shard holds one channel and the same spatial extent as before),
     and so are the compressors, filters, serializer, fill value, key encoding and dimension
@@ -289,6 +361,13 @@ def _create_copy(out: zarr.Group, path: str, node: zarr.Array, axes: tuple[str, 
             shards[c_axis] = 1
     extra = store_format(node.metadata.zarr_format).copy_array_kwargs(node, shards)
     return out.create_array(
-        path, shape=node.shape, dtype=node.dtype, chunks=tuple(chunks), fill_value=node.fill_value,
-        compressors=node.compressors, filters=node.filters or None, attributes=dict(node.attrs), **extra,
+        path,
+        shape=node.shape,
+        dtype=node.dtype,
+        chunks=tuple(chunks),
+        fill_value=node.fill_value,
+        compressors=node.compressors,
+        filters=node.filters or None,
+        attributes=dict(node.attrs),
+        **extra,
     )

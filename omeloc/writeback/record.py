@@ -329,11 +329,16 @@ def _problems_v1(j: Mapping[str, Any], zarr_format: int) -> list[str]:
         names = [j.get("name")]
     if not (_is_int(n) and 1 <= n <= MAX_CHANNELS):
         p.append(f"n_channels {_r(n)} is not between 1 and {MAX_CHANNELS}")
-    elif not (_is_int(k) and (
-        k == n if j.get("mode") == "append"
-        else k + len(names) == n if j.get("mode") == "remove"
-        else 0 <= k and k + len(names) <= n
-    )):
+    elif not (
+        _is_int(k)
+        and (
+            k == n
+            if j.get("mode") == "append"
+            else k + len(names) == n
+            if j.get("mode") == "remove"
+            else 0 <= k and k + len(names) <= n
+        )
+    ):
         p.append(f"channel_index {_r(k)} does not fit n_channels {n} in mode {_r(j.get('mode'))}")
     for name in ("consolidated", "chunks_restored", "shared"):
         if name in j and not isinstance(j[name], bool):

@@ -1,4 +1,5 @@
-"""Remove channels omeloc wrote from a plate (or image), in place, crash-safe: :func:`remove_channel`.
+"""Remove channels omeloc wrote from a plate (or image), in place, crash-safe:
+:func:`remove_channel`.
 
 What can be removed, and why (DESIGN.md invariant 1: original chunk files are never rewritten)
 ---------------------------------------------------------------------------------------------
@@ -70,40 +71,54 @@ def _virtual(img: Image, name: str) -> dict[str, Any] | None:
 
 
 def _check_image(io: jr.StoreIO, img: Image, names: tuple[str, ...], target: str) -> None:
-    """``names`` are the last channels of ``img``, each one omeloc's virtual channel, on a unit boundary."""
+    """``names`` are the last channels of ``img``, each one omeloc's virtual channel, on a unit
+    boundary."""
     labels = list(img.channel_names)
     where = img.path or target
     for name in names:
         if name not in labels:
-            raise InputError(f"Image {where} has no channel {name!r} (channels: {', '.join(labels)}). "
-                             f"Check the name with omeloc info.")
+            raise InputError(
+                f"Image {where} has no channel {name!r} (channels: {', '.join(labels)}). "
+                f"Check the name with omeloc info."
+            )
         if _virtual(img, name) is None:
-            raise InputError(f"Channel {name!r} of {where} is not a channel omeloc wrote (an original channel, or "
-                             f"one written by another tool): omeloc removes only its own virtual channels.")
+            raise InputError(
+                f"Channel {name!r} of {where} is not a channel omeloc wrote (an original channel, "
+                f"or one written by another tool): omeloc removes only its own virtual channels."
+            )
     keep = len(labels) - len(names)
     if sorted(labels.index(n) for n in names) != list(range(keep, len(labels))):
-        after = [c for c in labels[max(labels.index(n) for n in names) + 1:]]
+        after = [c for c in labels[max(labels.index(n) for n in names) + 1 :]]
         after = after or [c for c in labels[keep:] if c not in names]
-        fix = ("remove them in the same call (--channel ... --channel ...)"
-               if all(_virtual(img, c) for c in after) else "original channels follow it: it cannot be removed "
-               "without rewriting their chunk files")
-        raise InputError(f"Channel(s) {', '.join(map(repr, names))} of {where} are not the last channels (after "
-                         f"them: {', '.join(map(repr, after))}); {fix}.")
+        fix = (
+            "remove them in the same call (--channel ... --channel ...)"
+            if all(_virtual(img, c) for c in after)
+            else "original channels follow it: it cannot be removed "
+            "without rewriting their chunk files"
+        )
+        raise InputError(
+            f"Channel(s) {', '.join(map(repr, names))} of {where} are not the last channels (after "
+            f"them: {', '.join(map(repr, after))}); {fix}."
+        )
     c_axis = img.axes.index("c")
     for level in range(len(img.level_paths)):
         block = storage_block(io.read_json(io.array_doc(_array_rel(img, level))) or {})[c_axis]
         if keep % block:
-            raise InputError(f"Image {where} stores {block} channels per file along c (level {level}): removing "
-                             f"{len(names)} channel(s) would rewrite a file that holds channel(s) kept. Copy the "
-                             f"plate with one channel per chunk (omeloc rechunk) first.")
+            raise InputError(
+                f"Image {where} stores {block} channels per file along c (level {level}): removing "
+                f"{len(names)} channel(s) would rewrite a file that holds channel(s) kept. Copy "
+                f"the plate with one channel per chunk (omeloc rechunk) first."
+            )
 
 
 def _preflight(io: jr.StoreIO, plate: Plate, names: tuple[str, ...], target: str) -> None:
     first = plate.images[0].channel_names
     for img in plate.images:
         if img.channel_names != first:
-            raise InputError(f"Image {img.path} has channels {list(img.channel_names)}, unlike {list(first)} of "
-                             f"{plate.images[0].path}. Make the images agree (omeloc recover) first.")
+            raise InputError(
+                f"Image {img.path} has channels {list(img.channel_names)}, unlike {list(first)} of "
+                f"{plate.images[0].path}. Make the images agree (omeloc recover) first."
+            )
         _check_image(io, img, names, target)
 
 
@@ -128,14 +143,28 @@ def _journal(io: jr.StoreIO, plate: Plate, names: tuple[str, ...], run_id: str) 
     n = len(plate.images[0].channel_names)
     docs = _snapshot(io, plate)
     return Journal(
-        run_id=run_id, writer=WriterIdentity.current(),
-        started=datetime.now(UTC).isoformat(timespec="seconds"), heartbeat=time.time(),
-        phase="started", mode=MODE, names=names, channel_index=n - len(names), n_channels=n,
+        run_id=run_id,
+        writer=WriterIdentity.current(),
+        started=datetime.now(UTC).isoformat(timespec="seconds"),
+        heartbeat=time.time(),
+        phase="started",
+        mode=MODE,
+        names=names,
+        channel_index=n - len(names),
+        n_channels=n,
         zarr_format=io.zarr_format,
-        images=tuple(ImageEntry(path=img.path, c_axis=img.axes.index("c"),
-                                arrays=tuple(_array_rel(img, i) for i in range(len(img.level_paths))))
-                     for img in plate.images),
-        docs=docs, consolidated=io.format.is_consolidated(docs), resume_key=None, shared=False,
+        images=tuple(
+            ImageEntry(
+                path=img.path,
+                c_axis=img.axes.index("c"),
+                arrays=tuple(_array_rel(img, i) for i in range(len(img.level_paths))),
+            )
+            for img in plate.images
+        ),
+        docs=docs,
+        consolidated=io.format.is_consolidated(docs),
+        resume_key=None,
+        shared=False,
     )
 
 
@@ -144,7 +173,9 @@ def finish_remove(io: jr.StoreIO, journal: Journal | Mapping[str, Any]) -> int:
 
     Each step can be repeated (a run killed in the middle is finished by calling this again).
     """
-    journal = jr.validate_journal(io, journal)  # untrusted input: refused unless it names only this plate's keys
+    journal = jr.validate_journal(
+        io, journal
+    )  # untrusted input: refused unless it names only this plate's keys
     keep = journal.channel_index
     names = list(journal.names)
     for n, entry in enumerate(journal.images):
@@ -152,7 +183,9 @@ def finish_remove(io: jr.StoreIO, journal: Journal | Mapping[str, Any]) -> int:
         omero = dict(ome.get("omero") or {})
         omero["channels"] = list(omero.get("channels") or [])[:keep]
         ours = dict(attrs.get("omeloc") or {})
-        ours["channels"] = {k: v for k, v in dict(ours.get("channels") or {}).items() if k not in names}
+        ours["channels"] = {
+            k: v for k, v in dict(ours.get("channels") or {}).items() if k not in names
+        }
         io.update_ngff(entry.path, attrs, {"omero": omero}, omeloc=ours)
         for arr in entry.arrays:
             key = io.array_doc(arr)
@@ -171,7 +204,8 @@ def finish_remove(io: jr.StoreIO, journal: Journal | Mapping[str, Any]) -> int:
 
 
 def _delete_chunks(io: jr.StoreIO, journal: Journal, keep: int) -> int:
-    """Delete the storage units at and after ``keep`` along ``c`` (and partial files) of every level."""
+    """Delete the storage units at and after ``keep`` along ``c`` (and partial files) of every
+    level."""
     deleted = 0
     for entry in journal.images:
         c_axis = entry.c_axis
@@ -179,7 +213,11 @@ def _delete_chunks(io: jr.StoreIO, journal: Journal, keep: int) -> int:
             saved = json.loads(journal.docs[io.array_doc(arr)] or "{}")
             first_gone = keep // storage_block(saved)[c_axis]
             for key in io.list(arr):
-                coords = None if jr.is_partial(key) else chunk_coords(key[len(arr) + 1:] if arr else key, saved)
+                coords = (
+                    None
+                    if jr.is_partial(key)
+                    else chunk_coords(key[len(arr) + 1 :] if arr else key, saved)
+                )
                 if jr.is_partial(key) or (coords is not None and coords[c_axis] >= first_gone):
                     io.delete(key)
                     deleted += 1
@@ -192,8 +230,13 @@ def _recover_stale(io: jr.StoreIO, stale: Journal | None) -> str | None:
     return None if stale is None else recover_journal(io, stale)
 
 
-def remove_channel(target: str | Path | Plate, name: str | Sequence[str], *,
-                   storage_options: Mapping[str, Any] | None = None, stale_after: float = 3600.0) -> RemoveResult:
+def remove_channel(
+    target: str | Path | Plate,
+    name: str | Sequence[str],
+    *,
+    storage_options: Mapping[str, Any] | None = None,
+    stale_after: float = 3600.0,
+) -> RemoveResult:
     """Remove omeloc's virtual channel(s) ``name`` from every image of a plate (or from one image).
 
     Parameters
@@ -222,10 +265,18 @@ def remove_channel(target: str | Path | Plate, name: str | Sequence[str], *,
     """
     t0 = time.perf_counter()
     names = (name,) if isinstance(name, str) else tuple(name)
-    if not names or len(set(names)) != len(names) or not all(isinstance(n, str) and n for n in names):
+    if (
+        not names
+        or len(set(names)) != len(names)
+        or not all(isinstance(n, str) and n for n in names)
+    ):
         raise InputError(f"Expected one or more distinct channel names. Got {list(names)} instead.")
     url = target.path if isinstance(target, Plate) else str(target)
-    so = storage_options if storage_options is not None or not isinstance(target, Plate) else target.storage_options
+    so = (
+        storage_options
+        if storage_options is not None or not isinstance(target, Plate)
+        else target.storage_options
+    )
     io = jr.StoreIO(url, so)
     with PlateLock(io, purpose="remove", stale_after=stale_after) as lock:
         recovered = _recover_stale(io, jr.check_journal(io, stale_after=stale_after))
@@ -239,7 +290,17 @@ def remove_channel(target: str | Path | Plate, name: str | Sequence[str], *,
         lock.ensure()
         deleted = finish_remove(io, journal)
     seconds = time.perf_counter() - t0
-    logger.info("removed channel(s) %s from %d image(s) of %s in %.1f s", list(names), len(plate.images), url,
-                seconds)
-    return RemoveResult(names=names, images=len(plate.images), files_deleted=deleted, seconds=seconds,
-                        recovered=recovered)
+    logger.info(
+        "removed channel(s) %s from %d image(s) of %s in %.1f s",
+        list(names),
+        len(plate.images),
+        url,
+        seconds,
+    )
+    return RemoveResult(
+        names=names,
+        images=len(plate.images),
+        files_deleted=deleted,
+        seconds=seconds,
+        recovered=recovered,
+    )

@@ -1,7 +1,7 @@
 """Resuming a killed write-back: keep the new channel's finished chunks across the rollback.
 
-A run of :func:`omeloc.writeback.protocol.add_channel` that is killed leaves a journal.  The next run
-rolls the plate back to its original bytes (the safety net), but when it is the *same* job
+A run of :func:`omeloc.writeback.protocol.add_channel` that is killed leaves a journal.  The next
+run rolls the plate back to its original bytes (the safety net), but when it is the *same* job
 (the caller passes the same ``resume_key``, e.g. a hash of checkpoint and settings), the
 level-0 chunks the dead run already finished are first moved aside into a stash below the
 plate root (``.omeloc_resume/<key>/...``, outside every array and invisible to readers), and
@@ -46,17 +46,24 @@ def stash_finished(io: jr.StoreIO, journal: Journal) -> int:
     a file existed before the run, so its presence does not say the new channel is in it.
     """
     key = journal.resume_key
-    if (not key or journal.mode != "append" or journal.chunks_restored or journal.shared
-            or len(journal.names) > 1):  # several channels per run: no resume (rolled back whole)
+    if (
+        not key
+        or journal.mode != "append"
+        or journal.chunks_restored
+        or journal.shared
+        or len(journal.names) > 1
+    ):  # several channels per run: no resume (rolled back whole)
         return 0
     doc_name = store_format(journal.zarr_format).array_doc
     index = journal.channel_index
     moved = 0
     for rel, c_axis in _level0_arrays(journal):
         doc = json.loads(journal.docs[join_path("", rel, doc_name)] or "{}")
-        unit = index // storage_block(doc)[c_axis]  # the storage unit (chunk or shard) holding the channel
+        unit = (
+            index // storage_block(doc)[c_axis]
+        )  # the storage unit (chunk or shard) holding the channel
         for full in io.list(rel):
-            rel_key = full[len(rel) + 1:]
+            rel_key = full[len(rel) + 1 :]
             coords = chunk_coords(rel_key, doc)
             if coords is None or len(coords) <= c_axis or coords[c_axis] != unit:
                 continue
@@ -82,9 +89,11 @@ def drop_stash(io: jr.StoreIO, keep: str | None = None) -> int:
     return removed
 
 
-def restore_finished(io: jr.StoreIO, resume_key: str, arrays: Sequence[tuple[str, dict[str, Any]]]
-                     ) -> dict[str, set[tuple[int, ...]]]:
-    """Move stashed chunks back into their (resized) arrays; the chunk coordinates restored per array.
+def restore_finished(
+    io: jr.StoreIO, resume_key: str, arrays: Sequence[tuple[str, dict[str, Any]]]
+) -> dict[str, set[tuple[int, ...]]]:
+    """Move stashed chunks back into their (resized) arrays; the chunk coordinates restored per
+    array.
 
     ``arrays`` lists ``(array path relative to the target, its current array document)``.
     """
@@ -96,7 +105,7 @@ def restore_finished(io: jr.StoreIO, resume_key: str, arrays: Sequence[tuple[str
     for rel, doc in arrays:
         prefix = f"{root}/{rel}"
         for full in (k for k in stashed if k.startswith(prefix + "/")):
-            rel_key = full[len(prefix) + 1:]
+            rel_key = full[len(prefix) + 1 :]
             coords = chunk_coords(rel_key, doc)
             data = io.get(full)
             if coords is None or data is None:
@@ -107,8 +116,13 @@ def restore_finished(io: jr.StoreIO, resume_key: str, arrays: Sequence[tuple[str
     return restored
 
 
-def done_blocks(chunks: Sequence[Sequence[int]], key_block: Sequence[int], c_axis: int, index: int,
-                present: set[tuple[int, ...]]) -> set[tuple[int, ...]]:
+def done_blocks(
+    chunks: Sequence[Sequence[int]],
+    key_block: Sequence[int],
+    c_axis: int,
+    index: int,
+    present: set[tuple[int, ...]],
+) -> set[tuple[int, ...]]:
     """Indices of the Dask blocks (axes without ``c``) whose every storage key is ``present``.
 
     ``chunks`` are the Dask chunks of the channel data (no ``c`` axis), ``key_block`` the

@@ -260,8 +260,10 @@ def _new_journal(io: jr.StoreIO, run_id: str, names: Sequence[str]) -> dict[str,
 
 def _validated(io: jr.StoreIO, journal: Any) -> dict[str, Any]:
     """A table journal read from a plate (untrusted): its keys must stay below ``tables/``."""
-    fix = (f"Inspect it and remove the key {TABLES_JOURNAL_KEY!r} from the root attributes of "
-           f"{io.url} by hand.")
+    fix = (
+        f"Inspect it and remove the key {TABLES_JOURNAL_KEY!r} from the root attributes of "
+        f"{io.url} by hand."
+    )
     if not isinstance(journal, Mapping):
         raise JournalError(f"The table journal of {io.url} is not a mapping. {fix}")
     names, backup, run_id = journal.get("names"), journal.get("backup"), journal.get("run_id")

@@ -48,7 +48,11 @@ if TYPE_CHECKING:  # pragma: no cover - typing only (journal.py imports this mod
     from omeloc.writeback.journal import StoreIO
 
 __all__ = [
-    "JOURNAL_VERSION", "image_arrays", "journal_digest", "journal_doc", "plate_structure",
+    "JOURNAL_VERSION",
+    "image_arrays",
+    "journal_digest",
+    "journal_doc",
+    "plate_structure",
     "validate_journal",
 ]
 
@@ -122,47 +126,74 @@ def plate_structure(io: StoreIO) -> tuple[list[str], set[str]]:
     _, ome = io.read_ngff("")
     if "plate" not in ome:
         if "multiscales" not in ome:
-            raise JournalError(f"{io.url} has neither plate nor multiscales metadata. Fix its root metadata.")
+            raise JournalError(
+                f"{io.url} has neither plate nor multiscales metadata. Fix its root metadata."
+            )
         return [], {""}
-    wells = _listed_paths(io, "", ("plate", "wells"), "The plate lists well path", "Fix the plate's metadata.")
+    wells = _listed_paths(
+        io, "", ("plate", "wells"), "The plate lists well path", "Fix the plate's metadata."
+    )
     images = set()
     for well in wells:
-        images.update(_listed_paths(io, well, ("well", "images"), f"Well {well!r} lists image path",
-                                    "Fix the well's metadata."))
+        images.update(
+            _listed_paths(
+                io,
+                well,
+                ("well", "images"),
+                f"Well {well!r} lists image path",
+                "Fix the well's metadata.",
+            )
+        )
     return wells, images
 
 
 def image_arrays(io: StoreIO, image: str) -> list[str]:
     """Array paths (relative to the root) that an image's ``multiscales[0].datasets`` lists."""
-    return _listed_paths(io, image, ("multiscales", 0, "datasets"), f"Image {image!r} lists dataset path",
-                         "Fix its multiscales metadata.")
+    return _listed_paths(
+        io,
+        image,
+        ("multiscales", 0, "datasets"),
+        f"Image {image!r} lists dataset path",
+        "Fix its multiscales metadata.",
+    )
 
 
-def _listed_paths(io: StoreIO, node: str, where: tuple[str | int, ...], what: str, fix: str) -> list[str]:
-    """The ``path`` of every entry of a node's NGFF metadata at ``where``, joined to the node, each confined."""
+def _listed_paths(
+    io: StoreIO, node: str, where: tuple[str | int, ...], what: str, fix: str
+) -> list[str]:
+    """The ``path`` of every entry of a node's NGFF metadata at ``where``, joined to the node,
+    each confined."""
     try:
         entries: Any = io.read_ngff(node)[1]
         for step in where:
             entries = entries[step]
         paths = [str(e["path"]) for e in entries]
     except (KeyError, TypeError, IndexError, ValueError) as err:
-        raise JournalError(f"The metadata of {node or 'the root'} in {io.url} has no readable "
-                           f"{'.'.join(map(str, where))} ({err!r}). Fix it.") from err
+        raise JournalError(
+            f"The metadata of {node or 'the root'} in {io.url} has no readable "
+            f"{'.'.join(map(str, where))} ({err!r}). Fix it."
+        ) from err
     return [join_path("", node, safe_key(p, what, fix)) for p in paths]
 
 
-def _check_images(io: StoreIO, journal: Journal, known: set[str], where: str
-                  ) -> dict[str, tuple[int, list[str]]]:
-    """The journal's images (path → c_axis, arrays): each one of the plate's, each array one of its levels."""
+def _check_images(
+    io: StoreIO, journal: Journal, known: set[str], where: str
+) -> dict[str, tuple[int, list[str]]]:
+    """The journal's images (path → c_axis, arrays): each one of the plate's, each array one of
+    its levels."""
     images: dict[str, tuple[int, list[str]]] = {}
     for entry in journal.images:
         path = entry.path
         if path not in known:
-            raise _refuse(where, f"names image {_r(path)}, which the plate's metadata does not list")
+            raise _refuse(
+                where, f"names image {_r(path)}, which the plate's metadata does not list"
+            )
         levels = image_arrays(io, path)
         for arr in entry.arrays:
             if arr not in levels:
-                raise _refuse(where, f"names array {_r(arr)}, which is not a level of image {_r(path)}")
+                raise _refuse(
+                    where, f"names array {_r(arr)}, which is not a level of image {_r(path)}"
+                )
         images[path] = (entry.c_axis, list(entry.arrays))
     if not images:
         raise _refuse(where, "names no images")
@@ -170,17 +201,25 @@ def _check_images(io: StoreIO, journal: Journal, known: set[str], where: str
 
 
 # -- documents ----------------------------------------------------------------------------
-def _check_docs(io: StoreIO, journal: Journal, wells: list[str],
-                images: Mapping[str, tuple[int, list[str]]], where: str) -> None:
-    """Every saved document is a metadata document of the root, a well, or a listed image or array, or the
-    consolidated metadata of a group above (or of) a listed image."""
+def _check_docs(
+    io: StoreIO,
+    journal: Journal,
+    wells: list[str],
+    images: Mapping[str, tuple[int, list[str]]],
+    where: str,
+) -> None:
+    """Every saved document is a metadata document of the root, a well, or a listed image or array,
+    or the consolidated metadata of a group above (or of) a listed image."""
     allowed = set(io.root_docs()) | set(fmt.consolidated_doc_keys(images, io.zarr_format))
     for node in [*wells, *images, *(a for _, arrays in images.values() for a in arrays)]:
         allowed.update(io.metadata_docs(node))
     for key, text in journal.docs.items():
         if key not in allowed:
-            raise _refuse(where, f"names document {_r(key)}, which is not a metadata document of the plate's root, "
-                                 f"wells or of the images it lists (or their groups' consolidated metadata)")
+            raise _refuse(
+                where,
+                f"names document {_r(key)}, which is not a metadata document of the plate's root, "
+                f"wells or of the images it lists (or their groups' consolidated metadata)",
+            )
         _check_doc(io, key, text, where)
     for c_axis, arrays in images.values():
         for arr in arrays:
@@ -196,13 +235,15 @@ def _json_object(raw: str | bytes | None) -> dict[str, Any] | None:
 
 
 def _frozen(doc: Mapping[str, Any], name: str) -> Any:
-    """What a rollback may not change in a document: all but attributes, consolidated metadata and shape;
-    of the attributes, the NGFF structure (plate, well, multiscales)."""
+    """What a rollback may not change in a document: all but attributes, consolidated metadata and
+    shape; of the attributes, the NGFF structure (plate, well, multiscales)."""
     if name == ".zmetadata":
         return None
     if name == ".zattrs":
         return {k: doc.get(k) for k in _STRUCTURE_KEYS}
-    out = {k: v for k, v in doc.items() if k not in ("attributes", "consolidated_metadata", "shape")}
+    out = {
+        k: v for k, v in doc.items() if k not in ("attributes", "consolidated_metadata", "shape")
+    }
     if name == "zarr.json":
         ome = fmt.FORMAT_V05.ngff_attrs(fmt.FORMAT_V05.attributes_in(doc))
         out["ngff structure"] = {k: ome.get(k) for k in _STRUCTURE_KEYS}
@@ -210,7 +251,8 @@ def _frozen(doc: Mapping[str, Any], name: str) -> Any:
 
 
 def _check_doc(io: StoreIO, key: str, text: str | None, where: str) -> None:
-    """A saved document restores the same node: same structure, only attributes and shape may differ."""
+    """A saved document restores the same node: same structure, only attributes and shape may
+    differ."""
     current_raw = io.get(key)
     if text is None:
         if current_raw is not None:
@@ -229,7 +271,8 @@ def _check_doc(io: StoreIO, key: str, text: str | None, where: str) -> None:
 
 
 def _check_array_shape(io: StoreIO, journal: Journal, arr: str, c_axis: int, where: str) -> None:
-    """The saved shape has ``n_channels`` along ``c``; the current one differs at most by the new channel."""
+    """The saved shape has ``n_channels`` along ``c``; the current one differs at most by the new
+    channel."""
     key = io.array_doc(arr)
     saved = _json_object(journal.docs.get(key))
     current = _json_object(io.get(key))
@@ -237,19 +280,35 @@ def _check_array_shape(io: StoreIO, journal: Journal, arr: str, c_axis: int, whe
         raise _refuse(where, f"has no saved or current array document for {_r(arr)}")
     before, now = saved.get("shape"), current.get("shape")
     n = journal.n_channels
-    if not (isinstance(before, list) and isinstance(now, list) and len(before) == len(now) > c_axis
-            and all(_is_int(s) for s in before + now)):
-        raise _refuse(where, f"gives array {_r(arr)} a channel axis {c_axis} that its shape does not have")
-    if before[c_axis] != n or before[:c_axis] + before[c_axis + 1:] != now[:c_axis] + now[c_axis + 1:]:
-        raise _refuse(where, f"says array {_r(arr)} had shape {before} with {n} channels, unlike its shape {now} now")
+    if not (
+        isinstance(before, list)
+        and isinstance(now, list)
+        and len(before) == len(now) > c_axis
+        and all(_is_int(s) for s in before + now)
+    ):
+        raise _refuse(
+            where, f"gives array {_r(arr)} a channel axis {c_axis} that its shape does not have"
+        )
+    if (
+        before[c_axis] != n
+        or before[:c_axis] + before[c_axis + 1 :] != now[:c_axis] + now[c_axis + 1 :]
+    ):
+        raise _refuse(
+            where,
+            f"says array {_r(arr)} had shape {before} with {n} channels, unlike its shape {now} "
+            "now",
+        )
     added = len(journal.names)
     allowed = {"append": (n, n + added), "remove": (n, n - added)}.get(journal.mode, (n,))
     if now[c_axis] not in allowed:
-        raise _refuse(where, f"cannot explain the {now[c_axis]} channels of array {_r(arr)} (it had {n})")
+        raise _refuse(
+            where, f"cannot explain the {now[c_axis]} channels of array {_r(arr)} (it had {n})"
+        )
 
 
 def _check_overwrite(io: StoreIO, journal: Journal, images: Mapping[str, Any], where: str) -> None:
-    """An overwrite replaces the chunks of one channel: that channel must be omeloc's virtual one."""
+    """An overwrite replaces the chunks of one channel: that channel must be omeloc's virtual
+    one."""
     if journal.mode == "remove":
         _check_removed(io, journal, images, where)
     if journal.mode != "overwrite":
@@ -259,7 +318,8 @@ def _check_overwrite(io: StoreIO, journal: Journal, images: Mapping[str, Any], w
 
 
 def _check_removed(io: StoreIO, journal: Journal, images: Mapping[str, Any], where: str) -> None:
-    """A removal takes the last channels, each omeloc's virtual one (or one it already took out of the image)."""
+    """A removal takes the last channels, each omeloc's virtual one (or one it already took out
+    of the image)."""
     names = journal.names
     if journal.channel_index + len(names) != journal.n_channels:
         raise _refuse(where, "removes channels that are not the last ones")
@@ -273,18 +333,32 @@ def _check_removed(io: StoreIO, journal: Journal, images: Mapping[str, Any], whe
         for name in names:
             entry = channels.get(name) if isinstance(channels, Mapping) else None
             if entry is None and taken_out:
-                continue  # already taken out of this image by this removal (omero entry and provenance together)
+                # already taken out of this image by this removal (omero entry and provenance
+                # together)
+                continue
             if not (isinstance(entry, Mapping) and entry.get("virtual") is True):
-                raise _refuse(where, f"removes channel {_r(name)} of image {_r(path)}, which is not a virtual "
-                                     f"channel omeloc wrote")
+                raise _refuse(
+                    where,
+                    f"removes channel {_r(name)} of image {_r(path)}, which is not a virtual "
+                    f"channel omeloc wrote",
+                )
 
 
-def _check_overwritten(io: StoreIO, name: str, index: int, images: Mapping[str, Any], where: str) -> None:
+def _check_overwritten(
+    io: StoreIO, name: str, index: int, images: Mapping[str, Any], where: str
+) -> None:
     """Channel ``index`` of every image is omeloc's virtual channel ``name``."""
     for path in images:
         ours = io.read_attrs(path).get("omeloc")
         channels = ours.get("channels") if isinstance(ours, Mapping) else None
         entry = channels.get(name) if isinstance(channels, Mapping) else None
-        if not (isinstance(entry, Mapping) and entry.get("virtual") is True and entry.get("index", index) == index):
-            raise _refuse(where, f"overwrites channel {index} of image {_r(path)}, which is not the virtual channel "
-                                 f"{_r(name)} omeloc wrote")
+        if not (
+            isinstance(entry, Mapping)
+            and entry.get("virtual") is True
+            and entry.get("index", index) == index
+        ):
+            raise _refuse(
+                where,
+                f"overwrites channel {index} of image {_r(path)}, which is not the virtual channel "
+                f"{_r(name)} omeloc wrote",
+            )

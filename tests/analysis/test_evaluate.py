@@ -58,10 +58,23 @@ def _predictions(truths: dict[str, np.ndarray], seed: int = 1) -> dict[str, np.n
 def _template(version: str, root: str) -> Path:
     truths = _truths()
     images = {tuple(p.split("/")): a for p, a in truths.items()}
-    path = write_plate(Path(root) / f"eval{version}.zarr", images, channel_names=["actin", "WAVE2"],
-                       ngff_version=version, chunks=(32, 32), levels=2, rows=ROWS, columns=COLS)
-    add_channel(path, VIRTUAL, _predictions(truths), provenance={"source_channels": ["actin"], "model": "test"},
-                scheduler="synchronous")
+    path = write_plate(
+        Path(root) / f"eval{version}.zarr",
+        images,
+        channel_names=["actin", "WAVE2"],
+        ngff_version=version,
+        chunks=(32, 32),
+        levels=2,
+        rows=ROWS,
+        columns=COLS,
+    )
+    add_channel(
+        path,
+        VIRTUAL,
+        _predictions(truths),
+        provenance={"source_channels": ["actin"], "model": "test"},
+        scheduler="synchronous",
+    )
     return path
 
 
@@ -91,16 +104,31 @@ def _stored(plate: Path, image: str, channel: int) -> np.ndarray:
 def test_metrics_csv_matches_reference(plate, result: EvaluationResult):
     rows = _read_csv(result.files["metrics_csv"])
     assert len(rows) == len(WELLS) * len(FIELDS) == len(result.fields)
-    for col in ("well", "field", "pearson_r", "ssim", "psnr", "nrmse", "mae", "pearson_r_fg", "noise_ceiling"):
+    for col in (
+        "well",
+        "field",
+        "pearson_r",
+        "ssim",
+        "psnr",
+        "nrmse",
+        "mae",
+        "pearson_r_fg",
+        "noise_ceiling",
+    ):
         assert col in rows[0]
     assert {r["well"] for r in rows} == {"A1", "A2", "A3", "B1", "B2"}
     for r in rows[:3] + [x for x in rows if x["well"] == "A2"][:1]:
         pred, truth = _stored(plate, r["path"], 2), _stored(plate, r["path"], 1)
         rng = truth.max() - truth.min()
-        assert float(r["pearson_r"]) == pytest.approx(stats.pearsonr(pred.ravel(), truth.ravel())[0], abs=1e-9)
+        assert float(r["pearson_r"]) == pytest.approx(
+            stats.pearsonr(pred.ravel(), truth.ravel())[0], abs=1e-9
+        )
         assert float(r["ssim"]) == pytest.approx(
-            skm.structural_similarity(truth, pred, data_range=rng, gaussian_weights=True), abs=1e-6)
-        assert float(r["psnr"]) == pytest.approx(skm.peak_signal_noise_ratio(truth, pred, data_range=rng), abs=1e-9)
+            skm.structural_similarity(truth, pred, data_range=rng, gaussian_weights=True), abs=1e-6
+        )
+        assert float(r["psnr"]) == pytest.approx(
+            skm.peak_signal_noise_ratio(truth, pred, data_range=rng), abs=1e-9
+        )
         assert float(r["nrmse"]) == pytest.approx(skm.normalized_root_mse(truth, pred), rel=1e-9)
         assert float(r["mae"]) == pytest.approx(np.abs(pred - truth).mean(), rel=1e-9)
     good = [float(r["pearson_r"]) for r in rows if r["well"] != "A2"]
@@ -129,7 +157,13 @@ def test_summary_json(result: EvaluationResult):
     assert summary["flagged_wells"] == ["A/2"]
     assert summary["n_fields"] == 10 and summary["n_wells"] == 5
     assert summary["fields_mean"]["pearson_r"] == pytest.approx(np.mean(result.column("pearson_r")))
-    assert set(summary["files"]) == {"metrics_csv", "wells_csv", "heatmap", "montage", "summary_json"}
+    assert set(summary["files"]) == {
+        "metrics_csv",
+        "wells_csv",
+        "heatmap",
+        "montage",
+        "summary_json",
+    }
 
 
 def test_heatmap_and_montage_written(result: EvaluationResult):
@@ -150,9 +184,20 @@ def test_heatmap_and_montage_written(result: EvaluationResult):
 
 
 def test_options(plate, tmp_path):
-    res = evaluate(plate, VIRTUAL, "WAVE2", out=tmp_path / "o", level=1, wells=["A1", "A/2", "B2"],
-                   source=None, metric="ssim", montage_wells=[], control_wells=["A1", "B2"],
-                   noise_ceiling=False, foreground=50)
+    res = evaluate(
+        plate,
+        VIRTUAL,
+        "WAVE2",
+        out=tmp_path / "o",
+        level=1,
+        wells=["A1", "A/2", "B2"],
+        source=None,
+        metric="ssim",
+        montage_wells=[],
+        control_wells=["A1", "B2"],
+        noise_ceiling=False,
+        foreground=50,
+    )
     assert [w["well"] for w in res.wells] == ["A1", "A2", "B2"]
     assert "montage" not in res.files and res.files["heatmap"].name == "heatmap_ssim.png"
     assert all(np.isnan(f["noise_ceiling"]) for f in res.fields)
@@ -163,14 +208,21 @@ def test_options(plate, tmp_path):
     truth = np.asarray(zarr.open_array(str(plate / "A/1/0/1"), mode="r")[1]).astype(float)
     assert pred.shape == (SIZE // 2, SIZE // 2)
     assert res.fields[0]["path"] == "A/1/0"
-    assert res.fields[0]["pearson_r"] == pytest.approx(stats.pearsonr(pred.ravel(), truth.ravel())[0], abs=1e-9)
+    assert res.fields[0]["pearson_r"] == pytest.approx(
+        stats.pearsonr(pred.ravel(), truth.ravel())[0], abs=1e-9
+    )
 
 
 def test_single_image(tmp_path):
     truth = _truths()["A/1/0"]
     pred = np.clip(_predictions({"A/1/0": truth})["A/1/0"], 0, 65535).astype(np.uint16)
-    path = write_image(tmp_path / "img.zarr", np.concatenate([truth, pred[None]]),
-                       channel_names=["actin", "WAVE2", "pred"], chunks=(32, 32), levels=1)
+    path = write_image(
+        tmp_path / "img.zarr",
+        np.concatenate([truth, pred[None]]),
+        channel_names=["actin", "WAVE2", "pred"],
+        chunks=(32, 32),
+        levels=1,
+    )
     res = evaluate(path, "pred", "WAVE2", out=tmp_path / "out", source="actin")
     assert len(res.fields) == 1 and res.fields[0]["well"] == "" and res.fields[0]["pearson_r"] > 0.9
     assert "heatmap" not in res.files and res.files["montage"].is_file()
@@ -178,7 +230,9 @@ def test_single_image(tmp_path):
 
 
 def test_errors(plate, tmp_path):
-    with pytest.raises(ChannelNotFoundError, match="Available channels: actin, WAVE2, WAVE2 \\(virtual\\)"):
+    with pytest.raises(
+        ChannelNotFoundError, match="Available channels: actin, WAVE2, WAVE2 \\(virtual\\)"
+    ):
         evaluate(plate, "nope", "WAVE2", out=tmp_path / "x")
     with pytest.raises(ChannelNotFoundError):
         evaluate(plate, VIRTUAL, "WAVE2", out=tmp_path / "x", source="DAPI")
@@ -189,7 +243,9 @@ def test_errors(plate, tmp_path):
     with pytest.raises(InputError, match="outside the plate"):
         evaluate(plate, VIRTUAL, "WAVE2", out=plate / "eval")
     with pytest.raises(InputError, match="control wells among the evaluated wells. Got B/1"):
-        evaluate(plate, VIRTUAL, "WAVE2", out=tmp_path / "x", wells=["A1", "A3"], control_wells=["B1"])
+        evaluate(
+            plate, VIRTUAL, "WAVE2", out=tmp_path / "x", wells=["A1", "A3"], control_wells=["B1"]
+        )
     assert not (tmp_path / "x").exists()
     assert not (plate / "eval").exists()
 
@@ -203,7 +259,9 @@ def test_robust_z_matches_scipy_mad():
     values = np.array([0.8, 0.5, 0.95, np.nan])
     mad = stats.median_abs_deviation(controls, scale="normal")  # 1.4826 * MAD
     want = (values - np.median(controls)) / mad
-    np.testing.assert_allclose(robust_z(values, controls), want, rtol=1e-3)  # 1.4826 vs 1/Phi^-1(3/4)
+    np.testing.assert_allclose(
+        robust_z(values, controls), want, rtol=1e-3
+    )  # 1.4826 vs 1/Phi^-1(3/4)
     with pytest.raises(InputError):
         robust_z([1.0], [np.nan])
 

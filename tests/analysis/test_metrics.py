@@ -23,9 +23,13 @@ def _pair(shape=(64, 72), seed=0, noise=0.3):
 
 def test_pearson_matches_scipy():
     pred, truth = _pair()
-    assert M.pearson_r(pred, truth) == pytest.approx(stats.pearsonr(pred.ravel(), truth.ravel())[0], abs=1e-12)
+    assert M.pearson_r(pred, truth) == pytest.approx(
+        stats.pearsonr(pred.ravel(), truth.ravel())[0], abs=1e-12
+    )
     mask = truth > np.median(truth)
-    assert M.pearson_r(pred, truth, mask) == pytest.approx(stats.pearsonr(pred[mask], truth[mask])[0], abs=1e-12)
+    assert M.pearson_r(pred, truth, mask) == pytest.approx(
+        stats.pearsonr(pred[mask], truth[mask])[0], abs=1e-12
+    )
     assert M.pearson_r(truth, truth) == pytest.approx(1.0)
     assert M.pearson_r(-truth, truth) == pytest.approx(-1.0)
     assert math.isnan(M.pearson_r(np.ones((8, 8)), truth[:8, :8]))
@@ -53,19 +57,27 @@ def test_ssim_matches_skimage(gaussian):
 def test_ssim_map_and_mask():
     pred, truth = _pair(seed=2)
     rng = float(truth.max() - truth.min())
-    _, full = skm.structural_similarity(truth, pred, data_range=rng, gaussian_weights=True, full=True)
+    _, full = skm.structural_similarity(
+        truth, pred, data_range=rng, gaussian_weights=True, full=True
+    )
     smap = M.ssim_map(pred, truth)
     assert smap.shape == (64 - 10, 72 - 10)
     np.testing.assert_allclose(smap, full[5:-5, 5:-5], atol=1e-6)
     mask = truth > np.median(truth)
-    assert M.ssim(pred, truth, mask=mask) == pytest.approx(full[5:-5, 5:-5][mask[5:-5, 5:-5]].mean(), abs=1e-6)
+    assert M.ssim(pred, truth, mask=mask) == pytest.approx(
+        full[5:-5, 5:-5][mask[5:-5, 5:-5]].mean(), abs=1e-6
+    )
 
 
 def test_ssim_averages_planes():
     pred, truth = _pair(shape=(3, 40, 40), seed=3)
     rng = float(truth.max() - truth.min())
-    want = np.mean([skm.structural_similarity(truth[i], pred[i], data_range=rng, gaussian_weights=True)
-                    for i in range(3)])
+    want = np.mean(
+        [
+            skm.structural_similarity(truth[i], pred[i], data_range=rng, gaussian_weights=True)
+            for i in range(3)
+        ]
+    )
     assert M.ssim(pred, truth) == pytest.approx(want, abs=1e-6)
 
 
@@ -77,9 +89,12 @@ def test_ssim_too_small():
 def test_psnr_matches_skimage():
     pred, truth = _pair(seed=4)
     rng = float(truth.max() - truth.min())
-    assert M.psnr(pred, truth) == pytest.approx(skm.peak_signal_noise_ratio(truth, pred, data_range=rng), abs=1e-9)
+    assert M.psnr(pred, truth) == pytest.approx(
+        skm.peak_signal_noise_ratio(truth, pred, data_range=rng), abs=1e-9
+    )
     assert M.psnr(pred, truth, data_range=65535) == pytest.approx(
-        skm.peak_signal_noise_ratio(truth, pred, data_range=65535), abs=1e-9)
+        skm.peak_signal_noise_ratio(truth, pred, data_range=65535), abs=1e-9
+    )
     assert M.psnr(truth, truth) == math.inf
 
 
@@ -124,7 +139,8 @@ def test_noise_estimate_and_ceiling():
     ceiling = M.noise_ceiling(noisy)
     assert ceiling == pytest.approx(M.pearson_r(signal, noisy), abs=0.01)
     assert M.noise_ceiling(noisy, noise_variance=sigma**2) == pytest.approx(
-        1 / math.sqrt(1 + sigma**2 / (noisy.var() - sigma**2)))
+        1 / math.sqrt(1 + sigma**2 / (noisy.var() - sigma**2))
+    )
     assert M.noise_ceiling(rng.normal(0, 1, (64, 64))) < 0.2  # pure noise: no ceiling to speak of
 
 
@@ -152,15 +168,19 @@ def test_ssim_in_strips_equals_whole(monkeypatch):
     strips = M.ssim_map(pred, truth)
     np.testing.assert_allclose(strips, whole, rtol=0, atol=1e-12)
     rng = float(truth.max() - truth.min())
-    want = np.mean([skm.structural_similarity(truth[i], pred[i], data_range=rng, gaussian_weights=True)
-                    for i in range(2)])
+    want = np.mean(
+        [
+            skm.structural_similarity(truth[i], pred[i], data_range=rng, gaussian_weights=True)
+            for i in range(2)
+        ]
+    )
     assert M.ssim(pred, truth) == pytest.approx(want, abs=1e-6)
 
 
 @pytest.mark.parametrize("scale", [0.5, 2.0])
 def test_noise_ceiling_on_real_image(shared_data, scale):
-    """Real BPAE actin (native noise ~1.6 % of its s.d.) plus known noise: the ceiling estimated from
-    the noisy image alone is the r that the clean image reaches against it."""
+    """Real BPAE actin (native noise ~1.6 % of its s.d.) plus known noise: the ceiling estimated
+    from the noisy image alone is the r that the clean image reaches against it."""
     import tifffile
 
     img = tifffile.imread(shared_data / "bpae" / "BPAE_actin.tif").astype(np.float64)
@@ -175,13 +195,18 @@ def test_gaussian_blur_matches_scipy_and_structure_r_ignores_the_footprint():
     rng = np.random.default_rng(0)
     x = rng.random((40, 52))
     for sigma in (1.0, 2.5, 4.0):
-        np.testing.assert_allclose(M.gaussian_blur(x, sigma),
-                                   ndimage.gaussian_filter(x, sigma, mode="reflect", truncate=3), atol=1e-12)
+        np.testing.assert_allclose(
+            M.gaussian_blur(x, sigma),
+            ndimage.gaussian_filter(x, sigma, mode="reflect", truncate=3),
+            atol=1e-12,
+        )
     yy, xx = np.mgrid[:96, :96]
     footprint = np.exp(-((yy - 48) ** 2 + (xx - 48) ** 2) / (2 * 20.0**2))
     fibres = (np.sin(xx / 1.5) > 0.9) * footprint  # fine structure inside the cell
     truth = 100 * footprint + 40 * fibres
-    blurred = ndimage.gaussian_filter(truth, 6)  # what a model that only sees the cell would predict
+    blurred = ndimage.gaussian_filter(
+        truth, 6
+    )  # what a model that only sees the cell would predict
     assert M.pearson_r(blurred, truth) > 0.9
     assert abs(M.structure_r(blurred, truth)) < 0.3
     assert M.structure_r(truth + rng.normal(0, 1, truth.shape), truth) > 0.9

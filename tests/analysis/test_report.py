@@ -25,8 +25,17 @@ def test_plate_grid_layout():
 def test_heatmap_pixels_at_wells(tmp_path):
     rows, cols = list("ABCD"), [str(i) for i in range(1, 7)]
     values = {"A/1": 0.0, "B/3": 1.0, "D/6": 0.5}
-    res = plate_heatmap(values, rows, cols, tmp_path / "heat.png", title="pearson_r", label="r",
-                        vmin=0, vmax=1, flagged=["B/3"])
+    res = plate_heatmap(
+        values,
+        rows,
+        cols,
+        tmp_path / "heat.png",
+        title="pearson_r",
+        label="r",
+        vmin=0,
+        vmax=1,
+        flagged=["B/3"],
+    )
     png = imread(res.path)
     assert png.shape[:2] == res.size_px
     assert png[..., :3].std() > 0.05
@@ -46,7 +55,7 @@ def test_heatmap_pixels_at_wells(tmp_path):
     assert res.center("A/1")[0] < res.center("A/6")[0]
     # the flagged well has a red outline just inside its cell
     x0, y0, x1, y1 = res.boxes["B/3"]
-    edge = png[int(round((y0 + y1) / 2)), int(x0) + 2: int(x0) + 6, :3]
+    edge = png[int(round((y0 + y1) / 2)), int(x0) + 2 : int(x0) + 6, :3]
     assert (edge[:, 0] > 0.8).any() and (edge[:, 1] < 0.3).any()
 
 
@@ -73,8 +82,13 @@ def test_montage_panels(tmp_path):
     virtual[:32] += 200.0  # top half: virtual brighter → red in the difference
     virtual[32:] -= 200.0  # bottom half: dimmer → blue
     source = np.random.default_rng(0).random((64, 64))
-    res = montage([("B3", source, virtual, real), ("A1", source, real, real)], tmp_path / "m.png",
-                  title="WAVE2", panel_inches=1.0, dpi=80)
+    res = montage(
+        [("B3", source, virtual, real), ("A1", source, real, real)],
+        tmp_path / "m.png",
+        title="WAVE2",
+        panel_inches=1.0,
+        dpi=80,
+    )
     png = imread(res.path)
     assert png.shape[:2] == res.size_px
     assert res.size_px[1] == int(round((0.35 + 4 * 1.0) * 80))

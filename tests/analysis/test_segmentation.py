@@ -20,11 +20,16 @@ def nuclei_field(seed: int = 0, shape=(192, 192), n: int = 14, radius: int = 9):
     labels = np.zeros(shape, np.int32)
     centres: list[tuple[int, int]] = []
     while len(centres) < n:
-        cy, cx = rng.integers(radius + 2, shape[0] - radius - 2), rng.integers(radius + 2, shape[1] - radius - 2)
+        cy, cx = (
+            rng.integers(radius + 2, shape[0] - radius - 2),
+            rng.integers(radius + 2, shape[1] - radius - 2),
+        )
         if all((cy - y) ** 2 + (cx - x) ** 2 > (2 * radius + 4) ** 2 for y, x in centres):
             centres.append((int(cy), int(cx)))
             labels[(yy - cy) ** 2 + (xx - cx) ** 2 <= radius**2] = len(centres)
-    image = 200 + 1500 * (labels > 0) * rng.uniform(0.7, 1.0, n + 1)[labels] + rng.normal(0, 40, shape)
+    image = (
+        200 + 1500 * (labels > 0) * rng.uniform(0.7, 1.0, n + 1)[labels] + rng.normal(0, 40, shape)
+    )
     return np.clip(image, 0, 65535).astype(np.uint16), labels
 
 
@@ -36,15 +41,23 @@ def test_the_pipeline_finds_the_known_nuclei():
 
 def test_touching_nuclei_are_split_by_the_watershed():
     yy, xx = np.mgrid[:64, :96]
-    img = (((yy - 32) ** 2 + (xx - 36) ** 2 <= 144) | ((yy - 32) ** 2 + (xx - 58) ** 2 <= 144)).astype(float)
+    img = (
+        ((yy - 32) ** 2 + (xx - 36) ** 2 <= 144) | ((yy - 32) ** 2 + (xx - 58) ** 2 <= 144)
+    ).astype(float)
     assert segment_nuclei(img).max() == 2
 
 
 def test_perfect_prediction_scores_one_and_a_shifted_one_less():
     image, _ = nuclei_field(seed=1)
     perfect = nuclei_scores(image, image)
-    assert perfect["nuclei_f1"] == 1.0 and perfect["nuclei_dice"] == 1.0 and perfect["nuclei_count_error"] == 0.0
-    near = nuclei_scores(np.roll(image, 3, axis=1), image)  # 3 px on a radius of 9: IoU ~0.65, still matched
+    assert (
+        perfect["nuclei_f1"] == 1.0
+        and perfect["nuclei_dice"] == 1.0
+        and perfect["nuclei_count_error"] == 0.0
+    )
+    near = nuclei_scores(
+        np.roll(image, 3, axis=1), image
+    )  # 3 px on a radius of 9: IoU ~0.65, still matched
     assert near["nuclei_f1"] == 1.0 and near["nuclei_dice"] < 1.0
     shifted = nuclei_scores(np.roll(image, 6, axis=1), image)  # 6 px: IoU ~0.41, no match
     assert shifted["nuclei_f1"] < 1.0 and shifted["nuclei_dice"] < near["nuclei_dice"]
@@ -72,14 +85,35 @@ def nuclei_plate(tmp_path_factory):
         dna, _ = nuclei_field(seed=10 + i)
         virtual = dna if c == "1" else np.roll(dna, 6, axis=1)  # A1 perfect, A2 shifted
         images[(r, c, "0")] = np.stack([dna, virtual])
-    return omeloc.write_plate(tmp_path_factory.mktemp("seg") / "p.zarr", images,
-                              channel_names=["DNA", "DNA (virtual)"], levels=1)
+    return omeloc.write_plate(
+        tmp_path_factory.mktemp("seg") / "p.zarr",
+        images,
+        channel_names=["DNA", "DNA (virtual)"],
+        levels=1,
+    )
 
 
 def test_evaluate_segment_nuclei_columns_wells_and_heatmap(nuclei_plate, tmp_path, capsys):
     out = tmp_path / "eval"
-    assert main(["-q", "evaluate", str(nuclei_plate), "--pred", "DNA (virtual)", "--truth", "DNA", "--out", str(out),
-                 "--segment", "nuclei", "--no-noise-ceiling"]) == 0, capsys.readouterr().err
+    assert (
+        main(
+            [
+                "-q",
+                "evaluate",
+                str(nuclei_plate),
+                "--pred",
+                "DNA (virtual)",
+                "--truth",
+                "DNA",
+                "--out",
+                str(out),
+                "--segment",
+                "nuclei",
+                "--no-noise-ceiling",
+            ]
+        )
+        == 0
+    ), capsys.readouterr().err
     assert "nuclei_f1" in capsys.readouterr().out
     fields = _rows(out / "metrics.csv")
     assert float(fields["A1"]["nuclei_f1"]) == 1.0 and float(fields["A1"]["nuclei_dice"]) == 1.0
@@ -88,12 +122,47 @@ def test_evaluate_segment_nuclei_columns_wells_and_heatmap(nuclei_plate, tmp_pat
     assert float(wells["A1"]["nuclei_true"]) == 14 and float(wells["A2"]["nuclei_dice"]) < 1.0
     assert (out / "heatmap_nuclei_f1.png").stat().st_size > 0
     # the screening table can rank wells by a segmentation score
-    assert main(["-q", "evaluate", str(nuclei_plate), "--pred", "DNA (virtual)", "--truth", "DNA", "--out",
-                 str(tmp_path / "e2"), "--segment", "nuclei", "--metric", "nuclei_f1", "--no-noise-ceiling"]) == 0
+    assert (
+        main(
+            [
+                "-q",
+                "evaluate",
+                str(nuclei_plate),
+                "--pred",
+                "DNA (virtual)",
+                "--truth",
+                "DNA",
+                "--out",
+                str(tmp_path / "e2"),
+                "--segment",
+                "nuclei",
+                "--metric",
+                "nuclei_f1",
+                "--no-noise-ceiling",
+            ]
+        )
+        == 0
+    )
 
 
 def test_segment_metric_without_segment_refused(nuclei_plate, tmp_path, capsys):
-    assert main(["-q", "evaluate", str(nuclei_plate), "--pred", "DNA (virtual)", "--truth", "DNA", "--out",
-                 str(tmp_path / "e"), "--metric", "nuclei_f1"]) == 2
+    assert (
+        main(
+            [
+                "-q",
+                "evaluate",
+                str(nuclei_plate),
+                "--pred",
+                "DNA (virtual)",
+                "--truth",
+                "DNA",
+                "--out",
+                str(tmp_path / "e"),
+                "--metric",
+                "nuclei_f1",
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err.strip()
     assert "--segment nuclei" in err and len(err.splitlines()) == 1

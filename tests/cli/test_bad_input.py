@@ -27,10 +27,29 @@ MARKER = Path("/tmp/omeloc_pwned_by_bad_input_corpus")
 @pytest.fixture(scope="module")
 def template(tmp_path_factory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("corpus")
-    plate = omeloc.make_plate(root / "plate.zarr", rows=2, cols=2, fields=1, size=64, chunks=(32, 32), levels=2,
-                              channels=("actin", "WAVE2"))
-    res = omeloc.train(plate, "actin", "WAVE2", out=root / "model", steps=2, crop=32, batch_size=2, depth=2,
-                       base_channels=4, val_wells=["B2"], progress=False)
+    plate = omeloc.make_plate(
+        root / "plate.zarr",
+        rows=2,
+        cols=2,
+        fields=1,
+        size=64,
+        chunks=(32, 32),
+        levels=2,
+        channels=("actin", "WAVE2"),
+    )
+    res = omeloc.train(
+        plate,
+        "actin",
+        "WAVE2",
+        out=root / "model",
+        steps=2,
+        crop=32,
+        batch_size=2,
+        depth=2,
+        base_channels=4,
+        val_wells=["B2"],
+        progress=False,
+    )
     return plate, res.checkpoint
 
 
@@ -51,7 +70,8 @@ class _Evil:
         return (os.system, (f"touch {MARKER}",))
 
 
-# Each builder gets (tmp, plate copy, checkpoint copy) and returns (argv, expected words, store to check).
+# Each builder gets (tmp, plate copy, checkpoint copy) and returns (argv, expected words, store to
+# check).
 def _info_missing(tmp, plate, ckpt):
     return ["info", str(tmp / "nope.zarr")], "does not exist", None
 
@@ -80,45 +100,106 @@ def _info_missing_well(tmp, plate, ckpt):
 
 
 def _train_unknown_channel(tmp, plate, ckpt):
-    return ["train", str(plate), "--source", "actin", "--target", "tubulin", "--out", str(tmp / "m")], \
-        "Available channels", plate
+    return (
+        ["train", str(plate), "--source", "actin", "--target", "tubulin", "--out", str(tmp / "m")],
+        "Available channels",
+        plate,
+    )
 
 
 def _train_same_channel(tmp, plate, ckpt):
-    return ["train", str(plate), "--source", "WAVE2", "--target", "WAVE2", "--out", str(tmp / "m")], \
-        "both source and target", plate
+    return (
+        ["train", str(plate), "--source", "WAVE2", "--target", "WAVE2", "--out", str(tmp / "m")],
+        "both source and target",
+        plate,
+    )
 
 
-def _train_too_small(tmp, plate, ckpt):  # an explicit crop: a default one (by device) shrinks to fit the images
-    return ["train", str(plate), "--source", "actin", "--target", "WAVE2", "--crop", "512", "--out", str(tmp / "m")], \
-        "smaller than the 512-pixel crop", plate
+def _train_too_small(
+    tmp, plate, ckpt
+):  # an explicit crop: a default one (by device) shrinks to fit the images
+    return (
+        [
+            "train",
+            str(plate),
+            "--source",
+            "actin",
+            "--target",
+            "WAVE2",
+            "--crop",
+            "512",
+            "--out",
+            str(tmp / "m"),
+        ],
+        "smaller than the 512-pixel crop",
+        plate,
+    )
 
 
 def _train_duplicate_names(tmp, plate, ckpt):
     for img in omeloc.open_plate(plate).images:
-        _edit_json(plate / img.path / "zarr.json", lambda d: _omero(d)["channels"][1].update(label="actin"))
-    return ["train", str(plate), "--source", "actin", "--target", "WAVE2", "--out", str(tmp / "m")], \
-        "ambiguous", plate
+        _edit_json(
+            plate / img.path / "zarr.json", lambda d: _omero(d)["channels"][1].update(label="actin")
+        )
+    return (
+        ["train", str(plate), "--source", "actin", "--target", "WAVE2", "--out", str(tmp / "m")],
+        "ambiguous",
+        plate,
+    )
 
 
 def _train_all_wells_held_out(tmp, plate, ckpt):
-    return ["train", str(plate), "--source", "actin", "--target", "WAVE2", "--crop", "32", "--val-wells",
-            "A1,A2,B1,B2", "--out", str(tmp / "m")], "held out", plate
+    return (
+        [
+            "train",
+            str(plate),
+            "--source",
+            "actin",
+            "--target",
+            "WAVE2",
+            "--crop",
+            "32",
+            "--val-wells",
+            "A1,A2,B1,B2",
+            "--out",
+            str(tmp / "m"),
+        ],
+        "held out",
+        plate,
+    )
 
 
 def _predict_omero_disagrees(tmp, plate, ckpt):
-    _edit_json(plate / "A" / "1" / "0" / "zarr.json", lambda d: _omero(d)["channels"].append(
-        {"label": "ghost", "color": "FFFFFF", "window": {"min": 0, "max": 1, "start": 0, "end": 1}}))
+    _edit_json(
+        plate / "A" / "1" / "0" / "zarr.json",
+        lambda d: _omero(d)["channels"].append(
+            {
+                "label": "ghost",
+                "color": "FFFFFF",
+                "window": {"min": 0, "max": 1, "start": 0, "end": 1},
+            }
+        ),
+    )
     return ["predict", str(plate), "--model", str(ckpt)], "omero", plate
 
 
 def _predict_wells_disagree(tmp, plate, ckpt):
     img = omeloc.open_plate(plate).image("A/1/0")
     for level in img.level_paths:
-        _edit_json(plate / "A" / "1" / "0" / level / "zarr.json",
-                   lambda d: d.update(shape=[3, *d["shape"][1:]]))
-    _edit_json(plate / "A" / "1" / "0" / "zarr.json", lambda d: _omero(d)["channels"].append(
-        {"label": "extra", "color": "FFFFFF", "window": {"min": 0, "max": 1, "start": 0, "end": 1}}))
+        _edit_json(
+            plate / "A" / "1" / "0" / level / "zarr.json",
+            lambda d: d.update(shape=[3, *d["shape"][1:]]),
+        )
+    _edit_json(
+        plate / "A" / "1" / "0" / "zarr.json",
+        lambda d: _omero(d)["channels"].append(
+            {
+                "label": "extra",
+                "color": "FFFFFF",
+                "window": {"min": 0, "max": 1, "start": 0, "end": 1},
+            }
+        ),
+    )
     return ["predict", str(plate), "--model", str(ckpt)], "inconsistent", plate
 
 
@@ -129,8 +210,13 @@ def _predict_corrupt_chunk(tmp, plate, ckpt):
 
 
 def _predict_other_channels(tmp, plate, ckpt):
-    _edit_json(ckpt / "checkpoint.json", lambda d: (d.update(source=["tubulin"]),
-                                                      d["normalization"].update(tubulin={"low": 0, "high": 1})))
+    _edit_json(
+        ckpt / "checkpoint.json",
+        lambda d: (
+            d.update(source=["tubulin"]),
+            d["normalization"].update(tubulin={"low": 0, "high": 1}),
+        ),
+    )
     return ["predict", str(plate), "--model", str(ckpt)], "tubulin", plate
 
 
@@ -159,7 +245,11 @@ def _predict_not_a_checkpoint(tmp, plate, ckpt):
 
 
 def _predict_unreachable_scheduler(tmp, plate, ckpt):
-    return ["predict", str(plate), "--model", str(ckpt), "--scheduler", "tcp://127.0.0.1:9"], "scheduler", plate
+    return (
+        ["predict", str(plate), "--model", str(ckpt), "--scheduler", "tcp://127.0.0.1:9"],
+        "scheduler",
+        plate,
+    )
 
 
 def _predict_unknown_well(tmp, plate, ckpt):
@@ -167,12 +257,19 @@ def _predict_unknown_well(tmp, plate, ckpt):
 
 
 def _predict_bad_tiling(tmp, plate, ckpt):
-    return ["predict", str(plate), "--model", str(ckpt), "--tile", "32", "--overlap", "32"], "overlap", plate
+    return (
+        ["predict", str(plate), "--model", str(ckpt), "--tile", "32", "--overlap", "32"],
+        "overlap",
+        plate,
+    )
 
 
 def _predict_existing_real_channel(tmp, plate, ckpt):
-    return ["predict", str(plate), "--model", str(ckpt), "--name", "actin", "--overwrite"], \
-        "not a virtual channel", plate
+    return (
+        ["predict", str(plate), "--model", str(ckpt), "--name", "actin", "--overwrite"],
+        "not a virtual channel",
+        plate,
+    )
 
 
 def _import_no_match(tmp, plate, ckpt):
@@ -187,28 +284,48 @@ def _import_mixed_shapes(tmp, plate, ckpt):
     d.mkdir()
     tifffile.imwrite(d / "B7_01_1_1_DAPI_001.tif", np.zeros((8, 8), "uint16"))
     tifffile.imwrite(d / "B7_01_2_1_GFP_001.tif", np.zeros((8, 9), "uint16"))
-    return ["import-tiff", str(d), str(tmp / "out.zarr"), "--pattern",
-            NF1_PATTERN], \
-        "shape", d
+    return ["import-tiff", str(d), str(tmp / "out.zarr"), "--pattern", NF1_PATTERN], "shape", d
 
 
 def _import_out_exists(tmp, plate, ckpt):
     d = tmp / "tiffs"
     d.mkdir()
     tifffile.imwrite(d / "B7_01_1_1_DAPI_001.tif", np.zeros((8, 8), "uint16"))
-    return ["import-tiff", str(d), str(plate), "--pattern",
-            NF1_PATTERN], \
-        "exists", plate
+    return ["import-tiff", str(d), str(plate), "--pattern", NF1_PATTERN], "exists", plate
 
 
 def _evaluate_missing_channel(tmp, plate, ckpt):
-    return ["evaluate", str(plate), "--pred", "WAVE2 (virtual)", "--truth", "WAVE2", "--out", str(tmp / "e")], \
-        "WAVE2 (virtual)", plate
+    return (
+        [
+            "evaluate",
+            str(plate),
+            "--pred",
+            "WAVE2 (virtual)",
+            "--truth",
+            "WAVE2",
+            "--out",
+            str(tmp / "e"),
+        ],
+        "WAVE2 (virtual)",
+        plate,
+    )
 
 
 def _evaluate_out_inside_plate(tmp, plate, ckpt):
-    return ["evaluate", str(plate), "--pred", "actin", "--truth", "WAVE2", "--out", str(plate / "eval")], \
-        "inside", plate
+    return (
+        [
+            "evaluate",
+            str(plate),
+            "--pred",
+            "actin",
+            "--truth",
+            "WAVE2",
+            "--out",
+            str(plate / "eval"),
+        ],
+        "inside",
+        plate,
+    )
 
 
 def _info_unknown_ngff_version(tmp, plate, ckpt):
@@ -237,17 +354,43 @@ def _predict_level_channels_disagree(tmp, plate, ckpt):
     return ["predict", str(plate), "--model", str(ckpt)], "has 1 channels, level '0' 2", plate
 
 
-CASES = {f.__name__.lstrip("_"): f for f in [
-    _info_unknown_ngff_version, _predict_lock_is_a_folder, _predict_checkpoint_format_version_text,
-    _predict_checkpoint_level_deeper_than_plate, _predict_level_channels_disagree,
-    _info_missing, _info_not_zarr, _info_zarr_not_ome, _info_invalid_json, _info_missing_well,
-    _train_unknown_channel, _train_same_channel, _train_too_small, _train_duplicate_names,
-    _train_all_wells_held_out, _predict_omero_disagrees, _predict_wells_disagree, _predict_corrupt_chunk,
-    _predict_other_channels, _predict_other_architecture, _predict_truncated_checkpoint,
-    _predict_malicious_checkpoint, _predict_not_a_checkpoint, _predict_unreachable_scheduler,
-    _predict_unknown_well, _predict_bad_tiling, _predict_existing_real_channel, _import_no_match,
-    _import_mixed_shapes, _import_out_exists, _evaluate_missing_channel, _evaluate_out_inside_plate,
-]}
+CASES = {
+    f.__name__.lstrip("_"): f
+    for f in [
+        _info_unknown_ngff_version,
+        _predict_lock_is_a_folder,
+        _predict_checkpoint_format_version_text,
+        _predict_checkpoint_level_deeper_than_plate,
+        _predict_level_channels_disagree,
+        _info_missing,
+        _info_not_zarr,
+        _info_zarr_not_ome,
+        _info_invalid_json,
+        _info_missing_well,
+        _train_unknown_channel,
+        _train_same_channel,
+        _train_too_small,
+        _train_duplicate_names,
+        _train_all_wells_held_out,
+        _predict_omero_disagrees,
+        _predict_wells_disagree,
+        _predict_corrupt_chunk,
+        _predict_other_channels,
+        _predict_other_architecture,
+        _predict_truncated_checkpoint,
+        _predict_malicious_checkpoint,
+        _predict_not_a_checkpoint,
+        _predict_unreachable_scheduler,
+        _predict_unknown_well,
+        _predict_bad_tiling,
+        _predict_existing_real_channel,
+        _import_no_match,
+        _import_mixed_shapes,
+        _import_out_exists,
+        _evaluate_missing_channel,
+        _evaluate_out_inside_plate,
+    ]
+}
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
@@ -279,7 +422,9 @@ def test_full_disk_during_write_back_leaves_plate_intact(template, tmp_path, cap
 
     async def full_disk(self, key, value):
         parts = key.split("/")
-        if "c" in parts and parts[parts.index("c") + 1] == "2":  # a chunk of the new (third) channel
+        if (
+            "c" in parts and parts[parts.index("c") + 1] == "2"
+        ):  # a chunk of the new (third) channel
             raise OSError(errno.ENOSPC, "No space left on device")
         return await real_set(self, key, value)
 
@@ -294,11 +439,19 @@ def test_full_disk_during_write_back_leaves_plate_intact(template, tmp_path, cap
 
 @pytest.mark.parametrize("dtype", ["uint8", "uint16", "int32", "float32"])
 def test_every_pixel_type_trains_and_predicts(dtype, tmp_path):
-    """uint8/uint16/int32/float32 plates (the float one with NaN and inf): the virtual channel has the
-    plate's dtype, finite values inside the dtype's range."""
+    """uint8/uint16/int32/float32 plates (the float one with NaN and inf): the virtual channel has
+    the plate's dtype, finite values inside the dtype's range."""
     rng = np.random.default_rng(0)
-    base = omeloc.make_plate(tmp_path / "src.zarr", rows=1, cols=2, fields=1, size=64, chunks=(32, 32), levels=1,
-                             channels=("actin", "WAVE2"))
+    base = omeloc.make_plate(
+        tmp_path / "src.zarr",
+        rows=1,
+        cols=2,
+        fields=1,
+        size=64,
+        chunks=(32, 32),
+        levels=1,
+        channels=("actin", "WAVE2"),
+    )
     src = omeloc.open_plate(base)
     images = {}
     for img in src.images:
@@ -311,10 +464,26 @@ def test_every_pixel_type_trains_and_predicts(dtype, tmp_path):
             arr[0, rng.integers(0, 64, 20), rng.integers(0, 64, 20)] = np.nan
             arr[1, 3, 3] = np.inf
         images[tuple(img.path.split("/"))] = arr
-    plate = omeloc.write_plate(tmp_path / f"{dtype}.zarr", images, channel_names=["actin", "WAVE2"],
-                               chunks=(32, 32), levels=2)
-    res = omeloc.train(plate, "actin", "WAVE2", out=tmp_path / "m", steps=3, crop=32, batch_size=2, depth=2,
-                       base_channels=4, val_wells=["A2"], progress=False)
+    plate = omeloc.write_plate(
+        tmp_path / f"{dtype}.zarr",
+        images,
+        channel_names=["actin", "WAVE2"],
+        chunks=(32, 32),
+        levels=2,
+    )
+    res = omeloc.train(
+        plate,
+        "actin",
+        "WAVE2",
+        out=tmp_path / "m",
+        steps=3,
+        crop=32,
+        batch_size=2,
+        depth=2,
+        base_channels=4,
+        val_wells=["A2"],
+        progress=False,
+    )
     omeloc.predict(plate, res.checkpoint, progress=False)
     img = omeloc.open_plate(plate).images[0]
     v = img.channel("WAVE2 (virtual)").compute()
@@ -335,22 +504,30 @@ def test_malicious_checkpoint_in_a_real_process_prints_one_line(template, tmp_pa
     shutil.copytree(template[1], ckpt)
     argv, words, _ = _predict_malicious_checkpoint(tmp_path, plate, ckpt)
     before = tree_digest(plate)
-    proc = subprocess.run([sys.executable, "-m", "omeloc.cli", *argv], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "omeloc.cli", *argv], capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 2
     assert len(proc.stderr.strip().splitlines()) == 1 and words in proc.stderr, proc.stderr
     assert tree_digest(plate) == before and not MARKER.exists()
 
 
 @pytest.mark.parametrize("free_kb", [24, 80])
-def test_a_nearly_full_disk_is_named_as_such_and_the_plate_kept(template, tmp_path, capsys, free_kb):
-    """A real small file system (tmpfs) with a few KB left: the lock or journal write fails; the line
-    says the disk is full (not that the store is read-only), and the plate is as before."""
+def test_a_nearly_full_disk_is_named_as_such_and_the_plate_kept(
+    template, tmp_path, capsys, free_kb
+):
+    """A real small file system (tmpfs) with a few KB left: the lock or journal write fails; the
+    line says the disk is full (not that the store is read-only), and the plate is as before."""
     import os
     import subprocess
 
     mnt = tmp_path / "small"
     mnt.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mnt)], capture_output=True, check=False).returncode:
+    if subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mnt)],
+        capture_output=True,
+        check=False,
+    ).returncode:
         pytest.skip("cannot mount a tmpfs here (not root?)")
     try:
         plate = mnt / "plate.zarr"

@@ -32,7 +32,10 @@ def test_synthetic_end_to_end(tmp_path, capsys):
 
 def test_relationship_map(tmp_path):
     res = _load("relationship_map").main([str(tmp_path), "--quick"])
-    assert {(r["source"], r["target"]) for r in res.rows} == {("actin", "WAVE2"), ("actin", "tubulin")}
+    assert {(r["source"], r["target"]) for r in res.rows} == {
+        ("actin", "WAVE2"),
+        ("actin", "tubulin"),
+    }
     assert Path(res.files["heatmap"]).read_bytes()[:4] == b"\x89PNG"
 
 
@@ -41,12 +44,17 @@ def test_distributed_predict(tmp_path):
     out = example.main([str(tmp_path), "--quick"])  # a LocalCluster whose workers advertise GPU=1
     assert "vinculin (virtual)" in omeloc.open_plate(out["plate"]).channel_names
     loads = out["model_loads"]
-    assert len(loads) == 2 and all(n <= 1 for n in loads.values()) and sum(loads.values()) >= 1, loads
+    assert len(loads) == 2 and all(n <= 1 for n in loads.values()) and sum(loads.values()) >= 1, (
+        loads
+    )
 
 
 def test_distributed_predict_recipes_say_what_to_install():
     example = _load("distributed_predict")
-    for recipe, package, module in (("cuda", "dask-cuda", "dask_cuda"), ("slurm", "dask-jobqueue", "dask_jobqueue")):
+    for recipe, package, module in (
+        ("cuda", "dask-cuda", "dask_cuda"),
+        ("slurm", "dask-jobqueue", "dask_jobqueue"),
+    ):
         if importlib.util.find_spec(module) is not None:
             continue  # installed: the recipe would start a real cluster
         with pytest.raises(ImportError, match=f"pip install {package}$"):
@@ -68,9 +76,14 @@ def test_distributed_predict_slurm_job_asks_for_a_gpu_and_advertises_it():
 
 
 def test_nf1_real_data(tmp_path, shared_data):
-    out = _load("nf1_real_data").main([str(tmp_path), "--quick", "--data", str(shared_data / "nf1_plate2")])
+    out = _load("nf1_real_data").main(
+        [str(tmp_path), "--quick", "--data", str(shared_data / "nf1_plate2")]
+    )
     plate = omeloc.open_plate(out["plate"])
-    assert plate.channel_names == ("nuclei", "ER", "actin", "ER (virtual)") or "ER (virtual)" in plate.channel_names
+    assert (
+        plate.channel_names == ("nuclei", "ER", "actin", "ER (virtual)")
+        or "ER (virtual)" in plate.channel_names
+    )
     assert -1 <= out["heldout_r"] <= 1 and -1 <= out["baseline_r"] <= 1
 
 
@@ -84,5 +97,7 @@ def test_cli_demo_runs_the_whole_journey(tmp_path, capsys):
     assert plate.channel_names[-1] == "WAVE2 (virtual)"
     assert (tmp_path / "d" / "model" / "checkpoint.json").exists()
     assert (tmp_path / "d" / "evaluation" / "metrics.csv").exists()
-    assert main(["-q", "demo", str(tmp_path / "d"), "--steps", "3", "--size", "64"]) == 2  # not empty
+    assert (
+        main(["-q", "demo", str(tmp_path / "d"), "--steps", "3", "--size", "64"]) == 2
+    )  # not empty
     assert "--overwrite" in capsys.readouterr().err

@@ -1,4 +1,5 @@
-"""Plates written before imports used fields 0..n-1: `omeloc info` warns, `omeloc predict` still works."""
+"""Plates written before imports used fields 0..n-1: `omeloc info` warns, `omeloc predict` still
+works."""
 
 from __future__ import annotations
 
@@ -18,8 +19,10 @@ def checkpoint(tiny_trained):
 
 def _site_named_plate(path):
     rng = np.random.default_rng(0)
-    images = {(r, c, f): rng.integers(0, 4000, (2, 64, 64)).astype("uint16")
-              for r, c, f in (("B", "7", "3"), ("D", "6", "2"), ("D", "7", "1"), ("D", "7", "4"))}
+    images = {
+        (r, c, f): rng.integers(0, 4000, (2, 64, 64)).astype("uint16")
+        for r, c, f in (("B", "7", "3"), ("D", "6", "2"), ("D", "7", "1"), ("D", "7", "4"))
+    }
     return write_plate(path, images, channel_names=["actin", "WAVE2"], chunks=(32, 32), levels=2)
 
 
@@ -35,8 +38,18 @@ def test_info_warns_about_wells_with_other_field_paths(tmp_path, capsys):
 
 def test_info_has_no_field_path_warning_for_fields_0_to_n(tmp_path, capsys):
     rng = np.random.default_rng(0)
-    images = {(r, "1", f): rng.integers(0, 9, (2, 32, 32)).astype("uint16") for r in "AB" for f in "01"}
-    assert main(["info", str(write_plate(tmp_path / "p.zarr", images, channel_names=["a", "b"], levels=1))]) == 0
+    images = {
+        (r, "1", f): rng.integers(0, 9, (2, 32, 32)).astype("uint16") for r in "AB" for f in "01"
+    }
+    assert (
+        main(
+            [
+                "info",
+                str(write_plate(tmp_path / "p.zarr", images, channel_names=["a", "b"], levels=1)),
+            ]
+        )
+        == 0
+    )
     assert "field paths" not in capsys.readouterr().out
 
 

@@ -74,13 +74,29 @@ def test_a_done_total_callable_keeps_working():
 def _cli_into_a_log(*args: str) -> subprocess.CompletedProcess:
     """``omeloc ARGS`` with stderr a pipe (as in a log) and a progress line at every update."""
     env = {**os.environ, "OMELOC_PROGRESS_EVERY": "0"}
-    return subprocess.run([sys.executable, "-m", "omeloc.cli", *args], env=env, capture_output=True,
-                          text=True, timeout=300, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "omeloc.cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
 
 
 def test_cli_progress_in_a_log_is_plain_lines(tmp_path):
-    proc = _cli_into_a_log("synth", str(tmp_path / "p.zarr"), "--rows", "1", "--cols", "2", "--fields", "1",
-                           "--size", "64")
+    proc = _cli_into_a_log(
+        "synth",
+        str(tmp_path / "p.zarr"),
+        "--rows",
+        "1",
+        "--cols",
+        "2",
+        "--fields",
+        "1",
+        "--size",
+        "64",
+    )
     assert proc.returncode == 0, proc.stderr
     lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("synth: img")]
     assert lines and lines[-1].startswith("synth: img 2/2 (100%)"), proc.stderr
@@ -119,10 +135,15 @@ def test_a_compute_on_a_dask_cluster_reports_through_the_same_reporters():
 
     seen: list[tuple[int, int]] = []
     x = da.ones((40, 40), chunks=10) * 2
-    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False,
-                      dashboard_address=None) as cluster, Client(cluster) as client:
-        (total,) = compute(x.sum(), client=client, progress=lambda done, n: seen.append((done, n)),
-                           desc="sum")
+    with (
+        LocalCluster(
+            n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None
+        ) as cluster,
+        Client(cluster) as client,
+    ):
+        (total,) = compute(
+            x.sum(), client=client, progress=lambda done, n: seen.append((done, n)), desc="sum"
+        )
     assert float(total) == 3200.0
     assert seen, "no progress was reported"
     done, n = seen[-1]

@@ -1,4 +1,5 @@
-"""Smaller points of a new user's journey: README's Python block, short reprs, help texts, single-field import."""
+"""Smaller points of a new user's journey: README's Python block, short reprs, help texts,
+single-field import."""
 
 from __future__ import annotations
 
@@ -17,17 +18,22 @@ README = Path(__file__).resolve().parents[2] / "README.md"
 
 def test_readme_python_block_trains_for_minutes_not_the_default_steps():
     text = README.read_text()
-    block = text[text.index("## Python"):].split("```python", 1)[1].split("```", 1)[0]
-    call = block[block.index("omeloc.train("):]
-    call = call[:call.index(")\n") + 1]
+    block = text[text.index("## Python") :].split("```python", 1)[1].split("```", 1)[0]
+    call = block[block.index("omeloc.train(") :]
+    call = call[: call.index(")\n") + 1]
     assert re.search(r"\bminutes=\d", call), call
 
 
 def test_plate_and_image_reprs_are_short(tmp_path):
-    plate = omeloc.open_plate(omeloc.make_plate(tmp_path / "p.zarr", rows=4, cols=6, fields=2, size=32,
-                                                chunks=(32, 32), levels=1))
+    plate = omeloc.open_plate(
+        omeloc.make_plate(
+            tmp_path / "p.zarr", rows=4, cols=6, fields=2, size=32, chunks=(32, 32), levels=1
+        )
+    )
     text = repr(plate)
-    assert len(text) < 300 and "24 well(s)" in text and "48 image(s)" in text and "actin" in text, text
+    assert len(text) < 300 and "24 well(s)" in text and "48 image(s)" in text and "actin" in text, (
+        text
+    )
     image = repr(plate.images[0])
     assert len(image) < 200 and "A/1/0" in image and "cyx" in image, image
     assert len(str(plate)) < 300
@@ -41,7 +47,7 @@ def _help(*command):
 
 def test_no_noise_ceiling_help_says_what_the_flag_does():
     text = " ".join(_help("evaluate").split())
-    flag = text[text.index("--no-noise-ceiling "):][:600]
+    flag = text[text.index("--no-noise-ceiling ") :][:600]
     assert "this flag turns it off" in flag and "not estimable" in flag
 
 
@@ -62,14 +68,27 @@ def test_import_tiff_files_of_one_field_make_an_image(shared_data, tmp_path, cap
 def test_import_tiff_files_refuses_a_pattern_and_files_that_disagree(tmp_path, capsys):
     tifffile.imwrite(tmp_path / "a.tif", np.zeros((8, 8), "uint16"))
     tifffile.imwrite(tmp_path / "b.tif", np.zeros((8, 9), "uint16"))
-    assert main(["import-tiff", str(tmp_path / "a.tif"), str(tmp_path / "b.tif"), str(tmp_path / "o.zarr")]) == 2
+    assert (
+        main(
+            [
+                "import-tiff",
+                str(tmp_path / "a.tif"),
+                str(tmp_path / "b.tif"),
+                str(tmp_path / "o.zarr"),
+            ]
+        )
+        == 2
+    )
     assert "must agree" in capsys.readouterr().err and not (tmp_path / "o.zarr").exists()
-    assert main(["import-tiff", str(tmp_path / "a.tif"), str(tmp_path / "o.zarr"), "--preset", "nf1"]) == 2
+    assert (
+        main(["import-tiff", str(tmp_path / "a.tif"), str(tmp_path / "o.zarr"), "--preset", "nf1"])
+        == 2
+    )
 
 
 def test_readme_and_demo_help_state_the_same_measured_time():
     figure = re.compile(r"(\d+(?:[–-]\d+)?) minutes? on 2 free CPU cores")
     text = README.read_text()
-    readme = figure.findall(text[text.index("## The two commands"):text.index("## A tour")])
+    readme = figure.findall(text[text.index("## The two commands") : text.index("## A tour")])
     helps = figure.findall(" ".join(_help("demo").split()))
     assert readme and helps and set(readme) == set(helps), (readme, helps)

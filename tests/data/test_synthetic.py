@@ -134,8 +134,11 @@ def test_highpass_actin_predicts_related_channels_not_tubulin(field):
 
 @pytest.mark.parametrize(
     ("perturbation", "channel"),
-    [("wave2_cytoplasmic", "WAVE2"), ("irsp53_cytoplasmic", "IRSp53"),
-     ("vinculin_diffuse", "vinculin")],
+    [
+        ("wave2_cytoplasmic", "WAVE2"),
+        ("irsp53_cytoplasmic", "IRSp53"),
+        ("vinculin_diffuse", "vinculin"),
+    ],
 )
 def test_perturbation_breaks_one_relationship_only(field, perturbed, perturbation, channel):
     p = perturbed[perturbation]
@@ -170,8 +173,16 @@ def test_row_names():
 @pytest.mark.parametrize("ngff", ["0.4", "0.5"])
 def test_make_plate_opens_with_channels_truth_and_pixels(tmp_path, ngff):
     path = make_plate(
-        tmp_path / "s.zarr", rows=2, cols=2, fields=2, size=(64, 80), seed=3, ngff=ngff,
-        chunks=(32, 32), levels=2, perturbed_wells=["B2"],
+        tmp_path / "s.zarr",
+        rows=2,
+        cols=2,
+        fields=2,
+        size=(64, 80),
+        seed=3,
+        ngff=ngff,
+        chunks=(32, 32),
+        levels=2,
+        perturbed_wells=["B2"],
     )
     plate = omeloc.open_plate(path)
     assert plate.ngff_version == ngff
@@ -196,10 +207,26 @@ def test_make_plate_opens_with_channels_truth_and_pixels(tmp_path, ngff):
 
 
 def test_make_plate_is_deterministic_and_layout_independent(tmp_path):
-    a = make_plate(tmp_path / "a.zarr", rows=1, cols=1, fields=1, size=48, seed=9, levels=1,
-                   channels=("actin", "tubulin"))
-    b = make_plate(tmp_path / "b.zarr", rows=2, cols=2, fields=1, size=48, seed=9, levels=1,
-                   channels=("actin", "tubulin"))
+    a = make_plate(
+        tmp_path / "a.zarr",
+        rows=1,
+        cols=1,
+        fields=1,
+        size=48,
+        seed=9,
+        levels=1,
+        channels=("actin", "tubulin"),
+    )
+    b = make_plate(
+        tmp_path / "b.zarr",
+        rows=2,
+        cols=2,
+        fields=1,
+        size=48,
+        seed=9,
+        levels=1,
+        channels=("actin", "tubulin"),
+    )
     pa, pb = omeloc.open_plate(a), omeloc.open_plate(b)
     assert tuple(pa.channel_names) == ("actin", "tubulin")
     a0, b0 = (np.asarray(p.image("A/1/0").level(0)) for p in (pa, pb))

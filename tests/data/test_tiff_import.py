@@ -1,4 +1,5 @@
-"""import-tiff: the real NF1 folder, pixels equal to the TIFFs, and bad folders refused unchanged."""
+"""import-tiff: the real NF1 folder, pixels equal to the TIFFs, and bad folders refused
+unchanged."""
 
 from __future__ import annotations
 
@@ -42,8 +43,19 @@ def test_import_nf1_folder_pixels_equal_tiffs(shared_data, tmp_path, version):
 
 def test_import_with_renamed_channels_and_cli(shared_data, tmp_path, capsys):
     out = tmp_path / "nf1.zarr"
-    code = main(["import-tiff", str(shared_data / "nf1_plate2"), str(out), "--pattern", NF1_PATTERN,
-                 "--channel-names", "RFP=actin,GFP=ER,DAPI=nuclei", "--levels", "2"])
+    code = main(
+        [
+            "import-tiff",
+            str(shared_data / "nf1_plate2"),
+            str(out),
+            "--pattern",
+            NF1_PATTERN,
+            "--channel-names",
+            "RFP=actin,GFP=ER,DAPI=nuclei",
+            "--levels",
+            "2",
+        ]
+    )
     assert code == 0
     plate = omeloc.open_plate(out)
     assert plate.channel_names == ("nuclei", "ER", "actin")
@@ -65,21 +77,31 @@ def test_unmatched_files_refused_nothing_written(tmp_path, capsys):
     with pytest.raises(InputError, match="do not match --pattern"):
         import_tiff(folder, tmp_path / "o.zarr", pattern=NF1_PATTERN)
     assert not (tmp_path / "o.zarr").exists()
-    assert main(["import-tiff", str(folder), str(tmp_path / "o.zarr"), "--pattern", NF1_PATTERN]) == 2
+    assert (
+        main(["import-tiff", str(folder), str(tmp_path / "o.zarr"), "--pattern", NF1_PATTERN]) == 2
+    )
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "notes.tif" in err and "Traceback" not in err
 
 
 def test_differing_shapes_refused(tmp_path):
-    folder = _tiffs(tmp_path / "t", [("A1_01_1_1_DAPI_001.tif", (8, 8)), ("A1_01_2_1_GFP_001.tif", (8, 9))])
+    folder = _tiffs(
+        tmp_path / "t", [("A1_01_1_1_DAPI_001.tif", (8, 8)), ("A1_01_2_1_GFP_001.tif", (8, 9))]
+    )
     with pytest.raises(InputError, match="must share shape and dtype"):
         import_tiff(folder, tmp_path / "o.zarr", pattern=NF1_PATTERN)
     assert not (tmp_path / "o.zarr").exists() and not (tmp_path / "o.zarr.importing").exists()
 
 
 def test_missing_channel_and_existing_output_refused(tmp_path):
-    folder = _tiffs(tmp_path / "t", [("A1_01_1_1_DAPI_001.tif", (8, 8)), ("A1_01_2_1_GFP_001.tif", (8, 8)),
-                                     ("A2_01_1_1_DAPI_001.tif", (8, 8))])
+    folder = _tiffs(
+        tmp_path / "t",
+        [
+            ("A1_01_1_1_DAPI_001.tif", (8, 8)),
+            ("A1_01_2_1_GFP_001.tif", (8, 8)),
+            ("A2_01_1_1_DAPI_001.tif", (8, 8)),
+        ],
+    )
     with pytest.raises(InputError, match="Well A2 field 1 has no TIFF for channel"):
         import_tiff(folder, tmp_path / "o.zarr", pattern=NF1_PATTERN)
     (tmp_path / "exists.zarr").mkdir()
@@ -99,10 +121,27 @@ def test_killed_import_leaves_no_plate_and_a_rerun_completes(shared_data, tmp_pa
     ref = import_tiff(folder, tmp_path / "ref.zarr", pattern=NF1_PATTERN)
     out = tmp_path / "nf1.zarr"
     env = dict(os.environ, OMELOC_TEST_KILL_AT="import_mid")
-    proc = subprocess.run([sys.executable, "-m", "omeloc.cli", "-q", "import-tiff", str(folder), str(out),
-                           "--pattern", NF1_PATTERN], env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "omeloc.cli",
+            "-q",
+            "import-tiff",
+            str(folder),
+            str(out),
+            "--pattern",
+            NF1_PATTERN,
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
-    assert not out.exists() and (tmp_path / "nf1.zarr.importing").exists()  # half a plate never at `out`
+    assert (
+        not out.exists() and (tmp_path / "nf1.zarr.importing").exists()
+    )  # half a plate never at `out`
     assert main(["-q", "import-tiff", str(folder), str(out), "--pattern", NF1_PATTERN]) == 0
     assert not (tmp_path / "nf1.zarr.importing").exists()
     assert_same_pixels(ref, out)

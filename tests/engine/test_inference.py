@@ -51,10 +51,10 @@ CASES = [
     # shape (..., C, Y, X), chunks, tile, overlap
     ((1, 40, 70), (1, 32, 32), 16, 4),
     ((1, 40, 70), (1, 40, 70), 32, 8),
-    ((1, 20, 30), (1, 20, 30), 64, 16),              # image smaller than the tile
+    ((1, 20, 30), (1, 20, 30), 64, 16),  # image smaller than the tile
     ((3, 128, 96), (2, 64, 64), (48, 32), (16, 0)),  # several channels per chunk
-    ((2, 3, 1, 70, 40), (1, 2, 1, 32, 32), 24, 6),   # (t, z, c, y, x)
-    ((1, 33, 47), (1, 11, 13), 40, 12),              # chunks smaller than the halo
+    ((2, 3, 1, 70, 40), (1, 2, 1, 32, 32), 24, 6),  # (t, z, c, y, x)
+    ((1, 33, 47), (1, 11, 13), 40, 12),  # chunks smaller than the halo
 ]
 
 
@@ -63,8 +63,17 @@ CASES = [
 def test_times_two_is_exact(case, blend):
     shape, chunks, tile, overlap = case
     x = _rand(shape, chunks)
-    y = predict_array(lambda t: 2 * t, x, tile=tile, overlap=overlap, blend=blend, batch_size=3,
-                      device="cpu", precision="fp32", out_channels=shape[-3])
+    y = predict_array(
+        lambda t: 2 * t,
+        x,
+        tile=tile,
+        overlap=overlap,
+        blend=blend,
+        batch_size=3,
+        device="cpu",
+        precision="fp32",
+        out_channels=shape[-3],
+    )
     assert y.dtype == np.float32 and y.shape == x.shape
     assert y.chunks[:-3] == x.chunks[:-3] and y.chunks[-2:] == x.chunks[-2:]
     assert y.chunks[-3] == (shape[-3],)
@@ -75,8 +84,9 @@ def test_times_two_is_exact(case, blend):
 def test_times_two_exact_with_padding_uint16_and_numpy_input(blend):
     x = (np.arange(50 * 37, dtype=np.uint16) * 7).reshape(1, 50, 37)
     model = Doubler()
-    y = predict_array(model, x, tile=24, overlap=8, blend=blend, device="cpu", precision="fp32",
-                      out_channels=1)
+    y = predict_array(
+        model, x, tile=24, overlap=8, blend=blend, device="cpu", precision="fp32", out_channels=1
+    )
     np.testing.assert_array_equal(y.compute(), 2 * x.astype(np.float32))
 
 
@@ -86,9 +96,13 @@ class SmallNet(nn.Module):
     def __init__(self, cin=2, cout=1) -> None:
         super().__init__()
         torch.manual_seed(0)
-        self.net = nn.Sequential(nn.Conv2d(cin, 8, 3, padding=1), nn.Tanh(),
-                                 nn.Conv2d(8, 8, 3, padding=1), nn.Tanh(),
-                                 nn.Conv2d(8, cout, 3, padding=1))
+        self.net = nn.Sequential(
+            nn.Conv2d(cin, 8, 3, padding=1),
+            nn.Tanh(),
+            nn.Conv2d(8, 8, 3, padding=1),
+            nn.Tanh(),
+            nn.Conv2d(8, cout, 3, padding=1),
+        )
 
     def forward(self, x):
         return self.net(x)
@@ -104,8 +118,15 @@ def test_block_halo_removes_chunk_seams_exactly():
     net = SmallNet().eval()
     img = np.random.default_rng(1).random((2, 128, 96)).astype(np.float32)
     # tile = chunk + 2 * overlap: blocks stay separate, each runs as a single tile
-    tiled = predict_array(net, da.from_array(img, chunks=(2, 64, 48)), tile=(72, 56), overlap=4,
-                          device="cpu", precision="fp32", out_channels=1).compute()
+    tiled = predict_array(
+        net,
+        da.from_array(img, chunks=(2, 64, 48)),
+        tile=(72, 56),
+        overlap=4,
+        device="cpu",
+        precision="fp32",
+        out_channels=1,
+    ).compute()
     np.testing.assert_allclose(tiled, _whole(net, img), rtol=0, atol=1e-5)
 
 
@@ -120,8 +141,15 @@ def test_unet_tiles_have_no_seams():
     std = whole.std()
 
     def err(overlap):
-        tiled = predict_array(net, da.from_array(img, chunks=(1, 64, 48)), tile=64, overlap=overlap,
-                              device="cpu", precision="fp32", out_channels=1).compute()
+        tiled = predict_array(
+            net,
+            da.from_array(img, chunks=(1, 64, 48)),
+            tile=64,
+            overlap=overlap,
+            device="cpu",
+            precision="fp32",
+            out_channels=1,
+        ).compute()
         return np.abs(tiled - whole).max() / std, np.sqrt(((tiled - whole) ** 2).mean()) / std
 
     (max_err, rmse), (max_without, _) = err(32), err(0)
@@ -132,8 +160,14 @@ def test_unet_tiles_have_no_seams():
 def test_float64_reference():
     net = SmallNet(cin=1, cout=2).eval()
     img = np.random.default_rng(3).random((1, 70, 40))
-    tiled = predict_array(net, da.from_array(img, chunks=(1, 35, 20)), tile=(48, 32), overlap=(8, 6),
-                          device="cpu", precision="fp32").compute()
+    tiled = predict_array(
+        net,
+        da.from_array(img, chunks=(1, 35, 20)),
+        tile=(48, 32),
+        overlap=(8, 6),
+        device="cpu",
+        precision="fp32",
+    ).compute()
     ref = _whole(SmallNet(cin=1, cout=2).eval(), img, dtype=torch.float64)
     assert tiled.shape == (2, 70, 40) and tiled.dtype == np.float32
     np.testing.assert_allclose(tiled, ref, rtol=1e-4, atol=1e-5)
@@ -178,8 +212,14 @@ def test_out_channels_probed_once_when_unknown():
         calls.append(t.shape)
         return torch.cat([t, -t], dim=1)
 
-    y = predict_array(two_channels, _rand((1, 40, 40), (1, 20, 20)), tile=32, overlap=4,
-                      device="cpu", precision="fp32")
+    y = predict_array(
+        two_channels,
+        _rand((1, 40, 40), (1, 20, 20)),
+        tile=32,
+        overlap=4,
+        device="cpu",
+        precision="fp32",
+    )
     assert len(calls) == 1 and y.shape == (2, 40, 40)
     out = y.compute()
     np.testing.assert_array_equal(out[1], -out[0])
@@ -208,7 +248,7 @@ def test_module_enters_graph_once():
     big = predict_array(model, _rand((1, 256, 256), (1, 32, 32)), tile=32, overlap=4, device="cpu")
     model_bytes = len(pickle.dumps(model))
     assert model_bytes > 1_000_000
-    assert _graph_bytes(small) < 1.5 * model_bytes   # the model once, not 4 times
+    assert _graph_bytes(small) < 1.5 * model_bytes  # the model once, not 4 times
     assert _graph_bytes(big) - _graph_bytes(small) < 0.5 * model_bytes  # 64 vs 4 blocks
     np.testing.assert_array_equal(big.compute(), big.compute())
 
@@ -263,15 +303,18 @@ def test_in_memory_model_copies_and_folds_batchnorm():
     clear_model_cache()
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    ({"tile": 32, "overlap": 32}, "overlap < tile"),
-    ({"tile": 32, "overlap": 40}, "overlap < tile"),
-    ({"blend": "hamming"}, "Unknown blend"),
-    ({"precision": "fp8"}, "Unknown precision"),
-    ({"batch_size": 0}, "batch_size"),
-    ({"device": "tpu"}, "device"),
-    ({"out_channels": 0}, "out_channels"),
-])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"tile": 32, "overlap": 32}, "overlap < tile"),
+        ({"tile": 32, "overlap": 40}, "overlap < tile"),
+        ({"blend": "hamming"}, "Unknown blend"),
+        ({"precision": "fp8"}, "Unknown precision"),
+        ({"batch_size": 0}, "batch_size"),
+        ({"device": "tpu"}, "device"),
+        ({"out_channels": 0}, "out_channels"),
+    ],
+)
 def test_bad_arguments(kwargs, match):
     with pytest.raises(InputError, match=match):
         predict_array(lambda t: t, _rand((1, 32, 32), (1, 32, 32)), **kwargs)
@@ -282,8 +325,14 @@ def test_bad_inputs_and_models():
         predict_array(lambda t: t, np.zeros((32, 32)), out_channels=1)
     with pytest.raises(InputError, match="model"):
         predict_array(42, np.zeros((1, 32, 32)), out_channels=1)
-    shrink = predict_array(lambda t: t[..., :-1], np.zeros((1, 32, 32), np.float32), tile=32, overlap=4,
-                           device="cpu", out_channels=1)
+    shrink = predict_array(
+        lambda t: t[..., :-1],
+        np.zeros((1, 32, 32), np.float32),
+        tile=32,
+        overlap=4,
+        device="cpu",
+        out_channels=1,
+    )
     with pytest.raises(InputError, match="N x C x H x W"):
         shrink.compute()
 
@@ -311,23 +360,40 @@ def test_blended_tiles_equal_whole_image_when_trim_covers_receptive_field(blend)
     net = SmallNet(cin=1, cout=1).eval()
     img = np.random.default_rng(5).random((1, 300, 300)).astype(np.float32)
     whole = _whole(net, img)
-    tiled = predict_array(net, img, tile=128, overlap=24, blend=blend, device="cpu",
-                          precision="fp32", out_channels=1).compute()
+    tiled = predict_array(
+        net, img, tile=128, overlap=24, blend=blend, device="cpu", precision="fp32", out_channels=1
+    ).compute()
     assert _interior_error(tiled, whole) <= 1e-3
     # without the margin the seams show (the margin is what makes it exact)
     if blend != "constant":
-        untrimmed = predict_array(net, img, tile=128, overlap=24, blend=blend, device="cpu",
-                                  precision="fp32", out_channels=1, trim=0).compute()
+        untrimmed = predict_array(
+            net,
+            img,
+            tile=128,
+            overlap=24,
+            blend=blend,
+            device="cpu",
+            precision="fp32",
+            out_channels=1,
+            trim=0,
+        ).compute()
         assert _interior_error(untrimmed, whole) > 1e-3
 
 
 def test_trim_is_validated():
     with pytest.raises(InputError, match="trim"):
-        predict_array(lambda t: t, _rand((1, 32, 32), (1, 32, 32)), tile=32, overlap=8, trim=5,
-                      out_channels=1)
+        predict_array(
+            lambda t: t, _rand((1, 32, 32), (1, 32, 32)), tile=32, overlap=8, trim=5, out_channels=1
+        )
     with pytest.raises(InputError, match="trim"):
-        predict_array(lambda t: t, _rand((1, 32, 32), (1, 32, 32)), tile=32, overlap=8, trim=-1,
-                      out_channels=1)
+        predict_array(
+            lambda t: t,
+            _rand((1, 32, 32), (1, 32, 32)),
+            tile=32,
+            overlap=8,
+            trim=-1,
+            out_channels=1,
+        )
 
 
 class InstanceNormNet(nn.Module):
@@ -336,8 +402,13 @@ class InstanceNormNet(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         torch.manual_seed(0)
-        self.net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.AvgPool2d(8), nn.InstanceNorm2d(4),
-                                 nn.Upsample(scale_factor=8), nn.Conv2d(4, 3, 1))
+        self.net = nn.Sequential(
+            nn.Conv2d(1, 4, 3, padding=1),
+            nn.AvgPool2d(8),
+            nn.InstanceNorm2d(4),
+            nn.Upsample(scale_factor=8),
+            nn.Conv2d(4, 3, 1),
+        )
 
     def forward(self, x):
         return self.net(x)
@@ -347,8 +418,9 @@ def test_out_channels_probed_at_tile_size_for_instance_norm_models():
     net = InstanceNormNet().eval()
     with pytest.raises(ValueError, match="spatial element"):
         net(torch.zeros(1, 1, 8, 8))
-    y = predict_array(net, _rand((1, 96, 96), (1, 48, 48)), tile=64, overlap=16, device="cpu",
-                      precision="fp32")
+    y = predict_array(
+        net, _rand((1, 96, 96), (1, 48, 48)), tile=64, overlap=16, device="cpu", precision="fp32"
+    )
     assert y.shape == (3, 96, 96)
     assert np.isfinite(y.compute()).all()
 
@@ -360,25 +432,39 @@ def test_empty_blocks_are_skipped_filled_and_counted():
     img[:, 80:100, 80:100] = 1.0  # signal in block (1, 1) only, beyond the 8 px halos of the others
     model = Counting()
     skipped_blocks(reset=True)
-    y = predict_array(lambda t: 2 * t + 5, da.from_array(img, chunks=(1, 64, 64)), tile=64,
-                      overlap=8, device="cpu", precision="fp32", out_channels=1, skip_below=0.5,
-                      fill=-1.0).compute()
+    y = predict_array(
+        lambda t: 2 * t + 5,
+        da.from_array(img, chunks=(1, 64, 64)),
+        tile=64,
+        overlap=8,
+        device="cpu",
+        precision="fp32",
+        out_channels=1,
+        skip_below=0.5,
+        fill=-1.0,
+    ).compute()
     assert skipped_blocks() == 3
     assert skipped_blocks(reset=True) == 3 and skipped_blocks() == 0
     np.testing.assert_array_equal(y[:, :64, :], -1.0)
     np.testing.assert_array_equal(y[:, 64:, :64], -1.0)
     np.testing.assert_array_equal(y[:, 64:, 64:], 2 * img[:, 64:, 64:] + 5)
     # nothing below the threshold: the model runs everywhere, nothing is counted
-    full = predict_array(model, da.from_array(img + 1, chunks=(1, 64, 64)), tile=64, overlap=8,
-                         device="cpu", skip_below=0.5).compute()
+    full = predict_array(
+        model,
+        da.from_array(img + 1, chunks=(1, 64, 64)),
+        tile=64,
+        overlap=8,
+        device="cpu",
+        skip_below=0.5,
+    ).compute()
     assert skipped_blocks() == 0 and full.shape == (1, 128, 128)
     with pytest.raises(InputError, match="skip_below"):
         predict_array(model, img, skip_below=float("nan"))
 
 
 def test_batch_size_auto():
-    """``batch_size="auto"`` (the default): 4 tiles off CUDA; on CUDA from the free memory and one tile's
-    measured footprint (the arithmetic is checked here; the measurement needs a GPU)."""
+    """``batch_size="auto"`` (the default): 4 tiles off CUDA; on CUDA from the free memory and one
+    tile's measured footprint (the arithmetic is checked here; the measurement needs a GPU)."""
     from omeloc.config import TilingConfig
     from omeloc.engine.inference import CPU_BATCH, batch_from_memory, resolve_batch_size
 
@@ -406,9 +492,15 @@ def test_cpu_instance_norms_run_as_group_norms_with_the_same_output():
     from omeloc.engine.cache import InstanceNormAsGroupNorm
 
     torch.manual_seed(0)
-    net = nn.Sequential(nn.Conv2d(1, 6, 3, padding=1), nn.InstanceNorm2d(6, affine=True),
-                        nn.LeakyReLU(), nn.Conv2d(6, 4, 3, padding=1), nn.InstanceNorm2d(4),
-                        nn.Conv2d(4, 2, 1), nn.InstanceNorm2d(2, track_running_stats=True)).eval()
+    net = nn.Sequential(
+        nn.Conv2d(1, 6, 3, padding=1),
+        nn.InstanceNorm2d(6, affine=True),
+        nn.LeakyReLU(),
+        nn.Conv2d(6, 4, 3, padding=1),
+        nn.InstanceNorm2d(4),
+        nn.Conv2d(4, 2, 1),
+        nn.InstanceNorm2d(2, track_running_stats=True),
+    ).eval()
     with torch.no_grad():
         net[1].weight.uniform_(0.5, 2.0)
         net[1].bias.uniform_(-1.0, 1.0)
@@ -419,10 +511,19 @@ def test_cpu_instance_norms_run_as_group_norms_with_the_same_output():
     assert sum(isinstance(m, nn.InstanceNorm2d) for m in net.modules()) == 3
     x = torch.rand(3, 1, 40, 56)
     with torch.no_grad():
-        torch.testing.assert_close(loaded(x.contiguous(memory_format=torch.channels_last)), net(x),
-                                   rtol=1e-4, atol=1e-4)
-    y = predict_array(net, x[:, 0:1].numpy()[0], tile=32, overlap=8, device="cpu", precision="fp32",
-                      blend="constant", trim=0).compute()
+        torch.testing.assert_close(
+            loaded(x.contiguous(memory_format=torch.channels_last)), net(x), rtol=1e-4, atol=1e-4
+        )
+    y = predict_array(
+        net,
+        x[:, 0:1].numpy()[0],
+        tile=32,
+        overlap=8,
+        device="cpu",
+        precision="fp32",
+        blend="constant",
+        trim=0,
+    ).compute()
     assert y.shape == (2, 40, 56) and np.isfinite(y).all()
     clear_model_cache()
 
@@ -451,10 +552,23 @@ def test_region_inferer_is_the_entry_predict_array_calls_with_hooks_around_it():
     tiles = TileSettings.of(32, 8, "cosine")
     plain = RegionInferer(ref, tiles, "cpu", "fp32", out_channels=1)
     np.testing.assert_array_equal(
-        plain(raw), predict_array(ref, raw, tile=32, overlap=8, blend="cosine", device="cpu",
-                                  precision="fp32", out_channels=1).compute())
-    hooked = pickle.loads(pickle.dumps(RegionInferer(ref, tiles, "cpu", "fp32", 1,
-                                                     normalize=Normalized(), finish=Shifted())))
+        plain(raw),
+        predict_array(
+            ref,
+            raw,
+            tile=32,
+            overlap=8,
+            blend="cosine",
+            device="cpu",
+            precision="fp32",
+            out_channels=1,
+        ).compute(),
+    )
+    hooked = pickle.loads(
+        pickle.dumps(
+            RegionInferer(ref, tiles, "cpu", "fp32", 1, normalize=Normalized(), finish=Shifted())
+        )
+    )
     core = (slice(8, 60), slice(0, 90))
     expected = 2 * Normalized()(raw) + 1
     np.testing.assert_allclose(hooked(raw, core), expected[:, 8:60], rtol=1e-6, atol=1e-5)
@@ -477,6 +591,7 @@ def test_tiles_are_padded_to_the_models_declared_minimum_and_step():
     assert tile_rules(MinTile()) == TileRules(step=8, min_size=48)
     assert tile_rules(Doubler()).step == 16 and tile_rules(lambda x: x) == TileRules()
     x = np.random.default_rng(0).random((1, 21, 30)).astype(np.float32)
-    y = predict_array(MinTile(), x, tile=64, overlap=8, device="cpu", precision="fp32",
-                      out_channels=1).compute()
+    y = predict_array(
+        MinTile(), x, tile=64, overlap=8, device="cpu", precision="fp32", out_channels=1
+    ).compute()
     np.testing.assert_allclose(y, 2 * x, rtol=1e-6)

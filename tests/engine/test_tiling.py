@@ -36,12 +36,15 @@ def test_tile_starts_cover_with_overlap(length, tile, data):
         assert (len(starts) - 1) * (tile - overlap) + tile < length + (tile - overlap)
 
 
-@pytest.mark.parametrize("shape,tile,overlap,n", [
-    ((40, 70), 32, 8, 2 * 3),
-    ((20, 30), 64, 16, 1),          # image smaller than the tile
-    ((128, 96), (64, 48), (16, 0), 3 * 2),
-    ((256, 256), 256, 32, 1),
-])
+@pytest.mark.parametrize(
+    "shape,tile,overlap,n",
+    [
+        ((40, 70), 32, 8, 2 * 3),
+        ((20, 30), 64, 16, 1),  # image smaller than the tile
+        ((128, 96), (64, 48), (16, 0), 3 * 2),
+        ((256, 256), 256, 32, 1),
+    ],
+)
 def test_tile_grid_counts_and_shapes(shape, tile, overlap, n):
     grid = tile_grid(shape, tile, overlap)
     assert len(grid) == n
@@ -73,7 +76,9 @@ def test_ramps_cross_fade_to_one(blend):
 def test_weight_map_outer_product_never_zero():
     m = weight_map((10, 20), "gaussian")
     assert m.shape == (10, 20) and m.min() > 0
-    np.testing.assert_allclose(m, np.outer(weight_profile(10, "gaussian"), weight_profile(20, "gaussian")))
+    np.testing.assert_allclose(
+        m, np.outer(weight_profile(10, "gaussian"), weight_profile(20, "gaussian"))
+    )
     assert weight_map((5, 6), "constant").min() == 1.0
 
 
@@ -142,8 +147,13 @@ def test_check_trim_defaults_and_limits():
 
 
 @settings(max_examples=150, deadline=None)
-@given(h=st.integers(1, 200), w=st.integers(1, 200), tile=st.integers(2, 64), data=st.data(),
-       blend=st.sampled_from(BLEND_MODES))
+@given(
+    h=st.integers(1, 200),
+    w=st.integers(1, 200),
+    tile=st.integers(2, 64),
+    data=st.data(),
+    blend=st.sampled_from(BLEND_MODES),
+)
 def test_trimmed_tiles_cover_every_pixel(h, w, tile, data, blend):
     """Zero-weight margins never leave a pixel uncovered: every trim <= overlap // 2 works."""
     overlap = data.draw(st.integers(0, tile - 1))

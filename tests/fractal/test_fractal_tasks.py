@@ -291,7 +291,9 @@ def test_bad_input_fails_in_one_line_and_leaves_the_plate_unchanged(
     assert tree_digest(plate) == before
 
 
-def test_a_per_image_task_refuses_while_a_plate_wide_run_holds_the_plate_lock(clean_plate, tmp_path):
+def test_a_per_image_task_refuses_while_a_plate_wide_run_holds_the_plate_lock(
+    clean_plate, tmp_path
+):
     """Per-image tasks lock their image; a live plate-wide writer's lock at the root stops them."""
     import socket
     import uuid
@@ -300,12 +302,22 @@ def test_a_per_image_task_refuses_while_a_plate_wide_run_holds_the_plate_lock(cl
 
     plate = tmp_path / "plate.zarr"
     shutil.copytree(clean_plate, plate)
-    holder = {"run_id": uuid.uuid4().hex, "purpose": "add_channel", "pid": os.getpid(),
-              "host": socket.gethostname(), "pid_start": process_start_time(os.getpid()),
-              "started": "now", "heartbeat": 0.0, "interval": 2.0}
+    holder = {
+        "run_id": uuid.uuid4().hex,
+        "purpose": "add_channel",
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "pid_start": process_start_time(os.getpid()),
+        "started": "now",
+        "heartbeat": 0.0,
+        "interval": 2.0,
+    }
     (plate / ".omeloc_lock").write_text(json.dumps(holder))  # this test process: alive
     before = tree_digest(plate)
-    rc, err, _ = _run("omeloc_predict", {"zarr_url": str(plate / "B" / "03" / "0"), "model": "unused"},
-                      tmp_path / "task")
+    rc, err, _ = _run(
+        "omeloc_predict",
+        {"zarr_url": str(plate / "B" / "03" / "0"), "model": "unused"},
+        tmp_path / "task",
+    )
     assert rc == 2 and "locked by a plate-wide omeloc run" in err, err[-2000:]
     assert tree_digest(plate) == before

@@ -1,10 +1,11 @@
-"""Run by the iohub side environment's Python (iohub 0.2 needs zarr 2, omeloc zarr 3): write or read a plate.
+"""Run by the iohub side environment's Python (iohub 0.2 needs zarr 2, omeloc zarr 3): write or read
+a plate.
 
     python interop_iohub.py write PLATE DATA.npy            # wells A/1, A/2 (field 0), TCZYX, channels actin, WAVE2
     python interop_iohub.py read PLATE IMAGE CHANNEL OUT.npy  # prints JSON; saves CHANNEL's level-0 pixels
 
 Only the standard library, numpy and iohub are used here: this file is not imported by the tests.
-"""
+"""  # noqa: E501
 
 from __future__ import annotations
 
@@ -29,9 +30,21 @@ def read(plate: str, image: str, channel: str, out: str) -> None:
         names = list(pos.channel_names)
         c_axis = [a.lower() for a in pos.axis_names].index("c")
         level0 = pos[pos.metadata.multiscales[0].datasets[0].path]  # "0", "s0", "scale0/image", ...
-        pixels = np.take(np.asarray(level0), names.index(channel), axis=c_axis) if channel in names else np.zeros(0)
+        pixels = (
+            np.take(np.asarray(level0), names.index(channel), axis=c_axis)
+            if channel in names
+            else np.zeros(0)
+        )
         np.save(out, pixels)
-        print(json.dumps({"positions": sorted(positions), "channel_names": names, "shape": list(level0.shape)}))
+        print(
+            json.dumps(
+                {
+                    "positions": sorted(positions),
+                    "channel_names": names,
+                    "shape": list(level0.shape),
+                }
+            )
+        )
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""Interoperability matrix: plates written by the real tools → omeloc train → predict → re-read by the real readers.
+"""Interoperability matrix: plates written by the real tools → omeloc train → predict → re-read by
+the real readers.
 
 Writers: omeloc, ome-zarr-py, ngff-zarr (NGFF 0.4 and 0.5, their default chunking, sharded,
 5D TCZYX), iohub 0.2 (in a side environment, see ``.ci/run``).  Readers: omeloc,
@@ -35,7 +36,8 @@ pytestmark = pytest.mark.slow
 CHANNELS = ("actin", "WAVE2")
 IOHUB_SCRIPT = Path(__file__).with_name("interop_iohub.py")
 
-# -- known gaps (each cell lists the ones it hits; the write-back's own are closed) ------------------
+
+# -- known gaps (each cell lists the ones it hits; the write-back's own are closed) ----------------
 def _says(pattern: str):
     return lambda err, plate: re.search(pattern, f"{type(err).__name__}: {err}") is not None
 
@@ -44,14 +46,22 @@ def _consolidated_shapes(doc: Path) -> dict[Path, Any]:
     """Array document → the shape a consolidated-metadata document ``doc`` records for it."""
     meta = json.loads(doc.read_text())
     if doc.name == ".zmetadata":
-        return {doc.parent / k: v.get("shape") for k, v in (meta.get("metadata") or {}).items()
-                if k.endswith(".zarray")}
+        return {
+            doc.parent / k: v.get("shape")
+            for k, v in (meta.get("metadata") or {}).items()
+            if k.endswith(".zarray")
+        }
     entries = (meta.get("consolidated_metadata") or {}).get("metadata") or {}
-    return {doc.parent / k / "zarr.json": v.get("shape") for k, v in entries.items() if v.get("node_type") == "array"}
+    return {
+        doc.parent / k / "zarr.json": v.get("shape")
+        for k, v in entries.items()
+        if v.get("node_type") == "array"
+    }
 
 
 def _stale_consolidated(plate: Path) -> list[Path]:
-    """Consolidated-metadata documents (root included) that record a shape or attributes a node no longer has."""
+    """Consolidated-metadata documents (root included) that record a shape or attributes a node
+    no longer has."""
     stale = []
     for doc in [*plate.rglob(".zmetadata"), *plate.rglob("zarr.json")]:
         for arr_doc, shape in _consolidated_shapes(doc).items():
@@ -61,21 +71,37 @@ def _stale_consolidated(plate: Path) -> list[Path]:
     return stale
 
 
-IOHUB_NESTED = (("third-party gap: iohub 0.2 cannot open a pyramid level stored at a nested path (ngff-zarr's "
-                 "'scale0/image'); it fails on the plate before omeloc touches it"),
-                _says(r"'ImageArray' has no attribute '_MEMBER_TYPE'"))
-NAPARI_IDENTITY = (("third-party gap: napari-ome-zarr 0.10 cannot read the 'identity' coordinateTransformations "
-                    "iohub writes (it fails on the plate before omeloc touches it)"),
-                   _says(r"no attribute 'affine_matrix'"))
+IOHUB_NESTED = (
+    (
+        "third-party gap: iohub 0.2 cannot open a pyramid level stored at a nested path "
+        "(ngff-zarr's 'scale0/image'); it fails on the plate before omeloc touches it"
+    ),
+    _says(r"'ImageArray' has no attribute '_MEMBER_TYPE'"),
+)
+NAPARI_IDENTITY = (
+    (
+        "third-party gap: napari-ome-zarr 0.10 cannot read the 'identity' "
+        "coordinateTransformations iohub writes (it fails on the plate before omeloc touches it)"
+    ),
+    _says(r"no attribute 'affine_matrix'"),
+)
 
 
 def iohub_python() -> str | None:
     """The side environment's Python with iohub 0.2 (built by .ci/run), if any."""
-    candidates = [os.environ.get("OMELOC_IOHUB_PYTHON"),
-                  str(Path.home() / ".cache" / "omeloc" / "iohub-venv" / "bin" / "python")]
+    candidates = [
+        os.environ.get("OMELOC_IOHUB_PYTHON"),
+        str(Path.home() / ".cache" / "omeloc" / "iohub-venv" / "bin" / "python"),
+    ]
     for cand in candidates:
         if cand and Path(cand).is_file():
-            probe = subprocess.run([cand, "-c", "import iohub"], check=False, capture_output=True, text=True, timeout=120)
+            probe = subprocess.run(
+                [cand, "-c", "import iohub"],
+                check=False,
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
             if probe.returncode == 0:
                 return cand
     return None
@@ -87,7 +113,9 @@ def _fields(shape: tuple[int, ...], seed: int) -> dict[str, np.ndarray]:
     out = {}
     for col in ("1", "2"):
         actin = rng.integers(200, 4000, shape).astype("uint16")
-        out[col] = np.stack([actin, (actin // 2 + 100).astype("uint16")], axis=-3)  # c before z, y, x
+        out[col] = np.stack(
+            [actin, (actin // 2 + 100).astype("uint16")], axis=-3
+        )  # c before z, y, x
     return out
 
 
@@ -96,7 +124,9 @@ def write_omeloc(path: Path, version: str) -> tuple[str, ...]:
     from omeloc.ngff.writer import write_plate
 
     images = {("A", c, "0"): d for c, d in _fields((96, 80), 1).items()}
-    write_plate(path, images, channel_names=list(CHANNELS), ngff_version=version, chunks=(48, 48), levels=2)
+    write_plate(
+        path, images, channel_names=list(CHANNELS), ngff_version=version, chunks=(48, 48), levels=2
+    )
     return CHANNELS
 
 
@@ -114,30 +144,59 @@ def write_ome_zarr_py(path: Path, version: str, *, omero: bool) -> tuple[str, ..
         write_image(data, image, axes="cyx", fmt=fmt)
         if omero:
             window = {"min": 0, "max": 65535, "start": 0, "end": 4000}
-            add_metadata(image, {"omero": {"channels": [{"label": n, "color": "FFFFFF", "window": window, "active": True}
-                                                        for n in CHANNELS]}})
+            add_metadata(
+                image,
+                {
+                    "omero": {
+                        "channels": [
+                            {"label": n, "color": "FFFFFF", "window": window, "active": True}
+                            for n in CHANNELS
+                        ]
+                    }
+                },
+            )
     return CHANNELS if omero else ("c0", "c1")
 
 
-def write_ngff_zarr(path: Path, version: str, *, omero: bool, five_d: bool = False) -> tuple[str, ...]:
+def write_ngff_zarr(
+    path: Path, version: str, *, omero: bool, five_d: bool = False
+) -> tuple[str, ...]:
     import ngff_zarr as nz
 
-    plate = nz.Plate(rows=[nz.PlateRow(name="A")], columns=[nz.PlateColumn(name="1"), nz.PlateColumn(name="2")],
-                     wells=[nz.PlateWell(path=f"A/{c}", rowIndex=0, columnIndex=i) for i, c in enumerate("12")],
-                     name="plate", field_count=1, version=version)
+    plate = nz.Plate(
+        rows=[nz.PlateRow(name="A")],
+        columns=[nz.PlateColumn(name="1"), nz.PlateColumn(name="2")],
+        wells=[nz.PlateWell(path=f"A/{c}", rowIndex=0, columnIndex=i) for i, c in enumerate("12")],
+        name="plate",
+        field_count=1,
+        version=version,
+    )
     dims = ["t", "c", "z", "y", "x"] if five_d else ["c", "y", "x"]
-    fields = _fields((2, 2, 96, 80), 3) if five_d else _fields((96, 80), 3)  # (t, c, z, y, x) or (c, y, x)
+    fields = (
+        _fields((2, 2, 96, 80), 3) if five_d else _fields((96, 80), 3)
+    )  # (t, c, z, y, x) or (c, y, x)
     with nz.HCSPlateWriter(str(path), plate) as writer:
         for col, data in fields.items():
             data = np.moveaxis(data, 2, 1) if five_d else data  # (t, z, c, y, x) → (t, c, z, y, x)
-            ms = nz.to_multiscales(nz.to_ngff_image(data, dims=dims), scale_factors=[2],
-                                   **({"chunks": 32} if five_d else {}))
+            ms = nz.to_multiscales(
+                nz.to_ngff_image(data, dims=dims),
+                scale_factors=[2],
+                **({"chunks": 32} if five_d else {}),
+            )
             if omero:
                 window = nz.OmeroWindow(min=0, max=65535, start=0, end=4000)
-                ms.metadata.omero = nz.Omero(channels=[nz.OmeroChannel(color="FFFFFF", window=window, label=n)
-                                                       for n in CHANNELS])
-            writer.write_well_image(multiscales=ms, row_name="A", column_name=col, field_index=0,
-                                    **({"chunks_per_shard": 2} if five_d else {}))
+                ms.metadata.omero = nz.Omero(
+                    channels=[
+                        nz.OmeroChannel(color="FFFFFF", window=window, label=n) for n in CHANNELS
+                    ]
+                )
+            writer.write_well_image(
+                multiscales=ms,
+                row_name="A",
+                column_name=col,
+                field_index=0,
+                **({"chunks_per_shard": 2} if five_d else {}),
+            )
     return CHANNELS if omero else ("c0", "c1")
 
 
@@ -151,12 +210,19 @@ def write_ngff_zarr_rechunked(path: Path) -> tuple[str, ...]:
 def write_iohub(path: Path) -> tuple[str, ...]:
     python = iohub_python()
     if python is None:
-        pytest.skip("iohub side environment missing (.ci/run builds it; or set OMELOC_IOHUB_PYTHON)")
+        pytest.skip(
+            "iohub side environment missing (.ci/run builds it; or set OMELOC_IOHUB_PYTHON)"
+        )
     fields = _fields((2, 2, 64, 64), 4)  # (t, z, c, y, x)
     data = np.stack([np.moveaxis(fields[c], 2, 1) for c in ("1", "2")])  # (wells, t, c, z, y, x)
     np.save(path.with_suffix(".npy"), data)
-    subprocess.run([python, str(IOHUB_SCRIPT), "write", str(path), str(path.with_suffix(".npy"))],
-                   check=True, capture_output=True, text=True, timeout=300)
+    subprocess.run(
+        [python, str(IOHUB_SCRIPT), "write", str(path), str(path.with_suffix(".npy"))],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     return CHANNELS
 
 
@@ -175,9 +241,13 @@ WRITERS = {
     "omeloc-0.5": Cell(lambda p: write_omeloc(p, "0.5"), 3),
     "ome-zarr-py-0.4-defaults": Cell(lambda p: write_ome_zarr_py(p, "0.4", omero=False), 2),
     "ome-zarr-py-0.5-omero": Cell(lambda p: write_ome_zarr_py(p, "0.5", omero=True), 3),
-    "ngff-zarr-0.4-defaults": Cell(lambda p: write_ngff_zarr(p, "0.4", omero=False), 2, read_gaps=(IOHUB_NESTED,)),
+    "ngff-zarr-0.4-defaults": Cell(
+        lambda p: write_ngff_zarr(p, "0.4", omero=False), 2, read_gaps=(IOHUB_NESTED,)
+    ),
     "ngff-zarr-0.5-omero": Cell(lambda p: write_ngff_zarr(p, "0.5", omero=True), 3),
-    "ngff-zarr-0.5-sharded-tczyx": Cell(lambda p: write_ngff_zarr(p, "0.5", omero=True, five_d=True), 3),
+    "ngff-zarr-0.5-sharded-tczyx": Cell(
+        lambda p: write_ngff_zarr(p, "0.5", omero=True, five_d=True), 3
+    ),
     "ngff-zarr-0.5-sharded-tczyx+rechunk": Cell(write_ngff_zarr_rechunked, 3),
     "iohub-0.4-TCZYX": Cell(write_iohub, 2, read_gaps=(NAPARI_IDENTITY,)),
 }
@@ -223,8 +293,19 @@ def outcome(request, tmp_path_factory) -> Outcome:
     plate = root / "plate.zarr"
     source, target = cell.write(plate)
     before = _originals(plate)
-    res = omeloc.train(plate, source, target, out=root / "model", steps=2, crop=32, batch_size=2, depth=2,
-                       base_channels=4, val_wells=["A2"], progress=False)
+    res = omeloc.train(
+        plate,
+        source,
+        target,
+        out=root / "model",
+        steps=2,
+        crop=32,
+        batch_size=2,
+        depth=2,
+        base_channels=4,
+        val_wells=["A2"],
+        progress=False,
+    )
     try:
         result = omeloc.predict(plate, res.checkpoint, progress=False)
     except OmelocError as err:
@@ -232,20 +313,33 @@ def outcome(request, tmp_path_factory) -> Outcome:
         if reason is None:
             raise
         after = _originals(plate)
-        assert all(after.get(k) == v for k, v in before.items()), "a refused write changed an original file"
+        assert all(after.get(k) == v for k, v in before.items()), (
+            "a refused write changed an original file"
+        )
         pytest.xfail(reason)
     after = _originals(plate)
     changed = [k for k, v in before.items() if after.get(k) != v]
     assert not changed, f"original chunk files rewritten: {changed[:5]}"
-    assert not _stale_consolidated(plate), "a consolidated document still records the old channel count"
+    assert not _stale_consolidated(plate), (
+        "a consolidated document still records the old channel count"
+    )
     image = "A/1/0"
     prov = omeloc.open_plate(plate).image(image).attrs["omeloc"]["channels"][result.name]
-    assert prov["model"] == "model" and prov["model_key"].startswith("checkpoint:")  # name and content key
+    assert prov["model"] == "model" and prov["model_key"].startswith(
+        "checkpoint:"
+    )  # name and content key
     assert any("had no omero metadata" in note for note in result.notes) == (source == "c0")
     truth = _new_channel_pixels(plate, image, result.channel_index)
     assert truth.size and np.isfinite(truth.astype("float64")).all() and truth.any()
-    return Outcome(plate=plate, image=image, name=result.name, index=result.channel_index,
-                   n_channels=result.channel_index + 1, truth=truth, cell=cell)
+    return Outcome(
+        plate=plate,
+        image=image,
+        name=result.name,
+        index=result.channel_index,
+        n_channels=result.channel_index + 1,
+        truth=truth,
+        cell=cell,
+    )
 
 
 # -- readers: each returns (channel names, the new channel's level-0 pixels) ---------------------
@@ -259,10 +353,14 @@ def read_ome_zarr_py(o: Outcome) -> tuple[list[str], np.ndarray]:
     from ome_zarr.reader import Reader
 
     node = next(iter(Reader(parse_url(str(o.plate / o.image)))()))
-    axes = [a["name"].lower() if isinstance(a, dict) else str(a).lower() for a in node.metadata["axes"]]
+    axes = [
+        a["name"].lower() if isinstance(a, dict) else str(a).lower() for a in node.metadata["axes"]
+    ]
     data = np.asarray(node.data[0])
     assert data.shape[axes.index("c")] == o.n_channels
-    return list(node.metadata.get("channel_names") or []), np.take(data, o.index, axis=axes.index("c"))
+    return list(node.metadata.get("channel_names") or []), np.take(
+        data, o.index, axis=axes.index("c")
+    )
 
 
 def read_ngff_zarr(o: Outcome) -> tuple[list[str], np.ndarray]:
@@ -298,7 +396,9 @@ def read_napari(o: Outcome) -> tuple[list[str], np.ndarray]:
     assert kind == "image" and c_axis is not None and level0.shape[c_axis] == o.n_channels
     names = kwargs.get("name")
     names = list(names) if isinstance(names, (list, tuple)) else [names]
-    prefix = re.compile(r"^[^:]*: ")  # napari-ome-zarr prefixes each layer name with the image's ("0: actin")
+    prefix = re.compile(
+        r"^[^:]*: "
+    )  # napari-ome-zarr prefixes each layer name with the image's ("0: actin")
     return [prefix.sub("", str(n), count=1) for n in names], np.take(level0, o.index, axis=c_axis)
 
 
@@ -307,18 +407,31 @@ def read_iohub(o: Outcome) -> tuple[list[str], np.ndarray]:
         pytest.skip("iohub 0.2 reads Zarr v2 (NGFF 0.4) only")
     python = iohub_python()
     if python is None:
-        pytest.skip("iohub side environment missing (.ci/run builds it; or set OMELOC_IOHUB_PYTHON)")
+        pytest.skip(
+            "iohub side environment missing (.ci/run builds it; or set OMELOC_IOHUB_PYTHON)"
+        )
     out = o.plate.with_name(f"iohub-{o.index}.npy")
-    proc = subprocess.run([python, str(IOHUB_SCRIPT), "read", str(o.plate), o.image, o.name, str(out)],
-                          check=False, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [python, str(IOHUB_SCRIPT), "read", str(o.plate), o.image, o.name, str(out)],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     seen = json.loads(proc.stdout.strip().splitlines()[-1])
     assert o.image in seen["positions"], seen
     return seen["channel_names"], np.load(out)
 
 
-READERS = {"omeloc": read_omeloc, "ome-zarr-py": read_ome_zarr_py, "ngff-zarr": read_ngff_zarr,
-           "bioio-ome-zarr": read_bioio, "napari-ome-zarr": read_napari, "iohub": read_iohub}
+READERS = {
+    "omeloc": read_omeloc,
+    "ome-zarr-py": read_ome_zarr_py,
+    "ngff-zarr": read_ngff_zarr,
+    "bioio-ome-zarr": read_bioio,
+    "napari-ome-zarr": read_napari,
+    "iohub": read_iohub,
+}
 
 
 @pytest.mark.parametrize("reader", list(READERS))
@@ -355,9 +468,18 @@ def test_upper_case_tczyx_plate_opens_describes_selects_and_predicts(tmp_path, v
     from omeloc.ngff.writer import write_plate
 
     rng = np.random.default_rng(5)
-    images = {("A", c, "0"): rng.integers(100, 4000, (2, 2, 2, 64, 64)).astype("uint16") for c in "12"}
-    plate = write_plate(tmp_path / "p.zarr", images, channel_names=list(CHANNELS), ngff_version=version,
-                        axes="tczyx", chunks=(32, 32), levels=2)
+    images = {
+        ("A", c, "0"): rng.integers(100, 4000, (2, 2, 2, 64, 64)).astype("uint16") for c in "12"
+    }
+    plate = write_plate(
+        tmp_path / "p.zarr",
+        images,
+        channel_names=list(CHANNELS),
+        ngff_version=version,
+        axes="tczyx",
+        chunks=(32, 32),
+        levels=2,
+    )
     _upper_case_axes(plate)
     img = omeloc.open_plate(plate).image("A/1/0")
     assert img.axes == tuple("tczyx") and img.axis_names == tuple("TCZYX")
@@ -367,8 +489,19 @@ def test_upper_case_tczyx_plate_opens_describes_selects_and_predicts(tmp_path, v
     text = capsys.readouterr().out
     assert "axes     tczyx (stored as T, C, Z, Y, X)" in text and "append   yes" in text
     before = _originals(plate)
-    res = omeloc.train(plate, "actin", "WAVE2", out=tmp_path / "m", steps=2, crop=32, batch_size=2, depth=2,
-                       base_channels=4, val_wells=["A2"], progress=False)
+    res = omeloc.train(
+        plate,
+        "actin",
+        "WAVE2",
+        out=tmp_path / "m",
+        steps=2,
+        crop=32,
+        batch_size=2,
+        depth=2,
+        base_channels=4,
+        val_wells=["A2"],
+        progress=False,
+    )
     result = omeloc.predict(plate, res.checkpoint, progress=False)  # plane by plane: every t and z
     after = _originals(plate)
     assert all(after[k] == v for k, v in before.items())
@@ -379,11 +512,18 @@ def test_upper_case_tczyx_plate_opens_describes_selects_and_predicts(tmp_path, v
 def test_axes_found_by_type_whatever_their_names(tmp_path):
     from omeloc.ngff.writer import write_image
 
-    path = write_image(tmp_path / "img.zarr", np.arange(2 * 8 * 8, dtype="uint16").reshape(2, 8, 8),
-                       channel_names=["a", "b"], levels=1)
+    path = write_image(
+        tmp_path / "img.zarr",
+        np.arange(2 * 8 * 8, dtype="uint16").reshape(2, 8, 8),
+        channel_names=["a", "b"],
+        levels=1,
+    )
     meta = json.loads((path / "zarr.json").read_text())
     meta["attributes"]["ome"]["multiscales"][0]["axes"] = [
-        {"name": "wavelength", "type": "channel"}, {"name": "row", "type": "space"}, {"name": "col", "type": "space"}]
+        {"name": "wavelength", "type": "channel"},
+        {"name": "row", "type": "space"},
+        {"name": "col", "type": "space"},
+    ]
     (path / "zarr.json").write_text(json.dumps(meta))
     img = omeloc.open_image(path)
     assert img.axes == ("c", "y", "x") and img.channel("b").shape == (8, 8)
@@ -394,18 +534,31 @@ def test_axes_found_by_type_whatever_their_names(tmp_path):
 
 
 # -- the one layout rule (info now; the write-back's preflight once it asks the same function) ---
-def _chunked_image(path: Path, n_c: int, chunk_c: int, shard_c: int | None = None, virtual: tuple[str, ...] = ()):
-    """A Zarr v3 image of ``n_c`` channels stored ``chunk_c`` (and ``shard_c``) channels per chunk (shard)."""
+def _chunked_image(
+    path: Path, n_c: int, chunk_c: int, shard_c: int | None = None, virtual: tuple[str, ...] = ()
+):
+    """A Zarr v3 image of ``n_c`` channels stored ``chunk_c`` (and ``shard_c``) channels per
+    chunk (shard)."""
     from ome_zarr.format import FormatV05
     from ome_zarr.writer import add_metadata, write_multiscales_metadata
 
     group = zarr.open_group(str(path), mode="w", zarr_format=3)
     shards = (shard_c, 32, 32) if shard_c else None
-    arr = group.create_array("0", shape=(n_c, 32, 32), chunks=(chunk_c, 16, 16), shards=shards, dtype="uint16",
-                             dimension_names=["c", "y", "x"])
+    arr = group.create_array(
+        "0",
+        shape=(n_c, 32, 32),
+        chunks=(chunk_c, 16, 16),
+        shards=shards,
+        dtype="uint16",
+        dimension_names=["c", "y", "x"],
+    )
     arr[...] = 1
-    write_multiscales_metadata(group, [{"path": "0", "coordinateTransformations": [{"type": "scale",
-                               "scale": [1, 1, 1]}]}], fmt=FormatV05(), axes=["c", "y", "x"])
+    write_multiscales_metadata(
+        group,
+        [{"path": "0", "coordinateTransformations": [{"type": "scale", "scale": [1, 1, 1]}]}],
+        fmt=FormatV05(),
+        axes=["c", "y", "x"],
+    )
     names = [f"ch{i}" for i in range(n_c)]
     add_metadata(group, {"omero": {"channels": [{"label": n, "color": "FFFFFF"} for n in names]}})
     if virtual:
@@ -413,7 +566,9 @@ def _chunked_image(path: Path, n_c: int, chunk_c: int, shard_c: int | None = Non
     return path
 
 
-def test_layout_rule_accepts_k_channels_per_chunk_when_the_new_file_holds_no_original(tmp_path, capsys):
+def test_layout_rule_accepts_k_channels_per_chunk_when_the_new_file_holds_no_original(
+    tmp_path, capsys
+):
     from omeloc.cli import main
     from omeloc.ngff.info import describe
     from omeloc.ngff.layout import append_problems, shared_channels, write_problems
@@ -421,23 +576,41 @@ def test_layout_rule_accepts_k_channels_per_chunk_when_the_new_file_holds_no_ori
     ok = omeloc.open_image(_chunked_image(tmp_path / "ok.zarr", n_c=2, chunk_c=2))
     assert append_problems(ok) == [] and shared_channels(ok) == {0: ()}
     assert main(["info", str(tmp_path / "ok.zarr")]) == 0
-    assert "append   yes" in capsys.readouterr().out and describe(tmp_path / "ok.zarr")["channels_per_file"] == 2
+    assert (
+        "append   yes" in capsys.readouterr().out
+        and describe(tmp_path / "ok.zarr")["channels_per_file"] == 2
+    )
 
     odd = omeloc.open_image(_chunked_image(tmp_path / "odd.zarr", n_c=3, chunk_c=2))
-    assert append_problems(odd) == [("level '0': 3 channels in chunks of 2 along c: the new channel's chunk file "
-                                     "holds original channel(s) 2")]
+    assert append_problems(odd) == [
+        (
+            "level '0': 3 channels in chunks of 2 along c: the new channel's chunk file "
+            "holds original channel(s) 2"
+        )
+    ]
     assert main(["info", str(tmp_path / "odd.zarr")]) == 0
     assert "append   NO: " in capsys.readouterr().out
 
     # channel 2 was written by omeloc: its chunk may be rewritten (its old bytes go to the journal)
-    virt = omeloc.open_image(_chunked_image(tmp_path / "virt.zarr", n_c=3, chunk_c=2, virtual=("ch2",)))
+    virt = omeloc.open_image(
+        _chunked_image(tmp_path / "virt.zarr", n_c=3, chunk_c=2, virtual=("ch2",))
+    )
     assert append_problems(virt) == [] and shared_channels(virt) == {0: (2,)}
-    assert write_problems(virt, 2) == [] and "holds original channel(s) 0" in write_problems(virt, 1)[0]
+    assert (
+        write_problems(virt, 2) == []
+        and "holds original channel(s) 0" in write_problems(virt, 1)[0]
+    )
 
     sharded = omeloc.open_image(_chunked_image(tmp_path / "sh.zarr", n_c=3, chunk_c=1, shard_c=2))
-    assert "3 channels in shards of 2 along c" in append_problems(sharded)[0]  # the shard is the file
-    assert append_problems(omeloc.open_image(_chunked_image(tmp_path / "sh2.zarr", n_c=3, chunk_c=1,
-                                                            shard_c=3))) == []
+    assert (
+        "3 channels in shards of 2 along c" in append_problems(sharded)[0]
+    )  # the shard is the file
+    assert (
+        append_problems(
+            omeloc.open_image(_chunked_image(tmp_path / "sh2.zarr", n_c=3, chunk_c=1, shard_c=3))
+        )
+        == []
+    )
 
 
 # -- rechunk keeps sharding and compression --------------------------------------------------------
@@ -450,7 +623,11 @@ def test_rechunk_keeps_sharding_and_compression(tmp_path):
     a, b = omeloc.open_plate(src).image("A/2/0"), omeloc.open_plate(dst).image("A/2/0")
     for level in range(len(a.level_paths)):
         sa, sb = a.zarr_array(level), b.zarr_array(level)
-        assert sa.shards is not None and sa.shards[1] == 2 and sb.shards == (sa.shards[0], 1, *sa.shards[2:])
+        assert (
+            sa.shards is not None
+            and sa.shards[1] == 2
+            and sb.shards == (sa.shards[0], 1, *sa.shards[2:])
+        )
         assert sb.chunks == (sa.chunks[0], 1, *sa.chunks[2:])
         assert sb.compressors == sa.compressors and sb.serializer == sa.serializer
         np.testing.assert_array_equal(sb[...], sa[...])
@@ -468,7 +645,9 @@ def _wrapper(path: Path, n_series: int, listed: list[str] | None = None) -> dict
     data = {}
     for i in range(n_series):
         data[str(i)] = np.full((2, 16, 16), i, "uint16")
-        write_image(path / str(i), data[str(i)], channel_names=["a", "b"], ngff_version="0.4", levels=1)
+        write_image(
+            path / str(i), data[str(i)], channel_names=["a", "b"], ngff_version="0.4", levels=1
+        )
     if listed is not None:
         root.create_group("OME", attributes={"series": listed})
     return data
@@ -480,7 +659,10 @@ def test_bioformats2raw_wrapper_follows_its_series(tmp_path, capsys):
     _wrapper(tmp_path / "one.zarr", 1)
     assert omeloc.open_plate(tmp_path / "one.zarr").images[0].url.endswith("one.zarr/0")
     data = _wrapper(tmp_path / "two.zarr", 2)
-    with pytest.raises(InputError, match=r"bioformats2raw wrapper with 2 series \(0, 1\)\. Choose one with --series"):
+    with pytest.raises(
+        InputError,
+        match=r"bioformats2raw wrapper with 2 series \(0, 1\)\. Choose one with --series",
+    ):
         omeloc.open_plate(tmp_path / "two.zarr")
     assert main(["info", str(tmp_path / "two.zarr")]) == 2
     err = capsys.readouterr().err
@@ -492,7 +674,9 @@ def test_bioformats2raw_wrapper_follows_its_series(tmp_path, capsys):
     with pytest.raises(InputError, match="has no series '7'. Series: 0, 1"):
         omeloc.open_plate(tmp_path / "two.zarr", series="7")
     _wrapper(tmp_path / "listed.zarr", 2, listed=["1"])  # the OME group's series list wins
-    np.testing.assert_array_equal(omeloc.open_plate(tmp_path / "listed.zarr").images[0].level(0).compute(), data["1"])
+    np.testing.assert_array_equal(
+        omeloc.open_plate(tmp_path / "listed.zarr").images[0].level(0).compute(), data["1"]
+    )
 
 
 def test_zipped_ome_zarr_opens_by_plain_path_and_refuses_writes(tmp_path, capsys):
@@ -503,16 +687,35 @@ def test_zipped_ome_zarr_opens_by_plain_path_and_refuses_writes(tmp_path, capsys
     write_ngff_zarr(ozx, "0.5", omero=True)  # ngff-zarr writes RFC-9 zips itself
     zipped = ozx.read_bytes()
     plate = omeloc.open_plate(ozx)
-    assert plate.channel_names == CHANNELS and [w.name for w in plate.wells.values()] == ["A1", "A2"]
+    assert plate.channel_names == CHANNELS and [w.name for w in plate.wells.values()] == [
+        "A1",
+        "A2",
+    ]
     field = omeloc.open_plate(ozx / "A" / "2" / "0").images[0]
     np.testing.assert_array_equal(field.level(0).compute(), plate.image("A/2/0").level(0).compute())
     assert main(["info", str(ozx)]) == 0 and "plate.ozx: OME-Zarr plate" in capsys.readouterr().out
-    copy = omeloc.rechunk(ozx, tmp_path / "plate.zarr")  # the way out: a folder omeloc can write into
-    assert omeloc.describe(copy)["append_friendly"] and omeloc.open_plate(copy).channel_names == CHANNELS
+    copy = omeloc.rechunk(
+        ozx, tmp_path / "plate.zarr"
+    )  # the way out: a folder omeloc can write into
+    assert (
+        omeloc.describe(copy)["append_friendly"]
+        and omeloc.open_plate(copy).channel_names == CHANNELS
+    )
     with pytest.raises(ReadOnlyStoreError, match=r"zipped OME-Zarr.*Unzip it"):
         check_writable(ozx / "A" / "1" / "0")
-    res = omeloc.train(ozx, "actin", "WAVE2", out=tmp_path / "m", steps=1, crop=32, batch_size=2, depth=2,
-                       base_channels=4, val_wells=["A2"], progress=False)
+    res = omeloc.train(
+        ozx,
+        "actin",
+        "WAVE2",
+        out=tmp_path / "m",
+        steps=1,
+        crop=32,
+        batch_size=2,
+        depth=2,
+        base_channels=4,
+        val_wells=["A2"],
+        progress=False,
+    )
     with pytest.raises(ReadOnlyStoreError, match=r"zipped OME-Zarr.*Unzip it"):
         omeloc.predict(ozx, res.checkpoint, progress=False)
     assert ozx.read_bytes() == zipped
@@ -535,7 +738,9 @@ def test_consolidated_documents_below_the_root_are_refreshed(tmp_path, version):
     level0 = omeloc.open_plate(plate).image("A/1/0").level_paths[0]
     arr = zarr.open_array(str(image / level0), mode="r+")
     arr.resize((3, *arr.shape[1:]))  # what the write-back does to every level
-    assert zarr.open_group(str(image), mode="r")[level0].shape[0] == 2  # stale: zarr trusts the image's copy
+    assert (
+        zarr.open_group(str(image), mode="r")[level0].shape[0] == 2
+    )  # stale: zarr trusts the image's copy
 
     def read(key: str):
         doc = plate / key
@@ -544,7 +749,9 @@ def test_consolidated_documents_below_the_root_are_refreshed(tmp_path, version):
     refreshed = 0
     for key in consolidated_doc_keys(["A/1/0"], zf):
         base = key.rsplit("/", 1)[0] if "/" in key else ""
-        new = refresh_consolidated(read(key), zf, lambda rel, base=base: read(join_path("", base, rel)))
+        new = refresh_consolidated(
+            read(key), zf, lambda rel, base=base: read(join_path("", base, rel))
+        )
         if new is not None and new != read(key):
             (plate / key).write_text(json.dumps(new))
             refreshed += 1
@@ -555,16 +762,33 @@ def test_consolidated_documents_below_the_root_are_refreshed(tmp_path, version):
     assert not _stale_consolidated(plate)
 
 
-# -- provenance: the checkpoint's name and content key, its path only as given -------------------------
+# -- provenance: the checkpoint's name and content key, its path only as given ---------------------
 def test_provenance_records_checkpoint_name_and_key_not_a_resolved_path(tmp_path, monkeypatch):
     from omeloc.ngff.writer import write_plate
 
     images = {("A", c, "0"): d for c, d in _fields((64, 64), 6).items()}
-    plate = write_plate(tmp_path / "p.zarr", images, channel_names=list(CHANNELS), chunks=(32, 32), levels=1)
+    plate = write_plate(
+        tmp_path / "p.zarr", images, channel_names=list(CHANNELS), chunks=(32, 32), levels=1
+    )
     monkeypatch.chdir(tmp_path)
-    res = omeloc.train("p.zarr", "actin", "WAVE2", out="ckpt", steps=1, crop=32, batch_size=2, depth=2,
-                       base_channels=4, val_wells=["A2"], progress=False)
+    res = omeloc.train(
+        "p.zarr",
+        "actin",
+        "WAVE2",
+        out="ckpt",
+        steps=1,
+        crop=32,
+        batch_size=2,
+        depth=2,
+        base_channels=4,
+        val_wells=["A2"],
+        progress=False,
+    )
     result = omeloc.predict("p.zarr", "ckpt", progress=False)
     prov = omeloc.open_plate(plate).image("A/1/0").attrs["omeloc"]["channels"][result.name]
-    assert prov["model"] == "ckpt" and prov["model_path"] == "ckpt" and prov["model_key"].startswith("checkpoint:")
+    assert (
+        prov["model"] == "ckpt"
+        and prov["model_path"] == "ckpt"
+        and prov["model_key"].startswith("checkpoint:")
+    )
     assert str(tmp_path) not in json.dumps(prov) and Path(res.checkpoint).name == "ckpt"

@@ -11,8 +11,20 @@ import omeloc
 
 #: third-party packages of the optional extras (fractal, bmz, napari): a submodule that needs one
 #: that is not installed is skipped, nothing else
-OPTIONAL = ("fractal_task_tools", "ngio", "anndata", "bioimageio", "onnx", "onnxruntime", "magicgui",
-            "qtpy", "PyQt5", "PyQt6", "napari", "pandas")
+OPTIONAL = (
+    "fractal_task_tools",
+    "ngio",
+    "anndata",
+    "bioimageio",
+    "onnx",
+    "onnxruntime",
+    "magicgui",
+    "qtpy",
+    "PyQt5",
+    "PyQt6",
+    "napari",
+    "pandas",
+)
 
 
 def test_exports_are_not_shadowed_by_submodules():
@@ -24,7 +36,9 @@ def test_exports_are_not_shadowed_by_submodules():
                 raise
     for name in omeloc.__all__:
         value = getattr(omeloc, name)
-        assert not isinstance(value, types.ModuleType), f"omeloc.{name} is a module, not the exported object"
+        assert not isinstance(value, types.ModuleType), (
+            f"omeloc.{name} is a module, not the exported object"
+        )
 
 
 def test_public_functions_have_docstrings():

@@ -6,7 +6,8 @@ The README's distributed section is exactly what these tests run:
     dask worker tcp://127.0.0.1:PORT --nworkers 2 --nthreads 1 --resources GPU=1 &
     omeloc predict plate.zarr --model ck --scheduler tcp://127.0.0.1:PORT
 
-(on CPU here: ``--resources GPU=1`` is what a GPU node advertises; the annotation logic is the same).
+(on CPU here: ``--resources GPU=1`` is what a GPU node advertises; the annotation logic is the
+same).
 """
 
 from __future__ import annotations
@@ -45,20 +46,52 @@ def _env(**extra: str) -> dict[str, str]:
 
 
 @contextmanager
-def cluster(tmp_path: Path, *, resources: str | None = "GPU=1", nworkers: int = 2, worker_env: dict | None = None,
-            worker_prefix: list[str] | None = None):
-    """A scheduler and a worker command (``nworkers`` processes) on 127.0.0.1; yields the address."""
+def cluster(
+    tmp_path: Path,
+    *,
+    resources: str | None = "GPU=1",
+    nworkers: int = 2,
+    worker_env: dict | None = None,
+    worker_prefix: list[str] | None = None,
+):
+    """A scheduler and a worker command (``nworkers`` processes) on 127.0.0.1; yields the
+    address."""
     port = _free_port()
     address = f"tcp://127.0.0.1:{port}"
     log = open(tmp_path / "cluster.log", "w")
-    procs = [subprocess.Popen([DASK, "scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"],
-                              stdout=log, stderr=log, env=_env(), start_new_session=True)]
-    worker = [DASK, "worker", address, "--nworkers", str(nworkers), "--nthreads", "1", "--no-dashboard",
-              "--memory-limit", "2GiB"]
+    procs = [
+        subprocess.Popen(
+            [DASK, "scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"],
+            stdout=log,
+            stderr=log,
+            env=_env(),
+            start_new_session=True,
+        )
+    ]
+    worker = [
+        DASK,
+        "worker",
+        address,
+        "--nworkers",
+        str(nworkers),
+        "--nthreads",
+        "1",
+        "--no-dashboard",
+        "--memory-limit",
+        "2GiB",
+    ]
     if resources:
         worker += ["--resources", resources]
-    procs.append(subprocess.Popen([*(worker_prefix or []), *worker], stdout=log, stderr=log,
-                                  env=_env(**(worker_env or {})), start_new_session=True, cwd=tmp_path))
+    procs.append(
+        subprocess.Popen(
+            [*(worker_prefix or []), *worker],
+            stdout=log,
+            stderr=log,
+            env=_env(**(worker_env or {})),
+            start_new_session=True,
+            cwd=tmp_path,
+        )
+    )
     try:
         from distributed import Client
 
@@ -77,9 +110,18 @@ def cluster(tmp_path: Path, *, resources: str | None = "GPU=1", nworkers: int = 
         log.close()
 
 
-def _omeloc(*argv: str, env: dict | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "omeloc.cli", "-q", *argv], capture_output=True, text=True,
-                          timeout=300, env=env or _env(), cwd=cwd, check=False)
+def _omeloc(
+    *argv: str, env: dict | None = None, cwd: Path | None = None
+) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "omeloc.cli", "-q", *argv],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env or _env(),
+        cwd=cwd,
+        check=False,
+    )
 
 
 def _phase(plate: Path) -> str | None:
@@ -118,7 +160,10 @@ def test_a_worker_killed_mid_run_moves_its_task(setup, tmp_path):
     plate = tmp_path / "plate.zarr"
     shutil.copytree(plate0, plate)
     marker = tmp_path / "killed-once"
-    with cluster(tmp_path, worker_env={"OMELOC_TEST_KILL_WORKER_ONCE": str(marker)}) as (address, _):
+    with cluster(tmp_path, worker_env={"OMELOC_TEST_KILL_WORKER_ONCE": str(marker)}) as (
+        address,
+        _,
+    ):
         # a driver process of its own (with the driver in the test process: 45 s instead of 11)
         proc = _omeloc("predict", str(plate), "--model", str(ckpt), "--scheduler", address)
     assert marker.exists(), "no worker was killed: the test did not test anything"
@@ -132,14 +177,32 @@ def test_the_scheduler_gone_mid_run_is_one_line_and_the_plate_recovers(setup, tm
     plate = tmp_path / "plate.zarr"
     shutil.copytree(plate0, plate)
     before = tree_digest(plate)
-    # before: the driver holds still once the levels are resized; during: the inference tasks hold still
-    driver_env, worker_env, after = (({"OMELOC_TEST_PAUSE_AT": "resized", "OMELOC_TEST_PAUSE_SECONDS": "8"}, {}, 0.0)
-                                     if when == "before-the-pixels" else
-                                     ({}, {"OMELOC_TEST_PAUSE_AT": "predict_block", "OMELOC_TEST_PAUSE_SECONDS": "3"}, 1.0))
+    # before: the driver holds still once the levels are resized; during: the inference tasks hold
+    # still
+    driver_env, worker_env, after = (
+        ({"OMELOC_TEST_PAUSE_AT": "resized", "OMELOC_TEST_PAUSE_SECONDS": "8"}, {}, 0.0)
+        if when == "before-the-pixels"
+        else ({}, {"OMELOC_TEST_PAUSE_AT": "predict_block", "OMELOC_TEST_PAUSE_SECONDS": "3"}, 1.0)
+    )
     with cluster(tmp_path, worker_env=worker_env) as (address, procs):
-        run = subprocess.Popen([sys.executable, "-m", "omeloc.cli", "-q", "predict", str(plate), "--model", str(ckpt),
-                                "--scheduler", address], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               env=_env(**driver_env))
+        run = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "omeloc.cli",
+                "-q",
+                "predict",
+                str(plate),
+                "--model",
+                str(ckpt),
+                "--scheduler",
+                address,
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=_env(**driver_env),
+        )
         deadline = time.time() + 120
         while _phase(plate) != "resized":
             assert run.poll() is None, run.communicate()
@@ -159,8 +222,13 @@ def test_the_scheduler_gone_mid_run_is_one_line_and_the_plate_recovers(setup, tm
 
 def test_a_checkpoint_the_workers_cannot_read_is_refused_before_any_write(setup, tmp_path):
     plate0, ckpt, _ = setup
-    if shutil.which("unshare") is None or subprocess.run(
-            ["unshare", "-m", "--propagation", "private", "true"], capture_output=True, check=False).returncode != 0:
+    if (
+        shutil.which("unshare") is None
+        or subprocess.run(
+            ["unshare", "-m", "--propagation", "private", "true"], capture_output=True, check=False
+        ).returncode
+        != 0
+    ):
         pytest.skip("needs unshare -m (a mount namespace) to hide the checkpoint from the workers")
     plate = tmp_path / "plate.zarr"
     shutil.copytree(plate0, plate)
@@ -169,12 +237,27 @@ def test_a_checkpoint_the_workers_cannot_read_is_refused_before_any_write(setup,
     shutil.copytree(ckpt, hidden / "ck")
     # the workers run in a mount namespace where the checkpoint's folder is an empty tmpfs:
     # what a worker on another node sees when the checkpoint lies on the driver's local disk
-    prefix = ["unshare", "-m", "--propagation", "private", "sh", "-c",
-              f'mount -t tmpfs none "{hidden}" && exec "$0" "$@"']
+    prefix = [
+        "unshare",
+        "-m",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        f'mount -t tmpfs none "{hidden}" && exec "$0" "$@"',
+    ]
     with cluster(tmp_path, worker_prefix=prefix) as (address, _):
-        # a driver that reaches the write (the lock, the journal) dies there: exit 2 proves the refusal came first
-        proc = _omeloc("predict", str(plate), "--model", str(hidden / "ck"), "--scheduler", address,
-                       env=_env(OMELOC_TEST_KILL_AT="before_lock"))
+        # a driver that reaches the write (the lock, the journal) dies there: exit 2 proves the
+        # refusal came first
+        proc = _omeloc(
+            "predict",
+            str(plate),
+            "--model",
+            str(hidden / "ck"),
+            "--scheduler",
+            address,
+            env=_env(OMELOC_TEST_KILL_AT="before_lock"),
+        )
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and str(hidden / "ck") in lines[0], proc.stderr
@@ -194,8 +277,12 @@ def _most_at_once(spans: list[tuple[float, float]], slack: float = 0.05) -> int:
     return max(sum(1 for a, b in inner if a <= t < b) for t, _ in inner)
 
 
-@pytest.mark.parametrize(("gpus", "at_once"), [(1, 1), (2, 2)], ids=["GPU=1-one-at-a-time", "GPU=2-two-at-once"])
-def test_inference_tasks_per_worker_follow_its_gpu_resource(setup, tmp_path, monkeypatch, gpus, at_once):
+@pytest.mark.parametrize(
+    ("gpus", "at_once"), [(1, 1), (2, 2)], ids=["GPU=1-one-at-a-time", "GPU=2-two-at-once"]
+)
+def test_inference_tasks_per_worker_follow_its_gpu_resource(
+    setup, tmp_path, monkeypatch, gpus, at_once
+):
     """A worker with two threads runs one inference task at a time per GPU unit it advertises.
 
     ``dask worker --nthreads 2 --resources GPU=2`` (here a LocalCluster, on CPU) runs two
@@ -211,13 +298,26 @@ def test_inference_tasks_per_worker_follow_its_gpu_resource(setup, tmp_path, mon
     shutil.copytree(plate0, plate)
     monkeypatch.setenv("OMELOC_TEST_PAUSE_AT", "predict_block")  # the worker processes inherit it
     monkeypatch.setenv("OMELOC_TEST_PAUSE_SECONDS", "0.5")
-    with LocalCluster(n_workers=1, threads_per_worker=2, processes=True, resources={"GPU": gpus},
-                      dashboard_address=None) as lc, Client(lc) as client:
+    with (
+        LocalCluster(
+            n_workers=1,
+            threads_per_worker=2,
+            processes=True,
+            resources={"GPU": gpus},
+            dashboard_address=None,
+        ) as lc,
+        Client(lc) as client,
+    ):
         with get_task_stream(client=client) as stream:
             omeloc.predict(plate, ckpt, client=client, progress=False)
         loads = client.run(model_loads)
-    spans = [(s["start"], s["stop"]) for task in stream.data if "omeloc-region-" in str(task["key"])
-             for s in task["startstops"] if s["action"] == "compute"]
+    spans = [
+        (s["start"], s["stop"])
+        for task in stream.data
+        if "omeloc-region-" in str(task["key"])
+        for s in task["startstops"]
+        if s["action"] == "compute"
+    ]
     assert len(spans) == 4, spans  # one inference task per image
     assert _most_at_once(spans) == at_once, spans
     assert list(loads.values()) == [1], loads
@@ -243,14 +343,23 @@ def test_only_a_lost_scheduler_becomes_a_scheduler_error():
     from omeloc.compute import scheduler_errors
     from omeloc.errors import CorruptDataError, SchedulerError
 
-    connected = SimpleNamespace(status="running", scheduler=SimpleNamespace(address="tcp://10.0.0.1:8786"))
-    gone = SimpleNamespace(status="closed", scheduler=SimpleNamespace(address="tcp://10.0.0.1:8786"))
+    connected = SimpleNamespace(
+        status="running", scheduler=SimpleNamespace(address="tcp://10.0.0.1:8786")
+    )
+    gone = SimpleNamespace(
+        status="closed", scheduler=SimpleNamespace(address="tcp://10.0.0.1:8786")
+    )
     with pytest.raises(FileNotFoundError), scheduler_errors(connected):
         raise FileNotFoundError("a task's own error")  # the scheduler is fine: not its fault
     with pytest.raises(CorruptDataError), scheduler_errors(gone):
         raise CorruptDataError("omeloc's own error, already one line")
-    for client, err in ((connected, CommClosedError("in <TCP>: Stream is closed")), (gone, TimeoutError()),
-                        (gone, OSError("Timed out trying to connect"))):
-        with pytest.raises(SchedulerError, match="Lost the Dask scheduler at tcp://10.0.0.1:8786"), \
-                scheduler_errors(client):
+    for client, err in (
+        (connected, CommClosedError("in <TCP>: Stream is closed")),
+        (gone, TimeoutError()),
+        (gone, OSError("Timed out trying to connect")),
+    ):
+        with (
+            pytest.raises(SchedulerError, match="Lost the Dask scheduler at tcp://10.0.0.1:8786"),
+            scheduler_errors(client),
+        ):
             raise err

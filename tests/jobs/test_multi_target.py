@@ -1,4 +1,5 @@
-"""A checkpoint trained with ``--target A,B`` predicts both: k channels in one crash-safe write (issue 28)."""
+"""A checkpoint trained with ``--target A,B`` predicts both: k channels in one crash-safe write
+(issue 28)."""
 
 from __future__ import annotations
 
@@ -24,10 +25,29 @@ VIRTUAL = ("WAVE2 (virtual)", "IRSp53 (virtual)")
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("multi")
-    plate = omeloc.make_plate(root / "plate.zarr", rows=1, cols=2, fields=1, size=64, chunks=(32, 32), levels=2,
-                              channels=("actin", *TARGETS))
-    res = omeloc.train(plate, "actin", list(TARGETS), out=root / "model", steps=2, crop=32, batch_size=2, depth=2,
-                       base_channels=4, val_wells=["A2"], progress=False)
+    plate = omeloc.make_plate(
+        root / "plate.zarr",
+        rows=1,
+        cols=2,
+        fields=1,
+        size=64,
+        chunks=(32, 32),
+        levels=2,
+        channels=("actin", *TARGETS),
+    )
+    res = omeloc.train(
+        plate,
+        "actin",
+        list(TARGETS),
+        out=root / "model",
+        steps=2,
+        crop=32,
+        batch_size=2,
+        depth=2,
+        base_channels=4,
+        val_wells=["A2"],
+        progress=False,
+    )
     return plate, str(res.checkpoint), res
 
 
@@ -39,7 +59,20 @@ def plate(trained, tmp_path):
 
 
 def _predict(plate, ckpt, *extra) -> int:
-    return main(["-q", "predict", str(plate), "--model", ckpt, "--device", "cpu", "--precision", "fp32", *extra])
+    return main(
+        [
+            "-q",
+            "predict",
+            str(plate),
+            "--model",
+            ckpt,
+            "--device",
+            "cpu",
+            "--precision",
+            "fp32",
+            *extra,
+        ]
+    )
 
 
 def test_training_records_metrics_per_target(trained):
@@ -53,7 +86,11 @@ def test_two_targets_written_as_two_channels_equal_to_the_model(plate, trained, 
     assert _predict(plate, trained[1]) == 0, capsys.readouterr().err
     assert "channels 'WAVE2 (virtual)', 'IRSp53 (virtual)'" in capsys.readouterr().out
     after = tree_digest(plate)
-    assert all(after[k] == v for k, v in before.items() if not k.endswith(("zarr.json", ".zattrs", ".zarray")))
+    assert all(
+        after[k] == v
+        for k, v in before.items()
+        if not k.endswith(("zarr.json", ".zattrs", ".zarray"))
+    )
     stain = VirtualStain(trained[1])
     for img in omeloc.open_plate(plate).images:
         assert img.channel_names == ("actin", *TARGETS, *VIRTUAL)
@@ -100,8 +137,25 @@ def test_a_killed_two_target_run_rolls_back_both(plate, trained):
     before = tree_digest(plate)
     env = {k: v for k, v in os.environ.items() if not k.startswith("OMELOC_TEST_")}
     env.update(OMELOC_TEST_KILL_AT="level0_mid", OMP_NUM_THREADS="1")
-    proc = subprocess.run([sys.executable, "-m", "omeloc.cli", "-q", "predict", str(plate), "--model", trained[1],
-                           "--device", "cpu"], env=env, capture_output=True, text=True, timeout=300, check=False)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "omeloc.cli",
+            "-q",
+            "predict",
+            str(plate),
+            "--model",
+            trained[1],
+            "--device",
+            "cpu",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
     assert recover(plate) == "rollback"
     assert tree_digest(plate) == before

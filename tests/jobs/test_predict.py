@@ -28,11 +28,31 @@ def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("predict")
     plates = {}
     for ngff in ("0.4", "0.5"):
-        plates[ngff] = omeloc.make_plate(root / f"plate{ngff}.zarr", rows=2, cols=2, fields=1, size=80,
-                                         chunks=(48, 48), levels=3, ngff=ngff, seed=4,
-                                         channels=("actin", "WAVE2", "tubulin"))
-    res = omeloc.train(plates["0.5"], "actin", "WAVE2", out=root / "model", steps=4, val_wells=["B2"], crop=32,
-                       batch_size=2, depth=2, base_channels=4, progress=False)
+        plates[ngff] = omeloc.make_plate(
+            root / f"plate{ngff}.zarr",
+            rows=2,
+            cols=2,
+            fields=1,
+            size=80,
+            chunks=(48, 48),
+            levels=3,
+            ngff=ngff,
+            seed=4,
+            channels=("actin", "WAVE2", "tubulin"),
+        )
+    res = omeloc.train(
+        plates["0.5"],
+        "actin",
+        "WAVE2",
+        out=root / "model",
+        steps=4,
+        val_wells=["B2"],
+        crop=32,
+        batch_size=2,
+        depth=2,
+        base_channels=4,
+        progress=False,
+    )
     return plates, res.checkpoint
 
 
@@ -53,9 +73,12 @@ def _expected(path, ckpt_dir):
     ckpt = load_checkpoint(ckpt_dir)
     out = {}
     for img in omeloc.open_plate(path).images:
-        x = normalize(img.channel("actin").compute().astype(np.float32), ckpt.normalization["actin"])
-        y = predict_array(CheckpointRef(ckpt_dir), x[None], tile=ckpt.tile, overlap=ckpt.overlap,
-                          out_channels=1).compute()[0]
+        x = normalize(
+            img.channel("actin").compute().astype(np.float32), ckpt.normalization["actin"]
+        )
+        y = predict_array(
+            CheckpointRef(ckpt_dir), x[None], tile=ckpt.tile, overlap=ckpt.overlap, out_channels=1
+        ).compute()[0]
         out[img.path] = cast_to_dtype(denormalize(y, ckpt.normalization["WAVE2"]), "uint16")
     return out
 
@@ -87,7 +110,12 @@ def test_cli_predict_wells_and_dry_run(plate, trained, capsys):
     assert main(["-q", "predict", str(plate), "--model", str(ckpt), "--dry-run"]) == 0
     assert "nothing was written" in capsys.readouterr().out
     assert tree_digest(plate) == before
-    assert main(["-q", "predict", str(plate), "--model", str(ckpt), "--wells", "A1", "--name", "W (v)"]) == 0
+    assert (
+        main(
+            ["-q", "predict", str(plate), "--model", str(ckpt), "--wells", "A1", "--name", "W (v)"]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "W (v)" in out and "megapixels/s" in out
     p = omeloc.open_plate(plate)
@@ -95,12 +123,20 @@ def test_cli_predict_wells_and_dry_run(plate, trained, capsys):
     assert not p.well("B2").images[0].channel("W (v)").compute().any()  # not predicted: zeros
 
 
-@pytest.mark.parametrize("case", ["missing_source", "not_append_friendly", "unreachable_scheduler", "bad_model"])
+@pytest.mark.parametrize(
+    "case", ["missing_source", "not_append_friendly", "unreachable_scheduler", "bad_model"]
+)
 def test_bad_input_leaves_plate_unchanged(case, trained, tmp_path, capsys, short_scheduler_timeout):
     plates, ckpt = trained
     if case == "missing_source":
-        path = omeloc.make_plate(tmp_path / "other.zarr", rows=1, cols=1, fields=1, size=64,
-                                 channels=("WAVE2", "tubulin"))
+        path = omeloc.make_plate(
+            tmp_path / "other.zarr",
+            rows=1,
+            cols=1,
+            fields=1,
+            size=64,
+            channels=("WAVE2", "tubulin"),
+        )
         args, match = [], "actin"
     elif case == "not_append_friendly":
         import zarr
@@ -108,15 +144,29 @@ def test_bad_input_leaves_plate_unchanged(case, trained, tmp_path, capsys, short
         from ome_zarr.writer import write_image
 
         path = tmp_path / "img.zarr"
-        # 3 channels in chunks of 2: the new channel's chunk would hold original channel 2 (the one layout rule)
+        # 3 channels in chunks of 2: the new channel's chunk would hold original channel 2 (the one
+        # layout rule)
         data = np.random.default_rng(0).integers(0, 999, (3, 64, 64)).astype("uint16")
-        write_image(data, zarr.open_group(str(path), mode="w", zarr_format=3), axes="cyx", fmt=FormatV05(),
-                    storage_options={"chunks": (2, 64, 64)})
-        group = zarr.open_group(str(path), mode="r+")  # labels set by hand: ome-zarr versions differ here
+        write_image(
+            data,
+            zarr.open_group(str(path), mode="w", zarr_format=3),
+            axes="cyx",
+            fmt=FormatV05(),
+            storage_options={"chunks": (2, 64, 64)},
+        )
+        group = zarr.open_group(
+            str(path), mode="r+"
+        )  # labels set by hand: ome-zarr versions differ here
         window = {"min": 0, "max": 65535, "start": 0, "end": 999}
-        group.attrs["ome"] = {**group.attrs["ome"], "omero": {"channels": [
-            {"label": label, "color": "00FF00", "window": window, "active": True}
-            for label in ("actin", "WAVE2", "other")]}}
+        group.attrs["ome"] = {
+            **group.attrs["ome"],
+            "omero": {
+                "channels": [
+                    {"label": label, "color": "00FF00", "window": window, "active": True}
+                    for label in ("actin", "WAVE2", "other")
+                ]
+            },
+        }
         args, match = [], "rechunk"
     elif case == "unreachable_scheduler":
         path = tmp_path / "p.zarr"
@@ -164,8 +214,13 @@ def test_resume_after_sigkill_equals_uninterrupted(trained, tmp_path):
     script = tmp_path / "run.py"
     script.write_text(KILLED)
     env = dict(os.environ, OMELOC_TEST_KILL_AT="level0_mid", OMP_NUM_THREADS="1")
-    proc = subprocess.run([sys.executable, str(script), str(path), str(ckpt)], env=env, capture_output=True,
-                          text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, str(script), str(path), str(ckpt)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
     res = omeloc.predict(path, ckpt)
     assert res.recovered == "rollback"
@@ -175,7 +230,9 @@ def test_resume_after_sigkill_equals_uninterrupted(trained, tmp_path):
 
 def test_python_api_errors_are_typed(trained, tmp_path, short_scheduler_timeout):
     plates, ckpt = trained
-    other = omeloc.make_plate(tmp_path / "o.zarr", rows=1, cols=1, fields=1, size=64, channels=("WAVE2",))
+    other = omeloc.make_plate(
+        tmp_path / "o.zarr", rows=1, cols=1, fields=1, size=64, channels=("WAVE2",)
+    )
     with pytest.raises(ChannelNotFoundError):
         omeloc.predict(other, ckpt)
     with pytest.raises(SchedulerError):
@@ -183,16 +240,25 @@ def test_python_api_errors_are_typed(trained, tmp_path, short_scheduler_timeout)
 
 
 def test_workers_with_gpu_resources_predict_every_image(trained, tmp_path):
-    """Issue 19: workers that advertise a GPU (``dask worker --resources GPU=1``) get inference tasks that ask
-    for one, image after image (one shared ``dask.annotate`` context failed on the second image)."""
+    """Issue 19: workers that advertise a GPU (``dask worker --resources GPU=1``) get inference
+    tasks that ask for one, image after image (one shared ``dask.annotate`` context failed on the
+    second image)."""
     distributed = pytest.importorskip("distributed")
     plates, ckpt = trained
     local, dist = tmp_path / "local.zarr", tmp_path / "dist.zarr"
     shutil.copytree(plates["0.5"], local)
     shutil.copytree(plates["0.5"], dist)
     omeloc.predict(local, ckpt)
-    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False, resources={"GPU": 1},
-                                  dashboard_address=None) as cluster, distributed.Client(cluster) as client:
+    with (
+        distributed.LocalCluster(
+            n_workers=1,
+            threads_per_worker=1,
+            processes=False,
+            resources={"GPU": 1},
+            dashboard_address=None,
+        ) as cluster,
+        distributed.Client(cluster) as client,
+    ):
         res = omeloc.predict(dist, ckpt, client=client)
     assert len(res.predicted) == 4
     assert_same_pixels(local, dist)
@@ -211,5 +277,9 @@ def test_gpu_annotation_marks_only_inference_of_every_image(trained):
 
     for img in job.plate.images:  # a fresh context per image
         arr = lazy_prediction(job, img, annotate)
-        marked = [name for name, layer in arr.dask.layers.items() if (layer.annotations or {}).get("resources")]
+        marked = [
+            name
+            for name, layer in arr.dask.layers.items()
+            if (layer.annotations or {}).get("resources")
+        ]
         assert marked and len(marked) < len(arr.dask.layers)

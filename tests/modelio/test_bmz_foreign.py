@@ -56,26 +56,39 @@ def _foreign_package(root, x: np.ndarray):
     ref = {a: b.SizeReference(tensor_id=b.TensorId("raw"), axis_id=b.AxisId(a)) for a in "zyx"}
     inp = b.InputTensorDescr(
         id=b.TensorId("raw"),
-        axes=[b.BatchAxis(), b.ChannelAxis(channel_names=[b.Identifier("phase")]),
-              b.SpaceInputAxis(id=b.AxisId("z"), size=1),
-              *[b.SpaceInputAxis(id=b.AxisId(a), size=size) for a in "yx"]],
+        axes=[
+            b.BatchAxis(),
+            b.ChannelAxis(channel_names=[b.Identifier("phase")]),
+            b.SpaceInputAxis(id=b.AxisId("z"), size=1),
+            *[b.SpaceInputAxis(id=b.AxisId(a), size=size) for a in "yx"],
+        ],
         test_tensor=b.FileDescr(source=root / "in.npy"),
         preprocessing=[b.ZeroMeanUnitVarianceDescr()],
     )
     out = b.OutputTensorDescr(
         id=b.TensorId("stain"),
-        axes=[b.BatchAxis(), b.ChannelAxis(channel_names=[b.Identifier("nuclei")]),
-              *[b.SpaceOutputAxis(id=b.AxisId(a), size=ref[a]) for a in "zyx"]],
+        axes=[
+            b.BatchAxis(),
+            b.ChannelAxis(channel_names=[b.Identifier("nuclei")]),
+            *[b.SpaceOutputAxis(id=b.AxisId(a), size=ref[a]) for a in "zyx"],
+        ],
         test_tensor=b.FileDescr(source=root / "out.npy"),
         postprocessing=[b.ScaleLinearDescr(kwargs=b.ScaleLinearKwargs(gain=100.0, offset=1000.0))],
     )
     descr = b.ModelDescr(
-        name="plane net", description="a foreign test package",
+        name="plane net",
+        description="a foreign test package",
         authors=[b.Author(name="Someone Else")],
-        cite=[b.CiteEntry(text="none", doi=b.Doi("10.1000/182"))], license=b.LicenseId("MIT"),
-        documentation=b.FileDescr(source=root / "README.md"), inputs=[inp], outputs=[out],
-        weights=b.WeightsDescr(torchscript=b.TorchscriptWeightsDescr(
-            source=root / "net.pt", pytorch_version=b.Version(torch.__version__.split("+")[0]))),
+        cite=[b.CiteEntry(text="none", doi=b.Doi("10.1000/182"))],
+        license=b.LicenseId("MIT"),
+        documentation=b.FileDescr(source=root / "README.md"),
+        inputs=[inp],
+        outputs=[out],
+        weights=b.WeightsDescr(
+            torchscript=b.TorchscriptWeightsDescr(
+                source=root / "net.pt", pytorch_version=b.Version(torch.__version__.split("+")[0])
+            )
+        ),
         version="1.2.0",
     )
     assert test_model(descr).status == "passed"
@@ -84,8 +97,10 @@ def _foreign_package(root, x: np.ndarray):
 
 def _plane(plate, channel):
     img = omeloc.open_plate(plate).images[0]
-    index = tuple(img.channel_index(channel) if a == "c" else slice(None) if a in "yx" else 0
-                  for a in img.axes)
+    index = tuple(
+        img.channel_index(channel) if a == "c" else slice(None) if a in "yx" else 0
+        for a in img.axes
+    )
     return np.asarray(img.level(0)[index]).astype(np.float64)
 
 

@@ -21,8 +21,10 @@ import pytest
 #: skip marker of the GUI tests (``pytestmark = GUI`` in their modules)
 GUI = pytest.mark.skipif(
     "napari.utils._testsupport" not in sys.modules or not os.environ.get("DISPLAY"),
-    reason="napari GUI test: run under an X server with -p napari (xvfb-run -a python -m pytest -p napari "
-           "tests/napari; see .ci/run)",
+    reason=(
+        "napari GUI test: run under an X server with -p napari (xvfb-run -a python -m pytest -p "
+        "napari tests/napari; see .ci/run)"
+    ),
 )
 
 #: how long a test waits for a widget's worker

@@ -21,12 +21,16 @@ def test_task_progress_counts_only_the_graphs_of_its_own_thread():
     tracker = Tracker(seen.append, threading.Event())
     other = []
     with TaskProgress(tracker):
-        worker = threading.Thread(target=lambda: other.append(dask.compute(_graph(), scheduler="threads")))
+        worker = threading.Thread(
+            target=lambda: other.append(dask.compute(_graph(), scheduler="threads"))
+        )
         worker.start()
         worker.join()
         n_before = len(seen)
         (total,) = dask.compute(_graph(), scheduler="threads")
-    assert other and n_before == 0  # a graph computed on another thread (the viewer's reads) is not counted
+    assert (
+        other and n_before == 0
+    )  # a graph computed on another thread (the viewer's reads) is not counted
     assert total == 64 * 64
     assert seen[0].done == 0 and seen[-1].done == seen[-1].total > 0
     assert seen[-1].percent == 100 and seen[-1].rate > 0 and seen[-1].eta == 0

@@ -22,7 +22,8 @@ pytest_plugins = ("napari_gui",)  # its fixtures: gui_trained, gui_plate
 
 
 def test_train_widget_draws_the_curve_and_hands_the_checkpoint_to_the_predict_widget(
-        make_napari_viewer, qtbot, gui_plate, tmp_path):
+    make_napari_viewer, qtbot, gui_plate, tmp_path
+):
     viewer = make_napari_viewer()
     viewer.open(str(gui_plate), plugin="napari-ome-zarr")
     predict, train = PredictWidget(viewer), TrainWidget(viewer)
@@ -41,14 +42,18 @@ def test_train_widget_draws_the_curve_and_hands_the_checkpoint_to_the_predict_wi
     assert meta["source"] == ["actin"] and meta["target"] == ["WAVE2"]
     assert (checkpoint / "weights.pt").is_file()
     lines = train.curve_lines()
-    assert lines["train L1"] == lines["validation L1"] == 3  # one row per step, validated every step
+    assert (
+        lines["train L1"] == lines["validation L1"] == 3
+    )  # one row per step, validated every step
     assert [r["step"] for r in train.rows] == [1, 2, 3]
     assert Path(str(predict.model.value)) == checkpoint
     assert "checkpoint handed to the predict widget" in train.message.value
     assert train.progress.value == 100
 
 
-def test_train_widget_says_a_missing_channel_and_writes_nothing(make_napari_viewer, qtbot, gui_plate, tmp_path):
+def test_train_widget_says_a_missing_channel_and_writes_nothing(
+    make_napari_viewer, qtbot, gui_plate, tmp_path
+):
     viewer = make_napari_viewer()
     viewer.open(str(gui_plate), plugin="napari-ome-zarr")
     train = TrainWidget(viewer)
@@ -62,7 +67,8 @@ def test_train_widget_says_a_missing_channel_and_writes_nothing(make_napari_view
 
 
 def test_evaluate_widget_fills_a_sortable_table_and_a_click_on_a_well_moves_the_viewer_there(
-        make_napari_viewer, qtbot, gui_trained, tmp_path):
+    make_napari_viewer, qtbot, gui_trained, tmp_path
+):
     from matplotlib.backend_bases import MouseEvent
     from qtpy.QtCore import Qt
 
@@ -84,12 +90,17 @@ def test_evaluate_widget_fills_a_sortable_table_and_a_click_on_a_well_moves_the_
     shown = [table.item(i, col).data(Qt.DisplayRole) for i in range(2)]
     expected = sorted((round(w["pearson_r"], 4) for w in widget.result.wells), reverse=True)
     assert shown == expected  # numbers, sorted as numbers
-    # a click on a row of the table: the camera goes to that well's tile of the plate grid (A/2: the right half)
+    # a click on a row of the table: the camera goes to that well's tile of the plate grid (A/2: the
+    # right half)
     row = [table.item(i, 0).text() for i in range(2)].index("A2")
-    qtbot.mouseClick(table.viewport(), Qt.LeftButton, pos=table.visualItemRect(table.item(row, 0)).center())
+    qtbot.mouseClick(
+        table.viewport(), Qt.LeftButton, pos=table.visualItemRect(table.item(row, 0)).center()
+    )
     layer = viewer.layers["0: actin"]
     h, w = layer.data[0].shape
-    np.testing.assert_allclose(viewer.camera.center[-2:], layer.data_to_world([h / 2, 3 * w / 4])[-2:])
+    np.testing.assert_allclose(
+        viewer.camera.center[-2:], layer.data_to_world([h / 2, 3 * w / 4])[-2:]
+    )
     assert widget.message.value.startswith("well A/2: pearson_r ")
     # a click on the heat map's cell of A/1
     ax = widget.figure.axes[0]

@@ -1,4 +1,5 @@
-"""Plate acquisitions: ``omeloc info`` lists them, ``predict --acquisition`` predicts one of them."""
+"""Plate acquisitions: ``omeloc info`` lists them, ``predict --acquisition`` predicts one of
+them."""
 
 from __future__ import annotations
 
@@ -32,11 +33,14 @@ def _two_acquisitions(plate, version: str) -> None:
             group.attrs.update(ome)
 
     def plate_doc(ome):
-        ome["plate"]["acquisitions"] = [{"id": 1, "name": "before drug", "maximumfieldcount": 1},
-                                        {"id": 2, "name": "after drug", "maximumfieldcount": 1}]
+        ome["plate"]["acquisitions"] = [
+            {"id": 1, "name": "before drug", "maximumfieldcount": 1},
+            {"id": 2, "name": "after drug", "maximumfieldcount": 1},
+        ]
 
     edit(root, plate_doc)
     for well in ("A/1", "A/2"):
+
         def well_doc(ome):
             for image in ome["well"]["images"]:
                 image["acquisition"] = 1 if image["path"] == "0" else 2
@@ -49,11 +53,31 @@ def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("acq")
     plates = {}
     for version in VERSIONS:
-        plates[version] = omeloc.make_plate(root / f"p{version}.zarr", rows=1, cols=2, fields=2, size=64,
-                                            chunks=(32, 32), levels=2, ngff=version, channels=("actin", "WAVE2"))
+        plates[version] = omeloc.make_plate(
+            root / f"p{version}.zarr",
+            rows=1,
+            cols=2,
+            fields=2,
+            size=64,
+            chunks=(32, 32),
+            levels=2,
+            ngff=version,
+            channels=("actin", "WAVE2"),
+        )
         _two_acquisitions(plates[version], version)
-    res = omeloc.train(plates["0.5"], "actin", "WAVE2", out=root / "model", steps=1, crop=32, batch_size=2,
-                       depth=2, base_channels=4, val_wells=["A2"], progress=False)
+    res = omeloc.train(
+        plates["0.5"],
+        "actin",
+        "WAVE2",
+        out=root / "model",
+        steps=1,
+        crop=32,
+        batch_size=2,
+        depth=2,
+        base_channels=4,
+        val_wells=["A2"],
+        progress=False,
+    )
     ref = root / "ref.zarr"
     shutil.copytree(plates["0.5"], ref)
     omeloc.predict(ref, res.checkpoint, progress=False)
@@ -69,7 +93,10 @@ def test_info_lists_the_acquisitions_and_their_fields(setup, version, capsys):
     assert "acquisition 2 (after drug): 2 field(s) in 2 well(s)" in text, text
     assert main(["info", str(plate), "--json"]) == 0
     listed = json.loads(capsys.readouterr().out)["acquisitions"]
-    assert [(a["id"], a["name"], a["n_images"]) for a in listed] == [("1", "before drug", 2), ("2", "after drug", 2)]
+    assert [(a["id"], a["name"], a["n_images"]) for a in listed] == [
+        ("1", "before drug", 2),
+        ("2", "after drug", 2),
+    ]
     opened = omeloc.open_plate(plate)
     assert [i.path for i in opened.acquisition_images("2")] == ["A/1/1", "A/2/1"]
     assert [i.path for i in opened.acquisition_images("before drug")] == ["A/1/0", "A/2/0"]
@@ -99,5 +126,9 @@ def test_an_unknown_acquisition_is_refused_in_one_line_and_nothing_changes(setup
     before = tree_digest(plate)
     assert main(["-q", "predict", str(plate), "--model", str(ckpt), "--acquisition", "7"]) == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "no acquisition '7'" in err and "1 (before drug), 2 (after drug)" in err
+    assert (
+        len(err.splitlines()) == 1
+        and "no acquisition '7'" in err
+        and "1 (before drug), 2 (after drug)" in err
+    )
     assert tree_digest(plate) == before

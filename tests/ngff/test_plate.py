@@ -28,15 +28,23 @@ class _CountTasks(Callback):
 @pytest.fixture(params=["0.4", "0.5"])
 def plate(request, tmp_path):
     images = random_plate_images()
-    path = write_plate(tmp_path / "p.zarr", images, channel_names=["actin", "WAVE2"],
-                       ngff_version=request.param, chunks=(32, 32), levels=3)
+    path = write_plate(
+        tmp_path / "p.zarr",
+        images,
+        channel_names=["actin", "WAVE2"],
+        ngff_version=request.param,
+        chunks=(32, 32),
+        levels=3,
+    )
     return path, images, request.param
 
 
 def test_open_plate_structure_and_pixels(plate):
     path, images, version = plate
     p = omeloc.open_plate(path)
-    assert p.is_plate and p.ngff_version == version and p.zarr_format == (2 if version == "0.4" else 3)
+    assert (
+        p.is_plate and p.ngff_version == version and p.zarr_format == (2 if version == "0.4" else 3)
+    )
     assert list(p.wells) == ["A/1", "A/2", "B/1", "B/2"]
     assert [w.name for w in p.wells.values()] == ["A1", "A2", "B1", "B2"]
     assert len(p.images) == 8 and p.channel_names == ("actin", "WAVE2")
@@ -85,17 +93,27 @@ def test_fsspec_url(plate):
     np.testing.assert_array_equal(p.image("A/1/0").level().compute(), images[("A", "1", "0")])
 
 
-@pytest.mark.parametrize("axes,shape", [("cyx", (3, 40, 50)), ("czyx", (3, 4, 40, 50)), ("tczyx", (2, 3, 4, 40, 50))])
+@pytest.mark.parametrize(
+    "axes,shape", [("cyx", (3, 40, 50)), ("czyx", (3, 4, 40, 50)), ("tczyx", (2, 3, 4, 40, 50))]
+)
 @pytest.mark.parametrize("version", ["0.4", "0.5"])
 def test_single_image_any_axes(tmp_path, axes, shape, version):
     data = np.arange(np.prod(shape), dtype="uint16").reshape(shape)
-    path = write_image(tmp_path / "img.zarr", data, channel_names=["a", "b", "c"], axes=axes,
-                       ngff_version=version, levels=2)
+    path = write_image(
+        tmp_path / "img.zarr",
+        data,
+        channel_names=["a", "b", "c"],
+        axes=axes,
+        ngff_version=version,
+        levels=2,
+    )
     p = omeloc.open_plate(path)
     assert not p.is_plate and p.wells == {} and len(p.images) == 1
     img = p.images[0]
     assert img.axes == tuple(axes)
-    np.testing.assert_array_equal(img.channel("b").compute(), np.take(data, 1, axis=axes.index("c")))
+    np.testing.assert_array_equal(
+        img.channel("b").compute(), np.take(data, 1, axis=axes.index("c"))
+    )
     assert img.to_xarray().sel(c="c").shape == tuple(n for a, n in zip(axes, shape) if a != "c")
     assert omeloc.open_image(path).channel_names == ("a", "b", "c")
 
@@ -117,9 +135,19 @@ def _ome_zarr_plate_with_s0(root_path, version):
         kw = {"dimension_names": list("tczyx")} if fmt.zarr_format == 3 else {}
         for i, name in enumerate(("s0", "s1")):
             level = data[..., :: 2**i, :: 2**i]
-            arr = ig.create_array(name, shape=level.shape, chunks=(1, 2, 1, 32, 32), dtype="uint8", **kw)
+            arr = ig.create_array(
+                name, shape=level.shape, chunks=(1, 2, 1, 32, 32), dtype="uint8", **kw
+            )
             arr[...] = level
-        datasets = [{"path": f"s{i}", "coordinateTransformations": [{"type": "scale", "scale": [1, 1, 1, 2.0**i, 2.0**i]}]} for i in range(2)]
+        datasets = [
+            {
+                "path": f"s{i}",
+                "coordinateTransformations": [
+                    {"type": "scale", "scale": [1, 1, 1, 2.0**i, 2.0**i]}
+                ],
+            }
+            for i in range(2)
+        ]
         write_multiscales_metadata(ig, datasets, fmt=fmt, axes=list("tczyx"))
     return truth
 
@@ -128,14 +156,19 @@ def _ome_zarr_plate_with_s0(root_path, version):
 def test_ome_zarr_py_plate_with_s0_levels_and_missing_well(tmp_path, version):
     truth = _ome_zarr_plate_with_s0(tmp_path / "ext.zarr", version)
     p = omeloc.open_plate(tmp_path / "ext.zarr")
-    assert list(p.wells) == ["A/1", "A/2", "B/1"] and p.rows == ("A", "B") and p.columns == ("1", "2")
+    assert (
+        list(p.wells) == ["A/1", "A/2", "B/1"] and p.rows == ("A", "B") and p.columns == ("1", "2")
+    )
     img = p.image("A/2/0")
     assert img.level_paths == ("s0", "s1") and img.axes == tuple("tczyx")
     assert img.channel_names == ("c0", "c1", "c2")  # no omero metadata: placeholder names
     np.testing.assert_array_equal(img.level(1).compute(), truth["A/2"][..., ::2, ::2])
     # 3 channels in chunks of 2: a new channel would land in an existing chunk; info says so
     d = omeloc.describe(tmp_path / "ext.zarr")
-    assert d["append_friendly"] is False and "3 channels in chunks of 2 along c" in d["append_problems"][0]
+    assert (
+        d["append_friendly"] is False
+        and "3 channels in chunks of 2 along c" in d["append_problems"][0]
+    )
 
 
 def test_validates_with_ome_zarr_models(plate):
@@ -145,7 +178,10 @@ def test_validates_with_ome_zarr_models(plate):
     path, _, version = plate
     group = zarr.open_group(str(path), mode="r")
     model = (HCS04 if version == "0.4" else HCS05).from_zarr(group)
-    assert len(model.attributes.ome.plate.wells if version == "0.5" else model.attributes.plate.wells) == 4
+    assert (
+        len(model.attributes.ome.plate.wells if version == "0.5" else model.attributes.plate.wells)
+        == 4
+    )
 
 
 def test_ome_zarr_py_reader_sees_our_plate(plate):
@@ -188,8 +224,12 @@ def test_listed_well_missing(plate):
 def test_image_without_channel_axis(tmp_path):
     root = zarr.open_group(str(tmp_path / "yx.zarr"), mode="w", zarr_format=3)
     root.create_array("0", shape=(8, 8), dtype="u2", dimension_names=["y", "x"])
-    write_multiscales_metadata(root, [{"path": "0", "coordinateTransformations": [{"type": "scale", "scale": [1, 1]}]}],
-                               fmt=FormatV05(), axes=["y", "x"])
+    write_multiscales_metadata(
+        root,
+        [{"path": "0", "coordinateTransformations": [{"type": "scale", "scale": [1, 1]}]}],
+        fmt=FormatV05(),
+        axes=["y", "x"],
+    )
     with pytest.raises(NotOmeZarrError, match="without c; omeloc needs c, y and x"):
         omeloc.open_plate(tmp_path / "yx.zarr")
 
@@ -207,7 +247,11 @@ def test_corrupted_chunk_is_a_clear_error(plate):
     path, images, version = plate
     p = omeloc.open_plate(path)
     img = p.image("A/1/0")
-    chunk = next(f for f in sorted((path / "A" / "1" / "0" / "0").rglob("*")) if f.is_file() and not f.name.startswith((".", "zarr")))
+    chunk = next(
+        f
+        for f in sorted((path / "A" / "1" / "0" / "0").rglob("*"))
+        if f.is_file() and not f.name.startswith((".", "zarr"))
+    )
     chunk.write_bytes(b"garbage")
     with pytest.raises(CorruptDataError, match=r"A/1/0/0 .*restore it from a backup"):
         img.level(0).compute()

@@ -1,4 +1,5 @@
-"""Plates of many images: metadata reads per image bounded by a constant, graph size linear, regions.
+"""Plates of many images: metadata reads per image bounded by a constant, graph size linear,
+regions.
 
 Reduced form of ``benchmarks/bench_plate_scale.py`` (384 images of 32² instead of 3,456):
 counts, not times.
@@ -21,14 +22,49 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def plates(tmp_path_factory):
     root = tmp_path_factory.mktemp("scale")
-    small = omeloc.make_plate(root / "small.zarr", rows=2, cols=3, fields=4, size=32, chunks=None, levels=1,
-                              channels=("actin", "WAVE2"))
-    big = omeloc.make_plate(root / "big.zarr", rows=16, cols=24, fields=1, size=32, chunks=None, levels=1,
-                            channels=("actin", "WAVE2"))
-    seed = omeloc.make_plate(root / "seed.zarr", rows=1, cols=2, fields=1, size=64, chunks=None, levels=1,
-                             channels=("actin", "WAVE2"))
-    ckpt = omeloc.train(seed, "actin", "WAVE2", out=root / "model", steps=1, crop=32, batch_size=2, depth=2,
-                        base_channels=4, val_wells=["A2"], progress=False).checkpoint
+    small = omeloc.make_plate(
+        root / "small.zarr",
+        rows=2,
+        cols=3,
+        fields=4,
+        size=32,
+        chunks=None,
+        levels=1,
+        channels=("actin", "WAVE2"),
+    )
+    big = omeloc.make_plate(
+        root / "big.zarr",
+        rows=16,
+        cols=24,
+        fields=1,
+        size=32,
+        chunks=None,
+        levels=1,
+        channels=("actin", "WAVE2"),
+    )
+    seed = omeloc.make_plate(
+        root / "seed.zarr",
+        rows=1,
+        cols=2,
+        fields=1,
+        size=64,
+        chunks=None,
+        levels=1,
+        channels=("actin", "WAVE2"),
+    )
+    ckpt = omeloc.train(
+        seed,
+        "actin",
+        "WAVE2",
+        out=root / "model",
+        steps=1,
+        crop=32,
+        batch_size=2,
+        depth=2,
+        base_channels=4,
+        val_wells=["A2"],
+        progress=False,
+    ).checkpoint
     return {24: small, 384: big}, ckpt
 
 
@@ -43,9 +79,12 @@ def test_open_and_dry_run_read_metadata_a_bounded_number_of_times_per_image(plat
     paths, ckpt = plates
     for n, path in paths.items():
         before = tree_digest(path)
-        # a well, an image, its level-0 array: 3 documents per image at most, plus the root (was ~10)
+        # a well, an image, its level-0 array: 3 documents per image at most, plus the root (was
+        # ~10)
         assert _reads_per_image(n, omeloc.open_plate, path) <= 3.1
-        assert _reads_per_image(n, omeloc.predict, path, ckpt, dry_run=True, progress=False) <= 5  # was 24
+        assert (
+            _reads_per_image(n, omeloc.predict, path, ckpt, dry_run=True, progress=False) <= 5
+        )  # was 24
         assert tree_digest(path) == before
 
 
@@ -57,7 +96,9 @@ def test_prediction_graph_is_linear_in_images_two_layers_each(plates):
         with count_store_reads() as reads:
             arrays = [lazy_prediction(job, img) for img in job.plate.images]
         assert reads.metadata == 0  # every array was opened once, by open_plate
-        assert all(len(a.dask.layers) == 2 for a in arrays)  # read+normalize, inference: one region per field
+        assert all(
+            len(a.dask.layers) == 2 for a in arrays
+        )  # read+normalize, inference: one region per field
         sizes[n] = sum(len(a.dask) for a in arrays) / n
     assert sizes[24] == sizes[384]
 
@@ -78,7 +119,6 @@ def test_predict_reads_per_image_do_not_grow_with_the_plate(plates, tmp_path):
     assert per_image[384] <= 30
 
 
-
 def _traced_bytes(fn):
     """``fn()`` and the bytes it left allocated (tracemalloc)."""
     import gc
@@ -95,14 +135,17 @@ def _traced_bytes(fn):
 
 
 def test_what_a_plate_keeps_per_image_stays_small(plates):
-    """Peak memory of a predict grows with what it keeps per image: the opened view, the lazy prediction."""
+    """Peak memory of a predict grows with what it keeps per image: the opened view, the lazy
+    prediction."""
     import json
 
     paths, ckpt = plates
     path, n = paths[384], 384
     omeloc.open_plate(path)  # one-off costs (imports, zarr's caches) out of the count
     plate, view = _traced_bytes(lambda: omeloc.open_plate(path))
-    assert view / n < 7000  # was ~10,100 bytes, ~5,600 of them the decoded attributes of every image
+    assert (
+        view / n < 7000
+    )  # was ~10,100 bytes, ~5,600 of them the decoded attributes of every image
     job = plan_prediction(plate, ckpt)
     lazy_prediction(job, plate.images[0])  # the region settings, once per run
     arrays, graph = _traced_bytes(lambda: [lazy_prediction(job, img) for img in plate.images])
@@ -110,7 +153,9 @@ def test_what_a_plate_keeps_per_image_stays_small(plates):
     assert all(len(a.dask.layers) == 2 for a in arrays)
     img = plate.images[5]
     stored = json.loads((path / img.path / "zarr.json").read_text())["attributes"]
-    assert img.attrs == stored and img.attrs is not img.attrs  # as stored; a caller's change stays its own
+    assert (
+        img.attrs == stored and img.attrs is not img.attrs
+    )  # as stored; a caller's change stays its own
     assert img.omero["channels"][0]["label"] == "actin" and img.shape == (2, 32, 32)
 
 
@@ -123,14 +168,44 @@ def test_region_chunks_are_whole_planes_or_multiples_of_the_write_block():
 
 
 def test_split_regions_read_a_halo_and_match_whole_field_regions(tmp_path):
-    """A field cut into regions (halo only where they split) predicts what one region does, up to tile seams."""
-    plate = omeloc.make_plate(tmp_path / "p.zarr", rows=1, cols=1, fields=1, size=96, chunks=(32, 32), levels=1,
-                              channels=("actin", "WAVE2"))
-    seed = omeloc.make_plate(tmp_path / "seed.zarr", rows=1, cols=2, fields=1, size=64, chunks=None, levels=1,
-                             channels=("actin", "WAVE2"))
-    ckpt = omeloc.train(seed, "actin", "WAVE2", out=tmp_path / "model", steps=2, crop=32, batch_size=2, depth=2,
-                        base_channels=4, val_wells=["A2"], progress=False).checkpoint
-    whole_job = plan_prediction(plate, ckpt, tiling=omeloc.TilingConfig(tile=32, overlap=8, precision="fp32"))
+    """A field cut into regions (halo only where they split) predicts what one region does, up to
+    tile seams."""
+    plate = omeloc.make_plate(
+        tmp_path / "p.zarr",
+        rows=1,
+        cols=1,
+        fields=1,
+        size=96,
+        chunks=(32, 32),
+        levels=1,
+        channels=("actin", "WAVE2"),
+    )
+    seed = omeloc.make_plate(
+        tmp_path / "seed.zarr",
+        rows=1,
+        cols=2,
+        fields=1,
+        size=64,
+        chunks=None,
+        levels=1,
+        channels=("actin", "WAVE2"),
+    )
+    ckpt = omeloc.train(
+        seed,
+        "actin",
+        "WAVE2",
+        out=tmp_path / "model",
+        steps=2,
+        crop=32,
+        batch_size=2,
+        depth=2,
+        base_channels=4,
+        val_wells=["A2"],
+        progress=False,
+    ).checkpoint
+    whole_job = plan_prediction(
+        plate, ckpt, tiling=omeloc.TilingConfig(tile=32, overlap=8, precision="fp32")
+    )
     img = whole_job.plate.images[0]
     whole = lazy_prediction(whole_job, img)
     assert whole.chunks == ((96,), (96,))
@@ -140,7 +215,8 @@ def test_split_regions_read_a_halo_and_match_whole_field_regions(tmp_path):
     assert split.chunks == ((64, 32), (64, 32))  # multiples of the 32-px write chunk
     a, b = np.asarray(whole), np.asarray(split)
     assert np.corrcoef(a.ravel(), b.ravel())[0, 1] > 0.99
-    # the engine's own blocks (halo of `overlap` where blocks meet, none at the border) give the same pixels
+    # the engine's own blocks (halo of `overlap` where blocks meet, none at the border) give the
+    # same pixels
     stain = split_job.stain
     src = img.level(0)[[img.channel_index("actin")]].rechunk((1, 64, 64))
     engine = np.asarray(stain.denormalize(stain.predict(stain.normalize(src), split_job.tiling)))[0]

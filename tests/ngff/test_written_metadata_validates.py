@@ -30,13 +30,20 @@ SPEC = Path(ngff_zarr.__file__).parent / "spec"
 
 
 def _validator(version: str, kind: str) -> jsonschema.protocols.Validator:
-    """The strict schema ``kind`` (plate, well, image) of NGFF ``version``, every schema of it resolvable."""
+    """The strict schema ``kind`` (plate, well, image) of NGFF ``version``, every schema of it
+    resolvable."""
     folder = SPEC / version / "schemas"
     resources = []
     for path in folder.glob("*.schema"):
         doc = json.loads(path.read_text())
-        resources.append((doc["$id"], referencing.Resource.from_contents(
-            doc, default_specification=referencing.jsonschema.DRAFT7)))
+        resources.append(
+            (
+                doc["$id"],
+                referencing.Resource.from_contents(
+                    doc, default_specification=referencing.jsonschema.DRAFT7
+                ),
+            )
+        )
     registry = referencing.Registry().with_resources(resources)
     schema = json.loads((folder / f"strict_{kind}.schema").read_text())
     cls = jsonschema.validators.validator_for(schema)
@@ -44,7 +51,8 @@ def _validator(version: str, kind: str) -> jsonschema.protocols.Validator:
 
 
 def _check_strict(path: Path, version: str) -> int:
-    """Validate the root, every well and every image group against the strict schemas; how many groups."""
+    """Validate the root, every well and every image group against the strict schemas; how many
+    groups."""
     root = zarr.open_group(path, mode="r")
     attrs = root.attrs.asdict()
     ome = attrs.get("ome", attrs)
@@ -61,7 +69,8 @@ def _check_strict(path: Path, version: str) -> int:
 
 
 def _check_models(path: Path, version: str) -> None:
-    """ome-zarr-models reads the whole plate (HCS: plate, wells, images) without a validation error."""
+    """ome-zarr-models reads the whole plate (HCS: plate, wells, images) without a validation
+    error."""
     models = ome_v04 if version == "0.4" else ome_v05
     from importlib import import_module
 
@@ -77,16 +86,44 @@ def _assert_valid(path: Path, version: str) -> None:
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
     root = tmp_path_factory.mktemp("valid")
-    plate = omeloc.make_plate(root / "train.zarr", rows=1, cols=2, fields=1, size=64, chunks=(32, 32), levels=2,
-                              channels=("actin", "WAVE2"))
-    return omeloc.train(plate, "actin", "WAVE2", out=root / "model", steps=1, crop=32, batch_size=2, depth=2,
-                        base_channels=4, val_wells=["A2"], progress=False).checkpoint
+    plate = omeloc.make_plate(
+        root / "train.zarr",
+        rows=1,
+        cols=2,
+        fields=1,
+        size=64,
+        chunks=(32, 32),
+        levels=2,
+        channels=("actin", "WAVE2"),
+    )
+    return omeloc.train(
+        plate,
+        "actin",
+        "WAVE2",
+        out=root / "model",
+        steps=1,
+        crop=32,
+        batch_size=2,
+        depth=2,
+        base_channels=4,
+        val_wells=["A2"],
+        progress=False,
+    ).checkpoint
 
 
 @pytest.mark.parametrize("version", VERSIONS)
 def test_synth_and_predicted_plates_pass_models_and_strict_schemas(version, model, tmp_path):
-    plate = omeloc.make_plate(tmp_path / "p.zarr", rows=1, cols=2, fields=2, size=64, chunks=(32, 32), levels=2,
-                              ngff=version, channels=("actin", "WAVE2"))
+    plate = omeloc.make_plate(
+        tmp_path / "p.zarr",
+        rows=1,
+        cols=2,
+        fields=2,
+        size=64,
+        chunks=(32, 32),
+        levels=2,
+        ngff=version,
+        channels=("actin", "WAVE2"),
+    )
     _assert_valid(plate, version)
     omeloc.predict(plate, model, progress=False)
     assert omeloc.open_plate(plate).channel_names[-1] == "WAVE2 (virtual)"
@@ -103,16 +140,33 @@ def test_imported_tiff_plates_pass_models_and_strict_schemas(version, tmp_path):
     for row in (1, 2):
         for ch in (1, 2):
             name = f"r{row:02d}c01f01p01-ch{ch}sk1fk1fl1.tiff"
-            tifffile.imwrite(folder / name, rng.integers(0, 4000, (40, 48)).astype("uint16"), compression="lzw")
-    out = omeloc.import_tiff(folder, tmp_path / "p.zarr", preset="phenix", ngff_version=version, levels=2,
-                             chunks=(32, 32))
+            tifffile.imwrite(
+                folder / name, rng.integers(0, 4000, (40, 48)).astype("uint16"), compression="lzw"
+            )
+    out = omeloc.import_tiff(
+        folder,
+        tmp_path / "p.zarr",
+        preset="phenix",
+        ngff_version=version,
+        levels=2,
+        chunks=(32, 32),
+    )
     _assert_valid(out, version)
 
 
 def test_the_strict_schemas_catch_what_they_are_for(tmp_path):
-    """The check is not vacuous: a plate without its required ``name`` fails the strict 0.5 schema."""
-    plate = omeloc.make_plate(tmp_path / "p.zarr", rows=1, cols=1, fields=1, size=32, chunks=(32, 32), levels=1,
-                              channels=("actin",))
+    """The check is not vacuous: a plate without its required ``name`` fails the strict 0.5
+    schema."""
+    plate = omeloc.make_plate(
+        tmp_path / "p.zarr",
+        rows=1,
+        cols=1,
+        fields=1,
+        size=32,
+        chunks=(32, 32),
+        levels=1,
+        channels=("actin",),
+    )
     broken = tmp_path / "broken.zarr"
     shutil.copytree(plate, broken)
     group = zarr.open_group(broken, mode="r+")

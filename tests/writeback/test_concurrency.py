@@ -38,10 +38,19 @@ def test_second_predict_refuses_while_the_first_writes(setup, tmp_path, capsys):
     shutil.copytree(plate0, plate)
     # the first run pauses in its write phase; the test stops it there (SIGSTOP) as soon as the
     # journal says so, so the second run meets a live writer however long it takes under load
-    env = dict(os.environ, OMELOC_TEST_PAUSE_AT="resized", OMELOC_TEST_PAUSE_SECONDS="4",
-               OMP_NUM_THREADS="1")
-    first = subprocess.Popen([sys.executable, "-m", "omeloc.cli", "-q", "predict", str(plate), "--model", str(ckpt)],
-                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    env = dict(
+        os.environ,
+        OMELOC_TEST_PAUSE_AT="resized",
+        OMELOC_TEST_PAUSE_SECONDS="4",
+        OMP_NUM_THREADS="1",
+    )
+    first = subprocess.Popen(
+        [sys.executable, "-m", "omeloc.cli", "-q", "predict", str(plate), "--model", str(ckpt)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.time() + 120
         while (_journal(plate) or {}).get("phase") != "resized":

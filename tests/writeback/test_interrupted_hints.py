@@ -16,15 +16,28 @@ from omeloc.ngff.writer import write_plate
 
 def test_info_and_evaluate_on_a_killed_write_back_name_recover(tmp_path, capsys, caplog):
     plate = tmp_path / "p.zarr"
-    write_plate(plate, random_plate_images(cols=("1",), fields=("0",), shape=(2, 64, 48)),
-                channel_names=["a", "b"], chunks=(32, 32), levels=2)
+    write_plate(
+        plate,
+        random_plate_images(cols=("1",), fields=("0",), shape=(2, 64, 48)),
+        channel_names=["a", "b"],
+        chunks=(32, 32),
+        levels=2,
+    )
     env = {k: v for k, v in os.environ.items() if not k.startswith("OMELOC_TEST_")}
-    killed = subprocess.run([sys.executable, WRITER_PATH, str(plate), "1", "0"], capture_output=True, text=True,
-                            env=dict(env, OMP_NUM_THREADS="1", OMELOC_TEST_KILL_AT="level0_written"), timeout=300,
-                            check=False)
+    killed = subprocess.run(
+        [sys.executable, WRITER_PATH, str(plate), "1", "0"],
+        capture_output=True,
+        text=True,
+        env=dict(env, OMP_NUM_THREADS="1", OMELOC_TEST_KILL_AT="level0_written"),
+        timeout=300,
+        check=False,
+    )
     assert killed.returncode == -9, killed.stderr
     capsys.readouterr()
-    assert main(["evaluate", str(plate), "--pred", "a", "--truth", "b", "--out", str(tmp_path / "ev")]) == 0
+    assert (
+        main(["evaluate", str(plate), "--pred", "a", "--truth", "b", "--out", str(tmp_path / "ev")])
+        == 0
+    )
     warned = [r.getMessage() for r in caplog.records if "journal" in r.getMessage()]
     assert len(warned) == 1 and f"omeloc recover {plate}" in warned[0], warned
     assert main(["info", str(plate)]) == 0

@@ -24,18 +24,26 @@ from omeloc.writeback.plan import level_problems
 
 def _plate(root: Path, name: str = "p.zarr", channels: int = 3) -> Path:
     path = root / name
-    write_plate(path, random_plate_images(cols=("1",), fields=("0",), shape=(channels, 64, 48)),
-                channel_names=[f"c{i}" for i in range(channels)], chunks=(32, 32), levels=3)
+    write_plate(
+        path,
+        random_plate_images(cols=("1",), fields=("0",), shape=(channels, 64, 48)),
+        channel_names=[f"c{i}" for i in range(channels)],
+        chunks=(32, 32),
+        levels=3,
+    )
     return path
 
 
 def _edit_array(array: Path, **changes) -> None:
-    """Change fields of a v3 array document (``shape``, ``data_type``) as a hand edit or a buggy tool would."""
+    """Change fields of a v3 array document (``shape``, ``data_type``) as a hand edit or a buggy
+    tool would."""
     doc = json.loads((array / "zarr.json").read_text())
     doc.update(changes)
     if "shape" in changes:
-        doc["chunk_grid"]["configuration"]["chunk_shape"] = [min(c, s) or 1 for c, s in zip(
-            doc["chunk_grid"]["configuration"]["chunk_shape"], changes["shape"])]
+        doc["chunk_grid"]["configuration"]["chunk_shape"] = [
+            min(c, s) or 1
+            for c, s in zip(doc["chunk_grid"]["configuration"]["chunk_shape"], changes["shape"])
+        ]
     (array / "zarr.json").write_text(json.dumps(doc))
 
 
@@ -85,7 +93,10 @@ def test_a_level_with_another_number_of_dimensions_is_refused(plate):
     shape = json.loads((level2 / "zarr.json").read_text())["shape"]
     doc = json.loads((level2 / "zarr.json").read_text())
     doc["shape"] = [1, *shape]
-    doc["chunk_grid"]["configuration"]["chunk_shape"] = [1, *doc["chunk_grid"]["configuration"]["chunk_shape"]]
+    doc["chunk_grid"]["configuration"]["chunk_shape"] = [
+        1,
+        *doc["chunk_grid"]["configuration"]["chunk_shape"],
+    ]
     doc.pop("dimension_names", None)
     (level2 / "zarr.json").write_text(json.dumps(doc))
     before = tree_digest(plate)
@@ -97,8 +108,13 @@ def test_a_level_with_another_number_of_dimensions_is_refused(plate):
 def test_pyramids_that_round_either_way_pass(tmp_path):
     """97 px halved is 48 or 49: both roundings (and deep pyramids of them) are accepted."""
     plate = tmp_path / "odd.zarr"
-    write_plate(plate, random_plate_images(cols=("1",), fields=("0",), shape=(2, 97, 75)),
-                channel_names=["a", "b"], chunks=(32, 32), levels=4)
+    write_plate(
+        plate,
+        random_plate_images(cols=("1",), fields=("0",), shape=(2, 97, 75)),
+        channel_names=["a", "b"],
+        chunks=(32, 32),
+        levels=4,
+    )
     for img in omeloc.open_plate(plate).images:
         assert level_problems(img) == []
     level1 = plate / "A" / "1" / "0" / "1"
@@ -110,8 +126,19 @@ def test_pyramids_that_round_either_way_pass(tmp_path):
 
 def test_the_cli_dry_run_refuses_a_mismatched_pyramid_with_exit_2(plate, tmp_path, capsys):
     other = _plate(tmp_path, "train.zarr", channels=2)
-    ckpt = omeloc.train(other, "c0", "c1", out=tmp_path / "m", steps=1, crop=32, batch_size=1, depth=2,
-                        base_channels=4, val_wells=["B1"], progress=False).checkpoint
+    ckpt = omeloc.train(
+        other,
+        "c0",
+        "c1",
+        out=tmp_path / "m",
+        steps=1,
+        crop=32,
+        batch_size=1,
+        depth=2,
+        base_channels=4,
+        val_wells=["B1"],
+        progress=False,
+    ).checkpoint
     _edit_array(plate / "A" / "1" / "0" / "0", shape=[3, 40000, 40000])
     before = tree_digest(plate)
     capsys.readouterr()

@@ -46,27 +46,46 @@ def _env(**extra: str) -> dict[str, str]:
     return dict(env, OMP_NUM_THREADS="1", **extra)
 
 
-def _writer(tmp_path: Path, plate: Path, seed: int = 1, overwrite: bool = False, **env: str) -> subprocess.Popen:
+def _writer(
+    tmp_path: Path, plate: Path, seed: int = 1, overwrite: bool = False, **env: str
+) -> subprocess.Popen:
     script = WRITER_PATH
-    return subprocess.Popen([sys.executable, str(script), str(plate), str(seed), "1" if overwrite else "0"],
-                            env=_env(**env), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, str(script), str(plate), str(seed), "1" if overwrite else "0"],
+        env=_env(**env),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def _cli(*args: str, **env: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "omeloc.cli", "-q", *args], env=_env(**env),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "omeloc.cli", "-q", *args],
+        env=_env(**env),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
-_DEFAULT_SIGINT = ("import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
-                   "signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT}); sys.argv[0] = 'omeloc'; "
-                   "runpy.run_module('omeloc.cli', run_name='__main__', alter_sys=True)")
+_DEFAULT_SIGINT = (
+    "import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+    "signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT}); sys.argv[0] = 'omeloc'; "
+    "runpy.run_module('omeloc.cli', run_name='__main__', alter_sys=True)"
+)
 
 
 def _interruptible_cli(*args: str, **env: str) -> subprocess.Popen:
     """:func:`_cli`, taking Ctrl-C (SIGINT) as a terminal would deliver it, whatever this test
     process ignores or blocks (both are inherited through exec)."""
-    return subprocess.Popen([sys.executable, "-c", _DEFAULT_SIGINT, "-q", *args], env=_env(**env),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-c", _DEFAULT_SIGINT, "-q", *args],
+        env=_env(**env),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def _root_attrs(plate: Path) -> dict:
@@ -102,7 +121,9 @@ def _chunks(digest: dict[str, str]) -> dict[str, str]:
 def _clean(plate: Path) -> None:
     """No journal, no lock, no stash or backup files, and one omero entry per channel everywhere."""
     assert _journal(plate) is None
-    leftovers = [p.name for p in plate.iterdir() if p.name.startswith(".omeloc")]  # files and folders
+    leftovers = [
+        p.name for p in plate.iterdir() if p.name.startswith(".omeloc")
+    ]  # files and folders
     assert not leftovers, leftovers
     for img in omeloc.open_plate(plate).images:
         assert len(img.omero["channels"]) == img.shape[img.axes.index("c")], img.path
@@ -113,8 +134,16 @@ def _semantic(path: Path, name: str = "pred") -> dict:
     """Pixels of every level and the metadata, minus the per-run fields (run id, time)."""
     out = {}
     for img in omeloc.open_plate(path).images:
-        prov = {k: v for k, v in img.attrs["omeloc"]["channels"][name].items() if k not in ("run_id", "created")}
-        out[img.path] = (img.omero, prov, [img.level(i).compute().tobytes() for i in range(len(img.level_paths))])
+        prov = {
+            k: v
+            for k, v in img.attrs["omeloc"]["channels"][name].items()
+            if k not in ("run_id", "created")
+        }
+        out[img.path] = (
+            img.omero,
+            prov,
+            [img.level(i).compute().tobytes() for i in range(len(img.level_paths))],
+        )
     return out
 
 
@@ -126,7 +155,7 @@ def _new_chunks(plate: Path, index: int) -> int:
         rel = f"{img.path}/{img.level_paths[0]}"
         doc = io.read_json(io.array_doc(rel))
         for key in io.list(rel):
-            coords = chunk_coords(key[len(rel) + 1:], doc)
+            coords = chunk_coords(key[len(rel) + 1 :], doc)
             n += coords is not None and coords[img.axes.index("c")] == index
     return n
 
@@ -134,18 +163,31 @@ def _new_chunks(plate: Path, index: int) -> int:
 # -- fixtures ----------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    """Per NGFF version: a template, the template plus channel "pred" (seed 1), and that overwritten (seed 2)."""
+    """Per NGFF version: a template, the template plus channel "pred" (seed 1), and that
+    overwritten (seed 2)."""
     root = tmp_path_factory.mktemp("tiny")
     out = {}
     for version in ("0.4", "0.5"):
-        plate = write_plate(root / f"t{version}.zarr", random_plate_images("A", ("1", "2"), ("0",), (2, 64, 48)),
-                            channel_names=["actin", "WAVE2"], ngff_version=version, chunks=(32, 32), levels=2)
+        plate = write_plate(
+            root / f"t{version}.zarr",
+            random_plate_images("A", ("1", "2"), ("0",), (2, 64, 48)),
+            channel_names=["actin", "WAVE2"],
+            ngff_version=version,
+            chunks=(32, 32),
+            levels=2,
+        )
         appended = root / f"append{version}.zarr"
         shutil.copytree(plate, appended)
         add_channel(appended, "pred", make_data(appended, 1), provenance={"model": "m1"})
         overwritten = root / f"over{version}.zarr"
         shutil.copytree(appended, overwritten)
-        add_channel(overwritten, "pred", make_data(overwritten, 2), overwrite=True, provenance={"model": "m1"})
+        add_channel(
+            overwritten,
+            "pred",
+            make_data(overwritten, 2),
+            overwrite=True,
+            provenance={"model": "m1"},
+        )
         out[version] = (plate, appended, overwritten)
     return out
 
@@ -195,14 +237,25 @@ def test_dead_writers_lock_is_taken_over_live_or_foreign_ones_refused(tiny, tmp_
     before = tree_digest(plate)
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    me = {"host": socket.gethostname(), "pid_start": None, "heartbeat": time.time(), "purpose": "add_channel"}
+    me = {
+        "host": socket.gethostname(),
+        "pid_start": None,
+        "heartbeat": time.time(),
+        "purpose": "add_channel",
+    }
     (plate / LOCK_KEY).write_text(json.dumps({**me, "run_id": "d" * 32, "pid": dead.pid}))
     with PlateLock(StoreIO(str(plate)), purpose="test") as lock:
         assert lock.taken_over["run_id"] == "d" * 32
     assert tree_digest(plate) == before
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
-        garbled = {"run_id": "g", "pid": "abc", "host": "two\nlines", "heartbeat": "soon", "purpose": "x\ny"}
+        garbled = {
+            "run_id": "g",
+            "pid": "abc",
+            "host": "two\nlines",
+            "heartbeat": "soon",
+            "purpose": "x\ny",
+        }
         for holder in ({**me, "run_id": "e" * 32, "pid": sleeper.pid}, "not json", garbled):
             (plate / LOCK_KEY).write_text(holder if isinstance(holder, str) else json.dumps(holder))
             with pytest.raises(ConcurrentWriteError, match="being written") as info:
@@ -224,8 +277,14 @@ def test_rechunk_holds_the_source_lock(tiny, tmp_path):
     before = tree_digest(src)
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
-        holder = {"run_id": "f" * 32, "pid": sleeper.pid, "host": socket.gethostname(), "pid_start": None,
-                  "heartbeat": time.time(), "purpose": "add_channel"}
+        holder = {
+            "run_id": "f" * 32,
+            "pid": sleeper.pid,
+            "host": socket.gethostname(),
+            "pid_start": None,
+            "heartbeat": time.time(),
+            "purpose": "add_channel",
+        }
         (src / LOCK_KEY).write_text(json.dumps(holder))
         with pytest.raises(ConcurrentWriteError, match="being written"):
             rechunk(src, tmp_path / "copy.zarr")
@@ -271,9 +330,14 @@ def test_predict_during_a_paused_recover_is_refused(trained, tmp_path, capsys):
     assert _journal(plate) is not None
     # recover holds the lock, has deleted the new chunks and waits before restoring the documents
     # (stopped there, SIGSTOP, while predict runs: a live holder however slow predict is under load)
-    rec = _cli("recover", str(plate), OMELOC_TEST_PAUSE_AT="rollback_docs", OMELOC_TEST_PAUSE_SECONDS="4")
-    _wait(lambda: (_lock(plate) or {}).get("purpose") == "recover" and _new_chunks(plate, 2) == 0, rec,
-          "recover to hold the lock")
+    rec = _cli(
+        "recover", str(plate), OMELOC_TEST_PAUSE_AT="rollback_docs", OMELOC_TEST_PAUSE_SECONDS="4"
+    )
+    _wait(
+        lambda: (_lock(plate) or {}).get("purpose") == "recover" and _new_chunks(plate, 2) == 0,
+        rec,
+        "recover to hold the lock",
+    )
     rec.send_signal(signal.SIGSTOP)
     try:
         code = main(["-q", "predict", str(plate), "--model", ckpt])
@@ -293,7 +357,9 @@ def test_predict_during_a_paused_recover_is_refused(trained, tmp_path, capsys):
 def test_heartbeat_is_refreshed_during_a_long_pixel_phase(tiny, tmp_path, monkeypatch):
     template, reference, _ = tiny["0.5"]
     plate = _copy(template, tmp_path)
-    proc = _writer(tmp_path, plate, OMELOC_TEST_PAUSE_AT="level0_written", OMELOC_TEST_PAUSE_SECONDS="7")
+    proc = _writer(
+        tmp_path, plate, OMELOC_TEST_PAUSE_AT="level0_written", OMELOC_TEST_PAUSE_SECONDS="7"
+    )
     _wait(lambda: (_journal(plate) or {}).get("phase") == "resized", proc, "the pixel phase")
     beats = set()
     t_end = time.time() + 5
@@ -318,12 +384,21 @@ def test_kill_during_overwrite_backup_keeps_the_previous_channel(trained, tmp_pa
     _, ckpt, ref = trained
     plate = _copy(ref, tmp_path)
     before = tree_digest(plate)
-    killed = _cli("predict", str(plate), "--model", ckpt, "--overwrite",
-                  OMELOC_TEST_KILL_AT="backup_mid", OMELOC_TEST_AT_CALL="4")
+    killed = _cli(
+        "predict",
+        str(plate),
+        "--model",
+        ckpt,
+        "--overwrite",
+        OMELOC_TEST_KILL_AT="backup_mid",
+        OMELOC_TEST_AT_CALL="4",
+    )
     killed.communicate(timeout=300)
     assert killed.returncode == -signal.SIGKILL
     assert len([p for p in (plate / ".omeloc_backup").rglob("*") if p.is_file()]) == 4
-    assert _chunks(before).items() <= _chunks(tree_digest(plate)).items(), "the old channel was touched"
+    assert _chunks(before).items() <= _chunks(tree_digest(plate)).items(), (
+        "the old channel was touched"
+    )
     assert main(["recover", str(plate)]) == 0
     assert "rolled back" in capsys.readouterr().out
     assert tree_digest(plate) == before
@@ -340,7 +415,9 @@ def test_rollback_refuses_a_backup_that_is_not_intact(tiny, tmp_path, capsys):
     proc = _writer(tmp_path, plate, seed=2, overwrite=True, OMELOC_TEST_KILL_AT="resized")
     proc.communicate(timeout=120)
     assert proc.returncode == -signal.SIGKILL and _journal(plate)["phase"] == "resized"
-    victim = next(p for p in (plate / ".omeloc_backup").rglob("*") if p.is_file() and "manifest" not in p.name)
+    victim = next(
+        p for p in (plate / ".omeloc_backup").rglob("*") if p.is_file() and "manifest" not in p.name
+    )
     victim.unlink()
     killed_state = tree_digest(plate)
     assert main(["recover", str(plate)]) == 2
@@ -354,7 +431,8 @@ def test_rollback_refuses_a_backup_that_is_not_intact(tiny, tmp_path, capsys):
 
 # -- hole 6: a full disk never leaves a half-written plate ---------------------------------------
 def _fill_disk(monkeypatch, frees_on_delete: bool, writes_allowed: int = 2) -> dict:
-    """From the pixel phase on, the disk is full after ``writes_allowed`` writes; deleting may free it."""
+    """From the pixel phase on, the disk is full after ``writes_allowed`` writes; deleting may
+    free it."""
     from zarr.storage import LocalStore
 
     state = {"started": False, "full": False, "writes": 0, "refused": 0}
@@ -405,7 +483,9 @@ def test_full_disk_including_stash_then_recover(trained, tmp_path, capsys, monke
 
 
 @pytest.mark.slow
-def test_full_disk_freed_by_the_rollback_leaves_the_plate_as_it_was(trained, tmp_path, capsys, monkeypatch):
+def test_full_disk_freed_by_the_rollback_leaves_the_plate_as_it_was(
+    trained, tmp_path, capsys, monkeypatch
+):
     template, ckpt, _ = trained
     plate = _copy(template, tmp_path)
     before = tree_digest(plate)
@@ -413,7 +493,9 @@ def test_full_disk_freed_by_the_rollback_leaves_the_plate_as_it_was(trained, tmp
     code = main(["predict", str(plate), "--model", ckpt])
     monkeypatch.undo()
     err = capsys.readouterr().err.strip()
-    assert code == 2 and len(err.splitlines()) == 1 and "No space left" in err and "rolled back" in err, err
+    assert (
+        code == 2 and len(err.splitlines()) == 1 and "No space left" in err and "rolled back" in err
+    ), err
     assert state["refused"] >= 1
     assert tree_digest(plate) == before
 
@@ -443,12 +525,16 @@ def test_readers_never_see_channels_without_omero_entries(tiny, tmp_path, versio
                 seen["reads"] += 1
                 seen["pending"] += any(PENDING_KEY in c and c["active"] is False for c in channels)
                 if any(n != len(channels) for n in counts):
-                    time.sleep(0.01)  # two documents cannot change at once: a mismatch may last one write
+                    time.sleep(
+                        0.01
+                    )  # two documents cannot change at once: a mismatch may last one write
                     channels, counts = snapshot(path, levels)
                     if any(n != len(channels) for n in counts):
                         seen["bad"].append((path, len(channels), counts))
 
-    proc = _writer(tmp_path, plate, OMELOC_TEST_PAUSE_AT="level0_written", OMELOC_TEST_PAUSE_SECONDS="2")
+    proc = _writer(
+        tmp_path, plate, OMELOC_TEST_PAUSE_AT="level0_written", OMELOC_TEST_PAUSE_SECONDS="2"
+    )
     thread = threading.Thread(target=reader)
     thread.start()
     try:
@@ -469,10 +555,19 @@ def test_recover_removes_and_reports_what_ctrl_c_left(trained, tmp_path, capsys)
     template, ckpt, _ = trained
     plate = _copy(template, tmp_path)
     original = tree_digest(plate)
-    proc = _interruptible_cli("predict", str(plate), "--model", ckpt, OMELOC_TEST_PAUSE_AT="level0_written",
-                              OMELOC_TEST_PAUSE_SECONDS="60")
-    _wait(lambda: (_journal(plate) or {}).get("phase") == "resized" and _new_chunks(plate, 2) == 8, proc,
-          "level 0 to be written")
+    proc = _interruptible_cli(
+        "predict",
+        str(plate),
+        "--model",
+        ckpt,
+        OMELOC_TEST_PAUSE_AT="level0_written",
+        OMELOC_TEST_PAUSE_SECONDS="60",
+    )
+    _wait(
+        lambda: (_journal(plate) or {}).get("phase") == "resized" and _new_chunks(plate, 2) == 8,
+        proc,
+        "level 0 to be written",
+    )
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
@@ -494,13 +589,26 @@ def test_empty_or_control_character_names_are_refused(trained, tmp_path, capsys,
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1, err
     with pytest.raises(InputError):
-        add_channel(plate, name, {img.path: np.zeros(img.shape[1:]) for img in omeloc.open_plate(plate).images})
+        add_channel(
+            plate,
+            name,
+            {img.path: np.zeros(img.shape[1:]) for img in omeloc.open_plate(plate).images},
+        )
     assert tree_digest(plate) == before
 
 
 # -- the kill storm ------------------------------------------------------------------------------
-APPEND_POINTS = ["lock_taken", "journal", "resized", "level0_mid", "level0_written", "level1_written", "metadata",
-                 "complete", "timer"]
+APPEND_POINTS = [
+    "lock_taken",
+    "journal",
+    "resized",
+    "level0_mid",
+    "level0_written",
+    "level1_written",
+    "metadata",
+    "complete",
+    "timer",
+]
 OVERWRITE_POINTS = ["backup_mid", "backup_mid", "backup_mid", *APPEND_POINTS]
 
 
@@ -514,7 +622,11 @@ def _storm_round(rng: random.Random, tiny, tmp_path: Path, n: int) -> bool:
     point = rng.choice(OVERWRITE_POINTS if overwrite else APPEND_POINTS)
     plate = _copy(start, tmp_path, f"storm{n}.zarr")
     before = tree_digest(plate)
-    env = {} if point == "timer" else {"OMELOC_TEST_KILL_AT": point, "OMELOC_TEST_AT_CALL": str(rng.randint(1, 8))}
+    env = (
+        {}
+        if point == "timer"
+        else {"OMELOC_TEST_KILL_AT": point, "OMELOC_TEST_AT_CALL": str(rng.randint(1, 8))}
+    )
     proc = _writer(tmp_path, plate, seed=seed, overwrite=overwrite, **env)
     if point == "timer":
         time.sleep(rng.uniform(1.0, 2.5))
@@ -522,19 +634,30 @@ def _storm_round(rng: random.Random, tiny, tmp_path: Path, n: int) -> bool:
     _, err = proc.communicate(timeout=120)
     what = f"round {n}: {version} {'overwrite' if overwrite else 'append'} killed at {point}"
     assert proc.returncode in (0, -signal.SIGKILL), f"{what}: {err[-2000:]}"
-    if not overwrite:  # an append never touches an original chunk (an overwrite's are restored below)
+    if (
+        not overwrite
+    ):  # an append never touches an original chunk (an overwrite's are restored below)
         assert _chunks(before).items() <= _chunks(tree_digest(plate)).items(), what
     if rng.random() < 0.5:
         outcome = recover(plate)
         after = tree_digest(plate)
         if outcome == "rollback" or (outcome is None and after == before):
             changed = sorted(k for k in set(after) | set(before) if after.get(k) != before.get(k))
-            assert after == before, f"{what}: recover ({outcome}) did not restore every byte: {changed[:5]}"
-        else:  # finished by recover, or the run had completed before the kill (only its lock was left)
+            assert after == before, (
+                f"{what}: recover ({outcome}) did not restore every byte: {changed[:5]}"
+            )
+        else:
+            # finished by recover, or the run had completed before the kill (only its lock was left)
             assert _semantic(plate) == _semantic(reference), f"{what}: recover ({outcome})"
     else:
         try:
-            add_channel(plate, "pred", make_data(plate, seed), overwrite=overwrite, provenance={"model": "m1"})
+            add_channel(
+                plate,
+                "pred",
+                make_data(plate, seed),
+                overwrite=overwrite,
+                provenance={"model": "m1"},
+            )
         except InputError:  # the killed run had completed: its channel exists already
             assert not overwrite and recover(plate) in (None, "finish"), what
         assert _semantic(plate) == _semantic(reference), what

@@ -31,16 +31,26 @@ def _env(**extra: str) -> dict[str, str]:
 
 
 def _cli(*args: str, **env: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "omeloc.cli", "-q", *args], env=_env(**env),
-                          capture_output=True, text=True, timeout=300, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "omeloc.cli", "-q", *args],
+        env=_env(**env),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
 
 
 @pytest.fixture(scope="module")
 def src(tmp_path_factory) -> Path:
     """A 2-well plate of 2 channels, all channels in one chunk (the layout rechunk is for)."""
     path = tmp_path_factory.mktemp("rechunk") / "src.zarr"
-    write_plate(path, random_plate_images(fields=("0",), shape=(2, 64, 48)), channel_names=["a", "b"],
-                chunks=(2, 32, 32))
+    write_plate(
+        path,
+        random_plate_images(fields=("0",), shape=(2, 64, 48)),
+        channel_names=["a", "b"],
+        chunks=(2, 32, 32),
+    )
     return path
 
 
@@ -48,24 +58,47 @@ def src(tmp_path_factory) -> Path:
 def model(src, tmp_path_factory) -> Path:
     """A tiny checkpoint a → b (2 steps): predict needs one before it opens the plate."""
     out = tmp_path_factory.mktemp("model")
-    return Path(omeloc.train(src, "a", "b", out=out, steps=1, crop=32, batch_size=1, depth=2, base_channels=4,
-                             val_wells=["A2"], progress=False).checkpoint)
+    return Path(
+        omeloc.train(
+            src,
+            "a",
+            "b",
+            out=out,
+            steps=1,
+            crop=32,
+            batch_size=1,
+            depth=2,
+            base_channels=4,
+            val_wells=["A2"],
+            progress=False,
+        ).checkpoint
+    )
 
 
 @pytest.mark.parametrize("point", ["rechunk_metadata", "rechunk_copied"])
-def test_a_killed_rechunk_is_refused_by_every_command_until_recovered(src, model, tmp_path, point, capsys):
+def test_a_killed_rechunk_is_refused_by_every_command_until_recovered(
+    src, model, tmp_path, point, capsys
+):
     dst = tmp_path / "dst.zarr"
     before = tree_digest(src)
     killed = _cli("rechunk", str(src), str(dst), OMELOC_TEST_KILL_AT=point)
     assert killed.returncode == -9, killed.stderr
     assert incomplete_copy(dst) is not None
     capsys.readouterr()
-    for args in (["info", str(dst)], ["evaluate", str(dst), "--pred", "a", "--truth", "b"],
-                 ["train", str(dst), "--source", "a", "--target", "b", "--out", str(tmp_path / "m")],
-                 ["predict", str(dst), "--model", str(model)], ["rechunk", str(dst), str(tmp_path / "x")]):
+    for args in (
+        ["info", str(dst)],
+        ["evaluate", str(dst), "--pred", "a", "--truth", "b"],
+        ["train", str(dst), "--source", "a", "--target", "b", "--out", str(tmp_path / "m")],
+        ["predict", str(dst), "--model", str(model)],
+        ["rechunk", str(dst), str(tmp_path / "x")],
+    ):
         assert main(["-q", *args]) == 2, args
         line = capsys.readouterr().err.strip()
-        assert len(line.splitlines()) == 1 and "incomplete copy" in line and f"omeloc recover {dst}" in line, line
+        assert (
+            len(line.splitlines()) == 1
+            and "incomplete copy" in line
+            and f"omeloc recover {dst}" in line
+        ), line
     with pytest.raises(InputError, match="incomplete copy"):
         omeloc.open_plate(dst)
     assert not (tmp_path / "x").exists()
@@ -80,7 +113,9 @@ def test_a_killed_rechunk_is_refused_by_every_command_until_recovered(src, model
 
 def test_rerunning_rechunk_redoes_an_interrupted_copy_without_overwrite(src, tmp_path):
     dst = tmp_path / "dst.zarr"
-    assert _cli("rechunk", str(src), str(dst), OMELOC_TEST_KILL_AT="rechunk_metadata").returncode == -9
+    assert (
+        _cli("rechunk", str(src), str(dst), OMELOC_TEST_KILL_AT="rechunk_metadata").returncode == -9
+    )
     assert main(["-q", "rechunk", str(src), str(dst)]) == 0
     assert incomplete_copy(dst) is None
     assert_same_pixels(src, dst)
@@ -91,11 +126,14 @@ def test_rerunning_rechunk_redoes_an_interrupted_copy_without_overwrite(src, tmp
 
 
 def test_while_the_copy_runs_other_readers_see_no_plate_at_the_destination(src, tmp_path):
-    """Before the commit the destination's root has only the marker: ome-zarr-py finds no plate there."""
+    """Before the commit the destination's root has only the marker: ome-zarr-py finds no plate
+    there."""
     from ome_zarr.io import parse_url
 
     dst = tmp_path / "dst.zarr"
-    assert _cli("rechunk", str(src), str(dst), OMELOC_TEST_KILL_AT="rechunk_copied").returncode == -9
+    assert (
+        _cli("rechunk", str(src), str(dst), OMELOC_TEST_KILL_AT="rechunk_copied").returncode == -9
+    )
     root = open_group(str(dst))
     assert set(root.attrs) == {INCOMPLETE_KEY}
     loc = parse_url(str(dst))
@@ -130,5 +168,7 @@ def test_the_destination_may_not_be_the_source(src):
 def test_a_rechunk_with_nothing_interrupted_leaves_no_marker(src, tmp_path):
     dst = omeloc.rechunk(src, tmp_path / "ok.zarr")
     assert incomplete_copy(dst) is None
-    np.testing.assert_array_equal(omeloc.open_plate(dst).images[0].level(0).compute(),
-                                  omeloc.open_plate(src).images[0].level(0).compute())
+    np.testing.assert_array_equal(
+        omeloc.open_plate(dst).images[0].level(0).compute(),
+        omeloc.open_plate(src).images[0].level(0).compute(),
+    )

@@ -242,11 +242,23 @@ def test_omeloc_recover_rolls_back_a_killed_table_write(plate):
     write_tables(plate, [TableData("first", ({"path": "A/1/0", "v": 1.0},))])
     before = tree_digest(plate)
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMELOC_TEST_KILL_AT": "table_written"}
-    proc = subprocess.run([sys.executable, "-c", _KILLED_WRITE, str(plate)], env=env,
-                          capture_output=True, text=True, timeout=120, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-c", _KILLED_WRITE, str(plate)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert proc.returncode == -9, proc.stderr[-2000:]
-    cli = subprocess.run([sys.executable, "-m", "omeloc.cli", "-q", "recover", str(plate)], env=env | {
-        "OMELOC_TEST_KILL_AT": ""}, capture_output=True, text=True, timeout=120, check=False)
+    cli = subprocess.run(
+        [sys.executable, "-m", "omeloc.cli", "-q", "recover", str(plate)],
+        env=env | {"OMELOC_TEST_KILL_AT": ""},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert cli.returncode == 0, cli.stderr[-2000:]
     assert tree_digest(plate) == before
     assert ngio.open_ome_zarr_plate(str(plate)).get_table("first").dataframe["v"].tolist() == [1.0]

@@ -27,11 +27,22 @@ from omeloc.writeback.validate import journal_doc
 
 pytestmark = pytest.mark.slow
 
+
 def _cli(*args: str, kill_at: str | None = None, **kwargs) -> subprocess.CompletedProcess:
     """``omeloc -q ARGS`` in a new process (killed at fault point ``kill_at`` when given)."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", **({"OMELOC_TEST_KILL_AT": kill_at} if kill_at else {})}
-    return subprocess.run([sys.executable, "-m", "omeloc.cli", "-q", *args], env=env, check=False,
-                          capture_output=True, text=True, **kwargs)
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        **({"OMELOC_TEST_KILL_AT": kill_at} if kill_at else {}),
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "omeloc.cli", "-q", *args],
+        env=env,
+        check=False,
+        capture_output=True,
+        text=True,
+        **kwargs,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +63,8 @@ def data(setup, tmp_path):
 
 
 def _followed_digest(root: Path) -> dict[str, str]:
-    """sha256 of every file below ``root``, following symbolic links (conftest.tree_digest does not)."""
+    """sha256 of every file below ``root``, following symbolic links (conftest.tree_digest does
+    not)."""
     out = {}
     for dirpath, _dirs, files in os.walk(root, followlinks=True):
         for name in files:
@@ -83,7 +95,9 @@ def _plant(plate: Path, journal: dict | None, *, seal: bool = True) -> None:
     """Write ``journal`` into the root attributes as a crafted plate would carry it."""
     doc = _root_doc(plate)
     if seal and isinstance(journal, dict):
-        journal_doc(journal)  # an attacker can compute the digest too: the key checks must hold anyway
+        journal_doc(
+            journal
+        )  # an attacker can compute the digest too: the key checks must hold anyway
     doc["attributes"][JOURNAL_KEY] = journal
     (plate / "zarr.json").write_text(json.dumps(doc, indent=2))
 
@@ -99,10 +113,23 @@ def _honest_journal(plate: Path) -> dict:
         keys += io.metadata_docs(img) + [k for a in arrays for k in io.metadata_docs(a)]
     docs = {k: (None if io.get(k) is None else io.get(k).decode()) for k in dict.fromkeys(keys)}
     return {
-        "version": 1, "run_id": "0123456789abcdef0123456789abcdef", "pid": 1, "host": "elsewhere",
-        "pid_start": None, "started": "2024-01-01T00:00:00+00:00", "heartbeat": 0.0, "phase": "resized",
-        "mode": "append", "name": "x", "channel_index": 2, "n_channels": 2, "zarr_format": 3,
-        "images": images, "consolidated": False, "docs": docs, "resume_key": None,
+        "version": 1,
+        "run_id": "0123456789abcdef0123456789abcdef",
+        "pid": 1,
+        "host": "elsewhere",
+        "pid_start": None,
+        "started": "2024-01-01T00:00:00+00:00",
+        "heartbeat": 0.0,
+        "phase": "resized",
+        "mode": "append",
+        "name": "x",
+        "channel_index": 2,
+        "n_channels": 2,
+        "zarr_format": 3,
+        "images": images,
+        "consolidated": False,
+        "docs": docs,
+        "resume_key": None,
     }
 
 
@@ -130,8 +157,18 @@ def _attack(kind: str, j: dict, folder: Path) -> None:
         j.update(n_channels=1, channel_index=1)
 
 
-ATTACKS = ["delete-outside", "create-outside", "absolute-doc", "array-outside", "image-outside", "run-id-path",
-           "resume-key-path", "foreign-doc-in-plate", "overwrite-original-channel", "claims-fewer-channels"]
+ATTACKS = [
+    "delete-outside",
+    "create-outside",
+    "absolute-doc",
+    "array-outside",
+    "image-outside",
+    "run-id-path",
+    "resume-key-path",
+    "foreign-doc-in-plate",
+    "overwrite-original-channel",
+    "claims-fewer-channels",
+]
 
 
 @pytest.mark.parametrize("kind", ATTACKS)
@@ -180,7 +217,9 @@ def test_unsealed_or_tampered_journal_is_refused(data, capsys, seal):
     _plant(plate, journal, seal=False)
     before = tree_digest(folder)
     code = main(["recover", str(plate)])
-    _one_line_error(capsys, code, "was modified after it was written" if seal else "no integrity digest")
+    _one_line_error(
+        capsys, code, "was modified after it was written" if seal else "no integrity digest"
+    )
     assert tree_digest(folder) == before
 
 
@@ -191,7 +230,9 @@ def test_killed_run_then_tampered_journal_is_refused_then_restored_recovers(data
     assert run.returncode == -9, run.stderr
     killed = (plate / "zarr.json").read_text()
     doc = json.loads(killed)
-    doc["attributes"][JOURNAL_KEY]["docs"]["../victim.txt"] = None  # tampered, digest left as it was
+    doc["attributes"][JOURNAL_KEY]["docs"]["../victim.txt"] = (
+        None  # tampered, digest left as it was
+    )
     (plate / "zarr.json").write_text(json.dumps(doc))
     state = _without_lock(tree_digest(folder))
     _one_line_error(capsys, main(["recover", str(plate)]), "was modified after it was written")
@@ -209,16 +250,28 @@ def _edit(doc_path: Path, edit) -> None:
 
 
 PATH_ATTACKS = {
-    "well-image-path": ("A/1/zarr.json", lambda ome: ome["well"]["images"][0].update(path="../../../other.zarr/A/1/0"),
-                        "Well A/1 lists image path '../../../other.zarr/A/1/0'"),
-    "plate-well-path": ("zarr.json", lambda ome: ome["plate"]["wells"][0].update(path="../other.zarr"),
-                        "lists well path '../other.zarr'"),
-    "absolute-dataset": ("A/1/0/zarr.json",
-                         lambda ome: ome["multiscales"][0]["datasets"][0].update(path="/tmp/other.zarr/A/1/0/0"),
-                         "lists dataset path '/tmp/other.zarr/A/1/0/0', which is an absolute path"),
-    "dotdot-dataset": ("A/1/0/zarr.json",
-                       lambda ome: ome["multiscales"][0]["datasets"][0].update(path="../../../../other.zarr/A/1/0/0"),
-                       "lists dataset path '../../../../other.zarr/A/1/0/0', which has a '..' segment"),
+    "well-image-path": (
+        "A/1/zarr.json",
+        lambda ome: ome["well"]["images"][0].update(path="../../../other.zarr/A/1/0"),
+        "Well A/1 lists image path '../../../other.zarr/A/1/0'",
+    ),
+    "plate-well-path": (
+        "zarr.json",
+        lambda ome: ome["plate"]["wells"][0].update(path="../other.zarr"),
+        "lists well path '../other.zarr'",
+    ),
+    "absolute-dataset": (
+        "A/1/0/zarr.json",
+        lambda ome: ome["multiscales"][0]["datasets"][0].update(path="/tmp/other.zarr/A/1/0/0"),
+        "lists dataset path '/tmp/other.zarr/A/1/0/0', which is an absolute path",
+    ),
+    "dotdot-dataset": (
+        "A/1/0/zarr.json",
+        lambda ome: ome["multiscales"][0]["datasets"][0].update(
+            path="../../../../other.zarr/A/1/0/0"
+        ),
+        "lists dataset path '../../../../other.zarr/A/1/0/0', which has a '..' segment",
+    ),
 }
 
 
@@ -230,7 +283,11 @@ def test_plate_paths_that_leave_the_plate_are_refused(data, capsys, kind, comman
     doc, edit, needle = PATH_ATTACKS[kind]
     _edit(plate / doc, edit)
     before = tree_digest(folder)
-    args = ["-q", "predict", str(plate), "--model", str(ckpt)] if command == "predict" else ["info", str(plate)]
+    args = (
+        ["-q", "predict", str(plate), "--model", str(ckpt)]
+        if command == "predict"
+        else ["info", str(plate)]
+    )
     _one_line_error(capsys, main(args), needle)
     assert tree_digest(folder) == before  # neither this plate nor the other store changed
 
@@ -262,7 +319,9 @@ def test_killed_run_with_a_linked_chunk_folder_rolls_back_completely(data, capsy
     run = _cli(*args, kill_at="metadata")
     assert run.returncode == -9, run.stderr
     assert main(["recover", str(plate)]) == 0, capsys.readouterr().err
-    assert _followed_digest(folder) == before  # no orphan chunk, no new value left in the linked folder
+    assert (
+        _followed_digest(folder) == before
+    )  # no orphan chunk, no new value left in the linked folder
 
 
 @pytest.mark.parametrize("overwrite", [False, True], ids=["append", "overwrite"])
@@ -291,9 +350,13 @@ def test_planted_links_out_of_the_store_are_refused(data, capsys, what):
     if what == "stash":
         (plate / ".omeloc_resume").symlink_to(outside, target_is_directory=True)
     else:
-        (plate / "A/1/0/0/c/2").symlink_to(outside / "new", target_is_directory=True)  # dangling until written
+        (plate / "A/1/0/0/c/2").symlink_to(
+            outside / "new", target_is_directory=True
+        )  # dangling until written
     before = _followed_digest(folder)
-    _one_line_error(capsys, main(["-q", "predict", str(plate), "--model", str(ckpt)]), "outside the store")
+    _one_line_error(
+        capsys, main(["-q", "predict", str(plate), "--model", str(ckpt)]), "outside the store"
+    )
     assert _followed_digest(folder) == before and not (outside / "new").exists()
 
 
@@ -304,7 +367,9 @@ def test_a_symlink_loop_is_refused(data):
         StoreIO(str(plate)).list("A/1/0/0")
 
 
-@pytest.mark.parametrize("key", ["../x", "/etc/passwd", "a/../../x", "C:/x", "a\\b", "a\x00b", "a//b", "./a", ".."])
+@pytest.mark.parametrize(
+    "key", ["../x", "/etc/passwd", "a/../../x", "C:/x", "a\\b", "a\x00b", "a//b", "./a", ".."]
+)
 def test_store_io_refuses_unsafe_keys(data, key):
     _, plate, _ = data
     io = StoreIO(str(plate))
@@ -326,14 +391,29 @@ def test_huge_declared_shape_is_refused_before_allocating(data):
     (plate / "A/1/0/0/zarr.json").write_text(json.dumps(doc))
     before = tree_digest(folder)
     for extra in (["--dry-run"], []):
-        run = _cli("predict", str(plate), "--model", str(ckpt), *extra, preexec_fn=_limit_memory, timeout=300)
+        run = _cli(
+            "predict",
+            str(plate),
+            "--model",
+            str(ckpt),
+            *extra,
+            preexec_fn=_limit_memory,
+            timeout=300,
+        )
         assert run.returncode == 2 and len(run.stderr.strip().splitlines()) == 1, run.stderr
         assert "declares shape (2, 1000000000, 1000000000)" in run.stderr
     assert tree_digest(folder) == before
 
 
-@pytest.mark.parametrize("arch", [{"depth": 10**6}, {"base_channels": 10**9}, {"depth": 9, "base_channels": 512},
-                                  {"depth": "4"}])
+@pytest.mark.parametrize(
+    "arch",
+    [
+        {"depth": 10**6},
+        {"base_channels": 10**9},
+        {"depth": 9, "base_channels": 512},
+        {"depth": "4"},
+    ],
+)
 def test_absurd_checkpoint_architecture_is_refused(data, tmp_path, capsys, arch):
     folder, plate, ckpt = data
     bad = tmp_path / "bad_model"
@@ -342,25 +422,42 @@ def test_absurd_checkpoint_architecture_is_refused(data, tmp_path, capsys, arch)
     meta["architecture"].update(arch)
     (bad / "checkpoint.json").write_text(json.dumps(meta))
     before = tree_digest(folder)
-    _one_line_error(capsys, main(["-q", "predict", str(plate), "--model", str(bad)]), "architecture")
+    _one_line_error(
+        capsys, main(["-q", "predict", str(plate), "--model", str(bad)]), "architecture"
+    )
     assert tree_digest(folder) == before
 
 
 def test_one_pixel_image_is_refused_in_one_line(tmp_path, setup, capsys):
     _, ckpt = setup
-    path = omeloc.write_image(tmp_path / "px.zarr", np.ones((2, 1, 1), "uint16"), channel_names=["actin", "WAVE2"],
-                              chunks=(1, 1), levels=1)
+    path = omeloc.write_image(
+        tmp_path / "px.zarr",
+        np.ones((2, 1, 1), "uint16"),
+        channel_names=["actin", "WAVE2"],
+        chunks=(1, 1),
+        levels=1,
+    )
     before = tree_digest(path)
-    _one_line_error(capsys, main(["-q", "predict", str(path), "--model", str(ckpt)]), "1 x 1 pixels", "--overlap")
+    _one_line_error(
+        capsys,
+        main(["-q", "predict", str(path), "--model", str(ckpt)]),
+        "1 x 1 pixels",
+        "--overlap",
+    )
     assert tree_digest(path) == before
 
 
 def test_labels_with_newlines_give_one_line_errors(data, capsys):
     folder, plate, ckpt = data
     for img in ("A/1/0", "A/2/0"):
-        _edit(plate / img / "zarr.json", lambda ome: ome["omero"]["channels"][0].update(label="act\nin\x1b[31m"))
+        _edit(
+            plate / img / "zarr.json",
+            lambda ome: ome["omero"]["channels"][0].update(label="act\nin\x1b[31m"),
+        )
     before = tree_digest(folder)
-    _one_line_error(capsys, main(["-q", "predict", str(plate), "--model", str(ckpt)]), r"'act\nin\x1b[31m'")
+    _one_line_error(
+        capsys, main(["-q", "predict", str(plate), "--model", str(ckpt)]), r"'act\nin\x1b[31m'"
+    )
     assert tree_digest(folder) == before
 
 

@@ -25,8 +25,14 @@ NAMES = names(2)
 @pytest.fixture(scope="module", params=["0.4", "0.5"])
 def template(request, tmp_path_factory):
     root = tmp_path_factory.mktemp(f"channels{request.param}")
-    return write_plate(root / "t.zarr", random_plate_images("A", ("1", "2"), ("0",), (2, 64, 48)),
-                       channel_names=["actin", "WAVE2"], ngff_version=request.param, chunks=(32, 32), levels=2)
+    return write_plate(
+        root / "t.zarr",
+        random_plate_images("A", ("1", "2"), ("0",), (2, 64, 48)),
+        channel_names=["actin", "WAVE2"],
+        ngff_version=request.param,
+        chunks=(32, 32),
+        levels=2,
+    )
 
 
 @pytest.fixture
@@ -50,7 +56,9 @@ def _check(plate, data, colours=None):
             for level, want in enumerate(_levels(data[img.path][j], img.shapes)):
                 np.testing.assert_array_equal(img.channel(name, level).compute(), want)
             prov = img.attrs["omeloc"]["channels"][name]
-            assert prov["virtual"] is True and prov["index"] == 2 + j and prov["written_with"] == NAMES
+            assert (
+                prov["virtual"] is True and prov["index"] == 2 + j and prov["written_with"] == NAMES
+            )
         entries = img.omero["channels"][2:]
         assert all(e["active"] is True and "omeloc_writing" not in e for e in entries)
         assert entries[0]["color"] != entries[1]["color"]
@@ -65,8 +73,11 @@ def test_two_channels_added_and_replaced_as_one_job(plate):
     assert result.channel_index == 2 and result.bytes_written == 2 * 2 * (64 * 48 + 32 * 24) * 2
     _check(plate, data)
     after = tree_digest(plate)
-    assert all(after[k] == v for k, v in before.items() if k.rsplit("/", 1)[-1] not in {".zattrs", "zarr.json",
-                                                                                           ".zarray"})
+    assert all(
+        after[k] == v
+        for k, v in before.items()
+        if k.rsplit("/", 1)[-1] not in {".zattrs", "zarr.json", ".zarray"}
+    )
     img = omeloc.open_plate(plate).images[0]
     assert img.attrs["omeloc"]["channels"][NAMES[1]]["of"] == "spread"
     colours = [e["color"] for e in img.omero["channels"][2:]]
@@ -78,8 +89,11 @@ def test_two_channels_added_and_replaced_as_one_job(plate):
 def test_mixed_or_reordered_names_are_refused_unchanged(plate):
     add_channel(plate, NAMES, make_data(plate, 1, k=2))
     before = tree_digest(plate)
-    for bad, match in (([NAMES[0], "new"], "added together or replaced together"),
-                       (NAMES[::-1], "side by side"), ([NAMES[0], NAMES[0]], "distinct")):
+    for bad, match in (
+        ([NAMES[0], "new"], "added together or replaced together"),
+        (NAMES[::-1], "side by side"),
+        ([NAMES[0], NAMES[0]], "distinct"),
+    ):
         with pytest.raises(InputError, match=match):
             add_channel(plate, bad, make_data(plate, 2, k=2), overwrite=True)
     with pytest.raises(InputError, match="shape"):
@@ -89,23 +103,37 @@ def test_mixed_or_reordered_names_are_refused_unchanged(plate):
     assert tree_digest(plate) == before
 
 
-@pytest.mark.parametrize("overwrite, point", [(False, "level0_mid"), (False, "level1_written"),
-                                              (True, "backup_mid"), (True, "level0_mid"), (True, "metadata")])
+@pytest.mark.parametrize(
+    "overwrite, point",
+    [
+        (False, "level0_mid"),
+        (False, "level1_written"),
+        (True, "backup_mid"),
+        (True, "level0_mid"),
+        (True, "metadata"),
+    ],
+)
 def test_killed_two_channel_write_is_rolled_back_or_rerun(plate, overwrite, point):
     if overwrite:
         add_channel(plate, NAMES, make_data(plate, 1, k=2))
     before = tree_digest(plate)
     env = {"OMELOC_TEST_KILL_AT": point, "OMELOC_TEST_AT_CALL": "2", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, WRITER_PATH, str(plate), "2", "1" if overwrite else "0", "2"],
-                          env={**__import__("os").environ, **env}, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, WRITER_PATH, str(plate), "2", "1" if overwrite else "0", "2"],
+        env={**__import__("os").environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
     outcome = recover(plate)
     if outcome == "rollback":
         assert tree_digest(plate) == before
     else:  # killed past its last write: finished
         assert outcome == "finish"
-    add_channel(plate, NAMES, make_data(plate, 2, k=2), overwrite=True) if outcome == "rollback" and overwrite \
-        else None
+    add_channel(
+        plate, NAMES, make_data(plate, 2, k=2), overwrite=True
+    ) if outcome == "rollback" and overwrite else None
     if not overwrite and outcome == "rollback":
         add_channel(plate, NAMES, make_data(plate, 2, k=2))
     _check(plate, make_data(plate, 2, k=2))

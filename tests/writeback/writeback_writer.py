@@ -32,4 +32,6 @@ if __name__ == "__main__":
 
     path, seed, overwrite = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "1"
     k = int(sys.argv[4]) if len(sys.argv) > 4 else 1
-    add_channel(path, names(k), make_data(path, seed, k), overwrite=overwrite, provenance={"model": "m1"})
+    add_channel(
+        path, names(k), make_data(path, seed, k), overwrite=overwrite, provenance={"model": "m1"}
+    )

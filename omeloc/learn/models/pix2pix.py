@@ -38,22 +38,36 @@ class PatchGAN(nn.Module):
         useful when it would otherwise win quickly.
     """
 
-    def __init__(self, in_channels: int = 2, base_channels: int = 64, n_layers: int = 3,
-                 spectral_norm: bool = False) -> None:
+    def __init__(
+        self,
+        in_channels: int = 2,
+        base_channels: int = 64,
+        n_layers: int = 3,
+        spectral_norm: bool = False,
+    ) -> None:
         super().__init__()
-        self.config: dict[str, Any] = {"architecture": "patchgan", "in_channels": in_channels,
-                                       "base_channels": base_channels, "n_layers": n_layers,
-                                       "spectral_norm": spectral_norm}
+        self.config: dict[str, Any] = {
+            "architecture": "patchgan",
+            "in_channels": in_channels,
+            "base_channels": base_channels,
+            "n_layers": n_layers,
+            "spectral_norm": spectral_norm,
+        }
         sn = nn.utils.parametrizations.spectral_norm if spectral_norm else (lambda m: m)
-        layers: list[nn.Module] = [sn(nn.Conv2d(in_channels, base_channels, 4, stride=2, padding=1)),
-                                   nn.LeakyReLU(0.2, inplace=True)]
+        layers: list[nn.Module] = [
+            sn(nn.Conv2d(in_channels, base_channels, 4, stride=2, padding=1)),
+            nn.LeakyReLU(0.2, inplace=True),
+        ]
         width = base_channels
         for i in range(1, n_layers + 1):
-            prev, width = width, base_channels * min(2 ** i, 8)
+            prev, width = width, base_channels * min(2**i, 8)
             stride = 2 if i < n_layers else 1
             norm = nn.Identity() if spectral_norm else nn.InstanceNorm2d(width, affine=True)
-            layers += [sn(nn.Conv2d(prev, width, 4, stride=stride, padding=1, bias=spectral_norm)), norm,
-                       nn.LeakyReLU(0.2, inplace=True)]
+            layers += [
+                sn(nn.Conv2d(prev, width, 4, stride=stride, padding=1, bias=spectral_norm)),
+                norm,
+                nn.LeakyReLU(0.2, inplace=True),
+            ]
         layers.append(sn(nn.Conv2d(width, 1, 4, stride=1, padding=1)))
         self.net = nn.Sequential(*layers)
 
@@ -61,7 +75,9 @@ class PatchGAN(nn.Module):
     def receptive_field(n_layers: int = 3) -> int:
         """Receptive field (pixels) of one output logit: 70 for 3 layers."""
         rf = 1
-        for stride in [1, 1] + [2] * n_layers:  # walk back from the output: last conv, stride-1 conv, then strided
+        for stride in [1, 1] + [
+            2
+        ] * n_layers:  # walk back from the output: last conv, stride-1 conv, then strided
             rf = rf * stride + (4 - stride)
         return rf
 
@@ -72,8 +88,9 @@ class PatchGAN(nn.Module):
 _bce = nn.BCEWithLogitsLoss()
 
 
-def generator_loss(d_fake: torch.Tensor, fake: torch.Tensor, real: torch.Tensor,
-                   lambda_l1: float = LAMBDA_L1) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def generator_loss(
+    d_fake: torch.Tensor, fake: torch.Tensor, real: torch.Tensor, lambda_l1: float = LAMBDA_L1
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(total, gan, l1)`` of the generator: fool D, stay close to the target."""
     gan = _bce(d_fake, torch.ones_like(d_fake))
     l1 = (fake - real).abs().mean()

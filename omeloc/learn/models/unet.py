@@ -43,8 +43,11 @@ class _ResidualConv(nn.Module):
         super().__init__()
         bias = norm == "none"
         self.body = nn.Sequential(
-            nn.Conv2d(cin, cout, 3, padding=1, bias=bias), _norm(norm, cout), nn.ReLU(inplace=True),
-            nn.Conv2d(cout, cout, 3, padding=1, bias=bias), _norm(norm, cout),
+            nn.Conv2d(cin, cout, 3, padding=1, bias=bias),
+            _norm(norm, cout),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(cout, cout, 3, padding=1, bias=bias),
+            _norm(norm, cout),
         )
         self.skip = nn.Identity() if cin == cout else nn.Conv2d(cin, cout, 1)
         self.act = nn.ReLU(inplace=True)
@@ -64,8 +67,11 @@ class _ConvNeXt(nn.Module):
         super().__init__()
         self.proj = nn.Conv2d(cin, cout, 1)
         self.body = nn.Sequential(
-            nn.Conv2d(cout, cout, 7, padding=3, groups=cout), _norm(norm, cout),
-            nn.Conv2d(cout, 4 * cout, 1), nn.GELU(), nn.Conv2d(4 * cout, cout, 1),
+            nn.Conv2d(cout, cout, 7, padding=3, groups=cout),
+            _norm(norm, cout),
+            nn.Conv2d(cout, 4 * cout, 1),
+            nn.GELU(),
+            nn.Conv2d(4 * cout, cout, 1),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -105,8 +111,16 @@ class UNet(nn.Module):
     The default (depth 4, 32 base channels) has about 7.8 M parameters.
     """
 
-    def __init__(self, in_channels: int = 1, out_channels: int = 1, depth: int = 4,
-                 base_channels: int = 32, norm: str = "batch", block: str = "conv", z_window: int = 1) -> None:
+    def __init__(
+        self,
+        in_channels: int = 1,
+        out_channels: int = 1,
+        depth: int = 4,
+        base_channels: int = 32,
+        norm: str = "batch",
+        block: str = "conv",
+        z_window: int = 1,
+    ) -> None:
         super().__init__()
         if norm not in NORMS:
             raise ValueError(f"unknown norm {norm!r}; use one of {', '.join(NORMS)}")
@@ -117,22 +131,31 @@ class UNet(nn.Module):
         if z_window < 1 or z_window % 2 == 0:
             raise ValueError(f"z_window must be odd and >= 1 (got {z_window})")
         self.config: dict[str, Any] = {
-            "architecture": "unet", "in_channels": in_channels, "out_channels": out_channels,
-            "depth": depth, "base_channels": base_channels, "norm": norm,
+            "architecture": "unet",
+            "in_channels": in_channels,
+            "out_channels": out_channels,
+            "depth": depth,
+            "base_channels": base_channels,
+            "norm": norm,
         }
-        if block != "conv":  # checkpoints of the plain U-Net stay readable by earlier omeloc versions
+        if (
+            block != "conv"
+        ):  # checkpoints of the plain U-Net stay readable by earlier omeloc versions
             self.config["block"] = block
         self.z_window = int(z_window)
         cin = in_channels
         self.stem: nn.Module | None = None
         if z_window > 1:
-            # Cytoland's 2.5D stem: a K x 3 x 3 3D convolution over the K planes without z padding, which
-            # collapses z to one plane.  On the (N, C*K, H, W) input (each channel's K planes together) that
-            # is exactly a 3 x 3 2D convolution with C*K input channels (weights (F, C, K, 3, 3) viewed as
-            # (F, C*K, 3, 3)): written so, it runs in channels_last like the rest of the network
+            # Cytoland's 2.5D stem: a K x 3 x 3 3D convolution over the K planes without z padding,
+            # which collapses z to one plane.  On the (N, C*K, H, W) input (each channel's K planes
+            # together) that is exactly a 3 x 3 2D convolution with C*K input channels (weights (F,
+            # C, K, 3, 3) viewed as (F, C*K, 3, 3)): written so, it runs in channels_last like the
+            # rest of the network
             self.config["z_window"] = z_window
-            self.stem = nn.Sequential(nn.Conv2d(in_channels * z_window, base_channels, 3, padding=1),
-                                      nn.ReLU(inplace=True))
+            self.stem = nn.Sequential(
+                nn.Conv2d(in_channels * z_window, base_channels, 3, padding=1),
+                nn.ReLU(inplace=True),
+            )
             cin = base_channels
         make = _BLOCK_TYPES[block]
         widths = [base_channels * 2**i for i in range(depth + 1)]
@@ -155,7 +178,9 @@ class UNet(nn.Module):
         return 2 ** self.config["depth"]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.stem is not None:  # (N, C*K, H, W), the K planes of each channel together → (N, F, H, W)
+        if (
+            self.stem is not None
+        ):  # (N, C*K, H, W), the K planes of each channel together → (N, F, H, W)
             x = self.stem(x)
         skips = []
         for block in self.down:
